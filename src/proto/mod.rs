@@ -1,0 +1,17 @@
+//! The sans-IO msgr2.1 protocol core.
+//!
+//! Owns everything that is *protocol*: Ceph's encodings ([`denc`], [`types`]), crc32c ([`crc`]), the banner
+//! ([`banner`]), frame layout ([`frame`]), control-frame payloads ([`frames`]), messages ([`message`]),
+//! auth method none ([`auth`]) and the connection state machine with its session.
+//!
+//! Invariants: no `std::net`, no threads, no clock reads — time comes in as an argument; every byte may come
+//! from an attacker, so decoding returns errors as values and never panics.
+
+pub mod auth;
+pub mod banner;
+pub mod crc;
+pub mod denc;
+pub mod frame;
+pub mod frames;
+pub mod message;
+pub mod types;
