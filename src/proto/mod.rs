@@ -15,3 +15,12 @@ pub mod frame;
 pub mod frames;
 pub mod message;
 pub mod types;
+pub mod conn;
+pub mod error;
+pub(crate) mod session;
+pub mod sim;
+
+pub use conn::{Config, Connection, ConnStats, Event, Phase, Policy, Resolution, Role, SessionRequest, SessionRequestKind};
+pub use error::Error;
+pub use message::Message;
+pub use session::GlobalSeq;
