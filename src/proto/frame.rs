@@ -1047,6 +1047,67 @@ mod tests {
 }
 
 #[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any segments round-trip, whatever the chunking of the byte stream.
+        #[test]
+        fn round_trip_any_segments(
+            segs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..200), any::<u16>()), 1..=4),
+            chunk in 1usize..64,
+        ) {
+            let segments: Vec<Segment> = segs.iter().map(|(d, a)| Segment::new(d.clone(), *a)).collect();
+            let mut out = Vec::new();
+            FrameEncoder::new().encode(Tag::Message, &segments, &mut out).unwrap();
+            let bytes = out.concat();
+            let mut dec = FrameDecoder::new(1 << 20);
+            let mut rx = BytesMut::new();
+            let mut got = None;
+            for piece in bytes.chunks(chunk) {
+                prop_assert!(got.is_none());
+                rx.extend_from_slice(piece);
+                got = dec.decode(&mut rx).unwrap();
+            }
+            let f = got.unwrap();
+            prop_assert_eq!(&f.raw[..], &bytes[..]);
+            for (i, s) in segments.iter().enumerate() {
+                if i < f.num_segments {
+                    prop_assert_eq!(&f.segments[i], &s.data);
+                } else {
+                    prop_assert!(s.data.is_empty());
+                }
+            }
+        }
+
+        /// Arbitrary bytes behind a preamble with a valid crc never panic the decoder.
+        #[test]
+        fn arbitrary_input_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 32..400), max in 0usize..512) {
+            // Keep lengths small so some frames complete, then reseal the preamble.
+            for i in 0..MAX_NUM_SEGMENTS {
+                bytes[2 + i * 6 + 1] = 0;
+                bytes[2 + i * 6 + 2] = 0;
+                bytes[2 + i * 6 + 3] = 0;
+            }
+            bytes[1] %= 6;
+            let crc = ceph_crc32c(PREAMBLE_SEED, &bytes[..PREAMBLE_CRC_OFFSET]);
+            bytes[PREAMBLE_CRC_OFFSET..PREAMBLE_LEN].copy_from_slice(&crc.to_le_bytes());
+            let mut dec = FrameDecoder::new(max);
+            let mut rx = BytesMut::from(&bytes[..]);
+            for _ in 0..4 {
+                let before = rx.len();
+                match dec.decode(&mut rx) {
+                    Ok(Some(f)) => prop_assert_eq!(before - rx.len(), f.raw.len()),
+                    Ok(None) => prop_assert_eq!(before, rx.len()),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tag_tests {
     use super::Tag;
 
