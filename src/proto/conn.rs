@@ -30,7 +30,7 @@ use super::auth::{
 };
 use super::banner::{msgr2_feature, Banner};
 use super::error::Error;
-use super::frame::{Frame, FrameDecoder, FrameEncoder, Segment, Tag};
+use super::frame::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::frames::*;
 use super::message::{Message, SEGMENT_ALIGNMENTS};
 use super::session::{GlobalSeq, Session};
@@ -645,7 +645,13 @@ impl Connection {
                 self.handle_banner(banner)?;
                 continue;
             }
-            let Some(frame) = t.decoder.decode(&mut t.rx)? else { return Ok(()) };
+            let frame = match t.decoder.decode(&mut t.rx) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                // The sender gave up on that frame after starting it: skip it.
+                Err(FrameError::Aborted) => continue,
+                Err(e) => return Err(e.into()),
+            };
             if let Some((_, rx)) = t.transcript.as_mut() {
                 rx.extend_from_slice(&frame.raw);
             }

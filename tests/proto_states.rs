@@ -1,0 +1,606 @@
+//! State-by-state tests of the ProtocolV2 machine, smoltcp style: a fixture per state, one test per
+//! (state, event), with a hand-driven raw peer on the other side. Names read `test_<state>_<event>`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use msgr::proto::auth::{AuthNoneRequest, AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
+use msgr::proto::conn::{Connection, Policy, Resolution, CEPH_FEATURES_ALL, CEPH_FEATURE_MSG_ADDR2};
+use msgr::proto::frame::Tag;
+use msgr::proto::frames::*;
+use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
+use msgr::proto::{Error, Event, Phase};
+
+// ---------- client fixtures ----------
+
+fn client_conn(policy: Policy) -> (Connection, RawPeer, Instant) {
+    let now = Instant::now();
+    let mut c = Connection::client(arc(client_config(1)), policy, entity_type::OSD, server_addr(), now);
+    assert_eq!(c.poll_event(), Some(Event::OpenTransport));
+    c.on_transport_connected(now);
+    (c, RawPeer::new(), now)
+}
+
+fn hello_from_server(p: &mut RawPeer) -> Vec<u8> {
+    let mut v = RawPeer::banner();
+    v.extend(p.frame(&ControlFrame::Hello(Hello { entity_type: entity_type::OSD, peer_addr: client_addr() })));
+    v
+}
+
+fn conn_after_hello(policy: Policy) -> (Connection, RawPeer, Instant) {
+    let (mut c, mut p, now) = client_conn(policy);
+    let bytes = hello_from_server(&mut p);
+    c.handle_input(now, &bytes);
+    let frames = p.recv_control(&mut c, now);
+    assert!(matches!(frames[..], [ControlFrame::Hello(_), ControlFrame::AuthRequest(_)]), "{frames:?}");
+    assert_eq!(c.phase(), Phase::Auth);
+    (c, p, now)
+}
+
+fn auth_done_and_sig(p: &mut RawPeer) -> Vec<u8> {
+    let mut v = p.frame(&ControlFrame::AuthDone(AuthDone { global_id: 77, con_mode: CON_MODE_CRC, auth_payload: Bytes::new() }));
+    v.extend(p.frame(&ControlFrame::AuthSignature(AuthSignature { signature: [0; 32] })));
+    v
+}
+
+fn conn_after_auth(policy: Policy) -> (Connection, RawPeer, Instant) {
+    let (mut c, mut p, now) = conn_after_hello(policy);
+    let bytes = auth_done_and_sig(&mut p);
+    c.handle_input(now, &bytes);
+    let frames = p.recv_control(&mut c, now);
+    assert!(matches!(frames[..], [ControlFrame::AuthSignature(_), ControlFrame::ClientIdent(_)]), "{frames:?}");
+    assert_eq!(c.phase(), Phase::Session);
+    (c, p, now)
+}
+
+fn server_ident(cookie: u64, flags: u64) -> ControlFrame {
+    ControlFrame::ServerIdent(ServerIdent {
+        addrs: AddrVec(vec![server_addr()]),
+        gid: 0,
+        global_seq: 5,
+        supported_features: CEPH_FEATURES_ALL,
+        required_features: CEPH_FEATURE_MSG_ADDR2,
+        flags,
+        cookie,
+    })
+}
+
+fn conn_ready(policy: Policy) -> (Connection, RawPeer, Instant) {
+    let (mut c, mut p, now) = conn_after_auth(policy);
+    let bytes = p.frame(&server_ident(999, 0));
+    c.handle_input(now, &bytes);
+    assert_eq!(c.phase(), Phase::Ready);
+    assert!(drain_events(&mut c).contains(&Event::Connected { reconnect: false }));
+    (c, p, now)
+}
+
+/// From ready: fault, back off, reconnect and authenticate; the client has just sent SESSION_RECONNECT.
+fn conn_reconnecting() -> (Connection, RawPeer, Instant, SessionReconnect) {
+    let (mut c, _, now) = conn_ready(Policy::lossless_client());
+    c.on_transport_error(now, "test");
+    assert!(matches!(drain_events(&mut c)[..], [Event::TransportDown(_)]));
+    assert_eq!(c.phase(), Phase::Connecting);
+    let t = c.poll_timeout().expect("reconnect timer");
+    c.handle_timeout(t);
+    assert_eq!(c.poll_event(), Some(Event::OpenTransport));
+    c.on_transport_connected(t);
+    let mut p = RawPeer::new();
+    let mut bytes = hello_from_server(&mut p);
+    bytes.extend(auth_done_and_sig(&mut p));
+    c.handle_input(t, &bytes);
+    let frames = p.recv_control(&mut c, t);
+    let Some(ControlFrame::SessionReconnect(r)) = frames.last().cloned() else { panic!("{frames:?}") };
+    assert_eq!(c.phase(), Phase::Reconnecting);
+    (c, p, t, r)
+}
+
+fn closed_with(c: &mut Connection) -> Error {
+    let evs = drain_events(c);
+    assert!(c.is_closed(), "not closed: {evs:?}");
+    evs.into_iter()
+        .find_map(|e| if let Event::Reset(e) = e { Some(e) } else { None })
+        .expect("a Reset event")
+}
+
+// ---------- banner / hello ----------
+
+#[test]
+fn test_banner_legacy_peer_is_refused() {
+    let (mut c, _, now) = client_conn(Policy::lossless_client());
+    c.handle_input(now, b"ceph v027\0\0\0\0\0\0\0\0\0");
+    assert!(matches!(closed_with(&mut c), Error::Banner(_)));
+}
+
+#[test]
+fn test_banner_peer_without_revision_1_names_the_feature() {
+    let (mut c, _, now) = client_conn(Policy::lossless_client());
+    c.handle_input(now, &RawPeer::banner_with(0, 0));
+    let e = closed_with(&mut c);
+    assert!(matches!(e, Error::PeerIncompatible(ref s) if s.contains("REVISION_1")), "{e}");
+}
+
+#[test]
+fn test_hello_wrong_entity_type_is_refused() {
+    let (mut c, mut p, now) = client_conn(Policy::lossless_client());
+    let mut v = RawPeer::banner();
+    v.extend(p.frame(&ControlFrame::Hello(Hello { entity_type: entity_type::MON, peer_addr: client_addr() })));
+    c.handle_input(now, &v);
+    assert!(matches!(closed_with(&mut c), Error::PeerIncompatible(_)));
+}
+
+#[test]
+fn test_hello_auth_request_is_method_none_authorizer_form() {
+    let (mut c, mut p, now) = client_conn(Policy::lossless_client());
+    let v = hello_from_server(&mut p);
+    c.handle_input(now, &v);
+    let frames = p.recv_control(&mut c, now);
+    let ControlFrame::AuthRequest(r) = &frames[1] else { panic!() };
+    assert_eq!(r.method, AUTH_METHOD_NONE);
+    assert_eq!(r.preferred_modes, vec![CON_MODE_CRC]);
+    assert!(matches!(AuthNoneRequest::decode(&r.auth_payload).unwrap(), AuthNoneRequest::Authorizer { global_id: 4100, .. }));
+}
+
+// ---------- auth ----------
+
+#[test]
+fn test_auth_bad_method_ends_with_clear_error() {
+    let (mut c, mut p, now) = conn_after_hello(Policy::lossless_client());
+    let v = p.frame(&ControlFrame::AuthBadMethod(AuthBadMethod {
+        method: AUTH_METHOD_NONE,
+        result: -95,
+        allowed_methods: vec![AUTH_METHOD_CEPHX],
+        allowed_modes: vec![CON_MODE_SECURE],
+    }));
+    c.handle_input(now, &v);
+    let e = closed_with(&mut c);
+    assert!(matches!(e, Error::AuthFailed(ref s) if s.contains("[2]")), "{e}");
+}
+
+#[test]
+fn test_auth_signature_mismatch_ends_connection() {
+    let (mut c, mut p, now) = conn_after_hello(Policy::lossless_client());
+    let mut v = p.frame(&ControlFrame::AuthDone(AuthDone { global_id: 1, con_mode: CON_MODE_CRC, auth_payload: Bytes::new() }));
+    v.extend(p.frame(&ControlFrame::AuthSignature(AuthSignature { signature: [1; 32] })));
+    c.handle_input(now, &v);
+    assert!(matches!(closed_with(&mut c), Error::AuthFailed(_)));
+}
+
+#[test]
+fn test_auth_done_secure_mode_refused_without_cephx() {
+    let (mut c, mut p, now) = conn_after_hello(Policy::lossless_client());
+    let v = p.frame(&ControlFrame::AuthDone(AuthDone { global_id: 1, con_mode: CON_MODE_SECURE, auth_payload: Bytes::new() }));
+    c.handle_input(now, &v);
+    assert!(matches!(closed_with(&mut c), Error::PeerIncompatible(_)));
+}
+
+// ---------- session connecting ----------
+
+#[test]
+fn test_session_connecting_ident_missing_features() {
+    let (mut c, mut p, now) = conn_after_auth(Policy::lossless_client());
+    let v = p.frame(&ControlFrame::IdentMissingFeatures(IdentMissingFeatures { features: 1 << 40 }));
+    c.handle_input(now, &v);
+    let e = closed_with(&mut c);
+    assert!(matches!(e, Error::PeerIncompatible(ref s) if s.contains("10000000000")), "{e}");
+}
+
+#[test]
+fn test_session_connecting_wait_backs_off_to_max() {
+    let (mut c, mut p, now) = conn_after_auth(Policy::lossless_client());
+    let v = p.frame(&ControlFrame::Wait);
+    c.handle_input(now, &v);
+    assert!(matches!(drain_events(&mut c)[..], [Event::TransportDown(_)]));
+    assert_eq!(c.phase(), Phase::Wait);
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(8)));
+    c.handle_timeout(now + Duration::from_millis(8));
+    assert_eq!(c.poll_event(), Some(Event::OpenTransport));
+}
+
+#[test]
+fn test_session_connecting_server_ident_for_another_address_is_refused() {
+    let (mut c, mut p, now) = conn_after_auth(Policy::lossless_client());
+    let other = EntityAddr::msgr2("127.0.0.2:6800".parse().unwrap(), 7777);
+    let v = p.frame(&ControlFrame::ServerIdent(ServerIdent {
+        addrs: AddrVec(vec![other]),
+        gid: 0,
+        global_seq: 1,
+        supported_features: CEPH_FEATURES_ALL,
+        required_features: 0,
+        flags: 0,
+        cookie: 1,
+    }));
+    c.handle_input(now, &v);
+    assert!(matches!(drain_events(&mut c)[0], Event::TransportDown(Error::PeerMisbehaved(_))));
+}
+
+#[test]
+fn test_session_connecting_server_ident_lossy_flag_sets_policy() {
+    let (mut c, mut p, now) = conn_after_auth(Policy::lossless_client());
+    let v = p.frame(&server_ident(0, 1));
+    c.handle_input(now, &v);
+    assert!(c.is_ready());
+    assert!(c.policy().lossy);
+}
+
+// ---------- ready ----------
+
+#[test]
+fn test_ready_message_before_ready_is_a_protocol_error() {
+    let (mut c, mut p, now) = conn_after_hello(Policy::lossy_client());
+    let mut out = Vec::new();
+    let m = msgr::proto::Message::new(1, Bytes::from_static(b"x"));
+    let segs = [msgr::proto::frame::Segment::new(m.header_segment(), 8), msgr::proto::frame::Segment::new(m.front.clone(), 8)];
+    p.enc.encode(Tag::Message, &segs, &mut out).unwrap();
+    c.handle_input(now, &out.concat());
+    // Lossy client still connecting: it faults and retries rather than resetting.
+    assert!(matches!(drain_events(&mut c)[0], Event::TransportDown(Error::PeerMisbehaved(_))));
+}
+
+#[test]
+fn test_ready_keepalive_is_answered_with_same_timestamp() {
+    let (mut c, mut p, now) = conn_ready(Policy::lossless_client());
+    let ts = msgr::proto::types::UTime { sec: 12, nsec: 34 };
+    let v = p.frame(&ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }));
+    c.handle_input(now, &v);
+    let frames = p.recv_control(&mut c, now);
+    assert_eq!(frames, vec![ControlFrame::Keepalive2Ack(Keepalive2Ack { timestamp: ts })]);
+}
+
+#[test]
+fn test_ready_ack_trims_sent_messages() {
+    let (mut c, mut p, now) = conn_ready(Policy::lossless_client());
+    for i in 0..3 {
+        c.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i]))).unwrap();
+    }
+    let frames = p.recv_from(&mut c, now);
+    assert_eq!(frames.len(), 3);
+    assert_eq!(c.pending_messages(), 3);
+    let v = p.frame(&ControlFrame::Ack(Ack { seq: 2 }));
+    c.handle_input(now, &v);
+    assert_eq!(c.pending_messages(), 1);
+}
+
+#[test]
+fn test_ready_idle_timeout_faults() {
+    let now = Instant::now();
+    let mut cfg = client_config(1);
+    cfg.idle_timeout = Some(Duration::from_secs(5));
+    let mut c = Connection::client(arc(cfg), Policy::lossy_client(), entity_type::OSD, server_addr(), now);
+    c.poll_event();
+    c.on_transport_connected(now);
+    let mut p = RawPeer::new();
+    let mut v = hello_from_server(&mut p);
+    v.extend(auth_done_and_sig(&mut p));
+    v.extend(p.frame(&server_ident(0, 1)));
+    c.handle_input(now, &v);
+    assert!(c.is_ready());
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(5)));
+    c.handle_timeout(now + Duration::from_secs(5));
+    assert!(matches!(closed_with(&mut c), Error::TimedOut(_)));
+}
+
+// ---------- reconnecting ----------
+
+#[test]
+fn test_reconnecting_sends_cookies_and_seqs() {
+    let (_, _, _, r) = conn_reconnecting();
+    assert_eq!(r.server_cookie, 999);
+    assert_ne!(r.client_cookie, 0);
+    assert_eq!(r.connect_seq, 1);
+    assert_eq!(r.msg_seq, 0);
+}
+
+#[test]
+fn test_reconnecting_session_retry_bumps_connect_seq() {
+    let (mut c, mut p, now, _) = conn_reconnecting();
+    let v = p.frame(&ControlFrame::SessionRetry(SessionRetry { connect_seq: 5 }));
+    c.handle_input(now, &v);
+    let frames = p.recv_control(&mut c, now);
+    let [ControlFrame::SessionReconnect(r)] = &frames[..] else { panic!("{frames:?}") };
+    assert_eq!(r.connect_seq, 6);
+}
+
+#[test]
+fn test_reconnecting_retry_global_moves_global_seq_past_peer() {
+    let (mut c, mut p, now, first) = conn_reconnecting();
+    let v = p.frame(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal { global_seq: first.global_seq + 100 }));
+    c.handle_input(now, &v);
+    let frames = p.recv_control(&mut c, now);
+    let [ControlFrame::SessionReconnect(r)] = &frames[..] else { panic!("{frames:?}") };
+    assert!(r.global_seq > first.global_seq + 100);
+}
+
+#[test]
+fn test_reconnecting_full_reset_reports_remote_reset_and_starts_new_session() {
+    let (mut c, mut p, now, _) = conn_reconnecting();
+    c.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"lost"))).unwrap();
+    let v = p.frame(&ControlFrame::SessionReset(SessionReset { full: true }));
+    c.handle_input(now, &v);
+    assert!(drain_events(&mut c).contains(&Event::RemoteReset { dropped: 1 }));
+    let frames = p.recv_control(&mut c, now);
+    assert!(matches!(frames[..], [ControlFrame::ClientIdent(_)]), "{frames:?}");
+    assert_eq!(c.phase(), Phase::Session);
+}
+
+#[test]
+fn test_reconnecting_partial_reset_keeps_queue() {
+    let (mut c, mut p, now, _) = conn_reconnecting();
+    c.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"kept"))).unwrap();
+    let v = p.frame(&ControlFrame::SessionReset(SessionReset { full: false }));
+    c.handle_input(now, &v);
+    assert!(!drain_events(&mut c).iter().any(|e| matches!(e, Event::RemoteReset { .. })));
+    assert_eq!(c.pending_messages(), 1);
+    assert_eq!(c.connect_seq(), 0);
+}
+
+#[test]
+fn test_reconnecting_reconnect_ok_replays_unacked() {
+    let (mut c, mut p0, now) = conn_ready(Policy::lossless_client());
+    for i in 0..4 {
+        c.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i]))).unwrap();
+    }
+    assert_eq!(p0.recv_from(&mut c, now).len(), 4);
+    c.on_transport_error(now, "cut");
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    c.on_transport_connected(t);
+    let mut p = RawPeer::new();
+    let mut v = hello_from_server(&mut p);
+    v.extend(auth_done_and_sig(&mut p));
+    c.handle_input(t, &v);
+    p.recv_control(&mut c, t);
+    // The server got the first two.
+    let v = p.frame(&ControlFrame::SessionReconnectOk(SessionReconnectOk { msg_seq: 2 }));
+    c.handle_input(t, &v);
+    assert!(drain_events(&mut c).contains(&Event::Connected { reconnect: true }));
+    let frames = p.recv_from(&mut c, t);
+    let seqs: Vec<u64> = frames
+        .iter()
+        .map(|f| msgr::proto::Message::from_segments(&f.segments[..f.num_segments]).unwrap().header.seq)
+        .collect();
+    assert_eq!(seqs, vec![3, 4]);
+    assert_eq!(c.stats().replayed, 2);
+}
+
+// ---------- server side ----------
+
+fn client_ident(cookie: u64, global_seq: u64, addr: EntityAddr) -> ControlFrame {
+    ControlFrame::ClientIdent(ClientIdent {
+        addrs: AddrVec(vec![addr]),
+        target_addr: server_addr(),
+        gid: 4100,
+        global_seq,
+        supported_features: CEPH_FEATURES_ALL,
+        required_features: CEPH_FEATURE_MSG_ADDR2,
+        flags: 0,
+        cookie,
+    })
+}
+
+fn server_after_auth(seed: u64) -> (Connection, RawPeer, Instant) {
+    let now = Instant::now();
+    let mut s = Connection::server(arc(server_config(seed)), server_addr(), now);
+    let mut p = RawPeer::new();
+    let mut v = RawPeer::banner();
+    v.extend(p.frame(&ControlFrame::Hello(Hello { entity_type: entity_type::CLIENT, peer_addr: server_addr() })));
+    let auth = AuthNoneRequest::Authorizer { name: AuthEntityName::new(8, "admin"), global_id: 4100 };
+    v.extend(p.frame(&ControlFrame::AuthRequest(AuthRequest {
+        method: AUTH_METHOD_NONE,
+        preferred_modes: vec![CON_MODE_CRC],
+        auth_payload: auth.encode(),
+    })));
+    s.handle_input(now, &v);
+    let frames = p.recv_control(&mut s, now);
+    assert!(matches!(frames[..], [ControlFrame::Hello(_), ControlFrame::AuthDone(_), ControlFrame::AuthSignature(_)]), "{frames:?}");
+    let v = p.frame(&ControlFrame::AuthSignature(AuthSignature { signature: [0; 32] }));
+    s.handle_input(now, &v);
+    assert_eq!(s.phase(), Phase::Session);
+    (s, p, now)
+}
+
+#[test]
+fn test_server_auth_request_cephx_gets_bad_method() {
+    let now = Instant::now();
+    let mut s = Connection::server(arc(server_config(1)), server_addr(), now);
+    let mut p = RawPeer::new();
+    let mut v = RawPeer::banner();
+    v.extend(p.frame(&ControlFrame::Hello(Hello { entity_type: entity_type::CLIENT, peer_addr: server_addr() })));
+    v.extend(p.frame(&ControlFrame::AuthRequest(AuthRequest {
+        method: AUTH_METHOD_CEPHX,
+        preferred_modes: vec![CON_MODE_SECURE],
+        auth_payload: Bytes::new(),
+    })));
+    s.handle_input(now, &v);
+    let frames = p.recv_control(&mut s, now);
+    let ControlFrame::AuthBadMethod(b) = &frames[1] else { panic!("{frames:?}") };
+    assert_eq!(b.allowed_methods, vec![AUTH_METHOD_NONE]);
+    assert_eq!(b.allowed_modes, vec![CON_MODE_CRC]);
+}
+
+#[test]
+fn test_server_client_ident_for_another_target_is_refused() {
+    let (mut s, mut p, now) = server_after_auth(1);
+    let mut ci = client_ident(5, 1, client_addr());
+    if let ControlFrame::ClientIdent(c) = &mut ci {
+        c.target_addr = EntityAddr::msgr2("10.1.2.3:6800".parse().unwrap(), 1);
+    }
+    let v = p.frame(&ci);
+    s.handle_input(now, &v);
+    assert!(s.is_closed());
+}
+
+#[test]
+fn test_server_client_ident_missing_features_is_answered() {
+    let (mut s, mut p, now) = server_after_auth(1);
+    let mut ci = client_ident(5, 1, client_addr());
+    if let ControlFrame::ClientIdent(c) = &mut ci {
+        c.supported_features = 0;
+    }
+    let v = p.frame(&ci);
+    s.handle_input(now, &v);
+    let frames = p.recv_control(&mut s, now);
+    assert!(matches!(frames[..], [ControlFrame::IdentMissingFeatures(IdentMissingFeatures { features: CEPH_FEATURE_MSG_ADDR2 })]));
+}
+
+#[test]
+fn test_server_new_session_without_existing() {
+    let (mut s, mut p, now) = server_after_auth(1);
+    let v = p.frame(&client_ident(5, 1, client_addr()));
+    s.handle_input(now, &v);
+    assert!(matches!(drain_events(&mut s)[..], [Event::SessionRequest(_)]));
+    assert_eq!(s.resolve_session(now, None), Resolution::NewSession);
+    let frames = p.recv_control(&mut s, now);
+    let [ControlFrame::ServerIdent(si)] = &frames[..] else { panic!("{frames:?}") };
+    assert_ne!(si.cookie, 0);
+    assert!(s.is_ready());
+}
+
+fn server_with_session(seed: u64) -> (Connection, Instant) {
+    let (mut s, mut p, now) = server_after_auth(seed);
+    let v = p.frame(&client_ident(5, 10, client_addr()));
+    s.handle_input(now, &v);
+    drain_events(&mut s);
+    assert_eq!(s.resolve_session(now, None), Resolution::NewSession);
+    p.recv_control(&mut s, now);
+    drain_events(&mut s);
+    (s, now)
+}
+
+fn reconnect(client_cookie: u64, server_cookie: u64, gs: u64, cs: u64, ms: u64) -> ControlFrame {
+    ControlFrame::SessionReconnect(SessionReconnect {
+        addrs: AddrVec(vec![client_addr()]),
+        client_cookie,
+        server_cookie,
+        global_seq: gs,
+        connect_seq: cs,
+        msg_seq: ms,
+    })
+}
+
+fn resolve_reconnect(existing: Option<&mut Connection>, frame: ControlFrame) -> (Resolution, Vec<ControlFrame>, Connection) {
+    let (mut s, mut p, now) = server_after_auth(2);
+    let v = p.frame(&frame);
+    s.handle_input(now, &v);
+    assert!(matches!(drain_events(&mut s)[..], [Event::SessionRequest(_)]));
+    let r = s.resolve_session(now, existing);
+    let frames = p.recv_control(&mut s, now);
+    (r, frames, s)
+}
+
+#[test]
+fn test_server_reconnect_without_existing_gets_full_reset() {
+    let (r, frames, _) = resolve_reconnect(None, reconnect(5, 9, 11, 1, 0));
+    assert_eq!(r, Resolution::Answered(Tag::SessionReset));
+    assert_eq!(frames, vec![ControlFrame::SessionReset(SessionReset { full: true })]);
+}
+
+#[test]
+fn test_server_reconnect_cookie_mismatch_gets_reset() {
+    let (mut ex, _) = server_with_session(3);
+    let sc = ex.server_cookie();
+    let (r, frames, _) = resolve_reconnect(Some(&mut ex), reconnect(6, sc, 11, 1, 0));
+    assert_eq!(r, Resolution::Answered(Tag::SessionReset));
+    assert!(matches!(frames[..], [ControlFrame::SessionReset(_)]));
+}
+
+#[test]
+fn test_server_reconnect_stale_global_seq_gets_retry_global() {
+    let (mut ex, _) = server_with_session(3);
+    let sc = ex.server_cookie();
+    let (r, frames, _) = resolve_reconnect(Some(&mut ex), reconnect(5, sc, 3, 1, 0));
+    assert_eq!(r, Resolution::Answered(Tag::SessionRetryGlobal));
+    assert_eq!(frames, vec![ControlFrame::SessionRetryGlobal(SessionRetryGlobal { global_seq: 10 })]);
+}
+
+#[test]
+fn test_server_reconnect_stale_connect_seq_gets_retry() {
+    let (mut ex, now) = server_with_session(3);
+    let sc = ex.server_cookie();
+    // Take it over once with connect_seq 2, so the session's connect_seq is 2.
+    let (r, _, mut holder) = resolve_reconnect(Some(&mut ex), reconnect(5, sc, 11, 2, 0));
+    assert_eq!(r, Resolution::TookOver);
+    holder.on_transport_error(now, "cut");
+    let (r, frames, _) = resolve_reconnect(Some(&mut holder), reconnect(5, sc, 12, 1, 0));
+    assert_eq!(r, Resolution::Answered(Tag::SessionRetry));
+    assert_eq!(frames, vec![ControlFrame::SessionRetry(SessionRetry { connect_seq: 2 })]);
+}
+
+#[test]
+fn test_server_reconnect_ok_takes_over_session_and_replays() {
+    let (mut ex, now) = server_with_session(3);
+    for i in 0..3 {
+        ex.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i]))).unwrap();
+    }
+    let mut sink = Vec::new();
+    ex.poll_transmit(now, &mut sink);
+    ex.on_transport_error(now, "cut");
+    assert_eq!(ex.phase(), Phase::Standby);
+    let sc = ex.server_cookie();
+    let (r, frames, holder) = resolve_reconnect(Some(&mut ex), reconnect(5, sc, 11, 1, 1));
+    assert_eq!(r, Resolution::TookOver);
+    assert!(ex.is_closed());
+    assert_eq!(frames[0], ControlFrame::SessionReconnectOk(SessionReconnectOk { msg_seq: 0 }));
+    assert!(holder.is_ready());
+    assert_eq!(holder.pending_messages(), 2, "message 1 was acknowledged by msg_seq");
+}
+
+#[test]
+fn test_server_connection_race_lower_peer_address_wins() {
+    // Our own outgoing attempt to the peer, still connecting.
+    let now = Instant::now();
+    let mut mine = Connection::client(arc(server_config(4)), Policy::lossless_peer(), entity_type::CLIENT, client_addr(), now);
+    mine.on_transport_connected(now);
+    mine.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"q"))).unwrap();
+    // client_addr (127.0.0.1:40000) < server_addr (127.0.0.1:6800)? Compare as Ceph does: type, nonce, …
+    // nonce 4242 < 7777, so the peer's address is lower: the incoming connection wins.
+    let (mut s, mut p, now2) = server_after_auth(5);
+    let v = p.frame(&client_ident(5, 10, client_addr()));
+    s.handle_input(now2, &v);
+    drain_events(&mut s);
+    assert_eq!(s.resolve_session(now2, Some(&mut mine)), Resolution::TookOver);
+    assert!(mine.is_closed());
+    assert_eq!(s.pending_messages(), 1, "the queued message moved with the session");
+}
+
+#[test]
+fn test_server_connection_race_higher_peer_address_gets_wait() {
+    let now = Instant::now();
+    let higher = EntityAddr::msgr2("127.0.0.1:40000".parse().unwrap(), 9_999_999);
+    let mut mine = Connection::client(arc(server_config(4)), Policy::lossless_peer(), entity_type::CLIENT, higher.clone(), now);
+    mine.on_transport_connected(now);
+    let (mut s, mut p, now2) = server_after_auth(5);
+    let v = p.frame(&client_ident(5, 10, higher));
+    s.handle_input(now2, &v);
+    drain_events(&mut s);
+    assert_eq!(s.resolve_session(now2, Some(&mut mine)), Resolution::Answered(Tag::Wait));
+    assert!(!mine.is_closed());
+    assert_eq!(p.recv_control(&mut s, now2), vec![ControlFrame::Wait]);
+}
+
+#[test]
+fn test_server_connection_race_existing_server_policy_loses() {
+    let now = Instant::now();
+    let higher = EntityAddr::msgr2("127.0.0.1:40000".parse().unwrap(), 9_999_999);
+    let mut mine = Connection::client(arc(server_config(4)), Policy::stateful_server(), entity_type::CLIENT, higher.clone(), now);
+    mine.on_transport_connected(now);
+    let (mut s, mut p, now2) = server_after_auth(5);
+    let v = p.frame(&client_ident(5, 10, higher));
+    s.handle_input(now2, &v);
+    drain_events(&mut s);
+    assert_eq!(s.resolve_session(now2, Some(&mut mine)), Resolution::TookOver);
+}
+
+#[test]
+fn test_server_stale_client_ident_is_dropped() {
+    let (mut ex, _) = server_with_session(3);
+    let (mut s, mut p, now) = server_after_auth(6);
+    let v = p.frame(&client_ident(77, 2, client_addr())); // global_seq 2 < existing 10
+    s.handle_input(now, &v);
+    drain_events(&mut s);
+    assert_eq!(s.resolve_session(now, Some(&mut ex)), Resolution::Dropped);
+    assert!(s.is_closed());
+    assert!(!ex.is_closed());
+}
