@@ -607,7 +607,7 @@ impl Decode for UTime {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::proto::denc::{from_bytes_exact, to_bytes};
     use proptest::prelude::*;
