@@ -419,6 +419,33 @@ pub(crate) mod capture {
         include_bytes!("../../tests/data/ceph16-osd-crc/conn0-c2s.bin");
     pub(crate) const OSD_S2C: &[u8] =
         include_bytes!("../../tests/data/ceph16-osd-crc/conn0-s2c.bin");
+    pub(crate) const CEPHX_C2S: &[u8] =
+        include_bytes!("../../tests/data/ceph16-mon-cephx-secure/conn0-c2s.bin");
+    pub(crate) const CEPHX_S2C: &[u8] =
+        include_bytes!("../../tests/data/ceph16-mon-cephx-secure/conn0-s2c.bin");
+
+    /// The frames of a secure-mode stream that travel in the clear: up to the client's last auth request
+    /// (`server == false`) or the server's AUTH_DONE (`server == true`); later preambles are ciphertext.
+    pub(crate) fn plaintext_frames(stream: &[u8], server: bool) -> Vec<CapturedFrame> {
+        let mut out = Vec::new();
+        let mut at = BANNER_LEN;
+        loop {
+            let p = &stream[at..at + PREAMBLE_LEN];
+            at += PREAMBLE_LEN;
+            let tag = p[0];
+            assert_eq!(p[1], 1, "handshake frames have one segment");
+            let len = u32::from_le_bytes([p[2], p[3], p[4], p[5]]) as usize;
+            out.push(CapturedFrame {
+                tag,
+                segments: vec![stream[at..at + len].to_vec()],
+            });
+            at += len + 4;
+            let last_clear_tag = if server { 6 } else { 5 };
+            if tag == last_clear_tag {
+                return out;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -590,6 +617,57 @@ mod tests {
             ControlFrame::ServerIdent(si).payload_bytes().as_ref(),
             &ident[..]
         );
+    }
+
+    #[test]
+    fn golden_cephx_handshake_in_the_clear() {
+        use super::capture::{plaintext_frames, CEPHX_C2S, CEPHX_S2C};
+        let decode = |f: &super::capture::CapturedFrame| {
+            let tag = Tag::try_from(f.tag).unwrap();
+            let frame = ControlFrame::decode(tag, &f.segments[0]).unwrap();
+            assert_eq!(frame.payload_bytes().as_ref(), f.segments[0].as_slice());
+            frame
+        };
+        let c2s: Vec<ControlFrame> = plaintext_frames(CEPHX_C2S, false)
+            .iter()
+            .map(decode)
+            .collect();
+        assert!(matches!(&c2s[0], ControlFrame::Hello(h) if h.entity_type == entity_type::CLIENT));
+        assert!(
+            matches!(&c2s[1], ControlFrame::AuthRequest(r) if r.method == 2 && !r.auth_payload.is_empty())
+        );
+        assert!(matches!(&c2s[2], ControlFrame::AuthRequestMore(r) if !r.auth_payload.is_empty()));
+        let s2c: Vec<ControlFrame> = plaintext_frames(CEPHX_S2C, true)
+            .iter()
+            .map(decode)
+            .collect();
+        assert!(matches!(&s2c[0], ControlFrame::Hello(h) if h.entity_type == entity_type::MON));
+        assert!(matches!(&s2c[1], ControlFrame::AuthReplyMore(r) if !r.auth_payload.is_empty()));
+        let ControlFrame::AuthDone(done) = &s2c[2] else {
+            panic!("expected AUTH_DONE, got {:?}", s2c[2])
+        };
+        assert_eq!((done.global_id, done.con_mode), (4097, 2));
+        assert!(!done.auth_payload.is_empty());
+    }
+
+    #[test]
+    fn captured_payload_prefixes_fail() {
+        for (stream, tag) in [
+            (MON_C2S, Tag::Hello),
+            (MON_C2S, Tag::AuthRequest),
+            (MON_C2S, Tag::ClientIdent),
+            (MON_S2C, Tag::AuthDone),
+            (MON_S2C, Tag::ServerIdent),
+            (OSD_C2S, Tag::AuthSignature),
+        ] {
+            let b = payload(stream, tag as u8, 0);
+            for n in 0..b.len() {
+                assert!(
+                    ControlFrame::decode(tag, &b[..n]).is_err(),
+                    "{tag:?} prefix {n}"
+                );
+            }
+        }
     }
 
     fn sample_addrs() -> AddrVec {
