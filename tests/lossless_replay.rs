@@ -57,17 +57,17 @@ proptest! {
         for (i, len) in up.iter().enumerate() {
             sim.client.send(now, pool.message(i as u64, *len)).unwrap();
         }
-        let mut queued_down = false;
+        let queued_down = std::cell::Cell::new(false);
         let ok = run_with_cuts(&mut sim, cuts.clone(), |s| {
-            if !queued_down && s.server().is_some_and(|c| c.is_ready()) {
-                queued_down = true;
+            if !queued_down.get() && s.server().is_some_and(|c| c.is_ready()) {
+                queued_down.set(true);
                 let t = s.now;
                 let srv = s.server().unwrap();
                 for (i, len) in down.iter().enumerate() {
                     srv.send(t, pool.message(i as u64, *len)).unwrap();
                 }
             }
-        }, |s| s.server_inbox.len() >= n && s.client_inbox.len() >= m && queued_down);
+        }, |s| s.server_inbox.len() >= n && s.client_inbox.len() >= m && queued_down.get());
         prop_assert!(ok, "did not finish: up {}/{n} down {}/{m}, cuts {cuts:?}, transports {}, client phase {:?}",
             sim.server_inbox.len(), sim.client_inbox.len(), sim.transports, sim.client.phase());
         // Let in-flight duplicates, if any, arrive.

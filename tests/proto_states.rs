@@ -481,13 +481,23 @@ fn reconnect(client_cookie: u64, server_cookie: u64, gs: u64, cs: u64, ms: u64) 
 }
 
 fn resolve_reconnect(existing: Option<&mut Connection>, frame: ControlFrame) -> (Resolution, Vec<ControlFrame>, Connection) {
+    let (r, frames, _, s) = resolve_reconnect_all(existing, frame);
+    (r, frames, s)
+}
+
+/// Like `resolve_reconnect`, also returning the MESSAGE frames that followed the control frames.
+fn resolve_reconnect_all(
+    existing: Option<&mut Connection>,
+    frame: ControlFrame,
+) -> (Resolution, Vec<ControlFrame>, Vec<msgr::proto::frame::Frame>, Connection) {
     let (mut s, mut p, now) = server_after_auth(2);
     let v = p.frame(&frame);
     s.handle_input(now, &v);
     assert!(matches!(drain_events(&mut s)[..], [Event::SessionRequest(_)]));
     let r = s.resolve_session(now, existing);
-    let frames = p.recv_control(&mut s, now);
-    (r, frames, s)
+    let (messages, control): (Vec<_>, Vec<_>) = p.recv_from(&mut s, now).into_iter().partition(|f| f.tag == Tag::Message);
+    let control = control.into_iter().map(|f| ControlFrame::decode(f.tag, f.payload()).unwrap()).collect();
+    (r, control, messages, s)
 }
 
 #[test]
@@ -539,25 +549,33 @@ fn test_server_reconnect_ok_takes_over_session_and_replays() {
     ex.on_transport_error(now, "cut");
     assert_eq!(ex.phase(), Phase::Standby);
     let sc = ex.server_cookie();
-    let (r, frames, holder) = resolve_reconnect(Some(&mut ex), reconnect(5, sc, 11, 1, 1));
+    let (r, frames, frames_after, holder) = resolve_reconnect_all(Some(&mut ex), reconnect(5, sc, 11, 1, 1));
     assert_eq!(r, Resolution::TookOver);
     assert!(ex.is_closed());
     assert_eq!(frames[0], ControlFrame::SessionReconnectOk(SessionReconnectOk { msg_seq: 0 }));
     assert!(holder.is_ready());
+    // The two unacknowledged messages follow at once, with their original seqs.
+    let seqs: Vec<u64> = frames_after[..]
+        .iter()
+        .map(|f| msgr::proto::Message::from_segments(&f.segments[..f.num_segments]).unwrap().header.seq)
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
     assert_eq!(holder.pending_messages(), 2, "message 1 was acknowledged by msg_seq");
 }
 
 #[test]
 fn test_server_connection_race_lower_peer_address_wins() {
-    // Our own outgoing attempt to the peer, still connecting.
+    // Ceph orders addresses by memcmp of entity_addr_t: type, then the nonce in little-endian bytes.
+    // nonce 1 is below server_addr's 7777 (0x61 0x1e …), so the peer's address is lower.
+    let lower = EntityAddr::msgr2("127.0.0.1:40000".parse().unwrap(), 1);
+    assert!(msgr::proto::conn::ceph_addr_less(lower.clone(), server_addr()));
+    // Our own outgoing attempt to the peer, still connecting, with a message queued.
     let now = Instant::now();
-    let mut mine = Connection::client(arc(server_config(4)), Policy::lossless_peer(), entity_type::CLIENT, client_addr(), now);
+    let mut mine = Connection::client(arc(server_config(4)), Policy::lossless_peer(), entity_type::CLIENT, lower.clone(), now);
     mine.on_transport_connected(now);
     mine.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"q"))).unwrap();
-    // client_addr (127.0.0.1:40000) < server_addr (127.0.0.1:6800)? Compare as Ceph does: type, nonce, …
-    // nonce 4242 < 7777, so the peer's address is lower: the incoming connection wins.
     let (mut s, mut p, now2) = server_after_auth(5);
-    let v = p.frame(&client_ident(5, 10, client_addr()));
+    let v = p.frame(&client_ident(5, 10, lower));
     s.handle_input(now2, &v);
     drain_events(&mut s);
     assert_eq!(s.resolve_session(now2, Some(&mut mine)), Resolution::TookOver);

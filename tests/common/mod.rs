@@ -21,7 +21,7 @@ pub fn client_addr() -> EntityAddr {
 }
 
 pub fn server_config(seed: u64) -> Config {
-    let mut c = Config::new(entity_type::OSD, AuthEntityName::new(entity_type::OSD as u32, "0"));
+    let mut c = Config::new(entity_type::OSD, AuthEntityName::new(entity_type::OSD, "0"));
     c.gid = 0;
     c.my_addrs = AddrVec(vec![server_addr()]);
     c.rng_seed = Some(seed);
@@ -32,7 +32,7 @@ pub fn server_config(seed: u64) -> Config {
 }
 
 pub fn client_config(seed: u64) -> Config {
-    let mut c = Config::new(entity_type::CLIENT, AuthEntityName::new(entity_type::CLIENT as u32, "admin"));
+    let mut c = Config::new(entity_type::CLIENT, AuthEntityName::new(entity_type::CLIENT, "admin"));
     c.gid = 4100;
     c.my_addrs = AddrVec(vec![client_addr()]);
     c.rng_seed = Some(seed.wrapping_add(1));
