@@ -95,7 +95,7 @@ run_fmt() {
     cargo fmt --all -- --check
     local script
     for script in ci/*.sh scripts/*.sh .ci/run; do
-        [[ -e "$script" ]] && bash -n "$script"
+        if [[ -e "$script" ]]; then bash -n "$script"; fi
     done
     section_done
 }
