@@ -25,6 +25,7 @@ RUN_START=$(date +%s)
 SECTION_NAME=""
 SECTION_START=0
 TIMINGS=()
+TEST_SUMMARY=""
 
 section() {
     SECTION_NAME="$1"
@@ -113,21 +114,22 @@ run_build() {
 }
 
 run_tests() {
-    section "cargo test"
+    section "cargo test --no-fail-fast"
     local log
     log=$(mktemp)
     # pipefail makes a failing `cargo test` fail this pipeline despite tee.
-    cargo test 2>&1 | tee "$log"
-    # One line for all test binaries (lib, integration tests, doctests).
-    awk '/^test result:/ {
+    cargo test --no-fail-fast 2>&1 | tee "$log"
+    # One line for all test binaries (lib, integration tests, doctests), repeated as the script's last line.
+    TEST_SUMMARY=$(awk '/^test result:/ {
             for (i = 1; i <= NF; i++) {
                 if ($(i) ~ /^passed;?$/) p += $(i-1)
                 if ($(i) ~ /^failed;?$/) f += $(i-1)
                 if ($(i) ~ /^ignored;?$/) s += $(i-1)
             }
          }
-         END { printf "\ncargo test: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+         END { printf "tests: %d passed, %d failed, %d skipped", p, f, s }' "$log")
     rm -f "$log"
+    printf '\n%s\n' "$TEST_SUMMARY"
     section_done
 }
 
@@ -165,3 +167,4 @@ printf '\n==> timings\n'
 printf '%s\n' "${TIMINGS[@]}"
 printf '%5ds  total\n' $(($(date +%s) - RUN_START))
 echo "ci/test.sh: all green"
+echo "$TEST_SUMMARY"
