@@ -16,12 +16,23 @@ use rand::{Rng, SeedableRng};
 fn sizes(seed: u64, n: usize) -> Vec<usize> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
-        .map(|_| if rng.random_ratio(1, 20) { rng.random_range(16_384..=150_000) } else { rng.random_range(0..2048) })
+        .map(|_| {
+            if rng.random_ratio(1, 20) {
+                rng.random_range(16_384..=150_000)
+            } else {
+                rng.random_range(0..2048)
+            }
+        })
         .collect()
 }
 
 /// Run `sim`, applying `cuts` one after the other (each counts bytes delivered after the previous cut).
-fn run_with_cuts(sim: &mut Sim, mut cuts: Vec<usize>, mut on_step: impl FnMut(&mut Sim), done: impl Fn(&Sim) -> bool) -> bool {
+fn run_with_cuts(
+    sim: &mut Sim,
+    mut cuts: Vec<usize>,
+    mut on_step: impl FnMut(&mut Sim),
+    done: impl Fn(&Sim) -> bool,
+) -> bool {
     cuts.reverse();
     for _ in 0..2_000_000 {
         if done(sim) {
@@ -39,7 +50,10 @@ fn run_with_cuts(sim: &mut Sim, mut cuts: Vec<usize>, mut on_step: impl FnMut(&m
 }
 
 fn cut_strategy() -> impl Strategy<Value = Vec<usize>> {
-    prop::collection::vec(prop_oneof![1usize..400, 400usize..4000, 4000usize..300_000], 0..6)
+    prop::collection::vec(
+        prop_oneof![1usize..400, 400usize..4000, 4000usize..300_000],
+        0..6,
+    )
 }
 
 proptest! {
@@ -99,7 +113,7 @@ proptest! {
         if sim.server_inbox.len() < n {
             // Lost messages only with a reset reported to the client.
             prop_assert!(sim.client.is_closed());
-            prop_assert!(sim.events.iter().any(|(side, e)| *side == Side::Client && matches!(e, Event::Reset(_))));
+            prop_assert!(sim.events.iter().any(|(side, e)| *side == Side::Client && matches!(e, Event::Reset(_))), "events: {:?}", sim.events);
         }
     }
 }
@@ -109,13 +123,22 @@ fn cut_inside_handshake_then_reconnect_delivers_everything() {
     // Deterministic companion to the proptest: cut at every offset of the first handshake.
     for cut in 1..200 {
         let now = Instant::now();
-        let mut sim = Sim::new(arc(client_config(cut as u64)), Policy::lossless_client(), arc(server_config(9)), server_addr(), now);
+        let mut sim = Sim::new(
+            arc(client_config(cut as u64)),
+            Policy::lossless_client(),
+            arc(server_config(9)),
+            server_addr(),
+            now,
+        );
         let pool = PayloadPool::new(3, 4096);
         for i in 0..10 {
             sim.client.send(now, pool.message(i, 300)).unwrap();
         }
         sim.cut_after = Some(cut);
-        assert!(sim.run_until(100_000, |s| s.server_inbox.len() == 10), "cut at {cut}");
+        assert!(
+            sim.run_until(100_000, |s| s.server_inbox.len() == 10),
+            "cut at {cut}"
+        );
         let tids: Vec<u64> = sim.server_inbox.iter().map(|m| m.header.tid).collect();
         assert_eq!(tids, (0..10).collect::<Vec<_>>(), "cut at {cut}");
     }

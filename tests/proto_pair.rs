@@ -21,8 +21,14 @@ fn handshake_then_ten_thousand_messages_in_order_and_intact() {
         server_addr(),
         now,
     );
-    assert!(sim.run_until(1000, |s| s.client.is_ready()), "handshake did not complete");
-    assert!(sim.events.iter().any(|(_, e)| *e == Event::Connected { reconnect: false }));
+    assert!(
+        sim.run_until(1000, |s| s.client.is_ready()),
+        "handshake did not complete"
+    );
+    assert!(sim
+        .events
+        .iter()
+        .any(|(_, e)| *e == Event::Connected { reconnect: false }));
     assert_eq!(sim.server().unwrap().phase(), Phase::Ready);
 
     let pool = PayloadPool::new(42, 256 * 1024 + 1);
@@ -32,18 +38,25 @@ fn handshake_then_ten_thousand_messages_in_order_and_intact() {
     // Client -> server: all of them; server -> client: every tenth, interleaved.
     let mut sent_back = 0u64;
     for i in 0..N {
-        sim.client.send(sim.now, pool.message(i, sizes[i as usize])).unwrap();
+        sim.client
+            .send(sim.now, pool.message(i, sizes[i as usize]))
+            .unwrap();
         if i % 10 == 0 {
             let now = sim.now;
-            sim.server().unwrap().send(now, pool.message(i, sizes[i as usize] / 4)).unwrap();
+            sim.server()
+                .unwrap()
+                .send(now, pool.message(i, sizes[i as usize] / 4))
+                .unwrap();
             sent_back += 1;
         }
         if i % 64 == 0 {
             sim.step();
         }
     }
-    assert!(sim.run_until(10_000_000, |s| s.server_inbox.len() as u64 == N
-        && s.client_inbox.len() as u64 == sent_back));
+    assert!(
+        sim.run_until(10_000_000, |s| s.server_inbox.len() as u64 == N
+            && s.client_inbox.len() as u64 == sent_back)
+    );
 
     for (i, m) in sim.server_inbox.iter().enumerate() {
         assert_eq!(m.header.tid, i as u64, "out of order at {i}");
@@ -57,7 +70,11 @@ fn handshake_then_ten_thousand_messages_in_order_and_intact() {
     }
     // Acks flowed: nothing is left unacknowledged once both sides are idle.
     sim.run_until(1000, |_| false);
-    assert_eq!(sim.client.pending_messages(), 0, "client still holds unacked messages");
+    assert_eq!(
+        sim.client.pending_messages(),
+        0,
+        "client still holds unacked messages"
+    );
     assert_eq!(sim.server().unwrap().pending_messages(), 0);
     assert_eq!(sim.client.stats().msgs_out, N);
     assert_eq!(sim.transports, 1, "no reconnect should have happened");
@@ -66,20 +83,38 @@ fn handshake_then_ten_thousand_messages_in_order_and_intact() {
 #[test]
 fn byte_by_byte_delivery_completes_the_handshake() {
     let now = Instant::now();
-    let mut sim = Sim::new(arc(client_config(3)), Policy::lossy_client(), arc(server_config(4)), server_addr(), now);
+    let mut sim = Sim::new(
+        arc(client_config(3)),
+        Policy::lossy_client(),
+        arc(server_config(4)),
+        server_addr(),
+        now,
+    );
     sim.max_chunk = 1;
     let pool = PayloadPool::new(1, 4096);
     for i in 0..20 {
-        sim.client.send(now, pool.message(i, (i as usize * 97) % 2000)).unwrap();
+        sim.client
+            .send(now, pool.message(i, (i as usize * 97) % 2000))
+            .unwrap();
     }
     assert!(sim.run_until(1_000_000, |s| s.server_inbox.len() == 20));
-    assert!(sim.server_inbox.iter().enumerate().all(|(i, m)| m.header.tid == i as u64 && pool.verify(m)));
+    assert!(sim
+        .server_inbox
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.header.tid == i as u64 && pool.verify(m)));
 }
 
 #[test]
 fn high_priority_overtakes_queued_normal_messages() {
     let now = Instant::now();
-    let mut sim = Sim::new(arc(client_config(5)), Policy::lossless_client(), arc(server_config(6)), server_addr(), now);
+    let mut sim = Sim::new(
+        arc(client_config(5)),
+        Policy::lossless_client(),
+        arc(server_config(6)),
+        server_addr(),
+        now,
+    );
     assert!(sim.run_until(1000, |s| s.client.is_ready()));
     let pool = PayloadPool::new(9, 1024);
     // Queue normal ones, then a high-priority one, before the socket is polled.
@@ -87,7 +122,11 @@ fn high_priority_overtakes_queued_normal_messages() {
         sim.client.send(sim.now, pool.message(i, 100)).unwrap();
     }
     sim.client
-        .send(sim.now, pool.message(99, 10).with_priority(msgr::proto::message::MSG_PRIO_HIGH))
+        .send(
+            sim.now,
+            pool.message(99, 10)
+                .with_priority(msgr::proto::message::MSG_PRIO_HIGH),
+        )
         .unwrap();
     assert!(sim.run_until(1000, |s| s.server_inbox.len() == 6));
     assert_eq!(sim.server_inbox[0].header.tid, 99);
@@ -98,9 +137,18 @@ fn high_priority_overtakes_queued_normal_messages() {
 #[test]
 fn keepalive_round_trip_reports_rtt() {
     let now = Instant::now();
-    let mut sim = Sim::new(arc(client_config(7)), Policy::lossy_client(), arc(server_config(8)), server_addr(), now);
+    let mut sim = Sim::new(
+        arc(client_config(7)),
+        Policy::lossy_client(),
+        arc(server_config(8)),
+        server_addr(),
+        now,
+    );
     assert!(sim.run_until(1000, |s| s.client.is_ready()));
     let t = sim.now;
     sim.client.send_keepalive(t);
-    assert!(sim.run_until(1000, |s| s.events.iter().any(|(_, e)| matches!(e, Event::KeepaliveAck { .. }))));
+    assert!(sim.run_until(1000, |s| s
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::KeepaliveAck { .. }))));
 }

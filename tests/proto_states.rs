@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use msgr::proto::auth::{AuthNoneRequest, AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
-use msgr::proto::conn::{Connection, Policy, Resolution, CEPH_FEATURES_ALL, CEPH_FEATURE_MSG_ADDR2};
+use msgr::proto::auth::{
+    AuthNoneRequest, AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE,
+};
+use msgr::proto::conn::{
+    Connection, Policy, Resolution, CEPH_FEATURES_ALL, CEPH_FEATURE_MSG_ADDR2,
+};
 use msgr::proto::frame::Tag;
 use msgr::proto::frames::*;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
@@ -18,7 +22,13 @@ use msgr::proto::{Error, Event, Phase};
 
 fn client_conn(policy: Policy) -> (Connection, RawPeer, Instant) {
     let now = Instant::now();
-    let mut c = Connection::client(arc(client_config(1)), policy, entity_type::OSD, server_addr(), now);
+    let mut c = Connection::client(
+        arc(client_config(1)),
+        policy,
+        entity_type::OSD,
+        server_addr(),
+        now,
+    );
     assert_eq!(c.poll_event(), Some(Event::OpenTransport));
     c.on_transport_connected(now);
     (c, RawPeer::new(), now)
@@ -26,7 +36,10 @@ fn client_conn(policy: Policy) -> (Connection, RawPeer, Instant) {
 
 fn hello_from_server(p: &mut RawPeer) -> Vec<u8> {
     let mut v = RawPeer::banner();
-    v.extend(p.frame(&ControlFrame::Hello(Hello { entity_type: entity_type::OSD, peer_addr: client_addr() })));
+    v.extend(p.frame(&ControlFrame::Hello(Hello {
+        entity_type: entity_type::OSD,
+        peer_addr: client_addr(),
+    })));
     v
 }
 
@@ -35,14 +48,26 @@ fn conn_after_hello(policy: Policy) -> (Connection, RawPeer, Instant) {
     let bytes = hello_from_server(&mut p);
     c.handle_input(now, &bytes);
     let frames = p.recv_control(&mut c, now);
-    assert!(matches!(frames[..], [ControlFrame::Hello(_), ControlFrame::AuthRequest(_)]), "{frames:?}");
+    assert!(
+        matches!(
+            frames[..],
+            [ControlFrame::Hello(_), ControlFrame::AuthRequest(_)]
+        ),
+        "{frames:?}"
+    );
     assert_eq!(c.phase(), Phase::Auth);
     (c, p, now)
 }
 
 fn auth_done_and_sig(p: &mut RawPeer) -> Vec<u8> {
-    let mut v = p.frame(&ControlFrame::AuthDone(AuthDone { global_id: 77, con_mode: CON_MODE_CRC, auth_payload: Bytes::new() }));
-    v.extend(p.frame(&ControlFrame::AuthSignature(AuthSignature { signature: [0; 32] })));
+    let mut v = p.frame(&ControlFrame::AuthDone(AuthDone {
+        global_id: 77,
+        con_mode: CON_MODE_CRC,
+        auth_payload: Bytes::new(),
+    }));
+    v.extend(p.frame(&ControlFrame::AuthSignature(AuthSignature {
+        signature: [0; 32],
+    })));
     v
 }
 
@@ -51,7 +76,13 @@ fn conn_after_auth(policy: Policy) -> (Connection, RawPeer, Instant) {
     let bytes = auth_done_and_sig(&mut p);
     c.handle_input(now, &bytes);
     let frames = p.recv_control(&mut c, now);
-    assert!(matches!(frames[..], [ControlFrame::AuthSignature(_), ControlFrame::ClientIdent(_)]), "{frames:?}");
+    assert!(
+        matches!(
+            frames[..],
+            [ControlFrame::AuthSignature(_), ControlFrame::ClientIdent(_)]
+        ),
+        "{frames:?}"
+    );
     assert_eq!(c.phase(), Phase::Session);
     (c, p, now)
 }
@@ -81,7 +112,10 @@ fn conn_ready(policy: Policy) -> (Connection, RawPeer, Instant) {
 fn conn_reconnecting() -> (Connection, RawPeer, Instant, SessionReconnect) {
     let (mut c, _, now) = conn_ready(Policy::lossless_client());
     c.on_transport_error(now, "test");
-    assert!(matches!(drain_events(&mut c)[..], [Event::TransportDown(_)]));
+    assert!(matches!(
+        drain_events(&mut c)[..],
+        [Event::TransportDown(_)]
+    ));
     assert_eq!(c.phase(), Phase::Connecting);
     let t = c.poll_timeout().expect("reconnect timer");
     c.handle_timeout(t);
@@ -92,7 +126,9 @@ fn conn_reconnecting() -> (Connection, RawPeer, Instant, SessionReconnect) {
     bytes.extend(auth_done_and_sig(&mut p));
     c.handle_input(t, &bytes);
     let frames = p.recv_control(&mut c, t);
-    let Some(ControlFrame::SessionReconnect(r)) = frames.last().cloned() else { panic!("{frames:?}") };
+    let Some(ControlFrame::SessionReconnect(r)) = frames.last().cloned() else {
+        panic!("{frames:?}")
+    };
     assert_eq!(c.phase(), Phase::Reconnecting);
     (c, p, t, r)
 }
@@ -101,7 +137,13 @@ fn closed_with(c: &mut Connection) -> Error {
     let evs = drain_events(c);
     assert!(c.is_closed(), "not closed: {evs:?}");
     evs.into_iter()
-        .find_map(|e| if let Event::Reset(e) = e { Some(e) } else { None })
+        .find_map(|e| {
+            if let Event::Reset(e) = e {
+                Some(e)
+            } else {
+                None
+            }
+        })
         .expect("a Reset event")
 }
 
@@ -119,14 +161,20 @@ fn test_banner_peer_without_revision_1_names_the_feature() {
     let (mut c, _, now) = client_conn(Policy::lossless_client());
     c.handle_input(now, &RawPeer::banner_with(0, 0));
     let e = closed_with(&mut c);
-    assert!(matches!(e, Error::PeerIncompatible(ref s) if s.contains("REVISION_1")), "{e}");
+    assert!(
+        matches!(e, Error::PeerIncompatible(ref s) if s.contains("REVISION_1")),
+        "{e}"
+    );
 }
 
 #[test]
 fn test_hello_wrong_entity_type_is_refused() {
     let (mut c, mut p, now) = client_conn(Policy::lossless_client());
     let mut v = RawPeer::banner();
-    v.extend(p.frame(&ControlFrame::Hello(Hello { entity_type: entity_type::MON, peer_addr: client_addr() })));
+    v.extend(p.frame(&ControlFrame::Hello(Hello {
+        entity_type: entity_type::MON,
+        peer_addr: client_addr(),
+    })));
     c.handle_input(now, &v);
     assert!(matches!(closed_with(&mut c), Error::PeerIncompatible(_)));
 }
@@ -137,10 +185,18 @@ fn test_hello_auth_request_is_method_none_authorizer_form() {
     let v = hello_from_server(&mut p);
     c.handle_input(now, &v);
     let frames = p.recv_control(&mut c, now);
-    let ControlFrame::AuthRequest(r) = &frames[1] else { panic!() };
+    let ControlFrame::AuthRequest(r) = &frames[1] else {
+        panic!()
+    };
     assert_eq!(r.method, AUTH_METHOD_NONE);
     assert_eq!(r.preferred_modes, vec![CON_MODE_CRC]);
-    assert!(matches!(AuthNoneRequest::decode(&r.auth_payload).unwrap(), AuthNoneRequest::Authorizer { global_id: 4100, .. }));
+    assert!(matches!(
+        AuthNoneRequest::decode(&r.auth_payload).unwrap(),
+        AuthNoneRequest::Authorizer {
+            global_id: 4100,
+            ..
+        }
+    ));
 }
 
 // ---------- auth ----------
@@ -156,14 +212,23 @@ fn test_auth_bad_method_ends_with_clear_error() {
     }));
     c.handle_input(now, &v);
     let e = closed_with(&mut c);
-    assert!(matches!(e, Error::AuthFailed(ref s) if s.contains("[2]")), "{e}");
+    assert!(
+        matches!(e, Error::AuthFailed(ref s) if s.contains("[2]")),
+        "{e}"
+    );
 }
 
 #[test]
 fn test_auth_signature_mismatch_ends_connection() {
     let (mut c, mut p, now) = conn_after_hello(Policy::lossless_client());
-    let mut v = p.frame(&ControlFrame::AuthDone(AuthDone { global_id: 1, con_mode: CON_MODE_CRC, auth_payload: Bytes::new() }));
-    v.extend(p.frame(&ControlFrame::AuthSignature(AuthSignature { signature: [1; 32] })));
+    let mut v = p.frame(&ControlFrame::AuthDone(AuthDone {
+        global_id: 1,
+        con_mode: CON_MODE_CRC,
+        auth_payload: Bytes::new(),
+    }));
+    v.extend(p.frame(&ControlFrame::AuthSignature(AuthSignature {
+        signature: [1; 32],
+    })));
     c.handle_input(now, &v);
     assert!(matches!(closed_with(&mut c), Error::AuthFailed(_)));
 }
@@ -171,7 +236,11 @@ fn test_auth_signature_mismatch_ends_connection() {
 #[test]
 fn test_auth_done_secure_mode_refused_without_cephx() {
     let (mut c, mut p, now) = conn_after_hello(Policy::lossless_client());
-    let v = p.frame(&ControlFrame::AuthDone(AuthDone { global_id: 1, con_mode: CON_MODE_SECURE, auth_payload: Bytes::new() }));
+    let v = p.frame(&ControlFrame::AuthDone(AuthDone {
+        global_id: 1,
+        con_mode: CON_MODE_SECURE,
+        auth_payload: Bytes::new(),
+    }));
     c.handle_input(now, &v);
     assert!(matches!(closed_with(&mut c), Error::PeerIncompatible(_)));
 }
@@ -181,10 +250,15 @@ fn test_auth_done_secure_mode_refused_without_cephx() {
 #[test]
 fn test_session_connecting_ident_missing_features() {
     let (mut c, mut p, now) = conn_after_auth(Policy::lossless_client());
-    let v = p.frame(&ControlFrame::IdentMissingFeatures(IdentMissingFeatures { features: 1 << 40 }));
+    let v = p.frame(&ControlFrame::IdentMissingFeatures(IdentMissingFeatures {
+        features: 1 << 40,
+    }));
     c.handle_input(now, &v);
     let e = closed_with(&mut c);
-    assert!(matches!(e, Error::PeerIncompatible(ref s) if s.contains("10000000000")), "{e}");
+    assert!(
+        matches!(e, Error::PeerIncompatible(ref s) if s.contains("10000000000")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -192,7 +266,10 @@ fn test_session_connecting_wait_backs_off_to_max() {
     let (mut c, mut p, now) = conn_after_auth(Policy::lossless_client());
     let v = p.frame(&ControlFrame::Wait);
     c.handle_input(now, &v);
-    assert!(matches!(drain_events(&mut c)[..], [Event::TransportDown(_)]));
+    assert!(matches!(
+        drain_events(&mut c)[..],
+        [Event::TransportDown(_)]
+    ));
     assert_eq!(c.phase(), Phase::Wait);
     assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(8)));
     c.handle_timeout(now + Duration::from_millis(8));
@@ -213,7 +290,10 @@ fn test_session_connecting_server_ident_for_another_address_is_refused() {
         cookie: 1,
     }));
     c.handle_input(now, &v);
-    assert!(matches!(drain_events(&mut c)[0], Event::TransportDown(Error::PeerMisbehaved(_))));
+    assert!(matches!(
+        drain_events(&mut c)[0],
+        Event::TransportDown(Error::PeerMisbehaved(_))
+    ));
 }
 
 #[test]
@@ -232,11 +312,17 @@ fn test_ready_message_before_ready_is_a_protocol_error() {
     let (mut c, mut p, now) = conn_after_hello(Policy::lossy_client());
     let mut out = Vec::new();
     let m = msgr::proto::Message::new(1, Bytes::from_static(b"x"));
-    let segs = [msgr::proto::frame::Segment::new(m.header_segment(), 8), msgr::proto::frame::Segment::new(m.front.clone(), 8)];
+    let segs = [
+        msgr::proto::frame::Segment::new(m.header_segment(), 8),
+        msgr::proto::frame::Segment::new(m.front.clone(), 8),
+    ];
     p.enc.encode(Tag::Message, &segs, &mut out).unwrap();
     c.handle_input(now, &out.concat());
     // Lossy client still connecting: it faults and retries rather than resetting.
-    assert!(matches!(drain_events(&mut c)[0], Event::TransportDown(Error::PeerMisbehaved(_))));
+    assert!(matches!(
+        drain_events(&mut c)[0],
+        Event::TransportDown(Error::PeerMisbehaved(_))
+    ));
 }
 
 #[test]
@@ -246,14 +332,18 @@ fn test_ready_keepalive_is_answered_with_same_timestamp() {
     let v = p.frame(&ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }));
     c.handle_input(now, &v);
     let frames = p.recv_control(&mut c, now);
-    assert_eq!(frames, vec![ControlFrame::Keepalive2Ack(Keepalive2Ack { timestamp: ts })]);
+    assert_eq!(
+        frames,
+        vec![ControlFrame::Keepalive2Ack(Keepalive2Ack { timestamp: ts })]
+    );
 }
 
 #[test]
 fn test_ready_ack_trims_sent_messages() {
     let (mut c, mut p, now) = conn_ready(Policy::lossless_client());
     for i in 0..3 {
-        c.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i]))).unwrap();
+        c.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i])))
+            .unwrap();
     }
     let frames = p.recv_from(&mut c, now);
     assert_eq!(frames.len(), 3);
@@ -268,7 +358,13 @@ fn test_ready_idle_timeout_faults() {
     let now = Instant::now();
     let mut cfg = client_config(1);
     cfg.idle_timeout = Some(Duration::from_secs(5));
-    let mut c = Connection::client(arc(cfg), Policy::lossy_client(), entity_type::OSD, server_addr(), now);
+    let mut c = Connection::client(
+        arc(cfg),
+        Policy::lossy_client(),
+        entity_type::OSD,
+        server_addr(),
+        now,
+    );
     c.poll_event();
     c.on_transport_connected(now);
     let mut p = RawPeer::new();
@@ -299,39 +395,58 @@ fn test_reconnecting_session_retry_bumps_connect_seq() {
     let v = p.frame(&ControlFrame::SessionRetry(SessionRetry { connect_seq: 5 }));
     c.handle_input(now, &v);
     let frames = p.recv_control(&mut c, now);
-    let [ControlFrame::SessionReconnect(r)] = &frames[..] else { panic!("{frames:?}") };
+    let [ControlFrame::SessionReconnect(r)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
     assert_eq!(r.connect_seq, 6);
 }
 
 #[test]
 fn test_reconnecting_retry_global_moves_global_seq_past_peer() {
     let (mut c, mut p, now, first) = conn_reconnecting();
-    let v = p.frame(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal { global_seq: first.global_seq + 100 }));
+    let v = p.frame(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal {
+        global_seq: first.global_seq + 100,
+    }));
     c.handle_input(now, &v);
     let frames = p.recv_control(&mut c, now);
-    let [ControlFrame::SessionReconnect(r)] = &frames[..] else { panic!("{frames:?}") };
+    let [ControlFrame::SessionReconnect(r)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
     assert!(r.global_seq > first.global_seq + 100);
 }
 
 #[test]
 fn test_reconnecting_full_reset_reports_remote_reset_and_starts_new_session() {
     let (mut c, mut p, now, _) = conn_reconnecting();
-    c.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"lost"))).unwrap();
+    c.send(
+        now,
+        msgr::proto::Message::new(1, Bytes::from_static(b"lost")),
+    )
+    .unwrap();
     let v = p.frame(&ControlFrame::SessionReset(SessionReset { full: true }));
     c.handle_input(now, &v);
     assert!(drain_events(&mut c).contains(&Event::RemoteReset { dropped: 1 }));
     let frames = p.recv_control(&mut c, now);
-    assert!(matches!(frames[..], [ControlFrame::ClientIdent(_)]), "{frames:?}");
+    assert!(
+        matches!(frames[..], [ControlFrame::ClientIdent(_)]),
+        "{frames:?}"
+    );
     assert_eq!(c.phase(), Phase::Session);
 }
 
 #[test]
 fn test_reconnecting_partial_reset_keeps_queue() {
     let (mut c, mut p, now, _) = conn_reconnecting();
-    c.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"kept"))).unwrap();
+    c.send(
+        now,
+        msgr::proto::Message::new(1, Bytes::from_static(b"kept")),
+    )
+    .unwrap();
     let v = p.frame(&ControlFrame::SessionReset(SessionReset { full: false }));
     c.handle_input(now, &v);
-    assert!(!drain_events(&mut c).iter().any(|e| matches!(e, Event::RemoteReset { .. })));
+    assert!(!drain_events(&mut c)
+        .iter()
+        .any(|e| matches!(e, Event::RemoteReset { .. })));
     assert_eq!(c.pending_messages(), 1);
     assert_eq!(c.connect_seq(), 0);
 }
@@ -340,7 +455,8 @@ fn test_reconnecting_partial_reset_keeps_queue() {
 fn test_reconnecting_reconnect_ok_replays_unacked() {
     let (mut c, mut p0, now) = conn_ready(Policy::lossless_client());
     for i in 0..4 {
-        c.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i]))).unwrap();
+        c.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i])))
+            .unwrap();
     }
     assert_eq!(p0.recv_from(&mut c, now).len(), 4);
     c.on_transport_error(now, "cut");
@@ -353,13 +469,20 @@ fn test_reconnecting_reconnect_ok_replays_unacked() {
     c.handle_input(t, &v);
     p.recv_control(&mut c, t);
     // The server got the first two.
-    let v = p.frame(&ControlFrame::SessionReconnectOk(SessionReconnectOk { msg_seq: 2 }));
+    let v = p.frame(&ControlFrame::SessionReconnectOk(SessionReconnectOk {
+        msg_seq: 2,
+    }));
     c.handle_input(t, &v);
     assert!(drain_events(&mut c).contains(&Event::Connected { reconnect: true }));
     let frames = p.recv_from(&mut c, t);
     let seqs: Vec<u64> = frames
         .iter()
-        .map(|f| msgr::proto::Message::from_segments(&f.segments[..f.num_segments]).unwrap().header.seq)
+        .map(|f| {
+            msgr::proto::Message::from_segments(&f.segments[..f.num_segments])
+                .unwrap()
+                .header
+                .seq
+        })
         .collect();
     assert_eq!(seqs, vec![3, 4]);
     assert_eq!(c.stats().replayed, 2);
@@ -385,8 +508,14 @@ fn server_after_auth(seed: u64) -> (Connection, RawPeer, Instant) {
     let mut s = Connection::server(arc(server_config(seed)), server_addr(), now);
     let mut p = RawPeer::new();
     let mut v = RawPeer::banner();
-    v.extend(p.frame(&ControlFrame::Hello(Hello { entity_type: entity_type::CLIENT, peer_addr: server_addr() })));
-    let auth = AuthNoneRequest::Authorizer { name: AuthEntityName::new(8, "admin"), global_id: 4100 };
+    v.extend(p.frame(&ControlFrame::Hello(Hello {
+        entity_type: entity_type::CLIENT,
+        peer_addr: server_addr(),
+    })));
+    let auth = AuthNoneRequest::Authorizer {
+        name: AuthEntityName::new(8, "admin"),
+        global_id: 4100,
+    };
     v.extend(p.frame(&ControlFrame::AuthRequest(AuthRequest {
         method: AUTH_METHOD_NONE,
         preferred_modes: vec![CON_MODE_CRC],
@@ -394,8 +523,20 @@ fn server_after_auth(seed: u64) -> (Connection, RawPeer, Instant) {
     })));
     s.handle_input(now, &v);
     let frames = p.recv_control(&mut s, now);
-    assert!(matches!(frames[..], [ControlFrame::Hello(_), ControlFrame::AuthDone(_), ControlFrame::AuthSignature(_)]), "{frames:?}");
-    let v = p.frame(&ControlFrame::AuthSignature(AuthSignature { signature: [0; 32] }));
+    assert!(
+        matches!(
+            frames[..],
+            [
+                ControlFrame::Hello(_),
+                ControlFrame::AuthDone(_),
+                ControlFrame::AuthSignature(_)
+            ]
+        ),
+        "{frames:?}"
+    );
+    let v = p.frame(&ControlFrame::AuthSignature(AuthSignature {
+        signature: [0; 32],
+    }));
     s.handle_input(now, &v);
     assert_eq!(s.phase(), Phase::Session);
     (s, p, now)
@@ -407,7 +548,10 @@ fn test_server_auth_request_cephx_gets_bad_method() {
     let mut s = Connection::server(arc(server_config(1)), server_addr(), now);
     let mut p = RawPeer::new();
     let mut v = RawPeer::banner();
-    v.extend(p.frame(&ControlFrame::Hello(Hello { entity_type: entity_type::CLIENT, peer_addr: server_addr() })));
+    v.extend(p.frame(&ControlFrame::Hello(Hello {
+        entity_type: entity_type::CLIENT,
+        peer_addr: server_addr(),
+    })));
     v.extend(p.frame(&ControlFrame::AuthRequest(AuthRequest {
         method: AUTH_METHOD_CEPHX,
         preferred_modes: vec![CON_MODE_SECURE],
@@ -415,7 +559,9 @@ fn test_server_auth_request_cephx_gets_bad_method() {
     })));
     s.handle_input(now, &v);
     let frames = p.recv_control(&mut s, now);
-    let ControlFrame::AuthBadMethod(b) = &frames[1] else { panic!("{frames:?}") };
+    let ControlFrame::AuthBadMethod(b) = &frames[1] else {
+        panic!("{frames:?}")
+    };
     assert_eq!(b.allowed_methods, vec![AUTH_METHOD_NONE]);
     assert_eq!(b.allowed_modes, vec![CON_MODE_CRC]);
 }
@@ -442,7 +588,12 @@ fn test_server_client_ident_missing_features_is_answered() {
     let v = p.frame(&ci);
     s.handle_input(now, &v);
     let frames = p.recv_control(&mut s, now);
-    assert!(matches!(frames[..], [ControlFrame::IdentMissingFeatures(IdentMissingFeatures { features: CEPH_FEATURE_MSG_ADDR2 })]));
+    assert!(matches!(
+        frames[..],
+        [ControlFrame::IdentMissingFeatures(IdentMissingFeatures {
+            features: CEPH_FEATURE_MSG_ADDR2
+        })]
+    ));
 }
 
 #[test]
@@ -450,10 +601,15 @@ fn test_server_new_session_without_existing() {
     let (mut s, mut p, now) = server_after_auth(1);
     let v = p.frame(&client_ident(5, 1, client_addr()));
     s.handle_input(now, &v);
-    assert!(matches!(drain_events(&mut s)[..], [Event::SessionRequest(_)]));
+    assert!(matches!(
+        drain_events(&mut s)[..],
+        [Event::SessionRequest(_)]
+    ));
     assert_eq!(s.resolve_session(now, None), Resolution::NewSession);
     let frames = p.recv_control(&mut s, now);
-    let [ControlFrame::ServerIdent(si)] = &frames[..] else { panic!("{frames:?}") };
+    let [ControlFrame::ServerIdent(si)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
     assert_ne!(si.cookie, 0);
     assert!(s.is_ready());
 }
@@ -480,7 +636,10 @@ fn reconnect(client_cookie: u64, server_cookie: u64, gs: u64, cs: u64, ms: u64) 
     })
 }
 
-fn resolve_reconnect(existing: Option<&mut Connection>, frame: ControlFrame) -> (Resolution, Vec<ControlFrame>, Connection) {
+fn resolve_reconnect(
+    existing: Option<&mut Connection>,
+    frame: ControlFrame,
+) -> (Resolution, Vec<ControlFrame>, Connection) {
     let (r, frames, _, s) = resolve_reconnect_all(existing, frame);
     (r, frames, s)
 }
@@ -489,14 +648,28 @@ fn resolve_reconnect(existing: Option<&mut Connection>, frame: ControlFrame) -> 
 fn resolve_reconnect_all(
     existing: Option<&mut Connection>,
     frame: ControlFrame,
-) -> (Resolution, Vec<ControlFrame>, Vec<msgr::proto::frame::Frame>, Connection) {
+) -> (
+    Resolution,
+    Vec<ControlFrame>,
+    Vec<msgr::proto::frame::Frame>,
+    Connection,
+) {
     let (mut s, mut p, now) = server_after_auth(2);
     let v = p.frame(&frame);
     s.handle_input(now, &v);
-    assert!(matches!(drain_events(&mut s)[..], [Event::SessionRequest(_)]));
+    assert!(matches!(
+        drain_events(&mut s)[..],
+        [Event::SessionRequest(_)]
+    ));
     let r = s.resolve_session(now, existing);
-    let (messages, control): (Vec<_>, Vec<_>) = p.recv_from(&mut s, now).into_iter().partition(|f| f.tag == Tag::Message);
-    let control = control.into_iter().map(|f| ControlFrame::decode(f.tag, f.payload()).unwrap()).collect();
+    let (messages, control): (Vec<_>, Vec<_>) = p
+        .recv_from(&mut s, now)
+        .into_iter()
+        .partition(|f| f.tag == Tag::Message);
+    let control = control
+        .into_iter()
+        .map(|f| ControlFrame::decode(f.tag, f.payload()).unwrap())
+        .collect();
     (r, control, messages, s)
 }
 
@@ -504,7 +677,10 @@ fn resolve_reconnect_all(
 fn test_server_reconnect_without_existing_gets_full_reset() {
     let (r, frames, _) = resolve_reconnect(None, reconnect(5, 9, 11, 1, 0));
     assert_eq!(r, Resolution::Answered(Tag::SessionReset));
-    assert_eq!(frames, vec![ControlFrame::SessionReset(SessionReset { full: true })]);
+    assert_eq!(
+        frames,
+        vec![ControlFrame::SessionReset(SessionReset { full: true })]
+    );
 }
 
 #[test]
@@ -522,7 +698,12 @@ fn test_server_reconnect_stale_global_seq_gets_retry_global() {
     let sc = ex.server_cookie();
     let (r, frames, _) = resolve_reconnect(Some(&mut ex), reconnect(5, sc, 3, 1, 0));
     assert_eq!(r, Resolution::Answered(Tag::SessionRetryGlobal));
-    assert_eq!(frames, vec![ControlFrame::SessionRetryGlobal(SessionRetryGlobal { global_seq: 10 })]);
+    assert_eq!(
+        frames,
+        vec![ControlFrame::SessionRetryGlobal(SessionRetryGlobal {
+            global_seq: 10
+        })]
+    );
 }
 
 #[test]
@@ -535,32 +716,49 @@ fn test_server_reconnect_stale_connect_seq_gets_retry() {
     holder.on_transport_error(now, "cut");
     let (r, frames, _) = resolve_reconnect(Some(&mut holder), reconnect(5, sc, 12, 1, 0));
     assert_eq!(r, Resolution::Answered(Tag::SessionRetry));
-    assert_eq!(frames, vec![ControlFrame::SessionRetry(SessionRetry { connect_seq: 2 })]);
+    assert_eq!(
+        frames,
+        vec![ControlFrame::SessionRetry(SessionRetry { connect_seq: 2 })]
+    );
 }
 
 #[test]
 fn test_server_reconnect_ok_takes_over_session_and_replays() {
     let (mut ex, now) = server_with_session(3);
     for i in 0..3 {
-        ex.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i]))).unwrap();
+        ex.send(now, msgr::proto::Message::new(1, Bytes::from(vec![i])))
+            .unwrap();
     }
     let mut sink = Vec::new();
     ex.poll_transmit(now, &mut sink);
     ex.on_transport_error(now, "cut");
     assert_eq!(ex.phase(), Phase::Standby);
     let sc = ex.server_cookie();
-    let (r, frames, frames_after, holder) = resolve_reconnect_all(Some(&mut ex), reconnect(5, sc, 11, 1, 1));
+    let (r, frames, frames_after, holder) =
+        resolve_reconnect_all(Some(&mut ex), reconnect(5, sc, 11, 1, 1));
     assert_eq!(r, Resolution::TookOver);
     assert!(ex.is_closed());
-    assert_eq!(frames[0], ControlFrame::SessionReconnectOk(SessionReconnectOk { msg_seq: 0 }));
+    assert_eq!(
+        frames[0],
+        ControlFrame::SessionReconnectOk(SessionReconnectOk { msg_seq: 0 })
+    );
     assert!(holder.is_ready());
     // The two unacknowledged messages follow at once, with their original seqs.
     let seqs: Vec<u64> = frames_after[..]
         .iter()
-        .map(|f| msgr::proto::Message::from_segments(&f.segments[..f.num_segments]).unwrap().header.seq)
+        .map(|f| {
+            msgr::proto::Message::from_segments(&f.segments[..f.num_segments])
+                .unwrap()
+                .header
+                .seq
+        })
         .collect();
     assert_eq!(seqs, vec![2, 3]);
-    assert_eq!(holder.pending_messages(), 2, "message 1 was acknowledged by msg_seq");
+    assert_eq!(
+        holder.pending_messages(),
+        2,
+        "message 1 was acknowledged by msg_seq"
+    );
 }
 
 #[test]
@@ -568,32 +766,58 @@ fn test_server_connection_race_lower_peer_address_wins() {
     // Ceph orders addresses by memcmp of entity_addr_t: type, then the nonce in little-endian bytes.
     // nonce 1 is below server_addr's 7777 (0x61 0x1e …), so the peer's address is lower.
     let lower = EntityAddr::msgr2("127.0.0.1:40000".parse().unwrap(), 1);
-    assert!(msgr::proto::conn::ceph_addr_less(lower.clone(), server_addr()));
+    assert!(msgr::proto::conn::ceph_addr_less(
+        lower.clone(),
+        server_addr()
+    ));
     // Our own outgoing attempt to the peer, still connecting, with a message queued.
     let now = Instant::now();
-    let mut mine = Connection::client(arc(server_config(4)), Policy::lossless_peer(), entity_type::CLIENT, lower.clone(), now);
+    let mut mine = Connection::client(
+        arc(server_config(4)),
+        Policy::lossless_peer(),
+        entity_type::CLIENT,
+        lower.clone(),
+        now,
+    );
     mine.on_transport_connected(now);
-    mine.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"q"))).unwrap();
+    mine.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"q")))
+        .unwrap();
     let (mut s, mut p, now2) = server_after_auth(5);
     let v = p.frame(&client_ident(5, 10, lower));
     s.handle_input(now2, &v);
     drain_events(&mut s);
-    assert_eq!(s.resolve_session(now2, Some(&mut mine)), Resolution::TookOver);
+    assert_eq!(
+        s.resolve_session(now2, Some(&mut mine)),
+        Resolution::TookOver
+    );
     assert!(mine.is_closed());
-    assert_eq!(s.pending_messages(), 1, "the queued message moved with the session");
+    assert_eq!(
+        s.pending_messages(),
+        1,
+        "the queued message moved with the session"
+    );
 }
 
 #[test]
 fn test_server_connection_race_higher_peer_address_gets_wait() {
     let now = Instant::now();
     let higher = EntityAddr::msgr2("127.0.0.1:40000".parse().unwrap(), 9_999_999);
-    let mut mine = Connection::client(arc(server_config(4)), Policy::lossless_peer(), entity_type::CLIENT, higher.clone(), now);
+    let mut mine = Connection::client(
+        arc(server_config(4)),
+        Policy::lossless_peer(),
+        entity_type::CLIENT,
+        higher.clone(),
+        now,
+    );
     mine.on_transport_connected(now);
     let (mut s, mut p, now2) = server_after_auth(5);
     let v = p.frame(&client_ident(5, 10, higher));
     s.handle_input(now2, &v);
     drain_events(&mut s);
-    assert_eq!(s.resolve_session(now2, Some(&mut mine)), Resolution::Answered(Tag::Wait));
+    assert_eq!(
+        s.resolve_session(now2, Some(&mut mine)),
+        Resolution::Answered(Tag::Wait)
+    );
     assert!(!mine.is_closed());
     assert_eq!(p.recv_control(&mut s, now2), vec![ControlFrame::Wait]);
 }
@@ -602,13 +826,22 @@ fn test_server_connection_race_higher_peer_address_gets_wait() {
 fn test_server_connection_race_existing_server_policy_loses() {
     let now = Instant::now();
     let higher = EntityAddr::msgr2("127.0.0.1:40000".parse().unwrap(), 9_999_999);
-    let mut mine = Connection::client(arc(server_config(4)), Policy::stateful_server(), entity_type::CLIENT, higher.clone(), now);
+    let mut mine = Connection::client(
+        arc(server_config(4)),
+        Policy::stateful_server(),
+        entity_type::CLIENT,
+        higher.clone(),
+        now,
+    );
     mine.on_transport_connected(now);
     let (mut s, mut p, now2) = server_after_auth(5);
     let v = p.frame(&client_ident(5, 10, higher));
     s.handle_input(now2, &v);
     drain_events(&mut s);
-    assert_eq!(s.resolve_session(now2, Some(&mut mine)), Resolution::TookOver);
+    assert_eq!(
+        s.resolve_session(now2, Some(&mut mine)),
+        Resolution::TookOver
+    );
 }
 
 #[test]

@@ -25,9 +25,7 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::auth::{
-    auth_signature, AuthNoneRequest, AUTH_METHOD_NONE, CON_MODE_CRC,
-};
+use super::auth::{auth_signature, AuthNoneRequest, AUTH_METHOD_NONE, CON_MODE_CRC};
 use super::banner::{msgr2_feature, Banner};
 use super::error::Error;
 use super::frame::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
@@ -66,22 +64,52 @@ pub struct Policy {
 
 impl Policy {
     pub const fn lossy_client() -> Self {
-        Policy { lossy: true, server: false, standby: false, resetcheck: false }
+        Policy {
+            lossy: true,
+            server: false,
+            standby: false,
+            resetcheck: false,
+        }
     }
     pub const fn lossless_client() -> Self {
-        Policy { lossy: false, server: false, standby: false, resetcheck: true }
+        Policy {
+            lossy: false,
+            server: false,
+            standby: false,
+            resetcheck: true,
+        }
     }
     pub const fn lossless_peer() -> Self {
-        Policy { lossy: false, server: false, standby: true, resetcheck: false }
+        Policy {
+            lossy: false,
+            server: false,
+            standby: true,
+            resetcheck: false,
+        }
     }
     pub const fn lossless_peer_reuse() -> Self {
-        Policy { lossy: false, server: false, standby: true, resetcheck: true }
+        Policy {
+            lossy: false,
+            server: false,
+            standby: true,
+            resetcheck: true,
+        }
     }
     pub const fn stateful_server() -> Self {
-        Policy { lossy: false, server: true, standby: true, resetcheck: true }
+        Policy {
+            lossy: false,
+            server: true,
+            standby: true,
+            resetcheck: true,
+        }
     }
     pub const fn stateless_server() -> Self {
-        Policy { lossy: true, server: true, standby: false, resetcheck: false }
+        Policy {
+            lossy: true,
+            server: true,
+            standby: false,
+            resetcheck: false,
+        }
     }
 }
 
@@ -277,7 +305,12 @@ enum Timer {
     Idle,
     Keepalive,
 }
-const TIMERS: [Timer; 4] = [Timer::Reconnect, Timer::Handshake, Timer::Idle, Timer::Keepalive];
+const TIMERS: [Timer; 4] = [
+    Timer::Reconnect,
+    Timer::Handshake,
+    Timer::Idle,
+    Timer::Keepalive,
+];
 
 /// State scoped to one transport: dropped on every fault.
 struct Transport {
@@ -351,7 +384,13 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// A client connection to `target` (whose entity type we expect to be `peer_type`, or
     /// `entity_type::ANY`). Emits [`Event::OpenTransport`] at once.
-    pub fn client(config: Arc<Config>, policy: Policy, peer_type: u8, target: EntityAddr, now: Instant) -> Self {
+    pub fn client(
+        config: Arc<Config>,
+        policy: Policy,
+        peer_type: u8,
+        target: EntityAddr,
+        now: Instant,
+    ) -> Self {
         let mut c = Self::new(Role::Client, config, policy, now);
         c.peer_type = peer_type;
         c.target_addr = target;
@@ -488,7 +527,9 @@ impl Connection {
         if self.phase == Phase::Ready {
             self.encode_outgoing(now);
         }
-        let Some(t) = self.transport.as_mut() else { return 0 };
+        let Some(t) = self.transport.as_mut() else {
+            return 0;
+        };
         let n: usize = t.tx.iter().map(|b| b.len()).sum();
         out.append(&mut t.tx);
         self.stats.bytes_out += n as u64;
@@ -497,10 +538,14 @@ impl Connection {
 
     /// Whether `poll_transmit` would produce anything now.
     pub fn wants_transmit(&self) -> bool {
-        let Some(t) = self.transport.as_ref() else { return false };
+        let Some(t) = self.transport.as_ref() else {
+            return false;
+        };
         !t.tx.is_empty()
             || (self.phase == Phase::Ready
-                && (self.session.has_outgoing() || self.session.ack_left > 0 || self.session.keepalive_pending))
+                && (self.session.has_outgoing()
+                    || self.session.ack_left > 0
+                    || self.session.keepalive_pending))
     }
 
     // ---- commands ----
@@ -544,14 +589,22 @@ impl Connection {
     pub fn on_transport_connected(&mut self, now: Instant) {
         let expected = match self.role {
             Role::Client => matches!(self.phase, Phase::Connecting | Phase::Wait),
-            Role::Server => self.transport.is_none() && self.phase == Phase::Closed && self.stats.handshakes == 0,
+            Role::Server => {
+                self.transport.is_none()
+                    && self.phase == Phase::Closed
+                    && self.stats.handshakes == 0
+            }
         };
         if !expected {
             return;
         }
         let mut t = Transport::new(self.config.max_frame_len);
         let mut b = BytesMut::with_capacity(Banner::LEN);
-        Banner { supported: MSGR2_SUPPORTED, required: MSGR2_REQUIRED }.encode(&mut b);
+        Banner {
+            supported: MSGR2_SUPPORTED,
+            required: MSGR2_REQUIRED,
+        }
+        .encode(&mut b);
         let b = b.freeze();
         if let Some((tx, _)) = t.transcript.as_mut() {
             tx.extend_from_slice(&b);
@@ -577,7 +630,9 @@ impl Connection {
 
     /// Bytes read from the transport.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
-        let Some(t) = self.transport.as_mut() else { return };
+        let Some(t) = self.transport.as_mut() else {
+            return;
+        };
         t.rx.extend_from_slice(data);
         self.stats.bytes_in += data.len() as u64;
         self.last_input = Some(now);
@@ -595,7 +650,7 @@ impl Connection {
     pub fn handle_timeout(&mut self, now: Instant) {
         for timer in TIMERS {
             let i = timer as usize;
-            if !self.timers[i].is_some_and(|d| d <= now) {
+            if self.timers[i].is_none_or(|d| d > now) {
                 continue;
             }
             self.timers[i] = None;
@@ -635,9 +690,13 @@ impl Connection {
             if self.phase == Phase::Closed || self.phase == Phase::AwaitingDecision {
                 return Ok(());
             }
-            let Some(t) = self.transport.as_mut() else { return Ok(()) };
+            let Some(t) = self.transport.as_mut() else {
+                return Ok(());
+            };
             if self.phase == Phase::Banner {
-                let Some((banner, n)) = Banner::decode(&t.rx)? else { return Ok(()) };
+                let Some((banner, n)) = Banner::decode(&t.rx)? else {
+                    return Ok(());
+                };
                 let raw = t.rx.split_to(n);
                 if let Some((_, rx)) = t.transcript.as_mut() {
                     rx.extend_from_slice(&raw);
@@ -774,7 +833,10 @@ impl Connection {
                 self.learn_my_addr(&h.peer_addr);
                 self.phase = Phase::Auth;
                 let payload = if self.peer_type == entity_type::MON {
-                    AuthNoneRequest::Mon { name: self.config.auth_name.clone(), global_id: self.peer_global_id }
+                    AuthNoneRequest::Mon {
+                        name: self.config.auth_name.clone(),
+                        global_id: self.peer_global_id,
+                    }
                 } else {
                     AuthNoneRequest::Authorizer {
                         name: self.config.auth_name.clone(),
@@ -834,7 +896,8 @@ impl Connection {
         }
         let req = AuthNoneRequest::decode(&r.auth_payload)?;
         let claimed = match &req {
-            AuthNoneRequest::Mon { global_id, .. } | AuthNoneRequest::Authorizer { global_id, .. } => *global_id,
+            AuthNoneRequest::Mon { global_id, .. }
+            | AuthNoneRequest::Authorizer { global_id, .. } => *global_id,
         };
         self.peer_global_id = if claimed != 0 {
             claimed
@@ -856,7 +919,9 @@ impl Connection {
         let sig = auth_signature(&t.session_key, &rx);
         t.sent_transcript = Some(tx);
         self.phase = Phase::AuthSignature;
-        self.queue_control(&ControlFrame::AuthSignature(AuthSignature { signature: sig }))
+        self.queue_control(&ControlFrame::AuthSignature(AuthSignature {
+            signature: sig,
+        }))
     }
 
     fn handle_auth_signature(&mut self, s: AuthSignature) -> Result<(), Error> {
@@ -864,7 +929,9 @@ impl Connection {
         let tx = t.sent_transcript.take().unwrap_or_default();
         let expected = auth_signature(&t.session_key, &tx);
         if s.signature != expected {
-            return Err(Error::AuthFailed("AUTH_SIGNATURE does not match the transcript we sent".into()));
+            return Err(Error::AuthFailed(
+                "AUTH_SIGNATURE does not match the transcript we sent".into(),
+            ));
         }
         match self.role {
             Role::Client => {
@@ -921,12 +988,17 @@ impl Connection {
         }
         let missing = self.config.features_required & !s.supported_features;
         if missing != 0 {
-            return Err(Error::PeerIncompatible(format!("server lacks required Ceph features 0x{missing:x}")));
+            return Err(Error::PeerIncompatible(format!(
+                "server lacks required Ceph features 0x{missing:x}"
+            )));
         }
         self.session.server_cookie = s.cookie;
         self.session.peer_global_seq = s.global_seq;
         self.peer_addrs = s.addrs;
-        self.peer_name = Some(EntityName { entity_type: self.peer_type, num: s.gid });
+        self.peer_name = Some(EntityName {
+            entity_type: self.peer_type,
+            num: s.gid,
+        });
         self.features = s.supported_features & self.config.features_supported;
         self.policy.lossy = s.flags & FLAG_LOSSY != 0;
         self.become_ready(now, false);
@@ -942,7 +1014,9 @@ impl Connection {
 
     fn server_client_ident(&mut self, ci: ClientIdent) -> Result<(), Error> {
         if ci.addrs.front().is_none_or(|a| *a == EntityAddr::none()) {
-            return Err(Error::PeerMisbehaved("CLIENT_IDENT without addresses".into()));
+            return Err(Error::PeerMisbehaved(
+                "CLIENT_IDENT without addresses".into(),
+            ));
         }
         if !self.config.my_addrs.0.is_empty() && !self.config.my_addrs.contains(&ci.target_addr) {
             return Err(Error::PeerMisbehaved(format!(
@@ -958,19 +1032,27 @@ impl Connection {
         }
         self.target_addr = ci.target_addr.clone();
         self.peer_addrs = ci.addrs.clone();
-        self.peer_name = Some(EntityName { entity_type: self.peer_type, num: ci.gid });
+        self.peer_name = Some(EntityName {
+            entity_type: self.peer_type,
+            num: ci.gid,
+        });
         self.features = ci.supported_features & self.config.features_supported;
         self.request_decision(SessionRequest {
             peer_addrs: ci.addrs,
             peer_type: self.peer_type,
-            kind: SessionRequestKind::New { client_cookie: ci.cookie, global_seq: ci.global_seq },
+            kind: SessionRequestKind::New {
+                client_cookie: ci.cookie,
+                global_seq: ci.global_seq,
+            },
         });
         Ok(())
     }
 
     fn server_reconnect(&mut self, r: SessionReconnect) -> Result<(), Error> {
         if r.addrs.front().is_none_or(|a| *a == EntityAddr::none()) {
-            return Err(Error::PeerMisbehaved("SESSION_RECONNECT without addresses".into()));
+            return Err(Error::PeerMisbehaved(
+                "SESSION_RECONNECT without addresses".into(),
+            ));
         }
         self.peer_addrs = r.addrs.clone();
         self.request_decision(SessionRequest {
@@ -995,7 +1077,10 @@ impl Connection {
 
     fn handle_message(&mut self, now: Instant, frame: &Frame) -> Result<(), Error> {
         if self.phase != Phase::Ready {
-            return Err(Error::PeerMisbehaved(format!("MESSAGE frame in phase {:?}", self.phase)));
+            return Err(Error::PeerMisbehaved(format!(
+                "MESSAGE frame in phase {:?}",
+                self.phase
+            )));
         }
         let segs = &frame.segments[..frame.num_segments.min(frame.segments.len())];
         let msg = Message::from_segments(segs)?;
@@ -1021,7 +1106,11 @@ impl Connection {
     /// Settle the pending [`SessionRequest`] the way ProtocolV2 does, given the connection the owner
     /// already has to the same peer addresses (if any). On [`Resolution::TookOver`], `existing`'s session
     /// has moved into `self` and `existing` is closed; the owner should re-point its handle to `self`.
-    pub fn resolve_session(&mut self, now: Instant, existing: Option<&mut Connection>) -> Resolution {
+    pub fn resolve_session(
+        &mut self,
+        now: Instant,
+        existing: Option<&mut Connection>,
+    ) -> Resolution {
         let Some(req) = self.pending_request.take() else {
             return Resolution::Dropped;
         };
@@ -1031,12 +1120,24 @@ impl Connection {
         self.phase = Phase::Session;
         let existing = existing.filter(|e| !e.is_closed());
         let res = match req.kind {
-            SessionRequestKind::New { client_cookie, global_seq } => {
-                self.resolve_new(now, existing, client_cookie, global_seq)
-            }
-            SessionRequestKind::Reconnect { client_cookie, global_seq, connect_seq, msg_seq, .. } => {
-                self.resolve_reconnect(now, existing, client_cookie, global_seq, connect_seq, msg_seq)
-            }
+            SessionRequestKind::New {
+                client_cookie,
+                global_seq,
+            } => self.resolve_new(now, existing, client_cookie, global_seq),
+            SessionRequestKind::Reconnect {
+                client_cookie,
+                global_seq,
+                connect_seq,
+                msg_seq,
+                ..
+            } => self.resolve_reconnect(
+                now,
+                existing,
+                client_cookie,
+                global_seq,
+                connect_seq,
+                msg_seq,
+            ),
         };
         let res = match res {
             Ok(r) => r,
@@ -1071,7 +1172,9 @@ impl Connection {
             return Ok(Resolution::Dropped);
         }
         if ex.policy.lossy {
-            ex.shut(Event::Reset(Error::Transport("replaced by a new connection from the peer".into())));
+            ex.shut(Event::Reset(Error::Transport(
+                "replaced by a new connection from the peer".into(),
+            )));
             self.session.client_cookie = client_cookie;
             self.session.peer_global_seq = peer_global_seq;
             self.send_server_ident(now)?;
@@ -1122,7 +1225,9 @@ impl Connection {
             return Ok(Resolution::Answered(Tag::SessionReset));
         };
         if ex.session.client_cookie != client_cookie {
-            self.queue_control(&ControlFrame::SessionReset(SessionReset { full: self.policy.resetcheck }))?;
+            self.queue_control(&ControlFrame::SessionReset(SessionReset {
+                full: self.policy.resetcheck,
+            }))?;
             return Ok(Resolution::Answered(Tag::SessionReset));
         }
         if ex.session.server_cookie == 0 {
@@ -1131,12 +1236,16 @@ impl Connection {
         }
         if ex.session.peer_global_seq > global_seq {
             let g = ex.session.peer_global_seq;
-            self.queue_control(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal { global_seq: g }))?;
+            self.queue_control(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal {
+                global_seq: g,
+            }))?;
             return Ok(Resolution::Answered(Tag::SessionRetryGlobal));
         }
         if ex.session.connect_seq > connect_seq {
             let cs = ex.session.connect_seq;
-            self.queue_control(&ControlFrame::SessionRetry(SessionRetry { connect_seq: cs }))?;
+            self.queue_control(&ControlFrame::SessionRetry(SessionRetry {
+                connect_seq: cs,
+            }))?;
             return Ok(Resolution::Answered(Tag::SessionRetry));
         }
         if ex.session.connect_seq == connect_seq {
@@ -1155,7 +1264,9 @@ impl Connection {
         self.session.discard_requeued_up_to(msg_seq);
         self.stats.replayed += self.session.requeued.len() as u64;
         let ms = self.session.in_seq;
-        self.queue_control(&ControlFrame::SessionReconnectOk(SessionReconnectOk { msg_seq: ms }))?;
+        self.queue_control(&ControlFrame::SessionReconnectOk(SessionReconnectOk {
+            msg_seq: ms,
+        }))?;
         self.stats.reconnects += 1;
         self.become_ready(now, true);
         Ok(Resolution::TookOver)
@@ -1228,7 +1339,13 @@ impl Connection {
         }
         let connecting = matches!(
             self.phase,
-            Phase::Connecting | Phase::Banner | Phase::Hello | Phase::Auth | Phase::AuthSignature | Phase::Session | Phase::Reconnecting
+            Phase::Connecting
+                | Phase::Banner
+                | Phase::Hello
+                | Phase::Auth
+                | Phase::AuthSignature
+                | Phase::Session
+                | Phase::Reconnecting
         ) && self.role == Role::Client;
         if err.is_fatal() {
             self.session.reset();
@@ -1250,7 +1367,11 @@ impl Connection {
             }
             return;
         }
-        if self.policy.standby && !self.session.has_outgoing() && !self.session.keepalive_pending && self.phase != Phase::Wait {
+        if self.policy.standby
+            && !self.session.has_outgoing()
+            && !self.session.keepalive_pending
+            && self.phase != Phase::Wait
+        {
             self.phase = Phase::Standby;
             return;
         }
@@ -1319,29 +1440,51 @@ impl Connection {
     }
 
     fn encode_outgoing(&mut self, now: Instant) {
-        let Some(t) = self.transport.as_mut() else { return };
+        let Some(t) = self.transport.as_mut() else {
+            return;
+        };
         if self.session.keepalive_pending {
             self.session.keepalive_pending = false;
             let d = now.saturating_duration_since(self.epoch);
-            let ts = UTime { sec: d.as_secs() as u32, nsec: d.subsec_nanos() };
+            let ts = UTime {
+                sec: d.as_secs() as u32,
+                nsec: d.subsec_nanos(),
+            };
             let mut p = BytesMut::new();
             ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }).encode_payload(&mut p);
-            if t.encoder.encode_control(Tag::Keepalive2, &p, &mut t.tx).is_err() {
+            if t.encoder
+                .encode_control(Tag::Keepalive2, &p, &mut t.tx)
+                .is_err()
+            {
                 return;
             }
         }
         let mut budget = self.config.transmit_budget;
         let mut carried_ack = false;
         while budget > 0 {
-            let Some(mut m) = self.session.next_outgoing() else { break };
+            let Some(mut m) = self.session.next_outgoing() else {
+                break;
+            };
             self.session.out_seq += 1;
             m.header.seq = self.session.out_seq;
             m.header.ack_seq = self.session.in_seq;
             let segs = [
-                Segment { data: m.header_segment(), align: SEGMENT_ALIGNMENTS[0] },
-                Segment { data: m.front.clone(), align: SEGMENT_ALIGNMENTS[1] },
-                Segment { data: m.middle.clone(), align: SEGMENT_ALIGNMENTS[2] },
-                Segment { data: m.data.clone(), align: SEGMENT_ALIGNMENTS[3] },
+                Segment {
+                    data: m.header_segment(),
+                    align: SEGMENT_ALIGNMENTS[0],
+                },
+                Segment {
+                    data: m.front.clone(),
+                    align: SEGMENT_ALIGNMENTS[1],
+                },
+                Segment {
+                    data: m.middle.clone(),
+                    align: SEGMENT_ALIGNMENTS[2],
+                },
+                Segment {
+                    data: m.data.clone(),
+                    align: SEGMENT_ALIGNMENTS[3],
+                },
             ];
             if t.encoder.encode(Tag::Message, &segs, &mut t.tx).is_err() {
                 // Unencodable (a segment over 4 GiB): drop it rather than wedge the queue.
@@ -1360,7 +1503,10 @@ impl Connection {
         } else if self.session.ack_left > 0 {
             self.session.ack_left = 0;
             let mut p = BytesMut::new();
-            ControlFrame::Ack(Ack { seq: self.session.in_seq }).encode_payload(&mut p);
+            ControlFrame::Ack(Ack {
+                seq: self.session.in_seq,
+            })
+            .encode_payload(&mut p);
             let _ = t.encoder.encode_control(Tag::Ack, &p, &mut t.tx);
         }
     }
@@ -1368,7 +1514,10 @@ impl Connection {
 
 /// The msgr2 address Ceph compares in connection races (`msgr2_addr()`), or a blank one.
 fn req_msgr2(v: &AddrVec) -> EntityAddr {
-    v.msgr2().cloned().or_else(|| v.front().cloned()).unwrap_or_else(EntityAddr::none)
+    v.msgr2()
+        .cloned()
+        .or_else(|| v.front().cloned())
+        .unwrap_or_else(EntityAddr::none)
 }
 
 /// Ceph orders `entity_addr_t` by `memcmp` of its in-memory image: type, nonce (host order, little

@@ -124,7 +124,11 @@ impl<'a> Decoder<'a> {
 
     /// A `u32` element count, checked so that `count * min_elem_size` bytes are actually present.
     /// Use it before reserving a container for the elements.
-    pub fn count(&mut self, min_elem_size: usize, what: &'static str) -> Result<usize, DecodeError> {
+    pub fn count(
+        &mut self,
+        min_elem_size: usize,
+        what: &'static str,
+    ) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         let need = n.saturating_mul(min_elem_size.max(1));
         if need > self.remaining() {
@@ -186,7 +190,12 @@ pub trait Decode: Sized {
 }
 
 /// Encode a versioned struct envelope (`ENCODE_START(v, compat, bl)` … `ENCODE_FINISH(bl)`) around `body`.
-pub fn encode_versioned(buf: &mut BytesMut, struct_v: u8, compat: u8, body: impl FnOnce(&mut BytesMut)) {
+pub fn encode_versioned(
+    buf: &mut BytesMut,
+    struct_v: u8,
+    compat: u8,
+    body: impl FnOnce(&mut BytesMut),
+) {
     buf.put_u8(struct_v);
     buf.put_u8(compat);
     let len_at = buf.len();

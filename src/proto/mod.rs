@@ -9,18 +9,21 @@
 
 pub mod auth;
 pub mod banner;
+pub mod conn;
 pub mod crc;
 pub mod denc;
+pub mod error;
 pub mod frame;
 pub mod frames;
 pub mod message;
-pub mod types;
-pub mod conn;
-pub mod error;
 pub(crate) mod session;
 pub mod sim;
+pub mod types;
 
-pub use conn::{Config, Connection, ConnStats, Event, Phase, Policy, Resolution, Role, SessionRequest, SessionRequestKind};
+pub use conn::{
+    Config, ConnStats, Connection, Event, Phase, Policy, Resolution, Role, SessionRequest,
+    SessionRequestKind,
+};
 pub use error::Error;
 pub use message::Message;
 pub use session::GlobalSeq;

@@ -61,7 +61,13 @@ impl Sim {
         now: Instant,
     ) -> Sim {
         let peer_type = server_cfg.entity_type;
-        let client = Connection::client(client_cfg, client_policy, peer_type, server_addr.clone(), now);
+        let client = Connection::client(
+            client_cfg,
+            client_policy,
+            peer_type,
+            server_addr.clone(),
+            now,
+        );
         Sim {
             now,
             client,
@@ -124,6 +130,8 @@ impl Sim {
     pub fn run_until(&mut self, max_steps: usize, mut done: impl FnMut(&Sim) -> bool) -> bool {
         for _ in 0..max_steps {
             if done(self) {
+                // Collect what the last step left queued, so callers see every event.
+                self.pump_events();
                 return true;
             }
             if !self.step() && !self.advance_clock() {
@@ -159,10 +167,16 @@ impl Sim {
             if let Some(c) = self.cut_after {
                 budget = budget.min(c);
             }
-            let queue = if dir == Side::Client { &mut self.c2s } else { &mut self.s2c };
+            let queue = if dir == Side::Client {
+                &mut self.c2s
+            } else {
+                &mut self.s2c
+            };
             let mut delivered = 0;
             while budget > 0 {
-                let Some(front) = queue.front_mut() else { break };
+                let Some(front) = queue.front_mut() else {
+                    break;
+                };
                 let n = front.len().min(budget);
                 let chunk = front.split_to(n);
                 if front.is_empty() {
@@ -217,8 +231,11 @@ impl Sim {
                     Event::Message(m) => self.server_inbox.push(m),
                     Event::SessionRequest(req) => {
                         let now = self.now;
-                        let existing = (0..self.servers.len())
-                            .find(|&j| j != i && !self.servers[j].is_closed() && *self.servers[j].peer_addrs() == req.peer_addrs);
+                        let existing = (0..self.servers.len()).find(|&j| {
+                            j != i
+                                && !self.servers[j].is_closed()
+                                && *self.servers[j].peer_addrs() == req.peer_addrs
+                        });
                         match existing {
                             Some(j) => {
                                 let (a, b) = pair_mut(&mut self.servers, i, j);
@@ -245,7 +262,12 @@ impl Sim {
         }
         // Forget closed server connections that are not on the wire.
         let active = self.active;
-        if self.servers.iter().enumerate().any(|(i, c)| c.is_closed() && Some(i) != active) {
+        if self
+            .servers
+            .iter()
+            .enumerate()
+            .any(|(i, c)| c.is_closed() && Some(i) != active)
+        {
             let mut kept = Vec::with_capacity(self.servers.len());
             let mut new_active = None;
             for (idx, c) in self.servers.drain(..).enumerate() {

@@ -32,7 +32,10 @@ pub fn server_config(seed: u64) -> Config {
 }
 
 pub fn client_config(seed: u64) -> Config {
-    let mut c = Config::new(entity_type::CLIENT, AuthEntityName::new(entity_type::CLIENT, "admin"));
+    let mut c = Config::new(
+        entity_type::CLIENT,
+        AuthEntityName::new(entity_type::CLIENT, "admin"),
+    );
     c.gid = 4100;
     c.my_addrs = AddrVec(vec![client_addr()]);
     c.rng_seed = Some(seed.wrapping_add(1));
@@ -57,13 +60,19 @@ impl PayloadPool {
             v.extend_from_slice(&x.to_le_bytes());
         }
         v.truncate(len);
-        PayloadPool { buf: Bytes::from(v) }
+        PayloadPool {
+            buf: Bytes::from(v),
+        }
     }
 
     /// Payload for message `i` of `len` bytes (len <= pool size).
     pub fn payload(&self, i: u64, len: usize) -> Bytes {
         let max_off = self.buf.len() - len;
-        let off = if max_off == 0 { 0 } else { (i.wrapping_mul(7919) as usize) % max_off };
+        let off = if max_off == 0 {
+            0
+        } else {
+            (i.wrapping_mul(7919) as usize) % max_off
+        };
         self.buf.slice(off..off + len)
     }
 
@@ -93,7 +102,12 @@ impl Default for RawPeer {
 
 impl RawPeer {
     pub fn new() -> Self {
-        RawPeer { enc: FrameEncoder::new(), dec: FrameDecoder::new(64 << 20), rx: BytesMut::new(), banner_seen: false }
+        RawPeer {
+            enc: FrameEncoder::new(),
+            dec: FrameDecoder::new(64 << 20),
+            rx: BytesMut::new(),
+            banner_seen: false,
+        }
     }
 
     pub fn banner() -> Vec<u8> {
@@ -102,7 +116,11 @@ impl RawPeer {
 
     pub fn banner_with(supported: u64, required: u64) -> Vec<u8> {
         let mut b = BytesMut::new();
-        Banner { supported, required }.encode(&mut b);
+        Banner {
+            supported,
+            required,
+        }
+        .encode(&mut b);
         b.to_vec()
     }
 
