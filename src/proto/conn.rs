@@ -42,7 +42,9 @@ pub const CEPH_FEATURES_ALL: u64 = 0x3f01_cfbd_fffd_ffff;
 /// `CEPH_FEATURE_MSG_ADDR2`: required by any msgr2 peer.
 pub const CEPH_FEATURE_MSG_ADDR2: u64 = 1 << 59;
 
-/// The msgr2 features we support and require in the banner: REVISION_1 frames only.
+/// The msgr2 features we support (REVISION_1 frames only; COMPRESSION is known, not used) and require of
+/// the peer. Like Ceph 16 we advertise no required feature in our banner, so our banner is byte-identical
+/// to Ceph's, and end the session ourselves with a peer that lacks REVISION_1.
 pub const MSGR2_SUPPORTED: u64 = msgr2_feature::REVISION_1;
 pub const MSGR2_REQUIRED: u64 = msgr2_feature::REVISION_1;
 
@@ -349,7 +351,8 @@ pub struct Connection {
     policy: Policy,
     /// Client: the type we expect (or `entity_type::ANY`). Server: what the peer said in HELLO.
     peer_type: u8,
-    /// Client: where we dial. Server: the address the client dialled (our side).
+    /// Client: where we dial. Server: the peer's socket address until CLIENT_IDENT, then the address
+    /// the client says it dialled.
     target_addr: EntityAddr,
     peer_addrs: AddrVec,
     peer_name: Option<EntityName>,
@@ -399,11 +402,13 @@ impl Connection {
         c
     }
 
-    /// A server connection on a freshly accepted transport; `local_addr` is the address it arrived on.
-    pub fn server(config: Arc<Config>, local_addr: EntityAddr, now: Instant) -> Self {
+    /// A server connection on a freshly accepted transport. `peer_addr` is the peer's socket address as
+    /// accepted (Ceph sends it back in HELLO so the client learns how we see it): pass
+    /// `EntityAddr::msgr2(peer_socket_addr, 0)`.
+    pub fn server(config: Arc<Config>, peer_addr: EntityAddr, now: Instant) -> Self {
         let policy = config.default_policy;
         let mut c = Self::new(Role::Server, config, policy, now);
-        c.target_addr = local_addr;
+        c.target_addr = peer_addr;
         c.on_transport_connected(now);
         c
     }
@@ -602,7 +607,7 @@ impl Connection {
         let mut b = BytesMut::with_capacity(Banner::LEN);
         Banner {
             supported: MSGR2_SUPPORTED,
-            required: MSGR2_REQUIRED,
+            required: 0, // as Ceph 16 advertises; REVISION_1 is enforced in handle_banner
         }
         .encode(&mut b);
         let b = b.freeze();

@@ -28,7 +28,6 @@ pub struct Sim {
     c2s: VecDeque<Bytes>,
     s2c: VecDeque<Bytes>,
     server_cfg: Arc<Config>,
-    server_addr: EntityAddr,
     /// Messages the client received, in order.
     pub client_inbox: Vec<Message>,
     /// Messages the server side received, in order.
@@ -76,7 +75,6 @@ impl Sim {
             c2s: VecDeque::new(),
             s2c: VecDeque::new(),
             server_cfg,
-            server_addr,
             client_inbox: Vec::new(),
             server_inbox: Vec::new(),
             events: Vec::new(),
@@ -293,7 +291,8 @@ impl Sim {
             }
         }
         self.transports += 1;
-        let s = Connection::server(self.server_cfg.clone(), self.server_addr.clone(), self.now);
+        let peer = EntityAddr::msgr2(core::net::SocketAddr::from(([127, 0, 0, 1], 50_000)), 0);
+        let s = Connection::server(self.server_cfg.clone(), peer, self.now);
         self.servers.push(s);
         self.active = Some(self.servers.len() - 1);
         self.client.on_transport_connected(self.now);
