@@ -293,7 +293,8 @@ struct EchoRun {
     elapsed: Duration,
 }
 
-/// Server on worker 0, clients on worker 1, both from `stack`. Waits until every connection ended on both sides.
+/// Server on worker 0, clients on worker 1, both from `stack`. Waits until every connection ended on both
+/// sides.
 fn run_echo<N: NetworkStack>(
     stack: N,
     listen_addr: SocketAddr,
@@ -418,6 +419,15 @@ fn fault_injection_one_in_50_fails_both_ends_and_counts() {
     };
     let client_injected = injected_seen(&run.client_ends);
     let server_injected = injected_seen(&run.server_ends);
+    eprintln!(
+        "injected: {} (client saw {client_injected}, server saw {server_injected}); ends: {:?}",
+        counters.injected(),
+        run.client_ends
+            .iter()
+            .chain(&run.server_ends)
+            .map(|e| &e.outcome)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(
         client_injected + server_injected,
         counters.injected(),
@@ -559,9 +569,10 @@ fn connect_times_out_against_a_full_backlog() {
             Ok(()) => open.push(id),
             Err(err) => {
                 assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
-                assert!(
-                    matches!(transport_error(&err), Some(TransportError::ConnectTimeout { addr: a, timeout: t }) if *a == addr && *t == timeout)
-                );
+                let typed = transport_error(&err);
+                let expected = matches!(typed, Some(TransportError::ConnectTimeout { addr: a, timeout: t })
+                    if *a == addr && *t == timeout);
+                assert!(expected, "{typed:?}");
                 assert!(
                     started.elapsed() >= timeout,
                     "timed out early: {:?}",
@@ -865,4 +876,88 @@ fn handler_construction_errors_reach_the_caller() {
     )
     .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+}
+
+/// The Processor pattern: worker 0 listens and accepts, hands each socket to worker 1 through its Remote.
+struct Acceptor {
+    listener: SocketId,
+    target: msgr::event::Remote<PosixWorker, EchoServer>,
+}
+
+impl EventHandler<PosixWorker> for Acceptor {
+    fn on_socket(&mut self, center: &mut EventCenter<PosixWorker>, event: SocketEvent) {
+        if event.id != self.listener {
+            return;
+        }
+        while let Ok(Some((id, _))) = center.stack_mut().accept(self.listener) {
+            let handoff = center
+                .stack_mut()
+                .detach(id)
+                .expect("detach accepted socket");
+            self.target
+                .submit(move |server, center| {
+                    let id = center.stack_mut().attach(handoff).expect("attach");
+                    server.conns.insert(id, VecDeque::new());
+                })
+                .expect("echo worker running");
+        }
+    }
+
+    fn on_timer(&mut self, _: &mut EventCenter<PosixWorker>, _: TimerId) {}
+}
+
+#[test]
+fn accepted_sockets_handed_to_another_worker_keep_working() {
+    use std::io::{Read, Write};
+    let stack = Arc::new(PosixStack::new());
+    let (end_tx, end_rx) = crossbeam_channel::unbounded();
+    let echo = Worker::spawn(
+        stack.clone(),
+        1,
+        None,
+        "echo".into(),
+        LoopConfig::default(),
+        move |_| Ok(EchoServer::new(end_tx)),
+    )
+    .unwrap();
+    let target = echo.remote().clone();
+    let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);
+    let acceptor = Worker::spawn(
+        stack,
+        0,
+        None,
+        "acceptor".into(),
+        LoopConfig::default(),
+        move |center| {
+            let listener = center
+                .stack_mut()
+                .listen("[::1]:0".parse().unwrap(), &ListenOptions::default())?;
+            addr_tx.send(center.stack().local_addr(listener)?).unwrap();
+            Ok(Acceptor { listener, target })
+        },
+    )
+    .unwrap();
+    let addr = addr_rx.recv_timeout(WAIT).unwrap();
+    for round in 0..3u8 {
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let msg = [round; 5000];
+        client.write_all(&msg).unwrap();
+        let mut back = [0u8; 5000];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+        drop(client);
+        assert_eq!(end_rx.recv_timeout(WAIT).unwrap().outcome, Outcome::Eof);
+    }
+    acceptor.join().unwrap();
+    echo.join().unwrap();
+}
+
+#[test]
+fn remotes_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<msgr::event::Remote<PosixWorker, Recorder>>();
+    assert_send_sync::<PosixStack>();
+    fn assert_send<T: Send>() {}
+    assert_send::<<PosixWorker as WorkerStack>::Handoff>();
 }

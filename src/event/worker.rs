@@ -1,8 +1,9 @@
 //! Worker threads: one thread, optionally pinned to one core, running one [`EventLoop`].
 //!
-//! Owns the threads and their join handles. The worker's [`WorkerStack`] and handler are created on the
-//! worker thread itself (a DPDK queue or verbs CQ must live where it is polled), and [`Worker::spawn`] waits
-//! until both exist so creation errors come back to the caller. Dropping a [`Worker`] stops and joins it.
+//! Owns the threads and their join handles. The worker's [`WorkerStack`](crate::stack::WorkerStack) and
+//! handler are created on the worker thread itself (a DPDK queue or verbs CQ must live where it is polled),
+//! and [`Worker::spawn`] waits until both exist so creation errors come back to the caller. Dropping a
+//! [`Worker`] stops and joins it.
 //!
 //! Pinning follows `WorkerConfig::pin_cores`: worker `i` gets the `i`-th usable core; when there are fewer
 //! cores than workers the rest run unpinned (with a warning), and a failed pin is a warning, never an error.
