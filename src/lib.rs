@@ -5,4 +5,6 @@
 //! a transport. Nothing below `proto` knows about frames, and `proto` knows nothing about transports.
 #![deny(unsafe_code)]
 
+pub mod event;
 pub mod proto;
+pub mod stack;
