@@ -6,5 +6,6 @@
 #![deny(unsafe_code)]
 
 pub mod event;
+pub mod msgr;
 pub mod proto;
 pub mod stack;

@@ -497,6 +497,12 @@ impl Connection {
     pub fn pending_messages(&self) -> usize {
         self.session.out_queue.len() + self.session.requeued.len() + self.session.sent.len()
     }
+    /// Messages and payload bytes that left this connection's custody (acked, sent lossy, discarded)
+    /// since the last call. A messenger uses it to release its send throttle.
+    pub fn take_released(&mut self) -> super::session::Released {
+        std::mem::take(&mut self.session.released)
+    }
+
     /// Payload bytes waiting in the send queue (not yet encoded).
     pub fn queued_bytes(&self) -> usize {
         self.session.out_queue.bytes()
@@ -1494,12 +1500,15 @@ impl Connection {
             if t.encoder.encode(Tag::Message, &segs, &mut t.tx).is_err() {
                 // Unencodable (a segment over 4 GiB): drop it rather than wedge the queue.
                 self.session.out_seq -= 1;
+                self.session.released.add(&m);
                 continue;
             }
             budget = budget.saturating_sub(m.payload_len() + 64);
             carried_ack = true;
             self.stats.msgs_out += 1;
-            if !self.policy.lossy {
+            if self.policy.lossy {
+                self.session.released.add(&m);
+            } else {
                 self.session.sent.push_back(m);
             }
         }

@@ -26,4 +26,4 @@ pub use conn::{
 };
 pub use error::Error;
 pub use message::Message;
-pub use session::GlobalSeq;
+pub use session::{GlobalSeq, Released};

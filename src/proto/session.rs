@@ -116,6 +116,23 @@ pub(crate) struct Session {
     pub connect_seq: u64,
     pub peer_global_seq: u64,
     pub keepalive_pending: bool,
+    /// Messages (and their payload bytes) that left our custody since the owner last asked: acked,
+    /// sent on a lossy connection, or discarded. Lets a messenger release its send throttle.
+    pub released: Released,
+}
+
+/// A count of messages and payload bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub msgs: u64,
+    pub bytes: u64,
+}
+
+impl Released {
+    pub fn add(&mut self, m: &Message) {
+        self.msgs += 1;
+        self.bytes += m.payload_len() as u64;
+    }
 }
 
 impl Session {
@@ -145,7 +162,9 @@ impl Session {
             if m.header.seq == 0 || m.header.seq > seq {
                 break;
             }
-            self.requeued.pop_front();
+            if let Some(m) = self.requeued.pop_front() {
+                self.released.add(&m);
+            }
             n += 1;
         }
         self.out_seq += n;
@@ -155,7 +174,9 @@ impl Session {
     /// The peer acknowledged everything up to `seq`.
     pub fn handle_ack(&mut self, seq: u64) {
         while self.sent.front().is_some_and(|m| m.header.seq <= seq) {
-            self.sent.pop_front();
+            if let Some(m) = self.sent.pop_front() {
+                self.released.add(&m);
+            }
         }
     }
 
@@ -163,6 +184,11 @@ impl Session {
     /// outgoing messages were discarded.
     pub fn reset(&mut self) -> usize {
         let dropped = self.out_queue.len() + self.requeued.len() + self.sent.len();
+        for m in self.requeued.iter().chain(self.sent.iter()) {
+            self.released.add(m);
+        }
+        self.released.msgs += self.out_queue.len() as u64;
+        self.released.bytes += self.out_queue.bytes() as u64;
         self.out_queue.clear();
         self.requeued.clear();
         self.sent.clear();

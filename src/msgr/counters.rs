@@ -1,0 +1,94 @@
+//! Perf counters: one set per worker (only that worker writes it, so no cache line is shared on the data
+//! path), summed into a [`CountersSnapshot`] on demand for `msgr counters` and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::proto::ConnStats;
+
+use super::throttle::ThrottleStats;
+
+/// Counters of one worker.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub msgs_in: AtomicU64,
+    pub msgs_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub replayed: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+    pub resets: AtomicU64,
+    pub remote_resets: AtomicU64,
+    pub transport_faults: AtomicU64,
+    pub accepted: AtomicU64,
+    pub connections: AtomicU64,
+    pub dropped_bad_peers: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// Add what a connection did since `last` (its previous stats) and remember `now`.
+    pub fn add_conn_delta(&self, last: &mut ConnStats, now: ConnStats) {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        self.msgs_in.fetch_add(d(now.msgs_in, last.msgs_in), Relaxed);
+        self.msgs_out.fetch_add(d(now.msgs_out, last.msgs_out), Relaxed);
+        self.bytes_in.fetch_add(d(now.bytes_in, last.bytes_in), Relaxed);
+        self.bytes_out.fetch_add(d(now.bytes_out, last.bytes_out), Relaxed);
+        self.handshakes.fetch_add(d(now.handshakes, last.handshakes), Relaxed);
+        self.reconnects.fetch_add(d(now.reconnects, last.reconnects), Relaxed);
+        self.replayed.fetch_add(d(now.replayed, last.replayed), Relaxed);
+        self.duplicates_dropped.fetch_add(d(now.duplicates_dropped, last.duplicates_dropped), Relaxed);
+        self.remote_resets.fetch_add(d(now.remote_resets, last.remote_resets), Relaxed);
+        self.transport_faults.fetch_add(d(now.faults, last.faults), Relaxed);
+        *last = now;
+    }
+}
+
+/// Messenger-wide counters at one moment (what `msgr counters` prints as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CountersSnapshot {
+    pub msgs_in: u64,
+    pub msgs_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub handshakes: u64,
+    pub reconnects: u64,
+    /// Messages sent again after a fault (lossless replay).
+    pub replayed: u64,
+    pub duplicates_dropped: u64,
+    /// Sessions that ended (lossy faults, fatal errors).
+    pub resets: u64,
+    pub remote_resets: u64,
+    pub transport_faults: u64,
+    pub accepted: u64,
+    /// Connections currently open.
+    pub connections: u64,
+    /// Peers dropped for bad input (garbage, bad banner, oversized frame, timeout mid-handshake).
+    pub dropped_bad_peers: u64,
+    /// Socket failures injected by the fault-injection stack, if any.
+    pub injected_faults: u64,
+    pub send_throttle: Option<ThrottleStats>,
+}
+
+impl CountersSnapshot {
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Self {
+        let mut s = CountersSnapshot::default();
+        for w in workers {
+            s.msgs_in += w.msgs_in.load(Relaxed);
+            s.msgs_out += w.msgs_out.load(Relaxed);
+            s.bytes_in += w.bytes_in.load(Relaxed);
+            s.bytes_out += w.bytes_out.load(Relaxed);
+            s.handshakes += w.handshakes.load(Relaxed);
+            s.reconnects += w.reconnects.load(Relaxed);
+            s.replayed += w.replayed.load(Relaxed);
+            s.duplicates_dropped += w.duplicates_dropped.load(Relaxed);
+            s.resets += w.resets.load(Relaxed);
+            s.remote_resets += w.remote_resets.load(Relaxed);
+            s.transport_faults += w.transport_faults.load(Relaxed);
+            s.accepted += w.accepted.load(Relaxed);
+            s.connections += w.connections.load(Relaxed);
+            s.dropped_bad_peers += w.dropped_bad_peers.load(Relaxed);
+        }
+        s
+    }
+}

@@ -1,0 +1,414 @@
+//! The public messenger API: [`Messenger`], [`ConnectionRef`], [`Dispatcher`].
+//!
+//! Owns: the workers (one event loop per thread, each owning its sockets and the `proto::Connection`s on
+//! them), the Processor role (listen, accept, hand each accepted socket to the least-loaded worker), the
+//! registry of sessions by peer address (consulted only during handshakes), the send throttle and the
+//! perf counters.
+//!
+//! Invariants:
+//! - a connection lives on one worker; other threads reach it only through its command queue plus one
+//!   external event per batch (`ConnectionRef::send` never touches a socket or a lock shared with the
+//!   data path of another worker);
+//! - dispatcher callbacks run on the connection's worker thread, in order; a slow dispatcher stalls reads
+//!   on that worker, and senders then block on the send throttle instead of growing memory;
+//! - a message handed to `send` on a lossless connection is delivered exactly once, in order, until the
+//!   peer resets the session (the protocol core guarantees it; the messenger never drops a queued message
+//!   except on reset or `mark_down`).
+
+mod counters;
+mod throttle;
+mod worker;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::event::{WorkerConfig, Workers};
+use crate::proto::types::{AddrVec, EntityAddr};
+use crate::proto::{self, Message, Policy};
+use crate::stack::{ConnectOptions, ListenOptions, NetworkStack};
+
+pub use counters::{CountersSnapshot, WorkerCounters};
+pub use throttle::{Throttle, ThrottleStats};
+use worker::{Command, Handler};
+
+/// Messenger-unique connection id.
+pub type ConnId = u64;
+
+/// Callbacks from the messenger, run on the connection's worker thread (Ceph's Dispatcher).
+pub trait Dispatcher: Send + Sync + 'static {
+    /// A message arrived.
+    fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message);
+    /// An outgoing connection completed its handshake (also after a reconnect).
+    fn ms_handle_connect(&self, _conn: &ConnectionRef) {}
+    /// An incoming connection completed its handshake.
+    fn ms_handle_accept(&self, _conn: &ConnectionRef) {}
+    /// The session ended (lossy fault, fatal error, idle close); undelivered messages are gone.
+    fn ms_handle_reset(&self, _conn: &ConnectionRef, _why: &proto::Error) {}
+    /// The peer reset the session (it restarted): queued messages to it were discarded.
+    fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {}
+    /// A KEEPALIVE2 we sent came back.
+    fn ms_handle_keepalive_ack(&self, _conn: &ConnectionRef, _rtt: Duration) {}
+}
+
+/// Messenger configuration: the protocol knobs live in `proto` (Ceph's ms_* options map onto them).
+#[derive(Debug, Clone)]
+pub struct MessengerConfig {
+    /// Protocol configuration template; `my_addrs` is filled in from the bound addresses at `start`.
+    pub proto: proto::Config,
+    /// Worker threads (ms_async_op_threads), pinning.
+    pub workers: WorkerConfig,
+    pub listen: ListenOptions,
+    pub connect: ConnectOptions,
+    /// Send throttle: payload bytes and messages queued or unacknowledged, across all connections.
+    /// 0 = unlimited.
+    pub throttle_bytes: u64,
+    pub throttle_msgs: u64,
+}
+
+impl MessengerConfig {
+    pub fn new(proto: proto::Config) -> Self {
+        MessengerConfig {
+            proto,
+            workers: WorkerConfig::default(),
+            listen: ListenOptions::default(),
+            connect: ConnectOptions::default(),
+            throttle_bytes: 256 << 20,
+            throttle_msgs: 0,
+        }
+    }
+}
+
+/// Errors from messenger operations (not from the wire: those reach the [`Dispatcher`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MsgrError {
+    #[error("connection is closed")]
+    Closed,
+    #[error("messenger is not started")]
+    NotStarted,
+    #[error("messenger is already started")]
+    AlreadyStarted,
+    #[error("no usable address in {0} (need a v2 or any-type address with an IP)")]
+    NoAddress(String),
+    #[error("bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("worker: {0}")]
+    Worker(#[from] io::Error),
+}
+
+/// State shared by the messenger's threads (not on the per-message path except the throttle).
+pub(crate) struct Shared {
+    pub config: MessengerConfig,
+    pub dispatcher: Arc<dyn Dispatcher>,
+    pub proto_config: OnceLock<Arc<proto::Config>>,
+    /// Sessions by peer address: (worker, connection).
+    pub registry: Mutex<HashMap<AddrVec, (usize, ConnId)>>,
+    pub next_id: AtomicU64,
+    pub load: Vec<AtomicUsize>,
+    pub counters: Vec<Arc<WorkerCounters>>,
+    pub throttle: Arc<Throttle>,
+    pub stopping: AtomicBool,
+}
+
+impl Shared {
+    pub fn least_loaded(&self) -> usize {
+        (0..self.load.len()).min_by_key(|&i| self.load[i].load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+/// Per-connection state shared between the owning worker and handles held by other threads.
+pub(crate) struct ConnShared {
+    pub id: ConnId,
+    pub worker: usize,
+    pub commands: crossbeam_channel::Sender<Command>,
+    pub scheduled: AtomicBool,
+    pub closed: AtomicBool,
+    pub kick: Box<dyn Fn(ConnId) + Send + Sync>,
+    pub throttle: Arc<Throttle>,
+    pub peer: Mutex<PeerInfo>,
+}
+
+/// What we know of the peer of a connection.
+#[derive(Debug, Clone, Default)]
+pub struct PeerInfo {
+    pub entity_type: u8,
+    pub addrs: AddrVec,
+    pub global_id: u64,
+    pub features: u64,
+    pub last_keepalive_rtt: Option<Duration>,
+}
+
+thread_local! {
+    /// Set on worker threads: sends from there must not block on the throttle.
+    pub(crate) static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A handle to a connection; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct ConnectionRef(pub(crate) Arc<ConnShared>);
+
+impl std::fmt::Debug for ConnectionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRef").field("id", &self.0.id).field("worker", &self.0.worker).finish()
+    }
+}
+
+impl PartialEq for ConnectionRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl ConnectionRef {
+    pub fn id(&self) -> ConnId {
+        self.0.id
+    }
+
+    /// Queue a message. Blocks while the messenger's send throttle is exhausted (except on worker
+    /// threads, which never block). Fails only if the connection is closed.
+    pub fn send(&self, msg: Message) -> Result<(), MsgrError> {
+        if self.0.closed.load(Ordering::Acquire) {
+            return Err(MsgrError::Closed);
+        }
+        let bytes = msg.payload_len() as u64;
+        if IN_WORKER.with(|w| w.get()) {
+            self.0.throttle.force_acquire(bytes);
+        } else {
+            self.0.throttle.acquire(bytes, None);
+        }
+        if self.0.commands.send(Command::Send(msg)).is_err() {
+            self.0.throttle.release(1, bytes);
+            return Err(MsgrError::Closed);
+        }
+        self.schedule();
+        Ok(())
+    }
+
+    /// Send a KEEPALIVE2; its ack reaches `Dispatcher::ms_handle_keepalive_ack`.
+    pub fn send_keepalive(&self) -> Result<(), MsgrError> {
+        self.command(Command::Keepalive)
+    }
+
+    /// Close the connection now, discarding what is queued (Ceph's mark_down).
+    pub fn mark_down(&self) {
+        let _ = self.command(Command::MarkDown);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+
+    pub fn peer(&self) -> PeerInfo {
+        self.0.peer.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn command(&self, c: Command) -> Result<(), MsgrError> {
+        if self.is_closed() {
+            return Err(MsgrError::Closed);
+        }
+        self.0.commands.send(c).map_err(|_| MsgrError::Closed)?;
+        self.schedule();
+        Ok(())
+    }
+
+    fn schedule(&self) {
+        if !self.0.scheduled.swap(true, Ordering::AcqRel) {
+            (self.0.kick)(self.0.id);
+        }
+    }
+}
+
+/// A messenger over network stack `N`.
+pub struct Messenger<N: NetworkStack> {
+    stack: Arc<N>,
+    shared: Arc<Shared>,
+    workers: Option<Workers<N::Worker, Handler<N::Worker>>>,
+    remotes: Arc<OnceLock<Vec<worker::RemoteOf<N::Worker>>>>,
+    bind_addrs: Vec<SocketAddr>,
+    my_addrs: AddrVec,
+}
+
+impl<N: NetworkStack> Messenger<N> {
+    pub fn new(stack: N, config: MessengerConfig, dispatcher: Arc<dyn Dispatcher>) -> Self {
+        let threads = config.workers.threads.max(1);
+        let throttle = Arc::new(Throttle::new(config.throttle_bytes, config.throttle_msgs));
+        let shared = Shared {
+            dispatcher,
+            proto_config: OnceLock::new(),
+            registry: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            load: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            counters: (0..threads).map(|_| Arc::new(WorkerCounters::default())).collect(),
+            throttle,
+            stopping: AtomicBool::new(false),
+            config,
+        };
+        Messenger {
+            stack: Arc::new(stack),
+            shared: Arc::new(shared),
+            workers: None,
+            remotes: Arc::new(OnceLock::new()),
+            bind_addrs: Vec::new(),
+            my_addrs: AddrVec::default(),
+        }
+    }
+
+    /// Addresses to listen on (public and cluster addrvecs alike); call before `start`. Port 0 picks one.
+    pub fn bind(&mut self, addrs: &[SocketAddr]) -> Result<(), MsgrError> {
+        if self.workers.is_some() {
+            return Err(MsgrError::AlreadyStarted);
+        }
+        self.bind_addrs.extend_from_slice(addrs);
+        Ok(())
+    }
+
+    /// Start the workers and listen on the bound addresses. Errors name the address (in use, …).
+    pub fn start(&mut self) -> Result<(), MsgrError> {
+        if self.workers.is_some() {
+            return Err(MsgrError::AlreadyStarted);
+        }
+        let mut wc = self.shared.config.workers.clone();
+        wc.threads = self.shared.load.len();
+        let shared = self.shared.clone();
+        let remotes = self.remotes.clone();
+        let workers = Workers::start(self.stack.clone(), &wc, move |i, _center| {
+            Ok(Handler::new(i, shared.clone(), remotes.clone()))
+        })?;
+        let _ = self.remotes.set(workers.remotes());
+        self.workers = Some(workers);
+
+        // Processor: listen (on worker 0, or on every worker for stacks that steer flows in hardware).
+        let nonce = self.shared.config.proto.nonce;
+        let listeners: Vec<usize> =
+            if self.stack.per_worker_listen() { (0..self.shared.load.len()).collect() } else { vec![0] };
+        let mut my_addrs = Vec::new();
+        for addr in self.bind_addrs.clone() {
+            let mut bound = None;
+            for &w in &listeners {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let opts = self.shared.config.listen.clone();
+                self.remote(w)?
+                    .submit(move |h: &mut Handler<N::Worker>, c| {
+                        let _ = tx.send(h.listen(c, addr, &opts));
+                    })
+                    .map_err(|e| MsgrError::Worker(e.into()))?;
+                let got = rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| MsgrError::Worker(io::Error::other("worker did not answer listen")))?;
+                let local = got.map_err(|source| MsgrError::Bind { addr, source })?;
+                bound.get_or_insert(local);
+            }
+            if let Some(local) = bound {
+                my_addrs.push(EntityAddr::msgr2(local, nonce));
+            }
+        }
+        self.my_addrs = AddrVec(my_addrs);
+        let mut pc = self.shared.config.proto.clone();
+        pc.my_addrs = self.my_addrs.clone();
+        let _ = self.shared.proto_config.set(Arc::new(pc));
+        // Accept whatever queued up while the addresses were being learned.
+        for &w in &listeners {
+            let _ = self.remote(w)?.submit(|h: &mut Handler<N::Worker>, c| h.accept_all(c));
+        }
+        Ok(())
+    }
+
+    /// Our addresses, as bound (empty for a client-only messenger).
+    pub fn my_addrs(&self) -> &AddrVec {
+        &self.my_addrs
+    }
+
+    /// The connection to the peer at `addrs` of type `peer_type`: the existing one if there is one
+    /// (one session per peer, as in Ceph), else a new one.
+    pub fn connect_to(&self, peer_type: u8, addrs: &AddrVec, policy: Policy) -> Result<ConnectionRef, MsgrError> {
+        if let Some(existing) = self.lookup(addrs) {
+            return Ok(existing);
+        }
+        self.open(peer_type, addrs, policy, None)
+    }
+
+    /// A new, separate session to `addrs` under its own client identity (a fresh address nonce), as if
+    /// from another client instance: for benchmarks and fan-in tests that need many connections to one
+    /// peer from one process. Only for messengers that are not bound (pure clients).
+    pub fn connect_new(&self, peer_type: u8, addrs: &AddrVec, policy: Policy) -> Result<ConnectionRef, MsgrError> {
+        let nonce = (self.shared.config.proto.nonce as u64 + self.shared.next_id.load(Ordering::Relaxed)) as u32;
+        self.open(peer_type, addrs, policy, Some(nonce))
+    }
+
+    fn open(&self, peer_type: u8, addrs: &AddrVec, policy: Policy, nonce: Option<u32>) -> Result<ConnectionRef, MsgrError> {
+        let remotes = self.remotes.get().ok_or(MsgrError::NotStarted)?;
+        let target = addrs
+            .msgr2()
+            .filter(|a| a.sockaddr.is_some())
+            .cloned()
+            .ok_or_else(|| MsgrError::NoAddress(addrs.to_string()))?;
+        let w = self.shared.least_loaded();
+        let (conn, cmd_rx) = worker::new_handle(&self.shared, remotes, w);
+        if nonce.is_none() {
+            self.shared.registry.lock().unwrap_or_else(|e| e.into_inner()).insert(addrs.clone(), (w, conn.id()));
+        }
+        // Count it now so that a burst of connects spreads over the workers.
+        self.shared.load[w].fetch_add(1, Ordering::Relaxed);
+        let handle = conn.clone();
+        let addrs2 = addrs.clone();
+        remotes[w]
+            .submit(move |h: &mut Handler<N::Worker>, c| {
+                h.shared_load_done();
+                h.create_client(c, handle, cmd_rx, peer_type, target, addrs2, policy, nonce)
+            })
+            .map_err(|e| MsgrError::Worker(e.into()))?;
+        Ok(conn)
+    }
+
+    fn lookup(&self, addrs: &AddrVec) -> Option<ConnectionRef> {
+        let reg = self.shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let &(w, id) = reg.get(addrs)?;
+        drop(reg);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.remote(w)
+            .ok()?
+            .submit(move |h: &mut Handler<N::Worker>, _| {
+                let _ = tx.send(h.handle_of(id));
+            })
+            .ok()?;
+        rx.recv_timeout(Duration::from_secs(5)).ok().flatten().filter(|c| !c.is_closed())
+    }
+
+    fn remote(&self, w: usize) -> Result<&worker::RemoteOf<N::Worker>, MsgrError> {
+        self.remotes.get().and_then(|r| r.get(w)).ok_or(MsgrError::NotStarted)
+    }
+
+    /// Counters summed over all workers.
+    pub fn counters(&self) -> CountersSnapshot {
+        let mut s = CountersSnapshot::sum(self.shared.counters.iter().map(|c| c.as_ref()));
+        s.send_throttle = Some(self.shared.throttle.stats());
+        s
+    }
+
+    pub fn throttle(&self) -> &Throttle {
+        &self.shared.throttle
+    }
+
+    pub fn stack(&self) -> &N {
+        &self.stack
+    }
+
+    /// Stop all workers; connections are closed without notifying the dispatcher.
+    pub fn shutdown(&mut self) -> Result<(), MsgrError> {
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(w) = self.workers.take() {
+            w.shutdown()?;
+        }
+        Ok(())
+    }
+}
+
+impl<N: NetworkStack> Drop for Messenger<N> {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

@@ -1,0 +1,601 @@
+//! The per-worker half of the messenger: an [`EventHandler`] that owns this worker's sockets and the
+//! `proto::Connection`s on them, moves bytes between the two, and turns protocol events into dispatcher
+//! calls.
+//!
+//! Invariants: every connection in `conns` belongs to this worker; a socket id maps to at most one
+//! connection; the throttle budget a message took is returned exactly once (when the protocol lets go
+//! of it, or when it is discarded undelivered).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+
+use super::{ConnId, ConnShared, ConnectionRef, PeerInfo, Shared, WorkerCounters, IN_WORKER};
+use crate::event::{EventCenter, EventHandler, Remote, TimerId};
+use crate::proto::types::{AddrVec, EntityAddr};
+use crate::proto::{self, ConnStats, Connection, Event, Policy, Resolution, Role, SessionRequest};
+use crate::stack::{flush_queue, EventKind, ListenOptions, SocketEvent, SocketId, WorkerStack};
+
+pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
+
+/// What other threads ask of a connection.
+pub(crate) enum Command {
+    Send(proto::Message),
+    Keepalive,
+    MarkDown,
+}
+
+/// A new connection handle on worker `w`, with the receiving end of its command queue.
+pub(crate) fn new_handle<S: WorkerStack>(
+    shared: &Arc<Shared>,
+    remotes: &[RemoteOf<S>],
+    w: usize,
+) -> (ConnectionRef, Receiver<Command>) {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let remote = remotes[w].clone();
+    let kick = Box::new(move |id: ConnId| {
+        let _ = remote.submit(move |h: &mut Handler<S>, c| h.flush_conn(c, id));
+    });
+    let shared_conn = ConnShared {
+        id,
+        worker: w,
+        commands: tx,
+        scheduled: std::sync::atomic::AtomicBool::new(false),
+        closed: std::sync::atomic::AtomicBool::new(false),
+        kick,
+        throttle: shared.throttle.clone(),
+        peer: Mutex::new(PeerInfo::default()),
+    };
+    (ConnectionRef(Arc::new(shared_conn)), rx)
+}
+
+/// One connection as its worker sees it.
+pub(crate) struct Conn {
+    handle: ConnectionRef,
+    commands: Receiver<Command>,
+    proto: Connection,
+    socket: Option<SocketId>,
+    connecting: bool,
+    txq: VecDeque<Bytes>,
+    timer: Option<(TimerId, Instant)>,
+    last_stats: ConnStats,
+    /// Client side: where to dial.
+    target: Option<SocketAddr>,
+    /// The peer's socket address, for log lines.
+    peer_sock: Option<SocketAddr>,
+}
+
+/// The messenger's event handler on one worker.
+pub(crate) struct Handler<S: WorkerStack> {
+    index: usize,
+    shared: Arc<Shared>,
+    remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>,
+    counters: Arc<WorkerCounters>,
+    conns: HashMap<ConnId, Conn>,
+    by_socket: HashMap<SocketId, ConnId>,
+    by_timer: HashMap<TimerId, ConnId>,
+    listeners: Vec<SocketId>,
+    rbuf: Box<[u8]>,
+    tx_scratch: Vec<Bytes>,
+    ev_scratch: Vec<Event>,
+}
+
+const READ_BUF: usize = 256 * 1024;
+
+impl<S: WorkerStack> Handler<S> {
+    pub(crate) fn new(index: usize, shared: Arc<Shared>, remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>) -> Self {
+        IN_WORKER.with(|w| w.set(true));
+        let counters = shared.counters[index].clone();
+        Handler {
+            index,
+            shared,
+            remotes,
+            counters,
+            conns: HashMap::new(),
+            by_socket: HashMap::new(),
+            by_timer: HashMap::new(),
+            listeners: Vec::new(),
+            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
+            tx_scratch: Vec::new(),
+            ev_scratch: Vec::new(),
+        }
+    }
+
+    fn proto_config(&self) -> Option<Arc<proto::Config>> {
+        self.shared.proto_config.get().cloned()
+    }
+
+    pub(crate) fn listen(&mut self, c: &mut EventCenter<S>, addr: SocketAddr, opts: &ListenOptions) -> std::io::Result<SocketAddr> {
+        let sid = c.stack_mut().listen(addr, opts)?;
+        self.listeners.push(sid);
+        c.stack().local_addr(sid)
+    }
+
+    pub(crate) fn handle_of(&self, id: ConnId) -> Option<ConnectionRef> {
+        self.conns.get(&id).map(|c| c.handle.clone())
+    }
+
+    /// Accept everything pending on our listeners and place each socket on the least-loaded worker.
+    pub(crate) fn accept_all(&mut self, c: &mut EventCenter<S>) {
+        if self.proto_config().is_none() {
+            return; // addresses not learned yet; `start` calls us again
+        }
+        for li in self.listeners.clone() {
+            loop {
+                match c.stack_mut().accept(li) {
+                    Ok(Some((sid, peer))) => self.place_accepted(c, sid, peer),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(worker = self.index, error = %e, "accept failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn place_accepted(&mut self, c: &mut EventCenter<S>, sid: SocketId, peer: SocketAddr) {
+        let target = self.shared.least_loaded();
+        if target != self.index {
+            if let Some(remote) = self.remotes.get().and_then(|r| r.get(target)).cloned() {
+                match c.stack_mut().detach(sid) {
+                    Ok(handoff) => {
+                        // Count it now so that a burst of accepts spreads out.
+                        self.shared.load[target].fetch_add(1, Ordering::Relaxed);
+                        let sent = remote.submit(move |h: &mut Handler<S>, c| {
+                            h.shared.load[h.index].fetch_sub(1, Ordering::Relaxed);
+                            match c.stack_mut().attach(handoff) {
+                                Ok(sid) => h.create_server(c, sid, peer),
+                                Err(e) => tracing::warn!(error = %e, "attach of accepted socket failed"),
+                            }
+                        });
+                        if sent.is_err() {
+                            self.shared.load[target].fetch_sub(1, Ordering::Relaxed);
+                        }
+                        return;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "detach failed; keeping the socket here");
+                    }
+                }
+            }
+        }
+        self.create_server(c, sid, peer);
+    }
+
+    fn create_server(&mut self, c: &mut EventCenter<S>, sid: SocketId, peer: SocketAddr) {
+        let Some(cfg) = self.proto_config() else {
+            let _ = c.stack_mut().close(sid);
+            return;
+        };
+        let Some(remotes) = self.remotes.get() else { return };
+        let (handle, rx) = new_handle::<S>(&self.shared, remotes, self.index);
+        let proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
+        let id = handle.id();
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        self.insert(Conn {
+            handle,
+            commands: rx,
+            proto,
+            socket: Some(sid),
+            connecting: false,
+            txq: VecDeque::new(),
+            timer: None,
+            last_stats: ConnStats::default(),
+            target: None,
+            peer_sock: Some(peer),
+        });
+        self.by_socket.insert(sid, id);
+        self.pump(c, id);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create_client(
+        &mut self,
+        c: &mut EventCenter<S>,
+        handle: ConnectionRef,
+        commands: Receiver<Command>,
+        peer_type: u8,
+        target: EntityAddr,
+        addrs: AddrVec,
+        policy: Policy,
+        nonce: Option<u32>,
+    ) {
+        let Some(mut cfg) = self.proto_config() else { return };
+        if let Some(n) = nonce {
+            // A separate client identity: same config, its own nonce, learned address.
+            let mut own = (*cfg).clone();
+            own.nonce = n;
+            own.my_addrs = AddrVec::default();
+            cfg = Arc::new(own);
+        }
+        let proto = Connection::client(cfg, policy, peer_type, target.clone(), Instant::now());
+        let id = handle.id();
+        {
+            let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
+            p.entity_type = peer_type;
+            p.addrs = addrs;
+        }
+        self.insert(Conn {
+            handle,
+            commands,
+            proto,
+            socket: None,
+            connecting: false,
+            txq: VecDeque::new(),
+            timer: None,
+            last_stats: ConnStats::default(),
+            target: target.sockaddr,
+            peer_sock: target.sockaddr,
+        });
+        self.flush_conn(c, id);
+    }
+
+    /// Undo the provisional load count `Messenger::open` made for a connection now being created.
+    pub(crate) fn shared_load_done(&self) {
+        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn insert(&mut self, conn: Conn) {
+        self.shared.load[self.index].fetch_add(1, Ordering::Relaxed);
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        self.conns.insert(conn.handle.id(), conn);
+    }
+
+    /// Drain a connection's command queue into its protocol state, then pump.
+    pub(crate) fn flush_conn(&mut self, c: &mut EventCenter<S>, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.handle.0.scheduled.store(false, Ordering::Release);
+        let now = Instant::now();
+        while let Ok(cmd) = conn.commands.try_recv() {
+            match cmd {
+                Command::Send(m) => {
+                    let bytes = m.payload_len() as u64;
+                    if conn.proto.send(now, m).is_err() {
+                        self.shared.throttle.release(1, bytes);
+                    }
+                }
+                Command::Keepalive => conn.proto.send_keepalive(now),
+                Command::MarkDown => conn.proto.close(),
+            }
+        }
+        self.pump(c, id);
+    }
+
+    /// Move bytes and events until the connection has nothing more to say.
+    fn pump(&mut self, c: &mut EventCenter<S>, id: ConnId) {
+        let mut evs = std::mem::take(&mut self.ev_scratch);
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else { break };
+            let now = Instant::now();
+            conn.proto.poll_transmit(now, &mut self.tx_scratch);
+            conn.txq.extend(self.tx_scratch.drain(..));
+            if let (Some(sid), false) = (conn.socket, conn.connecting) {
+                if !conn.txq.is_empty() {
+                    if let Err(e) = flush_queue(c.stack_mut(), sid, &mut conn.txq) {
+                        conn.proto.on_transport_error(now, format!("write: {e}"));
+                    }
+                }
+            }
+            let released = conn.proto.take_released();
+            self.shared.throttle.release(released.msgs, released.bytes);
+            self.counters.add_conn_delta(&mut conn.last_stats, conn.proto.stats());
+            evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
+            if evs.is_empty() {
+                Self::arm_timer(c, &mut self.by_timer, id, conn);
+                break;
+            }
+            for ev in evs.drain(..) {
+                self.on_proto_event(c, id, ev);
+            }
+        }
+        self.ev_scratch = evs;
+    }
+
+    fn arm_timer(c: &mut EventCenter<S>, by_timer: &mut HashMap<TimerId, ConnId>, id: ConnId, conn: &mut Conn) {
+        let want = conn.proto.poll_timeout();
+        match (conn.timer, want) {
+            (Some((_, at)), Some(w)) if at == w => {}
+            (old, want) => {
+                if let Some((tid, _)) = old {
+                    c.cancel_timer(tid);
+                    by_timer.remove(&tid);
+                }
+                conn.timer = want.map(|w| {
+                    let tid = c.add_timer_at(w);
+                    by_timer.insert(tid, id);
+                    (tid, w)
+                });
+            }
+        }
+    }
+
+    fn on_proto_event(&mut self, c: &mut EventCenter<S>, id: ConnId, ev: Event) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let handle = conn.handle.clone();
+        let dispatcher = self.shared.dispatcher.clone();
+        match ev {
+            Event::Message(m) => dispatcher.ms_dispatch(&handle, m),
+            Event::OpenTransport => {
+                let now = Instant::now();
+                let Some(target) = conn.target else {
+                    conn.proto.on_transport_error(now, "no address to connect to");
+                    return;
+                };
+                match c.stack_mut().connect(target, &self.shared.config.connect) {
+                    Ok(sid) => {
+                        conn.socket = Some(sid);
+                        conn.connecting = true;
+                        self.by_socket.insert(sid, id);
+                    }
+                    Err(e) => conn.proto.on_transport_error(now, format!("connect {target}: {e}")),
+                }
+            }
+            Event::Connected { reconnect } => {
+                {
+                    let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
+                    p.entity_type = conn.proto.peer_type();
+                    p.addrs = conn.proto.peer_addrs().clone();
+                    p.global_id = conn.proto.peer_global_id();
+                    p.features = conn.proto.features();
+                }
+                tracing::debug!(conn = id, reconnect, role = ?conn.proto.role(), "session ready");
+                match conn.proto.role() {
+                    Role::Client => dispatcher.ms_handle_connect(&handle),
+                    Role::Server => dispatcher.ms_handle_accept(&handle),
+                }
+            }
+            Event::SessionRequest(req) => self.resolve(c, id, req),
+            Event::TransportDown(err) => {
+                if conn.proto.role() == Role::Server && !conn.proto.is_ready() && conn.proto.server_cookie() == 0 {
+                    self.counters.dropped_bad_peers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = ?conn.peer_sock, reason = %err, "dropping peer");
+                } else {
+                    tracing::debug!(conn = id, peer = ?conn.peer_sock, reason = %err, "transport down");
+                }
+                if let Some(sid) = conn.socket.take() {
+                    let _ = c.stack_mut().close(sid);
+                    self.by_socket.remove(&sid);
+                }
+                conn.connecting = false;
+                conn.txq.clear();
+            }
+            Event::RemoteReset { .. } => dispatcher.ms_handle_remote_reset(&handle),
+            Event::Reset(err) => {
+                self.counters.resets.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(conn = id, reason = %err, "session reset");
+                self.remove(c, id);
+                dispatcher.ms_handle_reset(&handle, &err);
+            }
+            Event::Closed => self.remove(c, id),
+            Event::KeepaliveAck { rtt } => {
+                handle.0.peer.lock().unwrap_or_else(|e| e.into_inner()).last_keepalive_rtt = Some(rtt);
+                dispatcher.ms_handle_keepalive_ack(&handle, rtt);
+            }
+        }
+    }
+
+    /// Server side: settle a CLIENT_IDENT / SESSION_RECONNECT against the session registry.
+    fn resolve(&mut self, c: &mut EventCenter<S>, id: ConnId, req: SessionRequest) {
+        let found = self.shared.registry.lock().unwrap_or_else(|e| e.into_inner()).get(&req.peer_addrs).copied();
+        let now = Instant::now();
+        match found {
+            Some((w, ex_id)) if w == self.index && ex_id != id && self.conns.contains_key(&ex_id) => {
+                let Some(mut new) = self.conns.remove(&id) else { return };
+                let res = {
+                    let ex = self.conns.get_mut(&ex_id).map(|e| &mut e.proto);
+                    new.proto.resolve_session(now, ex)
+                };
+                match res {
+                    Resolution::TookOver => {
+                        let Some(ex) = self.conns.get_mut(&ex_id) else { return };
+                        std::mem::swap(&mut ex.proto, &mut new.proto);
+                        if let Some(old) = ex.socket.take() {
+                            let _ = c.stack_mut().close(old);
+                            self.by_socket.remove(&old);
+                        }
+                        ex.socket = new.socket.take();
+                        ex.connecting = false;
+                        ex.txq = std::mem::take(&mut new.txq);
+                        ex.last_stats = new.last_stats;
+                        ex.peer_sock = new.peer_sock;
+                        if let Some(sid) = ex.socket {
+                            self.by_socket.insert(sid, ex_id);
+                        }
+                        // The temporary connection is gone; its handle was never shown to anyone.
+                        if let Some((tid, _)) = new.timer {
+                            c.cancel_timer(tid);
+                            self.by_timer.remove(&tid);
+                        }
+                        new.handle.0.closed.store(true, Ordering::Release);
+                        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
+                        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                        self.pump(c, ex_id);
+                    }
+                    Resolution::NewSession => {
+                        self.conns.insert(id, new);
+                        self.register(&req.peer_addrs, id);
+                        self.pump(c, ex_id);
+                        self.pump(c, id);
+                    }
+                    Resolution::Answered(_) | Resolution::Dropped => {
+                        self.conns.insert(id, new);
+                        self.pump(c, id);
+                    }
+                }
+            }
+            Some((w, ex_id)) if w != self.index => {
+                // The session lives on another worker: move this socket and handshake there.
+                if self.hand_over(c, id, w, req.clone()) {
+                    return;
+                }
+                let _ = ex_id;
+                self.resolve_alone(c, id, &req);
+            }
+            _ => self.resolve_alone(c, id, &req),
+        }
+    }
+
+    fn resolve_alone(&mut self, c: &mut EventCenter<S>, id: ConnId, req: &SessionRequest) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.proto.resolve_session(Instant::now(), None) == Resolution::NewSession {
+            self.register(&req.peer_addrs, id);
+        }
+        self.pump(c, id);
+    }
+
+    fn register(&self, addrs: &AddrVec, id: ConnId) {
+        self.shared.registry.lock().unwrap_or_else(|e| e.into_inner()).insert(addrs.clone(), (self.index, id));
+    }
+
+    /// Move connection `id` (socket and protocol state) to worker `w` and resolve it there.
+    fn hand_over(&mut self, c: &mut EventCenter<S>, id: ConnId, w: usize, req: SessionRequest) -> bool {
+        let Some(remote) = self.remotes.get().and_then(|r| r.get(w)).cloned() else { return false };
+        let Some(sid) = self.conns.get(&id).and_then(|x| x.socket) else { return false };
+        let handoff = match c.stack_mut().detach(sid) {
+            Ok(h) => h,
+            Err(_) => return false,
+        };
+        self.by_socket.remove(&sid);
+        let Some(mut conn) = self.conns.remove(&id) else { return false };
+        if let Some((tid, _)) = conn.timer.take() {
+            c.cancel_timer(tid);
+            self.by_timer.remove(&tid);
+        }
+        conn.socket = None;
+        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        let moved = remote.submit(move |h: &mut Handler<S>, c| {
+            match c.stack_mut().attach(handoff) {
+                Ok(sid) => {
+                    conn.socket = Some(sid);
+                    h.by_socket.insert(sid, id);
+                    h.insert(conn);
+                    h.resolve(c, id, req);
+                }
+                Err(e) => tracing::warn!(error = %e, "attach during session hand-over failed"),
+            }
+        });
+        moved.is_ok()
+    }
+
+    fn remove(&mut self, c: &mut EventCenter<S>, id: ConnId) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        if let Some(sid) = conn.socket.take() {
+            let _ = c.stack_mut().close(sid);
+            self.by_socket.remove(&sid);
+        }
+        if let Some((tid, _)) = conn.timer.take() {
+            c.cancel_timer(tid);
+            self.by_timer.remove(&tid);
+        }
+        {
+            let mut reg = self.shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+            reg.retain(|_, v| *v != (self.index, id));
+        }
+        conn.handle.0.closed.store(true, Ordering::Release);
+        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        conn.proto.close();
+        let released = conn.proto.take_released();
+        self.shared.throttle.release(released.msgs, released.bytes);
+        while let Ok(cmd) = conn.commands.try_recv() {
+            if let Command::Send(m) = cmd {
+                self.shared.throttle.release(1, m.payload_len() as u64);
+            }
+        }
+    }
+
+    fn on_readable(&mut self, c: &mut EventCenter<S>, id: ConnId, sid: SocketId) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else { return };
+            if conn.socket != Some(sid) {
+                return;
+            }
+            let now = Instant::now();
+            match c.stack_mut().read(sid, &mut self.rbuf) {
+                Ok(0) => {
+                    conn.proto.on_transport_error(now, "connection closed by peer");
+                    break;
+                }
+                Ok(n) => {
+                    conn.proto.handle_input(now, &self.rbuf[..n]);
+                    // Dispatch as we go, so one busy socket cannot buffer without bound.
+                    self.pump(c, id);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    conn.proto.on_transport_error(now, format!("read: {e}"));
+                    break;
+                }
+            }
+        }
+        self.pump(c, id);
+    }
+}
+
+impl<S: WorkerStack> EventHandler<S> for Handler<S> {
+    fn on_socket(&mut self, c: &mut EventCenter<S>, ev: SocketEvent) {
+        if self.listeners.contains(&ev.id) {
+            self.accept_all(c);
+            return;
+        }
+        let Some(&id) = self.by_socket.get(&ev.id) else { return };
+        match ev.kind {
+            EventKind::Connected => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.connecting = false;
+                    conn.proto.on_transport_connected(Instant::now());
+                }
+                self.pump(c, id);
+                self.on_readable(c, id, ev.id);
+            }
+            EventKind::ConnectFailed(e) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    if let Some(sid) = conn.socket.take() {
+                        let _ = c.stack_mut().close(sid);
+                        self.by_socket.remove(&sid);
+                    }
+                    conn.connecting = false;
+                    conn.proto.on_transport_error(Instant::now(), format!("connect: {e}"));
+                }
+                self.pump(c, id);
+            }
+            EventKind::Ready(r) => {
+                if r.readable {
+                    self.on_readable(c, id, ev.id);
+                } else if r.writable {
+                    self.pump(c, id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, c: &mut EventCenter<S>, timer: TimerId) {
+        let Some(id) = self.by_timer.remove(&timer) else { return };
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.timer = None;
+            conn.proto.handle_timeout(Instant::now());
+        }
+        self.pump(c, id);
+    }
+
+    fn on_stop(&mut self, c: &mut EventCenter<S>) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.remove(c, id);
+        }
+        for li in self.listeners.drain(..) {
+            let _ = c.stack_mut().close(li);
+        }
+    }
+}
