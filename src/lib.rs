@@ -5,4 +5,5 @@
 //! a transport. Nothing below `proto` knows about frames, and `proto` knows nothing about transports.
 #![deny(unsafe_code)]
 
+pub mod msgs;
 pub mod proto;
