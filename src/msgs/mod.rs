@@ -33,6 +33,15 @@ use crate::proto::message::{Message, MsgHeader2};
 /// [`to_message`](CephMessage::to_message) gives a message with the default priority and no sequence
 /// numbers (the session fills those in); a daemon that sends at another priority (a monitor sends
 /// everything at `MSG_PRIO_HIGH`) sets it with [`Message::with_priority`].
+///
+/// ```
+/// use msgr::msgs::{mon::SUBSCRIBE_ONETIME, CephMessage, MMonSubscribe};
+///
+/// let sub = MMonSubscribe::default().want("monmap", 0, 0).want("osdmap", 0, SUBSCRIBE_ONETIME);
+/// let msg = sub.to_message();
+/// assert_eq!((msg.header.msg_type, msg.header.version, msg.header.compat_version), (15, 3, 1));
+/// assert_eq!(MMonSubscribe::from_message(&msg).unwrap(), sub);
+/// ```
 pub trait CephMessage: Sized {
     /// Ceph's `MSG_*` / `CEPH_MSG_*` type number.
     const MSG_TYPE: u16;
@@ -54,7 +63,8 @@ pub trait CephMessage: Sized {
     fn to_message(&self) -> Message {
         let mut front = BytesMut::new();
         self.encode_front(&mut front);
-        Message::new(Self::MSG_TYPE, front.freeze()).with_version(Self::VERSION, Self::COMPAT_VERSION)
+        Message::new(Self::MSG_TYPE, front.freeze())
+            .with_version(Self::VERSION, Self::COMPAT_VERSION)
     }
 
     /// Parse a received [`Message`]: its type must be [`MSG_TYPE`](CephMessage::MSG_TYPE) and its
@@ -149,7 +159,10 @@ impl FromStr for Uuid {
 // Container encodings shared by the messages (Ceph's `encoding.h`).
 
 /// A `std::string`: `u32` length and bytes. Ceph strings are bytes; these must be UTF-8.
-pub(crate) fn decode_string(d: &mut Decoder<'_>, what: &'static str) -> Result<String, DecodeError> {
+pub(crate) fn decode_string(
+    d: &mut Decoder<'_>,
+    what: &'static str,
+) -> Result<String, DecodeError> {
     let raw = d.len_prefixed(what)?;
     core::str::from_utf8(raw)
         .map(str::to_owned)
@@ -161,7 +174,10 @@ pub(crate) fn encode_string(buf: &mut BytesMut, s: &str) {
 }
 
 /// A `bufferlist`: `u32` length and bytes.
-pub(crate) fn decode_bufferlist(d: &mut Decoder<'_>, what: &'static str) -> Result<Bytes, DecodeError> {
+pub(crate) fn decode_bufferlist(
+    d: &mut Decoder<'_>,
+    what: &'static str,
+) -> Result<Bytes, DecodeError> {
     Ok(Bytes::copy_from_slice(d.len_prefixed(what)?))
 }
 
@@ -251,7 +267,8 @@ mod tests {
 
     const FSID: &str = "dfb85d94-d46c-4f54-bade-7e0159dac044";
     const FSID_BYTES: [u8; 16] = [
-        0xdf, 0xb8, 0x5d, 0x94, 0xd4, 0x6c, 0x4f, 0x54, 0xba, 0xde, 0x7e, 0x01, 0x59, 0xda, 0xc0, 0x44,
+        0xdf, 0xb8, 0x5d, 0x94, 0xd4, 0x6c, 0x4f, 0x54, 0xba, 0xde, 0x7e, 0x01, 0x59, 0xda, 0xc0,
+        0x44,
     ];
 
     #[test]
@@ -263,7 +280,10 @@ mod tests {
         assert_eq!(&to_bytes(&u)[..], &FSID_BYTES);
         assert_eq!(from_bytes_exact::<Uuid>(&FSID_BYTES, "uuid").unwrap(), u);
         assert!(Uuid::nil().is_nil() && !u.is_nil());
-        assert_eq!(Uuid::nil().to_string(), "00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            Uuid::nil().to_string(),
+            "00000000-0000-0000-0000-000000000000"
+        );
     }
 
     #[test]
