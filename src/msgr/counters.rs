@@ -30,16 +30,26 @@ impl WorkerCounters {
     /// Add what a connection did since `last` (its previous stats) and remember `now`.
     pub fn add_conn_delta(&self, last: &mut ConnStats, now: ConnStats) {
         let d = |a: u64, b: u64| a.saturating_sub(b);
-        self.msgs_in.fetch_add(d(now.msgs_in, last.msgs_in), Relaxed);
-        self.msgs_out.fetch_add(d(now.msgs_out, last.msgs_out), Relaxed);
-        self.bytes_in.fetch_add(d(now.bytes_in, last.bytes_in), Relaxed);
-        self.bytes_out.fetch_add(d(now.bytes_out, last.bytes_out), Relaxed);
-        self.handshakes.fetch_add(d(now.handshakes, last.handshakes), Relaxed);
-        self.reconnects.fetch_add(d(now.reconnects, last.reconnects), Relaxed);
-        self.replayed.fetch_add(d(now.replayed, last.replayed), Relaxed);
-        self.duplicates_dropped.fetch_add(d(now.duplicates_dropped, last.duplicates_dropped), Relaxed);
-        self.remote_resets.fetch_add(d(now.remote_resets, last.remote_resets), Relaxed);
-        self.transport_faults.fetch_add(d(now.faults, last.faults), Relaxed);
+        self.msgs_in
+            .fetch_add(d(now.msgs_in, last.msgs_in), Relaxed);
+        self.msgs_out
+            .fetch_add(d(now.msgs_out, last.msgs_out), Relaxed);
+        self.bytes_in
+            .fetch_add(d(now.bytes_in, last.bytes_in), Relaxed);
+        self.bytes_out
+            .fetch_add(d(now.bytes_out, last.bytes_out), Relaxed);
+        self.handshakes
+            .fetch_add(d(now.handshakes, last.handshakes), Relaxed);
+        self.reconnects
+            .fetch_add(d(now.reconnects, last.reconnects), Relaxed);
+        self.replayed
+            .fetch_add(d(now.replayed, last.replayed), Relaxed);
+        self.duplicates_dropped
+            .fetch_add(d(now.duplicates_dropped, last.duplicates_dropped), Relaxed);
+        self.remote_resets
+            .fetch_add(d(now.remote_resets, last.remote_resets), Relaxed);
+        self.transport_faults
+            .fetch_add(d(now.faults, last.faults), Relaxed);
         *last = now;
     }
 }

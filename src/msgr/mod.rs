@@ -116,7 +116,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn least_loaded(&self) -> usize {
-        (0..self.load.len()).min_by_key(|&i| self.load[i].load(Ordering::Relaxed)).unwrap_or(0)
+        (0..self.load.len())
+            .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 }
 
@@ -153,7 +155,10 @@ pub struct ConnectionRef(pub(crate) Arc<ConnShared>);
 
 impl std::fmt::Debug for ConnectionRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionRef").field("id", &self.0.id).field("worker", &self.0.worker).finish()
+        f.debug_struct("ConnectionRef")
+            .field("id", &self.0.id)
+            .field("worker", &self.0.worker)
+            .finish()
     }
 }
 
@@ -203,7 +208,11 @@ impl ConnectionRef {
     }
 
     pub fn peer(&self) -> PeerInfo {
-        self.0.peer.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn command(&self, c: Command) -> Result<(), MsgrError> {
@@ -242,7 +251,9 @@ impl<N: NetworkStack> Messenger<N> {
             registry: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             load: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
-            counters: (0..threads).map(|_| Arc::new(WorkerCounters::default())).collect(),
+            counters: (0..threads)
+                .map(|_| Arc::new(WorkerCounters::default()))
+                .collect(),
             throttle,
             stopping: AtomicBool::new(false),
             config,
@@ -283,8 +294,11 @@ impl<N: NetworkStack> Messenger<N> {
 
         // Processor: listen (on worker 0, or on every worker for stacks that steer flows in hardware).
         let nonce = self.shared.config.proto.nonce;
-        let listeners: Vec<usize> =
-            if self.stack.per_worker_listen() { (0..self.shared.load.len()).collect() } else { vec![0] };
+        let listeners: Vec<usize> = if self.stack.per_worker_listen() {
+            (0..self.shared.load.len()).collect()
+        } else {
+            vec![0]
+        };
         let mut my_addrs = Vec::new();
         for addr in self.bind_addrs.clone() {
             let mut bound = None;
@@ -296,9 +310,9 @@ impl<N: NetworkStack> Messenger<N> {
                         let _ = tx.send(h.listen(c, addr, &opts));
                     })
                     .map_err(|e| MsgrError::Worker(e.into()))?;
-                let got = rx
-                    .recv_timeout(Duration::from_secs(10))
-                    .map_err(|_| MsgrError::Worker(io::Error::other("worker did not answer listen")))?;
+                let got = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+                    MsgrError::Worker(io::Error::other("worker did not answer listen"))
+                })?;
                 let local = got.map_err(|source| MsgrError::Bind { addr, source })?;
                 bound.get_or_insert(local);
             }
@@ -312,7 +326,9 @@ impl<N: NetworkStack> Messenger<N> {
         let _ = self.shared.proto_config.set(Arc::new(pc));
         // Accept whatever queued up while the addresses were being learned.
         for &w in &listeners {
-            let _ = self.remote(w)?.submit(|h: &mut Handler<N::Worker>, c| h.accept_all(c));
+            let _ = self
+                .remote(w)?
+                .submit(|h: &mut Handler<N::Worker>, c| h.accept_all(c));
         }
         Ok(())
     }
@@ -324,7 +340,12 @@ impl<N: NetworkStack> Messenger<N> {
 
     /// The connection to the peer at `addrs` of type `peer_type`: the existing one if there is one
     /// (one session per peer, as in Ceph), else a new one.
-    pub fn connect_to(&self, peer_type: u8, addrs: &AddrVec, policy: Policy) -> Result<ConnectionRef, MsgrError> {
+    pub fn connect_to(
+        &self,
+        peer_type: u8,
+        addrs: &AddrVec,
+        policy: Policy,
+    ) -> Result<ConnectionRef, MsgrError> {
         if let Some(existing) = self.lookup(addrs) {
             return Ok(existing);
         }
@@ -334,12 +355,24 @@ impl<N: NetworkStack> Messenger<N> {
     /// A new, separate session to `addrs` under its own client identity (a fresh address nonce), as if
     /// from another client instance: for benchmarks and fan-in tests that need many connections to one
     /// peer from one process. Only for messengers that are not bound (pure clients).
-    pub fn connect_new(&self, peer_type: u8, addrs: &AddrVec, policy: Policy) -> Result<ConnectionRef, MsgrError> {
-        let nonce = (self.shared.config.proto.nonce as u64 + self.shared.next_id.load(Ordering::Relaxed)) as u32;
+    pub fn connect_new(
+        &self,
+        peer_type: u8,
+        addrs: &AddrVec,
+        policy: Policy,
+    ) -> Result<ConnectionRef, MsgrError> {
+        let nonce = (self.shared.config.proto.nonce as u64
+            + self.shared.next_id.load(Ordering::Relaxed)) as u32;
         self.open(peer_type, addrs, policy, Some(nonce))
     }
 
-    fn open(&self, peer_type: u8, addrs: &AddrVec, policy: Policy, nonce: Option<u32>) -> Result<ConnectionRef, MsgrError> {
+    fn open(
+        &self,
+        peer_type: u8,
+        addrs: &AddrVec,
+        policy: Policy,
+        nonce: Option<u32>,
+    ) -> Result<ConnectionRef, MsgrError> {
         let remotes = self.remotes.get().ok_or(MsgrError::NotStarted)?;
         let target = addrs
             .msgr2()
@@ -349,7 +382,11 @@ impl<N: NetworkStack> Messenger<N> {
         let w = self.shared.least_loaded();
         let (conn, cmd_rx) = worker::new_handle(&self.shared, remotes, w);
         if nonce.is_none() {
-            self.shared.registry.lock().unwrap_or_else(|e| e.into_inner()).insert(addrs.clone(), (w, conn.id()));
+            self.shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(addrs.clone(), (w, conn.id()));
         }
         // Count it now so that a burst of connects spreads over the workers.
         self.shared.load[w].fetch_add(1, Ordering::Relaxed);
@@ -365,7 +402,11 @@ impl<N: NetworkStack> Messenger<N> {
     }
 
     fn lookup(&self, addrs: &AddrVec) -> Option<ConnectionRef> {
-        let reg = self.shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let &(w, id) = reg.get(addrs)?;
         drop(reg);
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -375,11 +416,17 @@ impl<N: NetworkStack> Messenger<N> {
                 let _ = tx.send(h.handle_of(id));
             })
             .ok()?;
-        rx.recv_timeout(Duration::from_secs(5)).ok().flatten().filter(|c| !c.is_closed())
+        rx.recv_timeout(Duration::from_secs(5))
+            .ok()
+            .flatten()
+            .filter(|c| !c.is_closed())
     }
 
     fn remote(&self, w: usize) -> Result<&worker::RemoteOf<N::Worker>, MsgrError> {
-        self.remotes.get().and_then(|r| r.get(w)).ok_or(MsgrError::NotStarted)
+        self.remotes
+            .get()
+            .and_then(|r| r.get(w))
+            .ok_or(MsgrError::NotStarted)
     }
 
     /// Counters summed over all workers.

@@ -71,7 +71,10 @@ impl Throttle {
                         if now >= d {
                             return false;
                         }
-                        self.cv.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0
+                        self.cv
+                            .wait_timeout(st, d - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
                     }
                 };
             }
@@ -132,7 +135,10 @@ mod tests {
     fn blocks_until_released_and_counts() {
         let t = Arc::new(Throttle::new(100, 0));
         assert!(t.acquire(60, None));
-        assert!(!t.acquire(60, Some(Duration::from_millis(20))), "over budget must wait");
+        assert!(
+            !t.acquire(60, Some(Duration::from_millis(20))),
+            "over budget must wait"
+        );
         let t2 = t.clone();
         let h = std::thread::spawn(move || t2.acquire(60, Some(Duration::from_secs(5))));
         std::thread::sleep(Duration::from_millis(20));

@@ -89,7 +89,11 @@ pub(crate) struct Handler<S: WorkerStack> {
 const READ_BUF: usize = 256 * 1024;
 
 impl<S: WorkerStack> Handler<S> {
-    pub(crate) fn new(index: usize, shared: Arc<Shared>, remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>) -> Self {
+    pub(crate) fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>,
+    ) -> Self {
         IN_WORKER.with(|w| w.set(true));
         let counters = shared.counters[index].clone();
         Handler {
@@ -111,7 +115,12 @@ impl<S: WorkerStack> Handler<S> {
         self.shared.proto_config.get().cloned()
     }
 
-    pub(crate) fn listen(&mut self, c: &mut EventCenter<S>, addr: SocketAddr, opts: &ListenOptions) -> std::io::Result<SocketAddr> {
+    pub(crate) fn listen(
+        &mut self,
+        c: &mut EventCenter<S>,
+        addr: SocketAddr,
+        opts: &ListenOptions,
+    ) -> std::io::Result<SocketAddr> {
         let sid = c.stack_mut().listen(addr, opts)?;
         self.listeners.push(sid);
         c.stack().local_addr(sid)
@@ -152,7 +161,9 @@ impl<S: WorkerStack> Handler<S> {
                             h.shared.load[h.index].fetch_sub(1, Ordering::Relaxed);
                             match c.stack_mut().attach(handoff) {
                                 Ok(sid) => h.create_server(c, sid, peer),
-                                Err(e) => tracing::warn!(error = %e, "attach of accepted socket failed"),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "attach of accepted socket failed")
+                                }
                             }
                         });
                         if sent.is_err() {
@@ -175,7 +186,9 @@ impl<S: WorkerStack> Handler<S> {
             let _ = c.stack_mut().close(sid);
             return;
         };
-        let Some(remotes) = self.remotes.get() else { return };
+        let Some(remotes) = self.remotes.get() else {
+            return;
+        };
         let (handle, rx) = new_handle::<S>(&self.shared, remotes, self.index);
         let proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
         let id = handle.id();
@@ -208,7 +221,9 @@ impl<S: WorkerStack> Handler<S> {
         policy: Policy,
         nonce: Option<u32>,
     ) {
-        let Some(mut cfg) = self.proto_config() else { return };
+        let Some(mut cfg) = self.proto_config() else {
+            return;
+        };
         if let Some(n) = nonce {
             // A separate client identity: same config, its own nonce, learned address.
             let mut own = (*cfg).clone();
@@ -251,7 +266,9 @@ impl<S: WorkerStack> Handler<S> {
 
     /// Drain a connection's command queue into its protocol state, then pump.
     pub(crate) fn flush_conn(&mut self, c: &mut EventCenter<S>, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         conn.handle.0.scheduled.store(false, Ordering::Release);
         let now = Instant::now();
         while let Ok(cmd) = conn.commands.try_recv() {
@@ -273,7 +290,9 @@ impl<S: WorkerStack> Handler<S> {
     fn pump(&mut self, c: &mut EventCenter<S>, id: ConnId) {
         let mut evs = std::mem::take(&mut self.ev_scratch);
         loop {
-            let Some(conn) = self.conns.get_mut(&id) else { break };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                break;
+            };
             let now = Instant::now();
             conn.proto.poll_transmit(now, &mut self.tx_scratch);
             conn.txq.extend(self.tx_scratch.drain(..));
@@ -286,7 +305,8 @@ impl<S: WorkerStack> Handler<S> {
             }
             let released = conn.proto.take_released();
             self.shared.throttle.release(released.msgs, released.bytes);
-            self.counters.add_conn_delta(&mut conn.last_stats, conn.proto.stats());
+            self.counters
+                .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
             evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
             if evs.is_empty() {
                 Self::arm_timer(c, &mut self.by_timer, id, conn);
@@ -299,7 +319,12 @@ impl<S: WorkerStack> Handler<S> {
         self.ev_scratch = evs;
     }
 
-    fn arm_timer(c: &mut EventCenter<S>, by_timer: &mut HashMap<TimerId, ConnId>, id: ConnId, conn: &mut Conn) {
+    fn arm_timer(
+        c: &mut EventCenter<S>,
+        by_timer: &mut HashMap<TimerId, ConnId>,
+        id: ConnId,
+        conn: &mut Conn,
+    ) {
         let want = conn.proto.poll_timeout();
         match (conn.timer, want) {
             (Some((_, at)), Some(w)) if at == w => {}
@@ -318,7 +343,9 @@ impl<S: WorkerStack> Handler<S> {
     }
 
     fn on_proto_event(&mut self, c: &mut EventCenter<S>, id: ConnId, ev: Event) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let handle = conn.handle.clone();
         let dispatcher = self.shared.dispatcher.clone();
         match ev {
@@ -326,7 +353,8 @@ impl<S: WorkerStack> Handler<S> {
             Event::OpenTransport => {
                 let now = Instant::now();
                 let Some(target) = conn.target else {
-                    conn.proto.on_transport_error(now, "no address to connect to");
+                    conn.proto
+                        .on_transport_error(now, "no address to connect to");
                     return;
                 };
                 match c.stack_mut().connect(target, &self.shared.config.connect) {
@@ -335,7 +363,9 @@ impl<S: WorkerStack> Handler<S> {
                         conn.connecting = true;
                         self.by_socket.insert(sid, id);
                     }
-                    Err(e) => conn.proto.on_transport_error(now, format!("connect {target}: {e}")),
+                    Err(e) => conn
+                        .proto
+                        .on_transport_error(now, format!("connect {target}: {e}")),
                 }
             }
             Event::Connected { reconnect } => {
@@ -354,8 +384,13 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::SessionRequest(req) => self.resolve(c, id, req),
             Event::TransportDown(err) => {
-                if conn.proto.role() == Role::Server && !conn.proto.is_ready() && conn.proto.server_cookie() == 0 {
-                    self.counters.dropped_bad_peers.fetch_add(1, Ordering::Relaxed);
+                if conn.proto.role() == Role::Server
+                    && !conn.proto.is_ready()
+                    && conn.proto.server_cookie() == 0
+                {
+                    self.counters
+                        .dropped_bad_peers
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(peer = ?conn.peer_sock, reason = %err, "dropping peer");
                 } else {
                     tracing::debug!(conn = id, peer = ?conn.peer_sock, reason = %err, "transport down");
@@ -376,7 +411,12 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::Closed => self.remove(c, id),
             Event::KeepaliveAck { rtt } => {
-                handle.0.peer.lock().unwrap_or_else(|e| e.into_inner()).last_keepalive_rtt = Some(rtt);
+                handle
+                    .0
+                    .peer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_keepalive_rtt = Some(rtt);
                 dispatcher.ms_handle_keepalive_ack(&handle, rtt);
             }
         }
@@ -384,18 +424,30 @@ impl<S: WorkerStack> Handler<S> {
 
     /// Server side: settle a CLIENT_IDENT / SESSION_RECONNECT against the session registry.
     fn resolve(&mut self, c: &mut EventCenter<S>, id: ConnId, req: SessionRequest) {
-        let found = self.shared.registry.lock().unwrap_or_else(|e| e.into_inner()).get(&req.peer_addrs).copied();
+        let found = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&req.peer_addrs)
+            .copied();
         let now = Instant::now();
         match found {
-            Some((w, ex_id)) if w == self.index && ex_id != id && self.conns.contains_key(&ex_id) => {
-                let Some(mut new) = self.conns.remove(&id) else { return };
+            Some((w, ex_id))
+                if w == self.index && ex_id != id && self.conns.contains_key(&ex_id) =>
+            {
+                let Some(mut new) = self.conns.remove(&id) else {
+                    return;
+                };
                 let res = {
                     let ex = self.conns.get_mut(&ex_id).map(|e| &mut e.proto);
                     new.proto.resolve_session(now, ex)
                 };
                 match res {
                     Resolution::TookOver => {
-                        let Some(ex) = self.conns.get_mut(&ex_id) else { return };
+                        let Some(ex) = self.conns.get_mut(&ex_id) else {
+                            return;
+                        };
                         std::mem::swap(&mut ex.proto, &mut new.proto);
                         if let Some(old) = ex.socket.take() {
                             let _ = c.stack_mut().close(old);
@@ -444,7 +496,9 @@ impl<S: WorkerStack> Handler<S> {
     }
 
     fn resolve_alone(&mut self, c: &mut EventCenter<S>, id: ConnId, req: &SessionRequest) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         if conn.proto.resolve_session(Instant::now(), None) == Resolution::NewSession {
             self.register(&req.peer_addrs, id);
         }
@@ -452,19 +506,35 @@ impl<S: WorkerStack> Handler<S> {
     }
 
     fn register(&self, addrs: &AddrVec, id: ConnId) {
-        self.shared.registry.lock().unwrap_or_else(|e| e.into_inner()).insert(addrs.clone(), (self.index, id));
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addrs.clone(), (self.index, id));
     }
 
     /// Move connection `id` (socket and protocol state) to worker `w` and resolve it there.
-    fn hand_over(&mut self, c: &mut EventCenter<S>, id: ConnId, w: usize, req: SessionRequest) -> bool {
-        let Some(remote) = self.remotes.get().and_then(|r| r.get(w)).cloned() else { return false };
-        let Some(sid) = self.conns.get(&id).and_then(|x| x.socket) else { return false };
+    fn hand_over(
+        &mut self,
+        c: &mut EventCenter<S>,
+        id: ConnId,
+        w: usize,
+        req: SessionRequest,
+    ) -> bool {
+        let Some(remote) = self.remotes.get().and_then(|r| r.get(w)).cloned() else {
+            return false;
+        };
+        let Some(sid) = self.conns.get(&id).and_then(|x| x.socket) else {
+            return false;
+        };
         let handoff = match c.stack_mut().detach(sid) {
             Ok(h) => h,
             Err(_) => return false,
         };
         self.by_socket.remove(&sid);
-        let Some(mut conn) = self.conns.remove(&id) else { return false };
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return false;
+        };
         if let Some((tid, _)) = conn.timer.take() {
             c.cancel_timer(tid);
             self.by_timer.remove(&tid);
@@ -472,22 +542,25 @@ impl<S: WorkerStack> Handler<S> {
         conn.socket = None;
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
-        let moved = remote.submit(move |h: &mut Handler<S>, c| {
-            match c.stack_mut().attach(handoff) {
-                Ok(sid) => {
-                    conn.socket = Some(sid);
-                    h.by_socket.insert(sid, id);
-                    h.insert(conn);
-                    h.resolve(c, id, req);
-                }
-                Err(e) => tracing::warn!(error = %e, "attach during session hand-over failed"),
-            }
-        });
+        let moved =
+            remote.submit(
+                move |h: &mut Handler<S>, c| match c.stack_mut().attach(handoff) {
+                    Ok(sid) => {
+                        conn.socket = Some(sid);
+                        h.by_socket.insert(sid, id);
+                        h.insert(conn);
+                        h.resolve(c, id, req);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "attach during session hand-over failed"),
+                },
+            );
         moved.is_ok()
     }
 
     fn remove(&mut self, c: &mut EventCenter<S>, id: ConnId) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
         if let Some(sid) = conn.socket.take() {
             let _ = c.stack_mut().close(sid);
             self.by_socket.remove(&sid);
@@ -497,7 +570,11 @@ impl<S: WorkerStack> Handler<S> {
             self.by_timer.remove(&tid);
         }
         {
-            let mut reg = self.shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut reg = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             reg.retain(|_, v| *v != (self.index, id));
         }
         conn.handle.0.closed.store(true, Ordering::Release);
@@ -515,14 +592,17 @@ impl<S: WorkerStack> Handler<S> {
 
     fn on_readable(&mut self, c: &mut EventCenter<S>, id: ConnId, sid: SocketId) {
         loop {
-            let Some(conn) = self.conns.get_mut(&id) else { return };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
             if conn.socket != Some(sid) {
                 return;
             }
             let now = Instant::now();
             match c.stack_mut().read(sid, &mut self.rbuf) {
                 Ok(0) => {
-                    conn.proto.on_transport_error(now, "connection closed by peer");
+                    conn.proto
+                        .on_transport_error(now, "connection closed by peer");
                     break;
                 }
                 Ok(n) => {
@@ -548,7 +628,9 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
             self.accept_all(c);
             return;
         }
-        let Some(&id) = self.by_socket.get(&ev.id) else { return };
+        let Some(&id) = self.by_socket.get(&ev.id) else {
+            return;
+        };
         match ev.kind {
             EventKind::Connected => {
                 if let Some(conn) = self.conns.get_mut(&id) {
@@ -565,7 +647,8 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
                         self.by_socket.remove(&sid);
                     }
                     conn.connecting = false;
-                    conn.proto.on_transport_error(Instant::now(), format!("connect: {e}"));
+                    conn.proto
+                        .on_transport_error(Instant::now(), format!("connect: {e}"));
                 }
                 self.pump(c, id);
             }
@@ -581,7 +664,9 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
     }
 
     fn on_timer(&mut self, c: &mut EventCenter<S>, timer: TimerId) {
-        let Some(id) = self.by_timer.remove(&timer) else { return };
+        let Some(id) = self.by_timer.remove(&timer) else {
+            return;
+        };
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.timer = None;
             conn.proto.handle_timeout(Instant::now());

@@ -174,3 +174,4 @@ pub fn drain_events(conn: &mut Connection) -> Vec<Event> {
 pub fn arc(c: Config) -> Arc<Config> {
     Arc::new(c)
 }
+pub mod net;
