@@ -7,4 +7,5 @@
 
 pub mod event;
 pub mod proto;
+pub mod recon;
 pub mod stack;

@@ -325,7 +325,6 @@ struct Transport {
     /// What we sent before AUTH_SIGNATURE, to check the peer's signature against.
     sent_transcript: Option<Vec<u8>>,
     session_key: Vec<u8>,
-    peer_msgr2_features: u64,
 }
 
 impl Transport {
@@ -338,7 +337,6 @@ impl Transport {
             transcript: Some((Vec::new(), Vec::new())),
             sent_transcript: None,
             session_key: Vec::new(),
-            peer_msgr2_features: 0,
         }
     }
 }
@@ -358,6 +356,11 @@ pub struct Connection {
     peer_name: Option<EntityName>,
     peer_global_id: u64,
     features: u64,
+    /// What the peer told us during the current (or last) handshake, kept for diagnostics.
+    peer_msgr2_features: u64,
+    addr_seen_by_peer: Option<EntityAddr>,
+    peer_supported_features: u64,
+    peer_auth_bad_method: Option<AuthBadMethod>,
     my_addrs: AddrVec,
     session: Session,
     transport: Option<Transport>,
@@ -428,6 +431,10 @@ impl Connection {
             peer_name: None,
             peer_global_id: 0,
             features: 0,
+            peer_msgr2_features: 0,
+            addr_seen_by_peer: None,
+            peer_supported_features: 0,
+            peer_auth_bad_method: None,
             my_addrs: config.my_addrs.clone(),
             session: Session::default(),
             transport: None,
@@ -483,6 +490,30 @@ impl Connection {
     /// Negotiated Ceph feature bits.
     pub fn features(&self) -> u64 {
         self.features
+    }
+    /// The msgr2 feature bits the peer's banner says it supports on the current (or last) transport;
+    /// 0 before its banner arrived. Set even when the banner is then refused as incompatible.
+    pub fn peer_msgr2_features(&self) -> u64 {
+        self.peer_msgr2_features
+    }
+    /// The `peer_addr` of the peer's HELLO on the current (or last) transport: how it sees us (a
+    /// client: our IP and port as the server accepted us; a server: the address the client dialled).
+    pub fn addr_seen_by_peer(&self) -> Option<&EntityAddr> {
+        self.addr_seen_by_peer.as_ref()
+    }
+    /// The Ceph feature bits the peer says it supports (SERVER_IDENT / CLIENT_IDENT), not masked by
+    /// ours as [`Connection::features`] is; 0 before its ident arrived.
+    pub fn peer_supported_features(&self) -> u64 {
+        self.peer_supported_features
+    }
+    /// The peer's `global_seq` from its SERVER_IDENT (client) or CLIENT_IDENT (server, once resolved).
+    pub fn peer_global_seq(&self) -> u64 {
+        self.session.peer_global_seq
+    }
+    /// The AUTH_BADMETHOD the server refused our auth method with (which methods and modes it allows),
+    /// if it did on the current (or last) transport.
+    pub fn peer_auth_bad_method(&self) -> Option<&AuthBadMethod> {
+        self.peer_auth_bad_method.as_ref()
     }
     pub fn stats(&self) -> ConnStats {
         self.stats
@@ -617,6 +648,9 @@ impl Connection {
         t.tx.push(b);
         self.transport = Some(t);
         self.phase = Phase::Banner;
+        self.peer_msgr2_features = 0;
+        self.addr_seen_by_peer = None;
+        self.peer_auth_bad_method = None;
         self.timers = [None; 4];
         self.set_timer(Timer::Handshake, now + self.config.handshake_timeout);
         if self.role == Role::Client {
@@ -724,6 +758,7 @@ impl Connection {
     }
 
     fn handle_banner(&mut self, peer: Banner) -> Result<(), Error> {
+        self.peer_msgr2_features = peer.supported;
         let missing = MSGR2_REQUIRED & !peer.supported;
         if missing != 0 {
             return Err(Error::PeerIncompatible(format!(
@@ -737,9 +772,6 @@ impl Connection {
                 "peer requires msgr2 feature(s) we lack: {} (0x{unsupported:x})",
                 msgr2_feature_names(unsupported)
             )));
-        }
-        if let Some(t) = self.transport.as_mut() {
-            t.peer_msgr2_features = peer.supported;
         }
         self.phase = Phase::Hello;
         let hello = ControlFrame::Hello(Hello {
@@ -759,21 +791,34 @@ impl Connection {
             (_, Phase::Hello, ControlFrame::Hello(h)) => self.handle_hello(h),
             // ---- client side ----
             (Role::Client, Phase::Auth, ControlFrame::AuthDone(d)) => self.client_auth_done(d),
-            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => Err(Error::AuthFailed(format!(
-                "server refused auth method {} (result {}): it allows methods {:?} with modes {:?}; we offer method none with mode crc",
-                b.method, b.result, b.allowed_methods, b.allowed_modes
-            ))),
-            (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(_)) => Err(Error::PeerMisbehaved(
-                "AUTH_REPLY_MORE for auth method none".into(),
-            )),
-            (_, Phase::AuthSignature, ControlFrame::AuthSignature(s)) => self.handle_auth_signature(s),
-            (Role::Client, Phase::Session, ControlFrame::ServerIdent(s)) => self.client_server_ident(now, s),
-            (Role::Client, Phase::Session, ControlFrame::IdentMissingFeatures(m)) => Err(Error::PeerIncompatible(
-                format!("server requires Ceph features we lack: 0x{:x}", m.features),
-            )),
+            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => {
+                let err = Error::AuthFailed(format!(
+                    "server refused auth method {} (result {}): it allows methods {:?} with modes {:?}; we offer method none with mode crc",
+                    b.method, b.result, b.allowed_methods, b.allowed_modes
+                ));
+                self.peer_auth_bad_method = Some(b);
+                Err(err)
+            }
+            (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(_)) => Err(
+                Error::PeerMisbehaved("AUTH_REPLY_MORE for auth method none".into()),
+            ),
+            (_, Phase::AuthSignature, ControlFrame::AuthSignature(s)) => {
+                self.handle_auth_signature(s)
+            }
+            (Role::Client, Phase::Session, ControlFrame::ServerIdent(s)) => {
+                self.client_server_ident(now, s)
+            }
+            (Role::Client, Phase::Session, ControlFrame::IdentMissingFeatures(m)) => {
+                Err(Error::PeerIncompatible(format!(
+                    "server requires Ceph features we lack: 0x{:x}",
+                    m.features
+                )))
+            }
             (Role::Client, Phase::Session | Phase::Reconnecting, ControlFrame::Wait) => {
                 self.phase = Phase::Wait;
-                Err(Error::Transport("peer asked us to WAIT (connection race)".into()))
+                Err(Error::Transport(
+                    "peer asked us to WAIT (connection race)".into(),
+                ))
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionReconnectOk(ok)) => {
                 self.client_reconnect_ok(now, ok)
@@ -797,9 +842,15 @@ impl Connection {
                 self.send_client_ident()
             }
             // ---- server side ----
-            (Role::Server, Phase::Auth, ControlFrame::AuthRequest(r)) => self.server_auth_request(r),
-            (Role::Server, Phase::Session, ControlFrame::ClientIdent(ci)) => self.server_client_ident(ci),
-            (Role::Server, Phase::Session, ControlFrame::SessionReconnect(r)) => self.server_reconnect(r),
+            (Role::Server, Phase::Auth, ControlFrame::AuthRequest(r)) => {
+                self.server_auth_request(r)
+            }
+            (Role::Server, Phase::Session, ControlFrame::ClientIdent(ci)) => {
+                self.server_client_ident(ci)
+            }
+            (Role::Server, Phase::Session, ControlFrame::SessionReconnect(r)) => {
+                self.server_reconnect(r)
+            }
             // ---- ready ----
             (_, Phase::Ready, ControlFrame::Ack(a)) => {
                 if !self.policy.lossy {
@@ -808,10 +859,16 @@ impl Connection {
                 Ok(())
             }
             (_, Phase::Ready, ControlFrame::Keepalive2(k)) => {
-                self.queue_control(&ControlFrame::Keepalive2Ack(Keepalive2Ack { timestamp: k.timestamp }))
+                self.queue_control(&ControlFrame::Keepalive2Ack(Keepalive2Ack {
+                    timestamp: k.timestamp,
+                }))
             }
             (_, Phase::Ready, ControlFrame::Keepalive2Ack(k)) => {
-                let sent = self.epoch + Duration::new(u64::from(k.timestamp.sec), k.timestamp.nsec.min(999_999_999));
+                let sent = self.epoch
+                    + Duration::new(
+                        u64::from(k.timestamp.sec),
+                        k.timestamp.nsec.min(999_999_999),
+                    );
                 let rtt = now.checked_duration_since(sent).unwrap_or_default();
                 self.events.push_back(Event::KeepaliveAck { rtt });
                 Ok(())
@@ -824,6 +881,7 @@ impl Connection {
     }
 
     fn handle_hello(&mut self, h: Hello) -> Result<(), Error> {
+        self.addr_seen_by_peer = Some(h.peer_addr.clone());
         match self.role {
             Role::Client => {
                 if self.peer_type != entity_type::ANY && h.entity_type != self.peer_type {
@@ -997,6 +1055,7 @@ impl Connection {
                 "server lacks required Ceph features 0x{missing:x}"
             )));
         }
+        self.peer_supported_features = s.supported_features;
         self.session.server_cookie = s.cookie;
         self.session.peer_global_seq = s.global_seq;
         self.peer_addrs = s.addrs;
@@ -1035,6 +1094,7 @@ impl Connection {
                 features: missing,
             }));
         }
+        self.peer_supported_features = ci.supported_features;
         self.target_addr = ci.target_addr.clone();
         self.peer_addrs = ci.addrs.clone();
         self.peer_name = Some(EntityName {
