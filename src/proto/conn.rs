@@ -501,8 +501,8 @@ impl Connection {
     pub fn addr_seen_by_peer(&self) -> Option<&EntityAddr> {
         self.addr_seen_by_peer.as_ref()
     }
-    /// The Ceph feature bits the peer says it supports (SERVER_IDENT / CLIENT_IDENT), not masked by
-    /// ours as [`Connection::features`] is; 0 before its ident arrived.
+    /// The Ceph feature bits the peer said it supports in its latest SERVER_IDENT / CLIENT_IDENT, not
+    /// masked by ours as [`Connection::features`] is; 0 before any ident arrived.
     pub fn peer_supported_features(&self) -> u64 {
         self.peer_supported_features
     }
@@ -510,7 +510,7 @@ impl Connection {
     pub fn peer_global_seq(&self) -> u64 {
         self.session.peer_global_seq
     }
-    /// The AUTH_BADMETHOD the server refused our auth method with (which methods and modes it allows),
+    /// The AUTH_BAD_METHOD the server refused our auth method with (which methods and modes it allows),
     /// if it did on the current (or last) transport.
     pub fn peer_auth_bad_method(&self) -> Option<&AuthBadMethod> {
         self.peer_auth_bad_method.as_ref()
@@ -791,34 +791,21 @@ impl Connection {
             (_, Phase::Hello, ControlFrame::Hello(h)) => self.handle_hello(h),
             // ---- client side ----
             (Role::Client, Phase::Auth, ControlFrame::AuthDone(d)) => self.client_auth_done(d),
-            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => {
-                let err = Error::AuthFailed(format!(
-                    "server refused auth method {} (result {}): it allows methods {:?} with modes {:?}; we offer method none with mode crc",
-                    b.method, b.result, b.allowed_methods, b.allowed_modes
-                ));
-                self.peer_auth_bad_method = Some(b);
-                Err(err)
-            }
-            (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(_)) => Err(
-                Error::PeerMisbehaved("AUTH_REPLY_MORE for auth method none".into()),
-            ),
-            (_, Phase::AuthSignature, ControlFrame::AuthSignature(s)) => {
-                self.handle_auth_signature(s)
-            }
-            (Role::Client, Phase::Session, ControlFrame::ServerIdent(s)) => {
-                self.client_server_ident(now, s)
-            }
-            (Role::Client, Phase::Session, ControlFrame::IdentMissingFeatures(m)) => {
-                Err(Error::PeerIncompatible(format!(
-                    "server requires Ceph features we lack: 0x{:x}",
-                    m.features
-                )))
-            }
+            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => Err(self.auth_refused(format!(
+                "server refused auth method {} (result {}): it allows methods {:?} with modes {:?}; we offer method none with mode crc",
+                b.method, b.result, b.allowed_methods, b.allowed_modes
+            ), b)),
+            (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(_)) => Err(Error::PeerMisbehaved(
+                "AUTH_REPLY_MORE for auth method none".into(),
+            )),
+            (_, Phase::AuthSignature, ControlFrame::AuthSignature(s)) => self.handle_auth_signature(s),
+            (Role::Client, Phase::Session, ControlFrame::ServerIdent(s)) => self.client_server_ident(now, s),
+            (Role::Client, Phase::Session, ControlFrame::IdentMissingFeatures(m)) => Err(Error::PeerIncompatible(
+                format!("server requires Ceph features we lack: 0x{:x}", m.features),
+            )),
             (Role::Client, Phase::Session | Phase::Reconnecting, ControlFrame::Wait) => {
                 self.phase = Phase::Wait;
-                Err(Error::Transport(
-                    "peer asked us to WAIT (connection race)".into(),
-                ))
+                Err(Error::Transport("peer asked us to WAIT (connection race)".into()))
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionReconnectOk(ok)) => {
                 self.client_reconnect_ok(now, ok)
@@ -842,15 +829,9 @@ impl Connection {
                 self.send_client_ident()
             }
             // ---- server side ----
-            (Role::Server, Phase::Auth, ControlFrame::AuthRequest(r)) => {
-                self.server_auth_request(r)
-            }
-            (Role::Server, Phase::Session, ControlFrame::ClientIdent(ci)) => {
-                self.server_client_ident(ci)
-            }
-            (Role::Server, Phase::Session, ControlFrame::SessionReconnect(r)) => {
-                self.server_reconnect(r)
-            }
+            (Role::Server, Phase::Auth, ControlFrame::AuthRequest(r)) => self.server_auth_request(r),
+            (Role::Server, Phase::Session, ControlFrame::ClientIdent(ci)) => self.server_client_ident(ci),
+            (Role::Server, Phase::Session, ControlFrame::SessionReconnect(r)) => self.server_reconnect(r),
             // ---- ready ----
             (_, Phase::Ready, ControlFrame::Ack(a)) => {
                 if !self.policy.lossy {
@@ -859,16 +840,10 @@ impl Connection {
                 Ok(())
             }
             (_, Phase::Ready, ControlFrame::Keepalive2(k)) => {
-                self.queue_control(&ControlFrame::Keepalive2Ack(Keepalive2Ack {
-                    timestamp: k.timestamp,
-                }))
+                self.queue_control(&ControlFrame::Keepalive2Ack(Keepalive2Ack { timestamp: k.timestamp }))
             }
             (_, Phase::Ready, ControlFrame::Keepalive2Ack(k)) => {
-                let sent = self.epoch
-                    + Duration::new(
-                        u64::from(k.timestamp.sec),
-                        k.timestamp.nsec.min(999_999_999),
-                    );
+                let sent = self.epoch + Duration::new(u64::from(k.timestamp.sec), k.timestamp.nsec.min(999_999_999));
                 let rtt = now.checked_duration_since(sent).unwrap_or_default();
                 self.events.push_back(Event::KeepaliveAck { rtt });
                 Ok(())
@@ -878,6 +853,12 @@ impl Connection {
                 cf.tag()
             ))),
         }
+    }
+
+    /// Client: the server refused auth method none; keep what it allows for the owner to report.
+    fn auth_refused(&mut self, why: String, bad: AuthBadMethod) -> Error {
+        self.peer_auth_bad_method = Some(bad);
+        Error::AuthFailed(why)
     }
 
     fn handle_hello(&mut self, h: Hello) -> Result<(), Error> {
