@@ -11,4 +11,5 @@ pub mod event;
 pub mod msgr;
 pub mod msgs;
 pub mod proto;
+pub mod recon;
 pub mod stack;

@@ -325,7 +325,6 @@ struct Transport {
     /// What we sent before AUTH_SIGNATURE, to check the peer's signature against.
     sent_transcript: Option<Vec<u8>>,
     session_key: Vec<u8>,
-    peer_msgr2_features: u64,
 }
 
 impl Transport {
@@ -338,7 +337,6 @@ impl Transport {
             transcript: Some((Vec::new(), Vec::new())),
             sent_transcript: None,
             session_key: Vec::new(),
-            peer_msgr2_features: 0,
         }
     }
 }
@@ -358,6 +356,11 @@ pub struct Connection {
     peer_name: Option<EntityName>,
     peer_global_id: u64,
     features: u64,
+    /// What the peer told us during the current (or last) handshake, kept for diagnostics.
+    peer_msgr2_features: u64,
+    addr_seen_by_peer: Option<EntityAddr>,
+    peer_supported_features: u64,
+    peer_auth_bad_method: Option<AuthBadMethod>,
     my_addrs: AddrVec,
     session: Session,
     transport: Option<Transport>,
@@ -428,6 +431,10 @@ impl Connection {
             peer_name: None,
             peer_global_id: 0,
             features: 0,
+            peer_msgr2_features: 0,
+            addr_seen_by_peer: None,
+            peer_supported_features: 0,
+            peer_auth_bad_method: None,
             my_addrs: config.my_addrs.clone(),
             session: Session::default(),
             transport: None,
@@ -483,6 +490,30 @@ impl Connection {
     /// Negotiated Ceph feature bits.
     pub fn features(&self) -> u64 {
         self.features
+    }
+    /// The msgr2 feature bits the peer's banner says it supports on the current (or last) transport;
+    /// 0 before its banner arrived. Set even when the banner is then refused as incompatible.
+    pub fn peer_msgr2_features(&self) -> u64 {
+        self.peer_msgr2_features
+    }
+    /// The `peer_addr` of the peer's HELLO on the current (or last) transport: how it sees us (a
+    /// client: our IP and port as the server accepted us; a server: the address the client dialled).
+    pub fn addr_seen_by_peer(&self) -> Option<&EntityAddr> {
+        self.addr_seen_by_peer.as_ref()
+    }
+    /// The Ceph feature bits the peer said it supports in its latest SERVER_IDENT / CLIENT_IDENT, not
+    /// masked by ours as [`Connection::features`] is; 0 before any ident arrived.
+    pub fn peer_supported_features(&self) -> u64 {
+        self.peer_supported_features
+    }
+    /// The peer's `global_seq` from its SERVER_IDENT (client) or CLIENT_IDENT (server, once resolved).
+    pub fn peer_global_seq(&self) -> u64 {
+        self.session.peer_global_seq
+    }
+    /// The AUTH_BAD_METHOD the server refused our auth method with (which methods and modes it allows),
+    /// if it did on the current (or last) transport.
+    pub fn peer_auth_bad_method(&self) -> Option<&AuthBadMethod> {
+        self.peer_auth_bad_method.as_ref()
     }
     pub fn stats(&self) -> ConnStats {
         self.stats
@@ -623,6 +654,9 @@ impl Connection {
         t.tx.push(b);
         self.transport = Some(t);
         self.phase = Phase::Banner;
+        self.peer_msgr2_features = 0;
+        self.addr_seen_by_peer = None;
+        self.peer_auth_bad_method = None;
         self.timers = [None; 4];
         self.set_timer(Timer::Handshake, now + self.config.handshake_timeout);
         if self.role == Role::Client {
@@ -730,6 +764,7 @@ impl Connection {
     }
 
     fn handle_banner(&mut self, peer: Banner) -> Result<(), Error> {
+        self.peer_msgr2_features = peer.supported;
         let missing = MSGR2_REQUIRED & !peer.supported;
         if missing != 0 {
             return Err(Error::PeerIncompatible(format!(
@@ -743,9 +778,6 @@ impl Connection {
                 "peer requires msgr2 feature(s) we lack: {} (0x{unsupported:x})",
                 msgr2_feature_names(unsupported)
             )));
-        }
-        if let Some(t) = self.transport.as_mut() {
-            t.peer_msgr2_features = peer.supported;
         }
         self.phase = Phase::Hello;
         let hello = ControlFrame::Hello(Hello {
@@ -765,10 +797,10 @@ impl Connection {
             (_, Phase::Hello, ControlFrame::Hello(h)) => self.handle_hello(h),
             // ---- client side ----
             (Role::Client, Phase::Auth, ControlFrame::AuthDone(d)) => self.client_auth_done(d),
-            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => Err(Error::AuthFailed(format!(
+            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => Err(self.auth_refused(format!(
                 "server refused auth method {} (result {}): it allows methods {:?} with modes {:?}; we offer method none with mode crc",
                 b.method, b.result, b.allowed_methods, b.allowed_modes
-            ))),
+            ), b)),
             (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(_)) => Err(Error::PeerMisbehaved(
                 "AUTH_REPLY_MORE for auth method none".into(),
             )),
@@ -829,7 +861,14 @@ impl Connection {
         }
     }
 
+    /// Client: the server refused auth method none; keep what it allows for the owner to report.
+    fn auth_refused(&mut self, why: String, bad: AuthBadMethod) -> Error {
+        self.peer_auth_bad_method = Some(bad);
+        Error::AuthFailed(why)
+    }
+
     fn handle_hello(&mut self, h: Hello) -> Result<(), Error> {
+        self.addr_seen_by_peer = Some(h.peer_addr.clone());
         match self.role {
             Role::Client => {
                 if self.peer_type != entity_type::ANY && h.entity_type != self.peer_type {
@@ -1003,6 +1042,7 @@ impl Connection {
                 "server lacks required Ceph features 0x{missing:x}"
             )));
         }
+        self.peer_supported_features = s.supported_features;
         self.session.server_cookie = s.cookie;
         self.session.peer_global_seq = s.global_seq;
         self.peer_addrs = s.addrs;
@@ -1041,6 +1081,7 @@ impl Connection {
                 features: missing,
             }));
         }
+        self.peer_supported_features = ci.supported_features;
         self.target_addr = ci.target_addr.clone();
         self.peer_addrs = ci.addrs.clone();
         self.peer_name = Some(EntityName {
