@@ -289,10 +289,7 @@ impl<S: WorkerStack> Handler<S> {
     /// Move bytes and events until the connection has nothing more to say.
     fn pump(&mut self, c: &mut EventCenter<S>, id: ConnId) {
         let mut evs = std::mem::take(&mut self.ev_scratch);
-        loop {
-            let Some(conn) = self.conns.get_mut(&id) else {
-                break;
-            };
+        while let Some(conn) = self.conns.get_mut(&id) {
             let now = Instant::now();
             conn.proto.poll_transmit(now, &mut self.tx_scratch);
             conn.txq.extend(self.tx_scratch.drain(..));
