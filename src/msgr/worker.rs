@@ -69,6 +69,8 @@ pub(crate) struct Conn {
     target: Option<SocketAddr>,
     /// The peer's socket address, for log lines.
     peer_sock: Option<SocketAddr>,
+    /// The dispatcher has been told about this connection (connect/accept), so it hears of its end.
+    announced: bool,
 }
 
 /// The messenger's event handler on one worker.
@@ -204,6 +206,7 @@ impl<S: WorkerStack> Handler<S> {
             last_stats: ConnStats::default(),
             target: None,
             peer_sock: Some(peer),
+            announced: false,
         });
         self.by_socket.insert(sid, id);
         self.pump(c, id);
@@ -249,6 +252,8 @@ impl<S: WorkerStack> Handler<S> {
             last_stats: ConnStats::default(),
             target: target.sockaddr,
             peer_sock: target.sockaddr,
+            // The application holds the handle from connect_to: it hears of resets from the start.
+            announced: true,
         });
         self.flush_conn(c, id);
     }
@@ -374,6 +379,7 @@ impl<S: WorkerStack> Handler<S> {
                     p.features = conn.proto.features();
                 }
                 tracing::debug!(conn = id, reconnect, role = ?conn.proto.role(), "session ready");
+                conn.announced = true;
                 match conn.proto.role() {
                     Role::Client => dispatcher.ms_handle_connect(&handle),
                     Role::Server => dispatcher.ms_handle_accept(&handle),
@@ -381,10 +387,7 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::SessionRequest(req) => self.resolve(c, id, req),
             Event::TransportDown(err) => {
-                if conn.proto.role() == Role::Server
-                    && !conn.proto.is_ready()
-                    && conn.proto.server_cookie() == 0
-                {
+                if !conn.announced {
                     self.counters
                         .dropped_bad_peers
                         .fetch_add(1, Ordering::Relaxed);
@@ -401,10 +404,15 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::RemoteReset { .. } => dispatcher.ms_handle_remote_reset(&handle),
             Event::Reset(err) => {
-                self.counters.resets.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(conn = id, reason = %err, "session reset");
+                let announced = conn.announced;
+                if announced {
+                    self.counters.resets.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(conn = id, reason = %err, "session reset");
+                }
                 self.remove(c, id);
-                dispatcher.ms_handle_reset(&handle, &err);
+                if announced {
+                    dispatcher.ms_handle_reset(&handle, &err);
+                }
             }
             Event::Closed => self.remove(c, id),
             Event::KeepaliveAck { rtt } => {

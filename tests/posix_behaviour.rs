@@ -1,0 +1,253 @@
+//! Messenger behaviours over posix loopback (IPv4 and IPv6): hostile peers are dropped while others are
+//! served, idle connections close, a slow dispatcher pushes back on senders through the throttle, and
+//! high-priority messages overtake queued normal ones.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::net::*;
+use common::PayloadPool;
+use msgr::msgr::MessengerConfig;
+use msgr::proto::banner::Banner;
+use msgr::proto::frame::{FrameEncoder, Segment, Tag};
+use msgr::proto::message::MSG_PRIO_HIGH;
+use msgr::proto::types::entity_type;
+use msgr::proto::Policy;
+use msgr::stack::fault::FaultStack;
+use msgr::stack::posix::PosixStack;
+
+const LOOPBACKS: [&str; 2] = ["127.0.0.1:0", "[::1]:0"];
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}
+
+fn banner() -> Vec<u8> {
+    let mut b = BytesMut::new();
+    Banner {
+        supported: 1,
+        required: 0,
+    }
+    .encode(&mut b);
+    b.to_vec()
+}
+
+/// A preamble announcing a 4 GiB segment, with a valid crc so only the size check can stop it.
+fn huge_preamble() -> Vec<u8> {
+    let mut out = Vec::new();
+    FrameEncoder::new()
+        .encode(Tag::Hello, &[Segment::new(vec![0u8; 8], 8)], &mut out)
+        .unwrap();
+    let mut p = out.concat()[..32].to_vec();
+    p[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
+    let crc = msgr::proto::crc::ceph_crc32c(0, &p[..28]);
+    p[28..32].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+#[test]
+fn hostile_peers_are_dropped_and_others_still_served() {
+    for bind in LOOPBACKS {
+        let pool = Arc::new(PayloadPool::new(1, 4096));
+        let sink = Collector::new(pool.clone());
+        let mut p = proto_config(entity_type::OSD, "osd.0");
+        p.handshake_timeout = Duration::from_millis(500);
+        let mut srv = messenger(p, 2, no_faults(), sink.clone());
+        srv.bind(&[bind.parse().unwrap()]).unwrap();
+        srv.start().unwrap();
+        let addr: SocketAddr = srv.my_addrs().front().unwrap().sockaddr.unwrap();
+
+        let mut garbage = TcpStream::connect(addr).unwrap();
+        garbage
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut truncated = TcpStream::connect(addr).unwrap();
+        truncated.write_all(&banner()[..10]).unwrap();
+        drop(truncated);
+        let mut huge = TcpStream::connect(addr).unwrap();
+        huge.write_all(&banner()).unwrap();
+        huge.write_all(&huge_preamble()).unwrap();
+        let mut stall = TcpStream::connect(addr).unwrap();
+        stall.write_all(&banner()).unwrap();
+        stall.write_all(&huge_preamble()[..16]).unwrap(); // half a preamble, then silence
+
+        // Meanwhile a real client is served.
+        let cli = client(1, no_faults(), Collector::new(pool.clone()));
+        let conn = cli
+            .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+            .unwrap();
+        for i in 0..100 {
+            conn.send(pool.message(i, 1000)).unwrap();
+        }
+        assert!(
+            sink.wait_for(100, Duration::from_secs(20)),
+            "{bind}: good client not served"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || srv.counters().dropped_bad_peers
+                >= 4),
+            "{bind}: dropped {} of 4 bad peers",
+            srv.counters().dropped_bad_peers
+        );
+        // The server closed them: reads see EOF or reset.
+        for s in [&mut garbage, &mut huge, &mut stall] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 4096];
+            let mut total = 0;
+            let closed = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(n) => total += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                    Err(_) => break false,
+                }
+                if total > 1 << 20 {
+                    break false;
+                }
+            };
+            assert!(closed, "{bind}: hostile socket left open");
+        }
+        assert_eq!(sink.corrupted.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            sink.resets.load(Ordering::Relaxed),
+            0,
+            "{bind}: bad peers must not reach the dispatcher"
+        );
+    }
+}
+
+#[test]
+fn idle_connection_closes_after_the_idle_timeout() {
+    for bind in LOOPBACKS {
+        let pool = Arc::new(PayloadPool::new(2, 4096));
+        let sink = Collector::new(pool.clone());
+        let mut p = proto_config(entity_type::OSD, "osd.0");
+        p.idle_timeout = Some(Duration::from_millis(300));
+        p.default_policy = Policy::stateless_server();
+        let mut srv = messenger(p, 1, no_faults(), sink.clone());
+        srv.bind(&[bind.parse().unwrap()]).unwrap();
+        srv.start().unwrap();
+        let cli_sink = Collector::new(pool.clone());
+        let cli = client(1, no_faults(), cli_sink.clone());
+        let conn = cli
+            .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossy_client())
+            .unwrap();
+        conn.send(pool.message(0, 10)).unwrap();
+        assert!(sink.wait_for(1, Duration::from_secs(10)));
+        let t0 = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(10), || conn.is_closed()),
+            "{bind}: idle connection not closed"
+        );
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(250),
+            "{bind}: closed too early ({took:?})"
+        );
+        assert_eq!(
+            srv.counters().connections,
+            0,
+            "{bind}: server still holds the idle connection"
+        );
+        assert!(
+            cli_sink.resets.load(Ordering::Relaxed) >= 1,
+            "{bind}: the client's dispatcher hears of it"
+        );
+    }
+}
+
+#[test]
+fn slow_dispatcher_blocks_senders_on_the_throttle_and_memory_stays_bounded() {
+    let pool = Arc::new(PayloadPool::new(3, 64 * 1024));
+    let sink = Collector::with(pool.clone(), false, Duration::from_millis(2));
+    let srv = server(
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        Policy::stateful_server(),
+        no_faults(),
+        sink.clone(),
+    );
+    let mut cfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
+    cfg.workers.threads = 1;
+    cfg.throttle_bytes = 1 << 20;
+    let mut cli = msgr::msgr::Messenger::new(
+        FaultStack::new(PosixStack::new(), no_faults()),
+        cfg,
+        Collector::new(pool.clone()),
+    );
+    cli.start().unwrap();
+    let conn = cli
+        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+        .unwrap();
+    const N: u64 = 400;
+    for i in 0..N {
+        conn.send(pool.message(i, 64 * 1024)).unwrap();
+    }
+    assert!(sink.wait_for(N, Duration::from_secs(60)));
+    let t = cli.throttle().stats();
+    assert!(t.blocked > 0, "the sender never waited: {t:?}");
+    assert!(
+        t.peak_bytes <= (1 << 20) + 64 * 1024,
+        "queued bytes exceeded the budget: {t:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || cli
+            .throttle()
+            .stats()
+            .current_bytes
+            == 0),
+        "budget not returned after acks"
+    );
+}
+
+#[test]
+fn high_priority_overtakes_queued_normal_messages() {
+    let pool = Arc::new(PayloadPool::new(4, 256 * 1024));
+    let sink = Collector::with(pool.clone(), false, Duration::from_millis(1));
+    let srv = server(
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        Policy::stateful_server(),
+        no_faults(),
+        sink.clone(),
+    );
+    let cli = client(1, no_faults(), Collector::new(pool.clone()));
+    let conn = cli
+        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+        .unwrap();
+    for i in 0..200 {
+        conn.send(pool.message(i, 256 * 1024)).unwrap();
+    }
+    conn.send(pool.message(1000, 16).with_priority(MSG_PRIO_HIGH))
+        .unwrap();
+    assert!(sink.wait_for(201, Duration::from_secs(60)));
+    let order: Vec<u64> = sink
+        .by_conn
+        .lock()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
+    let pos = order.iter().position(|t| *t == 1000).unwrap();
+    assert!(pos < 200, "the high-priority message arrived last");
+    let normal: Vec<u64> = order.iter().copied().filter(|t| *t != 1000).collect();
+    assert_eq!(
+        normal,
+        (0..200).collect::<Vec<_>>(),
+        "normal messages keep their order"
+    );
+}
