@@ -25,6 +25,15 @@ fn seed() -> u64 {
 
 #[test]
 fn lossless_peer_survives_one_in_200_socket_failures() {
+    lossless_under_faults("127.0.0.1:0", 100_000, 300);
+}
+
+#[test]
+fn lossless_peer_survives_socket_failures_over_ipv6() {
+    lossless_under_faults("[::1]:0", 20_000, 60);
+}
+
+fn lossless_under_faults(bind: &str, n: u64, min_faults: u64) {
     let seed = seed();
     let fault = FaultConfig {
         socket_failure_one_in: 200,
@@ -34,7 +43,7 @@ fn lossless_peer_survives_one_in_200_socket_failures() {
     let pool = Arc::new(PayloadPool::new(seed, 8192));
     let sink = Collector::new(pool.clone());
     let srv = server(
-        "127.0.0.1:0".parse().unwrap(),
+        bind.parse().unwrap(),
         2,
         Policy::lossless_peer(),
         fault.clone(),
@@ -51,7 +60,8 @@ fn lossless_peer_survives_one_in_200_socket_failures() {
     let conn = cli
         .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_peer())
         .unwrap();
-    const N: u64 = 100_000;
+    #[allow(non_snake_case)]
+    let N = n;
     for i in 0..N {
         conn.send(pool.message(i, (i as usize * 37) % 4096))
             .unwrap();
@@ -96,7 +106,7 @@ fn lossless_peer_survives_one_in_200_socket_failures() {
         cc.reconnects, cc.replayed, sc.replayed
     );
     assert!(
-        injected >= 300,
+        injected >= min_faults,
         "seed {seed}: only {injected} faults injected"
     );
     assert!(

@@ -67,6 +67,8 @@ pub struct MessengerConfig {
     /// 0 = unlimited.
     pub throttle_bytes: u64,
     pub throttle_msgs: u64,
+    /// Bytes asked for per read call on a socket (each worker keeps one such buffer).
+    pub read_buffer: usize,
 }
 
 impl MessengerConfig {
@@ -78,6 +80,7 @@ impl MessengerConfig {
             connect: ConnectOptions::default(),
             throttle_bytes: 256 << 20,
             throttle_msgs: 0,
+            read_buffer: 256 * 1024,
         }
     }
 }

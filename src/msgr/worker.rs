@@ -88,8 +88,6 @@ pub(crate) struct Handler<S: WorkerStack> {
     ev_scratch: Vec<Event>,
 }
 
-const READ_BUF: usize = 256 * 1024;
-
 impl<S: WorkerStack> Handler<S> {
     pub(crate) fn new(
         index: usize,
@@ -98,6 +96,7 @@ impl<S: WorkerStack> Handler<S> {
     ) -> Self {
         IN_WORKER.with(|w| w.set(true));
         let counters = shared.counters[index].clone();
+        let rbuf = vec![0u8; shared.config.read_buffer.max(512)].into_boxed_slice();
         Handler {
             index,
             shared,
@@ -107,7 +106,7 @@ impl<S: WorkerStack> Handler<S> {
             by_socket: HashMap::new(),
             by_timer: HashMap::new(),
             listeners: Vec::new(),
-            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
+            rbuf,
             tx_scratch: Vec::new(),
             ev_scratch: Vec::new(),
         }

@@ -125,6 +125,10 @@ pub fn messenger(
 ) -> PosixMessenger {
     let mut cfg = MessengerConfig::new(proto);
     cfg.workers.threads = workers;
+    if fault.socket_failure_one_in > 0 {
+        // Small reads: more read calls, so injected failures land at many more points of the stream.
+        cfg.read_buffer = 2048;
+    }
     Messenger::new(FaultStack::new(PosixStack::new(), fault), cfg, d)
 }
 
