@@ -335,7 +335,10 @@ fn record() -> Recording {
     assert_eq!(rec.to_server.len(), client_messages(&pool).len());
     assert_eq!(rec.to_client.len(), server_messages(&pool).len());
     for (sent, got) in client_messages(&pool).iter().zip(&rec.to_server) {
-        assert_eq!((&sent.front, &sent.middle, &sent.data), (&got.front, &got.middle, &got.data));
+        assert_eq!(
+            (&sent.front, &sent.middle, &sent.data),
+            (&got.front, &got.middle, &got.data)
+        );
     }
     rec
 }
@@ -371,19 +374,32 @@ fn the_recording_has_the_expected_handshake_pieces() {
         (
             "c2s",
             &rec.c2s,
-            [Tag::Hello, Tag::AuthRequest, Tag::AuthSignature, Tag::ClientIdent],
+            [
+                Tag::Hello,
+                Tag::AuthRequest,
+                Tag::AuthSignature,
+                Tag::ClientIdent,
+            ],
         ),
         (
             "s2c",
             &rec.s2c,
-            [Tag::Hello, Tag::AuthDone, Tag::AuthSignature, Tag::ServerIdent],
+            [
+                Tag::Hello,
+                Tag::AuthDone,
+                Tag::AuthSignature,
+                Tag::ServerIdent,
+            ],
         ),
     ] {
         let (_, n) = Banner::decode(&pieces[0]).unwrap().unwrap();
         assert_eq!(n, pieces[0].len(), "{dir}: banner piece");
         for (piece, tag) in pieces[1..HANDSHAKE_PIECES].iter().zip(tags) {
             let mut rx = BytesMut::from(&piece[..]);
-            let f = FrameDecoder::new(MAX_FRAME).decode(&mut rx).unwrap().unwrap();
+            let f = FrameDecoder::new(MAX_FRAME)
+                .decode(&mut rx)
+                .unwrap()
+                .unwrap();
             assert_eq!((f.tag, rx.len()), (tag, 0), "{dir}");
         }
     }
@@ -423,11 +439,7 @@ fn clean_replays_deliver_every_recorded_message() {
 // ---------- arbitrary bytes ----------
 
 fn chunking() -> impl Strategy<Value = Vec<usize>> {
-    prop_oneof![
-        Just(vec![]),
-        Just(vec![1]),
-        vec(1usize..600, 1..16),
-    ]
+    prop_oneof![Just(vec![]), Just(vec![1]), vec(1usize..600, 1..16),]
 }
 
 /// How many recorded handshake pieces precede the garbage: none half the time.
@@ -623,7 +635,9 @@ fn one_segment_frame_len(len: u32) -> usize {
 
 fn too_large(o: &Outcome) -> Option<(u64, usize)> {
     match o {
-        Outcome::Failed(Error::InvalidFrame(FrameError::TooLarge { len, max })) => Some((*len, *max)),
+        Outcome::Failed(Error::InvalidFrame(FrameError::TooLarge { len, max })) => {
+            Some((*len, *max))
+        }
         _ => None,
     }
 }
@@ -654,7 +668,10 @@ fn a_4_gib_announcement_is_refused_allocating_under_64_kib() {
             let (events, peak) = peak_during(|| feed(&mut conn, now, &bytes, &[]));
             let o = outcome(&conn, &events);
             let (len, max) = too_large(&o).unwrap_or_else(|| panic!("{name} {lens:?}: {o:?}"));
-            assert!(len > u64::from(u32::MAX) && max == MAX_FRAME, "{name}: {len} {max}");
+            assert!(
+                len > u64::from(u32::MAX) && max == MAX_FRAME,
+                "{name}: {len} {max}"
+            );
             assert!(peak < REFUSAL_BUDGET, "{name} {lens:?}: {peak} bytes");
         }
     }
@@ -669,7 +686,11 @@ fn a_frame_one_byte_over_max_frame_len_is_refused() {
         let bytes = preamble(Tag::Message, &[over]);
         let (events, peak) = peak_during(|| feed(&mut conn, now, &bytes, &[]));
         let o = outcome(&conn, &events);
-        assert_eq!(too_large(&o), Some((MAX_FRAME as u64 + 1, MAX_FRAME)), "{name}");
+        assert_eq!(
+            too_large(&o),
+            Some((MAX_FRAME as u64 + 1, MAX_FRAME)),
+            "{name}"
+        );
         assert!(peak < REFUSAL_BUDGET, "{name}: {peak} bytes");
     }
 }
@@ -732,7 +753,10 @@ fn a_stall_mid_frame_waits_then_times_out() {
     let deadline = s.poll_timeout().unwrap();
     s.handle_timeout(deadline);
     let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
-    assert_eq!(outcome(&s, &events), Outcome::Failed(Error::TimedOut("handshake")));
+    assert_eq!(
+        outcome(&s, &events),
+        Outcome::Failed(Error::TimedOut("handshake"))
+    );
 
     // Ready: the preamble and part of the first MESSAGE frame (after the handshake pieces).
     let mut c = ready_client(now);
@@ -827,13 +851,40 @@ fn hostile_input_holds_under_max_frame_len_plus_slack() {
         assert!(peak < MAX_FRAME + SLACK, "{name}: peak {peak} B");
         peak
     };
-    check("4 MiB garbage to a fresh server", fresh_server(now), &garbage, READ, true);
+    check(
+        "4 MiB garbage to a fresh server",
+        fresh_server(now),
+        &garbage,
+        READ,
+        true,
+    );
     let mut after_banner = fresh_server(now);
     let _ = feed(&mut after_banner, now, &recording().c2s[0], &[]);
-    check("4 MiB garbage after the banner", after_banner, &garbage, READ, true);
-    check("garbage to a ready client", ready_client(now), &garbage, READ, true);
-    let big = check("max-size frame, stalled", ready_server(now), &almost_max, READ, false);
-    assert!(big >= MAX_FRAME - 64, "the meter missed the frame buffer: {big}");
+    check(
+        "4 MiB garbage after the banner",
+        after_banner,
+        &garbage,
+        READ,
+        true,
+    );
+    check(
+        "garbage to a ready client",
+        ready_client(now),
+        &garbage,
+        READ,
+        true,
+    );
+    let big = check(
+        "max-size frame, stalled",
+        ready_server(now),
+        &almost_max,
+        READ,
+        false,
+    );
+    assert!(
+        big >= MAX_FRAME - 64,
+        "the meter missed the frame buffer: {big}"
+    );
     check(
         "4000 control frames and 12 x 200 KiB messages in 1500 B reads",
         ready_client(now),
@@ -852,6 +903,76 @@ fn hostile_input_holds_under_max_frame_len_plus_slack() {
     for _ in 0..16 {
         repeated.extend(preamble(Tag::Message, &[u32::MAX]));
     }
-    check("16 x 4 GiB announcements", ready_server(now), &repeated, READ, true);
+    check(
+        "16 x 4 GiB announcements",
+        ready_server(now),
+        &repeated,
+        READ,
+        true,
+    );
     eprintln!("{}", report.join("\n"));
+}
+
+/// Back-to-back frames of exactly `MAX_FRAME` bytes; with `aborted`, each carries late_status ABORTED,
+/// which the receiver must consume and drop without faulting: a peer can send them forever.
+fn max_size_frames(n: u64, aborted: bool) -> Vec<u8> {
+    let front = MAX_FRAME - 90; // + header 41 + its crc 4 + preamble 32 + epilogue 13
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut f = message_frames(1 + i, &[front]);
+        assert_eq!(f.len(), MAX_FRAME);
+        if aborted {
+            f[MAX_FRAME - 13] = 0x01;
+        }
+        out.extend(f);
+    }
+    out
+}
+
+/// FOUND (fixed in `Connection::handle_input`): a read straddling two frames was appended whole to the
+/// receive buffer the decoder had sized for one frame, so the buffer doubled. Four aborted max-size
+/// frames in 1500-byte reads made a connection with max_frame_len 1 MiB hold 2 MiB (3,130,370 B peak
+/// counting the realloc) while delivering nothing. Now the peak is one frame plus a few hundred bytes.
+#[test]
+fn aborted_max_size_frames_do_not_double_the_receive_buffer() {
+    let now = Instant::now();
+    let input = max_size_frames(4, true);
+    for read in [1500, 64 << 10, 1 << 20] {
+        let mut c = ready_client(now);
+        let mut delivered = 0;
+        let ((), peak) = peak_during(|| {
+            feed_with(&mut c, now, &input, &[read], |e| {
+                assert!(
+                    !matches!(e, Event::TransportDown(_) | Event::Reset(_)),
+                    "{e:?}"
+                );
+                delivered += usize::from(matches!(e, Event::Message(_)));
+            })
+        });
+        assert_eq!(delivered, 0, "an aborted frame was delivered");
+        assert!(peak < MAX_FRAME + SLACK, "{read} B reads: peak {peak} B");
+    }
+}
+
+/// Valid max-size messages: a message delivered in the same read as the next frame's start is still
+/// in the event queue (the owner's memory) when the next frame's buffer is reserved, so the bound is
+/// two frames; before the fix it was three.
+#[test]
+fn max_size_messages_hold_at_most_two_frames() {
+    let now = Instant::now();
+    let input = max_size_frames(4, false);
+    for read in [1500, 64 << 10, 1 << 20] {
+        let mut c = ready_client(now);
+        let mut delivered = 0;
+        let ((), peak) = peak_during(|| {
+            feed_with(&mut c, now, &input, &[read], |e| {
+                delivered += usize::from(matches!(e, Event::Message(_)));
+            })
+        });
+        assert_eq!(delivered, 4);
+        assert!(
+            peak < 2 * MAX_FRAME + SLACK,
+            "{read} B reads: peak {peak} B"
+        );
+    }
 }
