@@ -46,13 +46,17 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(a, b);
         let segs = a.to_segments();
         let mut out: Vec<Bytes> = Vec::new();
-        enc.encode(a.tag, &segs[..a.num_segments], &mut out).unwrap();
+        enc.encode(a.tag, &segs[..a.num_segments], &mut out)
+            .unwrap();
         let mut rx = BytesMut::from(&out.concat()[..]);
         let again = FrameDecoder::new(MAX_FRAME_LEN)
             .decode(&mut rx)
             .unwrap()
             .expect("a re-encoded frame decodes");
-        assert_eq!((again.tag, &again.segments, again.num_segments), (a.tag, &a.segments, a.num_segments));
+        assert_eq!(
+            (again.tag, &again.segments, again.num_segments),
+            (a.tag, &a.segments, a.num_segments)
+        );
         assert!(rx.is_empty());
     }
 });
