@@ -39,49 +39,56 @@ enum Seen {
     KeepaliveAck(Duration),
 }
 
-/// Forwards every callback to a channel.
-struct Forward(Sender<Seen>);
+/// Forwards every callback to a channel, with the time it happened.
+struct Forward(Sender<(Instant, Seen)>);
 
-impl Dispatcher for Forward {
-    fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
-        let _ = self.0.send(Seen::Message(conn.peer(), msg));
-    }
-    fn ms_handle_connect(&self, conn: &ConnectionRef) {
-        let _ = self.0.send(Seen::Connect(conn.peer()));
-    }
-    fn ms_handle_accept(&self, conn: &ConnectionRef) {
-        let _ = self.0.send(Seen::Accept(conn.peer()));
-    }
-    fn ms_handle_reset(&self, _conn: &ConnectionRef, why: &Error) {
-        let _ = self.0.send(Seen::Reset(why.to_string()));
-    }
-    fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {
-        let _ = self.0.send(Seen::RemoteReset);
-    }
-    fn ms_handle_keepalive_ack(&self, _conn: &ConnectionRef, rtt: Duration) {
-        let _ = self.0.send(Seen::KeepaliveAck(rtt));
+impl Forward {
+    fn tell(&self, s: Seen) {
+        let _ = self.0.send((Instant::now(), s));
     }
 }
 
-fn forwarder() -> (Arc<Forward>, Receiver<Seen>) {
+impl Dispatcher for Forward {
+    fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+        self.tell(Seen::Message(conn.peer(), msg));
+    }
+    fn ms_handle_connect(&self, conn: &ConnectionRef) {
+        self.tell(Seen::Connect(conn.peer()));
+    }
+    fn ms_handle_accept(&self, conn: &ConnectionRef) {
+        self.tell(Seen::Accept(conn.peer()));
+    }
+    fn ms_handle_reset(&self, _conn: &ConnectionRef, why: &Error) {
+        self.tell(Seen::Reset(why.to_string()));
+    }
+    fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {
+        self.tell(Seen::RemoteReset);
+    }
+    fn ms_handle_keepalive_ack(&self, _conn: &ConnectionRef, rtt: Duration) {
+        self.tell(Seen::KeepaliveAck(rtt));
+    }
+}
+
+fn forwarder() -> (Arc<Forward>, Receiver<(Instant, Seen)>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     (Arc::new(Forward(tx)), rx)
 }
 
-/// Waits until `pick` accepts an event, at most until `deadline`; panics listing everything seen.
+/// Waits until `pick` accepts an event, at most until `deadline`; returns what `pick` made of it and
+/// when it happened. Panics listing everything seen.
 fn wait_for<T>(
-    rx: &Receiver<Seen>,
+    rx: &Receiver<(Instant, Seen)>,
     deadline: Instant,
     what: &str,
     mut pick: impl FnMut(&Seen) -> Option<T>,
-) -> T {
+) -> (T, Instant) {
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(ev) => {
+            Ok((at, ev)) => {
                 if let Some(v) = pick(&ev) {
-                    return v;
+                    return (v, at);
                 }
                 seen.push(ev);
             }
@@ -163,21 +170,22 @@ fn client_gets_monmap_and_keepalive_from_real_monitor() {
         .expect("send MMonSubscribe");
 
     let deadline = Instant::now() + TIMEOUT;
-    let peer = wait_for(
-        &rx,
-        deadline,
-        "the handshake (ms_handle_connect)",
-        |s| match s {
-            Seen::Connect(p) => Some(p.clone()),
-            Seen::Reset(why) => panic!("session reset before the handshake finished: {why}"),
-            _ => None,
-        },
-    );
-    let handshake = started.elapsed();
+    let (peer, connected_at) =
+        wait_for(
+            &rx,
+            deadline,
+            "the handshake (ms_handle_connect)",
+            |s| match s {
+                Seen::Connect(p) => Some(p.clone()),
+                Seen::Reset(why) => panic!("session reset before the handshake finished: {why}"),
+                _ => None,
+            },
+        );
+    let handshake = connected_at - started;
     assert_eq!(peer.entity_type, entity_type::MON, "{peer:?}");
     assert_eq!(peer.addrs, want_addrs, "SERVER_IDENT addrs");
 
-    let monmap = wait_for(&rx, deadline, "MMonMap (type 4)", |s| match s {
+    let (monmap, map_at) = wait_for(&rx, deadline, "MMonMap (type 4)", |s| match s {
         Seen::Message(_, m) if m.header.msg_type == MSG_MON_MAP => Some(
             MMonMap::from_message(m)
                 .unwrap_or_else(|e| panic!("MMonMap does not decode: {e}"))
@@ -186,7 +194,7 @@ fn client_gets_monmap_and_keepalive_from_real_monitor() {
         Seen::Reset(why) => panic!("session reset before MMonMap: {why}"),
         _ => None,
     });
-    let got_map = started.elapsed();
+    let got_map = map_at - started;
     assert_eq!(monmap.fsid, fsid, "monmap fsid\n{monmap}");
     assert_eq!(monmap.len(), 1, "one monitor\n{monmap}");
     let a = monmap
@@ -196,7 +204,7 @@ fn client_gets_monmap_and_keepalive_from_real_monitor() {
     assert_eq!(monmap.rank("a"), Some(0));
 
     conn.send_keepalive().expect("send KEEPALIVE2");
-    let rtt = wait_for(&rx, deadline, "KEEPALIVE2_ACK", |s| match s {
+    let (rtt, _) = wait_for(&rx, deadline, "KEEPALIVE2_ACK", |s| match s {
         Seen::KeepaliveAck(rtt) => Some(*rtt),
         Seen::Reset(why) => panic!("session reset before KEEPALIVE2_ACK: {why}"),
         _ => None,
@@ -271,7 +279,7 @@ fn real_monitor_dials_msgr_server_and_probes_it() {
     );
 
     let deadline = Instant::now() + TIMEOUT;
-    let peer = wait_for(
+    let (peer, accepted_at) = wait_for(
         &rx,
         deadline,
         "mon.a's handshake (ms_handle_accept)",
@@ -280,27 +288,26 @@ fn real_monitor_dials_msgr_server_and_probes_it() {
             _ => None,
         },
     );
-    let handshake = launched.elapsed();
+    let handshake = accepted_at - launched;
     assert_eq!(peer.entity_type, entity_type::MON, "{peer:?}");
     assert_eq!(peer.addrs, mon_a_addrs(&mon), "mon.a's CLIENT_IDENT addrs");
 
-    let (from, probe) = wait_for(&rx, deadline, "MMonProbe (type 67)", |s| match s {
+    let ((from, probe), probe_at) = wait_for(&rx, deadline, "MMonProbe (type 67)", |s| match s {
         Seen::Message(from, m) if m.header.msg_type == MSG_MON_PROBE => Some((
             from.clone(),
             MMonProbe::from_message(m).unwrap_or_else(|e| panic!("MMonProbe does not decode: {e}")),
         )),
         _ => None,
     });
-    let got_probe = launched.elapsed();
+    let got_probe = probe_at - launched;
     assert_eq!(from.entity_type, entity_type::MON);
     assert_eq!(probe.fsid, fsid, "{probe:?}");
     assert_eq!(probe.name, "a", "{probe:?}");
     assert_eq!(probe.op, ProbeOp::Probe, "{probe:?}");
     assert!(probe.quorum.is_empty(), "{probe:?}");
-    assert_eq!(
-        probe.monmap().ok().flatten(),
-        None,
-        "a probe carries no map"
+    assert!(
+        probe.monmap_bl.is_empty(),
+        "a probe carries no map: {probe:?}"
     );
     assert!(mon.is_running(), "mon.a exited");
 
