@@ -542,7 +542,7 @@ fn wait_connected(
         }
         if left.is_zero() {
             return Err(format!(
-                "timeout (TCP connects, but no msgr2 handshake within {:.1}s)",
+                "timeout (TCP connects, but no msgr2 session within {:.1}s)",
                 timeout.as_secs_f64()
             ));
         }
@@ -575,8 +575,16 @@ fn ping(args: &PingArgs) -> Result<u8, Failure> {
     let conn = m
         .connect_to(entity_type::ANY, &addrs, Policy::lossy_client())
         .map_err(|e| Failure::fail(e.to_string()))?;
-    wait_connected(&m, &events, target.addr, timeout)
-        .map_err(|why| Failure::fail(format!("cannot reach {target}: {why}")))?;
+    wait_connected(&m, &events, target.addr, timeout).map_err(|why| {
+        // Daemons other than monitors close a session that names a nonce other than theirs.
+        let hint = if target.nonce == 0 && why.starts_with("timeout (TCP connects") {
+            "; a daemon other than a monitor wants its nonce too: v2:IP:PORT/NONCE, as `msgr serve` \
+             and `ceph osd dump` print it"
+        } else {
+            ""
+        };
+        Failure::fail(format!("cannot reach {target}: {why}{hint}"))
+    })?;
     let handshake = t0.elapsed();
     let peer = conn.peer();
     say!(
