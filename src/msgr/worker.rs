@@ -127,10 +127,6 @@ impl<S: WorkerStack> Handler<S> {
         c.stack().local_addr(sid)
     }
 
-    pub(crate) fn handle_of(&self, id: ConnId) -> Option<ConnectionRef> {
-        self.conns.get(&id).map(|c| c.handle.clone())
-    }
-
     /// Accept everything pending on our listeners and place each socket on the least-loaded worker.
     pub(crate) fn accept_all(&mut self, c: &mut EventCenter<S>) {
         if self.proto_config().is_none() {
@@ -426,58 +422,36 @@ impl<S: WorkerStack> Handler<S> {
         }
     }
 
-    /// Server side: settle a CLIENT_IDENT / SESSION_RECONNECT against the session registry.
+    /// Server side: settle a CLIENT_IDENT / SESSION_RECONNECT against the session registry. Lookup,
+    /// decision and registration happen under the registry lock (see `Shared::registry`); dispatcher
+    /// callbacks run only after it is released.
     fn resolve(&mut self, c: &mut EventCenter<S>, id: ConnId, req: SessionRequest) {
-        let found = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&req.peer_addrs)
-            .copied();
         let now = Instant::now();
+        let shared = self.shared.clone();
+        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let found = reg
+            .get(&req.peer_addrs)
+            .filter(|h| h.id() != id && !h.is_closed())
+            .map(|h| (h.0.worker, h.id()));
         match found {
-            Some((w, ex_id))
-                if w == self.index && ex_id != id && self.conns.contains_key(&ex_id) =>
-            {
+            Some((w, ex_id)) if w == self.index && self.conns.contains_key(&ex_id) => {
                 let Some(mut new) = self.conns.remove(&id) else {
                     return;
                 };
-                let res = {
+                let (res, ex_phase) = {
                     let ex = self.conns.get_mut(&ex_id).map(|e| &mut e.proto);
-                    new.proto.resolve_session(now, ex)
+                    let ex_phase = ex.as_ref().map(|e| e.phase());
+                    (new.proto.resolve_session(now, ex), ex_phase)
                 };
+                if res == Resolution::NewSession {
+                    reg.insert(req.peer_addrs.clone(), new.handle.clone());
+                }
+                drop(reg);
+                tracing::debug!(worker = self.index, conn = id, existing = ex_id, ?ex_phase, ?req.kind, ?res, "session request resolved");
                 match res {
-                    Resolution::TookOver => {
-                        let Some(ex) = self.conns.get_mut(&ex_id) else {
-                            return;
-                        };
-                        std::mem::swap(&mut ex.proto, &mut new.proto);
-                        if let Some(old) = ex.socket.take() {
-                            let _ = c.stack_mut().close(old);
-                            self.by_socket.remove(&old);
-                        }
-                        ex.socket = new.socket.take();
-                        ex.connecting = false;
-                        ex.txq = std::mem::take(&mut new.txq);
-                        ex.last_stats = new.last_stats;
-                        ex.peer_sock = new.peer_sock;
-                        if let Some(sid) = ex.socket {
-                            self.by_socket.insert(sid, ex_id);
-                        }
-                        // The temporary connection is gone; its handle was never shown to anyone.
-                        if let Some((tid, _)) = new.timer {
-                            c.cancel_timer(tid);
-                            self.by_timer.remove(&tid);
-                        }
-                        new.handle.0.closed.store(true, Ordering::Release);
-                        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
-                        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
-                        self.pump(c, ex_id);
-                    }
+                    Resolution::TookOver => self.take_over(c, ex_id, new),
                     Resolution::NewSession => {
                         self.conns.insert(id, new);
-                        self.register(&req.peer_addrs, id);
                         self.pump(c, ex_id);
                         self.pump(c, id);
                     }
@@ -487,34 +461,86 @@ impl<S: WorkerStack> Handler<S> {
                     }
                 }
             }
-            Some((w, ex_id)) if w != self.index => {
-                // The session lives on another worker: move this socket and handshake there.
-                if self.hand_over(c, id, w, req.clone()) {
-                    return;
+            Some((w, _)) if w == self.index => {
+                // Our own connection to this peer is registered but not created yet (connect_to just
+                // ran): it is about to dial. Ask the peer to wait, as for a race it loses.
+                drop(reg);
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    let res = conn.proto.resolve_session_wait(now);
+                    tracing::debug!(
+                        worker = self.index,
+                        conn = id,
+                        ?res,
+                        "session request: our dial is pending"
+                    );
                 }
-                let _ = ex_id;
-                self.resolve_alone(c, id, &req);
+                self.pump(c, id);
             }
-            _ => self.resolve_alone(c, id, &req),
+            Some((w, _)) => {
+                drop(reg);
+                // The session lives on another worker: move this socket and handshake there.
+                if !self.hand_over(c, id, w, req.clone()) {
+                    self.resolve_alone(c, id, &req);
+                }
+            }
+            None => {
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                let res = conn.proto.resolve_session(now, None);
+                if res == Resolution::NewSession {
+                    reg.insert(req.peer_addrs.clone(), conn.handle.clone());
+                }
+                drop(reg);
+                tracing::debug!(worker = self.index, conn = id, ?req.kind, ?res, "session request resolved (no existing)");
+                self.pump(c, id);
+            }
         }
     }
 
+    /// `new` took over the session of connection `ex_id`: the session (now in `new.proto`) moves into
+    /// `ex_id`'s slot with `new`'s socket, so the application's handle keeps working.
+    fn take_over(&mut self, c: &mut EventCenter<S>, ex_id: ConnId, mut new: Conn) {
+        let Some(ex) = self.conns.get_mut(&ex_id) else {
+            return;
+        };
+        std::mem::swap(&mut ex.proto, &mut new.proto);
+        if let Some(old) = ex.socket.take() {
+            let _ = c.stack_mut().close(old);
+            self.by_socket.remove(&old);
+        }
+        ex.socket = new.socket.take();
+        ex.connecting = false;
+        ex.txq = std::mem::take(&mut new.txq);
+        ex.last_stats = new.last_stats;
+        ex.peer_sock = new.peer_sock;
+        if let Some(sid) = ex.socket {
+            self.by_socket.insert(sid, ex_id);
+        }
+        // The temporary connection is gone; its handle was never shown to anyone.
+        if let Some((tid, _)) = new.timer {
+            c.cancel_timer(tid);
+            self.by_timer.remove(&tid);
+        }
+        new.handle.0.closed.store(true, Ordering::Release);
+        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        self.pump(c, ex_id);
+    }
+
+    /// Resolve without looking at other connections (the existing one could not be reached).
     fn resolve_alone(&mut self, c: &mut EventCenter<S>, id: ConnId, req: &SessionRequest) {
+        let shared = self.shared.clone();
+        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.proto.resolve_session(Instant::now(), None) == Resolution::NewSession {
-            self.register(&req.peer_addrs, id);
+        let res = conn.proto.resolve_session(Instant::now(), None);
+        if res == Resolution::NewSession {
+            reg.insert(req.peer_addrs.clone(), conn.handle.clone());
         }
+        drop(reg);
         self.pump(c, id);
-    }
-
-    fn register(&self, addrs: &AddrVec, id: ConnId) {
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addrs.clone(), (self.index, id));
     }
 
     /// Move connection `id` (socket and protocol state) to worker `w` and resolve it there.
@@ -579,7 +605,7 @@ impl<S: WorkerStack> Handler<S> {
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            reg.retain(|_, v| *v != (self.index, id));
+            reg.retain(|_, h| h.id() != id);
         }
         conn.handle.0.closed.store(true, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);

@@ -109,7 +109,18 @@ impl Dispatcher for Collector {
     }
 }
 
+/// With MSGR_TEST_LOG set (e.g. `msgr=debug`), tests print the messenger's tracing to stderr.
+pub fn init_log() {
+    if let Ok(filter) = std::env::var("MSGR_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn proto_config(entity: u8, name: &str) -> Config {
+    init_log();
     let mut c = Config::new(entity, AuthEntityName::parse(name).unwrap());
     c.initial_backoff = Duration::from_millis(1);
     c.max_backoff = Duration::from_millis(20);
