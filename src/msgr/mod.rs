@@ -50,6 +50,9 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn ms_handle_reset(&self, _conn: &ConnectionRef, _why: &proto::Error) {}
     /// The peer reset the session (it restarted): queued messages to it were discarded.
     fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {}
+    /// An attempt to open a transport to the peer failed (refused, unreachable, timed out). The
+    /// connection keeps retrying with back-off (lossless) until `mark_down`; `reason` says why.
+    fn ms_handle_connect_failed(&self, _conn: &ConnectionRef, _reason: &str) {}
     /// A KEEPALIVE2 we sent came back.
     fn ms_handle_keepalive_ack(&self, _conn: &ConnectionRef, _rtt: Duration) {}
 }
@@ -117,6 +120,15 @@ pub(crate) struct Shared {
     pub counters: Vec<Arc<WorkerCounters>>,
     pub throttle: Arc<Throttle>,
     pub stopping: AtomicBool,
+    /// Per worker: where other threads post "connection N has commands" (set when the worker starts).
+    pub kickers: Vec<OnceLock<Kicker>>,
+}
+
+/// A worker's kick queue and wake-up.
+#[derive(Clone)]
+pub(crate) struct Kicker {
+    pub queue: crossbeam_channel::Sender<ConnId>,
+    pub waker: Arc<dyn crate::stack::Wake>,
 }
 
 impl Shared {
@@ -261,6 +273,7 @@ impl<N: NetworkStack> Messenger<N> {
                 .collect(),
             throttle,
             stopping: AtomicBool::new(false),
+            kickers: (0..threads).map(|_| OnceLock::new()).collect(),
             config,
         };
         Messenger {
@@ -291,8 +304,8 @@ impl<N: NetworkStack> Messenger<N> {
         wc.threads = self.shared.load.len();
         let shared = self.shared.clone();
         let remotes = self.remotes.clone();
-        let workers = Workers::start(self.stack.clone(), &wc, move |i, _center| {
-            Ok(Handler::new(i, shared.clone(), remotes.clone()))
+        let workers = Workers::start(self.stack.clone(), &wc, move |i, center| {
+            Ok(Handler::new(i, shared.clone(), remotes.clone(), center))
         })?;
         let _ = self.remotes.set(workers.remotes());
         self.workers = Some(workers);

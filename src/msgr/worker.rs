@@ -38,10 +38,22 @@ pub(crate) fn new_handle<S: WorkerStack>(
 ) -> (ConnectionRef, Receiver<Command>) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::unbounded();
-    let remote = remotes[w].clone();
-    let kick = Box::new(move |id: ConnId| {
-        let _ = remote.submit(move |h: &mut Handler<S>, c| h.flush_conn(c, id));
-    });
+    let kick: Box<dyn Fn(ConnId) + Send + Sync> =
+        match shared.kickers.get(w).and_then(|k| k.get()).cloned() {
+            // The usual path: the connection's id on the worker's kick queue plus a wake-up; no
+            // allocation per kick (the queue allocates in blocks).
+            Some(k) => Box::new(move |id: ConnId| {
+                if k.queue.send(id).is_ok() {
+                    let _ = k.waker.wake();
+                }
+            }),
+            None => {
+                let remote = remotes[w].clone();
+                Box::new(move |id: ConnId| {
+                    let _ = remote.submit(move |h: &mut Handler<S>, c| h.flush_conn(c, id));
+                })
+            }
+        };
     let shared_conn = ConnShared {
         id,
         worker: w,
@@ -86,6 +98,8 @@ pub(crate) struct Handler<S: WorkerStack> {
     rbuf: Box<[u8]>,
     tx_scratch: Vec<Bytes>,
     ev_scratch: Vec<Event>,
+    /// Connections other threads queued commands for.
+    kicks: Receiver<ConnId>,
 }
 
 impl<S: WorkerStack> Handler<S> {
@@ -93,8 +107,16 @@ impl<S: WorkerStack> Handler<S> {
         index: usize,
         shared: Arc<Shared>,
         remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>,
+        center: &EventCenter<S>,
     ) -> Self {
         IN_WORKER.with(|w| w.set(true));
+        let (queue, kicks) = crossbeam_channel::unbounded();
+        if let Some(slot) = shared.kickers.get(index) {
+            let _ = slot.set(super::Kicker {
+                queue,
+                waker: center.stack().waker(),
+            });
+        }
         let counters = shared.counters[index].clone();
         let rbuf = vec![0u8; shared.config.read_buffer.max(512)].into_boxed_slice();
         Handler {
@@ -109,6 +131,7 @@ impl<S: WorkerStack> Handler<S> {
             rbuf,
             tx_scratch: Vec::new(),
             ev_scratch: Vec::new(),
+            kicks,
         }
     }
 
@@ -360,9 +383,11 @@ impl<S: WorkerStack> Handler<S> {
                         conn.connecting = true;
                         self.by_socket.insert(sid, id);
                     }
-                    Err(e) => conn
-                        .proto
-                        .on_transport_error(now, format!("connect {target}: {e}")),
+                    Err(e) => {
+                        let reason = format!("connect {target}: {e}");
+                        dispatcher.ms_handle_connect_failed(&handle, &reason);
+                        conn.proto.on_transport_error(now, reason);
+                    }
                 }
             }
             Event::Connected { reconnect } => {
@@ -677,8 +702,14 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
                         self.by_socket.remove(&sid);
                     }
                     conn.connecting = false;
-                    conn.proto
-                        .on_transport_error(Instant::now(), format!("connect: {e}"));
+                    let reason = match conn.target {
+                        Some(t) => format!("connect {t}: {e}"),
+                        None => format!("connect: {e}"),
+                    };
+                    self.shared
+                        .dispatcher
+                        .ms_handle_connect_failed(&conn.handle, &reason);
+                    conn.proto.on_transport_error(Instant::now(), reason);
                 }
                 self.pump(c, id);
             }
@@ -702,6 +733,12 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
             conn.proto.handle_timeout(Instant::now());
         }
         self.pump(c, id);
+    }
+
+    fn on_loop(&mut self, c: &mut EventCenter<S>) {
+        while let Ok(id) = self.kicks.try_recv() {
+            self.flush_conn(c, id);
+        }
     }
 
     fn on_stop(&mut self, c: &mut EventCenter<S>) {

@@ -26,6 +26,8 @@ pub struct Collector {
     pub remote_resets: AtomicU64,
     pub connects: AtomicU64,
     pub accepts: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub last_failure: Mutex<String>,
     /// Echo every message back on the connection it came from.
     pub echo: bool,
     /// Sleep this long in every dispatch (a slow dispatcher).
@@ -47,6 +49,8 @@ impl Collector {
             remote_resets: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             accepts: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            last_failure: Mutex::new(String::new()),
             echo,
             dispatch_delay,
         })
@@ -106,6 +110,10 @@ impl Dispatcher for Collector {
     }
     fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {
         self.remote_resets.fetch_add(1, Ordering::Relaxed);
+    }
+    fn ms_handle_connect_failed(&self, _conn: &ConnectionRef, reason: &str) {
+        *self.last_failure.lock().unwrap() = reason.to_string();
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }
 }
 
