@@ -7,12 +7,16 @@
 //! Invariants: decoding untrusted payloads returns errors, never panics; with no session key (auth none)
 //! the signature is 32 zero bytes, exactly as Ceph sends it.
 
+pub mod crypto;
+pub mod keyring;
+
 use bytes::{BufMut, Bytes, BytesMut};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use super::denc::{Decode, DecodeError, Decoder, Encode};
 use super::types::AuthEntityName;
+
+pub use crypto::{CryptoError, CryptoKey};
+pub use keyring::{Keyring, KeyringEntry, KeyringError};
 
 /// `CEPH_AUTH_NONE`.
 pub const AUTH_METHOD_NONE: u32 = 1;
@@ -92,13 +96,7 @@ impl AuthNoneRequest {
 /// The AUTH_SIGNATURE payload: HMAC-SHA256 keyed with the session key over `transcript` (every byte the
 /// signer received from its peer up to AUTH_DONE). An empty session key (auth none) gives 32 zero bytes.
 pub fn auth_signature(session_key: &[u8], transcript: &[u8]) -> [u8; 32] {
-    if session_key.is_empty() {
-        return [0; 32];
-    }
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut mac = Hmac::<Sha256>::new_from_slice(session_key).expect("HMAC accepts any key length");
-    mac.update(transcript);
-    mac.finalize().into_bytes().into()
+    crypto::hmac_sha256(session_key, transcript)
 }
 
 #[cfg(test)]
