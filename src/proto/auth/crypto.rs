@@ -71,7 +71,10 @@ impl fmt::Debug for CryptoKey {
         f.debug_struct("CryptoKey")
             .field("type", &self.key_type)
             .field("created", &self.created)
-            .field("secret", &format_args!("<{} bytes redacted>", self.secret.len()))
+            .field(
+                "secret",
+                &format_args!("<{} bytes redacted>", self.secret.len()),
+            )
             .finish()
     }
 }
@@ -181,7 +184,8 @@ impl CryptoKey {
     /// The inverse of [`CryptoKey::encrypt`]; a wrong key almost always fails the padding check.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let key = self.aes_key()?;
-        if ciphertext.is_empty() || ciphertext.len() % 16 != 0 || ciphertext.len() > MAX_CIPHERTEXT {
+        if ciphertext.is_empty() || ciphertext.len() % 16 != 0 || ciphertext.len() > MAX_CIPHERTEXT
+        {
             return Err(CryptoError::BadCiphertextLength(ciphertext.len()));
         }
         Aes128CbcDec::new(key.into(), CEPH_AES_IV.into())
@@ -315,14 +319,17 @@ mod tests {
         let key = CryptoKey::new_aes(core::array::from_fn(|i| i as u8), UTime::default());
         let ct = key.encrypt(b"hello cephx").unwrap();
         let expect = [
-            0x88, 0x30, 0x48, 0xfe, 0x4b, 0xcd, 0x9d, 0xc0, 0x7d, 0x67, 0xb0, 0x17, 0x76, 0x0a, 0x5e,
-            0x98,
+            0x88, 0x30, 0x48, 0xfe, 0x4b, 0xcd, 0x9d, 0xc0, 0x7d, 0x67, 0xb0, 0x17, 0x76, 0x0a,
+            0x5e, 0x98,
         ];
         assert_eq!(ct, expect);
         assert_eq!(key.decrypt(&ct).unwrap(), b"hello cephx");
         let full = key.encrypt(&[0u8; 16]).unwrap();
         assert_eq!(full.len(), 32, "PKCS#7 adds a whole block to a full one");
-        assert_eq!(key.decrypt(&ct[..15]), Err(CryptoError::BadCiphertextLength(15)));
+        assert_eq!(
+            key.decrypt(&ct[..15]),
+            Err(CryptoError::BadCiphertextLength(15))
+        );
     }
 
     #[test]
@@ -335,7 +342,10 @@ mod tests {
         assert_eq!(decode_decrypt(&k1, d).unwrap(), b"payload");
         assert_eq!(d.remaining(), 0);
         let err = decode_decrypt(&k2, &mut Decoder::new(&out)).unwrap_err();
-        assert!(matches!(err, CryptoError::Decrypt | CryptoError::BadMagic), "{err}");
+        assert!(
+            matches!(err, CryptoError::Decrypt | CryptoError::BadMagic),
+            "{err}"
+        );
         for n in 0..out.len() {
             assert!(decode_decrypt(&k1, &mut Decoder::new(&out[..n])).is_err());
         }

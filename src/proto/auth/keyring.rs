@@ -82,8 +82,7 @@ impl Keyring {
             reason,
         };
         // (line of the header, name, key, caps)
-        let mut sections: Vec<(usize, AuthEntityName, Option<CryptoKey>, Vec<(String, String)>)> =
-            Vec::new();
+        let mut sections: Vec<Section> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let n = i + 1;
             let line = raw.trim();
@@ -176,6 +175,14 @@ impl Keyring {
     }
 }
 
+/// A section being parsed: header line, name, key, caps.
+type Section = (
+    usize,
+    AuthEntityName,
+    Option<CryptoKey>,
+    Vec<(String, String)>,
+);
+
 fn unquote(v: &str) -> &str {
     v.strip_prefix('"')
         .and_then(|x| x.strip_suffix('"'))
@@ -196,14 +203,20 @@ mod tests {
         let admin = k
             .get(&AuthEntityName::new(entity_type::CLIENT, "admin"))
             .unwrap();
-        assert_eq!(admin.key.to_base64(), "AQD6uAtrJ6AxChAAWOI+7K90ygtmsTa0r8b4Hw==");
+        assert_eq!(
+            admin.key.to_base64(),
+            "AQD6uAtrJ6AxChAAWOI+7K90ygtmsTa0r8b4Hw=="
+        );
         assert_eq!(admin.caps_for("mon"), Some("allow *"));
         assert_eq!(admin.caps.len(), 4);
         assert_eq!(k.entries()[0].name.to_string(), "mon.");
         let again = Keyring::parse(&k.to_text(), "x").unwrap();
         assert_eq!(again, k);
         let dbg = format!("{k:?}");
-        assert!(dbg.contains("client.admin") && !dbg.contains("AQD6"), "{dbg}");
+        assert!(
+            dbg.contains("client.admin") && !dbg.contains("AQD6"),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -215,13 +228,23 @@ mod tests {
             ("[client.a\n", 1, "closing"),
             ("[client.a]\n\tcaps mon = \"allow *\"\n", 1, "no key"),
             ("[client.a]\nwhat\n", 2, "expected"),
-            ("[client.a]\n\tkey = AQD6uAtrJ6AxChAAWOI+7K90ygtmsTa0r8b4Hw==\n[client.a]\n", 3, "duplicate"),
+            (
+                "[client.a]\n\tkey = AQD6uAtrJ6AxChAAWOI+7K90ygtmsTa0r8b4Hw==\n[client.a]\n",
+                3,
+                "duplicate",
+            ),
         ];
         for (text, line, what) in cases {
             let e = Keyring::parse(text, "/etc/ceph/k").unwrap_err();
             let msg = e.to_string();
-            assert!(matches!(e, KeyringError::Malformed { line: l, .. } if l == line), "{msg}");
-            assert!(msg.starts_with(&format!("keyring /etc/ceph/k:{line}: ")), "{msg}");
+            assert!(
+                matches!(e, KeyringError::Malformed { line: l, .. } if l == line),
+                "{msg}"
+            );
+            assert!(
+                msg.starts_with(&format!("keyring /etc/ceph/k:{line}: ")),
+                "{msg}"
+            );
             assert!(msg.contains(what), "{msg}");
         }
         let e = Keyring::load("/nonexistent/keyring").unwrap_err();

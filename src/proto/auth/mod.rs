@@ -7,6 +7,7 @@
 //! Invariants: decoding untrusted payloads returns errors, never panics; with no session key (auth none)
 //! the signature is 32 zero bytes, exactly as Ceph sends it.
 
+pub mod cephx;
 pub mod crypto;
 pub mod keyring;
 
