@@ -145,6 +145,10 @@ pub struct PeerInfo {
     pub global_id: u64,
     pub features: u64,
     pub last_keepalive_rtt: Option<Duration>,
+    /// Connection mode of the current session (`CON_MODE_CRC` / `CON_MODE_SECURE`).
+    pub con_mode: u32,
+    /// Server side: the entity the peer authenticated as.
+    pub auth_name: Option<proto::types::AuthEntityName>,
 }
 
 thread_local! {
