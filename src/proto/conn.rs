@@ -724,10 +724,9 @@ impl Connection {
 
     /// Bytes read from the transport.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
-        let Some(t) = self.transport.as_mut() else {
+        if self.transport.is_none() {
             return;
-        };
-        t.rx.extend_from_slice(data);
+        }
         self.stats.bytes_in += data.len() as u64;
         self.last_input = Some(now);
         if self.phase == Phase::Ready {
@@ -735,8 +734,29 @@ impl Connection {
                 self.set_timer(Timer::Idle, now + idle);
             }
         }
-        if let Err(e) = self.process(now) {
-            self.fault(now, e);
+        // Append no more than the receive buffer has room for (the decoder sized it for the frame being
+        // waited for), decode, repeat: a read straddling two frames must not double a frame-sized buffer.
+        let mut rest = data;
+        loop {
+            let Some(t) = self.transport.as_mut() else {
+                return;
+            };
+            let room = t.rx.capacity() - t.rx.len();
+            let n = if room == 0 {
+                rest.len()
+            } else {
+                room.min(rest.len())
+            };
+            let (now_part, later) = rest.split_at(n);
+            t.rx.extend_from_slice(now_part);
+            rest = later;
+            if let Err(e) = self.process(now) {
+                self.fault(now, e);
+                return;
+            }
+            if rest.is_empty() {
+                return;
+            }
         }
     }
 

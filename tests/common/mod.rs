@@ -174,4 +174,5 @@ pub fn drain_events(conn: &mut Connection) -> Vec<Event> {
 pub fn arc(c: Config) -> Arc<Config> {
     Arc::new(c)
 }
+pub mod ceph;
 pub mod net;
