@@ -1541,6 +1541,21 @@ impl Connection {
         res
     }
 
+    /// Answer the pending [`SessionRequest`] with WAIT without looking at any other connection: the
+    /// owner's own connection to this peer is about to dial (it exists but has not started), so this
+    /// attempt loses the race and the peer retries after its back-off.
+    pub fn resolve_session_wait(&mut self, now: Instant) -> Resolution {
+        if self.phase != Phase::AwaitingDecision || self.pending_request.take().is_none() {
+            return Resolution::Dropped;
+        }
+        self.phase = Phase::Session;
+        if let Err(e) = self.queue_control(&ControlFrame::Wait) {
+            self.fault(now, e);
+            return Resolution::Dropped;
+        }
+        Resolution::Answered(Tag::Wait)
+    }
+
     fn resolve_new(
         &mut self,
         now: Instant,
