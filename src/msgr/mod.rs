@@ -78,7 +78,11 @@ impl MessengerConfig {
     pub fn new(proto: proto::Config) -> Self {
         MessengerConfig {
             proto,
-            workers: WorkerConfig::default(),
+            // Like Ceph's workers: one pinned thread per core while there are cores to go round.
+            workers: WorkerConfig {
+                pin_cores: true,
+                ..WorkerConfig::default()
+            },
             listen: ListenOptions::default(),
             connect: ConnectOptions::default(),
             throttle_bytes: 256 << 20,
