@@ -17,7 +17,7 @@
 //! Time is always an argument; nothing here reads a clock, touches a socket or spawns a thread.
 //!
 //! The code is split by phase: this file holds the types, the public API, input dispatch, faults and
-//! output; [`auth`] the authentication phase, [`ident`] identification, [`resolve`] the server's
+//! output; `auth` the authentication phase, `ident` identification, `resolve` the server's
 //! session decisions and connection races.
 
 mod auth;
