@@ -104,6 +104,101 @@ struct ServeArgs {
     /// Stop after SECS seconds (fractions allowed); default: run until killed.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     duration: Option<f64>,
+
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// Authentication and connection-mode flags shared by `serve` and `ping`.
+#[derive(clap::Args, Debug, Clone)]
+struct AuthArgs {
+    /// Authentication method: none, or cephx (needs --keyring). `serve --auth cephx` acts as the
+    /// cephx authority (a monitor), so it needs --type mon.
+    #[arg(long, value_name = "METHOD", default_value = "none", value_parser = proto::auth::parse_auth_method)]
+    auth: u32,
+
+    /// Keyring file as Ceph writes it (`[client.admin]` / `key = BASE64`): ping takes its own key from
+    /// it (--name); serve verifies clients against every key in it.
+    #[arg(long, value_name = "FILE")]
+    keyring: Option<PathBuf>,
+
+    /// Our cephx name, as in the keyring.
+    #[arg(long, value_name = "NAME", default_value = "client.admin")]
+    name: String,
+
+    /// Connection modes, in order of preference: "crc", "secure", or both ("secure crc"). Secure mode
+    /// (AES-128-GCM) needs cephx; with auth none only crc exists.
+    #[arg(long = "con-mode", value_name = "MODES", default_value = "crc")]
+    con_mode: String,
+}
+
+impl AuthArgs {
+    fn modes(&self) -> Result<Vec<u32>, Failure> {
+        let modes = proto::auth::parse_con_modes(&self.con_mode).map_err(Failure::usage)?;
+        if self.auth == proto::auth::AUTH_METHOD_NONE
+            && modes.contains(&proto::auth::CON_MODE_SECURE)
+        {
+            return Err(Failure::usage(
+                "--con-mode secure needs --auth cephx (secure mode needs cephx's session key)",
+            ));
+        }
+        Ok(modes)
+    }
+
+    fn keyring(&self) -> Result<&Path, Failure> {
+        self.keyring
+            .as_deref()
+            .ok_or_else(|| Failure::usage("--auth cephx needs --keyring FILE"))
+    }
+
+    /// Client side: our key and the modes we offer.
+    fn apply_client(&self, cfg: &mut Config) -> Result<(), Failure> {
+        let modes = self.modes()?;
+        if self.auth == proto::auth::AUTH_METHOD_CEPHX {
+            let path = self.keyring()?;
+            cfg.auth_client =
+                proto::auth::cephx_client_from_keyring(&path.to_string_lossy(), &self.name)
+                    .map_err(Failure::usage)?;
+            cfg.auth_name =
+                AuthEntityName::parse(&self.name).map_err(|e| Failure::usage(e.to_string()))?;
+        }
+        cfg.con_modes = proto::auth::ConModes::all(&modes);
+        Ok(())
+    }
+
+    /// Server side: as a cephx monitor, verify clients against the keyring and issue tickets.
+    fn apply_server(&self, cfg: &mut Config, entity: u8) -> Result<(), Failure> {
+        let modes = self.modes()?;
+        if self.auth == proto::auth::AUTH_METHOD_CEPHX {
+            if entity != entity_type::MON {
+                return Err(Failure::usage(
+                    "serve --auth cephx needs --type mon: msgr serves cephx as the authority (monitor role);                      the service role verifies tickets a monitor issued with secrets it shares",
+                ));
+            }
+            let path = self.keyring()?;
+            let keyring = proto::auth::keyring::Keyring::load(path)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            let since_epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let anchor = proto::auth::cephx::WallAnchor::new(Instant::now(), since_epoch);
+            let secrets = proto::auth::cephx::ServiceSecrets::generate(
+                &[
+                    entity_type::MON,
+                    entity_type::OSD,
+                    entity_type::MGR,
+                    entity_type::MDS,
+                ],
+                &mut rand::rng(),
+                anchor.utime(Instant::now()),
+            );
+            cfg.auth_server = proto::auth::ServerAuth::CephxMonitor(Arc::new(
+                proto::auth::cephx::CephxMonitor::new(keyring, secrets, anchor),
+            ));
+        }
+        cfg.con_modes = proto::auth::ConModes::all(&modes);
+        Ok(())
+    }
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -117,7 +212,8 @@ enum ServeStack {
 #[command(
     about = "Connect to a msgr2 peer and measure KEEPALIVE2 round trips",
     long_about = "Connect to a msgr2 peer and measure KEEPALIVE2 round trips.\n\n\
-msgr ping connects as a client (lossy, auth none, crc mode), prints how long the connection and \
+msgr ping connects as a client (lossy; auth none and crc mode unless --auth cephx / --con-mode say \
+otherwise), prints how long the connection and \
 handshake took and what the peer is, then sends --count KEEPALIVE2 frames, --interval ms apart, and \
 prints each round trip and their min/avg/max.\n\n\
 Exit status: 0 if every keepalive was answered, 1 if the peer could not be reached (refused, \
@@ -144,6 +240,9 @@ struct PingArgs {
     /// Seconds allowed for the connection and handshake, and for each keepalive's answer.
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_secs)]
     timeout: f64,
+
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 /// `msgr counters --admin-socket PATH`
@@ -317,6 +416,7 @@ fn serve(args: &ServeArgs) -> Result<u8, Failure> {
     };
     cfg.default_policy = Policy::stateful_server();
     cfg.accept_policies = vec![(entity_type::CLIENT, Policy::stateless_server())];
+    args.auth.apply_server(&mut cfg, entity)?;
     let mut mc = MessengerConfig::new(cfg);
     mc.workers.threads = workers;
     mc.workers.name_prefix = "msgr-serve".into();
@@ -568,6 +668,7 @@ fn ping(args: &PingArgs) -> Result<u8, Failure> {
     );
     cfg.nonce = rand::random::<u32>() | 1;
     cfg.handshake_timeout = timeout;
+    args.auth.apply_client(&mut cfg)?;
     let mut mc = MessengerConfig::new(cfg);
     mc.workers.threads = 1;
     mc.workers.name_prefix = "msgr-ping".into();
@@ -598,7 +699,7 @@ fn ping(args: &PingArgs) -> Result<u8, Failure> {
     let handshake = t0.elapsed();
     let peer = conn.peer();
     say!(
-        "connected to {} ({}{}) in {:.3} ms (TCP connect + msgr2.1 handshake)",
+        "connected to {} ({}{}, {} mode) in {:.3} ms (TCP connect + msgr2.1 handshake)",
         target,
         entity_type_name(peer.entity_type),
         if peer.global_id != 0 {
@@ -606,6 +707,7 @@ fn ping(args: &PingArgs) -> Result<u8, Failure> {
         } else {
             String::new()
         },
+        proto::auth::con_mode_name(peer.con_mode),
         handshake.as_secs_f64() * 1e3
     );
 

@@ -78,7 +78,11 @@ impl MessengerConfig {
     pub fn new(proto: proto::Config) -> Self {
         MessengerConfig {
             proto,
-            workers: WorkerConfig::default(),
+            // Like Ceph's workers: one pinned thread per core while there are cores to go round.
+            workers: WorkerConfig {
+                pin_cores: true,
+                ..WorkerConfig::default()
+            },
             listen: ListenOptions::default(),
             connect: ConnectOptions::default(),
             throttle_bytes: 256 << 20,
@@ -159,6 +163,10 @@ pub struct PeerInfo {
     pub global_id: u64,
     pub features: u64,
     pub last_keepalive_rtt: Option<Duration>,
+    /// Connection mode of the current session (`CON_MODE_CRC` / `CON_MODE_SECURE`).
+    pub con_mode: u32,
+    /// Server side: the entity the peer authenticated as.
+    pub auth_name: Option<proto::types::AuthEntityName>,
 }
 
 thread_local! {

@@ -397,6 +397,8 @@ impl<S: WorkerStack> Handler<S> {
                     p.addrs = conn.proto.peer_addrs().clone();
                     p.global_id = conn.proto.peer_global_id();
                     p.features = conn.proto.features();
+                    p.con_mode = conn.proto.con_mode();
+                    p.auth_name = conn.proto.peer_auth_name().cloned();
                 }
                 tracing::debug!(conn = id, reconnect, role = ?conn.proto.role(), "session ready");
                 conn.announced = true;
