@@ -14,7 +14,8 @@
 # (DIR/msgr-latency.svg, DIR/msgr-throughput.svg). Every process it starts is stopped by its PID.
 #
 # Usage: scripts/compare.sh [--sizes 64,4k,64k,1m] [--reps 3] [--secs 3] [--server-cpu 1] [--client-cpu 0]
-#                           [--window 16] [--out DIR] [--msgr PATH]
+#                           [--window 16] [--out DIR] [--msgr PATH] [--report-only]
+# --report-only redoes the table, compare.json and plots from DIR/raw of an earlier run.
 # Needs: sockperf, iperf3, python3 (ci/test.sh installs sockperf and iperf3; `apt-get install sockperf
 # iperf3`), and a release build of msgr (built here unless --msgr PATH is given).
 # sockperf's TCP messages stop at 1 MiB - 1 byte: its 1m row uses 1048575-byte messages.
@@ -32,6 +33,7 @@ CLIENT_CPU=0
 WINDOW=16
 OUT="target/compare"
 MSGR=""
+REPORT_ONLY=0
 
 usage() {
     sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -48,6 +50,7 @@ while (($#)); do
     --window) WINDOW="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --msgr) MSGR="$2"; shift 2 ;;
+    --report-only) REPORT_ONLY=1; shift ;;
     -h | --help) usage 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -70,9 +73,11 @@ if [[ -z "$MSGR" ]]; then
     MSGR="target/release/msgr"
 fi
 
-mkdir -p "$OUT/raw"
 RAW="$OUT/raw"
-rm -f "$RAW"/*
+mkdir -p "$RAW"
+if ((!REPORT_ONLY)); then
+    rm -f "$RAW"/*
+fi
 
 # Every background process this script starts, stopped by PID on any exit.
 PIDS=()
@@ -186,18 +191,24 @@ run_msgr() { # rep
     stop_pid "$pid"
 }
 
-echo "==> $(date -u +%FT%TZ) $(nproc) CPUs, load $(loadavg); server CPU $SERVER_CPU, client CPU $CLIENT_CPU;" \
+((REPORT_ONLY)) || echo "==> $(date -u +%FT%TZ) $(nproc) CPUs, load $(loadavg); server CPU $SERVER_CPU, client CPU $CLIENT_CPU;" \
     "sizes $SIZES, $REPS repetitions of ${SECS}s per size and tool" >&2
-START_LOAD=$(loadavg)
-for ((rep = 1; rep <= REPS; rep++)); do
-    echo "==> repetition $rep/$REPS: sockperf" >&2
-    run_sockperf "$rep"
-    echo "==> repetition $rep/$REPS: iperf3" >&2
-    run_iperf3 "$rep"
-    echo "==> repetition $rep/$REPS: msgr bench" >&2
-    run_msgr "$rep"
-done
-END_LOAD=$(loadavg)
+if ((REPORT_ONLY)); then
+    # shellcheck disable=SC1091 # written by the run being reported
+    source "$RAW/meta.env"
+else
+    START_LOAD=$(loadavg)
+    for ((rep = 1; rep <= REPS; rep++)); do
+        echo "==> repetition $rep/$REPS: sockperf" >&2
+        run_sockperf "$rep"
+        echo "==> repetition $rep/$REPS: iperf3" >&2
+        run_iperf3 "$rep"
+        echo "==> repetition $rep/$REPS: msgr bench" >&2
+        run_msgr "$rep"
+    done
+    END_LOAD=$(loadavg)
+    printf 'START_LOAD="%s"\nEND_LOAD="%s"\n' "$START_LOAD" "$END_LOAD" >"$RAW/meta.env"
+fi
 
 SOCKPERF_VERSION=$(sockperf --version 2>&1 | grep -m1 -o 'version [^ ]*' || true)
 IPERF3_VERSION=$(iperf3 --version 2>&1 | head -1)
@@ -422,6 +433,106 @@ text = "\n".join(lines)
 print(text)
 with open(f"{out}/compare.md", "w") as f:
     f.write(text + "\n")
-print(f"\nwrote {out}/compare.json, {out}/compare.md" +
+
+
+def bars_svg(path):
+    """compare.svg: grouped bars on a log scale, median runs with min..max whiskers; RTT p50 (left),
+    throughput (right); the ratios msgr/other under each panel."""
+    import math
+    W, H, pad_l, pad_b, pad_t = 1040, 470, 70, 80, 80
+    panel_w = (W - 2 * pad_l) // 2 - 30
+    plot_h = H - pad_b - pad_t
+    colors = {"sockperf": "#ff7f0e", "iperf3": "#2ca02c", "msgr": "#1f77b4"}
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+           f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15">msgr bench (posix) beside '
+           f'sockperf and iperf3: median of {reps} runs (whiskers: min..max), loopback, pinned</text>']
+    for k, name in enumerate(["sockperf", "iperf3", "msgr"]):
+        lx = W / 2 - 150 + k * 110
+        svg.append(f'<rect x="{lx}" y="34" width="12" height="12" fill="{colors[name]}"/>')
+        svg.append(f'<text x="{lx + 16}" y="45">{name}</text>')
+
+    def panel(x0, title, unit, series, ratio_key, fmt_v):
+        vals = [x for _, pts in series for (_, v, lo, hi) in pts for x in (v, lo, hi) if x]
+        lo_exp = math.floor(math.log10(min(vals))) if vals else 0
+        hi_exp = math.ceil(math.log10(max(vals) * 1.3)) if vals else 1
+        if hi_exp <= lo_exp:
+            hi_exp = lo_exp + 1
+        y0 = pad_t + plot_h
+
+        def y(v):
+            return y0 - plot_h * (math.log10(v) - lo_exp) / (hi_exp - lo_exp)
+
+        svg.append(f'<text x="{x0 + panel_w / 2}" y="{pad_t - 12}" text-anchor="middle" '
+                   f'font-size="13">{title}</text>')
+        for e in range(lo_exp, hi_exp + 1):
+            for mult in (1, 2, 5):
+                v = mult * 10 ** e
+                if e == hi_exp and mult > 1:
+                    continue
+                yy = y(v)
+                svg.append(f'<line x1="{x0}" y1="{yy:.1f}" x2="{x0 + panel_w}" y2="{yy:.1f}" '
+                           f'stroke="{"#bbb" if mult == 1 else "#eee"}"/>')
+                svg.append(f'<text x="{x0 - 6}" y="{yy + 4:.1f}" text-anchor="end">{fmt_v(v)}</text>')
+        svg.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + panel_w}" y2="{y0}" stroke="black"/>')
+        svg.append(f'<line x1="{x0}" y1="{pad_t}" x2="{x0}" y2="{y0}" stroke="black"/>')
+        svg.append(f'<text transform="translate({x0 - 52},{pad_t + plot_h / 2}) rotate(-90)" '
+                   f'text-anchor="middle">{unit} (log scale)</text>')
+        gw = panel_w / len(sizes)
+        bw = gw / (len(series) + 1)
+        for g, size in enumerate(sizes):
+            gx = x0 + g * gw
+            r = result["sizes"][g]["ratios"].get(ratio_key)
+            svg.append(f'<text x="{gx + gw / 2}" y="{y0 + 18}" text-anchor="middle">{size}</text>')
+            svg.append(f'<text x="{gx + gw / 2}" y="{y0 + 34}" text-anchor="middle" font-size="11">'
+                       f'{"ratio %.2f" % r if r else ""}</text>')
+            for k, (name, pts) in enumerate(series):
+                _, v, lo, hi = pts[g]
+                if not v:
+                    continue
+                bx = gx + bw * (k + 0.5)
+                top = y(v)
+                svg.append(f'<rect x="{bx:.1f}" y="{top:.1f}" width="{bw * 0.9:.1f}" '
+                           f'height="{y0 - top:.1f}" fill="{colors[name]}"/>')
+                cx = bx + bw * 0.45
+                if lo and hi:
+                    svg.append(f'<line x1="{cx:.1f}" y1="{y(lo):.1f}" x2="{cx:.1f}" y2="{y(hi):.1f}" '
+                               f'stroke="black"/>')
+                svg.append(f'<text x="{cx:.1f}" y="{min(top, y(hi) if hi else top) - 4:.1f}" '
+                           f'text-anchor="middle" font-size="10">{fmt_v(v)}</text>')
+        svg.append(f'<text x="{x0 + panel_w / 2}" y="{y0 + 52}" text-anchor="middle">message size '
+                   f'(ratio = msgr / {series[0][0]})</text>')
+
+    def pts(tool, key, spread_key):
+        got = []
+        for row in result["sizes"]:
+            med = row[tool]["median"]
+            sp = row[tool].get(spread_key)
+            got.append((row["size"], med and med.get(key), sp and sp[0], sp and sp[1]))
+        return got
+
+    def num(v):
+        return f"{v:.0f}" if v >= 1 else f"{v:g}"
+
+    panel(pad_l, "round trip p50, one message in flight", "µs",
+          [("sockperf", pts("sockperf", "p50_us", "p50_spread_us")),
+           ("msgr", pts("msgr_latency", "p50_us", "p50_spread_us"))],
+          "rtt_p50_msgr_over_sockperf", num)
+    panel(pad_l * 2 + panel_w + 60, "throughput, one connection (payload)", "Gbit/s",
+          [("iperf3", pts("iperf3", "gbit_per_sec", "gbit_spread")),
+           ("msgr", pts("msgr_throughput", "gbit_per_sec", "gbit_spread"))],
+          "throughput_msgr_over_iperf3", lambda v: f"{v:.2g}" if v < 1 else f"{v:.1f}")
+    svg.append(f'<text x="10" y="{H - 8}" font-size="10">{m["cpu_model"]}, {m["cpus"]} CPUs, kernel '
+               f'{m["kernel"]}; load average {start_load} at the start, {end_load} at the end; '
+               f'{result["versions"]["msgr"]} {str(result["versions"].get("msgr_commit"))[:10]}, '
+               f'{sockperf_v.replace("version", "sockperf")}, {iperf3_v}</text>')
+    svg.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(svg) + "\n")
+
+
+bars_svg(f"{out}/compare.svg")
+print(f"\nwrote {out}/compare.json, {out}/compare.md, {out}/compare.svg" +
       "".join(f", {out}/msgr-{m}.svg" for m in best_svg))
 PY
