@@ -27,9 +27,15 @@ pub struct BenchServer<N: NetworkStack> {
 
 impl<N: NetworkStack> BenchServer<N> {
     /// Starts a server on `stack` listening on `bind` (port 0 picks one) with `workers`.
-    pub fn start(stack: N, bind: &[SocketAddr], workers: WorkerConfig) -> Result<Self, String> {
+    pub fn start(
+        stack: N,
+        bind: &[SocketAddr],
+        workers: WorkerConfig,
+        security: &super::security::Security,
+    ) -> Result<Self, String> {
         let mut cfg = Config::new(entity_type::OSD, AuthEntityName::new(entity_type::OSD, "0"));
         cfg.nonce = rand::random::<u32>() | 1;
+        security.apply_server(&mut cfg);
         cfg.default_policy = Policy::stateless_server();
         let mut mc = MessengerConfig::new(cfg);
         mc.workers = workers;
@@ -90,8 +96,13 @@ pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchErro
     let workers = usize::try_from(args.workers).unwrap_or(1);
     let wc = super::worker_config(workers, &args.cpus, "bench-serve");
     let cpus = Cpus::of_this_process(&super::pinned(&wc));
-    let server = BenchServer::start(PosixStack::new(), &[args.bind], wc)
-        .map_err(|e| BenchError::Failed(format!("bench server: {e}")))?;
+    let server = BenchServer::start(
+        PosixStack::new(),
+        &[args.bind],
+        wc,
+        &super::security::Security::default(),
+    )
+    .map_err(|e| BenchError::Failed(format!("bench server: {e}")))?;
     for a in &server.addrs().0 {
         let _ = writeln!(out, "osd listening on {a}");
     }
