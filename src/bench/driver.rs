@@ -313,6 +313,7 @@ impl<N: NetworkStack> Client<N> {
         workers: crate::event::WorkerConfig,
         server: &AddrVec,
         shape: Shape,
+        security: &super::security::Security,
     ) -> Result<Self, String> {
         if shape.connections == 0 || shape.window == 0 {
             return Err("connections and window must be at least 1".into());
@@ -356,6 +357,8 @@ impl<N: NetworkStack> Client<N> {
             AuthEntityName::new(entity_type::CLIENT, "bench"),
         );
         cfg.nonce = rand::random::<u32>() | 1;
+        security.apply_client(&mut cfg);
+        let peer_type = security.server_type();
         let mut mc = MessengerConfig::new(cfg);
         mc.workers = workers;
         // The window bounds what is queued; the throttle must never be what limits a benchmark.
@@ -365,9 +368,9 @@ impl<N: NetworkStack> Client<N> {
         let mut conns = Vec::with_capacity(shape.connections);
         for _ in 0..shape.connections {
             let c = if shape.connections == 1 {
-                messenger.connect_to(entity_type::OSD, server, Policy::lossy_client())
+                messenger.connect_to(peer_type, server, Policy::lossy_client())
             } else {
-                messenger.connect_new(entity_type::OSD, server, Policy::lossy_client())
+                messenger.connect_new(peer_type, server, Policy::lossy_client())
             };
             conns.push(c.map_err(|e| format!("connect: {e}"))?);
         }
@@ -412,8 +415,11 @@ impl<N: NetworkStack> Client<N> {
         workers: crate::event::WorkerConfig,
         server: &AddrVec,
         shape: Shape,
+        security: &super::security::Security,
     ) -> Result<Box<dyn Runner>, String> {
-        Ok(Box::new(Self::connect(stack, workers, server, shape)?))
+        Ok(Box::new(Self::connect(
+            stack, workers, server, shape, security,
+        )?))
     }
 
     /// Runs one size: `load.warmup` unrecorded messages, then `load.count` (or `load.duration` worth)

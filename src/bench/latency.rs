@@ -105,15 +105,17 @@ pub struct MemPingPong {
 
 impl MemPingPong {
     /// Builds the pair and completes the handshake.
-    pub fn new() -> Result<Self, String> {
+    pub fn new(security: &super::security::Security) -> Result<Self, String> {
         let server_addr = EntityAddr::msgr2(std::net::SocketAddr::from(([127, 0, 0, 1], 6800)), 1);
         let mut server = Config::new(entity_type::OSD, AuthEntityName::new(entity_type::OSD, "0"));
         server.my_addrs = AddrVec(vec![server_addr.clone()]);
         server.default_policy = Policy::stateless_server();
+        security.apply_server(&mut server);
         let mut client = Config::new(
             entity_type::CLIENT,
             AuthEntityName::new(entity_type::CLIENT, "bench"),
         );
+        security.apply_client(&mut client);
         client.my_addrs = AddrVec(vec![EntityAddr::msgr2(
             std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
             2,
@@ -217,7 +219,7 @@ mod tests {
 
     #[test]
     fn mem_ping_pong_counts_and_orders() {
-        let mut pp = MemPingPong::new().unwrap();
+        let mut pp = MemPingPong::new(&super::super::security::Security::default()).unwrap();
         let m = pp.run(&bench_message(4096), 5, 50).unwrap();
         assert_eq!(m.hist.len(), 50);
         assert!(m.hist.min() > 0);

@@ -26,6 +26,7 @@ pub mod latency;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod security;
 pub mod serve;
 pub mod size;
 
@@ -188,6 +189,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MS", value_parser = parse_delay_ms)]
     pub inject_delay_ms: Option<f64>,
 
+    /// msgr2 connection mode: crc (auth none), or secure (cephx + AES-128-GCM; the in-process server
+    /// plays the cephx monitor with an ephemeral key). Not with `bench run ADDR`.
+    #[arg(long = "con-mode", value_enum, default_value_t = security::ConMode::Crc)]
+    pub con_mode: security::ConMode,
+
     /// Also write the results as JSON to FILE (a header plus one record per size).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -306,6 +312,13 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
     }
     if args.count == 0 {
         return usage("--count must be at least 1".into());
+    }
+    if server.is_some() && args.con_mode == security::ConMode::Secure {
+        return usage(
+            "--con-mode secure runs with the in-process server (its ephemeral cephx key); \
+             `bench run ADDR` supports crc only"
+                .into(),
+        );
     }
     let workers = usize::try_from(args.workers)
         .ok()
@@ -466,6 +479,7 @@ pub fn run_to(
             inject_delay_ms: args.inject_delay_ms,
         },
     );
+    header.conn_mode = args.con_mode.name().to_string();
     let _ = out.write_all(
         report::table_header(&plan.run_shape, args.count, plan.load.duration).as_bytes(),
     );
@@ -489,10 +503,11 @@ pub fn run_to(
             format_size(size)
         ))
     };
+    let security = security::Security::new(args.con_mode);
     let mut progress = progress::Progress::new(true);
     match args.stack {
         StackKind::Mem => {
-            let mut pp = latency::MemPingPong::new().map_err(BenchError::Failed)?;
+            let mut pp = latency::MemPingPong::new(&security).map_err(BenchError::Failed)?;
             for &size in &args.sizes {
                 let msg = latency::bench_message(size);
                 let m = pp
@@ -511,6 +526,7 @@ pub fn run_to(
                         &[SocketAddr::from(([127, 0, 0, 1], 0))],
                         server_wc,
                         rand::random::<u32>() | 1,
+                        &security,
                     )
                     .map_err(|e| BenchError::Failed(format!("posix loopback server: {e}")))?,
                 ),
@@ -530,6 +546,7 @@ pub fn run_to(
                     client_wc,
                     &target,
                     shape,
+                    &security,
                 ))?,
                 Some(ms) => connect(driver::Client::boxed(
                     FaultStack::new(
@@ -542,6 +559,7 @@ pub fn run_to(
                     client_wc,
                     &target,
                     shape,
+                    &security,
                 ))?,
             };
             let mut outcome = Ok(());

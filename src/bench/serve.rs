@@ -33,9 +33,11 @@ impl<N: NetworkStack> BenchServer<N> {
         bind: &[SocketAddr],
         workers: WorkerConfig,
         nonce: u32,
+        security: &super::security::Security,
     ) -> Result<Self, String> {
         let mut cfg = Config::new(entity_type::OSD, AuthEntityName::new(entity_type::OSD, "0"));
         cfg.nonce = nonce;
+        security.apply_server(&mut cfg);
         cfg.default_policy = Policy::stateless_server();
         let mut mc = MessengerConfig::new(cfg);
         mc.workers = workers;
@@ -97,8 +99,14 @@ pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchErro
     let wc = super::worker_config(workers, &args.cpus, "bench-serve");
     let cpus = Cpus::of_this_process(&super::pinned(&wc));
     // Nonce 0: clients may name this server by IP:PORT alone.
-    let server = BenchServer::start(PosixStack::new(), &[args.bind], wc, 0)
-        .map_err(|e| BenchError::Failed(format!("bench server: {e}")))?;
+    let server = BenchServer::start(
+        PosixStack::new(),
+        &[args.bind],
+        wc,
+        0,
+        &super::security::Security::default(),
+    )
+    .map_err(|e| BenchError::Failed(format!("bench server: {e}")))?;
     for a in &server.addrs().0 {
         let _ = writeln!(out, "osd listening on {a}");
     }
