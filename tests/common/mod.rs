@@ -175,3 +175,5 @@ pub fn arc(c: Config) -> Arc<Config> {
     Arc::new(c)
 }
 pub mod net;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
