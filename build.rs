@@ -54,7 +54,9 @@ mod dpdk {
         let flags = cflags();
 
         let mut shim = cc::Build::new();
-        shim.file("ffi/dpdk/shim.c").include("ffi/dpdk").warnings(true);
+        shim.file("ffi/dpdk/shim.c")
+            .include("ffi/dpdk")
+            .warnings(true);
         for f in &flags {
             shim.flag(f);
         }

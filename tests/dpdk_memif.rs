@@ -79,7 +79,13 @@ fn socket_name(case: &str) -> String {
     format!("/msgr-test-{}-{case}", std::process::id())
 }
 
-fn server_env(case: &str, queues: u16, expect: u64, conns: u64, base_tid: u64) -> Vec<(&'static str, String)> {
+fn server_env(
+    case: &str,
+    queues: u16,
+    expect: u64,
+    conns: u64,
+    base_tid: u64,
+) -> Vec<(&'static str, String)> {
     vec![
         (
             "ARGS",
@@ -91,13 +97,24 @@ fn server_env(case: &str, queues: u16, expect: u64, conns: u64, base_tid: u64) -
     ]
 }
 
-fn client_env(case: &str, queues: u16, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+fn client_env(
+    case: &str,
+    queues: u16,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
     let mut env = vec![(
         "ARGS",
         dpdk::memif_args(CLIENT_IP, CLIENT_MAC, "server", &socket_name(case), queues),
     )];
     env.extend_from_slice(extra);
     env
+}
+
+/// Start the client (memif server role) and wait until its memif socket exists.
+fn spawn_client(case: &str, role: &str, queues: u16, extra: &[(&'static str, String)]) -> Child {
+    let child = Child::spawn("client", role, &client_env(case, queues, extra));
+    dpdk::wait_for_abstract_socket(&socket_name(case), Duration::from_secs(60));
+    child
 }
 
 fn json_of(s: &str) -> Value {
@@ -111,11 +128,7 @@ fn hundred_thousand_messages_then_link_break_resumes_with_replay() {
         .unwrap_or(100_000);
     let case = "stream";
     // memif: the client process creates the socket (memif server role) and survives link breaks.
-    let mut cli = Child::spawn(
-        "client",
-        "client_stream",
-        &client_env(case, 1, &[("COUNT", count.to_string())]),
-    );
+    let mut cli = spawn_client(case, "client_stream", 1, &[("COUNT", count.to_string())]);
     let mut srv = Child::spawn("server", "server", &server_env(case, 1, count, 1, 0));
     srv.expect("READY", Duration::from_secs(60));
     let received = json_of(&srv.expect("RECEIVED", Duration::from_secs(900)));
@@ -132,6 +145,10 @@ fn hundred_thousand_messages_then_link_break_resumes_with_replay() {
         client["msgr"]["reconnects"].as_u64().unwrap_or(0) >= 1,
         "the client never reconnected"
     );
+    assert!(
+        client["msgr"]["replayed"].as_u64().unwrap_or(0) > 0,
+        "nothing was in flight at the break: no replay exercised"
+    );
     assert_eq!(client["msgr"]["remote_resets"], 0);
     assert_eq!(received["msgr"]["remote_resets"], 0);
     srv.finish(Duration::from_secs(30));
@@ -140,7 +157,7 @@ fn hundred_thousand_messages_then_link_break_resumes_with_replay() {
 
 fn killed_and_restarted_server_is_a_remote_reset() {
     let case = "restart";
-    let mut cli = Child::spawn("client", "client_restart", &client_env(case, 1, &[]));
+    let mut cli = spawn_client(case, "client_restart", 1, &[]);
     let mut s1 = Child::spawn("server-1", "server", &server_env(case, 1, 100, 1, 0));
     s1.expect("READY", Duration::from_secs(60));
     let first = json_of(&s1.expect("RECEIVED", Duration::from_secs(120)));
@@ -167,14 +184,14 @@ fn killed_and_restarted_server_is_a_remote_reset() {
 fn two_queues_two_workers_sixteen_connections_hand_off() {
     let case = "fanout";
     let (conns, per_conn) = (16u64, 300u64);
-    let mut cli = Child::spawn(
-        "client",
+    let mut cli = spawn_client(
+        case,
         "client_fanout",
-        &client_env(
-            case,
-            2,
-            &[("CONNS", conns.to_string()), ("COUNT", per_conn.to_string())],
-        ),
+        2,
+        &[
+            ("CONNS", conns.to_string()),
+            ("COUNT", per_conn.to_string()),
+        ],
     );
     let mut srv = Child::spawn(
         "server",
@@ -210,7 +227,7 @@ fn two_queues_two_workers_sixteen_connections_hand_off() {
 
 fn malformed_frames_are_dropped_counted_and_survived() {
     let case = "garbage";
-    let mut cli = Child::spawn("client", "client_garbage", &client_env(case, 1, &[]));
+    let mut cli = spawn_client(case, "client_garbage", 1, &[]);
     let mut srv = Child::spawn("server", "server", &server_env(case, 1, 200, 1, 0));
     srv.expect("READY", Duration::from_secs(60));
     let received = json_of(&srv.expect("RECEIVED", Duration::from_secs(120)));
@@ -326,7 +343,11 @@ fn server() {
         sink.received.load(Ordering::Relaxed)
     );
     let elapsed = t0.elapsed();
-    assert_eq!(sink.corrupted.load(Ordering::Relaxed), 0, "corrupted payloads");
+    assert_eq!(
+        sink.corrupted.load(Ordering::Relaxed),
+        0,
+        "corrupted payloads"
+    );
     let by_conn: BTreeMap<_, _> = sink.by_conn.lock().unwrap().clone().into_iter().collect();
     assert_eq!(by_conn.len() as u64, conns, "sessions seen by the server");
     let per_conn = expect / conns;
@@ -469,9 +490,11 @@ fn client_fanout() {
                 .unwrap();
         }
     }
-    wait_until("the server's DONE on every connection", Duration::from_secs(300), || {
-        sink.received.load(Ordering::Relaxed) >= conns
-    });
+    wait_until(
+        "the server's DONE on every connection",
+        Duration::from_secs(300),
+        || sink.received.load(Ordering::Relaxed) >= conns,
+    );
     let stats = dpdk_json(m.stack());
     dpdk::say(
         "DONE",

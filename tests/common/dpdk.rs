@@ -48,6 +48,24 @@ pub fn memif_args(ip: &str, mac: &str, role: &str, socket: &str, queues: u16) ->
     )
 }
 
+/// Wait until a process listens on the abstract unix socket `name` (a memif server role is up), so the
+/// memif client role that starts next finds it.
+pub fn wait_for_abstract_socket(name: &str, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    let wanted = format!("@{name}");
+    loop {
+        let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+        if table
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(wanted.as_str()))
+        {
+            return;
+        }
+        assert!(Instant::now() < end, "memif socket {name} never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A messenger over a DPDK stack built from `args`, one worker per queue, busy-polling with a short
 /// idle back-off (the CI machine is shared).
 pub fn messenger(
@@ -82,9 +100,7 @@ impl Child {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut proc = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut proc = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stdout = proc.stdout.take().expect("child stdout");
         let (tx, rx) = crossbeam_channel::unbounded();
         let tag = name.to_string();
@@ -144,6 +160,7 @@ impl Child {
         let end = Instant::now() + timeout;
         loop {
             if let Some(status) = self.proc.try_wait().expect("wait child") {
+                self.remove_runtime_dir();
                 assert!(status.success(), "{} exited with {status}", self.name);
                 return;
             }
@@ -160,6 +177,12 @@ impl Child {
     pub fn kill(&mut self) {
         let _ = self.proc.kill();
         let _ = self.proc.wait();
+        self.remove_runtime_dir();
+    }
+
+    /// The EAL's (empty, with `--no-shconf`) runtime directory of a child that did not remove it.
+    fn remove_runtime_dir(&self) {
+        let _ = std::fs::remove_dir(format!("/var/run/dpdk/msgr-{}", self.proc.id()));
     }
 }
 
@@ -173,6 +196,11 @@ impl Drop for Child {
 
 /// Run a child role, reporting a panic to the parent as `FAIL` and exiting non-zero.
 pub fn run_child(role: &str, body: impl FnOnce() + std::panic::UnwindSafe) -> ! {
+    // MSGR_LOG=debug (an EnvFilter) shows the stack's and messenger's logs on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MSGR_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
     match std::panic::catch_unwind(body) {
         Ok(()) => {
             say("EXIT", role);

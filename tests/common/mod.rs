@@ -174,6 +174,6 @@ pub fn drain_events(conn: &mut Connection) -> Vec<Event> {
 pub fn arc(c: Config) -> Arc<Config> {
     Arc::new(c)
 }
-pub mod net;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod net;

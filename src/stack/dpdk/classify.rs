@@ -43,7 +43,9 @@ pub enum DropReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// A valid TCP segment for us, owned by the worker of queue `owner`.
-    Tcp { owner: u16 },
+    Tcp {
+        owner: u16,
+    },
     /// ARP: every worker keeps its own neighbour cache, so each gets a copy.
     Arp,
     /// Valid IPv4 for us that is not TCP (ICMP): the receiving worker answers it.
@@ -279,7 +281,9 @@ mod tests {
     fn owners_spread_over_both_queues() {
         let l = local(2);
         let peer = Ipv4Addr::new(10, 0, 0, 2);
-        let owners: Vec<u16> = (40000..40064).map(|p| l.owner(peer, l.ip, p, 6800)).collect();
+        let owners: Vec<u16> = (40000..40064)
+            .map(|p| l.owner(peer, l.ip, p, 6800))
+            .collect();
         assert!(owners.contains(&0) && owners.contains(&1), "{owners:?}");
         assert!(local(1).owner(peer, l.ip, 1, 2) == 0);
     }

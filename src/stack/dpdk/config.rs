@@ -1,7 +1,8 @@
 //! Configuration of the dpdk stack, from one string (the CLI's `--dpdk-args "…"`) or built in code.
 //!
 //! The string is whitespace-separated: `key=value` tokens configure the stack, tokens starting with `-`
-//! are EAL arguments (everything after a bare `--` is EAL too). Example, one end of a memif link:
+//! are EAL arguments, as is a token without `=` right after one (`-m 512`); everything after a bare `--` is
+//! EAL too. Example, one end of a memif link:
 //!
 //! ```text
 //! ip=10.9.0.1/24 queues=1 --no-huge --no-pci -m 512 --vdev=net_memif0,role=server,id=0
@@ -15,9 +16,10 @@
 //! 1), `keepalive_ms=N` (0 = off, default 10000), `tcp_timeout_ms=N` (abort after this long without an
 //! ACK, default 30000), `ack_delay_ms=N` (delayed ACK, 0 = off, default 10).
 //!
-//! EAL defaults added when absent: `-l 0` (the main lcore; msgr's workers register as non-EAL lcores) and
-//! `--in-memory` (no runtime files, so any number of processes can run side by side) unless a
-//! `--file-prefix` is given.
+//! EAL defaults added when absent: `-l 0` (the main lcore; msgr's workers register as non-EAL lcores),
+//! `--no-telemetry` (no telemetry socket), and
+//! `--no-shconf --file-prefix=msgr-<pid>` (no shared config files, and a prefix of its own, so any number of
+//! processes can run side by side) unless one of those or `--in-memory` is given.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -78,11 +80,16 @@ impl DpdkConfig {
         let mut eal = Vec::new();
         let mut keys = Vec::new();
         let mut eal_only = false;
+        let mut after_eal_flag = false;
         for token in args.split_whitespace() {
-            if eal_only || token.starts_with('-') {
+            let eal_value = after_eal_flag && !token.contains('=');
+            after_eal_flag = false;
+            if eal_only || token.starts_with('-') || eal_value {
                 if token == "--" && !eal_only {
                     eal_only = true;
                 } else {
+                    // `-m 256`: a flag without `=` may take the next token as its value.
+                    after_eal_flag = token.starts_with('-') && !token.contains('=');
                     eal.push(token.to_string());
                 }
             } else {
@@ -166,8 +173,12 @@ impl DpdkConfig {
             args.push("-l".into());
             args.push("0".into());
         }
-        if !has(&args, &["--file-prefix", "--in-memory"]) {
-            args.push("--in-memory".into());
+        if !has(&args, &["--telemetry", "--no-telemetry"]) {
+            args.push("--no-telemetry".into());
+        }
+        if !has(&args, &["--file-prefix", "--in-memory", "--no-shconf"]) {
+            args.push("--no-shconf".into());
+            args.push(format!("--file-prefix=msgr-{}", std::process::id()));
         }
         args
     }
@@ -217,10 +228,18 @@ mod tests {
         assert_eq!(c.ack_delay, None);
         assert_eq!(
             c.eal_args,
-            ["--no-huge", "--no-pci", "-m", "512", "--vdev=net_memif0,role=server"]
+            [
+                "--no-huge",
+                "--no-pci",
+                "-m",
+                "512",
+                "--vdev=net_memif0,role=server"
+            ]
         );
         let eal = c.effective_eal_args();
-        assert!(eal.ends_with(&["-l".into(), "0".into(), "--in-memory".into()]));
+        assert!(eal.contains(&"--no-shconf".to_string()));
+        assert!(eal.iter().any(|a| a.starts_with("--file-prefix=msgr-")));
+        assert_eq!(eal[5..8], ["-l", "0", "--no-telemetry"]);
     }
 
     #[test]

@@ -93,12 +93,8 @@ impl Eal {
             })?);
         }
         // EAL may keep pointers into argv for the life of the process: leak the strings and the array.
-        let argv: &'static mut [*mut c_char] = Vec::leak(
-            owned
-                .into_iter()
-                .map(|s| s.into_raw())
-                .collect::<Vec<_>>(),
-        );
+        let argv: &'static mut [*mut c_char] =
+            Vec::leak(owned.into_iter().map(|s| s.into_raw()).collect::<Vec<_>>());
         let argc = c_int::try_from(argv.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many EAL arguments"))?;
         let saved = Affinity::current();
@@ -119,7 +115,6 @@ impl Eal {
         // SAFETY: EAL is initialised (self exists); the call only reads the device table.
         unsafe { sys::rte_eth_dev_count_avail() }
     }
-
 }
 
 /// A thread's CPU affinity mask, saved around EAL init.
@@ -215,12 +210,12 @@ impl Mempool {
         let cname = CString::new(name)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pool name contains NUL"))?;
         let room = u32::from(data_room) + 128; // RTE_PKTMBUF_HEADROOM
-        let room = u16::try_from(room).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "mbuf data room too large")
-        })?;
+        let room = u16::try_from(room)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mbuf data room too large"))?;
         // SAFETY: EAL is initialised; `cname` is a valid C string for the duration of the call (DPDK copies
         // the name); socket id -1 is SOCKET_ID_ANY.
-        let ptr = unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, room, -1) };
+        let ptr =
+            unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, room, -1) };
         let ptr = NonNull::new(ptr).ok_or_else(|| dpdk_error("rte_pktmbuf_pool_create", 0))?;
         Ok(Arc::new(Mempool { ptr }))
     }
@@ -637,7 +632,8 @@ impl Queue {
         let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST];
         // SAFETY: the port is started (it lives while self holds the Arc); this queue is polled only
         // through `&mut self`; `raw` has room for BURST pointers.
-        let n = unsafe { sys::shim_rx_burst(self.port.id, self.id, raw.as_mut_ptr(), BURST as u16) };
+        let n =
+            unsafe { sys::shim_rx_burst(self.port.id, self.id, raw.as_mut_ptr(), BURST as u16) };
         let n = usize::from(n).min(BURST);
         for &m in &raw[..n] {
             if let Some(m) = NonNull::new(m) {
@@ -660,7 +656,8 @@ impl Queue {
         }
         // SAFETY: the port is started; `raw[..count]` are valid mbufs owned by `pkts`; the driver takes
         // ownership of the first `n` returned, which we then forget below.
-        let n = unsafe { sys::shim_tx_burst(self.port.id, self.id, raw.as_mut_ptr(), count as u16) };
+        let n =
+            unsafe { sys::shim_tx_burst(self.port.id, self.id, raw.as_mut_ptr(), count as u16) };
         let n = usize::from(n).min(count);
         for m in pkts.drain(..n) {
             let _ = m.into_raw();

@@ -245,10 +245,13 @@ impl DpdkStack {
     /// Test hook: transmit `frame` (a whole Ethernet frame, sent as is) from `worker`'s TX queue on its
     /// next poll.
     pub fn inject_frame(&self, worker: usize, frame: Vec<u8>) -> io::Result<()> {
-        let (tx, _) = self.shared.inject.get(worker).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "no such worker")
-        })?;
-        tx.send(frame).map_err(|_| io::Error::other("worker gone"))?;
+        let (tx, _) = self
+            .shared
+            .inject
+            .get(worker)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such worker"))?;
+        tx.send(frame)
+            .map_err(|_| io::Error::other("worker gone"))?;
         self.shared.wake(worker);
         Ok(())
     }

@@ -155,8 +155,9 @@ impl DpdkWorker {
             counters.clone(),
         );
         let epoch = Instant::now();
-        let mut iface_config =
-            IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(shared.port.mac())));
+        let mut iface_config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(
+            shared.port.mac(),
+        )));
         iface_config.random_seed = rand::random();
         let mut iface = Interface::new(
             iface_config,
@@ -488,13 +489,7 @@ impl DpdkWorker {
                         st.write_blocked = false;
                     }
                     if readable || writable {
-                        events.push(SocketEvent::ready(
-                            id,
-                            Readiness {
-                                readable,
-                                writable,
-                            },
-                        ));
+                        events.push(SocketEvent::ready(id, Readiness { readable, writable }));
                     }
                 }
                 Entry::Failed { .. } => {}
@@ -853,12 +848,17 @@ impl WorkerStack for DpdkWorker {
         }
         activity |= self.receive() > 0;
         let now = self.now();
-        if self.iface.poll(now, &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged
+        if self.iface.poll(now, &mut self.device, &mut self.sockets)
+            == PollResult::SocketStateChanged
         {
             activity = true;
         }
         for _ in 0..EGRESS_ROUNDS {
-            if self.iface.poll_egress(now, &mut self.device, &mut self.sockets) == PollResult::None {
+            if self
+                .iface
+                .poll_egress(now, &mut self.device, &mut self.sockets)
+                == PollResult::None
+            {
                 break;
             }
         }
