@@ -92,7 +92,16 @@ impl Child {
     /// Start `current_exe()` as role `role` with extra environment `env`.
     pub fn spawn(name: &str, role: &str, env: &[(&str, String)]) -> Child {
         let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
+        Self::spawn_command(name, role, &mut Command::new(exe), env)
+    }
+
+    /// Start `cmd` (which must run `current_exe()`, e.g. under `ip netns exec`) as role `role`.
+    pub fn spawn_command(
+        name: &str,
+        role: &str,
+        cmd: &mut Command,
+        env: &[(&str, String)],
+    ) -> Child {
         cmd.env(CHILD_ENV, role)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -52,6 +52,11 @@ use ffi::{Eal, Mbuf, Mempool, Port, PortSetup, Queue};
 /// Capacity of each worker's hand-off ring (segments from other workers' queues).
 const HANDOFF_RING: usize = 4096;
 
+/// What one worker takes from the stack when it starts: its queue pair and the pool its RX queue fills from.
+type WorkerParts = (Queue, Arc<Mempool>);
+/// Raw frames to transmit (test hook): one channel per worker.
+type FrameChannel = (Sender<Vec<u8>>, Receiver<Vec<u8>>);
+
 /// State shared by the workers of one stack.
 pub(crate) struct Shared {
     config: DpdkConfig,
@@ -59,7 +64,7 @@ pub(crate) struct Shared {
     port: Arc<Port>,
     local: Local,
     /// Queue and pool of each worker, taken by `new_worker`.
-    parts: Mutex<Vec<Option<(Queue, Arc<Mempool>)>>>,
+    parts: Mutex<Vec<Option<WorkerParts>>>,
     handoff_tx: Vec<Sender<Mbuf>>,
     handoff_rx: Vec<Receiver<Mbuf>>,
     /// Each worker's thread, to wake it from its idle back-off.
@@ -70,7 +75,7 @@ pub(crate) struct Shared {
     /// Ports given to port-0 listens, in order, so every worker's n-th such listen gets the same port.
     listen_ports: Mutex<Vec<u16>>,
     /// Raw frames to transmit, per worker (test hook).
-    inject: Vec<(Sender<Vec<u8>>, Receiver<Vec<u8>>)>,
+    inject: Vec<FrameChannel>,
 }
 
 impl Shared {
@@ -110,7 +115,8 @@ impl DpdkStack {
     pub fn new(config: DpdkConfig) -> io::Result<Self> {
         config.validate()?;
         let eal = Eal::init(&config.effective_eal_args())?;
-        let data_room = config.mtu.max(1500) + 14 + 4;
+        // DPDK's default data room (2048) at least: some PMDs (af_packet) size their frames to it.
+        let data_room = (config.mtu + 14 + 4).max(2048);
         let pools = (0..config.queues)
             .map(|q| {
                 Mempool::create(
