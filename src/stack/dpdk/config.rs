@@ -261,6 +261,9 @@ mod tests {
     #[test]
     fn user_lcores_and_prefix_are_kept() {
         let c = DpdkConfig::parse("ip=10.0.0.1/8 --lcores=0@0 --file-prefix=a").unwrap();
-        assert_eq!(c.effective_eal_args(), ["--lcores=0@0", "--file-prefix=a"]);
+        assert_eq!(
+            c.effective_eal_args(),
+            ["--lcores=0@0", "--file-prefix=a", "--no-telemetry"]
+        );
     }
 }
