@@ -25,9 +25,14 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::auth::{auth_signature, AuthNoneRequest, AUTH_METHOD_NONE, CON_MODE_CRC};
+use super::auth::cephx::{CephxClientSession, CephxError, CephxMonSession, ServiceVerdict};
+use super::auth::{
+    auth_method_name, auth_signature, con_mode_name, AuthNoneRequest, ClientAuth, ConModes,
+    ServerAuth, CON_MODE_SECURE,
+};
 use super::banner::{msgr2_feature, Banner};
 use super::error::Error;
+use super::frame::secure::{session_ciphers, CONNECTION_SECRET_LEN};
 use super::frame::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::frames::*;
 use super::message::{Message, SEGMENT_ALIGNMENTS};
@@ -127,8 +132,14 @@ pub struct Config {
     pub my_addrs: AddrVec,
     /// Nonce for a learned client address.
     pub nonce: u32,
-    /// Our auth name (AUTH_REQUEST with method none).
+    /// Our auth name (AUTH_REQUEST with method none; cephx takes it from its provider).
     pub auth_name: AuthEntityName,
+    /// How we authenticate to servers: none, or cephx with a key.
+    pub auth_client: ClientAuth,
+    /// How we verify clients: none, cephx monitor role, or cephx service role.
+    pub auth_server: ServerAuth,
+    /// Connection modes (crc / secure) offered and allowed, per connection type.
+    pub con_modes: ConModes,
     /// Ceph feature bits we support / require of the peer.
     pub features_supported: u64,
     pub features_required: u64,
@@ -164,6 +175,9 @@ impl Config {
             my_addrs: AddrVec::default(),
             nonce: 0,
             auth_name,
+            auth_client: ClientAuth::None,
+            auth_server: ServerAuth::None,
+            con_modes: ConModes::default(),
             features_supported: CEPH_FEATURES_ALL,
             features_required: CEPH_FEATURE_MSG_ADDR2,
             max_frame_len: 64 << 20,
@@ -325,6 +339,24 @@ struct Transport {
     /// What we sent before AUTH_SIGNATURE, to check the peer's signature against.
     sent_transcript: Option<Vec<u8>>,
     session_key: Vec<u8>,
+    /// Where the auth exchange on this transport stands.
+    auth: AuthState,
+}
+
+/// Per-transport auth progress (the sans-IO side of Ceph's AuthClient / AuthServer calls).
+#[derive(Debug, Default)]
+enum AuthState {
+    #[default]
+    Idle,
+    /// Client: AUTH_REQUEST sent with these modes.
+    Client {
+        cephx: Option<CephxClientSession>,
+        offered: Vec<u32>,
+    },
+    /// Server, monitor role: challenge sent.
+    Monitor { session: CephxMonSession, mode: u32 },
+    /// Server, service role: challenge sent.
+    Service { challenge: u64, mode: u32 },
 }
 
 impl Transport {
@@ -337,6 +369,7 @@ impl Transport {
             transcript: Some((Vec::new(), Vec::new())),
             sent_transcript: None,
             session_key: Vec::new(),
+            auth: AuthState::Idle,
         }
     }
 }
@@ -361,6 +394,10 @@ pub struct Connection {
     addr_seen_by_peer: Option<EntityAddr>,
     peer_supported_features: u64,
     peer_auth_bad_method: Option<AuthBadMethod>,
+    /// The entity the peer authenticated as (server side; cephx and none).
+    peer_auth_name: Option<AuthEntityName>,
+    /// Connection mode AUTH_DONE settled on the current (or last) transport; 0 before.
+    con_mode: u32,
     my_addrs: AddrVec,
     session: Session,
     transport: Option<Transport>,
@@ -435,6 +472,8 @@ impl Connection {
             addr_seen_by_peer: None,
             peer_supported_features: 0,
             peer_auth_bad_method: None,
+            peer_auth_name: None,
+            con_mode: 0,
             my_addrs: config.my_addrs.clone(),
             session: Session::default(),
             transport: None,
@@ -514,6 +553,15 @@ impl Connection {
     /// if it did on the current (or last) transport.
     pub fn peer_auth_bad_method(&self) -> Option<&AuthBadMethod> {
         self.peer_auth_bad_method.as_ref()
+    }
+    /// The connection mode (`CON_MODE_CRC` / `CON_MODE_SECURE`) AUTH_DONE chose on the current (or
+    /// last) transport; 0 before any AUTH_DONE.
+    pub fn con_mode(&self) -> u32 {
+        self.con_mode
+    }
+    /// Server side: the entity name the peer authenticated as.
+    pub fn peer_auth_name(&self) -> Option<&AuthEntityName> {
+        self.peer_auth_name.as_ref()
     }
     pub fn stats(&self) -> ConnStats {
         self.stats
@@ -657,6 +705,7 @@ impl Connection {
         self.peer_msgr2_features = 0;
         self.addr_seen_by_peer = None;
         self.peer_auth_bad_method = None;
+        self.con_mode = 0;
         self.timers = [None; 4];
         self.set_timer(Timer::Handshake, now + self.config.handshake_timeout);
         if self.role == Role::Client {
@@ -675,10 +724,9 @@ impl Connection {
 
     /// Bytes read from the transport.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
-        let Some(t) = self.transport.as_mut() else {
+        if self.transport.is_none() {
             return;
-        };
-        t.rx.extend_from_slice(data);
+        }
         self.stats.bytes_in += data.len() as u64;
         self.last_input = Some(now);
         if self.phase == Phase::Ready {
@@ -686,8 +734,29 @@ impl Connection {
                 self.set_timer(Timer::Idle, now + idle);
             }
         }
-        if let Err(e) = self.process(now) {
-            self.fault(now, e);
+        // Append no more than the receive buffer has room for (the decoder sized it for the frame being
+        // waited for), decode, repeat: a read straddling two frames must not double a frame-sized buffer.
+        let mut rest = data;
+        loop {
+            let Some(t) = self.transport.as_mut() else {
+                return;
+            };
+            let room = t.rx.capacity() - t.rx.len();
+            let n = if room == 0 {
+                rest.len()
+            } else {
+                room.min(rest.len())
+            };
+            let (now_part, later) = rest.split_at(n);
+            t.rx.extend_from_slice(now_part);
+            rest = later;
+            if let Err(e) = self.process(now) {
+                self.fault(now, e);
+                return;
+            }
+            if rest.is_empty() {
+                return;
+            }
         }
     }
 
@@ -797,21 +866,29 @@ impl Connection {
             (_, Phase::Hello, ControlFrame::Hello(h)) => self.handle_hello(h),
             // ---- client side ----
             (Role::Client, Phase::Auth, ControlFrame::AuthDone(d)) => self.client_auth_done(d),
-            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => Err(self.auth_refused(format!(
-                "server refused auth method {} (result {}): it allows methods {:?} with modes {:?}; we offer method none with mode crc",
-                b.method, b.result, b.allowed_methods, b.allowed_modes
-            ), b)),
-            (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(_)) => Err(Error::PeerMisbehaved(
-                "AUTH_REPLY_MORE for auth method none".into(),
-            )),
-            (_, Phase::AuthSignature, ControlFrame::AuthSignature(s)) => self.handle_auth_signature(s),
-            (Role::Client, Phase::Session, ControlFrame::ServerIdent(s)) => self.client_server_ident(now, s),
-            (Role::Client, Phase::Session, ControlFrame::IdentMissingFeatures(m)) => Err(Error::PeerIncompatible(
-                format!("server requires Ceph features we lack: 0x{:x}", m.features),
-            )),
+            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => {
+                Err(self.auth_bad_method(b))
+            }
+            (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(m)) => {
+                self.client_auth_reply_more(m)
+            }
+            (_, Phase::AuthSignature, ControlFrame::AuthSignature(s)) => {
+                self.handle_auth_signature(s)
+            }
+            (Role::Client, Phase::Session, ControlFrame::ServerIdent(s)) => {
+                self.client_server_ident(now, s)
+            }
+            (Role::Client, Phase::Session, ControlFrame::IdentMissingFeatures(m)) => {
+                Err(Error::PeerIncompatible(format!(
+                    "server requires Ceph features we lack: 0x{:x}",
+                    m.features
+                )))
+            }
             (Role::Client, Phase::Session | Phase::Reconnecting, ControlFrame::Wait) => {
                 self.phase = Phase::Wait;
-                Err(Error::Transport("peer asked us to WAIT (connection race)".into()))
+                Err(Error::Transport(
+                    "peer asked us to WAIT (connection race)".into(),
+                ))
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionReconnectOk(ok)) => {
                 self.client_reconnect_ok(now, ok)
@@ -835,9 +912,18 @@ impl Connection {
                 self.send_client_ident()
             }
             // ---- server side ----
-            (Role::Server, Phase::Auth, ControlFrame::AuthRequest(r)) => self.server_auth_request(r),
-            (Role::Server, Phase::Session, ControlFrame::ClientIdent(ci)) => self.server_client_ident(ci),
-            (Role::Server, Phase::Session, ControlFrame::SessionReconnect(r)) => self.server_reconnect(r),
+            (Role::Server, Phase::Auth, ControlFrame::AuthRequest(r)) => {
+                self.server_auth_request(now, r)
+            }
+            (Role::Server, Phase::Auth, ControlFrame::AuthRequestMore(r)) => {
+                self.server_auth_request_more(now, r)
+            }
+            (Role::Server, Phase::Session, ControlFrame::ClientIdent(ci)) => {
+                self.server_client_ident(ci)
+            }
+            (Role::Server, Phase::Session, ControlFrame::SessionReconnect(r)) => {
+                self.server_reconnect(r)
+            }
             // ---- ready ----
             (_, Phase::Ready, ControlFrame::Ack(a)) => {
                 if !self.policy.lossy {
@@ -846,10 +932,16 @@ impl Connection {
                 Ok(())
             }
             (_, Phase::Ready, ControlFrame::Keepalive2(k)) => {
-                self.queue_control(&ControlFrame::Keepalive2Ack(Keepalive2Ack { timestamp: k.timestamp }))
+                self.queue_control(&ControlFrame::Keepalive2Ack(Keepalive2Ack {
+                    timestamp: k.timestamp,
+                }))
             }
             (_, Phase::Ready, ControlFrame::Keepalive2Ack(k)) => {
-                let sent = self.epoch + Duration::new(u64::from(k.timestamp.sec), k.timestamp.nsec.min(999_999_999));
+                let sent = self.epoch
+                    + Duration::new(
+                        u64::from(k.timestamp.sec),
+                        k.timestamp.nsec.min(999_999_999),
+                    );
                 let rtt = now.checked_duration_since(sent).unwrap_or_default();
                 self.events.push_back(Event::KeepaliveAck { rtt });
                 Ok(())
@@ -861,10 +953,51 @@ impl Connection {
         }
     }
 
-    /// Client: the server refused auth method none; keep what it allows for the owner to report.
-    fn auth_refused(&mut self, why: String, bad: AuthBadMethod) -> Error {
-        self.peer_auth_bad_method = Some(bad);
+    /// Client: the server refused our auth method or proof; keep what it allows for the owner to report.
+    fn auth_bad_method(&mut self, b: AuthBadMethod) -> Error {
+        let method = self.config.auth_client.method();
+        let offered = match self.transport.as_ref().map(|t| &t.auth) {
+            Some(AuthState::Client { offered, .. }) => offered.clone(),
+            _ => Vec::new(),
+        };
+        let names = |v: &[u32], f: fn(u32) -> &'static str| {
+            v.iter().map(|&m| f(m)).collect::<Vec<_>>().join(", ")
+        };
+        let why = if b.allowed_methods.contains(&method)
+            && offered.iter().any(|m| b.allowed_modes.contains(m))
+        {
+            format!(
+                "server refused our {} authentication as {} (result {} {}): wrong or unknown key",
+                auth_method_name(method),
+                self.auth_identity(),
+                b.result,
+                errno_name(b.result)
+            )
+        } else {
+            format!(
+                "server refused auth method {} (result {} {}): it allows methods {:?} ({}) with modes {:?} ({}); we offer method {} ({}) with modes {:?} ({})",
+                b.method,
+                b.result,
+                errno_name(b.result),
+                b.allowed_methods,
+                names(&b.allowed_methods, auth_method_name),
+                b.allowed_modes,
+                names(&b.allowed_modes, con_mode_name),
+                method,
+                auth_method_name(method),
+                offered,
+                names(&offered, con_mode_name),
+            )
+        };
+        self.peer_auth_bad_method = Some(b);
         Error::AuthFailed(why)
+    }
+
+    fn auth_identity(&self) -> String {
+        match &self.config.auth_client {
+            ClientAuth::None => self.config.auth_name.to_string(),
+            ClientAuth::Cephx(c) => c.name().to_string(),
+        }
     }
 
     fn handle_hello(&mut self, h: Hello) -> Result<(), Error> {
@@ -882,22 +1015,7 @@ impl Connection {
                 self.peer_type = h.entity_type;
                 self.learn_my_addr(&h.peer_addr);
                 self.phase = Phase::Auth;
-                let payload = if self.peer_type == entity_type::MON {
-                    AuthNoneRequest::Mon {
-                        name: self.config.auth_name.clone(),
-                        global_id: self.peer_global_id,
-                    }
-                } else {
-                    AuthNoneRequest::Authorizer {
-                        name: self.config.auth_name.clone(),
-                        global_id: self.config.gid.max(0) as u64,
-                    }
-                };
-                self.queue_control(&ControlFrame::AuthRequest(AuthRequest {
-                    method: AUTH_METHOD_NONE,
-                    preferred_modes: vec![CON_MODE_CRC],
-                    auth_payload: payload.encode(),
-                }))
+                self.send_auth_request()
             }
             Role::Server => {
                 self.peer_type = h.entity_type;
@@ -924,42 +1042,260 @@ impl Connection {
         }
     }
 
+    /// Client: AUTH_REQUEST with our method, the modes we offer this peer type, and the payload.
+    fn send_auth_request(&mut self) -> Result<(), Error> {
+        let method = self.config.auth_client.method();
+        let offered = self.config.con_modes.offer(self.peer_type, method);
+        let (payload, cephx) = match &self.config.auth_client {
+            ClientAuth::None => {
+                let payload = if self.peer_type == entity_type::MON {
+                    AuthNoneRequest::Mon {
+                        name: self.config.auth_name.clone(),
+                        global_id: self.peer_global_id,
+                    }
+                } else {
+                    AuthNoneRequest::Authorizer {
+                        name: self.config.auth_name.clone(),
+                        global_id: self.config.gid.max(0) as u64,
+                    }
+                };
+                (payload.encode(), None)
+            }
+            ClientAuth::Cephx(c) => {
+                let (payload, session) = c
+                    .start(self.peer_type, &mut rand::rng())
+                    .map_err(|e| Error::AuthFailed(format!("cephx as {}: {e}", c.name())))?;
+                (payload, Some(session))
+            }
+        };
+        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+        t.auth = AuthState::Client {
+            cephx,
+            offered: offered.clone(),
+        };
+        self.queue_control(&ControlFrame::AuthRequest(AuthRequest {
+            method,
+            preferred_modes: offered,
+            auth_payload: payload,
+        }))
+    }
+
+    fn client_auth_reply_more(&mut self, m: AuthReplyMore) -> Result<(), Error> {
+        let ClientAuth::Cephx(client) = &self.config.auth_client else {
+            return Err(Error::PeerMisbehaved(
+                "AUTH_REPLY_MORE for auth method none".into(),
+            ));
+        };
+        let client = client.clone();
+        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+        let AuthState::Client {
+            cephx: Some(session),
+            ..
+        } = &mut t.auth
+        else {
+            return Err(Error::PeerMisbehaved("unexpected AUTH_REPLY_MORE".into()));
+        };
+        let payload = session
+            .handle_reply_more(&client, &m.auth_payload, &mut rand::rng())
+            .map_err(|e| cephx_failed(&client, e))?;
+        self.queue_control(&ControlFrame::AuthRequestMore(AuthRequestMore {
+            auth_payload: payload,
+        }))
+    }
+
     fn client_auth_done(&mut self, d: AuthDone) -> Result<(), Error> {
-        if d.con_mode != CON_MODE_CRC {
+        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+        let AuthState::Client { cephx, offered } = std::mem::take(&mut t.auth) else {
+            return Err(Error::PeerMisbehaved(
+                "AUTH_DONE before AUTH_REQUEST".into(),
+            ));
+        };
+        if !offered.contains(&d.con_mode) {
             return Err(Error::PeerIncompatible(format!(
-                "server chose connection mode {} but we asked for crc (secure mode needs cephx)",
-                d.con_mode
+                "server chose connection mode {} ({}) but we offered [{}]",
+                d.con_mode,
+                con_mode_name(d.con_mode),
+                offered
+                    .iter()
+                    .map(|&m| con_mode_name(m))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
+        let (session_key, connection_secret) = match (cephx, &self.config.auth_client) {
+            (Some(mut session), ClientAuth::Cephx(client)) => {
+                let s = session
+                    .handle_done(client, d.global_id, &d.auth_payload)
+                    .map_err(|e| cephx_failed(client, e))?;
+                (s.session_key.clone(), s.connection_secret.clone())
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
         self.peer_global_id = d.global_id;
+        self.finish_auth(d.con_mode, session_key, &connection_secret, false)
+    }
+
+    /// Both sides, once AUTH_DONE is out (server) or in (client): keep the session key, switch to
+    /// secure framing if that is the mode, then sign the transcript.
+    fn finish_auth(
+        &mut self,
+        mode: u32,
+        session_key: Vec<u8>,
+        connection_secret: &[u8],
+        crossed: bool,
+    ) -> Result<(), Error> {
+        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+        t.session_key = session_key;
+        if mode == CON_MODE_SECURE {
+            let (tx, rx) = session_ciphers(connection_secret, crossed).map_err(|e| {
+                Error::AuthFailed(format!(
+                    "secure mode without a usable connection secret: {e}"
+                ))
+            })?;
+            t.encoder.set_secure(tx);
+            t.decoder.set_secure(rx);
+        }
+        self.con_mode = mode;
         self.send_auth_signature()
     }
 
-    fn server_auth_request(&mut self, r: AuthRequest) -> Result<(), Error> {
-        if r.method != AUTH_METHOD_NONE || !r.preferred_modes.contains(&CON_MODE_CRC) {
-            return self.queue_control(&ControlFrame::AuthBadMethod(AuthBadMethod {
-                method: r.method,
-                result: EOPNOTSUPP,
-                allowed_methods: vec![AUTH_METHOD_NONE],
-                allowed_modes: vec![CON_MODE_CRC],
-            }));
+    /// Server: refuse the request with AUTH_BAD_METHOD (what we allow); the client may try again.
+    fn refuse_auth(&mut self, method: u32, result: i32) -> Result<(), Error> {
+        let ours = self.config.auth_server.method();
+        if let Some(t) = self.transport.as_mut() {
+            t.auth = AuthState::Idle;
         }
-        let req = AuthNoneRequest::decode(&r.auth_payload)?;
-        let claimed = match &req {
-            AuthNoneRequest::Mon { global_id, .. }
-            | AuthNoneRequest::Authorizer { global_id, .. } => *global_id,
+        self.queue_control(&ControlFrame::AuthBadMethod(AuthBadMethod {
+            method,
+            result,
+            allowed_methods: vec![ours],
+            allowed_modes: self.config.con_modes.allowed(ours),
+        }))
+    }
+
+    fn server_auth_request(&mut self, now: Instant, r: AuthRequest) -> Result<(), Error> {
+        let ours = self.config.auth_server.method();
+        let mode = ConModes::pick(&r.preferred_modes, &self.config.con_modes.allowed(ours));
+        let (true, Some(mode)) = (r.method == ours, mode) else {
+            return self.refuse_auth(r.method, EOPNOTSUPP);
         };
-        self.peer_global_id = if claimed != 0 {
-            claimed
-        } else {
-            self.config.global_id_alloc.fetch_add(1, Ordering::Relaxed) + 1
+        match self.config.auth_server.clone() {
+            ServerAuth::None => {
+                let req = AuthNoneRequest::decode(&r.auth_payload)?;
+                self.peer_auth_name = Some(req.name().clone());
+                let claimed = req.global_id();
+                let gid = if claimed != 0 {
+                    claimed
+                } else {
+                    self.config.global_id_alloc.fetch_add(1, Ordering::Relaxed) + 1
+                };
+                self.send_auth_done(gid, mode, Bytes::new())?;
+                self.finish_auth(mode, Vec::new(), &[], true)
+            }
+            ServerAuth::CephxMonitor(mon) => {
+                let alloc = self.config.global_id_alloc.clone();
+                match mon.start(
+                    &r.auth_payload,
+                    || alloc.fetch_add(1, Ordering::Relaxed) + 1,
+                    &mut rand::rng(),
+                ) {
+                    Ok((challenge, session)) => {
+                        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+                        t.auth = AuthState::Monitor { session, mode };
+                        self.queue_control(&ControlFrame::AuthReplyMore(AuthReplyMore {
+                            auth_payload: challenge,
+                        }))
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %self.target_addr, "cephx: refused: {e}");
+                        self.refuse_auth(r.method, e.errno())
+                    }
+                }
+            }
+            ServerAuth::CephxService(svc) => {
+                match svc.verify(&r.auth_payload, None, 0, now, &mut rand::rng()) {
+                    Ok(ServiceVerdict::Challenge {
+                        payload,
+                        server_challenge,
+                    }) => {
+                        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+                        t.auth = AuthState::Service {
+                            challenge: server_challenge,
+                            mode,
+                        };
+                        self.queue_control(&ControlFrame::AuthReplyMore(AuthReplyMore {
+                            auth_payload: payload,
+                        }))
+                    }
+                    Ok(ServiceVerdict::Done { .. }) => self.refuse_auth(r.method, EACCES),
+                    Err(e) => {
+                        tracing::info!(peer = %self.target_addr, "cephx: refused authorizer: {e}");
+                        self.refuse_auth(r.method, e.errno())
+                    }
+                }
+            }
+        }
+    }
+
+    fn server_auth_request_more(&mut self, now: Instant, r: AuthRequestMore) -> Result<(), Error> {
+        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+        let state = std::mem::take(&mut t.auth);
+        let method = self.config.auth_server.method();
+        let result = match (state, self.config.auth_server.clone()) {
+            (AuthState::Monitor { session, mode }, ServerAuth::CephxMonitor(mon)) => {
+                let len = secret_len(mode);
+                mon.finish(&session, &r.auth_payload, len, now, &mut rand::rng())
+                    .map(|(payload, gid, secrets)| {
+                        (payload, gid, secrets, mode, session.name().clone())
+                    })
+            }
+            (AuthState::Service { challenge, mode }, ServerAuth::CephxService(svc)) => {
+                let len = secret_len(mode);
+                match svc.verify(&r.auth_payload, Some(challenge), len, now, &mut rand::rng()) {
+                    Ok(ServiceVerdict::Done {
+                        payload,
+                        name,
+                        global_id,
+                        secrets,
+                    }) => Ok((payload, global_id, secrets, mode, name)),
+                    Ok(ServiceVerdict::Challenge { .. }) => Err(CephxError::Refused(
+                        "authorizer did not answer our challenge".into(),
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => {
+                return Err(Error::PeerMisbehaved(
+                    "AUTH_REQUEST_MORE without a pending auth exchange".into(),
+                ))
+            }
         };
+        match result {
+            Ok((payload, gid, secrets, mode, name)) => {
+                self.peer_global_id = gid;
+                self.peer_auth_name = Some(name);
+                self.send_auth_done(gid, mode, payload)?;
+                self.finish_auth(
+                    mode,
+                    secrets.session_key.clone(),
+                    &secrets.connection_secret,
+                    true,
+                )
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.target_addr, "cephx: refused: {e}");
+                self.refuse_auth(method, e.errno())
+            }
+        }
+    }
+
+    fn send_auth_done(&mut self, global_id: u64, mode: u32, payload: Bytes) -> Result<(), Error> {
+        self.peer_global_id = global_id;
         self.queue_control(&ControlFrame::AuthDone(AuthDone {
-            global_id: self.peer_global_id,
-            con_mode: CON_MODE_CRC,
-            auth_payload: Bytes::new(),
-        }))?;
-        self.send_auth_signature()
+            global_id,
+            con_mode: mode,
+            auth_payload: payload,
+        }))
     }
 
     /// Both sides: stop recording the transcript and sign what we received.
@@ -1203,6 +1539,21 @@ impl Connection {
             self.fault(now, e);
         }
         res
+    }
+
+    /// Answer the pending [`SessionRequest`] with WAIT without looking at any other connection: the
+    /// owner's own connection to this peer is about to dial (it exists but has not started), so this
+    /// attempt loses the race and the peer retries after its back-off.
+    pub fn resolve_session_wait(&mut self, now: Instant) -> Resolution {
+        if self.phase != Phase::AwaitingDecision || self.pending_request.take().is_none() {
+            return Resolution::Dropped;
+        }
+        self.phase = Phase::Session;
+        if let Err(e) = self.queue_control(&ControlFrame::Wait) {
+            self.fault(now, e);
+            return Resolution::Dropped;
+        }
+        Resolution::Answered(Tag::Wait)
     }
 
     fn resolve_new(
@@ -1564,6 +1915,35 @@ impl Connection {
             .encode_payload(&mut p);
             let _ = t.encoder.encode_control(Tag::Ack, &p, &mut t.tx);
         }
+    }
+}
+
+/// Ceph's `-EACCES`.
+const EACCES: i32 = -13;
+
+/// Connection-secret bytes the server generates for `mode` (`get_connection_secret_length`).
+fn secret_len(mode: u32) -> usize {
+    if mode == CON_MODE_SECURE {
+        CONNECTION_SECRET_LEN
+    } else {
+        0
+    }
+}
+
+/// A client-side cephx failure as the connection reports it.
+fn cephx_failed(client: &super::auth::CephxClient, e: CephxError) -> Error {
+    Error::AuthFailed(format!("cephx as {}: {e}", client.name()))
+}
+
+/// The errno names AUTH_BAD_METHOD results carry.
+fn errno_name(result: i32) -> &'static str {
+    match result {
+        -1 => "EPERM",
+        -2 => "ENOENT",
+        -13 => "EACCES",
+        -22 => "EINVAL",
+        -95 => "EOPNOTSUPP",
+        _ => "",
     }
 }
 

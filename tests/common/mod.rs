@@ -174,6 +174,7 @@ pub fn drain_events(conn: &mut Connection) -> Vec<Event> {
 pub fn arc(c: Config) -> Arc<Config> {
     Arc::new(c)
 }
+pub mod ceph;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod net;
