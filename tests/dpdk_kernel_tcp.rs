@@ -5,6 +5,8 @@
 //!   to the DPDK side's address is answered;
 //! - the msgr2 handshake completes and 10,000 messages go each way (the posix server echoes every
 //!   message), in order and intact;
+//! - the same over net_tap with the roles swapped: a DPDK server (TX checksum offload on, when the tap
+//!   port offers it) accepts a posix client's connection through the kernel and echoes 2,000 messages;
 //! - the posix side's sockets fail now and then (injected failures: the kernel socket is closed under the
 //!   session) and the lossless session survives them with replay.
 //!
@@ -43,20 +45,42 @@ fn main() {
         let body: fn() = match role.as_str() {
             "posix_server" => posix_server,
             "dpdk_client" => dpdk_client,
+            "dpdk_tap_server" => dpdk_tap_server,
+            "posix_client" => posix_client,
             other => panic!("unknown role {other}"),
         };
         dpdk::run_child(&role, body);
     }
-    dpdk::run_cases(&[(
-        "dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way",
-        dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way,
-    )]);
+    dpdk::run_cases(&[
+        (
+            "dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way",
+            dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way,
+        ),
+        (
+            "dpdk_server_on_net_tap_serves_a_kernel_tcp_client",
+            dpdk_server_on_net_tap_serves_a_kernel_tcp_client,
+        ),
+    ]);
 }
 
 /// A network namespace with one end of a veth pair; the other end stays here for DPDK. Deleted on drop.
 struct Netns {
     name: String,
     dpdk_if: String,
+}
+
+/// A network namespace that receives net_tap's kernel interface. Deleted on drop (the tap goes away with
+/// the DPDK process that owns it).
+struct TapNs {
+    name: String,
+}
+
+impl Drop for TapNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }
 
 fn sh(args: &[&str]) {
@@ -202,6 +226,134 @@ fn dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way() {
     assert_eq!(done["msgr"]["remote_resets"], 0);
     posix.finish(Duration::from_secs(30));
     client.finish(Duration::from_secs(30));
+}
+
+const TAP_DPDK_IP: &str = "10.78.1.1";
+const TAP_KERNEL_IP: &str = "10.78.1.2";
+const TAP_COUNT: u64 = 2_000;
+
+fn dpdk_server_on_net_tap_serves_a_kernel_tcp_client() {
+    let id = std::process::id();
+    let ns = TapNs {
+        name: format!("msgr-tap-{id}"),
+    };
+    sh(&["ip", "netns", "add", &ns.name]);
+    let tap = format!("mdk{id}t");
+    let args = format!(
+        "ip={TAP_DPDK_IP}/24 link_wait_ms=1000 --no-huge --no-pci -m 256 --vdev=net_tap0,iface={tap}"
+    );
+    let mut server = Child::spawn("dpdk", "dpdk_tap_server", &[("ARGS", args)]);
+    let offloads = server.expect("READY", Duration::from_secs(60));
+    // The tap exists once the port started: move it into the namespace and give the kernel its address.
+    sh(&["ip", "link", "set", &tap, "netns", &ns.name]);
+    let exec = |args: &[&str]| {
+        let mut v = vec!["ip", "netns", "exec", ns.name.as_str()];
+        v.extend_from_slice(args);
+        sh(&v);
+    };
+    exec(&["ip", "link", "set", "lo", "up"]);
+    exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{TAP_KERNEL_IP}/24"),
+        "dev",
+        &tap,
+    ]);
+    exec(&["ip", "link", "set", &tap, "up"]);
+    let exe = std::env::current_exe().unwrap();
+    let mut client = Child::spawn_command(
+        "posix",
+        "posix_client",
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(exe),
+        &[],
+    );
+    let done = json_of(&client.expect("DONE", Duration::from_secs(300)));
+    server.send("report");
+    let report = json_of(&server.expect("REPORT", Duration::from_secs(30)));
+    client.send("exit");
+    server.send("exit");
+    eprintln!("tap offloads (hw_rss, tx_checksum): {offloads}\nposix client: {done}\ndpdk server: {report}");
+    // net_tap offers IPv4/TCP TX checksum offload: our frames reached the kernel with the checksums the
+    // PMD filled in.
+    assert_eq!(
+        json_of(&offloads)[1],
+        true,
+        "TX checksum offload not in use on net_tap"
+    );
+    assert_eq!(done["echoes"], TAP_COUNT);
+    assert_eq!(done["in_order"], true);
+    assert_eq!(done["corrupted"], 0);
+    assert_eq!(report["received"], TAP_COUNT);
+    assert_eq!(report["accepted"], 1);
+    client.finish(Duration::from_secs(30));
+    server.finish(Duration::from_secs(30));
+}
+
+/// Root namespace: a DPDK msgr server on net_tap that echoes.
+fn dpdk_tap_server() {
+    let pool = pool();
+    let sink = Collector::with(pool, true, Duration::ZERO);
+    let mut p = proto_config(entity_type::OSD, "osd.0");
+    p.nonce = NONCE;
+    p.default_policy = Policy::stateful_server();
+    let mut m = dpdk::messenger(&dpdk::param("ARGS"), p, sink.clone());
+    m.bind(&[format!("{TAP_DPDK_IP}:{PORT}").parse().unwrap()])
+        .unwrap();
+    m.start().unwrap();
+    let (rss, cksum) = m.stack().offloads();
+    dpdk::say("READY", json!([rss, cksum]));
+    assert_eq!(dpdk::command(), "report");
+    dpdk::say(
+        "REPORT",
+        json!({
+            "received": sink.received.load(Ordering::Relaxed),
+            "accepted": m.counters().accepted,
+            "dpdk": serde_json::to_value(m.stack().stats()).unwrap(),
+        }),
+    );
+    while dpdk::command() != "exit" {}
+    m.shutdown().unwrap();
+}
+
+/// In the namespace: a posix msgr client sending TAP_COUNT messages to the DPDK server and collecting
+/// the echoes.
+fn posix_client() {
+    let pool = pool();
+    let sink = Collector::new(pool.clone());
+    let mut cfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
+    cfg.workers.threads = 1;
+    let mut m = Messenger::new(PosixStack::new(), cfg, sink.clone());
+    m.start().unwrap();
+    let server: SocketAddr = format!("{TAP_DPDK_IP}:{PORT}").parse().unwrap();
+    let conn = m
+        .connect_to(
+            entity_type::OSD,
+            &AddrVec(vec![EntityAddr::msgr2(server, NONCE)]),
+            Policy::lossless_client(),
+        )
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    for i in 0..TAP_COUNT {
+        conn.send(pool.message(i, rng.random_range(0..=MAX_LEN)))
+            .unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(200);
+    while sink.received.load(Ordering::Relaxed) < TAP_COUNT && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dpdk::say(
+        "DONE",
+        json!({
+            "echoes": sink.received.load(Ordering::Relaxed),
+            "corrupted": sink.corrupted.load(Ordering::Relaxed),
+            "in_order": in_order(&sink, TAP_COUNT),
+        }),
+    );
+    while dpdk::command() != "exit" {}
+    m.shutdown().unwrap();
 }
 
 fn pool() -> Arc<PayloadPool> {
