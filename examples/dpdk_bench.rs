@@ -308,11 +308,8 @@ fn run_role<N: NetworkStack>(stack: N, server: bool, server_ip: &str) {
         m.bind(&[addr]).unwrap();
         m.start().unwrap();
         say("READY", "");
-        loop {
-            match line().as_str() {
-                "count" => say("COUNT", d.received.load(Ordering::Relaxed)),
-                _ => break,
-            }
+        while line() == "count" {
+            say("COUNT", d.received.load(Ordering::Relaxed));
         }
         let _ = m.shutdown();
         return;
