@@ -136,9 +136,17 @@ impl Drop for Child {
 
 fn run_pair(stack: &str, seconds: u64, big: u64) -> serde_json::Value {
     let sock = format!("/msgr-bench-{}", std::process::id());
+    // MSGR_BENCH_HUGE=1: EAL memory from hugepages (reserve them first) instead of --no-huge.
+    let memory = if std::env::var_os("MSGR_BENCH_HUGE").is_some() {
+        "--huge-dir=/dev/hugepages -m 256"
+    } else {
+        "--no-huge -m 512"
+    };
+    // MSGR_BENCH_MTU=9000: jumbo frames on the memif link (default 1500).
+    let mtu = std::env::var("MSGR_BENCH_MTU").unwrap_or_else(|_| "1500".into());
     let memif = |ip: &str, mac: &str, role: &str| {
         format!(
-            "ip={ip}/24 --no-huge --no-pci -m 512 \
+            "ip={ip}/24 mtu={mtu} {memory} --no-pci \
              --vdev=net_memif0,role={role},id=0,socket={sock},socket-abstract=yes,mac={mac}"
         )
     };

@@ -1,4 +1,5 @@
 /* See shim.h. Compiled by build.rs (feature `dpdk`) with the flags of `pkg-config --cflags libdpdk`. */
+#include <errno.h>
 #include <string.h>
 
 #include <rte_cycles.h>
@@ -140,8 +141,12 @@ int shim_port_configure(uint16_t port, uint16_t nb_queues, uint16_t mtu, int rss
 		conf.txmode.offloads |= want;
 		*tx_cksum_on = 1;
 	}
-	if (mtu != 0 && info.max_mtu >= mtu)
+	if (mtu != 0) {
+		uint32_t frame = (uint32_t)mtu + RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN;
+		if (mtu > info.max_mtu || frame > info.max_rx_pktlen)
+			return -EMSGSIZE;
 		conf.rxmode.mtu = mtu;
+	}
 	return rte_eth_dev_configure(port, nb_queues, nb_queues, &conf);
 }
 

@@ -35,7 +35,7 @@ uint32_t shim_softrss(const uint32_t *tuple, uint32_t len, const uint8_t *rss_ke
 int shim_link_up(uint16_t port);
 /* Configure `port` with `nb_queues` RX/TX queue pairs. `rss`: enable RSS over IPv4/TCP when the port
  * supports it (returns 1 in *rss_on if enabled). `tx_cksum`: enable IPv4 + TCP TX checksum offload when the
- * port offers both (returns 1 in *tx_cksum_on). */
+ * port offers both (returns 1 in *tx_cksum_on). Returns -EMSGSIZE if `mtu` is above the port's maximum. */
 int shim_port_configure(uint16_t port, uint16_t nb_queues, uint16_t mtu, int rss, int tx_cksum,
                         int *rss_on, int *tx_cksum_on);
 

@@ -445,6 +445,12 @@ impl Port {
                 &mut cksum_on,
             )
         };
+        if ret == -libc::EMSGSIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("mtu={} is above port {id}'s ({driver}) maximum", setup.mtu),
+            ));
+        }
         if ret != 0 {
             return Err(dpdk_error("rte_eth_dev_configure", ret));
         }

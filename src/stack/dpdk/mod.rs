@@ -78,6 +78,14 @@ pub(crate) struct Shared {
     inject: Vec<FrameChannel>,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // With the default `--no-shconf --file-prefix=msgr-<pid>` the EAL leaves an empty runtime
+        // directory behind; remove it (a no-op for any other prefix or a non-empty directory).
+        let _ = std::fs::remove_dir(format!("/var/run/dpdk/msgr-{}", std::process::id()));
+    }
+}
+
 impl Shared {
     fn wake(&self, worker: usize) {
         if let Some(t) = self.threads.get(worker).and_then(OnceLock::get) {
