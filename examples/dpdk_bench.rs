@@ -130,7 +130,17 @@ impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.proc.kill();
         let _ = self.proc.wait();
-        let _ = std::fs::remove_dir(format!("/var/run/dpdk/msgr-{}", self.proc.id()));
+        let pid = self.proc.id();
+        let _ = std::fs::remove_dir(format!("/var/run/dpdk/msgr-{pid}"));
+        // A killed hugepage run leaves its map files holding pages.
+        if let Ok(dir) = std::fs::read_dir("/dev/hugepages") {
+            let prefix = format!("msgr-{pid}map_");
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 }
 
