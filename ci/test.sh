@@ -143,7 +143,7 @@ run_tests() {
 # dpdk: installs Debian's DPDK 22.11 (dpdk, dpdk-dev, libdpdk-dev), pkg-config and libclang-dev (bindgen in
 # build.rs), ethtool and iproute2 (the kernel-TCP test builds a veth pair in a network namespace), then runs
 # clippy with the feature and the DPDK tests: tests/dpdk_memif.rs (two processes over net_memif) and
-# tests/dpdk_kernel_tcp.rs (net_af_packet against Linux TCP). Both run with --no-huge --no-pci and never
+# tests/dpdk_kernel_tcp.rs (net_af_packet and net_tap against Linux TCP). Both run with --no-huge --no-pci and never
 # skip: a machine that cannot run them fails here. Needs root (apt, network namespaces).
 DPDK_APT_PACKAGES=(dpdk dpdk-dev libdpdk-dev pkg-config libclang-dev ethtool iproute2)
 
