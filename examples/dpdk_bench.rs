@@ -154,9 +154,11 @@ fn run_pair(stack: &str, seconds: u64, big: u64) -> serde_json::Value {
     };
     // MSGR_BENCH_MTU=9000: jumbo frames on the memif link (default 1500).
     let mtu = std::env::var("MSGR_BENCH_MTU").unwrap_or_else(|_| "1500".into());
+    // MSGR_BENCH_DPDK_OPTS: more stack options (`tcp_buffer=1048576 ack_delay_ms=0`, …).
+    let opts = std::env::var("MSGR_BENCH_DPDK_OPTS").unwrap_or_default();
     let memif = |ip: &str, mac: &str, role: &str| {
         format!(
-            "ip={ip}/24 mtu={mtu} {memory} --no-pci \
+            "ip={ip}/24 mtu={mtu} {opts} {memory} --no-pci \
              --vdev=net_memif0,role={role},id=0,socket={sock},socket-abstract=yes,mac={mac}"
         )
     };
