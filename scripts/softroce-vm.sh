@@ -88,9 +88,9 @@ ensure_kernel() {
     # Boot an uncompressed vmlinux (saves seconds of in-guest decompression under emulation): the bzImage
     # payload is xz; decompress from its magic. Fall back to the bzImage if that fails.
     local image="$tree/boot/vmlinuz-$kver" offset
-    offset=$(grep -aobP '\xfd7zXZ\x00' "$image" 2>/dev/null | head -1 | cut -d: -f1 || true)
-    if [[ -n "$offset" ]] && tail -c +$((offset + 1)) "$image" | xz -dc >"$tree/boot/vmlinux-$kver" 2>/dev/null; then
-        :
+    offset=$(LC_ALL=C grep -aobP '\xfd7zXZ\x00' "$image" 2>/dev/null | head -1 | cut -d: -f1 || true)
+    if [[ -n "$offset" ]]; then
+        tail -c +$((offset + 1)) "$image" | xz -dc --single-stream >"$tree/boot/vmlinux-$kver" 2>/dev/null || true
     fi
     if [[ -s "$tree/boot/vmlinux-$kver" ]] && file "$tree/boot/vmlinux-$kver" 2>/dev/null | grep -q ELF; then
         image="$tree/boot/vmlinux-$kver"

@@ -45,6 +45,8 @@
 
 pub mod fault;
 pub mod posix;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 
 use std::collections::VecDeque;
 use std::fmt;
