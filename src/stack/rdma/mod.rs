@@ -1616,8 +1616,10 @@ mod tests {
         assert!(c.check().is_ok());
         c.recv_depth = 2;
         assert!(c.check().is_err());
-        let mut c = RdmaConfig::default();
-        c.cq_depth = 8;
+        let c = RdmaConfig {
+            cq_depth: 8,
+            ..RdmaConfig::default()
+        };
         assert!(c.check().is_err());
     }
 }
