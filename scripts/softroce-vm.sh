@@ -22,6 +22,10 @@ set -euo pipefail
 TIMEOUT=900
 MEMORY=1G
 CPUS=2
+# Under emulation the kernel distrusts the TSC and falls back to the HPET, which makes every clock read a
+# trapped MMIO access (tens of microseconds): trust the TSC so clock_gettime stays in the vDSO, as on real
+# hardware. Override with MSGR_SOFTROCE_APPEND.
+APPEND=${MSGR_SOFTROCE_APPEND-tsc=reliable clocksource=tsc}
 while (($#)); do
     case "$1" in
     --timeout) TIMEOUT="$2"; shift 2 ;;
@@ -141,7 +145,7 @@ set +e
 # qemu from truncating its output when stdout is a file.
 timeout --kill-after=15 "$TIMEOUT" \
     vng --disable-kvm --force-9p --memory "$MEMORY" --cpus "$CPUS" --run "$IMAGE" --rwdir "$PWD" \
-    --exec "sh $GUEST" </dev/null 2>&1 | cat | tee "$LOG"
+    ${APPEND:+--append "$APPEND"} --exec "sh $GUEST" </dev/null 2>&1 | cat | tee "$LOG"
 VNG_STATUS=${PIPESTATUS[0]}
 set -e
 echo "softroce-vm: guest run took $(($(date +%s) - START)) s" >&2

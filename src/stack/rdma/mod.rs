@@ -390,13 +390,27 @@ fn parse_hello(data: &[u8]) -> Option<PeerParams> {
     (depth >= 4 && buf_size >= 64).then_some(PeerParams { depth, buf_size })
 }
 
-struct MioWake(mio::Waker);
+/// Wakes the worker only when it is blocked in [`RdmaWorker::wait`]: a spinning worker sees new work on
+/// its next turn anyway, so the common case costs no syscall. A wake that races with the worker going to
+/// sleep is seen at the latest when the wait times out, and the wait is never longer than
+/// [`MAX_WAIT`] (the event loop asks a busy-poll stack for its idle back-off, 50 µs by default).
+struct LazyWake {
+    waker: mio::Waker,
+    sleeping: std::sync::atomic::AtomicBool,
+}
 
-impl Wake for MioWake {
+impl Wake for LazyWake {
     fn wake(&self) -> io::Result<()> {
-        self.0.wake()
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.waker.wake()
+        } else {
+            Ok(())
+        }
     }
 }
+
+/// Longest blocking wait of one `poll`, whatever timeout it was given (bounds a missed lazy wake-up).
+pub const MAX_WAIT: Duration = Duration::from_millis(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -513,7 +527,7 @@ pub struct RdmaWorker {
     next_id: u64,
     poll: mio::Poll,
     mio_events: mio::Events,
-    waker: Arc<MioWake>,
+    waker: Arc<LazyWake>,
     /// Events made by the stack (connected, acceptable, failed), reported by the next poll.
     synthetic: Vec<SocketEvent>,
     /// Streams whose readiness changed in this poll.
@@ -553,7 +567,10 @@ impl RdmaWorker {
         let cq = Rc::new(CompletionQueue::new(&ctx, &comp, config.cq_depth)?);
         let cm_channel = EventChannel::new()?;
         let poll = mio::Poll::new()?;
-        let waker = Arc::new(MioWake(mio::Waker::new(poll.registry(), WAKER_TOKEN)?));
+        let waker = Arc::new(LazyWake {
+            waker: mio::Waker::new(poll.registry(), WAKER_TOKEN)?,
+            sleeping: std::sync::atomic::AtomicBool::new(false),
+        });
         let comp_fd = comp.fd();
         poll.registry()
             .register(&mut SourceFd(&comp_fd), COMP_TOKEN, Interest::READABLE)?;
@@ -1174,14 +1191,14 @@ impl RdmaWorker {
         if self.drain_cq()? > 0 || !self.dirty.is_empty() {
             return Ok(());
         }
-        let timeout = match self.next_connect_deadline() {
-            Some(d) => {
-                let until = d.saturating_duration_since(Instant::now());
-                Some(timeout.map_or(until, |t| t.min(until)))
-            }
-            None => timeout,
-        };
-        match self.poll.poll(&mut self.mio_events, timeout) {
+        let mut timeout = timeout.map_or(MAX_WAIT, |t| t.min(MAX_WAIT));
+        if let Some(d) = self.next_connect_deadline() {
+            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+        }
+        self.waker.sleeping.store(true, Ordering::SeqCst);
+        let polled = self.poll.poll(&mut self.mio_events, Some(timeout));
+        self.waker.sleeping.store(false, Ordering::SeqCst);
+        match polled {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -1519,7 +1536,9 @@ impl WorkerStack for RdmaWorker {
         {
             self.wait(timeout)?;
         }
-        self.expire_connects(Instant::now());
+        if self.setting_up > 0 {
+            self.expire_connects(Instant::now());
+        }
         events.append(&mut self.synthetic);
         for id in self.dirty.drain(..) {
             if let Some(Entry::Stream(s)) = self.entries.get_mut(&id) {
