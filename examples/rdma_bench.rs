@@ -9,6 +9,7 @@
 //! trip of one message of `size` payload bytes and its echo; prints p50/avg/p99 in µs.
 //! `bw`: the client streams `count` messages of `size` bytes; bandwidth from the first send to the
 //! last arrival, in MiB/s (2^20 bytes, as perftest's MB/sec).
+//! Workers spin without sleeping (the event loop's `idle_backoff` is zero), as perftest's tools do.
 //! Prints one line `RESULT {json}`.
 
 use std::net::{IpAddr, SocketAddr};
@@ -83,6 +84,8 @@ fn messenger(
     let stack = RdmaStack::new(RdmaConfig::new(args.dev.clone(), args.gid_index, 1))?;
     let mut cfg = MessengerConfig::new(p);
     cfg.workers.threads = 1;
+    // Spin without ever sleeping, as perftest does: like is compared with like.
+    cfg.workers.loop_config.idle_backoff = Duration::ZERO;
     Ok(Messenger::new(stack, cfg, d))
 }
 
