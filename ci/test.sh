@@ -107,6 +107,12 @@ run_clippy() {
     section_done
 }
 
+run_doc() {
+    section "cargo doc (warnings are errors)"
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+    section_done
+}
+
 run_build() {
     section "cargo build --all-targets"
     cargo build --all-targets
@@ -257,6 +263,7 @@ ensure_rust_components
 run_fmt
 run_clippy
 run_build
+run_doc
 run_tests
 run_dpdk_phase
 run_rdma_phase

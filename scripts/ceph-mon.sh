@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Start, stop or query one real Ceph monitor ("mon.a", Debian's Ceph 16.2) on 127.0.0.1, for msgr's
-# interop tests: msgr2 + msgr1, crc mode, auth none, everything (conf, store, logs, pid, admin socket)
+# interop tests: msgr2 + msgr1, crc mode, auth none (or cephx with secure + crc modes), everything (conf, store, logs, pid, admin socket)
 # under one directory DIR. Recipe and measurements: shared/notes/ceph-mon.md.
 #
 #   scripts/ceph-mon.sh start  DIR [--v2-port P] [--v1-port P] [--fsid UUID]
 #                                  [--peer-mon NAME=V2PORT]... [--no-initial-members] [--debug-ms N]
+#                                  [--auth none|cephx]
 #   scripts/ceph-mon.sh stop   DIR
 #   scripts/ceph-mon.sh status DIR
 #
@@ -16,6 +17,9 @@
 #        Such a monitor never reaches quorum alone: it stays in `probing` and dials each peer's v2
 #        address about once a second. That is how a test gets a real Ceph daemon to connect to msgr's
 #        own server. Ready then means: the process is up and listening on its v2 port.
+#        --auth cephx makes DIR/keyring with ceph-authtool (mon. and client.admin, fresh random keys,
+#        all caps), requires cephx everywhere and allows modes "secure crc" (secure preferred) for
+#        every connection type; DIR/env then also has AUTH=cephx and KEYRING=DIR/keyring.
 # stop   sends SIGTERM to the pid recorded for DIR (only after checking /proc/PID/cmdline is that
 #        ceph-mon with DIR's ceph.conf), waits for it to exit (SIGKILL after 20 s), exits 0 if it was not
 #        running.
@@ -92,7 +96,7 @@ print_env() {
 }
 
 cmd_start() {
-    local v2_port=3300 v1_port=6789 fsid="" debug_ms="" initial_members=1
+    local v2_port=3300 v1_port=6789 fsid="" debug_ms="" initial_members=1 auth=none
     local -a peers=()
     while (($#)); do
         case "$1" in
@@ -102,6 +106,7 @@ cmd_start() {
         --peer-mon) peers+=("${2:-}"); shift 2 || usage ;;
         --no-initial-members) initial_members=0; shift ;;
         --debug-ms) debug_ms="${2:-}"; shift 2 || usage ;;
+        --auth) auth="${2:-}"; shift 2 || usage ;;
         *) die "unknown option '$1'" ;;
         esac
     done
@@ -112,6 +117,7 @@ cmd_start() {
         fsid=$(cat /proc/sys/kernel/random/uuid)
     fi
     [[ "$fsid" =~ ^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$ ]] || die "--fsid: '$fsid' is not a UUID"
+    [[ "$auth" == none || "$auth" == cephx ]] || die "--auth: '$auth' is not none or cephx"
     [[ -z "$debug_ms" || "$debug_ms" =~ ^[0-9]+(/[0-9]+)?$ ]] || die "--debug-ms: '$debug_ms' is not a level"
 
     local mon_addrs="[v2:$HOST:$v2_port,v1:$HOST:$v1_port]"
@@ -136,6 +142,7 @@ cmd_start() {
     need_cmd ceph-mon ceph-mon
     need_cmd monmaptool ceph-base
     need_cmd ceph ceph-common
+    [[ "$auth" == none ]] || need_cmd ceph-authtool ceph-common
 
     local pid
     pid=$(running_pid)
@@ -150,9 +157,18 @@ cmd_start() {
     rm -rf "${DIR:?}/mon-$MON_ID" "$DIR/monmap" "$DIR/env" "$DIR/run"
     mkdir -p "$DIR/run" "$DIR/log"
     : >"$DIR/keyring"
+    local modes=crc
+    if [[ "$auth" == cephx ]]; then
+        modes="secure crc"
+        {
+            ceph-authtool --create-keyring "$DIR/keyring" --gen-key -n mon. --cap mon 'allow *' &&
+                ceph-authtool "$DIR/keyring" --gen-key -n client.admin --cap mon 'allow *' \
+                    --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *'
+        } >"$DIR/log/authtool.log" 2>&1 || { cat "$DIR/log/authtool.log" >&2; die "ceph-authtool failed"; }
+    fi
 
     {
-        echo "# Written by scripts/ceph-mon.sh: one monitor on loopback, msgr2 crc mode, auth none."
+        echo "# Written by scripts/ceph-mon.sh: one monitor on loopback, auth $auth, modes: $modes."
         echo "[global]"
         echo "fsid = $fsid"
         echo "mon_host = $mon_host"
@@ -160,14 +176,14 @@ cmd_start() {
             echo "mon_initial_members = $MON_ID"
         fi
         echo "public_addr = $HOST"
-        echo "auth_cluster_required = none"
-        echo "auth_service_required = none"
-        echo "auth_client_required = none"
+        echo "auth_cluster_required = $auth"
+        echo "auth_service_required = $auth"
+        echo "auth_client_required = $auth"
         echo "ms_bind_msgr2 = true"
         local mode
         for mode in ms_mon_client_mode ms_mon_cluster_mode ms_mon_service_mode \
             ms_client_mode ms_cluster_mode ms_service_mode; do
-            echo "$mode = crc"
+            echo "$mode = $modes"
         done
         echo "# A nearly full disk must not make the monitor unhealthy."
         echo "mon_data_avail_warn = 1"
@@ -186,7 +202,7 @@ cmd_start() {
     monmaptool --create --clobber --fsid "$fsid" "${monmap_args[@]}" --set-min-mon-release 16 \
         "$DIR/monmap" >"$DIR/log/monmaptool.log" 2>&1 ||
         { cat "$DIR/log/monmaptool.log" >&2; die "monmaptool failed"; }
-    ceph-mon --mkfs -i "$MON_ID" --monmap "$DIR/monmap" -c "$DIR/ceph.conf" >"$DIR/log/mkfs.log" 2>&1 ||
+    ceph-mon --mkfs -i "$MON_ID" --monmap "$DIR/monmap" -c "$DIR/ceph.conf" --keyring "$DIR/keyring" >"$DIR/log/mkfs.log" 2>&1 ||
         { cat "$DIR/log/mkfs.log" >&2; log_tail; die "ceph-mon --mkfs failed"; }
 
     local -a extra=()
@@ -231,6 +247,8 @@ cmd_start() {
         echo "MON_ADDRS=$mon_addrs"
         echo "CONF=$DIR/ceph.conf"
         echo "LOG=$DIR/log/ceph-mon.$MON_ID.log"
+        echo "AUTH=$auth"
+        [[ "$auth" == none ]] || echo "KEYRING=$DIR/keyring"
         printf '%s\n' "${peer_env[@]}"
     } | grep -v '^$' >"$DIR/env.tmp"
     mv "$DIR/env.tmp" "$DIR/env"

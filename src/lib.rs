@@ -7,6 +7,7 @@
 //! Nothing below `proto` knows about frames, and `proto` knows nothing about transports.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod event;
 pub mod msgr;
 pub mod msgs;

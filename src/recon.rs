@@ -66,7 +66,7 @@ msgr recon 10.0.0.1:3300 10.0.0.2:3300 10.0.0.3:3300 --expect mon\n  \
 msgr recon '[fd00::5]:6800' --expect osd --timeout 2 --json"
 )]
 pub struct ReconArgs {
-    /// Peers to probe: IP:PORT, IPv6 in brackets ([::1]:3300); host names are not resolved. Ceph's
+    /// Peers to probe: IP:PORT, IPv6 in brackets (`[::1]:3300`); host names are not resolved. Ceph's
     /// form "v2:IP:PORT/NONCE" (as `ceph osd dump` prints it) is accepted too, and its nonce is used:
     /// daemons other than monitors close a connection that names the wrong nonce.
     #[arg(value_name = "ADDR", required = true)]

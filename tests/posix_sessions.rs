@@ -181,3 +181,42 @@ fn two_lossless_peers_dialling_each_other_at_once_deliver_everything_once() {
         }
     }
 }
+
+#[test]
+fn refused_connects_are_reported_and_retried_until_the_peer_appears() {
+    let pool = Arc::new(PayloadPool::new(9, 64));
+    // A port that is free now: bind, learn it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut p = proto_config(entity_type::OSD, "osd.0");
+    p.nonce = 4321;
+    let target = AddrVec(vec![msgr::proto::types::EntityAddr::msgr2(addr, 4321)]);
+    let cli_sink = Collector::new(pool.clone());
+    let cli = client(1, no_faults(), cli_sink.clone());
+    let conn = cli
+        .connect_to(entity_type::OSD, &target, Policy::lossless_client())
+        .unwrap();
+    conn.send(pool.message(0, 10)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || cli_sink
+        .connect_failures
+        .load(Ordering::Relaxed)
+        >= 2));
+    let reason = cli_sink.last_failure.lock().unwrap().clone();
+    assert!(
+        reason.to_lowercase().contains("refused") && reason.contains(&addr.to_string()),
+        "{reason}"
+    );
+    // The peer comes up: the queued message is delivered.
+    let sink = Collector::new(pool.clone());
+    let mut srv = messenger(p, 1, no_faults(), sink.clone());
+    srv.bind(&[addr]).unwrap();
+    srv.start().unwrap();
+    assert!(
+        sink.wait_for(1, Duration::from_secs(10)),
+        "queued message not delivered after the peer appeared"
+    );
+}

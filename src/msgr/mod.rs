@@ -50,6 +50,9 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn ms_handle_reset(&self, _conn: &ConnectionRef, _why: &proto::Error) {}
     /// The peer reset the session (it restarted): queued messages to it were discarded.
     fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {}
+    /// An attempt to open a transport to the peer failed (refused, unreachable, timed out). The
+    /// connection keeps retrying with back-off (lossless) until `mark_down`; `reason` says why.
+    fn ms_handle_connect_failed(&self, _conn: &ConnectionRef, _reason: &str) {}
     /// A KEEPALIVE2 we sent came back.
     fn ms_handle_keepalive_ack(&self, _conn: &ConnectionRef, _rtt: Duration) {}
 }
@@ -75,7 +78,11 @@ impl MessengerConfig {
     pub fn new(proto: proto::Config) -> Self {
         MessengerConfig {
             proto,
-            workers: WorkerConfig::default(),
+            // Like Ceph's workers: one pinned thread per core while there are cores to go round.
+            workers: WorkerConfig {
+                pin_cores: true,
+                ..WorkerConfig::default()
+            },
             listen: ListenOptions::default(),
             connect: ConnectOptions::default(),
             throttle_bytes: 256 << 20,
@@ -108,13 +115,24 @@ pub(crate) struct Shared {
     pub config: MessengerConfig,
     pub dispatcher: Arc<dyn Dispatcher>,
     pub proto_config: OnceLock<Arc<proto::Config>>,
-    /// Sessions by peer address: (worker, connection).
-    pub registry: Mutex<HashMap<AddrVec, (usize, ConnId)>>,
+    /// Sessions by peer address. `connect_to` checks and inserts under one lock, and a worker resolving an
+    /// incoming session does its lookup, decision and insertion under it too, so one peer never ends up
+    /// with two sessions because both sides dialled at once.
+    pub registry: Mutex<HashMap<AddrVec, ConnectionRef>>,
     pub next_id: AtomicU64,
     pub load: Vec<AtomicUsize>,
     pub counters: Vec<Arc<WorkerCounters>>,
     pub throttle: Arc<Throttle>,
     pub stopping: AtomicBool,
+    /// Per worker: where other threads post "connection N has commands" (set when the worker starts).
+    pub kickers: Vec<OnceLock<Kicker>>,
+}
+
+/// A worker's kick queue and wake-up.
+#[derive(Clone)]
+pub(crate) struct Kicker {
+    pub queue: crossbeam_channel::Sender<ConnId>,
+    pub waker: Arc<dyn crate::stack::Wake>,
 }
 
 impl Shared {
@@ -145,6 +163,10 @@ pub struct PeerInfo {
     pub global_id: u64,
     pub features: u64,
     pub last_keepalive_rtt: Option<Duration>,
+    /// Connection mode of the current session (`CON_MODE_CRC` / `CON_MODE_SECURE`).
+    pub con_mode: u32,
+    /// Server side: the entity the peer authenticated as.
+    pub auth_name: Option<proto::types::AuthEntityName>,
 }
 
 thread_local! {
@@ -259,6 +281,7 @@ impl<N: NetworkStack> Messenger<N> {
                 .collect(),
             throttle,
             stopping: AtomicBool::new(false),
+            kickers: (0..threads).map(|_| OnceLock::new()).collect(),
             config,
         };
         Messenger {
@@ -289,8 +312,8 @@ impl<N: NetworkStack> Messenger<N> {
         wc.threads = self.shared.load.len();
         let shared = self.shared.clone();
         let remotes = self.remotes.clone();
-        let workers = Workers::start(self.stack.clone(), &wc, move |i, _center| {
-            Ok(Handler::new(i, shared.clone(), remotes.clone()))
+        let workers = Workers::start(self.stack.clone(), &wc, move |i, center| {
+            Ok(Handler::new(i, shared.clone(), remotes.clone(), center))
         })?;
         let _ = self.remotes.set(workers.remotes());
         self.workers = Some(workers);
@@ -349,9 +372,6 @@ impl<N: NetworkStack> Messenger<N> {
         addrs: &AddrVec,
         policy: Policy,
     ) -> Result<ConnectionRef, MsgrError> {
-        if let Some(existing) = self.lookup(addrs) {
-            return Ok(existing);
-        }
         self.open(peer_type, addrs, policy, None)
     }
 
@@ -383,14 +403,21 @@ impl<N: NetworkStack> Messenger<N> {
             .cloned()
             .ok_or_else(|| MsgrError::NoAddress(addrs.to_string()))?;
         let w = self.shared.least_loaded();
-        let (conn, cmd_rx) = worker::new_handle(&self.shared, remotes, w);
-        if nonce.is_none() {
-            self.shared
+        let (conn, cmd_rx) = if nonce.is_none() {
+            let mut reg = self
+                .shared
                 .registry
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(addrs.clone(), (w, conn.id()));
-        }
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(existing) = reg.get(addrs).filter(|c| !c.is_closed()) {
+                return Ok(existing.clone());
+            }
+            let (conn, rx) = worker::new_handle(&self.shared, remotes, w);
+            reg.insert(addrs.clone(), conn.clone());
+            (conn, rx)
+        } else {
+            worker::new_handle(&self.shared, remotes, w)
+        };
         // Count it now so that a burst of connects spreads over the workers.
         self.shared.load[w].fetch_add(1, Ordering::Relaxed);
         let handle = conn.clone();
@@ -402,27 +429,6 @@ impl<N: NetworkStack> Messenger<N> {
             })
             .map_err(|e| MsgrError::Worker(e.into()))?;
         Ok(conn)
-    }
-
-    fn lookup(&self, addrs: &AddrVec) -> Option<ConnectionRef> {
-        let reg = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let &(w, id) = reg.get(addrs)?;
-        drop(reg);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.remote(w)
-            .ok()?
-            .submit(move |h: &mut Handler<N::Worker>, _| {
-                let _ = tx.send(h.handle_of(id));
-            })
-            .ok()?;
-        rx.recv_timeout(Duration::from_secs(5))
-            .ok()
-            .flatten()
-            .filter(|c| !c.is_closed())
     }
 
     fn remote(&self, w: usize) -> Result<&worker::RemoteOf<N::Worker>, MsgrError> {

@@ -38,10 +38,22 @@ pub(crate) fn new_handle<S: WorkerStack>(
 ) -> (ConnectionRef, Receiver<Command>) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::unbounded();
-    let remote = remotes[w].clone();
-    let kick = Box::new(move |id: ConnId| {
-        let _ = remote.submit(move |h: &mut Handler<S>, c| h.flush_conn(c, id));
-    });
+    let kick: Box<dyn Fn(ConnId) + Send + Sync> =
+        match shared.kickers.get(w).and_then(|k| k.get()).cloned() {
+            // The usual path: the connection's id on the worker's kick queue plus a wake-up; no
+            // allocation per kick (the queue allocates in blocks).
+            Some(k) => Box::new(move |id: ConnId| {
+                if k.queue.send(id).is_ok() {
+                    let _ = k.waker.wake();
+                }
+            }),
+            None => {
+                let remote = remotes[w].clone();
+                Box::new(move |id: ConnId| {
+                    let _ = remote.submit(move |h: &mut Handler<S>, c| h.flush_conn(c, id));
+                })
+            }
+        };
     let shared_conn = ConnShared {
         id,
         worker: w,
@@ -86,6 +98,8 @@ pub(crate) struct Handler<S: WorkerStack> {
     rbuf: Box<[u8]>,
     tx_scratch: Vec<Bytes>,
     ev_scratch: Vec<Event>,
+    /// Connections other threads queued commands for.
+    kicks: Receiver<ConnId>,
 }
 
 impl<S: WorkerStack> Handler<S> {
@@ -93,8 +107,16 @@ impl<S: WorkerStack> Handler<S> {
         index: usize,
         shared: Arc<Shared>,
         remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>,
+        center: &EventCenter<S>,
     ) -> Self {
         IN_WORKER.with(|w| w.set(true));
+        let (queue, kicks) = crossbeam_channel::unbounded();
+        if let Some(slot) = shared.kickers.get(index) {
+            let _ = slot.set(super::Kicker {
+                queue,
+                waker: center.stack().waker(),
+            });
+        }
         let counters = shared.counters[index].clone();
         let rbuf = vec![0u8; shared.config.read_buffer.max(512)].into_boxed_slice();
         Handler {
@@ -109,6 +131,7 @@ impl<S: WorkerStack> Handler<S> {
             rbuf,
             tx_scratch: Vec::new(),
             ev_scratch: Vec::new(),
+            kicks,
         }
     }
 
@@ -125,10 +148,6 @@ impl<S: WorkerStack> Handler<S> {
         let sid = c.stack_mut().listen(addr, opts)?;
         self.listeners.push(sid);
         c.stack().local_addr(sid)
-    }
-
-    pub(crate) fn handle_of(&self, id: ConnId) -> Option<ConnectionRef> {
-        self.conns.get(&id).map(|c| c.handle.clone())
     }
 
     /// Accept everything pending on our listeners and place each socket on the least-loaded worker.
@@ -364,9 +383,11 @@ impl<S: WorkerStack> Handler<S> {
                         conn.connecting = true;
                         self.by_socket.insert(sid, id);
                     }
-                    Err(e) => conn
-                        .proto
-                        .on_transport_error(now, format!("connect {target}: {e}")),
+                    Err(e) => {
+                        let reason = format!("connect {target}: {e}");
+                        dispatcher.ms_handle_connect_failed(&handle, &reason);
+                        conn.proto.on_transport_error(now, reason);
+                    }
                 }
             }
             Event::Connected { reconnect } => {
@@ -376,6 +397,8 @@ impl<S: WorkerStack> Handler<S> {
                     p.addrs = conn.proto.peer_addrs().clone();
                     p.global_id = conn.proto.peer_global_id();
                     p.features = conn.proto.features();
+                    p.con_mode = conn.proto.con_mode();
+                    p.auth_name = conn.proto.peer_auth_name().cloned();
                 }
                 tracing::debug!(conn = id, reconnect, role = ?conn.proto.role(), "session ready");
                 conn.announced = true;
@@ -426,58 +449,36 @@ impl<S: WorkerStack> Handler<S> {
         }
     }
 
-    /// Server side: settle a CLIENT_IDENT / SESSION_RECONNECT against the session registry.
+    /// Server side: settle a CLIENT_IDENT / SESSION_RECONNECT against the session registry. Lookup,
+    /// decision and registration happen under the registry lock (see `Shared::registry`); dispatcher
+    /// callbacks run only after it is released.
     fn resolve(&mut self, c: &mut EventCenter<S>, id: ConnId, req: SessionRequest) {
-        let found = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&req.peer_addrs)
-            .copied();
         let now = Instant::now();
+        let shared = self.shared.clone();
+        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let found = reg
+            .get(&req.peer_addrs)
+            .filter(|h| h.id() != id && !h.is_closed())
+            .map(|h| (h.0.worker, h.id()));
         match found {
-            Some((w, ex_id))
-                if w == self.index && ex_id != id && self.conns.contains_key(&ex_id) =>
-            {
+            Some((w, ex_id)) if w == self.index && self.conns.contains_key(&ex_id) => {
                 let Some(mut new) = self.conns.remove(&id) else {
                     return;
                 };
-                let res = {
+                let (res, ex_phase) = {
                     let ex = self.conns.get_mut(&ex_id).map(|e| &mut e.proto);
-                    new.proto.resolve_session(now, ex)
+                    let ex_phase = ex.as_ref().map(|e| e.phase());
+                    (new.proto.resolve_session(now, ex), ex_phase)
                 };
+                if res == Resolution::NewSession {
+                    reg.insert(req.peer_addrs.clone(), new.handle.clone());
+                }
+                drop(reg);
+                tracing::debug!(worker = self.index, conn = id, existing = ex_id, ?ex_phase, ?req.kind, ?res, "session request resolved");
                 match res {
-                    Resolution::TookOver => {
-                        let Some(ex) = self.conns.get_mut(&ex_id) else {
-                            return;
-                        };
-                        std::mem::swap(&mut ex.proto, &mut new.proto);
-                        if let Some(old) = ex.socket.take() {
-                            let _ = c.stack_mut().close(old);
-                            self.by_socket.remove(&old);
-                        }
-                        ex.socket = new.socket.take();
-                        ex.connecting = false;
-                        ex.txq = std::mem::take(&mut new.txq);
-                        ex.last_stats = new.last_stats;
-                        ex.peer_sock = new.peer_sock;
-                        if let Some(sid) = ex.socket {
-                            self.by_socket.insert(sid, ex_id);
-                        }
-                        // The temporary connection is gone; its handle was never shown to anyone.
-                        if let Some((tid, _)) = new.timer {
-                            c.cancel_timer(tid);
-                            self.by_timer.remove(&tid);
-                        }
-                        new.handle.0.closed.store(true, Ordering::Release);
-                        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
-                        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
-                        self.pump(c, ex_id);
-                    }
+                    Resolution::TookOver => self.take_over(c, ex_id, new),
                     Resolution::NewSession => {
                         self.conns.insert(id, new);
-                        self.register(&req.peer_addrs, id);
                         self.pump(c, ex_id);
                         self.pump(c, id);
                     }
@@ -487,34 +488,86 @@ impl<S: WorkerStack> Handler<S> {
                     }
                 }
             }
-            Some((w, ex_id)) if w != self.index => {
-                // The session lives on another worker: move this socket and handshake there.
-                if self.hand_over(c, id, w, req.clone()) {
-                    return;
+            Some((w, _)) if w == self.index => {
+                // Our own connection to this peer is registered but not created yet (connect_to just
+                // ran): it is about to dial. Ask the peer to wait, as for a race it loses.
+                drop(reg);
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    let res = conn.proto.resolve_session_wait(now);
+                    tracing::debug!(
+                        worker = self.index,
+                        conn = id,
+                        ?res,
+                        "session request: our dial is pending"
+                    );
                 }
-                let _ = ex_id;
-                self.resolve_alone(c, id, &req);
+                self.pump(c, id);
             }
-            _ => self.resolve_alone(c, id, &req),
+            Some((w, _)) => {
+                drop(reg);
+                // The session lives on another worker: move this socket and handshake there.
+                if !self.hand_over(c, id, w, req.clone()) {
+                    self.resolve_alone(c, id, &req);
+                }
+            }
+            None => {
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                let res = conn.proto.resolve_session(now, None);
+                if res == Resolution::NewSession {
+                    reg.insert(req.peer_addrs.clone(), conn.handle.clone());
+                }
+                drop(reg);
+                tracing::debug!(worker = self.index, conn = id, ?req.kind, ?res, "session request resolved (no existing)");
+                self.pump(c, id);
+            }
         }
     }
 
+    /// `new` took over the session of connection `ex_id`: the session (now in `new.proto`) moves into
+    /// `ex_id`'s slot with `new`'s socket, so the application's handle keeps working.
+    fn take_over(&mut self, c: &mut EventCenter<S>, ex_id: ConnId, mut new: Conn) {
+        let Some(ex) = self.conns.get_mut(&ex_id) else {
+            return;
+        };
+        std::mem::swap(&mut ex.proto, &mut new.proto);
+        if let Some(old) = ex.socket.take() {
+            let _ = c.stack_mut().close(old);
+            self.by_socket.remove(&old);
+        }
+        ex.socket = new.socket.take();
+        ex.connecting = false;
+        ex.txq = std::mem::take(&mut new.txq);
+        ex.last_stats = new.last_stats;
+        ex.peer_sock = new.peer_sock;
+        if let Some(sid) = ex.socket {
+            self.by_socket.insert(sid, ex_id);
+        }
+        // The temporary connection is gone; its handle was never shown to anyone.
+        if let Some((tid, _)) = new.timer {
+            c.cancel_timer(tid);
+            self.by_timer.remove(&tid);
+        }
+        new.handle.0.closed.store(true, Ordering::Release);
+        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        self.pump(c, ex_id);
+    }
+
+    /// Resolve without looking at other connections (the existing one could not be reached).
     fn resolve_alone(&mut self, c: &mut EventCenter<S>, id: ConnId, req: &SessionRequest) {
+        let shared = self.shared.clone();
+        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.proto.resolve_session(Instant::now(), None) == Resolution::NewSession {
-            self.register(&req.peer_addrs, id);
+        let res = conn.proto.resolve_session(Instant::now(), None);
+        if res == Resolution::NewSession {
+            reg.insert(req.peer_addrs.clone(), conn.handle.clone());
         }
+        drop(reg);
         self.pump(c, id);
-    }
-
-    fn register(&self, addrs: &AddrVec, id: ConnId) {
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addrs.clone(), (self.index, id));
     }
 
     /// Move connection `id` (socket and protocol state) to worker `w` and resolve it there.
@@ -579,7 +632,7 @@ impl<S: WorkerStack> Handler<S> {
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            reg.retain(|_, v| *v != (self.index, id));
+            reg.retain(|_, h| h.id() != id);
         }
         conn.handle.0.closed.store(true, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
@@ -651,8 +704,14 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
                         self.by_socket.remove(&sid);
                     }
                     conn.connecting = false;
-                    conn.proto
-                        .on_transport_error(Instant::now(), format!("connect: {e}"));
+                    let reason = match conn.target {
+                        Some(t) => format!("connect {t}: {e}"),
+                        None => format!("connect: {e}"),
+                    };
+                    self.shared
+                        .dispatcher
+                        .ms_handle_connect_failed(&conn.handle, &reason);
+                    conn.proto.on_transport_error(Instant::now(), reason);
                 }
                 self.pump(c, id);
             }
@@ -676,6 +735,12 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
             conn.proto.handle_timeout(Instant::now());
         }
         self.pump(c, id);
+    }
+
+    fn on_loop(&mut self, c: &mut EventCenter<S>) {
+        while let Ok(id) = self.kicks.try_recv() {
+            self.flush_conn(c, id);
+        }
     }
 
     fn on_stop(&mut self, c: &mut EventCenter<S>) {

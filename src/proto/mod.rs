@@ -2,7 +2,8 @@
 //!
 //! Owns everything that is *protocol*: Ceph's encodings ([`denc`], [`types`]), crc32c ([`crc`]), the banner
 //! ([`banner`]), frame layout ([`frame`]), control-frame payloads ([`frames`]), messages ([`message`]),
-//! auth method none ([`auth`]) and the connection state machine with its session.
+//! authentication ([`auth`]: none and cephx in its client, monitor and service roles; keyrings) and the
+//! connection state machine with its session; secure mode (AES-128-GCM) lives in [`frame::secure`].
 //!
 //! Invariants: no `std::net`, no threads, no clock reads — time comes in as an argument; every byte may come
 //! from an attacker, so decoding returns errors as values and never panics.

@@ -26,6 +26,8 @@ pub struct Collector {
     pub remote_resets: AtomicU64,
     pub connects: AtomicU64,
     pub accepts: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub last_failure: Mutex<String>,
     /// Echo every message back on the connection it came from.
     pub echo: bool,
     /// Sleep this long in every dispatch (a slow dispatcher).
@@ -47,6 +49,8 @@ impl Collector {
             remote_resets: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             accepts: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            last_failure: Mutex::new(String::new()),
             echo,
             dispatch_delay,
         })
@@ -107,9 +111,24 @@ impl Dispatcher for Collector {
     fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {
         self.remote_resets.fetch_add(1, Ordering::Relaxed);
     }
+    fn ms_handle_connect_failed(&self, _conn: &ConnectionRef, reason: &str) {
+        *self.last_failure.lock().unwrap() = reason.to_string();
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// With MSGR_TEST_LOG set (e.g. `msgr=debug`), tests print the messenger's tracing to stderr.
+pub fn init_log() {
+    if let Ok(filter) = std::env::var("MSGR_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 pub fn proto_config(entity: u8, name: &str) -> Config {
+    init_log();
     let mut c = Config::new(entity, AuthEntityName::parse(name).unwrap());
     c.initial_backoff = Duration::from_millis(1);
     c.max_backoff = Duration::from_millis(20);

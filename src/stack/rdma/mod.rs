@@ -25,8 +25,10 @@
 //! credits. The byte stream is what `proto::Connection` reads and writes, exactly as on posix.
 //!
 //! `writev` copies the gather list into registered send buffers (coalescing small pieces into one SEND;
-//! a message larger than a buffer is split), `read` copies out of completed receive buffers and re-posts
-//! each as soon as it is drained. Sends are signaled selectively (every `signal_every`-th, and whenever
+//! a message larger than a buffer is split). A full buffer is posted at once; a partly filled one stays
+//! open and is posted by the next `poll` (doorbell batching: what one event-loop turn writes, such as an
+//! ACK frame and the reply the dispatcher sent, leaves in one SEND). `read` copies out of completed
+//! receive buffers and re-posts each as soon as it is drained. Sends are signaled selectively (every `signal_every`-th, and whenever
 //! the last free send buffer or send-queue slot is taken); payloads up to the QP's inline limit go inline.
 //! Zero-copy sends of large user buffers are not done: the `WorkerStack::writev` seam borrows the caller's
 //! buffers only for the call, so they must be copied before it returns.
@@ -455,6 +457,9 @@ struct Stream {
     /// Largest SEND payload: min(our buffer, the peer's buffer).
     chunk: usize,
     send_free: Vec<Slot>,
+    /// The send buffer being filled by `writev` and its length; posted by the next poll.
+    open: Option<(Slot, usize)>,
+    open_queued: bool,
     rx: VecDeque<RxBuf>,
     posted_seq: u64,
     completed_seq: u64,
@@ -480,6 +485,8 @@ impl Stream {
             credits: Credits::new(0, 4),
             chunk: 0,
             send_free: Vec::new(),
+            open: None,
+            open_queued: false,
             rx: VecDeque::new(),
             posted_seq: 0,
             completed_seq: 0,
@@ -534,6 +541,8 @@ pub struct RdmaWorker {
     dirty: Vec<SocketId>,
     to_accept: Vec<SocketId>,
     credit_due: Vec<SocketId>,
+    /// Streams with an open send buffer to post.
+    tx_pending: Vec<SocketId>,
     completions: Vec<Completion>,
     reclaimed: Vec<Slot>,
     turns: u64,
@@ -605,6 +614,7 @@ impl RdmaWorker {
             dirty: Vec::new(),
             to_accept: Vec::new(),
             credit_due: Vec::new(),
+            tx_pending: Vec::new(),
             completions: Vec::with_capacity(verbs::POLL_BATCH),
             reclaimed: Vec::new(),
             turns: 0,
@@ -801,6 +811,66 @@ impl RdmaWorker {
         }
     }
 
+    /// Post the open (partly filled) send buffer if credits and send-queue room allow: `Ok(true)` if it
+    /// went out, `Ok(false)` if it has to wait (or there is nothing to post).
+    fn post_open(config: &RdmaConfig, counters: &RdmaCounters, s: &mut Stream) -> io::Result<bool> {
+        if s.open.as_ref().is_none_or(|(_, len)| *len == 0) {
+            return Ok(false);
+        }
+        if !s.credits.can_send_data() {
+            bump(&counters.credit_stalls, 1);
+            return Ok(false);
+        }
+        if s.outstanding() >= u64::from(config.send_depth) {
+            return Ok(false);
+        }
+        let (Some((slot, len)), Some(imm)) = (s.open.take(), s.credits.take_for_data()) else {
+            return Ok(false);
+        };
+        match Self::post(config, counters, s, slot, len as u32, imm) {
+            Ok(()) => {
+                bump(&counters.data_sends, 1);
+                bump(&counters.bytes_sent, len as u64);
+                Ok(true)
+            }
+            Err(err) => {
+                s.credits.unspend(imm);
+                Err(err)
+            }
+        }
+    }
+
+    /// Make sure the next poll posts the open send buffer (writes are posted once per loop turn, so
+    /// what one turn writes, e.g. an ACK and a reply, leaves in one SEND).
+    fn queue_open(tx_pending: &mut Vec<SocketId>, id: SocketId, s: &mut Stream) {
+        if !s.open_queued && s.open.as_ref().is_some_and(|(_, len)| *len > 0) {
+            s.open_queued = true;
+            tx_pending.push(id);
+        }
+    }
+
+    fn flush_open(&mut self) {
+        for id in std::mem::take(&mut self.tx_pending) {
+            let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            s.open_queued = false;
+            if !matches!(s.phase, Phase::Established | Phase::PeerClosed) {
+                continue;
+            }
+            // Not postable now: credits or a send completion will queue it again.
+            if let Err(err) = Self::post_open(&self.config, &self.counters, s) {
+                Self::fail(
+                    &mut self.dirty,
+                    id,
+                    s,
+                    err.kind(),
+                    format!("post send: {err}"),
+                );
+            }
+        }
+    }
+
     fn can_post(config: &RdmaConfig, s: &Stream) -> bool {
         !s.send_free.is_empty() && s.outstanding() < u64::from(config.send_depth)
     }
@@ -811,6 +881,11 @@ impl RdmaWorker {
         };
         s.credit_queued = false;
         if !matches!(s.phase, Phase::Established | Phase::PeerClosed) {
+            return;
+        }
+        if s.open.as_ref().is_some_and(|(_, len)| *len > 0) {
+            // Data is waiting: it carries the credits.
+            Self::queue_open(&mut self.tx_pending, id, s);
             return;
         }
         if !Self::can_post(&self.config, s) {
@@ -880,9 +955,12 @@ impl RdmaWorker {
                 Self::fail(&mut self.dirty, id, s, io::ErrorKind::InvalidData, msg);
                 return;
             }
-            if imm > 0 && s.write_blocked {
-                s.write_blocked = false;
-                Self::mark(&mut self.dirty, id, s, Readiness::WRITABLE);
+            if imm > 0 {
+                Self::queue_open(&mut self.tx_pending, id, s);
+                if s.write_blocked {
+                    s.write_blocked = false;
+                    Self::mark(&mut self.dirty, id, s, Readiness::WRITABLE);
+                }
             }
             let len = (c.byte_len as usize).min(slot.capacity() as usize);
             if len == 0 {
@@ -901,6 +979,7 @@ impl RdmaWorker {
                 let full = last - (last.wrapping_sub(seq_low) & SEQ_MASK);
                 s.completed_seq = s.completed_seq.max(full + 1);
                 s.send_free.append(&mut self.reclaimed);
+                Self::queue_open(&mut self.tx_pending, id, s);
                 if s.write_blocked {
                     s.write_blocked = false;
                     Self::mark(&mut self.dirty, id, s, Readiness::WRITABLE);
@@ -1387,48 +1466,48 @@ impl WorkerStack for RdmaWorker {
             if bi >= bufs.len() {
                 break;
             }
-            if !s.credits.can_send_data() || !Self::can_post(config, s) {
-                if !s.credits.can_send_data() {
-                    bump(&counters.credit_stalls, 1);
-                }
-                s.write_blocked = true;
-                break;
-            }
-            let Some(mut slot) = s.send_free.pop() else {
-                break;
-            };
-            let mut len = 0usize;
-            {
-                let dst = slot.bytes_mut();
-                let room = s.chunk.min(dst.len());
-                while len < room && bi < bufs.len() {
-                    let src = &bufs[bi][bo..];
-                    let take = src.len().min(room - len);
-                    dst[len..len + take].copy_from_slice(&src[..take]);
-                    len += take;
-                    bo += take;
-                    if bo >= bufs[bi].len() {
-                        bi += 1;
-                        bo = 0;
+            if s.open.is_none() {
+                match s.send_free.pop() {
+                    Some(slot) => s.open = Some((slot, 0)),
+                    None => {
+                        s.write_blocked = true;
+                        break;
                     }
                 }
             }
-            let Some(imm) = s.credits.take_for_data() else {
-                s.send_free.push(slot);
+            let Some((slot, len)) = s.open.as_mut() else {
                 break;
             };
-            match Self::post(config, counters, s, slot, len as u32, imm) {
-                Ok(()) => {
-                    bump(&counters.data_sends, 1);
-                    bump(&counters.bytes_sent, len as u64);
-                    total += len;
-                }
-                Err(err) => {
-                    s.credits.unspend(imm);
-                    result = Err(err);
-                    break;
+            let room = s.chunk.min(slot.capacity() as usize).saturating_sub(*len);
+            if room == 0 {
+                // The open buffer is full: post it, then go on with a new one.
+                match Self::post_open(config, counters, s) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        s.write_blocked = true;
+                        break;
+                    }
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
                 }
             }
+            let dst = &mut slot.bytes_mut()[*len..*len + room];
+            let mut copied = 0;
+            while copied < room && bi < bufs.len() {
+                let src = &bufs[bi][bo..];
+                let take = src.len().min(room - copied);
+                dst[copied..copied + take].copy_from_slice(&src[..take]);
+                copied += take;
+                bo += take;
+                if bo >= bufs[bi].len() {
+                    bi += 1;
+                    bo = 0;
+                }
+            }
+            *len += copied;
+            total += copied;
         }
         if let Err(err) = result {
             let kind = err.kind();
@@ -1437,6 +1516,7 @@ impl WorkerStack for RdmaWorker {
                 return Err(err);
             }
         }
+        Self::queue_open(&mut self.tx_pending, id, s);
         if total == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -1484,6 +1564,9 @@ impl WorkerStack for RdmaWorker {
                 for slot in s.send_free.drain(..) {
                     self.pool.give(slot);
                 }
+                if let Some((slot, _)) = s.open.take() {
+                    self.pool.give(slot);
+                }
                 self.cq_used -= s.cq_share;
                 tracing::trace!(worker = self.index, %id, "rdma closed");
             }
@@ -1520,10 +1603,15 @@ impl WorkerStack for RdmaWorker {
         for id in std::mem::take(&mut self.to_accept) {
             self.finish_accept(id);
         }
+        self.flush_open();
         for id in std::mem::take(&mut self.credit_due) {
             self.send_credit_only(id);
         }
         self.drain_cq()?;
+        if !self.tx_pending.is_empty() {
+            // Credits or send-queue room came back: post what waited for them.
+            self.flush_open();
+        }
         let idle_wait = timeout != Some(Duration::ZERO);
         if idle_wait || self.setting_up > 0 || self.turns % CM_CHECK_EVERY == 0 {
             self.drain_cm()?;
@@ -1533,6 +1621,7 @@ impl WorkerStack for RdmaWorker {
             && self.synthetic.is_empty()
             && self.to_accept.is_empty()
             && self.credit_due.is_empty()
+            && self.tx_pending.is_empty()
         {
             self.wait(timeout)?;
         }

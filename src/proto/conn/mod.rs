@@ -15,6 +15,16 @@
 //!   in order), [`Connection::poll_event`] until `None`, [`Connection::poll_timeout`].
 //!
 //! Time is always an argument; nothing here reads a clock, touches a socket or spawns a thread.
+//!
+//! The code is split by phase: this file holds the types, the public API, input dispatch, faults and
+//! output; `auth` the authentication phase, `ident` identification, `resolve` the server's
+//! session decisions and connection races.
+
+mod auth;
+mod ident;
+mod resolve;
+
+pub use resolve::ceph_addr_less;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +35,14 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::auth::{auth_signature, AuthNoneRequest, AUTH_METHOD_NONE, CON_MODE_CRC};
+use super::auth::cephx::{CephxClientSession, CephxError, CephxMonSession, ServiceVerdict};
+use super::auth::{
+    auth_method_name, auth_signature, con_mode_name, AuthNoneRequest, ClientAuth, ConModes,
+    ServerAuth, CON_MODE_SECURE,
+};
 use super::banner::{msgr2_feature, Banner};
 use super::error::Error;
+use super::frame::secure::{session_ciphers, CONNECTION_SECRET_LEN};
 use super::frame::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::frames::*;
 use super::message::{Message, SEGMENT_ALIGNMENTS};
@@ -127,8 +142,14 @@ pub struct Config {
     pub my_addrs: AddrVec,
     /// Nonce for a learned client address.
     pub nonce: u32,
-    /// Our auth name (AUTH_REQUEST with method none).
+    /// Our auth name (AUTH_REQUEST with method none; cephx takes it from its provider).
     pub auth_name: AuthEntityName,
+    /// How we authenticate to servers: none, or cephx with a key.
+    pub auth_client: ClientAuth,
+    /// How we verify clients: none, cephx monitor role, or cephx service role.
+    pub auth_server: ServerAuth,
+    /// Connection modes (crc / secure) offered and allowed, per connection type.
+    pub con_modes: ConModes,
     /// Ceph feature bits we support / require of the peer.
     pub features_supported: u64,
     pub features_required: u64,
@@ -164,6 +185,9 @@ impl Config {
             my_addrs: AddrVec::default(),
             nonce: 0,
             auth_name,
+            auth_client: ClientAuth::None,
+            auth_server: ServerAuth::None,
+            con_modes: ConModes::default(),
             features_supported: CEPH_FEATURES_ALL,
             features_required: CEPH_FEATURE_MSG_ADDR2,
             max_frame_len: 64 << 20,
@@ -325,6 +349,24 @@ struct Transport {
     /// What we sent before AUTH_SIGNATURE, to check the peer's signature against.
     sent_transcript: Option<Vec<u8>>,
     session_key: Vec<u8>,
+    /// Where the auth exchange on this transport stands.
+    auth: AuthState,
+}
+
+/// Per-transport auth progress (the sans-IO side of Ceph's AuthClient / AuthServer calls).
+#[derive(Debug, Default)]
+enum AuthState {
+    #[default]
+    Idle,
+    /// Client: AUTH_REQUEST sent with these modes.
+    Client {
+        cephx: Option<CephxClientSession>,
+        offered: Vec<u32>,
+    },
+    /// Server, monitor role: challenge sent.
+    Monitor { session: CephxMonSession, mode: u32 },
+    /// Server, service role: challenge sent.
+    Service { challenge: u64, mode: u32 },
 }
 
 impl Transport {
@@ -337,6 +379,7 @@ impl Transport {
             transcript: Some((Vec::new(), Vec::new())),
             sent_transcript: None,
             session_key: Vec::new(),
+            auth: AuthState::Idle,
         }
     }
 }
@@ -361,6 +404,10 @@ pub struct Connection {
     addr_seen_by_peer: Option<EntityAddr>,
     peer_supported_features: u64,
     peer_auth_bad_method: Option<AuthBadMethod>,
+    /// The entity the peer authenticated as (server side; cephx and none).
+    peer_auth_name: Option<AuthEntityName>,
+    /// Connection mode AUTH_DONE settled on the current (or last) transport; 0 before.
+    con_mode: u32,
     my_addrs: AddrVec,
     session: Session,
     transport: Option<Transport>,
@@ -435,6 +482,8 @@ impl Connection {
             addr_seen_by_peer: None,
             peer_supported_features: 0,
             peer_auth_bad_method: None,
+            peer_auth_name: None,
+            con_mode: 0,
             my_addrs: config.my_addrs.clone(),
             session: Session::default(),
             transport: None,
@@ -514,6 +563,15 @@ impl Connection {
     /// if it did on the current (or last) transport.
     pub fn peer_auth_bad_method(&self) -> Option<&AuthBadMethod> {
         self.peer_auth_bad_method.as_ref()
+    }
+    /// The connection mode (`CON_MODE_CRC` / `CON_MODE_SECURE`) AUTH_DONE chose on the current (or
+    /// last) transport; 0 before any AUTH_DONE.
+    pub fn con_mode(&self) -> u32 {
+        self.con_mode
+    }
+    /// Server side: the entity name the peer authenticated as.
+    pub fn peer_auth_name(&self) -> Option<&AuthEntityName> {
+        self.peer_auth_name.as_ref()
     }
     pub fn stats(&self) -> ConnStats {
         self.stats
@@ -657,6 +715,7 @@ impl Connection {
         self.peer_msgr2_features = 0;
         self.addr_seen_by_peer = None;
         self.peer_auth_bad_method = None;
+        self.con_mode = 0;
         self.timers = [None; 4];
         self.set_timer(Timer::Handshake, now + self.config.handshake_timeout);
         if self.role == Role::Client {
@@ -817,21 +876,29 @@ impl Connection {
             (_, Phase::Hello, ControlFrame::Hello(h)) => self.handle_hello(h),
             // ---- client side ----
             (Role::Client, Phase::Auth, ControlFrame::AuthDone(d)) => self.client_auth_done(d),
-            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => Err(self.auth_refused(format!(
-                "server refused auth method {} (result {}): it allows methods {:?} with modes {:?}; we offer method none with mode crc",
-                b.method, b.result, b.allowed_methods, b.allowed_modes
-            ), b)),
-            (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(_)) => Err(Error::PeerMisbehaved(
-                "AUTH_REPLY_MORE for auth method none".into(),
-            )),
-            (_, Phase::AuthSignature, ControlFrame::AuthSignature(s)) => self.handle_auth_signature(s),
-            (Role::Client, Phase::Session, ControlFrame::ServerIdent(s)) => self.client_server_ident(now, s),
-            (Role::Client, Phase::Session, ControlFrame::IdentMissingFeatures(m)) => Err(Error::PeerIncompatible(
-                format!("server requires Ceph features we lack: 0x{:x}", m.features),
-            )),
+            (Role::Client, Phase::Auth, ControlFrame::AuthBadMethod(b)) => {
+                Err(self.auth_bad_method(b))
+            }
+            (Role::Client, Phase::Auth, ControlFrame::AuthReplyMore(m)) => {
+                self.client_auth_reply_more(m)
+            }
+            (_, Phase::AuthSignature, ControlFrame::AuthSignature(s)) => {
+                self.handle_auth_signature(s)
+            }
+            (Role::Client, Phase::Session, ControlFrame::ServerIdent(s)) => {
+                self.client_server_ident(now, s)
+            }
+            (Role::Client, Phase::Session, ControlFrame::IdentMissingFeatures(m)) => {
+                Err(Error::PeerIncompatible(format!(
+                    "server requires Ceph features we lack: 0x{:x}",
+                    m.features
+                )))
+            }
             (Role::Client, Phase::Session | Phase::Reconnecting, ControlFrame::Wait) => {
                 self.phase = Phase::Wait;
-                Err(Error::Transport("peer asked us to WAIT (connection race)".into()))
+                Err(Error::Transport(
+                    "peer asked us to WAIT (connection race)".into(),
+                ))
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionReconnectOk(ok)) => {
                 self.client_reconnect_ok(now, ok)
@@ -855,9 +922,18 @@ impl Connection {
                 self.send_client_ident()
             }
             // ---- server side ----
-            (Role::Server, Phase::Auth, ControlFrame::AuthRequest(r)) => self.server_auth_request(r),
-            (Role::Server, Phase::Session, ControlFrame::ClientIdent(ci)) => self.server_client_ident(ci),
-            (Role::Server, Phase::Session, ControlFrame::SessionReconnect(r)) => self.server_reconnect(r),
+            (Role::Server, Phase::Auth, ControlFrame::AuthRequest(r)) => {
+                self.server_auth_request(now, r)
+            }
+            (Role::Server, Phase::Auth, ControlFrame::AuthRequestMore(r)) => {
+                self.server_auth_request_more(now, r)
+            }
+            (Role::Server, Phase::Session, ControlFrame::ClientIdent(ci)) => {
+                self.server_client_ident(ci)
+            }
+            (Role::Server, Phase::Session, ControlFrame::SessionReconnect(r)) => {
+                self.server_reconnect(r)
+            }
             // ---- ready ----
             (_, Phase::Ready, ControlFrame::Ack(a)) => {
                 if !self.policy.lossy {
@@ -866,10 +942,16 @@ impl Connection {
                 Ok(())
             }
             (_, Phase::Ready, ControlFrame::Keepalive2(k)) => {
-                self.queue_control(&ControlFrame::Keepalive2Ack(Keepalive2Ack { timestamp: k.timestamp }))
+                self.queue_control(&ControlFrame::Keepalive2Ack(Keepalive2Ack {
+                    timestamp: k.timestamp,
+                }))
             }
             (_, Phase::Ready, ControlFrame::Keepalive2Ack(k)) => {
-                let sent = self.epoch + Duration::new(u64::from(k.timestamp.sec), k.timestamp.nsec.min(999_999_999));
+                let sent = self.epoch
+                    + Duration::new(
+                        u64::from(k.timestamp.sec),
+                        k.timestamp.nsec.min(999_999_999),
+                    );
                 let rtt = now.checked_duration_since(sent).unwrap_or_default();
                 self.events.push_back(Event::KeepaliveAck { rtt });
                 Ok(())
@@ -879,272 +961,6 @@ impl Connection {
                 cf.tag()
             ))),
         }
-    }
-
-    /// Client: the server refused auth method none; keep what it allows for the owner to report.
-    fn auth_refused(&mut self, why: String, bad: AuthBadMethod) -> Error {
-        self.peer_auth_bad_method = Some(bad);
-        Error::AuthFailed(why)
-    }
-
-    fn handle_hello(&mut self, h: Hello) -> Result<(), Error> {
-        self.addr_seen_by_peer = Some(h.peer_addr.clone());
-        match self.role {
-            Role::Client => {
-                if self.peer_type != entity_type::ANY && h.entity_type != self.peer_type {
-                    return Err(Error::PeerIncompatible(format!(
-                        "peer is a {} (type {}), expected a {}",
-                        super::types::entity_type_name(h.entity_type),
-                        h.entity_type,
-                        super::types::entity_type_name(self.peer_type)
-                    )));
-                }
-                self.peer_type = h.entity_type;
-                self.learn_my_addr(&h.peer_addr);
-                self.phase = Phase::Auth;
-                let payload = if self.peer_type == entity_type::MON {
-                    AuthNoneRequest::Mon {
-                        name: self.config.auth_name.clone(),
-                        global_id: self.peer_global_id,
-                    }
-                } else {
-                    AuthNoneRequest::Authorizer {
-                        name: self.config.auth_name.clone(),
-                        global_id: self.config.gid.max(0) as u64,
-                    }
-                };
-                self.queue_control(&ControlFrame::AuthRequest(AuthRequest {
-                    method: AUTH_METHOD_NONE,
-                    preferred_modes: vec![CON_MODE_CRC],
-                    auth_payload: payload.encode(),
-                }))
-            }
-            Role::Server => {
-                self.peer_type = h.entity_type;
-                self.policy = self.config.accept_policy(h.entity_type);
-                self.phase = Phase::Auth;
-                Ok(())
-            }
-        }
-    }
-
-    /// A client with no configured address learns its IP from the server's HELLO, as Ceph does.
-    fn learn_my_addr(&mut self, seen: &EntityAddr) {
-        let blank = self.my_addrs.front().is_none_or(|a| a.is_blank_ip());
-        if blank {
-            if let Some(sa) = seen.sockaddr {
-                let mut sa = sa;
-                sa.set_port(0);
-                self.my_addrs = AddrVec(vec![EntityAddr {
-                    addr_type: AddrType::Any,
-                    nonce: self.config.nonce,
-                    sockaddr: Some(sa),
-                }]);
-            }
-        }
-    }
-
-    fn client_auth_done(&mut self, d: AuthDone) -> Result<(), Error> {
-        if d.con_mode != CON_MODE_CRC {
-            return Err(Error::PeerIncompatible(format!(
-                "server chose connection mode {} but we asked for crc (secure mode needs cephx)",
-                d.con_mode
-            )));
-        }
-        self.peer_global_id = d.global_id;
-        self.send_auth_signature()
-    }
-
-    fn server_auth_request(&mut self, r: AuthRequest) -> Result<(), Error> {
-        if r.method != AUTH_METHOD_NONE || !r.preferred_modes.contains(&CON_MODE_CRC) {
-            return self.queue_control(&ControlFrame::AuthBadMethod(AuthBadMethod {
-                method: r.method,
-                result: EOPNOTSUPP,
-                allowed_methods: vec![AUTH_METHOD_NONE],
-                allowed_modes: vec![CON_MODE_CRC],
-            }));
-        }
-        let req = AuthNoneRequest::decode(&r.auth_payload)?;
-        let claimed = match &req {
-            AuthNoneRequest::Mon { global_id, .. }
-            | AuthNoneRequest::Authorizer { global_id, .. } => *global_id,
-        };
-        self.peer_global_id = if claimed != 0 {
-            claimed
-        } else {
-            self.config.global_id_alloc.fetch_add(1, Ordering::Relaxed) + 1
-        };
-        self.queue_control(&ControlFrame::AuthDone(AuthDone {
-            global_id: self.peer_global_id,
-            con_mode: CON_MODE_CRC,
-            auth_payload: Bytes::new(),
-        }))?;
-        self.send_auth_signature()
-    }
-
-    /// Both sides: stop recording the transcript and sign what we received.
-    fn send_auth_signature(&mut self) -> Result<(), Error> {
-        let t = self.transport.as_mut().ok_or(Error::Closed)?;
-        let (tx, rx) = t.transcript.take().unwrap_or_default();
-        let sig = auth_signature(&t.session_key, &rx);
-        t.sent_transcript = Some(tx);
-        self.phase = Phase::AuthSignature;
-        self.queue_control(&ControlFrame::AuthSignature(AuthSignature {
-            signature: sig,
-        }))
-    }
-
-    fn handle_auth_signature(&mut self, s: AuthSignature) -> Result<(), Error> {
-        let t = self.transport.as_mut().ok_or(Error::Closed)?;
-        let tx = t.sent_transcript.take().unwrap_or_default();
-        let expected = auth_signature(&t.session_key, &tx);
-        if s.signature != expected {
-            return Err(Error::AuthFailed(
-                "AUTH_SIGNATURE does not match the transcript we sent".into(),
-            ));
-        }
-        match self.role {
-            Role::Client => {
-                if self.session.server_cookie == 0 {
-                    self.send_client_ident()
-                } else {
-                    self.send_reconnect()
-                }
-            }
-            Role::Server => {
-                self.phase = Phase::Session;
-                Ok(())
-            }
-        }
-    }
-
-    fn send_client_ident(&mut self) -> Result<(), Error> {
-        if !self.policy.lossy && self.session.client_cookie == 0 {
-            self.session.client_cookie = self.rng.random_range(1..=u64::MAX);
-        }
-        self.phase = Phase::Session;
-        let ci = ClientIdent {
-            addrs: self.my_addrs.clone(),
-            target_addr: self.target_addr.clone(),
-            gid: self.config.gid,
-            global_seq: self.session.global_seq,
-            supported_features: self.config.features_supported,
-            required_features: self.config.features_required,
-            flags: if self.policy.lossy { FLAG_LOSSY } else { 0 },
-            cookie: self.session.client_cookie,
-        };
-        self.queue_control(&ControlFrame::ClientIdent(ci))
-    }
-
-    fn send_reconnect(&mut self) -> Result<(), Error> {
-        self.phase = Phase::Reconnecting;
-        let r = SessionReconnect {
-            addrs: self.my_addrs.clone(),
-            client_cookie: self.session.client_cookie,
-            server_cookie: self.session.server_cookie,
-            global_seq: self.session.global_seq,
-            connect_seq: self.session.connect_seq,
-            msg_seq: self.session.in_seq,
-        };
-        self.queue_control(&ControlFrame::SessionReconnect(r))
-    }
-
-    fn client_server_ident(&mut self, now: Instant, s: ServerIdent) -> Result<(), Error> {
-        if !s.addrs.0.iter().any(|a| addr_matches(&self.target_addr, a)) {
-            return Err(Error::PeerMisbehaved(format!(
-                "peer identifies as {}, which does not include {}",
-                s.addrs, self.target_addr
-            )));
-        }
-        let missing = self.config.features_required & !s.supported_features;
-        if missing != 0 {
-            return Err(Error::PeerIncompatible(format!(
-                "server lacks required Ceph features 0x{missing:x}"
-            )));
-        }
-        self.peer_supported_features = s.supported_features;
-        self.session.server_cookie = s.cookie;
-        self.session.peer_global_seq = s.global_seq;
-        self.peer_addrs = s.addrs;
-        self.peer_name = Some(EntityName {
-            entity_type: self.peer_type,
-            num: s.gid,
-        });
-        self.features = s.supported_features & self.config.features_supported;
-        self.policy.lossy = s.flags & FLAG_LOSSY != 0;
-        self.become_ready(now, false);
-        Ok(())
-    }
-
-    fn client_reconnect_ok(&mut self, now: Instant, ok: SessionReconnectOk) -> Result<(), Error> {
-        self.session.discard_requeued_up_to(ok.msg_seq);
-        self.stats.replayed += self.session.requeued.len() as u64;
-        self.become_ready(now, true);
-        Ok(())
-    }
-
-    fn server_client_ident(&mut self, ci: ClientIdent) -> Result<(), Error> {
-        if ci.addrs.front().is_none_or(|a| *a == EntityAddr::none()) {
-            return Err(Error::PeerMisbehaved(
-                "CLIENT_IDENT without addresses".into(),
-            ));
-        }
-        if !self.config.my_addrs.0.is_empty() && !self.config.my_addrs.contains(&ci.target_addr) {
-            return Err(Error::PeerMisbehaved(format!(
-                "peer is trying to reach {} which is not us ({})",
-                ci.target_addr, self.config.my_addrs
-            )));
-        }
-        let missing = self.config.features_required & !ci.supported_features;
-        if missing != 0 {
-            return self.queue_control(&ControlFrame::IdentMissingFeatures(IdentMissingFeatures {
-                features: missing,
-            }));
-        }
-        self.peer_supported_features = ci.supported_features;
-        self.target_addr = ci.target_addr.clone();
-        self.peer_addrs = ci.addrs.clone();
-        self.peer_name = Some(EntityName {
-            entity_type: self.peer_type,
-            num: ci.gid,
-        });
-        self.features = ci.supported_features & self.config.features_supported;
-        self.request_decision(SessionRequest {
-            peer_addrs: ci.addrs,
-            peer_type: self.peer_type,
-            kind: SessionRequestKind::New {
-                client_cookie: ci.cookie,
-                global_seq: ci.global_seq,
-            },
-        });
-        Ok(())
-    }
-
-    fn server_reconnect(&mut self, r: SessionReconnect) -> Result<(), Error> {
-        if r.addrs.front().is_none_or(|a| *a == EntityAddr::none()) {
-            return Err(Error::PeerMisbehaved(
-                "SESSION_RECONNECT without addresses".into(),
-            ));
-        }
-        self.peer_addrs = r.addrs.clone();
-        self.request_decision(SessionRequest {
-            peer_addrs: r.addrs,
-            peer_type: self.peer_type,
-            kind: SessionRequestKind::Reconnect {
-                client_cookie: r.client_cookie,
-                server_cookie: r.server_cookie,
-                global_seq: r.global_seq,
-                connect_seq: r.connect_seq,
-                msg_seq: r.msg_seq,
-            },
-        });
-        Ok(())
-    }
-
-    fn request_decision(&mut self, req: SessionRequest) {
-        self.phase = Phase::AwaitingDecision;
-        self.pending_request = Some(req.clone());
-        self.events.push_back(Event::SessionRequest(req));
     }
 
     fn handle_message(&mut self, now: Instant, frame: &Frame) -> Result<(), Error> {
@@ -1170,214 +986,6 @@ impl Connection {
         self.stats.msgs_in += 1;
         let _ = now;
         self.events.push_back(Event::Message(msg));
-        Ok(())
-    }
-
-    // ---- server: session resolution ----
-
-    /// Settle the pending [`SessionRequest`] the way ProtocolV2 does, given the connection the owner
-    /// already has to the same peer addresses (if any). On [`Resolution::TookOver`], `existing`'s session
-    /// has moved into `self` and `existing` is closed; the owner should re-point its handle to `self`.
-    pub fn resolve_session(
-        &mut self,
-        now: Instant,
-        existing: Option<&mut Connection>,
-    ) -> Resolution {
-        let Some(req) = self.pending_request.take() else {
-            return Resolution::Dropped;
-        };
-        if self.phase != Phase::AwaitingDecision {
-            return Resolution::Dropped;
-        }
-        self.phase = Phase::Session;
-        let existing = existing.filter(|e| !e.is_closed());
-        let res = match req.kind {
-            SessionRequestKind::New {
-                client_cookie,
-                global_seq,
-            } => self.resolve_new(now, existing, client_cookie, global_seq),
-            SessionRequestKind::Reconnect {
-                client_cookie,
-                global_seq,
-                connect_seq,
-                msg_seq,
-                ..
-            } => self.resolve_reconnect(
-                now,
-                existing,
-                client_cookie,
-                global_seq,
-                connect_seq,
-                msg_seq,
-            ),
-        };
-        let res = match res {
-            Ok(r) => r,
-            Err(e) => {
-                self.fault(now, e);
-                return Resolution::Dropped;
-            }
-        };
-        // Input may have arrived while the decision was pending.
-        if let Err(e) = self.process(now) {
-            self.fault(now, e);
-        }
-        res
-    }
-
-    fn resolve_new(
-        &mut self,
-        now: Instant,
-        existing: Option<&mut Connection>,
-        client_cookie: u64,
-        peer_global_seq: u64,
-    ) -> Result<Resolution, Error> {
-        let Some(ex) = existing else {
-            self.session.client_cookie = client_cookie;
-            self.session.peer_global_seq = peer_global_seq;
-            self.send_server_ident(now)?;
-            return Ok(Resolution::NewSession);
-        };
-        if ex.session.peer_global_seq > peer_global_seq {
-            // A stale attempt from before the existing connection: drop it.
-            self.shut(Event::Closed);
-            return Ok(Resolution::Dropped);
-        }
-        if ex.policy.lossy {
-            ex.shut(Event::Reset(Error::Transport(
-                "replaced by a new connection from the peer".into(),
-            )));
-            self.session.client_cookie = client_cookie;
-            self.session.peer_global_seq = peer_global_seq;
-            self.send_server_ident(now)?;
-            return Ok(Resolution::NewSession);
-        }
-        if ex.session.server_cookie != 0
-            && ex.session.client_cookie != 0
-            && ex.session.client_cookie != client_cookie
-        {
-            // The peer restarted: its old session is gone.
-            if self.policy.resetcheck {
-                ex.reset_session_remote();
-            }
-        } else if ex.session.client_cookie == client_cookie {
-            // Establishment was interrupted between CLIENT_IDENT and SERVER_IDENT: carry on.
-        } else if matches!(ex.phase, Phase::Ready | Phase::Standby) {
-            // An established session the peer dialled again: this transport replaces its old one.
-        } else {
-            // Connection race: both sides dialled. The lower address's connection wins, unless the
-            // existing one is a server's.
-            let peer = req_msgr2(&self.peer_addrs);
-            let me = req_msgr2(&self.config.my_addrs);
-            if !(ceph_addr_less(peer, me) || ex.policy.server) {
-                // Make sure our own attempt goes through: the peer has something to say.
-                ex.session.keepalive_pending = true;
-                self.queue_control(&ControlFrame::Wait)?;
-                return Ok(Resolution::Answered(Tag::Wait));
-            }
-        }
-        self.take_session_from(ex);
-        self.session.client_cookie = client_cookie;
-        self.session.peer_global_seq = peer_global_seq;
-        self.send_server_ident(now)?;
-        Ok(Resolution::TookOver)
-    }
-
-    fn resolve_reconnect(
-        &mut self,
-        now: Instant,
-        existing: Option<&mut Connection>,
-        client_cookie: u64,
-        global_seq: u64,
-        connect_seq: u64,
-        msg_seq: u64,
-    ) -> Result<Resolution, Error> {
-        let Some(ex) = existing else {
-            self.queue_control(&ControlFrame::SessionReset(SessionReset { full: true }))?;
-            return Ok(Resolution::Answered(Tag::SessionReset));
-        };
-        if ex.session.client_cookie != client_cookie {
-            self.queue_control(&ControlFrame::SessionReset(SessionReset {
-                full: self.policy.resetcheck,
-            }))?;
-            return Ok(Resolution::Answered(Tag::SessionReset));
-        }
-        if ex.session.server_cookie == 0 {
-            self.queue_control(&ControlFrame::SessionReset(SessionReset { full: false }))?;
-            return Ok(Resolution::Answered(Tag::SessionReset));
-        }
-        if ex.session.peer_global_seq > global_seq {
-            let g = ex.session.peer_global_seq;
-            self.queue_control(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal {
-                global_seq: g,
-            }))?;
-            return Ok(Resolution::Answered(Tag::SessionRetryGlobal));
-        }
-        if ex.session.connect_seq > connect_seq {
-            let cs = ex.session.connect_seq;
-            self.queue_control(&ControlFrame::SessionRetry(SessionRetry {
-                connect_seq: cs,
-            }))?;
-            return Ok(Resolution::Answered(Tag::SessionRetry));
-        }
-        if ex.session.connect_seq == connect_seq {
-            // Both sides are reconnecting: the existing one wins if the peer's address is higher.
-            let peer = req_msgr2(&ex.peer_addrs);
-            let me = req_msgr2(&self.config.my_addrs);
-            if ceph_addr_less(me, peer) && !ex.policy.server {
-                self.queue_control(&ControlFrame::Wait)?;
-                return Ok(Resolution::Answered(Tag::Wait));
-            }
-        }
-        self.take_session_from(ex);
-        self.session.connect_seq = connect_seq;
-        self.session.peer_global_seq = global_seq;
-        // Everything up to msg_seq arrived; re-send the rest.
-        self.session.discard_requeued_up_to(msg_seq);
-        self.stats.replayed += self.session.requeued.len() as u64;
-        let ms = self.session.in_seq;
-        self.queue_control(&ControlFrame::SessionReconnectOk(SessionReconnectOk {
-            msg_seq: ms,
-        }))?;
-        self.stats.reconnects += 1;
-        self.become_ready(now, true);
-        Ok(Resolution::TookOver)
-    }
-
-    /// Move `ex`'s session (queues, seqs, cookies, peer identity) into `self`; `ex` closes quietly.
-    fn take_session_from(&mut self, ex: &mut Connection) {
-        ex.session.requeue_sent();
-        self.session = std::mem::take(&mut ex.session);
-        if self.peer_name.is_none() {
-            self.peer_name = ex.peer_name.clone();
-            self.features = ex.features;
-        }
-        if ex.role == Role::Client {
-            // Our own outgoing attempt lost the race; keep its policy for the session.
-            self.policy.lossy = ex.policy.lossy;
-        }
-        ex.shut(Event::Closed);
-    }
-
-    fn send_server_ident(&mut self, now: Instant) -> Result<(), Error> {
-        // A new session: whatever was queued keeps its order but is numbered afresh.
-        self.session.requeue_sent();
-        self.session.discard_requeued_up_to(0);
-        self.session.in_seq = 0;
-        if !self.policy.lossy {
-            self.session.server_cookie = self.rng.random_range(1..=u64::MAX);
-        }
-        let si = ServerIdent {
-            addrs: self.config.my_addrs.clone(),
-            gid: self.config.gid,
-            global_seq: self.config.global_seq.next(),
-            supported_features: self.config.features_supported,
-            required_features: self.config.features_required,
-            flags: if self.policy.lossy { FLAG_LOSSY } else { 0 },
-            cookie: self.session.server_cookie,
-        };
-        self.queue_control(&ControlFrame::ServerIdent(si))?;
-        self.become_ready(now, false);
         Ok(())
     }
 
@@ -1585,53 +1193,6 @@ impl Connection {
             let _ = t.encoder.encode_control(Tag::Ack, &p, &mut t.tx);
         }
     }
-}
-
-/// The msgr2 address Ceph compares in connection races (`msgr2_addr()`), or a blank one.
-fn req_msgr2(v: &AddrVec) -> EntityAddr {
-    v.msgr2()
-        .cloned()
-        .or_else(|| v.front().cloned())
-        .unwrap_or_else(EntityAddr::none)
-}
-
-/// Ceph orders `entity_addr_t` by `memcmp` of its in-memory image: type, nonce (host order, little
-/// endian here), then the sockaddr (family, port in network order, address bytes).
-pub fn ceph_addr_less(a: EntityAddr, b: EntityAddr) -> bool {
-    addr_image(&a) < addr_image(&b)
-}
-
-fn addr_image(a: &EntityAddr) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + 28);
-    v.extend_from_slice(&(a.addr_type as u32).to_le_bytes());
-    v.extend_from_slice(&a.nonce.to_le_bytes());
-    match a.sockaddr {
-        None => v.extend_from_slice(&[0u8; 28]),
-        Some(core::net::SocketAddr::V4(s)) => {
-            v.extend_from_slice(&2u16.to_le_bytes());
-            v.extend_from_slice(&s.port().to_be_bytes());
-            v.extend_from_slice(&s.ip().octets());
-            v.extend_from_slice(&[0u8; 20]);
-        }
-        Some(core::net::SocketAddr::V6(s)) => {
-            v.extend_from_slice(&10u16.to_le_bytes());
-            v.extend_from_slice(&s.port().to_be_bytes());
-            v.extend_from_slice(&s.flowinfo().to_be_bytes());
-            v.extend_from_slice(&s.ip().octets());
-            v.extend_from_slice(&s.scope_id().to_le_bytes());
-        }
-    }
-    v
-}
-
-/// Does a server's advertised address match the one we dialled? Like Ceph, but forgiving of a
-/// nonce we did not know (0) and of ANY vs. MSGR2.
-fn addr_matches(target: &EntityAddr, candidate: &EntityAddr) -> bool {
-    target.sockaddr == candidate.sockaddr
-        && (target.nonce == 0 || target.nonce == candidate.nonce)
-        && (target.addr_type == candidate.addr_type
-            || matches!(target.addr_type, AddrType::Any | AddrType::Msgr2)
-                && matches!(candidate.addr_type, AddrType::Any | AddrType::Msgr2))
 }
 
 fn msgr2_feature_names(bits: u64) -> String {

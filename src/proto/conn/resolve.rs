@@ -1,0 +1,278 @@
+//! Server-side session resolution (Ceph's `handle_existing_connection` / `handle_reconnect`): a new
+//! transport's CLIENT_IDENT or SESSION_RECONNECT measured against the connection the owner already has
+//! to that peer — new session, take-over, WAIT / RETRY / RETRY_GLOBAL / RESET, or drop — and the address
+//! order Ceph uses to settle connection races.
+
+use super::*;
+
+impl Connection {
+    // ---- server: session resolution ----
+
+    /// Settle the pending [`SessionRequest`] the way ProtocolV2 does, given the connection the owner
+    /// already has to the same peer addresses (if any). On [`Resolution::TookOver`], `existing`'s session
+    /// has moved into `self` and `existing` is closed; the owner should re-point its handle to `self`.
+    pub fn resolve_session(
+        &mut self,
+        now: Instant,
+        existing: Option<&mut Connection>,
+    ) -> Resolution {
+        let Some(req) = self.pending_request.take() else {
+            return Resolution::Dropped;
+        };
+        if self.phase != Phase::AwaitingDecision {
+            return Resolution::Dropped;
+        }
+        self.phase = Phase::Session;
+        let existing = existing.filter(|e| !e.is_closed());
+        let res = match req.kind {
+            SessionRequestKind::New {
+                client_cookie,
+                global_seq,
+            } => self.resolve_new(now, existing, client_cookie, global_seq),
+            SessionRequestKind::Reconnect {
+                client_cookie,
+                global_seq,
+                connect_seq,
+                msg_seq,
+                ..
+            } => self.resolve_reconnect(
+                now,
+                existing,
+                client_cookie,
+                global_seq,
+                connect_seq,
+                msg_seq,
+            ),
+        };
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                self.fault(now, e);
+                return Resolution::Dropped;
+            }
+        };
+        // Input may have arrived while the decision was pending.
+        if let Err(e) = self.process(now) {
+            self.fault(now, e);
+        }
+        res
+    }
+
+    /// Answer the pending [`SessionRequest`] with WAIT without looking at any other connection: the
+    /// owner's own connection to this peer is about to dial (it exists but has not started), so this
+    /// attempt loses the race and the peer retries after its back-off.
+    pub fn resolve_session_wait(&mut self, now: Instant) -> Resolution {
+        if self.phase != Phase::AwaitingDecision || self.pending_request.take().is_none() {
+            return Resolution::Dropped;
+        }
+        self.phase = Phase::Session;
+        if let Err(e) = self.queue_control(&ControlFrame::Wait) {
+            self.fault(now, e);
+            return Resolution::Dropped;
+        }
+        Resolution::Answered(Tag::Wait)
+    }
+
+    pub(super) fn resolve_new(
+        &mut self,
+        now: Instant,
+        existing: Option<&mut Connection>,
+        client_cookie: u64,
+        peer_global_seq: u64,
+    ) -> Result<Resolution, Error> {
+        let Some(ex) = existing else {
+            self.session.client_cookie = client_cookie;
+            self.session.peer_global_seq = peer_global_seq;
+            self.send_server_ident(now)?;
+            return Ok(Resolution::NewSession);
+        };
+        if ex.session.peer_global_seq > peer_global_seq {
+            // A stale attempt from before the existing connection: drop it.
+            self.shut(Event::Closed);
+            return Ok(Resolution::Dropped);
+        }
+        if ex.policy.lossy {
+            ex.shut(Event::Reset(Error::Transport(
+                "replaced by a new connection from the peer".into(),
+            )));
+            self.session.client_cookie = client_cookie;
+            self.session.peer_global_seq = peer_global_seq;
+            self.send_server_ident(now)?;
+            return Ok(Resolution::NewSession);
+        }
+        if ex.session.server_cookie != 0
+            && ex.session.client_cookie != 0
+            && ex.session.client_cookie != client_cookie
+        {
+            // The peer restarted: its old session is gone.
+            if self.policy.resetcheck {
+                ex.reset_session_remote();
+            }
+        } else if ex.session.client_cookie == client_cookie {
+            // Establishment was interrupted between CLIENT_IDENT and SERVER_IDENT: carry on.
+        } else if matches!(ex.phase, Phase::Ready | Phase::Standby) {
+            // An established session the peer dialled again: this transport replaces its old one.
+        } else {
+            // Connection race: both sides dialled. The lower address's connection wins, unless the
+            // existing one is a server's.
+            let peer = req_msgr2(&self.peer_addrs);
+            let me = req_msgr2(&self.config.my_addrs);
+            if !(ceph_addr_less(peer, me) || ex.policy.server) {
+                // Make sure our own attempt goes through: the peer has something to say.
+                ex.session.keepalive_pending = true;
+                self.queue_control(&ControlFrame::Wait)?;
+                return Ok(Resolution::Answered(Tag::Wait));
+            }
+        }
+        self.take_session_from(ex);
+        self.session.client_cookie = client_cookie;
+        self.session.peer_global_seq = peer_global_seq;
+        self.send_server_ident(now)?;
+        Ok(Resolution::TookOver)
+    }
+
+    pub(super) fn resolve_reconnect(
+        &mut self,
+        now: Instant,
+        existing: Option<&mut Connection>,
+        client_cookie: u64,
+        global_seq: u64,
+        connect_seq: u64,
+        msg_seq: u64,
+    ) -> Result<Resolution, Error> {
+        let Some(ex) = existing else {
+            self.queue_control(&ControlFrame::SessionReset(SessionReset { full: true }))?;
+            return Ok(Resolution::Answered(Tag::SessionReset));
+        };
+        if ex.session.client_cookie != client_cookie {
+            self.queue_control(&ControlFrame::SessionReset(SessionReset {
+                full: self.policy.resetcheck,
+            }))?;
+            return Ok(Resolution::Answered(Tag::SessionReset));
+        }
+        if ex.session.server_cookie == 0 {
+            self.queue_control(&ControlFrame::SessionReset(SessionReset { full: false }))?;
+            return Ok(Resolution::Answered(Tag::SessionReset));
+        }
+        if ex.session.peer_global_seq > global_seq {
+            let g = ex.session.peer_global_seq;
+            self.queue_control(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal {
+                global_seq: g,
+            }))?;
+            return Ok(Resolution::Answered(Tag::SessionRetryGlobal));
+        }
+        if ex.session.connect_seq > connect_seq {
+            let cs = ex.session.connect_seq;
+            self.queue_control(&ControlFrame::SessionRetry(SessionRetry {
+                connect_seq: cs,
+            }))?;
+            return Ok(Resolution::Answered(Tag::SessionRetry));
+        }
+        if ex.session.connect_seq == connect_seq {
+            // Both sides are reconnecting: the existing one wins if the peer's address is higher.
+            let peer = req_msgr2(&ex.peer_addrs);
+            let me = req_msgr2(&self.config.my_addrs);
+            if ceph_addr_less(me, peer) && !ex.policy.server {
+                self.queue_control(&ControlFrame::Wait)?;
+                return Ok(Resolution::Answered(Tag::Wait));
+            }
+        }
+        self.take_session_from(ex);
+        self.session.connect_seq = connect_seq;
+        self.session.peer_global_seq = global_seq;
+        // Everything up to msg_seq arrived; re-send the rest.
+        self.session.discard_requeued_up_to(msg_seq);
+        self.stats.replayed += self.session.requeued.len() as u64;
+        let ms = self.session.in_seq;
+        self.queue_control(&ControlFrame::SessionReconnectOk(SessionReconnectOk {
+            msg_seq: ms,
+        }))?;
+        self.stats.reconnects += 1;
+        self.become_ready(now, true);
+        Ok(Resolution::TookOver)
+    }
+
+    /// Move `ex`'s session (queues, seqs, cookies, peer identity) into `self`; `ex` closes quietly.
+    pub(super) fn take_session_from(&mut self, ex: &mut Connection) {
+        ex.session.requeue_sent();
+        self.session = std::mem::take(&mut ex.session);
+        if self.peer_name.is_none() {
+            self.peer_name = ex.peer_name.clone();
+            self.features = ex.features;
+        }
+        if ex.role == Role::Client {
+            // Our own outgoing attempt lost the race; keep its policy for the session.
+            self.policy.lossy = ex.policy.lossy;
+        }
+        ex.shut(Event::Closed);
+    }
+
+    pub(super) fn send_server_ident(&mut self, now: Instant) -> Result<(), Error> {
+        // A new session: whatever was queued keeps its order but is numbered afresh.
+        self.session.requeue_sent();
+        self.session.discard_requeued_up_to(0);
+        self.session.in_seq = 0;
+        if !self.policy.lossy {
+            self.session.server_cookie = self.rng.random_range(1..=u64::MAX);
+        }
+        let si = ServerIdent {
+            addrs: self.config.my_addrs.clone(),
+            gid: self.config.gid,
+            global_seq: self.config.global_seq.next(),
+            supported_features: self.config.features_supported,
+            required_features: self.config.features_required,
+            flags: if self.policy.lossy { FLAG_LOSSY } else { 0 },
+            cookie: self.session.server_cookie,
+        };
+        self.queue_control(&ControlFrame::ServerIdent(si))?;
+        self.become_ready(now, false);
+        Ok(())
+    }
+}
+
+/// The msgr2 address Ceph compares in connection races (`msgr2_addr()`), or a blank one.
+pub(super) fn req_msgr2(v: &AddrVec) -> EntityAddr {
+    v.msgr2()
+        .cloned()
+        .or_else(|| v.front().cloned())
+        .unwrap_or_else(EntityAddr::none)
+}
+
+/// Ceph orders `entity_addr_t` by `memcmp` of its in-memory image: type, nonce (host order, little
+/// endian here), then the sockaddr (family, port in network order, address bytes).
+pub fn ceph_addr_less(a: EntityAddr, b: EntityAddr) -> bool {
+    addr_image(&a) < addr_image(&b)
+}
+
+pub(super) fn addr_image(a: &EntityAddr) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + 28);
+    v.extend_from_slice(&(a.addr_type as u32).to_le_bytes());
+    v.extend_from_slice(&a.nonce.to_le_bytes());
+    match a.sockaddr {
+        None => v.extend_from_slice(&[0u8; 28]),
+        Some(core::net::SocketAddr::V4(s)) => {
+            v.extend_from_slice(&2u16.to_le_bytes());
+            v.extend_from_slice(&s.port().to_be_bytes());
+            v.extend_from_slice(&s.ip().octets());
+            v.extend_from_slice(&[0u8; 20]);
+        }
+        Some(core::net::SocketAddr::V6(s)) => {
+            v.extend_from_slice(&10u16.to_le_bytes());
+            v.extend_from_slice(&s.port().to_be_bytes());
+            v.extend_from_slice(&s.flowinfo().to_be_bytes());
+            v.extend_from_slice(&s.ip().octets());
+            v.extend_from_slice(&s.scope_id().to_le_bytes());
+        }
+    }
+    v
+}
+
+/// Does a server's advertised address match the one we dialled? Like Ceph, but forgiving of a
+/// nonce we did not know (0) and of ANY vs. MSGR2.
+pub(super) fn addr_matches(target: &EntityAddr, candidate: &EntityAddr) -> bool {
+    target.sockaddr == candidate.sockaddr
+        && (target.nonce == 0 || target.nonce == candidate.nonce)
+        && (target.addr_type == candidate.addr_type
+            || matches!(target.addr_type, AddrType::Any | AddrType::Msgr2)
+                && matches!(candidate.addr_type, AddrType::Any | AddrType::Msgr2))
+}
