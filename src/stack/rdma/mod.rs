@@ -28,8 +28,9 @@
 //! a message larger than a buffer is split). A full buffer is posted at once; a partly filled one stays
 //! open and is posted by the next `poll` (doorbell batching: what one event-loop turn writes, such as an
 //! ACK frame and the reply the dispatcher sent, leaves in one SEND). `read` copies out of completed
-//! receive buffers and re-posts each as soon as it is drained. Sends are signaled selectively (every `signal_every`-th, and whenever
-//! the last free send buffer or send-queue slot is taken); payloads up to the QP's inline limit go inline.
+//! receive buffers and re-posts each as soon as it is drained. Sends are signaled selectively (every
+//! `signal_every`-th, and whenever the last free send buffer or send-queue slot is taken); payloads up
+//! to the QP's inline limit go inline.
 //! Zero-copy sends of large user buffers are not done: the `WorkerStack::writev` seam borrows the caller's
 //! buffers only for the call, so they must be copied before it returns.
 //!
