@@ -4,6 +4,7 @@
 //!
 //!   rdma_bench lat --addr IP [--dev rxe0] [--gid-index 1] [--size 64] [--count 2000]
 //!   rdma_bench bw  --addr IP [--dev rxe0] [--gid-index 1] [--size 1048576] [--count 300]
+//!   (both also take --buf-size BYTES and --depth N: the stack's buffer size and queue depths)
 //!
 //! `lat`: closed-loop ping-pong driven from the dispatchers (no thread hand-off on the path): the round
 //! trip of one message of `size` payload bytes and its echo; prints p50/avg/p99 in µs.
@@ -30,6 +31,8 @@ struct Args {
     gid_index: i32,
     size: usize,
     count: u64,
+    buf_size: Option<u32>,
+    depth: Option<u32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +50,8 @@ fn parse_args() -> Result<Args, String> {
         addr: IpAddr::from([0, 0, 0, 0]),
         dev: None,
         gid_index: 0,
+        buf_size: None,
+        depth: None,
     };
     let mut have_addr = false;
     while let Some(flag) = it.next() {
@@ -61,6 +66,8 @@ fn parse_args() -> Result<Args, String> {
             "--gid-index" => args.gid_index = value.parse().map_err(|e| bad(&e))?,
             "--size" => args.size = value.parse().map_err(|e| bad(&e))?,
             "--count" => args.count = value.parse().map_err(|e| bad(&e))?,
+            "--buf-size" => args.buf_size = Some(value.parse().map_err(|e| bad(&e))?),
+            "--depth" => args.depth = Some(value.parse().map_err(|e| bad(&e))?),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -76,14 +83,27 @@ fn proto(entity: u8, name: &str) -> Config {
     c
 }
 
+/// A one-worker messenger; its worker is pinned to `core` (client and server get different cores, as
+/// the scheduler would place perftest's two processes).
 fn messenger(
     args: &Args,
     p: Config,
+    core: usize,
     d: Arc<dyn Dispatcher>,
 ) -> std::io::Result<Messenger<RdmaStack>> {
-    let stack = RdmaStack::new(RdmaConfig::new(args.dev.clone(), args.gid_index, 1))?;
+    let mut rc = RdmaConfig::new(args.dev.clone(), args.gid_index, 1);
+    if let Some(b) = args.buf_size {
+        rc.buf_size = b;
+    }
+    if let Some(d) = args.depth {
+        rc.recv_depth = d;
+        rc.send_depth = d;
+    }
+    let stack = RdmaStack::new(rc)?;
     let mut cfg = MessengerConfig::new(p);
     cfg.workers.threads = 1;
+    cfg.workers.pin_cores = true;
+    cfg.workers.cores = vec![core];
     // Spin without ever sleeping, as perftest does: like is compared with like.
     cfg.workers.loop_config.idle_backoff = Duration::ZERO;
     Ok(Messenger::new(stack, cfg, d))
@@ -165,7 +185,7 @@ fn run(args: Args) -> Result<(), String> {
     });
     let mut sp = proto(entity_type::OSD, "osd.0");
     sp.default_policy = Policy::stateful_server();
-    let mut srv = messenger(&args, sp, server.clone()).map_err(|e| format!("server: {e}"))?;
+    let mut srv = messenger(&args, sp, 1, server.clone()).map_err(|e| format!("server: {e}"))?;
     srv.bind(&[SocketAddr::new(args.addr, 0)])
         .map_err(|e| e.to_string())?;
     srv.start().map_err(|e| e.to_string())?;
@@ -180,6 +200,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut cli = messenger(
         &args,
         proto(entity_type::CLIENT, "client.bench"),
+        0,
         pinger.clone(),
     )
     .map_err(|e| format!("client: {e}"))?;
