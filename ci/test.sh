@@ -203,8 +203,9 @@ for line in sys.stdin:
 run_rdma_phase() {
     rdma_install_host
 
-    section "rdma: cargo clippy --all-targets --features rdma -- -D warnings"
+    section "rdma: cargo clippy --all-targets --features rdma -- -D warnings; cargo doc --features rdma"
     cargo clippy --all-targets --features rdma -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features rdma
     section_done
 
     section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma)"

@@ -4,7 +4,7 @@
 //! # What it owns
 //! Per worker ([`RdmaWorker`], created on the worker's thread): the device context as librdmacm opened it,
 //! one protection domain, one completion queue (both directions of every QP) on one completion channel,
-//! one rdma_cm event channel, one registered [`pool::BufferPool`], and its connections keyed by
+//! one rdma_cm event channel, one registered buffer pool (`pool::BufferPool`), and its connections keyed by
 //! [`SocketId`]. Nothing is shared between workers on the data path; [`RdmaStack`] holds only the config,
 //! the counters (atomics) and the fault-injection epoch.
 //!
@@ -21,7 +21,7 @@
 //! 12 bytes of private data with the CM handshake: magic `MRD1`, receive depth (u16 LE), reserved (u16),
 //! receive buffer size (u32 LE). After that every message is one SEND_WITH_IMM carrying up to the peer's
 //! buffer size of the byte stream; the immediate data is the number of receive buffers the sender has
-//! re-posted since its previous SEND (credits, see [`credit`]). A SEND without payload only returns
+//! re-posted since its previous SEND (credits, see [`Credits`]). A SEND without payload only returns
 //! credits. The byte stream is what `proto::Connection` reads and writes, exactly as on posix.
 //!
 //! `writev` copies the gather list into registered send buffers (coalescing small pieces into one SEND;
@@ -39,7 +39,7 @@
 //! `io::Error` (or end of stream for an orderly disconnect) on that socket, so the messenger's lossless
 //! sessions reconnect and replay exactly as on posix. [`RdmaStack::force_qp_errors`] moves every
 //! established QP into the error state (a test hook for exactly that path). `ibv_reg_mr` failures name
-//! `RLIMIT_MEMLOCK` ([`pool`]).
+//! `RLIMIT_MEMLOCK` (see `pool.rs`).
 //!
 //! # Polling
 //! `is_busy_poll` is true: a zero-timeout `poll` polls the CQ (no syscall) and, every
