@@ -71,6 +71,15 @@ fn help_lists_every_subcommand_and_each_has_its_own_help() {
                 "--warmup",
                 "--workers",
                 "--json",
+                "--svg",
+                "--connections",
+                "--window",
+                "--rate",
+                "--duration",
+                "--inject-delay-ms",
+                "--client-cpus",
+                "serve",
+                "run",
             ],
         ),
         (
@@ -196,8 +205,26 @@ fn bench_usage_errors_exit_2_with_a_reason() {
         (&["bench", "--sizes", "64m"], "too large"),
         (&["bench", "--count", "0"], "--count"),
         (&["bench", "--stack", "dpdk"], "--stack"),
-        (&["bench", "--mode", "throughput"], "not yet implemented"),
-        (&["bench", "--mode", "fanin"], "not yet implemented"),
+        (&["bench", "--window", "4"], "one message in flight"),
+        (
+            &["bench", "--mode", "latency", "--connections", "2"],
+            "one message in flight",
+        ),
+        (
+            &["bench", "--stack", "mem", "--mode", "throughput"],
+            "--stack mem",
+        ),
+        (&["bench", "--stack", "mem", "--rate", "100"], "--stack mem"),
+        (
+            &["bench", "--mode", "fanin", "--count", "10"],
+            "less than --connections",
+        ),
+        (&["bench", "--rate", "0"], "--rate"),
+        (&["bench", "--duration", "0"], "--duration"),
+        (&["bench", "--inject-delay-ms=-2"], "--inject-delay-ms"),
+        (&["bench", "run"], "ADDR"),
+        (&["bench", "run", "not-an-address"], "not-an-address"),
+        (&["bench", "serve", "--bind", "nowhere"], "--bind"),
     ];
     for (args, reason) in cases {
         let out = msgr(args, Duration::from_secs(20));

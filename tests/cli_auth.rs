@@ -143,3 +143,50 @@ fn ping_authenticates_with_cephx_in_secure_mode_and_a_wrong_key_is_refused() {
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_runs_in_secure_mode_and_says_so() {
+    let dir = std::env::temp_dir().join(format!("msgr-cli-bench-secure-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for stack in ["mem", "posix"] {
+        let json = dir.join(format!("{stack}.json"));
+        let out = Command::new(MSGR)
+            .args([
+                "bench",
+                "--stack",
+                stack,
+                "--sizes",
+                "4k",
+                "--count",
+                "200",
+                "--warmup",
+                "20",
+                "--con-mode",
+                "secure",
+            ])
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{stack}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(v["header"]["conn_mode"], "secure", "{stack}: {v}");
+        assert_eq!(v["results"][0]["count"], 200, "{stack}: {v}");
+    }
+    // Against a server in another process there is no shared key: refused as a usage error.
+    let out = Command::new(MSGR)
+        .args(["bench", "run", "v2:127.0.0.1:1/1", "--con-mode", "secure"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

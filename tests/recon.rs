@@ -3,10 +3,10 @@
 //! Ceph monitor started with scripts/ceph-mon.sh (skipped with a loud note when ceph-mon is missing,
 //! unless MSGR_REQUIRE_CEPH=1). Every fake peer thread and every probe is bounded in time.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -598,100 +598,25 @@ fn connection_getters_report_what_the_peer_said() {
 
 // ---- a real Ceph monitor ----
 
-/// Stops the monitor and removes its directory, even when the test panics.
-struct MonGuard {
-    script: PathBuf,
-    dir: PathBuf,
-}
-
-impl Drop for MonGuard {
-    fn drop(&mut self) {
-        let out = Command::new("bash")
-            .arg(&self.script)
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "ceph-mon.sh stop {} failed: {}",
-                self.dir.display(),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("ceph-mon.sh stop: {e}"),
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
-
-/// A free loopback port outside the usual ephemeral range.
-fn free_port(avoid: u16) -> u16 {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let port = 21_000 + (x % 8_000) as u16;
-        if port != avoid && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 21000..29000");
-}
-
-fn env_value<'a>(env: &'a str, key: &str) -> &'a str {
-    env.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("{key} missing from ceph-mon.sh output:\n{env}"))
-}
-
 #[test]
 fn real_ceph_monitor_v2_is_ok_and_v1_is_msgr1_only() {
-    if !on_path("ceph-mon") || !on_path("ceph") {
-        let msg = "ceph-mon / ceph not installed (apt-get install --no-install-recommends ceph-mon ceph-common)";
-        if std::env::var("MSGR_REQUIRE_CEPH").as_deref() == Ok("1") {
-            panic!("MSGR_REQUIRE_CEPH=1 but {msg}");
-        }
-        eprintln!("\n!!!!!!!! NOTE: {msg}: SKIPPING the real-monitor recon test !!!!!!!!\n");
+    if !common::ceph::ceph_available("real_ceph_monitor_v2_is_ok_and_v1_is_msgr1_only") {
         return;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph-mon.sh");
-    let dir = std::env::temp_dir().join(format!(
-        "msgr-recon-mon-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let guard = MonGuard {
-        script: script.clone(),
-        dir: dir.clone(),
-    };
-    let v2 = free_port(0);
-    let v1 = free_port(v2);
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("start")
-        .arg(&dir)
-        .args(["--v2-port", &v2.to_string(), "--v1-port", &v1.to_string()])
-        .output()
-        .expect("run ceph-mon.sh");
-    assert!(
-        out.status.success(),
-        "ceph-mon.sh start failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let v2 = common::ceph::free_port(&[]);
+    let v1 = common::ceph::free_port(&[v2]);
+    let mon = common::ceph::CephMon::start(
+        "recon-mon",
+        &[
+            "--v2-port".into(),
+            v2.to_string(),
+            "--v1-port".into(),
+            v1.to_string(),
+        ],
     );
-    let env = String::from_utf8_lossy(&out.stdout).into_owned();
-    let v2_addr = env_value(&env, "V2_ADDR").to_string();
-    let v1_addr = env_value(&env, "V1_ADDR").to_string();
+    let dir = mon.dir().to_path_buf();
+    let v2_addr = mon.env("V2_ADDR").to_string();
+    let v1_addr = mon.env("V1_ADDR").to_string();
     assert_eq!(v2_addr, format!("127.0.0.1:{v2}"));
 
     // Both at once: v2 answers as a monitor, v1 only speaks msgr1.
@@ -724,7 +649,7 @@ fn real_ceph_monitor_v2_is_ok_and_v1_is_msgr1_only() {
     recon::run_to(&args(&[&v2_addr, &v1_addr, "--expect", "mon"]), &mut table).unwrap();
     eprintln!("{}", String::from_utf8_lossy(&table));
 
-    drop(guard);
+    drop(mon);
     assert!(!dir.exists(), "{} not removed", dir.display());
     // Stopped: the port no longer answers.
     assert!(TcpStream::connect_timeout(&v2_addr.parse().unwrap(), Duration::from_secs(1)).is_err());

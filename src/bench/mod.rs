@@ -1,63 +1,139 @@
 //! `msgr bench`: the benchmark harness.
 //!
-//! Owns the benchmark modes, their drivers and what they report. Today one mode exists, `latency`
-//! ([`latency`]): ping-pong with one message in flight, per message size, over the posix stack on
-//! loopback or over the in-memory protocol pair. Results are hdrhistogram percentiles, printed as a table
-//! and optionally written as JSON ([`Report`]).
+//! Owns the benchmark modes, their drivers and what they report:
+//! - `latency`: ping-pong, one message in flight on one connection, per message size;
+//! - `throughput`: one or more connections streaming with a window of messages in flight, each answered
+//!   by an empty ack;
+//! - `fanin`: many client connections (default 256, each its own client identity) against one server,
+//!   echoed, reporting aggregate msgs/s and the latency distribution under that load.
 //!
-//! Layout, ready for the full harness: [`BenchArgs`] is the command line, [`run`] picks the driver for
-//! the mode and stack, drivers return [`latency::Measured`] samples, [`report`] turns them into
-//! [`SizeResult`]s, the table and the JSON. Throughput (streaming) and fan-in modes, `--svg` plots and the
-//! side-by-side comparison script plug in as further modes and outputs; until they exist they are
-//! refused as usage errors, never approximated.
+//! Every message's latency goes into an hdrhistogram in ns (no allocation per sample); `--rate` paces the
+//! sends and measures from each message's intended send time (coordinated omission); warm-up messages are
+//! never recorded. The server runs in this process (`msgr bench`) or in another (`msgr bench serve` +
+//! `msgr bench run ADDR`). Output: a table on stdout, `--json FILE` ([`Report`]), `--svg FILE` ([`plot`]),
+//! and a progress bar on stderr for runs over a second when stderr is a terminal ([`progress`]).
+//!
+//! Layout: [`BenchArgs`] is the command line, [`run_to`] checks it and picks the stack; [`driver`] is the
+//! client side of every posix run (the in-memory pair, [`latency::MemPingPong`], has latency only);
+//! [`serve`] is the server; [`report`] turns histograms into [`SizeResult`]s, the table and the JSON.
 //!
 //! Invariants: warm-up samples never reach a histogram; every record in a report has the count asked
-//! for; the JSON file is opened before the run, so a bad path fails in a second, not after the run.
+//! for (or, duration-bound, what was measured in that time); output files are created before the run,
+//! so a bad path fails in a second, not after the run.
 
+pub mod driver;
 pub mod latency;
+pub mod plot;
+pub mod progress;
 pub mod report;
+pub mod security;
+pub mod serve;
 pub mod size;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-pub use latency::EchoDispatcher;
-pub use report::{Header, Report, SizeResult};
+use crate::event::WorkerConfig;
+use crate::proto::types::{AddrVec, EntityAddr};
+use crate::stack::fault::{FaultConfig, FaultStack};
+use crate::stack::posix::PosixStack;
+
+pub use driver::{Load, Measured, Shape, Traffic};
+pub use latency::{EchoDispatcher, BENCH_ACK_TYPE, BENCH_MSG_TYPE, BENCH_STREAM_TYPE};
+pub use report::{Cpus, Header, Percentile, Report, RunInfo, RunShape, SizeResult};
+pub use serve::{BenchServeArgs, BenchServer};
 pub use size::{format_size, parse_size, parse_sizes};
 
 /// Exit status for a benchmark that could not run or failed part way.
 pub const EXIT_FAIL: i32 = 1;
-/// Exit status for bad usage (including modes not built yet).
+/// Exit status for bad usage.
 pub const EXIT_USAGE: i32 = 2;
 
 /// Largest `--workers`.
 pub const MAX_WORKERS: usize = 64;
+/// Largest `--connections`.
+pub const MAX_CONNECTIONS: usize = 65_536;
+/// Largest `--window`.
+pub const MAX_WINDOW: usize = 65_536;
+/// Default `--connections` in fan-in mode.
+pub const FANIN_CONNECTIONS: usize = 256;
+/// Default `--window` in throughput mode.
+pub const THROUGHPUT_WINDOW: usize = 16;
 
-/// `msgr bench [--stack posix|mem] [--mode latency] [--sizes 64,4k,64k] [--count N] [--warmup N]
-/// [--workers N] [--json FILE]`
+const ABOUT: &str = "Measure the messenger: latency, throughput and fan-in, per message size";
+
+const LONG_ABOUT: &str = "Measure the messenger: latency, throughput and fan-in, per message size.\n\n\
+Modes: `latency` plays ping-pong with exactly one message in flight on one connection; `throughput` \
+streams on --connections connections (default 1) with --window messages in flight each (default 16), \
+the server answering each message with an empty ack; `fanin` opens --connections client sessions \
+(default 256, each its own client identity) to one server and echoes with --window in flight each \
+(default 1).\n\n\
+Every message's latency (send to reply) is recorded in ns in an hdrhistogram; warm-up messages are \
+not. With --rate the sends are paced at that many messages per second (over all connections) and each \
+latency runs from the message's intended send time, so stalls are not hidden (coordinated omission). \
+--duration measures each size for that long instead of --count messages.\n\n\
+With --stack posix the server is a messenger in this process on 127.0.0.1 (its own worker threads), or \
+in another process: start `msgr bench serve`, then `msgr bench run ADDR`. With --stack mem the client \
+and server are the protocol state machines back to back in memory (latency only: the protocol's cost \
+alone).\n\n\
+The table shows, per size, p50/p90/p99/p99.9/max in µs, msgs/s over all connections and payload Gbit/s \
+(both directions for echoed modes, one for throughput). --json FILE writes the same figures with a \
+header (version, commit, stack, pinning, load average, CPU, kernel); --svg FILE draws latency by \
+percentile and throughput by size.";
+
+const AFTER_HELP: &str = "Examples:\n  \
+msgr bench --stack posix --mode latency --sizes 64,4k --json out.json --svg out.svg\n  \
+msgr bench --mode throughput --sizes 4k,64k,1m --window 32 --duration 3\n  \
+msgr bench --mode fanin --connections 256 --sizes 64\n  \
+msgr bench --sizes 64 --rate 20000 --count 100000\n  \
+taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 &  taskset -c 0 msgr bench run 127.0.0.1:6800";
+
+/// `msgr bench [OPTIONS]`, `msgr bench run ADDR [OPTIONS]`, `msgr bench serve [OPTIONS]`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(
-    about = "Measure the messenger: latency percentiles per message size",
-    long_about = "Measure the messenger: latency percentiles per message size.\n\n\
-Latency mode plays ping-pong with exactly one message in flight: a client sends a message of each \
-size, an echo server sends the same bytes back, and every round trip is recorded (in ns, in an \
-hdrhistogram). With --stack posix both ends are messengers in this process, talking msgr2.1 over \
-TCP on 127.0.0.1; with --stack mem they are the protocol state machines wired back to back in memory \
-(no sockets, no threads: the cost of the protocol alone).\n\n\
-For each size the table shows the round trips measured (warm-up excluded), p50/p90/p99/p99.9/max \
-round-trip time in µs, round trips per second, and payload Gbit/s counting both directions. \
---json FILE also writes them, with a header describing the build and the machine.",
-    after_help = "Examples:\n  \
-msgr bench\n  \
-msgr bench --stack mem --sizes 64,4k,64k,1m --count 100000\n  \
-msgr bench --stack posix --sizes 4k --count 50000 --warmup 5000 --json posix-4k.json"
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
+pub struct BenchCli {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub args: BenchArgs,
+}
+
+/// The two-process form.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchCommand {
+    /// Run a benchmark server (echo and ack) for `msgr bench run` in another process.
+    Serve(BenchServeArgs),
+    /// Run the benchmark against a `msgr bench serve` (or `msgr serve`) at ADDR.
+    Run(BenchRunArgs),
+}
+
+/// `msgr bench run ADDR [OPTIONS]`
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Example:\n  msgr bench run 127.0.0.1:6800 --mode throughput --sizes 1m")]
+pub struct BenchRunArgs {
+    /// The server: IP:PORT (IPv6 in brackets), or v2:IP:PORT/NONCE as `msgr bench serve` prints it.
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+    #[command(flatten)]
+    pub args: BenchArgs,
+}
+
+/// What to measure and how.
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Network stack: posix (kernel TCP over loopback) or mem (in-memory protocol pair).
+    /// Network stack: posix (kernel TCP) or mem (in-memory protocol pair, latency only).
     #[arg(long, value_enum, default_value_t = StackKind::Posix)]
     pub stack: StackKind,
 
-    /// What to measure. Only latency is built so far.
+    /// What to measure: latency, throughput or fanin.
     #[arg(long, value_enum, default_value_t = Mode::Latency)]
     pub mode: Mode,
 
@@ -66,27 +142,94 @@ pub struct BenchArgs {
           default_value = "64,4k,64k")]
     pub sizes: Vec<usize>,
 
-    /// Round trips measured per size.
+    /// Messages measured per size, over all connections.
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub count: u64,
 
-    /// Round trips per size before measuring (not recorded).
+    /// Measure each size for SECS seconds instead of --count messages.
+    #[arg(long, value_name = "SECS", value_parser = parse_positive_secs)]
+    pub duration: Option<f64>,
+
+    /// Messages per size before measuring (sent and answered, not recorded).
     #[arg(long, value_name = "N", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub warmup: u64,
 
-    /// Worker threads per messenger (posix; the in-memory pair has none).
+    /// Client connections (default: 1; fanin: 256).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS as u64))]
+    pub connections: Option<u64>,
+
+    /// Messages in flight per connection (default: 1; throughput: 16).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_WINDOW as u64))]
+    pub window: Option<u64>,
+
+    /// Pace the sends at N messages per second over all connections; latency counts from each
+    /// message's intended send time.
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Worker threads per messenger (client, and the in-process server).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS as u64))]
     pub workers: u64,
 
+    /// Pin the client's workers to these CPUs, e.g. 0 or 0,1.
+    #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
+    pub client_cpus: Vec<usize>,
+
+    /// Pin the in-process server's workers to these CPUs.
+    #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
+    pub server_cpus: Vec<usize>,
+
+    /// Hold back every read on the client side this many ms (fault injection), so each round trip
+    /// takes at least that long: a check that the figures are real.
+    #[arg(long, value_name = "MS", value_parser = parse_delay_ms)]
+    pub inject_delay_ms: Option<f64>,
+
+    /// msgr2 connection mode: crc (auth none), or secure (cephx + AES-128-GCM; the in-process server
+    /// plays the cephx monitor with an ephemeral key). Not with `bench run ADDR`.
+    #[arg(long = "con-mode", value_enum, default_value_t = security::ConMode::Crc)]
+    pub con_mode: security::ConMode,
+
     /// Also write the results as JSON to FILE (a header plus one record per size).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+
+    /// Also draw latency by percentile and throughput by size into FILE (SVG).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
-/// Stacks `msgr bench` runs over.
+fn parse_positive_secs(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected seconds, more than 0 and at most 86400"
+        )),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (1.0..=1e9).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: expected messages per second, 1 to 1e9")),
+    }
+}
+
+fn parse_delay_ms(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 60_000.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected milliseconds, more than 0 and at most 60000"
+        )),
+    }
+}
+
+/// Stacks `msgr bench` runs over. Kernel-bypass stacks (`dpdk`, `rdma`) join as variants when they are
+/// built; each variant maps to a `NetworkStack` in [`run_to`].
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StackKind {
     /// Kernel TCP over 127.0.0.1, a server and a client messenger in this process.
@@ -109,9 +252,9 @@ impl StackKind {
 pub enum Mode {
     /// Ping-pong, one message in flight: round-trip percentiles.
     Latency,
-    /// Streaming, many messages in flight: throughput (not yet implemented).
+    /// Streaming with a window of messages in flight on one or more connections: throughput.
     Throughput,
-    /// Many client connections into one server (not yet implemented).
+    /// Many client connections (default 256) into one server: aggregate msgs/s and latency under load.
     Fanin,
 }
 
@@ -147,70 +290,224 @@ impl BenchError {
 }
 
 /// Runs the benchmark, printing the table to stdout; see [`run_to`].
-pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+pub fn run(args: &BenchArgs, server: Option<&str>) -> Result<Report, BenchError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    run_to(args, &mut out)
+    run_to(args, server, &mut out)
 }
 
-/// Runs the benchmark described by `args`, writing the table to `out` as each size completes (write
-/// errors on `out` are ignored: a closed pipe does not stop the run), and the JSON file if asked.
-pub fn run_to(args: &BenchArgs, out: &mut dyn Write) -> Result<Report, BenchError> {
-    if args.mode != Mode::Latency {
-        return Err(BenchError::Usage(format!(
-            "--mode {} is not yet implemented in this build (available: latency)",
-            args.mode.name()
-        )));
-    }
+/// A run's plan, checked.
+struct Plan {
+    shape: Shape,
+    run_shape: RunShape,
+    load: Load,
+    workers: usize,
+    server: Option<(String, AddrVec)>,
+}
+
+fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
+    let usage = |m: String| Err(BenchError::Usage(m));
     if args.sizes.is_empty() {
-        return Err(BenchError::Usage("no message size given (--sizes)".into()));
+        return usage("no message size given (--sizes)".into());
     }
     if args.count == 0 {
-        return Err(BenchError::Usage("--count must be at least 1".into()));
+        return usage("--count must be at least 1".into());
+    }
+    if server.is_some() && args.con_mode == security::ConMode::Secure {
+        return usage(
+            "--con-mode secure runs with the in-process server (its ephemeral cephx key); \
+             `bench run ADDR` supports crc only"
+                .into(),
+        );
     }
     let workers = usize::try_from(args.workers)
         .ok()
         .filter(|w| (1..=MAX_WORKERS).contains(w))
         .ok_or_else(|| BenchError::Usage(format!("--workers: expected 1..={MAX_WORKERS}")))?;
-    let json_file = match &args.json {
-        Some(path) => Some((
-            path,
-            std::fs::File::create(path)
-                .map_err(|e| BenchError::Failed(format!("cannot write {}: {e}", path.display())))?,
-        )),
+    let as_usize = |v: Option<u64>, default: usize| {
+        v.map_or(Some(default), |v| usize::try_from(v).ok())
+            .unwrap_or(usize::MAX)
+    };
+    let (connections, window, traffic) = match args.mode {
+        Mode::Latency => (
+            as_usize(args.connections, 1),
+            as_usize(args.window, 1),
+            Traffic::Echo,
+        ),
+        Mode::Throughput => (
+            as_usize(args.connections, 1),
+            as_usize(args.window, THROUGHPUT_WINDOW),
+            Traffic::Stream,
+        ),
+        Mode::Fanin => (
+            as_usize(args.connections, FANIN_CONNECTIONS),
+            as_usize(args.window, 1),
+            Traffic::Echo,
+        ),
+    };
+    if args.mode == Mode::Latency && (connections != 1 || window != 1) {
+        return usage(
+            "--mode latency has one connection with one message in flight; use --mode throughput \
+             (--window, --connections) or --mode fanin for more"
+                .into(),
+        );
+    }
+    if connections > MAX_CONNECTIONS || window > MAX_WINDOW {
+        return usage(format!(
+            "--connections at most {MAX_CONNECTIONS}, --window at most {MAX_WINDOW}"
+        ));
+    }
+    if args.duration.is_none() && args.count < connections as u64 {
+        return usage(format!(
+            "--count {} is less than --connections {connections}: every connection needs a message",
+            args.count
+        ));
+    }
+    let server = match server {
+        Some(addr) => {
+            let t = crate::recon::parse_target(addr).map_err(BenchError::Usage)?;
+            Some((
+                t.to_string(),
+                AddrVec(vec![EntityAddr::msgr2(t.addr, t.nonce)]),
+            ))
+        }
         None => None,
     };
-
-    let stack = args.stack.name();
-    let mode = args.mode.name();
-    let header = Header::describe_host(
-        stack,
-        mode,
-        if args.stack == StackKind::Mem {
-            0
-        } else {
-            workers
+    if args.stack == StackKind::Mem {
+        let unsupported = [
+            (args.mode != Mode::Latency, "--mode other than latency"),
+            (args.rate.is_some(), "--rate"),
+            (args.duration.is_some(), "--duration"),
+            (args.inject_delay_ms.is_some(), "--inject-delay-ms"),
+            (server.is_some(), "a server address (bench run)"),
+            (
+                !args.client_cpus.is_empty() || !args.server_cpus.is_empty(),
+                "--client-cpus/--server-cpus",
+            ),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|(bad, _)| *bad) {
+            return usage(format!(
+                "--stack mem (the in-memory pair, latency only) does not take {what}"
+            ));
+        }
+    }
+    if server.is_some() && !args.server_cpus.is_empty() {
+        return usage(
+            "--server-cpus pins an in-process server; pin `msgr bench serve` itself".into(),
+        );
+    }
+    let run_shape = RunShape {
+        stack: args.stack.name().to_string(),
+        mode: args.mode.name().to_string(),
+        warmup: args.warmup,
+        connections,
+        window,
+        rate: args.rate,
+        directions: traffic.directions(),
+    };
+    Ok(Plan {
+        shape: Shape {
+            connections,
+            window,
+            traffic,
         },
-        args.warmup,
-        args.count,
+        run_shape,
+        load: Load {
+            warmup: args.warmup,
+            count: args.count,
+            duration: args.duration.map(Duration::from_secs_f64),
+            rate: args.rate,
+        },
+        workers,
+        server,
+    })
+}
+
+/// Worker threads `threads`, pinned to `cpus` if any are given.
+fn worker_config(threads: usize, cpus: &[usize], name: &str) -> WorkerConfig {
+    WorkerConfig {
+        threads,
+        pin_cores: !cpus.is_empty(),
+        cores: cpus.to_vec(),
+        name_prefix: name.to_string(),
+        ..WorkerConfig::default()
+    }
+}
+
+/// The CPUs `wc`'s workers will be pinned to.
+fn pinned(wc: &WorkerConfig) -> Vec<usize> {
+    wc.core_plan().into_iter().flatten().map(|c| c.id).collect()
+}
+
+/// Runs the benchmark described by `args` (against `server`, an address, when given; else against a
+/// server in this process), writing the table to `out` as each size completes (write errors on `out` are
+/// ignored: a closed pipe does not stop the run), then the JSON and SVG files if asked.
+pub fn run_to(
+    args: &BenchArgs,
+    server: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<Report, BenchError> {
+    let plan = plan(args, server)?;
+    let started = Instant::now();
+    let create = |path: &PathBuf| {
+        std::fs::File::create(path)
+            .map_err(|e| BenchError::Failed(format!("cannot write {}: {e}", path.display())))
+    };
+    let json_file = match &args.json {
+        Some(path) => Some((path, create(path)?)),
+        None => None,
+    };
+    if let Some(path) = &args.svg {
+        create(path)?;
+    }
+
+    let client_wc = worker_config(plan.workers, &args.client_cpus, "bench-client");
+    let server_wc = worker_config(plan.workers, &args.server_cpus, "bench-server");
+    let mem = args.stack == StackKind::Mem;
+    let mut header = Header::describe(
+        &plan.run_shape,
+        RunInfo {
+            processes: if plan.server.is_some() { "two" } else { "one" },
+            server_addr: plan.server.as_ref().map(|s| s.0.clone()),
+            workers: if mem { 0 } else { plan.workers },
+            server_workers: (!mem && plan.server.is_none()).then_some(plan.workers),
+            client_cpus: Cpus::of_this_process(&pinned(&client_wc)),
+            server_cpus: (!mem && plan.server.is_none())
+                .then(|| Cpus::of_this_process(&pinned(&server_wc))),
+            count: args.count,
+            duration_s: args.duration,
+            inject_delay_ms: args.inject_delay_ms,
+        },
     );
-    let _ = out.write_all(report::table_header(stack, mode, args.count, args.warmup).as_bytes());
+    header.conn_mode = args.con_mode.name().to_string();
+    let _ = out.write_all(
+        report::table_header(&plan.run_shape, args.count, plan.load.duration).as_bytes(),
+    );
     let _ = out.flush();
 
     let mut results = Vec::with_capacity(args.sizes.len());
-    let mut record = |size: usize, m: latency::Measured, wire: usize, out: &mut dyn Write| {
-        let r =
-            SizeResult::from_histogram(stack, mode, size, wire, args.warmup, &m.hist, m.elapsed);
+    let mut record = |size: usize, m: Measured, wire: usize, out: &mut dyn Write| {
+        let mut r = SizeResult::from_histogram(&plan.run_shape, size, wire, &m.hist, m.elapsed);
+        r.pacer_lag_max_ns = m
+            .pacer_lag
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let _ = out.write_all(report::table_row(&r).as_bytes());
         let _ = out.flush();
         results.push(r);
     };
     let failed = |size: usize, e: String| {
-        BenchError::Failed(format!("{stack} {mode} at size {}: {e}", format_size(size)))
+        BenchError::Failed(format!(
+            "{} {} at size {}: {e}",
+            plan.run_shape.stack,
+            plan.run_shape.mode,
+            format_size(size)
+        ))
     };
+    let security = security::Security::new(args.con_mode);
+    let mut progress = progress::Progress::new(true);
     match args.stack {
         StackKind::Mem => {
-            let mut pp = latency::MemPingPong::new().map_err(BenchError::Failed)?;
+            let mut pp = latency::MemPingPong::new(&security).map_err(BenchError::Failed)?;
             for &size in &args.sizes {
                 let msg = latency::bench_message(size);
                 let m = pp
@@ -220,19 +517,69 @@ pub fn run_to(args: &BenchArgs, out: &mut dyn Write) -> Result<Report, BenchErro
             }
         }
         StackKind::Posix => {
-            let mut pp = latency::PosixPingPong::new(workers)
-                .map_err(|e| BenchError::Failed(format!("posix loopback set-up: {e}")))?;
+            // The in-process server, unless one was named; dropped (stopped) after the client.
+            let local = match &plan.server {
+                Some(_) => None,
+                None => Some(
+                    BenchServer::start(
+                        PosixStack::new(),
+                        &[SocketAddr::from(([127, 0, 0, 1], 0))],
+                        server_wc,
+                        &security,
+                    )
+                    .map_err(|e| BenchError::Failed(format!("posix loopback server: {e}")))?,
+                ),
+            };
+            let target = match (&plan.server, &local) {
+                (Some((_, addrs)), _) => addrs.clone(),
+                (None, Some(s)) => s.addrs().clone(),
+                (None, None) => return Err(BenchError::Failed("no server".into())),
+            };
+            let shape = plan.shape;
+            let connect = |r: Result<Box<dyn driver::Runner>, String>| {
+                r.map_err(|e| BenchError::Failed(format!("{} set-up: {e}", plan.run_shape.stack)))
+            };
+            let mut client = match args.inject_delay_ms {
+                None => connect(driver::Client::boxed(
+                    PosixStack::new(),
+                    client_wc,
+                    &target,
+                    shape,
+                    &security,
+                ))?,
+                Some(ms) => connect(driver::Client::boxed(
+                    FaultStack::new(
+                        PosixStack::new(),
+                        FaultConfig {
+                            read_delay: Duration::from_secs_f64(ms / 1000.0),
+                            ..FaultConfig::default()
+                        },
+                    ),
+                    client_wc,
+                    &target,
+                    shape,
+                    &security,
+                ))?,
+            };
+            let mut outcome = Ok(());
             for &size in &args.sizes {
-                let msg = latency::bench_message(size);
-                let m = pp
-                    .run(&msg, args.warmup, args.count)
-                    .map_err(|e| failed(size, e))?;
-                record(size, m, latency::wire_bytes(&msg), out);
+                let msg = latency::traffic_message(size, shape.traffic);
+                progress.label(&format_size(size));
+                match client.run(&msg, &plan.load, &mut progress) {
+                    Ok(m) => record(size, m, latency::wire_bytes(&msg), out),
+                    Err(e) => {
+                        outcome = Err(failed(size, e));
+                        break;
+                    }
+                }
             }
-            pp.shutdown();
+            client.shutdown();
+            outcome?;
+            drop(local);
         }
     }
 
+    header.finish(started.elapsed());
     let report = Report { header, results };
     if let Some((path, mut file)) = json_file {
         let text = serde_json::to_string_pretty(&report)
@@ -241,6 +588,9 @@ pub fn run_to(args: &BenchArgs, out: &mut dyn Write) -> Result<Report, BenchErro
             .and_then(|()| file.write_all(b"\n"))
             .and_then(|()| file.flush())
             .map_err(|e| BenchError::Failed(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.svg {
+        plot::write_svg(&report, path).map_err(BenchError::Failed)?;
     }
     Ok(report)
 }

@@ -2,8 +2,8 @@
 //! message size, the text table and the JSON file.
 //!
 //! Invariants: every figure in a [`SizeResult`] comes from the measured (post-warm-up) samples only;
-//! `msgs_per_sec` is `count / elapsed`, and `gbit_per_sec` counts payload bits in both directions
-//! (a ping-pong moves `msg_size` bytes each way per round trip).
+//! `msgs_per_sec` is `count / elapsed`; `gbit_per_sec` counts payload bits in every direction the payload
+//! crosses (`directions`: 2 for echoed modes, latency and fan-in; 1 for streamed throughput).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use super::size::format_size;
 
+/// Quantiles kept in each record's `percentiles` (what the latency plot draws), besides min and max.
+pub const PLOT_QUANTILES: [f64; 12] = [
+    0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99995, 0.99999, 0.999999,
+];
+
 /// A whole run: the header, then one record per message size in the order they were measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -20,7 +25,28 @@ pub struct Report {
     pub results: Vec<SizeResult>,
 }
 
-/// How and where the run was made.
+/// The CPUs one side ran on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cpus {
+    /// CPUs the workers were pinned to, one per worker in order (empty: not pinned).
+    pub pinned: Vec<usize>,
+    /// CPUs the process was allowed to run on (its affinity mask, e.g. from taskset).
+    pub allowed: Vec<usize>,
+}
+
+impl Cpus {
+    /// The pinning asked for, with this process's affinity mask.
+    pub fn of_this_process(pinned: &[usize]) -> Self {
+        Cpus {
+            pinned: pinned.to_vec(),
+            allowed: core_affinity::get_core_ids()
+                .map(|ids| ids.into_iter().map(|c| c.id).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// How and where the run was made: enough to reproduce a figure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
     /// `CARGO_PKG_VERSION` of the msgr that ran.
@@ -29,20 +55,67 @@ pub struct Header {
     pub git_commit: Option<String>,
     pub stack: String,
     pub mode: String,
-    /// Worker threads per messenger (posix); 0 for the in-memory pair, which has no threads.
+    /// msgr2 connection mode (`crc`; `secure` needs cephx).
+    pub conn_mode: String,
+    /// `one` (server and client in this process) or `two` (`msgr bench run ADDR` against a server).
+    pub processes: String,
+    /// The server's address when it runs in another process.
+    pub server_addr: Option<String>,
+    /// Client worker threads; 0 for the in-memory pair, which has no threads.
     pub workers: usize,
+    /// Server worker threads, when the server runs in this process.
+    pub server_workers: Option<usize>,
+    pub client_cpus: Cpus,
+    /// Known when the server runs in this process.
+    pub server_cpus: Option<Cpus>,
+    pub connections: usize,
+    /// Messages in flight per connection.
+    pub window: usize,
+    /// Paced runs: messages per second offered over all connections.
+    pub rate: Option<f64>,
     pub warmup: u64,
+    /// Messages measured per size (when not duration-bound).
     pub count: u64,
+    /// Seconds measured per size, when duration-bound.
+    pub duration_s: Option<f64>,
+    /// Injected read delay on the client side (fault injection), ms.
+    pub inject_delay_ms: Option<f64>,
+    /// Wall time of the whole run (set-up, warm-up and every size), ns.
+    pub wall_ns: u64,
     /// `model name` from /proc/cpuinfo.
     pub cpu_model: Option<String>,
     /// /proc/sys/kernel/osrelease.
     pub kernel: Option<String>,
     pub cpus: usize,
+    /// /proc/loadavg (1, 5, 15 minutes) when the run started and when it ended: other load on the machine.
+    pub loadavg_start: Option<[f64; 3]>,
+    pub loadavg_end: Option<[f64; 3]>,
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
 }
 
-/// The latency figures of one message size.
+/// One point of a latency distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentile {
+    /// Quantile, 0..=1.
+    pub q: f64,
+    pub ns: u64,
+}
+
+/// What a record's figures were measured under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunShape {
+    pub stack: String,
+    pub mode: String,
+    pub warmup: u64,
+    pub connections: usize,
+    pub window: usize,
+    pub rate: Option<f64>,
+    /// Directions the payload crosses per message: 2 echoed, 1 streamed.
+    pub directions: u32,
+}
+
+/// The figures of one message size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SizeResult {
     pub stack: String,
@@ -51,10 +124,16 @@ pub struct SizeResult {
     pub msg_size: usize,
     /// Bytes of one MESSAGE frame on the wire (preamble, header, payload, crcs, epilogue).
     pub wire_bytes: usize,
-    /// Measured round trips (warm-up excluded).
+    pub connections: usize,
+    pub window: usize,
+    /// Paced runs: offered messages per second.
+    pub rate: Option<f64>,
+    /// Directions the payload crosses per message (2 echoed, 1 streamed), as counted in `gbit_per_sec`.
+    pub directions: u32,
+    /// Messages measured (warm-up excluded).
     pub count: u64,
     pub warmup: u64,
-    /// Wall time of the measured round trips, first send to last reply.
+    /// Wall time of the measured messages: first send (paced: its intended time) to last reply.
     pub elapsed_ns: u64,
     pub min_ns: u64,
     pub mean_ns: u64,
@@ -63,20 +142,23 @@ pub struct SizeResult {
     pub p99_ns: u64,
     pub p999_ns: u64,
     pub max_ns: u64,
-    /// Round trips per second (`count / elapsed`).
+    /// Messages per second (`count / elapsed`), over all connections.
     pub msgs_per_sec: f64,
-    /// Payload bits per second, both directions together.
+    /// Payload bits per second, every direction counted.
     pub gbit_per_sec: f64,
+    /// The distribution at [`PLOT_QUANTILES`].
+    pub percentiles: Vec<Percentile>,
+    /// Paced runs: the pacer's largest lag behind its schedule (charged to the latencies; large values
+    /// mean the load generator itself was starved of CPU).
+    pub pacer_lag_max_ns: Option<u64>,
 }
 
 impl SizeResult {
-    /// Summarises `hist` (round-trip times in ns) for a run that took `elapsed`.
+    /// Summarises `hist` (latencies in ns) for a run of `shape` that took `elapsed`.
     pub fn from_histogram(
-        stack: &str,
-        mode: &str,
+        shape: &RunShape,
         msg_size: usize,
         wire_bytes: usize,
-        warmup: u64,
         hist: &Histogram<u64>,
         elapsed: Duration,
     ) -> Self {
@@ -84,12 +166,16 @@ impl SizeResult {
         let secs = elapsed.as_secs_f64();
         let msgs_per_sec = if secs > 0.0 { count as f64 / secs } else { 0.0 };
         SizeResult {
-            stack: stack.to_string(),
-            mode: mode.to_string(),
+            stack: shape.stack.clone(),
+            mode: shape.mode.clone(),
             msg_size,
             wire_bytes,
+            connections: shape.connections,
+            window: shape.window,
+            rate: shape.rate,
+            directions: shape.directions,
             count,
-            warmup,
+            warmup: shape.warmup,
             elapsed_ns: u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             min_ns: hist.min(),
             mean_ns: hist.mean() as u64,
@@ -99,18 +185,62 @@ impl SizeResult {
             p999_ns: hist.value_at_quantile(0.999),
             max_ns: hist.max(),
             msgs_per_sec,
-            gbit_per_sec: msgs_per_sec * 2.0 * msg_size as f64 * 8.0 / 1e9,
+            gbit_per_sec: msgs_per_sec * f64::from(shape.directions) * msg_size as f64 * 8.0 / 1e9,
+            percentiles: PLOT_QUANTILES
+                .iter()
+                .map(|&q| Percentile {
+                    q,
+                    ns: hist.value_at_quantile(q),
+                })
+                .collect(),
+            pacer_lag_max_ns: None,
         }
     }
 }
 
 /// The table's title and column heads.
-pub fn table_header(stack: &str, mode: &str, count: u64, warmup: u64) -> String {
+pub fn table_header(shape: &RunShape, count: u64, duration: Option<Duration>) -> String {
+    let what = match shape.mode.as_str() {
+        "latency" => "one message in flight, times are round trips".to_string(),
+        "throughput" => format!(
+            "{} connection(s) streaming, {} in flight each, times are send to ack",
+            shape.connections, shape.window
+        ),
+        _ => format!(
+            "{} client connections, {} in flight each, times are round trips under load",
+            shape.connections, shape.window
+        ),
+    };
+    let amount = match duration {
+        Some(d) => format!("{:.1}s per size", d.as_secs_f64()),
+        None => format!("{count} messages per size"),
+    };
+    let paced = shape
+        .rate
+        .map_or(String::new(), |r| format!(", paced at {r:.0} msgs/s"));
     format!(
-        "# {stack} {mode}: one message in flight, {count} round trips per size after {warmup} warm-up\n\
-         # times are round trips in µs; Gbit/s counts payload in both directions\n\
-         {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8}\n",
-        "size", "wire B", "count", "p50", "p90", "p99", "p99.9", "max", "msgs/s", "Gbit/s"
+        "# {} {}: {what}; {amount} after {} warm-up{paced}\n\
+         # times in µs; Gbit/s counts payload in {}\n\
+         {:>6} {:>8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>8}\n",
+        shape.stack,
+        shape.mode,
+        shape.warmup,
+        if shape.directions == 2 {
+            "both directions"
+        } else {
+            "one direction"
+        },
+        "size",
+        "wire B",
+        "conns",
+        "count",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "msgs/s",
+        "Gbit/s"
     )
 }
 
@@ -120,9 +250,10 @@ pub fn table_row(r: &SizeResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6} {:>8} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>8.3}",
+        "{:>6} {:>8} {:>5} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>8.3}",
         format_size(r.msg_size),
         r.wire_bytes,
+        r.connections,
         r.count,
         us(r.p50_ns),
         us(r.p90_ns),
@@ -135,28 +266,70 @@ pub fn table_row(r: &SizeResult) -> String {
     s
 }
 
+/// What the caller knows of the run, for [`Header::describe`].
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    pub processes: &'static str,
+    pub server_addr: Option<String>,
+    pub workers: usize,
+    pub server_workers: Option<usize>,
+    pub client_cpus: Cpus,
+    pub server_cpus: Option<Cpus>,
+    pub count: u64,
+    pub duration_s: Option<f64>,
+    pub inject_delay_ms: Option<f64>,
+}
+
 impl Header {
-    /// A header for a run starting now, with what can be learned about this machine and build.
-    pub fn describe_host(stack: &str, mode: &str, workers: usize, warmup: u64, count: u64) -> Self {
+    /// A header for a run of `shape` starting now, with what can be learned about this machine and
+    /// build. `wall_ns` and `loadavg_end` are filled in when the run ends ([`Header::finish`]).
+    pub fn describe(shape: &RunShape, info: RunInfo) -> Self {
         Header {
             msgr_version: env!("CARGO_PKG_VERSION").to_string(),
             git_commit: git_commit(),
-            stack: stack.to_string(),
-            mode: mode.to_string(),
-            workers,
-            warmup,
-            count,
+            stack: shape.stack.clone(),
+            mode: shape.mode.clone(),
+            conn_mode: "crc".into(),
+            processes: info.processes.to_string(),
+            server_addr: info.server_addr,
+            workers: info.workers,
+            server_workers: info.server_workers,
+            client_cpus: info.client_cpus,
+            server_cpus: info.server_cpus,
+            connections: shape.connections,
+            window: shape.window,
+            rate: shape.rate,
+            warmup: shape.warmup,
+            count: info.count,
+            duration_s: info.duration_s,
+            inject_delay_ms: info.inject_delay_ms,
+            wall_ns: 0,
             cpu_model: cpu_model(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .ok()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty()),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            loadavg_start: loadavg(),
+            loadavg_end: None,
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         }
     }
+
+    /// Records the run's end: its wall time and the load average then.
+    pub fn finish(&mut self, wall: Duration) {
+        self.wall_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
+        self.loadavg_end = loadavg();
+    }
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
 }
 
 /// The commit this binary was built from: `MSGR_GIT_COMMIT` if the build set it, else what
@@ -187,21 +360,25 @@ fn cpu_model() -> Option<String> {
 mod tests {
     use super::*;
 
+    fn shape(directions: u32) -> RunShape {
+        RunShape {
+            stack: "mem".into(),
+            mode: "latency".into(),
+            warmup: 10,
+            connections: 1,
+            window: 1,
+            rate: None,
+            directions,
+        }
+    }
+
     #[test]
     fn summary_follows_the_histogram() {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         for v in 1..=1000u64 {
             h.record(v * 1000).unwrap();
         }
-        let r = SizeResult::from_histogram(
-            "mem",
-            "latency",
-            4096,
-            4200,
-            10,
-            &h,
-            Duration::from_secs(2),
-        );
+        let r = SizeResult::from_histogram(&shape(2), 4096, 4200, &h, Duration::from_secs(2));
         assert_eq!(r.count, 1000);
         assert_eq!(r.msgs_per_sec, 500.0);
         assert!((r.gbit_per_sec - 500.0 * 2.0 * 4096.0 * 8.0 / 1e9).abs() < 1e-12);
@@ -213,15 +390,30 @@ mod tests {
             "{}",
             r.p50_ns
         );
+        assert_eq!(r.percentiles.len(), PLOT_QUANTILES.len());
+        assert!(r.percentiles.windows(2).all(|w| w[0].ns <= w[1].ns));
         let row = table_row(&r);
         assert!(row.trim_start().starts_with("4k"), "{row}");
         assert!(row.contains("1000"), "{row}");
+        // Streamed: payload counted once.
+        let one = SizeResult::from_histogram(&shape(1), 4096, 4200, &h, Duration::from_secs(2));
+        assert!((one.gbit_per_sec * 2.0 - r.gbit_per_sec).abs() < 1e-12);
     }
 
     #[test]
     fn header_round_trips_through_json() {
-        let h = Header::describe_host("posix", "latency", 1, 5, 50);
+        let mut h = Header::describe(
+            &shape(2),
+            RunInfo {
+                processes: "one",
+                workers: 1,
+                count: 50,
+                ..RunInfo::default()
+            },
+        );
+        h.finish(Duration::from_millis(3));
         assert_eq!(h.msgr_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(h.wall_ns, 3_000_000);
         let r = Report {
             header: h,
             results: Vec::new(),
@@ -229,5 +421,13 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn loadavg_reads_three_figures() {
+        if std::path::Path::new("/proc/loadavg").exists() {
+            let l = loadavg().expect("three load averages");
+            assert!(l.iter().all(|v| *v >= 0.0), "{l:?}");
+        }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use crossbeam_channel::Sender;
 
-use msgr::bench::{self, BenchArgs, EchoDispatcher};
+use msgr::bench::{self, BenchCli, BenchCommand, EchoDispatcher};
 use msgr::msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 use msgr::proto::types::{
     entity_type, entity_type_from_name, entity_type_name, AddrVec, AuthEntityName, EntityAddr,
@@ -57,7 +57,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    Bench(BenchArgs),
+    Bench(Box<BenchCli>),
     Serve(ServeArgs),
     Ping(PingArgs),
     Recon(ReconArgs),
@@ -365,23 +365,33 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 
 // ---------------------------------------------------------------- bench, recon
 
-fn run_bench(args: &BenchArgs) -> Result<u8, Failure> {
-    match bench::run(args) {
-        Ok(report) => {
-            if let Some(path) = &args.json {
-                say!(
-                    "# wrote {} records to {}",
-                    report.results.len(),
-                    path.display()
-                );
-            }
-            Ok(EXIT_OK)
+fn run_bench(cli: &BenchCli) -> Result<u8, Failure> {
+    let to_failure = |e: bench::BenchError| Failure {
+        code: u8::try_from(e.exit_code()).unwrap_or(EXIT_FAIL),
+        message: e.to_string(),
+    };
+    let (args, server) = match &cli.command {
+        Some(BenchCommand::Serve(a)) => {
+            let stdout = io::stdout();
+            return bench::serve::serve(a, &mut stdout.lock())
+                .map(|()| EXIT_OK)
+                .map_err(to_failure);
         }
-        Err(e) => Err(Failure {
-            code: u8::try_from(e.exit_code()).unwrap_or(EXIT_FAIL),
-            message: e.to_string(),
-        }),
+        Some(BenchCommand::Run(r)) => (&r.args, Some(r.addr.as_str())),
+        None => (&cli.args, None),
+    };
+    let report = bench::run(args, server).map_err(to_failure)?;
+    if let Some(path) = &args.json {
+        say!(
+            "# wrote {} records to {}",
+            report.results.len(),
+            path.display()
+        );
     }
+    if let Some(path) = &args.svg {
+        say!("# drew {}", path.display());
+    }
+    Ok(EXIT_OK)
 }
 
 fn run_recon(args: &ReconArgs) -> Result<u8, Failure> {

@@ -26,7 +26,7 @@ pub fn on_path(cmd: &str) -> bool {
 /// True if ceph-mon and the ceph CLI are installed. Otherwise: panics if MSGR_REQUIRE_CEPH=1, else
 /// prints a loud note naming `test` and returns false (the caller returns, skipping the test).
 pub fn ceph_available(test: &str) -> bool {
-    if on_path("ceph-mon") && on_path("ceph") && on_path("monmaptool") {
+    if on_path("ceph-mon") && on_path("ceph") && on_path("monmaptool") && on_path("ceph-authtool") {
         return true;
     }
     let msg = "ceph-mon / ceph / monmaptool not installed \

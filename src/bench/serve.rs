@@ -1,0 +1,135 @@
+//! The benchmark server: a messenger whose dispatcher is [`EchoDispatcher`] (echo, or an empty ack for
+//! streamed messages), in this process for `msgr bench` or on its own for `msgr bench serve`.
+//!
+//! It accepts clients as a stateless server (each benchmark client session is lossy), so hundreds of
+//! fan-in sessions, each its own client identity, cost it nothing beyond their sockets.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::event::WorkerConfig;
+use crate::msgr::{Messenger, MessengerConfig};
+use crate::proto::types::{entity_type, AddrVec, AuthEntityName};
+use crate::proto::{Config, Policy};
+use crate::stack::posix::PosixStack;
+use crate::stack::NetworkStack;
+
+use super::latency::EchoDispatcher;
+use super::report::Cpus;
+use super::{BenchError, MAX_WORKERS};
+
+/// A running benchmark server; stopped on drop.
+pub struct BenchServer<N: NetworkStack> {
+    messenger: Messenger<N>,
+}
+
+impl<N: NetworkStack> BenchServer<N> {
+    /// Starts a server on `stack` listening on `bind` (port 0 picks one) with `workers`.
+    pub fn start(
+        stack: N,
+        bind: &[SocketAddr],
+        workers: WorkerConfig,
+        security: &super::security::Security,
+    ) -> Result<Self, String> {
+        let mut cfg = Config::new(entity_type::OSD, AuthEntityName::new(entity_type::OSD, "0"));
+        cfg.nonce = rand::random::<u32>() | 1;
+        security.apply_server(&mut cfg);
+        cfg.default_policy = Policy::stateless_server();
+        let mut mc = MessengerConfig::new(cfg);
+        mc.workers = workers;
+        // Replies are bounded by what clients keep in flight; the throttle must not be the limit.
+        mc.throttle_bytes = 0;
+        let mut messenger = Messenger::new(stack, mc, Arc::new(EchoDispatcher));
+        messenger.bind(bind).map_err(|e| e.to_string())?;
+        messenger.start().map_err(|e| e.to_string())?;
+        Ok(BenchServer { messenger })
+    }
+
+    /// The addresses it listens on, with its nonce.
+    pub fn addrs(&self) -> &AddrVec {
+        self.messenger.my_addrs()
+    }
+
+    pub fn messenger(&self) -> &Messenger<N> {
+        &self.messenger
+    }
+}
+
+impl<N: NetworkStack> Drop for BenchServer<N> {
+    fn drop(&mut self) {
+        let _ = self.messenger.shutdown();
+    }
+}
+
+/// `msgr bench serve [--bind ADDR] [--workers N] [--cpus LIST] [--duration SECS]`
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    long_about = "Run a benchmark server for `msgr bench run ADDR` in another process.\n\n\
+It listens on --bind (a msgr2.1 OSD-type server, auth none, crc mode), prints \
+\"listening on v2:IP:PORT/NONCE\", echoes benchmark messages and acks streamed ones, and runs for \
+--duration seconds or until killed.",
+    after_help = "Example:\n  taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 --cpus 1"
+)]
+pub struct BenchServeArgs {
+    /// Address to listen on, IP:PORT (IPv6 in brackets); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6800")]
+    pub bind: SocketAddr,
+
+    /// Worker threads.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS as u64))]
+    pub workers: u64,
+
+    /// Pin the workers to these CPUs, e.g. 1.
+    #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+
+    /// Stop after SECS seconds; default: run until killed.
+    #[arg(long, value_name = "SECS", value_parser = super::parse_positive_secs)]
+    pub duration: Option<f64>,
+}
+
+/// Runs `msgr bench serve`: prints the address line, then serves until the duration ends.
+pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchError> {
+    let workers = usize::try_from(args.workers).unwrap_or(1);
+    let wc = super::worker_config(workers, &args.cpus, "bench-serve");
+    let cpus = Cpus::of_this_process(&super::pinned(&wc));
+    let server = BenchServer::start(
+        PosixStack::new(),
+        &[args.bind],
+        wc,
+        &super::security::Security::default(),
+    )
+    .map_err(|e| BenchError::Failed(format!("bench server: {e}")))?;
+    for a in &server.addrs().0 {
+        let _ = writeln!(out, "osd listening on {a}");
+    }
+    let _ = writeln!(
+        out,
+        "workers {workers}, pinned to {:?}, allowed CPUs {:?}",
+        cpus.pinned, cpus.allowed
+    );
+    let _ = out.flush();
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    loop {
+        let now = Instant::now();
+        match deadline {
+            Some(d) if now >= d => break,
+            Some(d) => std::thread::sleep((d - now).min(Duration::from_millis(200))),
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let c = server.messenger().counters();
+    let _ = writeln!(
+        out,
+        "served {:.1}s: {} connections accepted, {} messages in, {} out",
+        started.elapsed().as_secs_f64(),
+        c.accepted,
+        c.msgs_in,
+        c.msgs_out
+    );
+    Ok(())
+}

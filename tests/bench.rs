@@ -1,0 +1,545 @@
+//! `msgr bench` end to end: its figures must be real. Short runs (a few hundred messages) of every mode
+//! check the JSON schema, that the count is what was asked, that percentiles are ordered, that msgs/s is
+//! count / elapsed, that the table and the JSON say the same, and — through the messenger's injected
+//! read delay — that a 2 ms delay shows up as a p50 of at least 2 ms while without it p50 is far below.
+//! Paced runs check coordinated omission: a server too slow for the offered rate makes latencies grow,
+//! measured from intended send times. No test asserts a speed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const MSGR: &str = env!("CARGO_BIN_EXE_msgr");
+
+fn msgr(args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(MSGR)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn msgr");
+    wait_bounded(child, limit, args)
+}
+
+fn wait_bounded(mut child: Child, limit: Duration, what: &[&str]) -> Output {
+    let end = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "msgr {what:?} did not finish within {limit:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("msgr-bench-{}-{name}", std::process::id()))
+}
+
+/// A finished bench run: its stdout table, its JSON report and the wall time of the process.
+struct Run {
+    table: String,
+    report: Value,
+    wall: Duration,
+}
+
+/// Runs `msgr bench ARGS --json FILE`, asserting success.
+fn bench(name: &str, args: &[&str]) -> Run {
+    let json = temp_path(&format!("{name}.json"));
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--json", json.to_str().unwrap()]);
+    let t0 = Instant::now();
+    let out = msgr(&all, Duration::from_secs(180));
+    let wall = t0.elapsed();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "msgr {all:?} failed: {}\n{table}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("JSON written");
+    let _ = std::fs::remove_file(&json);
+    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    Run {
+        table,
+        report,
+        wall,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    U64,
+    F64,
+    Str,
+    OptStr,
+    OptU64,
+    OptF64,
+    OptF64x3,
+    Cpus,
+    OptCpus,
+    Percentiles,
+}
+
+fn check_kind(v: &Value, kind: Kind) -> bool {
+    let cpus = |v: &Value| {
+        v.is_object()
+            && ["pinned", "allowed"]
+                .iter()
+                .all(|k| v[k].as_array().is_some_and(|a| a.iter().all(Value::is_u64)))
+    };
+    match kind {
+        Kind::U64 => v.is_u64(),
+        Kind::F64 => v.is_f64() || v.is_u64(),
+        Kind::Str => v.is_string(),
+        Kind::OptStr => v.is_null() || v.is_string(),
+        Kind::OptU64 => v.is_null() || v.is_u64(),
+        Kind::OptF64 => v.is_null() || v.is_number(),
+        Kind::OptF64x3 => {
+            v.is_null()
+                || v.as_array()
+                    .is_some_and(|a| a.len() == 3 && a.iter().all(Value::is_number))
+        }
+        Kind::Cpus => cpus(v),
+        Kind::OptCpus => v.is_null() || cpus(v),
+        Kind::Percentiles => v.as_array().is_some_and(|a| {
+            !a.is_empty()
+                && a.iter().all(|p| p["q"].is_number() && p["ns"].is_u64())
+                && a.windows(2).all(|w| {
+                    w[0]["q"].as_f64() < w[1]["q"].as_f64()
+                        && w[0]["ns"].as_u64() <= w[1]["ns"].as_u64()
+                })
+        }),
+    }
+}
+
+const HEADER_SCHEMA: &[(&str, Kind)] = &[
+    ("msgr_version", Kind::Str),
+    ("git_commit", Kind::OptStr),
+    ("stack", Kind::Str),
+    ("mode", Kind::Str),
+    ("conn_mode", Kind::Str),
+    ("processes", Kind::Str),
+    ("server_addr", Kind::OptStr),
+    ("workers", Kind::U64),
+    ("server_workers", Kind::OptU64),
+    ("client_cpus", Kind::Cpus),
+    ("server_cpus", Kind::OptCpus),
+    ("connections", Kind::U64),
+    ("window", Kind::U64),
+    ("rate", Kind::OptF64),
+    ("warmup", Kind::U64),
+    ("count", Kind::U64),
+    ("duration_s", Kind::OptF64),
+    ("inject_delay_ms", Kind::OptF64),
+    ("wall_ns", Kind::U64),
+    ("cpu_model", Kind::OptStr),
+    ("kernel", Kind::OptStr),
+    ("cpus", Kind::U64),
+    ("loadavg_start", Kind::OptF64x3),
+    ("loadavg_end", Kind::OptF64x3),
+    ("started_unix", Kind::U64),
+];
+
+const RECORD_SCHEMA: &[(&str, Kind)] = &[
+    ("stack", Kind::Str),
+    ("mode", Kind::Str),
+    ("msg_size", Kind::U64),
+    ("wire_bytes", Kind::U64),
+    ("connections", Kind::U64),
+    ("window", Kind::U64),
+    ("rate", Kind::OptF64),
+    ("directions", Kind::U64),
+    ("count", Kind::U64),
+    ("warmup", Kind::U64),
+    ("elapsed_ns", Kind::U64),
+    ("min_ns", Kind::U64),
+    ("mean_ns", Kind::U64),
+    ("p50_ns", Kind::U64),
+    ("p90_ns", Kind::U64),
+    ("p99_ns", Kind::U64),
+    ("p999_ns", Kind::U64),
+    ("max_ns", Kind::U64),
+    ("msgs_per_sec", Kind::F64),
+    ("gbit_per_sec", Kind::F64),
+    ("percentiles", Kind::Percentiles),
+    ("pacer_lag_max_ns", Kind::OptU64),
+];
+
+/// Every key of `schema` is present with its type, and nothing else is there.
+fn check_schema(what: &str, v: &Value, schema: &[(&str, Kind)]) {
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} is not an object: {v}"));
+    for (key, kind) in schema {
+        let field = obj
+            .get(*key)
+            .unwrap_or_else(|| panic!("{what} lacks {key}: {v}"));
+        assert!(
+            check_kind(field, *kind),
+            "{what}.{key} is not {kind:?}: {field}"
+        );
+    }
+    for key in obj.keys() {
+        assert!(
+            schema.iter().any(|(k, _)| k == key),
+            "{what} has {key}, which the schema does not know"
+        );
+    }
+}
+
+fn u(r: &Value, k: &str) -> u64 {
+    r[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {r}"))
+}
+
+fn f(r: &Value, k: &str) -> f64 {
+    r[k].as_f64()
+        .unwrap_or_else(|| panic!("{k} missing in {r}"))
+}
+
+fn results(run: &Run) -> &Vec<Value> {
+    run.report["results"].as_array().expect("results array")
+}
+
+/// The schema, and the figures every record must satisfy whatever the machine's speed.
+fn check_report(run: &Run, mode: &str, sizes: &[u64], count: u64, directions: f64) {
+    check_schema("header", &run.report["header"], HEADER_SCHEMA);
+    let h = &run.report["header"];
+    assert_eq!(h["mode"], mode);
+    assert_eq!(h["stack"], "posix");
+    assert_eq!(h["msgr_version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        u(h, "wall_ns") as f64 <= run.wall.as_nanos() as f64,
+        "the run cannot take longer than the process"
+    );
+    let rs = results(run);
+    assert_eq!(rs.len(), sizes.len(), "one record per size");
+    let mut elapsed_sum = 0;
+    for (r, &size) in rs.iter().zip(sizes) {
+        check_schema("record", r, RECORD_SCHEMA);
+        assert_eq!(r["mode"], mode);
+        assert_eq!(u(r, "msg_size"), size);
+        assert!(u(r, "wire_bytes") > size, "framing adds bytes: {r}");
+        assert_eq!(u(r, "count"), count, "count as asked: {r}");
+        assert!(u(r, "min_ns") > 0, "{r}");
+        assert!(u(r, "min_ns") <= u(r, "p50_ns"), "{r}");
+        assert!(u(r, "p50_ns") <= u(r, "p90_ns"), "{r}");
+        assert!(u(r, "p90_ns") <= u(r, "p99_ns"), "{r}");
+        assert!(u(r, "p99_ns") <= u(r, "p999_ns"), "{r}");
+        assert!(u(r, "p999_ns") <= u(r, "max_ns"), "{r}");
+        let elapsed = u(r, "elapsed_ns");
+        elapsed_sum += elapsed;
+        assert!(u(r, "max_ns") <= elapsed, "no latency exceeds the run: {r}");
+        let expected = count as f64 / (elapsed as f64 / 1e9);
+        let rate = f(r, "msgs_per_sec");
+        assert!(
+            (rate - expected).abs() <= expected * 0.10,
+            "msgs_per_sec {rate} vs count/elapsed {expected}"
+        );
+        let gbit = expected * directions * size as f64 * 8.0 / 1e9;
+        assert!(
+            (f(r, "gbit_per_sec") - gbit).abs() <= gbit * 0.10 + 1e-9,
+            "{r}"
+        );
+    }
+    assert!(
+        elapsed_sum <= u(h, "wall_ns"),
+        "sizes together within the run"
+    );
+    check_table_matches(run);
+}
+
+/// Each table row says what its JSON record says (same rounding).
+fn check_table_matches(run: &Run) {
+    let rows: Vec<Vec<&str>> = run
+        .table
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .filter(|cols: &Vec<&str>| {
+            cols.first()
+                .is_some_and(|c| c.as_bytes()[0].is_ascii_digit())
+        })
+        .collect();
+    let rs = results(run);
+    assert_eq!(rows.len(), rs.len(), "one row per record:\n{}", run.table);
+    for (cols, r) in rows.iter().zip(rs) {
+        assert_eq!(cols.len(), 11, "{cols:?}");
+        let us = |k: &str| format!("{:.1}", u(r, k) as f64 / 1000.0);
+        let expect = [
+            u(r, "wire_bytes").to_string(),
+            u(r, "connections").to_string(),
+            u(r, "count").to_string(),
+            us("p50_ns"),
+            us("p90_ns"),
+            us("p99_ns"),
+            us("p999_ns"),
+            us("max_ns"),
+            format!("{:.0}", f(r, "msgs_per_sec")),
+            format!("{:.3}", f(r, "gbit_per_sec")),
+        ];
+        for (i, e) in expect.iter().enumerate() {
+            assert_eq!(cols[i + 1], e, "table column {} vs JSON {r}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn latency_figures_are_real_and_an_injected_delay_shows() {
+    let plain = bench(
+        "latency",
+        &[
+            "bench", "--mode", "latency", "--sizes", "64,4k", "--count", "300", "--warmup", "30",
+        ],
+    );
+    check_report(&plain, "latency", &[64, 4096], 300, 2.0);
+    let h = &plain.report["header"];
+    assert_eq!(h["processes"], "one");
+    assert_eq!((u(h, "connections"), u(h, "window")), (1, 1));
+    assert!(h["inject_delay_ms"].is_null());
+    for r in results(&plain) {
+        // One message in flight: the round trips, end to end, fit in the measured time.
+        assert!(u(r, "count") * u(r, "min_ns") <= u(r, "elapsed_ns"), "{r}");
+    }
+
+    let delayed = bench(
+        "latency-delay",
+        &[
+            "bench",
+            "--mode",
+            "latency",
+            "--sizes",
+            "64",
+            "--count",
+            "200",
+            "--warmup",
+            "10",
+            "--inject-delay-ms",
+            "2",
+        ],
+    );
+    check_report(&delayed, "latency", &[64], 200, 2.0);
+    assert_eq!(f(&delayed.report["header"], "inject_delay_ms"), 2.0);
+    let d = &results(&delayed)[0];
+    assert!(
+        u(d, "p50_ns") >= 2_000_000,
+        "p50 with a 2 ms delay below 2 ms: {d}"
+    );
+    assert!(
+        u(d, "min_ns") >= 2_000_000,
+        "every round trip carries the delay: {d}"
+    );
+    // 200 round trips of at least 2 ms each.
+    assert!(u(d, "elapsed_ns") >= 200 * 2_000_000, "{d}");
+    let p = &results(&plain)[0];
+    assert!(
+        u(p, "p50_ns") * 2 < u(d, "p50_ns") && u(p, "p50_ns") < 1_000_000,
+        "without the delay p50 ({}) is far below 2 ms",
+        u(p, "p50_ns")
+    );
+}
+
+#[test]
+fn throughput_streams_with_a_window_and_counts_one_direction() {
+    let run = bench(
+        "throughput",
+        &[
+            "bench",
+            "--mode",
+            "throughput",
+            "--sizes",
+            "4k,64k",
+            "--count",
+            "400",
+            "--warmup",
+            "40",
+            "--window",
+            "8",
+            "--connections",
+            "2",
+        ],
+    );
+    check_report(&run, "throughput", &[4096, 65536], 400, 1.0);
+    let h = &run.report["header"];
+    assert_eq!((u(h, "connections"), u(h, "window")), (2, 8));
+    for r in results(&run) {
+        assert_eq!(u(r, "directions"), 1);
+        assert_eq!(u(r, "window"), 8);
+    }
+}
+
+#[test]
+fn fanin_opens_256_sessions_by_default() {
+    let run = bench(
+        "fanin",
+        &[
+            "bench", "--mode", "fanin", "--sizes", "64", "--count", "768", "--warmup", "256",
+        ],
+    );
+    check_report(&run, "fanin", &[64], 768, 2.0);
+    let h = &run.report["header"];
+    assert_eq!((u(h, "connections"), u(h, "window")), (256, 1));
+    assert_eq!(u(&results(&run)[0], "connections"), 256);
+}
+
+#[test]
+fn paced_runs_measure_from_the_intended_send_time() {
+    // 400 messages offered at 2000/s: the last is due 199.5 ms after the first, so the measured span
+    // cannot be shorter whatever the machine.
+    let run = bench(
+        "paced",
+        &[
+            "bench", "--sizes", "64", "--count", "400", "--warmup", "20", "--rate", "2000",
+        ],
+    );
+    check_report(&run, "latency", &[64], 400, 2.0);
+    let r = &results(&run)[0];
+    assert_eq!(f(r, "rate"), 2000.0);
+    assert!(u(r, "elapsed_ns") >= 399 * 500_000, "{r}");
+    assert!(f(r, "msgs_per_sec") <= 2000.0 * 1.01, "{r}");
+    assert!(r["pacer_lag_max_ns"].is_u64(), "{r}");
+
+    // Offered 1000/s against round trips of at least 2 ms with one in flight: the schedule runs ahead
+    // and each message waits for those before it. Measured from intended send times the median is the
+    // queue's length (~100 ms here); measured from actual sends it would stay near 2 ms.
+    let run = bench(
+        "paced-slow",
+        &[
+            "bench",
+            "--sizes",
+            "64",
+            "--count",
+            "200",
+            "--warmup",
+            "0",
+            "--rate",
+            "1000",
+            "--inject-delay-ms",
+            "2",
+        ],
+    );
+    let r = &results(&run)[0];
+    assert_eq!(u(r, "count"), 200);
+    assert!(
+        u(r, "p50_ns") >= 20_000_000,
+        "coordinated omission hidden: {r}"
+    );
+    assert!(u(r, "max_ns") >= 150_000_000, "{r}");
+}
+
+#[test]
+fn svg_has_both_plots() {
+    let svg = temp_path("plot.svg");
+    let out = msgr(
+        &[
+            "bench",
+            "--sizes",
+            "64,4k",
+            "--count",
+            "200",
+            "--warmup",
+            "10",
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).expect("SVG written");
+    let _ = std::fs::remove_file(&svg);
+    assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(200)]);
+    assert!(text.contains("latency by percentile"), "latency plot");
+    assert!(
+        text.contains("throughput by message size"),
+        "throughput plot"
+    );
+    assert!(text.contains("99.9%"), "percentile axis");
+    assert!(
+        text.matches("<polyline").count() >= 3,
+        "one line per size and the throughput line"
+    );
+}
+
+#[test]
+fn two_processes_serve_and_run() {
+    let mut serve = Command::new(MSGR)
+        .args([
+            "bench",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--duration",
+            "60",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn msgr bench serve");
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let addr = lines.by_ref().map_while(Result::ok).find_map(|l| {
+        l.split("listening on ")
+            .nth(1)
+            .map(|a| a.trim().to_string())
+    });
+    let Some(addr) = addr else {
+        let _ = serve.kill();
+        let _ = serve.wait();
+        panic!("msgr bench serve printed no address");
+    };
+    let outcome = std::panic::catch_unwind(|| {
+        let run = bench(
+            "two-process",
+            &[
+                "bench", "run", &addr, "--sizes", "64,4k", "--count", "200", "--warmup", "20",
+            ],
+        );
+        check_report(&run, "latency", &[64, 4096], 200, 2.0);
+        let h = &run.report["header"];
+        assert_eq!(h["processes"], "two");
+        assert_eq!(h["server_addr"].as_str(), addr.strip_prefix("v2:"));
+        assert!(h["server_cpus"].is_null() && h["server_workers"].is_null());
+        let tp = bench(
+            "two-process-tp",
+            &[
+                "bench",
+                "run",
+                &addr,
+                "--mode",
+                "throughput",
+                "--sizes",
+                "64k",
+                "--count",
+                "200",
+                "--warmup",
+                "20",
+            ],
+        );
+        check_report(&tp, "throughput", &[65536], 200, 1.0);
+    });
+    // Stopped by its PID, whatever happened.
+    let _ = serve.kill();
+    let _ = serve.wait();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
+}
