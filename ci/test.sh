@@ -200,6 +200,26 @@ for line in sys.stdin:
 ' "$1" | tail -1
 }
 
+# Add the `test result:` counts of a cargo test log to the summary line run_tests printed.
+rdma_add_to_summary() {
+    local counts p f s rp rf rs
+    counts=$(awk '/^test result:/ {
+            for (i = 1; i <= NF; i++) {
+                if ($(i) ~ /^passed;?$/) p += $(i-1)
+                if ($(i) ~ /^failed;?$/) f += $(i-1)
+                if ($(i) ~ /^ignored;?$/) s += $(i-1)
+            }
+         }
+         END { printf "%d %d %d", p, f, s }' "$1")
+    read -r rp rf rs <<<"$counts"
+    if [[ -n "$TEST_SUMMARY" ]]; then
+        read -r p f s < <(sed -E 's/[^0-9]+/ /g' <<<"$TEST_SUMMARY")
+    else
+        p=0 f=0 s=0
+    fi
+    TEST_SUMMARY="tests: $((p + rp)) passed, $((f + rf)) failed, $((s + rs)) skipped"
+}
+
 run_rdma_phase() {
     rdma_install_host
 
@@ -209,7 +229,11 @@ run_rdma_phase() {
     section_done
 
     section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma)"
-    cargo test --features rdma --lib stack::rdma
+    local unit_log
+    unit_log=$(mktemp)
+    cargo test --features rdma --lib stack::rdma 2>&1 | tee "$unit_log"
+    rdma_add_to_summary "$unit_log"
+    rm -f "$unit_log"
     section_done
 
     section "rdma: release build of tests/rdma_softroce.rs and examples/rdma_bench.rs"
@@ -235,22 +259,8 @@ run_rdma_phase() {
     guest_rc=${PIPESTATUS[0]}
     set -e
     echo "rdma: guest step took $(($(date +%s) - guest_start)) s (exit $guest_rc)"
-    local rdma_summary
-    rdma_summary=$(awk '/^test result:/ {
-            for (i = 1; i <= NF; i++) {
-                if ($(i) ~ /^passed;?$/) p += $(i-1)
-                if ($(i) ~ /^failed;?$/) f += $(i-1)
-                if ($(i) ~ /^ignored;?$/) s += $(i-1)
-            }
-         }
-         END { printf "%d %d %d", p, f, s }' "$log")
+    rdma_add_to_summary "$log"
     rm -f "$log"
-    if [[ -n "$TEST_SUMMARY" ]]; then
-        local p f s rp rf rs
-        read -r p f s < <(sed -E 's/[^0-9]+/ /g' <<<"$TEST_SUMMARY")
-        read -r rp rf rs <<<"$rdma_summary"
-        TEST_SUMMARY="tests: $((p + rp)) passed, $((f + rf)) failed, $((s + rs)) skipped"
-    fi
     if ((guest_rc != 0)); then
         echo "rdma: soft-RoCE checks failed (exit $guest_rc)" >&2
         exit 1
