@@ -320,6 +320,46 @@ fn restarted_server_is_a_remote_reset() {
 }
 
 #[test]
+fn connections_spread_over_server_workers() {
+    // The server listens on worker 0; every other accepted connection request is handed to worker 1
+    // before it is answered (detach/attach: rdma_migrate_id), so both paths carry traffic here.
+    let env = env();
+    let pool = Arc::new(PayloadPool::new(3, 70_000));
+    let sink = Collector::new(pool.clone());
+    let srv = server(&env, 0, 2, Policy::stateful_server(), None, sink.clone());
+    let clients: Vec<RdmaMessenger> = (0..4)
+        .map(|_| client(&env, Collector::new(pool.clone())))
+        .collect();
+    let per: u64 = 100;
+    for (c, m) in clients.iter().enumerate() {
+        let conn = m
+            .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+            .unwrap();
+        for i in 0..per {
+            let tid = c as u64 * per + i;
+            conn.send(pool.message(tid, (tid as usize * 977) % 60_000))
+                .unwrap();
+        }
+    }
+    let n = per * clients.len() as u64;
+    assert!(
+        sink.wait_for(n, Duration::from_secs(120)),
+        "only {} of {n} arrived",
+        sink.received.load(Ordering::Relaxed)
+    );
+    assert_eq!(sink.corrupted.load(Ordering::Relaxed), 0);
+    assert_eq!(delivered(&sink), (0..n).collect::<Vec<_>>());
+    assert_eq!(sink.by_conn.lock().unwrap().len(), clients.len());
+    let s = srv.stack().counters().snapshot();
+    assert_eq!(s.established, clients.len() as u64, "{s:?}");
+    assert!(
+        s.handoffs >= 1,
+        "no connection was handed to the other worker: {s:?}"
+    );
+    assert_eq!(s.credit_violations, 0);
+}
+
+#[test]
 fn connect_to_a_port_nobody_listens_on_is_refused() {
     let env = env();
     let stack = stack(&env);

@@ -200,6 +200,8 @@ pub struct RdmaCounters {
     /// Connections that ended with a work-completion error (QP in error, flush, retry exceeded).
     pub qp_errors: AtomicU64,
     pub established: AtomicU64,
+    /// Connect requests moved to another worker before being accepted.
+    pub handoffs: AtomicU64,
 }
 
 /// A copy of [`RdmaCounters`].
@@ -217,6 +219,7 @@ pub struct RdmaCountersSnapshot {
     pub credit_low_water: Option<u32>,
     pub qp_errors: u64,
     pub established: u64,
+    pub handoffs: u64,
 }
 
 impl RdmaCounters {
@@ -242,6 +245,7 @@ impl RdmaCounters {
             credit_low_water: (low != u32::MAX).then_some(low),
             qp_errors: get(&self.qp_errors),
             established: get(&self.established),
+            handoffs: get(&self.handoffs),
         }
     }
 }
@@ -1119,6 +1123,22 @@ impl RdmaWorker {
                     };
                     // Complete the disconnect handshake (DREP) at once.
                     s.cm.disconnect();
+                    if s.phase.is_connecting() {
+                        let peer = s.peer;
+                        let err = io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            "peer disconnected during connection setup",
+                        );
+                        self.connect_failed(
+                            id,
+                            TransportError::Connect {
+                                addr: peer,
+                                source: err,
+                            }
+                            .into(),
+                        );
+                        continue;
+                    }
                     match s.phase {
                         Phase::Established => s.phase = Phase::PeerClosed,
                         Phase::Dead | Phase::PeerClosed => {}
@@ -1677,6 +1697,7 @@ impl WorkerStack for RdmaWorker {
     fn attach(&mut self, handoff: RdmaHandoff) -> io::Result<SocketId> {
         let id = self.alloc_id();
         let cm = handoff.id.attach(&self.cm_channel, id.0)?;
+        bump(&self.counters.handoffs, 1);
         let mut s = Stream::new(cm, Phase::AcceptPending, handoff.peer);
         s.params = Some(handoff.params);
         self.entries.insert(id, Entry::Stream(Box::new(s)));
