@@ -236,16 +236,19 @@ run_rdma_phase() {
     rm -f "$unit_log"
     section_done
 
-    section "rdma: release build of tests/rdma_softroce.rs and examples/rdma_bench.rs"
-    local json test_bin bench_bin
+    section "rdma: release build of tests/rdma_softroce.rs, examples/rdma_bench.rs and msgr"
+    local json test_bin bench_bin cli_bin
     json=$(mktemp)
-    cargo build --release --features rdma --test rdma_softroce --example rdma_bench --message-format=json >"$json"
+    cargo build --release --features rdma --test rdma_softroce --example rdma_bench --bin msgr \
+        --message-format=json >"$json"
     test_bin=$(rdma_executable rdma_softroce <"$json")
     bench_bin=$(rdma_executable rdma_bench <"$json")
+    cli_bin=$(rdma_executable msgr <"$json")
     rm -f "$json"
-    [[ -x "$test_bin" && -x "$bench_bin" ]] || { echo "rdma: built binaries not found" >&2; exit 1; }
+    [[ -x "$test_bin" && -x "$bench_bin" && -x "$cli_bin" ]] || { echo "rdma: built binaries not found" >&2; exit 1; }
     echo "test binary: $test_bin"
     echo "bench binary: $bench_bin"
+    echo "msgr binary: $cli_bin"
     section_done
 
     section "rdma: soft-RoCE guest (tests + perftest comparison, one boot)"
@@ -255,7 +258,7 @@ run_rdma_phase() {
     guest_start=$(date +%s)
     set +e
     scripts/softroce-vm.sh --timeout "$RDMA_GUEST_TIMEOUT" -- \
-        scripts/rdma-checks.sh "$test_bin" "$bench_bin" "$report" 2>&1 | tee "$log"
+        scripts/rdma-checks.sh "$test_bin" "$bench_bin" "$report" "$cli_bin" 2>&1 | tee "$log"
     guest_rc=${PIPESTATUS[0]}
     set -e
     echo "rdma: guest step took $(($(date +%s) - guest_start)) s (exit $guest_rc)"

@@ -4,7 +4,11 @@
 #   2. perftest (ib_send_lat, ib_send_bw, ib_write_bw as an upper bound) and the msgr RDMA bench
 #      (examples/rdma_bench.rs) on the same device, and the ratios the issue asks for.
 #
-#   scripts/softroce-vm.sh -- scripts/rdma-checks.sh TEST_BINARY BENCH_BINARY [REPORT_FILE]
+#   scripts/softroce-vm.sh -- scripts/rdma-checks.sh TEST_BINARY BENCH_BINARY [REPORT_FILE [MSGR_CLI]]
+#
+# With MSGR_CLI (the release `msgr` binary) the report also shows, from the same guest, the round trip of
+# the protocol alone (`msgr bench --stack mem`) and of msgr over kernel TCP (`--stack posix`): what the
+# messenger costs under this emulation, apart from any transport.
 #
 # Needs SOFTROCE_DEV / SOFTROCE_ADDR / SOFTROCE_GID_INDEX (softroce-vm.sh exports them; on a host with a
 # real device set them yourself). Exit status: the tests' (perftest/bench failures also fail it). The
@@ -17,6 +21,7 @@ set -u
 TEST_BIN=${1:?usage: rdma-checks.sh TEST_BINARY BENCH_BINARY [REPORT_FILE]}
 BENCH_BIN=${2:?usage: rdma-checks.sh TEST_BINARY BENCH_BINARY [REPORT_FILE]}
 REPORT=${3:-}
+MSGR_CLI=${4:-}
 DEV=${SOFTROCE_DEV:?SOFTROCE_DEV is not set: run inside scripts/softroce-vm.sh}
 ADDR=${SOFTROCE_ADDR:?SOFTROCE_ADDR is not set}
 GID=${SOFTROCE_GID_INDEX:-1}
@@ -108,6 +113,19 @@ SEND_BW=$(best max "${SEND_BWS[@]}")
 MSGR_BW=$(best max "${MSGR_BWS[@]}")
 WRITE_BW=$(best max "${WRITE_BWS[@]}")
 
+# msgr's own round trip without RDMA, for scale: the protocol alone and over kernel TCP.
+MEM_RTT="" POSIX_RTT=""
+if [[ -n "$MSGR_CLI" ]]; then
+    for stack in mem posix; do
+        step "msgr bench --stack $stack --sizes $LAT_SIZE (reference)"
+        timeout 300 "$MSGR_CLI" bench --stack "$stack" --sizes "$LAT_SIZE" --count "$LAT_ITERS" --warmup 200 \
+            | tee "$WORK/msgr.$stack" || status=1
+        # table row: size wire_B conns count p50 ...
+        v=$(awk -v s="$LAT_SIZE" '$1 == s && NF >= 5 { print $5; exit }' "$WORK/msgr.$stack")
+        if [[ "$stack" == mem ]]; then MEM_RTT=$v; else POSIX_RTT=$v; fi
+    done
+fi
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 verdict() { # verdict RATIO OP LIMIT
     awk -v r="$1" -v op="$2" -v l="$3" 'BEGIN { if (r == "n/a") print "n/a"; else if ((op == "<=" && r + 0 <= l + 0) || (op == ">=" && r + 0 >= l + 0)) print "met"; else print "MISSED" }'
@@ -125,6 +143,10 @@ WBW_RATIO=$(ratio "$MSGR_BW" "$WRITE_BW")
         "$BW_RATIO" ">= 0.7 x ib_send_bw: $(verdict "$BW_RATIO" '>=' 0.7)"
     printf '%-34s %12s %12s %8s  %s\n' "throughput 1 MiB vs ib_write_bw" "${MSGR_BW:-n/a}" "${WRITE_BW:-n/a}" \
         "$WBW_RATIO" "(upper bound, no target)"
+    if [[ -n "$MSGR_CLI" ]]; then
+        echo "for scale, same guest: msgr round trip 64 B p50 (us): protocol alone (--stack mem) ${MEM_RTT:-n/a}," \
+            "over kernel TCP (--stack posix) ${POSIX_RTT:-n/a}, over RDMA ${MSGR_RTT:-n/a}"
+    fi
 } | tee "$WORK/report"
 if [[ -n "$REPORT" ]]; then
     cp "$WORK/report" "$REPORT"
