@@ -301,14 +301,19 @@ impl CompletionQueue {
 
     /// Append up to [`POLL_BATCH`] completions to `out`; returns how many.
     pub fn poll(&self, out: &mut Vec<Completion>) -> io::Result<usize> {
-        let mut wcs: [sys::ibv_wc; POLL_BATCH] = Default::default();
+        // Not zeroed: this runs on every busy-poll turn, and the provider writes what it returns.
+        let mut wcs = [std::mem::MaybeUninit::<sys::ibv_wc>::uninit(); POLL_BATCH];
         // SAFETY: the CQ is live; wcs has room for POLL_BATCH entries.
-        let n = unsafe { sys::msgr_ibv_poll_cq(self.raw(), POLL_BATCH as i32, wcs.as_mut_ptr()) };
+        let n = unsafe {
+            sys::msgr_ibv_poll_cq(self.raw(), POLL_BATCH as i32, wcs.as_mut_ptr().cast())
+        };
         if n < 0 {
             return Err(io::Error::other(format!("ibv_poll_cq failed ({n})")));
         }
         let n = usize::try_from(n).unwrap_or(0).min(POLL_BATCH);
-        for wc in &wcs[..n] {
+        for slot in &wcs[..n] {
+            // SAFETY: ibv_poll_cq initialised the first n entries.
+            let wc = unsafe { slot.assume_init_ref() };
             let imm = if wc.wc_flags & sys::IBV_WC_WITH_IMM != 0 {
                 // SAFETY: with IBV_WC_WITH_IMM set, the union holds imm_data (network order).
                 Some(u32::from_be(unsafe { wc.__bindgen_anon_1.imm_data }))
