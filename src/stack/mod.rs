@@ -47,6 +47,8 @@
 pub mod dpdk;
 pub mod fault;
 pub mod posix;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 
 use std::collections::VecDeque;
 use std::fmt;
