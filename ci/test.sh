@@ -142,24 +142,188 @@ run_tests() {
 }
 
 # --- Hooks for the kernel-bypass phases -------------------------------------------------------------
-# The cargo features `dpdk` and `rdma` exist in Cargo.toml but have no code yet, so building with
-# --all-features is the same as the default build and these hooks only say so. When a stack lands, its
-# hook installs its Debian packages (dpdk: libdpdk-dev, pkg-config, clang for bindgen; rdma:
-# libibverbs-dev, librdmacm-dev, rdma-core) and runs
-#   cargo clippy --all-targets --all-features -- -D warnings
-#   cargo test --all-features
-# (plus the memif-pair / soft-RoCE tests those phases bring).
+# Each phase installs its own Debian packages and runs clippy and its tests with its feature.
+# dpdk: installs Debian's DPDK 22.11 (dpdk, dpdk-dev, libdpdk-dev), pkg-config and libclang-dev (bindgen in
+# build.rs), ethtool and iproute2 (the kernel-TCP test builds a veth pair in a network namespace), then runs
+# clippy with the feature and the DPDK tests: tests/dpdk_memif.rs (two processes over net_memif) and
+# tests/dpdk_kernel_tcp.rs (net_af_packet and net_tap against Linux TCP). Both run with --no-huge --no-pci and never
+# skip: a machine that cannot run them fails here. Needs root (apt, network namespaces).
+DPDK_APT_PACKAGES=(dpdk dpdk-dev libdpdk-dev pkg-config libclang-dev ethtool iproute2)
+
 run_dpdk_phase() {
-    section "dpdk feature (hook)"
-    echo "skipped: feature 'dpdk' has no code yet"
+    section "dpdk feature: apt ${DPDK_APT_PACKAGES[*]}"
+    local missing
+    missing=$(apt_missing "${DPDK_APT_PACKAGES[@]}")
+    if [[ -z "$missing" ]]; then
+        echo "all installed; skipping apt-get"
+    else
+        # shellcheck disable=SC2086
+        echo "missing:" $missing
+        if ((EUID != 0)); then
+            echo "error: the dpdk phase needs root to install: $missing" >&2
+            exit 1
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=600 update -q
+        # shellcheck disable=SC2086
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing
+    fi
+    section_done
+
+    section "dpdk feature: cargo clippy --all-targets --features dpdk -- -D warnings"
+    cargo clippy --all-targets --features dpdk -- -D warnings
+    section_done
+
+    section "dpdk feature: unit tests and DPDK integration tests"
+    local log
+    log=$(mktemp)
+    cargo test --features dpdk --lib stack::dpdk 2>&1 | tee "$log"
+    cargo test --features dpdk --test dpdk_memif --test dpdk_kernel_tcp 2>&1 | tee -a "$log"
+    local dpdk_summary
+    dpdk_summary=$(awk '/^test result:/ {
+            for (i = 1; i <= NF; i++) {
+                if ($(i) ~ /^passed;?$/) p += $(i-1)
+                if ($(i) ~ /^failed;?$/) f += $(i-1)
+            }
+         }
+         END { printf "%d %d", p, f }' "$log")
+    rm -f "$log"
+    # Fold the DPDK tests into the run's summary line.
+    TEST_SUMMARY=$(echo "$TEST_SUMMARY" | awk -v add="$dpdk_summary" '{
+            split(add, a, " ")
+            for (i = 1; i <= NF; i++) {
+                if ($(i) ~ /^passed,?$/) $(i-1) += a[1]
+                if ($(i) ~ /^failed,?$/) $(i-1) += a[2]
+            }
+            print
+         }')
     section_done
 }
 
-run_rdma_phase() {
-    section "rdma feature (hook)"
-    echo "skipped: feature 'rdma' has no code yet"
+# ---- rdma phase (feature `rdma`; owner: the RDMA stack) ---------------------------------------------
+# Host side: Debian packages (verbs headers and libraries for bindgen/cc, perftest, qemu for the guest)
+# and virtme-ng from PyPI; clippy and the unit tests with --features rdma; release builds of the
+# soft-RoCE test binary and the RDMA bench. Then ONE throw-away qemu guest (scripts/softroce-vm.sh,
+# Debian's kernel with rdma_rxe, fetched once and cached) runs scripts/rdma-checks.sh: the tests and the
+# perftest comparison. Its time is printed; its test counts join the summary line.
+RDMA_APT_PACKAGES=(qemu-system-x86 rdma-core ibverbs-utils ibverbs-providers rdmacm-utils perftest
+    libibverbs-dev librdmacm-dev busybox-static kmod iproute2 libclang-dev pkg-config file xz-utils)
+RDMA_VNG_VERSION=1.42
+RDMA_GUEST_TIMEOUT=${MSGR_RDMA_GUEST_TIMEOUT:-1500}
+
+rdma_install_host() {
+    section "rdma: host packages (apt: ${RDMA_APT_PACKAGES[*]}; pip: virtme-ng==$RDMA_VNG_VERSION)"
+    local missing
+    missing=$(apt_missing "${RDMA_APT_PACKAGES[@]}")
+    if [[ -n "$missing" ]]; then
+        # shellcheck disable=SC2086
+        echo "missing:" $missing
+        if ((EUID != 0)); then
+            echo "error: installing Debian packages needs root (install: $missing)" >&2
+            exit 1
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=600 update -q
+        # shellcheck disable=SC2086
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing
+    else
+        echo "apt packages present"
+    fi
+    if [[ "$(vng --version 2>/dev/null || true)" != *"$RDMA_VNG_VERSION"* ]]; then
+        python3 -m pip install -q "virtme-ng==$RDMA_VNG_VERSION" ||
+            python3 -m pip install -q --break-system-packages "virtme-ng==$RDMA_VNG_VERSION"
+        hash -r
+    fi
+    vng --version
     section_done
 }
+
+# The path of a cargo-built executable named $1 from `--message-format=json` output on stdin.
+rdma_executable() {
+    python3 -c '
+import json, sys
+name = sys.argv[1]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name:
+        print(m["executable"])
+' "$1" | tail -1
+}
+
+# Add the `test result:` counts of a cargo test log to the summary line run_tests printed.
+rdma_add_to_summary() {
+    local counts p f s rp rf rs
+    counts=$(awk '/^test result:/ {
+            for (i = 1; i <= NF; i++) {
+                if ($(i) ~ /^passed;?$/) p += $(i-1)
+                if ($(i) ~ /^failed;?$/) f += $(i-1)
+                if ($(i) ~ /^ignored;?$/) s += $(i-1)
+            }
+         }
+         END { printf "%d %d %d", p, f, s }' "$1")
+    read -r rp rf rs <<<"$counts"
+    if [[ -n "$TEST_SUMMARY" ]]; then
+        read -r p f s < <(sed -E 's/[^0-9]+/ /g' <<<"$TEST_SUMMARY")
+    else
+        p=0 f=0 s=0
+    fi
+    TEST_SUMMARY="tests: $((p + rp)) passed, $((f + rf)) failed, $((s + rs)) skipped"
+}
+
+run_rdma_phase() {
+    rdma_install_host
+
+    section "rdma: cargo clippy --all-targets --features rdma -- -D warnings; cargo doc --features rdma"
+    cargo clippy --all-targets --features rdma -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features rdma
+    section_done
+
+    section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma)"
+    local unit_log
+    unit_log=$(mktemp)
+    cargo test --features rdma --lib stack::rdma 2>&1 | tee "$unit_log"
+    rdma_add_to_summary "$unit_log"
+    rm -f "$unit_log"
+    section_done
+
+    section "rdma: release build of tests/rdma_softroce.rs, examples/rdma_bench.rs and msgr"
+    local json test_bin bench_bin cli_bin
+    json=$(mktemp)
+    cargo build --release --features rdma --test rdma_softroce --example rdma_bench --bin msgr \
+        --message-format=json >"$json"
+    test_bin=$(rdma_executable rdma_softroce <"$json")
+    bench_bin=$(rdma_executable rdma_bench <"$json")
+    cli_bin=$(rdma_executable msgr <"$json")
+    rm -f "$json"
+    [[ -x "$test_bin" && -x "$bench_bin" && -x "$cli_bin" ]] || { echo "rdma: built binaries not found" >&2; exit 1; }
+    echo "test binary: $test_bin"
+    echo "bench binary: $bench_bin"
+    echo "msgr binary: $cli_bin"
+    section_done
+
+    section "rdma: soft-RoCE guest (tests + perftest comparison, one boot)"
+    local log report guest_start guest_rc
+    log=$(mktemp)
+    report="target/rdma-compare.txt"
+    guest_start=$(date +%s)
+    set +e
+    scripts/softroce-vm.sh --timeout "$RDMA_GUEST_TIMEOUT" -- \
+        scripts/rdma-checks.sh "$test_bin" "$bench_bin" "$report" "$cli_bin" 2>&1 | tee "$log"
+    guest_rc=${PIPESTATUS[0]}
+    set -e
+    echo "rdma: guest step took $(($(date +%s) - guest_start)) s (exit $guest_rc)"
+    rdma_add_to_summary "$log"
+    rm -f "$log"
+    if ((guest_rc != 0)); then
+        echo "rdma: soft-RoCE checks failed (exit $guest_rc)" >&2
+        exit 1
+    fi
+    section_done
+}
+# ---- end of rdma phase ------------------------------------------------------------------------------
 
 install_apt_packages
 ensure_rust_components

@@ -1,0 +1,305 @@
+//! Credit-based flow control for one RC connection (pure accounting; no verbs).
+//!
+//! Each side posts `depth` receive buffers and tells the peer its depth when connecting; the peer may
+//! post that many SENDs before hearing back. Every SEND carries, in its immediate data, the number of
+//! buffers its sender has re-posted since its last SEND ("returned credits"). A side with returns
+//! piled up and no data to carry them sends a *credit-only* SEND (no payload) once `threshold` have
+//! accumulated.
+//!
+//! Invariants (the reason for each rule):
+//! - A data SEND needs two credits: the last one is reserved for a credit-only SEND. Without the
+//!   reserve, both sides could spend every credit on data and then be unable to return any: deadlock.
+//! - `threshold >= 2`: a credit-only SEND consumes one peer buffer, which the peer returns; with a
+//!   threshold of 1 the two sides would bounce credit-only SENDs forever. With 2, each round halves.
+//! - `received <= granted` always (`granted` = the peer's initial credits + all we returned). A SEND
+//!   beyond that is a peer violating the protocol; the device would have hit RNR anyway (the QP uses
+//!   `rnr_retry_count = 0`, so an overrun is an error, not a stall).
+
+/// Credit state of one connection.
+#[derive(Clone, Debug)]
+pub struct Credits {
+    /// SENDs we may still post (peer buffers known to be free).
+    send: u32,
+    /// The peer's depth: `send` can never exceed it.
+    peer_depth: u32,
+    /// Buffers we re-posted and have not yet announced.
+    to_return: u32,
+    threshold: u32,
+    /// Credits we ever gave the peer (our depth + everything returned).
+    granted: u64,
+    /// SENDs we received.
+    received: u64,
+    /// Fewest credits we ever had left (for counters and tests).
+    low_water: u32,
+}
+
+/// The peer sent more than we granted, or returned more than it could have borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CreditViolation {
+    #[error("peer sent SEND #{received} with only {granted} credits granted")]
+    Overrun { received: u64, granted: u64 },
+    #[error("peer returned credits beyond our depth ({have} + {returned} > {depth})")]
+    OverReturn {
+        have: u32,
+        returned: u32,
+        depth: u32,
+    },
+}
+
+impl Credits {
+    /// `peer_depth`: receive buffers the peer posted for us; `our_depth`: those we posted for it.
+    pub fn new(peer_depth: u32, our_depth: u32) -> Self {
+        Credits {
+            send: peer_depth,
+            peer_depth,
+            to_return: 0,
+            threshold: (our_depth / 4).max(2),
+            granted: u64::from(our_depth),
+            received: 0,
+            low_water: peer_depth,
+        }
+    }
+
+    /// Credits left for sending.
+    pub fn available(&self) -> u32 {
+        self.send
+    }
+
+    pub fn low_water(&self) -> u32 {
+        self.low_water
+    }
+
+    pub fn to_return(&self) -> u32 {
+        self.to_return
+    }
+
+    /// Enough returns have piled up for a credit-only SEND.
+    pub fn credit_only_due(&self) -> bool {
+        self.to_return >= self.threshold
+    }
+
+    pub fn can_send_data(&self) -> bool {
+        self.send >= 2
+    }
+
+    /// Spend a credit on a data SEND: the immediate data to put on it (returned credits), or `None` if
+    /// only the reserved credit is left.
+    pub fn take_for_data(&mut self) -> Option<u32> {
+        if !self.can_send_data() {
+            return None;
+        }
+        Some(self.spend())
+    }
+
+    /// Whether a credit-only SEND is due, and if so spend a credit on it (the reserve may be used).
+    pub fn take_for_credit_only(&mut self) -> Option<u32> {
+        if self.to_return < self.threshold || self.send == 0 {
+            return None;
+        }
+        Some(self.spend())
+    }
+
+    fn spend(&mut self) -> u32 {
+        self.send -= 1;
+        self.low_water = self.low_water.min(self.send);
+        let returned = self.to_return;
+        self.to_return = 0;
+        self.granted += u64::from(returned);
+        returned
+    }
+
+    /// Undo the last `take_*` whose SEND could not be posted.
+    pub fn unspend(&mut self, returned: u32) {
+        self.send += 1;
+        self.to_return += returned;
+        self.granted -= u64::from(returned);
+    }
+
+    /// A SEND arrived carrying `returned` credits.
+    pub fn on_receive(&mut self, returned: u32) -> Result<(), CreditViolation> {
+        self.received += 1;
+        if self.received > self.granted {
+            return Err(CreditViolation::Overrun {
+                received: self.received,
+                granted: self.granted,
+            });
+        }
+        match self.send.checked_add(returned) {
+            Some(sum) if sum <= self.peer_depth => {
+                self.send = sum;
+                Ok(())
+            }
+            _ => Err(CreditViolation::OverReturn {
+                have: self.send,
+                returned,
+                depth: self.peer_depth,
+            }),
+        }
+    }
+
+    /// We re-posted one receive buffer: it is owed to the peer.
+    pub fn on_reposted(&mut self) {
+        self.to_return += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two ends wired back to back: `a` sends to `b` and `b` to `a`, messages in flight in queues.
+    struct Pair {
+        a: Credits,
+        b: Credits,
+        to_b: Vec<u32>,
+        to_a: Vec<u32>,
+    }
+
+    impl Pair {
+        fn new(depth: u32) -> Self {
+            Pair {
+                a: Credits::new(depth, depth),
+                b: Credits::new(depth, depth),
+                to_b: Vec::new(),
+                to_a: Vec::new(),
+            }
+        }
+
+        /// Deliver everything in flight; each receiver consumes and re-posts at once.
+        fn deliver(&mut self) {
+            for imm in std::mem::take(&mut self.to_b) {
+                self.b.on_receive(imm).unwrap();
+                self.b.on_reposted();
+            }
+            for imm in std::mem::take(&mut self.to_a) {
+                self.a.on_receive(imm).unwrap();
+                self.a.on_reposted();
+            }
+        }
+
+        fn credit_only(&mut self) -> usize {
+            let mut sent = 0;
+            while let Some(imm) = self.a.take_for_credit_only() {
+                self.to_b.push(imm);
+                sent += 1;
+            }
+            while let Some(imm) = self.b.take_for_credit_only() {
+                self.to_a.push(imm);
+                sent += 1;
+            }
+            sent
+        }
+    }
+
+    #[test]
+    fn data_keeps_one_credit_in_reserve() {
+        let mut c = Credits::new(4, 4);
+        assert_eq!(c.take_for_data(), Some(0));
+        assert_eq!(c.take_for_data(), Some(0));
+        assert_eq!(c.take_for_data(), Some(0));
+        assert_eq!(c.take_for_data(), None);
+        assert_eq!(c.available(), 1);
+        assert_eq!(c.low_water(), 1);
+    }
+
+    #[test]
+    fn returns_ride_on_data() {
+        let mut c = Credits::new(8, 8);
+        c.on_reposted();
+        c.on_reposted();
+        c.on_reposted();
+        assert_eq!(c.take_for_data(), Some(3));
+        assert_eq!(c.to_return(), 0);
+        assert_eq!(c.take_for_data(), Some(0));
+    }
+
+    #[test]
+    fn credit_only_waits_for_threshold_and_may_use_reserve() {
+        let mut c = Credits::new(8, 8); // threshold 2
+        for _ in 0..7 {
+            c.take_for_data();
+        }
+        assert_eq!(c.available(), 1);
+        c.on_reposted();
+        assert!(!c.credit_only_due());
+        assert_eq!(c.take_for_credit_only(), None);
+        c.on_reposted();
+        assert!(c.credit_only_due());
+        assert_eq!(c.take_for_credit_only(), Some(2));
+        assert_eq!(c.available(), 0);
+    }
+
+    #[test]
+    fn overrun_is_a_violation() {
+        let mut c = Credits::new(4, 2);
+        assert!(c.on_receive(0).is_ok());
+        assert!(c.on_receive(0).is_ok());
+        assert_eq!(
+            c.on_receive(0),
+            Err(CreditViolation::Overrun {
+                received: 3,
+                granted: 2
+            })
+        );
+    }
+
+    #[test]
+    fn over_return_is_a_violation() {
+        let mut c = Credits::new(4, 4);
+        assert!(matches!(
+            c.on_receive(1),
+            Err(CreditViolation::OverReturn { .. })
+        ));
+    }
+
+    #[test]
+    fn both_sides_exhausted_still_recover() {
+        // Both sides fill each other's buffers with data; credit-only SENDs must get both going again.
+        let mut p = Pair::new(8);
+        while let Some(imm) = p.a.take_for_data() {
+            p.to_b.push(imm);
+        }
+        while let Some(imm) = p.b.take_for_data() {
+            p.to_a.push(imm);
+        }
+        assert!(!p.a.can_send_data() && !p.b.can_send_data());
+        p.deliver();
+        assert!(p.credit_only() > 0);
+        p.deliver();
+        assert!(p.a.can_send_data() && p.b.can_send_data());
+    }
+
+    #[test]
+    fn credit_only_ping_pong_dies_out() {
+        let mut p = Pair::new(16);
+        for _ in 0..10 {
+            if let Some(imm) = p.a.take_for_data() {
+                p.to_b.push(imm);
+            }
+        }
+        p.deliver();
+        let mut rounds = 0;
+        while p.credit_only() > 0 {
+            p.deliver();
+            rounds += 1;
+            assert!(rounds < 20, "credit-only SENDs never stop");
+        }
+    }
+
+    #[test]
+    fn one_way_stream_never_stalls() {
+        // a streams to b; b never has data, only credit-only returns.
+        let mut p = Pair::new(32);
+        let mut sent = 0u64;
+        for _ in 0..10_000 {
+            if let Some(imm) = p.a.take_for_data() {
+                p.to_b.push(imm);
+                sent += 1;
+            }
+            p.deliver();
+            p.credit_only();
+            p.deliver();
+        }
+        assert!(sent > 9_000, "only {sent} sends in 10000 turns");
+    }
+}

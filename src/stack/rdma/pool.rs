@@ -1,0 +1,254 @@
+//! The per-worker registered buffer pool: fixed-size slots carved out of memory regions that are
+//! registered once (`ibv_reg_mr`) and grown a chunk at a time up to a limit.
+//!
+//! A [`Slot`] is an owned token for one buffer: holding it is the right to read and write its bytes.
+//! Posting it to a queue pair moves the token into the QP (see [`super::verbs::CmId::post_recv`]), so no
+//! Rust reference can alias memory the device is using. Each slot keeps its chunk alive (`Rc`), and a
+//! chunk keeps its protection domain alive, so memory is deregistered only after the last slot is gone.
+//!
+//! Registration failures name the likely cause: `RLIMIT_MEMLOCK` (with its current value) for
+//! `ENOMEM`/`EPERM`/`EAGAIN`.
+#![allow(unsafe_code)] // registered memory handed to the device; see the SAFETY notes
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use super::sys;
+use super::verbs::ProtectionDomain;
+
+const ALIGN: usize = 4096;
+
+/// One registered allocation.
+struct Chunk {
+    mem: NonNull<u8>,
+    layout: Layout,
+    mr: NonNull<sys::ibv_mr>,
+    lkey: u32,
+    _pd: Rc<ProtectionDomain>,
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // SAFETY: no slot of this chunk is left (each holds an Rc), so the device no longer uses the
+        // memory; deregister, then free what we allocated with this layout.
+        unsafe {
+            sys::ibv_dereg_mr(self.mr.as_ptr());
+            alloc::dealloc(self.mem.as_ptr(), self.layout);
+        }
+    }
+}
+
+/// One buffer of the pool. Not `Clone`: whoever holds it owns its bytes.
+pub struct Slot {
+    chunk: Rc<Chunk>,
+    ptr: NonNull<u8>,
+    capacity: u32,
+    index: u32,
+}
+
+impl Slot {
+    /// Pool-wide index of this slot (stable for its life).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the slot owns [ptr, ptr+capacity) inside its live chunk; while a Slot exists outside a
+        // QP the device does not touch that range (posting moves the Slot), so shared access is sound.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity as usize) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity as usize) }
+    }
+
+    /// The scatter/gather entry for the first `len` bytes.
+    pub(super) fn sge(&self, len: u32) -> sys::ibv_sge {
+        sys::ibv_sge {
+            addr: self.ptr.as_ptr() as u64,
+            length: len.min(self.capacity),
+            lkey: self.chunk.lkey,
+        }
+    }
+}
+
+/// Fixed-size registered buffers for one worker.
+pub struct BufferPool {
+    pd: Rc<ProtectionDomain>,
+    slot_size: u32,
+    chunk_slots: u32,
+    max_slots: u32,
+    total: u32,
+    free: Vec<Slot>,
+}
+
+impl BufferPool {
+    /// A pool of `slot_size`-byte buffers, registered `chunk_slots` at a time, at most `max_slots`.
+    pub fn new(
+        pd: &Rc<ProtectionDomain>,
+        slot_size: u32,
+        chunk_slots: u32,
+        max_slots: u32,
+    ) -> Self {
+        BufferPool {
+            pd: pd.clone(),
+            slot_size: slot_size.max(64),
+            chunk_slots: chunk_slots.max(1),
+            max_slots,
+            total: 0,
+            free: Vec::new(),
+        }
+    }
+
+    /// Slots registered so far.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Take `n` slots at once (all or none), growing the pool if it may.
+    pub fn take(&mut self, n: usize) -> io::Result<Vec<Slot>> {
+        while self.free.len() < n {
+            if !self.grow()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "RDMA buffer pool exhausted: {n} slots wanted, {} free of {} (max {}); raise \
+                         RdmaConfig::max_pool_slots",
+                        self.free.len(),
+                        self.total,
+                        self.max_slots
+                    ),
+                ));
+            }
+        }
+        let at = self.free.len() - n;
+        Ok(self.free.split_off(at))
+    }
+
+    /// Return a slot.
+    pub fn give(&mut self, slot: Slot) {
+        self.free.push(slot);
+    }
+
+    fn grow(&mut self) -> io::Result<bool> {
+        let count = self
+            .chunk_slots
+            .min(self.max_slots.saturating_sub(self.total));
+        if count == 0 {
+            return Ok(false);
+        }
+        let bytes = count as usize * self.slot_size as usize;
+        let layout = Layout::from_size_align(bytes, ALIGN)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        // SAFETY: layout has a non-zero size (count ≥ 1, slot_size ≥ 64).
+        let mem = NonNull::new(unsafe { alloc::alloc_zeroed(layout) }).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "allocating the RDMA buffer pool",
+            )
+        })?;
+        let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0 as i32;
+        // SAFETY: [mem, mem+bytes) is a live allocation we own; the PD is live. The MR is deregistered
+        // before the memory is freed (Chunk::drop).
+        let mr = unsafe { sys::msgr_ibv_reg_mr(self.pd.raw(), mem.as_ptr().cast(), bytes, access) };
+        let Some(mr) = NonNull::new(mr) else {
+            let err = io::Error::last_os_error();
+            // SAFETY: allocated above with this layout and never handed out.
+            unsafe { alloc::dealloc(mem.as_ptr(), layout) };
+            return Err(registration_error(bytes, err));
+        };
+        // SAFETY: mr is a live MR; lkey is a plain field.
+        let lkey = unsafe { (*mr.as_ptr()).lkey };
+        let chunk = Rc::new(Chunk {
+            mem,
+            layout,
+            mr,
+            lkey,
+            _pd: self.pd.clone(),
+        });
+        for i in 0..count {
+            // SAFETY: i * slot_size < bytes: the offset stays inside the allocation.
+            let ptr = unsafe { mem.add(i as usize * self.slot_size as usize) };
+            self.free.push(Slot {
+                chunk: chunk.clone(),
+                ptr,
+                capacity: self.slot_size,
+                index: self.total + i,
+            });
+        }
+        self.total += count;
+        tracing::debug!(
+            slots = count,
+            slot_size = self.slot_size,
+            total = self.total,
+            "registered RDMA buffers"
+        );
+        Ok(true)
+    }
+}
+
+/// The error for a failed `ibv_reg_mr`, naming the memlock limit when that is the likely cause.
+fn registration_error(bytes: usize, err: io::Error) -> io::Error {
+    let errno = err.raw_os_error().unwrap_or(0);
+    if matches!(errno, libc::ENOMEM | libc::EPERM | libc::EAGAIN) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into lim.
+        let have = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
+        let show = |v: libc::rlim_t| {
+            if v == libc::RLIM_INFINITY {
+                "unlimited".to_string()
+            } else {
+                format!("{v} bytes")
+            }
+        };
+        let limit = if have {
+            format!(
+                "RLIMIT_MEMLOCK is {} (hard {})",
+                show(lim.rlim_cur),
+                show(lim.rlim_max)
+            )
+        } else {
+            "RLIMIT_MEMLOCK is unknown".to_string()
+        };
+        return io::Error::new(
+            err.kind(),
+            format!(
+                "ibv_reg_mr of {bytes} bytes failed: {err}; {limit}: raise it (ulimit -l, \
+                 LimitMEMLOCK= in systemd, /etc/security/limits.conf) or shrink the RDMA buffer pool"
+            ),
+        );
+    }
+    io::Error::new(
+        err.kind(),
+        format!("ibv_reg_mr of {bytes} bytes failed: {err}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_error_names_memlock() {
+        let err = registration_error(1 << 20, io::Error::from_raw_os_error(libc::ENOMEM));
+        let text = err.to_string();
+        assert!(text.contains("RLIMIT_MEMLOCK"), "{text}");
+        assert!(text.contains("1048576 bytes"), "{text}");
+        let err = registration_error(4096, io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(!err.to_string().contains("RLIMIT_MEMLOCK"));
+    }
+}
