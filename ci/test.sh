@@ -150,6 +150,13 @@ run_tests() {
 # skip: a machine that cannot run them fails here. Needs root (apt, network namespaces).
 DPDK_APT_PACKAGES=(dpdk dpdk-dev libdpdk-dev pkg-config libclang-dev ethtool iproute2)
 
+# Both kernel-bypass features together (their packages are installed by the phases above).
+run_all_features_clippy() {
+    section "cargo clippy --all-targets --all-features -- -D warnings"
+    cargo clippy --all-targets --all-features -- -D warnings
+    section_done
+}
+
 run_dpdk_phase() {
     section "dpdk feature: apt ${DPDK_APT_PACKAGES[*]}"
     local missing
@@ -334,6 +341,7 @@ run_doc
 run_tests
 run_dpdk_phase
 run_rdma_phase
+run_all_features_clippy
 
 SECTION_NAME="summary"
 printf '\n==> timings\n'
