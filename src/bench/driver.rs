@@ -392,7 +392,9 @@ impl<N: NetworkStack> Client<N> {
                 Ok(DriverEvent::Done) => return Err("connect: unexpected reply".into()),
                 Err(_) => {
                     return Err(format!(
-                        "connect: {connected} of {} handshakes completed within {:.0}s",
+                        "connect: {connected} of {} handshakes completed within {:.0}s (if the \
+                         server closes every attempt, name it with its nonce, v2:IP:PORT/NONCE, \
+                         as it prints it)",
                         shape.connections,
                         limit.as_secs_f64()
                     ))

@@ -525,6 +525,7 @@ pub fn run_to(
                         PosixStack::new(),
                         &[SocketAddr::from(([127, 0, 0, 1], 0))],
                         server_wc,
+                        rand::random::<u32>() | 1,
                         &security,
                     )
                     .map_err(|e| BenchError::Failed(format!("posix loopback server: {e}")))?,

@@ -60,7 +60,7 @@ impl Progress {
                 Goal::Count(n) => (n, "{msg:>6} [{bar:40}] {pos}/{len} msgs, {elapsed}"),
                 Goal::Time(d) => (
                     u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-                    "{msg:>6} [{bar:40}] {elapsed} of the run",
+                    "{msg:>6} [{bar:40}] {pos}/{len} ms",
                 ),
             };
             // Draws nothing when stderr is not a terminal.

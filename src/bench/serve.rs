@@ -26,15 +26,17 @@ pub struct BenchServer<N: NetworkStack> {
 }
 
 impl<N: NetworkStack> BenchServer<N> {
-    /// Starts a server on `stack` listening on `bind` (port 0 picks one) with `workers`.
+    /// Starts a server on `stack` listening on `bind` (port 0 picks one) with `workers`; `nonce` is its
+    /// address nonce (0, as monitors use, lets clients name it by IP:PORT alone).
     pub fn start(
         stack: N,
         bind: &[SocketAddr],
         workers: WorkerConfig,
+        nonce: u32,
         security: &super::security::Security,
     ) -> Result<Self, String> {
         let mut cfg = Config::new(entity_type::OSD, AuthEntityName::new(entity_type::OSD, "0"));
-        cfg.nonce = rand::random::<u32>() | 1;
+        cfg.nonce = nonce;
         security.apply_server(&mut cfg);
         cfg.default_policy = Policy::stateless_server();
         let mut mc = MessengerConfig::new(cfg);
@@ -67,8 +69,8 @@ impl<N: NetworkStack> Drop for BenchServer<N> {
 #[derive(clap::Args, Debug, Clone)]
 #[command(
     long_about = "Run a benchmark server for `msgr bench run ADDR` in another process.\n\n\
-It listens on --bind (a msgr2.1 OSD-type server, auth none, crc mode), prints \
-\"listening on v2:IP:PORT/NONCE\", echoes benchmark messages and acks streamed ones, and runs for \
+It listens on --bind (a msgr2.1 OSD-type server, auth none, crc mode, address nonce 0 so that \
+IP:PORT alone names it), prints \"listening on v2:IP:PORT/0\", echoes benchmark messages and acks streamed ones, and runs for \
 --duration seconds or until killed.",
     after_help = "Example:\n  taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 --cpus 1"
 )]
@@ -96,10 +98,12 @@ pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchErro
     let workers = usize::try_from(args.workers).unwrap_or(1);
     let wc = super::worker_config(workers, &args.cpus, "bench-serve");
     let cpus = Cpus::of_this_process(&super::pinned(&wc));
+    // Nonce 0: clients may name this server by IP:PORT alone.
     let server = BenchServer::start(
         PosixStack::new(),
         &[args.bind],
         wc,
+        0,
         &super::security::Security::default(),
     )
     .map_err(|e| BenchError::Failed(format!("bench server: {e}")))?;

@@ -1,0 +1,538 @@
+#!/usr/bin/env bash
+# scripts/compare.sh — msgr bench beside the tools people already trust, in ONE run on this machine:
+#   sockperf ping-pong (TCP, loopback, --full-rtt: round trips, not sockperf's default half round trip)
+#   iperf3 (TCP, loopback, one connection, writes of SIZE bytes)
+#   msgr bench (posix): latency mode against sockperf, throughput mode against iperf3
+# on the same message sizes, every server pinned to one CPU and every client to another (taskset), each
+# measurement repeated --reps times (>= 3) with the tools interleaved, reporting the median run and the
+# spread (min..max over the repetitions). DPDK and RDMA rows (msgr --stack dpdk|rdma, perftest) join when
+# those stacks exist.
+#
+# Prints a side-by-side table and writes DIR/compare.json (each tool's figures per size and run, versions,
+# machine, load average around every run, and the ratios msgr/sockperf for RTT p50 and p99 and
+# msgr/iperf3 for throughput), DIR/compare.md (the table), and msgr's own plots of its median runs
+# (DIR/msgr-latency.svg, DIR/msgr-throughput.svg). Every process it starts is stopped by its PID.
+#
+# Usage: scripts/compare.sh [--sizes 64,4k,64k,1m] [--reps 3] [--secs 3] [--server-cpu 1] [--client-cpu 0]
+#                           [--window 16] [--out DIR] [--msgr PATH] [--report-only]
+# --report-only redoes the table, compare.json and plots from DIR/raw of an earlier run.
+# Needs: sockperf, iperf3, python3 (ci/test.sh installs sockperf and iperf3; `apt-get install sockperf
+# iperf3`), and a release build of msgr (built here unless --msgr PATH is given).
+# sockperf's TCP messages stop at 1 MiB - 1 byte: its 1m row uses 1048575-byte messages.
+# Absolute numbers depend on the machine and on whatever else runs on it (the load average is recorded
+# beside every figure); the ratios are the point.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SIZES="64,4k,64k,1m"
+REPS=3
+SECS=3
+SERVER_CPU=1
+CLIENT_CPU=0
+WINDOW=16
+OUT="target/compare"
+MSGR=""
+REPORT_ONLY=0
+
+usage() {
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    exit "${1:-2}"
+}
+
+while (($#)); do
+    case "$1" in
+    --sizes) SIZES="$2"; shift 2 ;;
+    --reps) REPS="$2"; shift 2 ;;
+    --secs) SECS="$2"; shift 2 ;;
+    --server-cpu) SERVER_CPU="$2"; shift 2 ;;
+    --client-cpu) CLIENT_CPU="$2"; shift 2 ;;
+    --window) WINDOW="$2"; shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    --msgr) MSGR="$2"; shift 2 ;;
+    --report-only) REPORT_ONLY=1; shift ;;
+    -h | --help) usage 0 ;;
+    *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
+    esac
+done
+if ! [[ "$REPS" =~ ^[0-9]+$ ]] || ((REPS < 3)); then
+    echo "compare.sh: --reps must be at least 3 (a median and a spread need them)" >&2
+    exit 2
+fi
+
+for tool in sockperf iperf3 python3 taskset; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "compare.sh: $tool is not installed (apt-get install sockperf iperf3 python3 util-linux)" >&2
+        exit 1
+    fi
+done
+
+if [[ -z "$MSGR" ]]; then
+    echo "==> cargo build --release --bin msgr" >&2
+    cargo build --release --bin msgr >&2
+    MSGR="target/release/msgr"
+fi
+
+RAW="$OUT/raw"
+mkdir -p "$RAW"
+if ((!REPORT_ONLY)); then
+    rm -f "$RAW"/*
+fi
+
+# Every background process this script starts, stopped by PID on any exit.
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+}
+trap cleanup EXIT
+
+stop_pid() {
+    local pid="$1"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until something listens on port $1 (up to 10 s). It reads /proc/net/tcp rather than connecting:
+# a probe connection would be taken by `iperf3 -s -1` as its one test.
+wait_listen() {
+    local port="$1" i hex
+    hex=$(printf '%04X' "$port")
+    for ((i = 0; i < 200; i++)); do
+        if awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" { found = 1 } END { exit !found }' \
+            /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "compare.sh: nothing listens on port $port" >&2
+    return 1
+}
+
+bytes_of() {
+    case "$1" in
+    *k | *K) echo $((${1%[kK]} * 1024)) ;;
+    *m | *M) echo $((${1%[mM]} * 1048576)) ;;
+    *) echo "$1" ;;
+    esac
+}
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+IFS=',' read -r -a SIZE_LIST <<<"$SIZES"
+
+run_sockperf() { # rep
+    local rep="$1" port pid size bytes m
+    port=$(free_port)
+    # The server must accept the largest message: sockperf's TCP limit is 1 MiB - 1.
+    taskset -c "$SERVER_CPU" sockperf server --tcp -i 127.0.0.1 -p "$port" -m 1048575 \
+        >"$RAW/sockperf-server-$rep.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_listen "$port"
+    for size in "${SIZE_LIST[@]}"; do
+        bytes=$(bytes_of "$size")
+        m=$bytes
+        if ((m > 1048575)); then m=1048575; fi
+        if ((m < 14)); then m=14; fi
+        echo "load $(loadavg)" >"$RAW/sockperf-$size-$rep.txt"
+        taskset -c "$CLIENT_CPU" sockperf ping-pong --tcp -i 127.0.0.1 -p "$port" -m "$m" -t "$SECS" \
+            --full-rtt >>"$RAW/sockperf-$size-$rep.txt" 2>&1 || echo "sockperf failed" >>"$RAW/sockperf-$size-$rep.txt"
+        echo "msg_bytes $m" >>"$RAW/sockperf-$size-$rep.txt"
+        echo "load_end $(loadavg)" >>"$RAW/sockperf-$size-$rep.txt"
+    done
+    stop_pid "$pid"
+}
+
+run_iperf3() { # rep
+    local rep="$1" port pid size bytes
+    for size in "${SIZE_LIST[@]}"; do
+        bytes=$(bytes_of "$size")
+        port=$(free_port)
+        taskset -c "$SERVER_CPU" iperf3 -s -1 -p "$port" >"$RAW/iperf3-server-$size-$rep.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        wait_listen "$port"
+        echo "load $(loadavg)" >"$RAW/iperf3-$size-$rep.load"
+        taskset -c "$CLIENT_CPU" iperf3 -c 127.0.0.1 -p "$port" -l "$bytes" -t "$SECS" -J \
+            >"$RAW/iperf3-$size-$rep.json" 2>"$RAW/iperf3-$size-$rep.err" || true
+        echo "load_end $(loadavg)" >>"$RAW/iperf3-$size-$rep.load"
+        stop_pid "$pid"
+    done
+}
+
+run_msgr() { # rep
+    local rep="$1" port pid mode
+    port=$(free_port)
+    taskset -c "$SERVER_CPU" "$MSGR" bench serve --bind "127.0.0.1:$port" --workers 1 --cpus "$SERVER_CPU" \
+        >"$RAW/msgr-server-$rep.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_listen "$port"
+    for mode in latency throughput; do
+        local extra=()
+        if [[ "$mode" == throughput ]]; then extra=(--window "$WINDOW"); fi
+        taskset -c "$CLIENT_CPU" "$MSGR" bench run "127.0.0.1:$port" --mode "$mode" --sizes "$SIZES" \
+            --duration "$SECS" --workers 1 --client-cpus "$CLIENT_CPU" "${extra[@]}" \
+            --json "$RAW/msgr-$mode-$rep.json" --svg "$RAW/msgr-$mode-$rep.svg" \
+            >"$RAW/msgr-$mode-$rep.txt" 2>&1 || echo "msgr failed" >>"$RAW/msgr-$mode-$rep.txt"
+    done
+    stop_pid "$pid"
+}
+
+((REPORT_ONLY)) || echo "==> $(date -u +%FT%TZ) $(nproc) CPUs, load $(loadavg); server CPU $SERVER_CPU, client CPU $CLIENT_CPU;" \
+    "sizes $SIZES, $REPS repetitions of ${SECS}s per size and tool" >&2
+if ((REPORT_ONLY)); then
+    # shellcheck disable=SC1091 # written by the run being reported
+    source "$RAW/meta.env"
+else
+    START_LOAD=$(loadavg)
+    for ((rep = 1; rep <= REPS; rep++)); do
+        echo "==> repetition $rep/$REPS: sockperf" >&2
+        run_sockperf "$rep"
+        echo "==> repetition $rep/$REPS: iperf3" >&2
+        run_iperf3 "$rep"
+        echo "==> repetition $rep/$REPS: msgr bench" >&2
+        run_msgr "$rep"
+    done
+    END_LOAD=$(loadavg)
+    printf 'START_LOAD="%s"\nEND_LOAD="%s"\n' "$START_LOAD" "$END_LOAD" >"$RAW/meta.env"
+fi
+
+SOCKPERF_VERSION=$(sockperf --version 2>&1 | grep -m1 -o 'version [^ ]*' || true)
+IPERF3_VERSION=$(iperf3 --version 2>&1 | head -1)
+MSGR_VERSION=$("$MSGR" --version 2>&1 | head -1)
+
+python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$SECS" "$SERVER_CPU" "$CLIENT_CPU" "$WINDOW" \
+    "$SOCKPERF_VERSION" "$IPERF3_VERSION" "$MSGR_VERSION" "$START_LOAD" "$END_LOAD" <<'PY'
+import json, os, re, shutil, statistics, sys, platform
+
+(out, raw, sizes, reps, secs, server_cpu, client_cpu, window,
+ sockperf_v, iperf3_v, msgr_v, start_load, end_load) = sys.argv[1:]
+sizes = sizes.split(",")
+reps = int(reps)
+
+
+def nbytes(s):
+    s = s.strip()
+    mult = {"k": 1024, "m": 1 << 20}.get(s[-1].lower(), 1)
+    return int(s[:-1] if mult > 1 else s) * mult
+
+
+def loads(text):
+    got = {}
+    for key in ("load", "load_end"):
+        m = re.search(r"^%s ([\d.]+) ([\d.]+) ([\d.]+)" % key, text, re.M)
+        if m:
+            got[key] = [float(x) for x in m.groups()]
+    return got
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def sockperf_run(size, rep):
+    text = read(f"{raw}/sockperf-{size}-{rep}.txt")
+    pct = {}
+    for m in re.finditer(r"percentile (\d+\.\d+) =\s+([\d.]+)", text):
+        pct[float(m.group(1))] = float(m.group(2))
+    mx = re.search(r"<MAX> observation =\s+([\d.]+)", text)
+    obs = re.search(r"Total (\d+) observations", text)
+    msg = re.search(r"^msg_bytes (\d+)", text, re.M)
+    if 50.0 not in pct or 99.0 not in pct:
+        return {"error": (text.strip().splitlines() or ["no output"])[-1][:200], **loads(text)}
+    return {"p50_us": pct[50.0], "p99_us": pct[99.0], "p999_us": pct.get(99.9),
+            "max_us": float(mx.group(1)) if mx else None,
+            "observations": int(obs.group(1)) if obs else None,
+            "msg_bytes": int(msg.group(1)) if msg else None, **loads(text)}
+
+
+def iperf3_run(size, rep):
+    ld = loads(read(f"{raw}/iperf3-{size}-{rep}.load"))
+    try:
+        with open(f"{raw}/iperf3-{size}-{rep}.json") as f:
+            d = json.load(f)
+        end = d["end"]
+        return {"gbit_per_sec": end["sum_received"]["bits_per_second"] / 1e9,
+                "sender_gbit_per_sec": end["sum_sent"]["bits_per_second"] / 1e9,
+                "write_bytes": nbytes(size), **ld}
+    except (OSError, KeyError, ValueError) as e:
+        err = read(f"{raw}/iperf3-{size}-{rep}.err").strip() or str(e)
+        return {"error": err[:200], **ld}
+
+
+def msgr_runs(mode, rep):
+    try:
+        with open(f"{raw}/msgr-{mode}-{rep}.json") as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        tail = read(f"{raw}/msgr-{mode}-{rep}.txt").strip().splitlines()
+        return None, (tail[-1] if tail else "no output")[:200]
+    return d, None
+
+
+def median_run(runs, key):
+    """The run holding the median of `key` (the lower middle for an even count), and the spread."""
+    ok = [r for r in runs if r.get(key) is not None]
+    if not ok:
+        return None, None
+    ok.sort(key=lambda r: r[key])
+    med = ok[(len(ok) - 1) // 2]
+    return med, [ok[0][key], ok[-1][key]]
+
+
+result = {"machine": {}, "settings": {}, "versions": {}, "sizes": []}
+cpu_model = None
+for line in read("/proc/cpuinfo").splitlines():
+    if line.startswith("model name"):
+        cpu_model = line.split(":", 1)[1].strip()
+        break
+result["machine"] = {"cpu_model": cpu_model, "cpus": os.cpu_count(), "kernel": platform.release(),
+                     "load_start": [float(x) for x in start_load.split()],
+                     "load_end": [float(x) for x in end_load.split()]}
+result["settings"] = {"sizes": sizes, "reps": reps, "secs_per_run": float(secs),
+                      "server_cpu": int(server_cpu), "client_cpu": int(client_cpu),
+                      "msgr_window": int(window), "msgr_workers": 1,
+                      "pinning": f"taskset -c {server_cpu} for every server, taskset -c {client_cpu} "
+                                 "for every client; msgr workers pinned to the same CPUs"}
+result["versions"] = {"sockperf": sockperf_v, "iperf3": iperf3_v, "msgr": msgr_v}
+
+msgr_lat = {}
+msgr_tp = {}
+header = None
+for rep in range(1, reps + 1):
+    for mode, store in (("latency", msgr_lat), ("throughput", msgr_tp)):
+        d, err = msgr_runs(mode, rep)
+        if d is None:
+            for s in sizes:
+                store.setdefault(nbytes(s), []).append({"rep": rep, "error": err})
+            continue
+        header = header or d["header"]
+        h = d["header"]
+        for r in d["results"]:
+            store.setdefault(r["msg_size"], []).append({
+                "rep": rep, "p50_us": r["p50_ns"] / 1e3, "p99_us": r["p99_ns"] / 1e3,
+                "p999_us": r["p999_ns"] / 1e3, "max_us": r["max_ns"] / 1e3, "count": r["count"],
+                "msgs_per_sec": r["msgs_per_sec"], "gbit_per_sec": r["gbit_per_sec"],
+                "wire_bytes": r["wire_bytes"], "load": h.get("loadavg_start"),
+                "load_end": h.get("loadavg_end")})
+if header:
+    result["versions"]["msgr_commit"] = header.get("git_commit")
+
+best_svg = {}
+for s in sizes:
+    b = nbytes(s)
+    sp = [dict(sockperf_run(s, rep), rep=rep) for rep in range(1, reps + 1)]
+    ip = [dict(iperf3_run(s, rep), rep=rep) for rep in range(1, reps + 1)]
+    ml = msgr_lat.get(b, [])
+    mt = msgr_tp.get(b, [])
+    sp_med, sp_spread = median_run(sp, "p50_us")
+    ml_med, ml_spread = median_run(ml, "p50_us")
+    ip_med, ip_spread = median_run(ip, "gbit_per_sec")
+    mt_med, mt_spread = median_run(mt, "gbit_per_sec")
+    _, sp99 = median_run(sp, "p99_us")
+    _, ml99 = median_run(ml, "p99_us")
+    row = {"size": s, "bytes": b,
+           "sockperf": {"runs": sp, "median": sp_med, "p50_spread_us": sp_spread, "p99_spread_us": sp99},
+           "iperf3": {"runs": ip, "median": ip_med, "gbit_spread": ip_spread},
+           "msgr_latency": {"runs": ml, "median": ml_med, "p50_spread_us": ml_spread, "p99_spread_us": ml99},
+           "msgr_throughput": {"runs": mt, "median": mt_med, "gbit_spread": mt_spread},
+           "ratios": {}}
+    if sp_med and ml_med:
+        row["ratios"]["rtt_p50_msgr_over_sockperf"] = ml_med["p50_us"] / sp_med["p50_us"]
+        row["ratios"]["rtt_p99_msgr_over_sockperf"] = ml_med["p99_us"] / sp_med["p99_us"]
+    if ip_med and mt_med:
+        row["ratios"]["throughput_msgr_over_iperf3"] = mt_med["gbit_per_sec"] / ip_med["gbit_per_sec"]
+    result["sizes"].append(row)
+    for mode, med in (("latency", ml_med), ("throughput", mt_med)):
+        if med:
+            best_svg.setdefault(mode, {})[b] = med["rep"]
+
+# msgr's own plots of the run that gave the median at the largest size.
+for mode, by_size in best_svg.items():
+    rep = by_size[max(by_size)]
+    src = f"{raw}/msgr-{mode}-{rep}.svg"
+    if os.path.exists(src):
+        shutil.copyfile(src, f"{out}/msgr-{mode}.svg")
+
+targets = {}
+for row in result["sizes"]:
+    if row["bytes"] == 64 and "rtt_p50_msgr_over_sockperf" in row["ratios"]:
+        r = row["ratios"]["rtt_p50_msgr_over_sockperf"]
+        targets["rtt_p50_64B"] = {"ratio": r, "target": "<= 1.3", "met": r <= 1.3}
+    if row["bytes"] == 1 << 20 and "throughput_msgr_over_iperf3" in row["ratios"]:
+        r = row["ratios"]["throughput_msgr_over_iperf3"]
+        targets["throughput_1MiB"] = {"ratio": r, "target": ">= 0.8", "met": r >= 0.8}
+result["targets"] = targets
+
+with open(f"{out}/compare.json", "w") as f:
+    json.dump(result, f, indent=2)
+    f.write("\n")
+
+
+def fmt(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def spread(sp, spec=".1f"):
+    return "-" if not sp else f"{format(sp[0], spec)}..{format(sp[1], spec)}"
+
+
+def load1(run):
+    ld = run and run.get("load")
+    return "-" if not ld else f"{ld[0]:.1f}"
+
+
+lines = []
+lines.append(f"Round trip, µs (median of {reps} runs, [min..max of p50]; load = 1-min load average at the run's start)")
+lines.append("| size | sockperf p50 | sockperf p99 | msgr p50 | msgr p99 | p50 ratio | p99 ratio | sockperf p50 spread | msgr p50 spread | load sp/msgr |")
+lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for row in result["sizes"]:
+    sp, ml, r = row["sockperf"]["median"], row["msgr_latency"]["median"], row["ratios"]
+    lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |".format(
+        row["size"] + (" (sockperf 1m-1)" if row["bytes"] > 1048575 else ""),
+        fmt(sp and sp.get("p50_us")), fmt(sp and sp.get("p99_us")),
+        fmt(ml and ml.get("p50_us")), fmt(ml and ml.get("p99_us")),
+        fmt(r.get("rtt_p50_msgr_over_sockperf"), ".2f"), fmt(r.get("rtt_p99_msgr_over_sockperf"), ".2f"),
+        spread(row["sockperf"]["p50_spread_us"]), spread(row["msgr_latency"]["p50_spread_us"]),
+        load1(sp), load1(ml)))
+lines.append("")
+lines.append(f"Throughput, one connection, Gbit/s of payload (median of {reps} runs, [min..max]; msgr window {window})")
+lines.append("| size | iperf3 | msgr | ratio | iperf3 spread | msgr spread | msgr msgs/s | load ip/msgr |")
+lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+for row in result["sizes"]:
+    ip, mt, r = row["iperf3"]["median"], row["msgr_throughput"]["median"], row["ratios"]
+    lines.append("| {} | {} | {} | {} | {} | {} | {} | {}/{} |".format(
+        row["size"], fmt(ip and ip.get("gbit_per_sec"), ".2f"), fmt(mt and mt.get("gbit_per_sec"), ".2f"),
+        fmt(r.get("throughput_msgr_over_iperf3"), ".2f"),
+        spread(row["iperf3"]["gbit_spread"], ".2f"), spread(row["msgr_throughput"]["gbit_spread"], ".2f"),
+        fmt(mt and mt.get("msgs_per_sec"), ".0f"), load1(ip), load1(mt)))
+lines.append("")
+for name, t in targets.items():
+    lines.append(f"target {name}: ratio {t['ratio']:.2f} (want {t['target']}): {'met' if t['met'] else 'NOT met'}")
+m = result["machine"]
+lines.append(f"machine: {m['cpu_model']}, {m['cpus']} CPUs, kernel {m['kernel']}; load {start_load} -> {end_load}")
+lines.append(f"versions: {sockperf_v}; {iperf3_v}; {msgr_v} ({result['versions'].get('msgr_commit')})")
+text = "\n".join(lines)
+print(text)
+with open(f"{out}/compare.md", "w") as f:
+    f.write(text + "\n")
+
+
+def bars_svg(path):
+    """compare.svg: grouped bars on a log scale, median runs with min..max whiskers; RTT p50 (left),
+    throughput (right); the ratios msgr/other under each panel."""
+    import math
+    W, H, pad_l, pad_b, pad_t = 1040, 470, 70, 80, 80
+    panel_w = (W - 2 * pad_l) // 2 - 30
+    plot_h = H - pad_b - pad_t
+    colors = {"sockperf": "#ff7f0e", "iperf3": "#2ca02c", "msgr": "#1f77b4"}
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+           f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15">msgr bench (posix) beside '
+           f'sockperf and iperf3: median of {reps} runs (whiskers: min..max), loopback, pinned</text>']
+    for k, name in enumerate(["sockperf", "iperf3", "msgr"]):
+        lx = W / 2 - 150 + k * 110
+        svg.append(f'<rect x="{lx}" y="34" width="12" height="12" fill="{colors[name]}"/>')
+        svg.append(f'<text x="{lx + 16}" y="45">{name}</text>')
+
+    def panel(x0, title, unit, series, ratio_key, fmt_v):
+        vals = [x for _, pts in series for (_, v, lo, hi) in pts for x in (v, lo, hi) if x]
+        lo_exp = math.floor(math.log10(min(vals))) if vals else 0
+        hi_exp = math.ceil(math.log10(max(vals) * 1.3)) if vals else 1
+        if hi_exp <= lo_exp:
+            hi_exp = lo_exp + 1
+        y0 = pad_t + plot_h
+
+        def y(v):
+            return y0 - plot_h * (math.log10(v) - lo_exp) / (hi_exp - lo_exp)
+
+        svg.append(f'<text x="{x0 + panel_w / 2}" y="{pad_t - 12}" text-anchor="middle" '
+                   f'font-size="13">{title}</text>')
+        for e in range(lo_exp, hi_exp + 1):
+            for mult in (1, 2, 5):
+                v = mult * 10 ** e
+                if e == hi_exp and mult > 1:
+                    continue
+                yy = y(v)
+                svg.append(f'<line x1="{x0}" y1="{yy:.1f}" x2="{x0 + panel_w}" y2="{yy:.1f}" '
+                           f'stroke="{"#bbb" if mult == 1 else "#eee"}"/>')
+                svg.append(f'<text x="{x0 - 6}" y="{yy + 4:.1f}" text-anchor="end">{fmt_v(v)}</text>')
+        svg.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + panel_w}" y2="{y0}" stroke="black"/>')
+        svg.append(f'<line x1="{x0}" y1="{pad_t}" x2="{x0}" y2="{y0}" stroke="black"/>')
+        svg.append(f'<text transform="translate({x0 - 52},{pad_t + plot_h / 2}) rotate(-90)" '
+                   f'text-anchor="middle">{unit} (log scale)</text>')
+        gw = panel_w / len(sizes)
+        bw = gw / (len(series) + 1)
+        for g, size in enumerate(sizes):
+            gx = x0 + g * gw
+            r = result["sizes"][g]["ratios"].get(ratio_key)
+            svg.append(f'<text x="{gx + gw / 2}" y="{y0 + 18}" text-anchor="middle">{size}</text>')
+            svg.append(f'<text x="{gx + gw / 2}" y="{y0 + 34}" text-anchor="middle" font-size="11">'
+                       f'{"ratio %.2f" % r if r else ""}</text>')
+            for k, (name, pts) in enumerate(series):
+                _, v, lo, hi = pts[g]
+                if not v:
+                    continue
+                bx = gx + bw * (k + 0.5)
+                top = y(v)
+                svg.append(f'<rect x="{bx:.1f}" y="{top:.1f}" width="{bw * 0.9:.1f}" '
+                           f'height="{y0 - top:.1f}" fill="{colors[name]}"/>')
+                cx = bx + bw * 0.45
+                if lo and hi:
+                    svg.append(f'<line x1="{cx:.1f}" y1="{y(lo):.1f}" x2="{cx:.1f}" y2="{y(hi):.1f}" '
+                               f'stroke="black"/>')
+                svg.append(f'<text x="{cx:.1f}" y="{min(top, y(hi) if hi else top) - 4:.1f}" '
+                           f'text-anchor="middle" font-size="10">{fmt_v(v)}</text>')
+        svg.append(f'<text x="{x0 + panel_w / 2}" y="{y0 + 52}" text-anchor="middle">message size '
+                   f'(ratio = msgr / {series[0][0]})</text>')
+
+    def pts(tool, key, spread_key):
+        got = []
+        for row in result["sizes"]:
+            med = row[tool]["median"]
+            sp = row[tool].get(spread_key)
+            got.append((row["size"], med and med.get(key), sp and sp[0], sp and sp[1]))
+        return got
+
+    def num(v):
+        return f"{v:.0f}" if v >= 1 else f"{v:g}"
+
+    panel(pad_l, "round trip p50, one message in flight", "µs",
+          [("sockperf", pts("sockperf", "p50_us", "p50_spread_us")),
+           ("msgr", pts("msgr_latency", "p50_us", "p50_spread_us"))],
+          "rtt_p50_msgr_over_sockperf", num)
+    panel(pad_l * 2 + panel_w + 60, "throughput, one connection (payload)", "Gbit/s",
+          [("iperf3", pts("iperf3", "gbit_per_sec", "gbit_spread")),
+           ("msgr", pts("msgr_throughput", "gbit_per_sec", "gbit_spread"))],
+          "throughput_msgr_over_iperf3", lambda v: f"{v:.2g}" if v < 1 else f"{v:.1f}")
+    svg.append(f'<text x="10" y="{H - 8}" font-size="10">{m["cpu_model"]}, {m["cpus"]} CPUs, kernel '
+               f'{m["kernel"]}; load average {start_load} at the start, {end_load} at the end; '
+               f'{result["versions"]["msgr"]} {str(result["versions"].get("msgr_commit"))[:10]}, '
+               f'{sockperf_v.replace("version", "sockperf")}, {iperf3_v}</text>')
+    svg.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(svg) + "\n")
+
+
+bars_svg(f"{out}/compare.svg")
+print(f"\nwrote {out}/compare.json, {out}/compare.md, {out}/compare.svg" +
+      "".join(f", {out}/msgr-{m}.svg" for m in best_svg))
+PY
