@@ -172,7 +172,33 @@ pub struct PeerInfo {
 thread_local! {
     /// Set on worker threads: sends from there must not block on the throttle.
     pub(crate) static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// On a worker thread: (its messenger's `Shared` address, worker index). A kick for that very
+    /// worker needs no wake-up: it drains its kick queue before it next sleeps.
+    pub(crate) static CURRENT_WORKER: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, usize::MAX)) };
 }
+
+/// A `HashMap` hasher for the small integer ids (connection, socket, timer) a worker looks up several
+/// times per message: one multiply instead of SipHash. The ids are ours, not the peer's, so hash
+/// flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by our own integer ids.
+pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// A handle to a connection; cheap to clone, usable from any thread.
 #[derive(Clone)]

@@ -6,7 +6,7 @@
 //! connection; the throttle budget a message took is returned exactly once (when the protocol lets go
 //! of it, or when it is discarded undelivered).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,7 +15,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 
-use super::{ConnId, ConnShared, ConnectionRef, PeerInfo, Shared, WorkerCounters, IN_WORKER};
+use super::{
+    ConnId, ConnShared, ConnectionRef, IdMap, PeerInfo, Shared, WorkerCounters, CURRENT_WORKER,
+    IN_WORKER,
+};
 use crate::event::{EventCenter, EventHandler, Remote, TimerId};
 use crate::proto::types::{AddrVec, EntityAddr};
 use crate::proto::{self, ConnStats, Connection, Event, Policy, Resolution, Role, SessionRequest};
@@ -42,11 +45,16 @@ pub(crate) fn new_handle<S: WorkerStack>(
         match shared.kickers.get(w).and_then(|k| k.get()).cloned() {
             // The usual path: the connection's id on the worker's kick queue plus a wake-up; no
             // allocation per kick (the queue allocates in blocks).
-            Some(k) => Box::new(move |id: ConnId| {
-                if k.queue.send(id).is_ok() {
-                    let _ = k.waker.wake();
-                }
-            }),
+            Some(k) => {
+                let this_worker = (Arc::as_ptr(shared) as usize, w);
+                Box::new(move |id: ConnId| {
+                    // The worker's own thread (a dispatcher replying) drains the queue before it
+                    // sleeps again: no wake-up syscall needed.
+                    if k.queue.send(id).is_ok() && CURRENT_WORKER.with(|c| c.get()) != this_worker {
+                        let _ = k.waker.wake();
+                    }
+                })
+            }
             None => {
                 let remote = remotes[w].clone();
                 Box::new(move |id: ConnId| {
@@ -91,9 +99,9 @@ pub(crate) struct Handler<S: WorkerStack> {
     shared: Arc<Shared>,
     remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>,
     counters: Arc<WorkerCounters>,
-    conns: HashMap<ConnId, Conn>,
-    by_socket: HashMap<SocketId, ConnId>,
-    by_timer: HashMap<TimerId, ConnId>,
+    conns: IdMap<ConnId, Conn>,
+    by_socket: IdMap<SocketId, ConnId>,
+    by_timer: IdMap<TimerId, ConnId>,
     listeners: Vec<SocketId>,
     rbuf: Box<[u8]>,
     tx_scratch: Vec<Bytes>,
@@ -110,6 +118,7 @@ impl<S: WorkerStack> Handler<S> {
         center: &EventCenter<S>,
     ) -> Self {
         IN_WORKER.with(|w| w.set(true));
+        CURRENT_WORKER.with(|c| c.set((Arc::as_ptr(&shared) as usize, index)));
         let (queue, kicks) = crossbeam_channel::unbounded();
         if let Some(slot) = shared.kickers.get(index) {
             let _ = slot.set(super::Kicker {
@@ -124,9 +133,9 @@ impl<S: WorkerStack> Handler<S> {
             shared,
             remotes,
             counters,
-            conns: HashMap::new(),
-            by_socket: HashMap::new(),
-            by_timer: HashMap::new(),
+            conns: IdMap::default(),
+            by_socket: IdMap::default(),
+            by_timer: IdMap::default(),
             listeners: Vec::new(),
             rbuf,
             tx_scratch: Vec::new(),
@@ -341,7 +350,7 @@ impl<S: WorkerStack> Handler<S> {
 
     fn arm_timer(
         c: &mut EventCenter<S>,
-        by_timer: &mut HashMap<TimerId, ConnId>,
+        by_timer: &mut IdMap<TimerId, ConnId>,
         id: ConnId,
         conn: &mut Conn,
     ) {

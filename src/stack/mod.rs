@@ -43,6 +43,8 @@
 //!   whose connections cannot move (DPDK: RSS decides the queue) return `Unsupported` from `detach` and
 //!   answer `true` to [`NetworkStack::per_worker_listen`]: every worker listens and keeps what it accepts.
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod fault;
 pub mod posix;
 #[cfg(feature = "rdma")]

@@ -175,4 +175,6 @@ pub fn arc(c: Config) -> Arc<Config> {
     Arc::new(c)
 }
 pub mod ceph;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod net;

@@ -1,0 +1,495 @@
+//! msgr on the DPDK stack (net_af_packet on one end of a veth pair) talks to msgr on the posix stack
+//! (Linux TCP, in a network namespace this test creates, on the other end) — the kernel is the TCP peer:
+//!
+//! - ARP resolves both ways (the namespace's neighbour table learns the DPDK side's MAC) and ICMP echo
+//!   to the DPDK side's address is answered;
+//! - the msgr2 handshake completes and 10,000 messages go each way (the posix server echoes every
+//!   message), in order and intact;
+//! - the same over net_tap with the roles swapped: a DPDK server (TX checksum offload on, when the tap
+//!   port offers it) accepts a posix client's connection through the kernel and echoes 2,000 messages;
+//! - the posix side's sockets fail now and then (injected failures: the kernel socket is closed under the
+//!   session) and the lossless session survives them with replay.
+//!
+//! Needs root (network namespaces). The namespace and veth pair are the test's own and are deleted at the
+//! end; traffic stays on them.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::dpdk::{self, Child};
+use common::net::{proto_config, Collector};
+use common::PayloadPool;
+use msgr::msgr::{Messenger, MessengerConfig};
+use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
+use msgr::proto::Policy;
+use msgr::stack::fault::{FaultConfig, FaultStack};
+use msgr::stack::posix::PosixStack;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const DPDK_IP: &str = "10.78.0.1";
+const KERNEL_IP: &str = "10.78.0.2";
+const PORT: u16 = 6800;
+const NONCE: u32 = 778;
+const SEED: u64 = 0x6b65726e656c;
+const MAX_LEN: usize = 16 * 1024;
+const COUNT: u64 = 10_000;
+
+fn main() {
+    if let Some(role) = dpdk::child_role() {
+        let body: fn() = match role.as_str() {
+            "posix_server" => posix_server,
+            "dpdk_client" => dpdk_client,
+            "dpdk_tap_server" => dpdk_tap_server,
+            "posix_client" => posix_client,
+            other => panic!("unknown role {other}"),
+        };
+        dpdk::run_child(&role, body);
+    }
+    dpdk::run_cases(&[
+        (
+            "dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way",
+            dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way,
+        ),
+        (
+            "dpdk_server_on_net_tap_serves_a_kernel_tcp_client",
+            dpdk_server_on_net_tap_serves_a_kernel_tcp_client,
+        ),
+    ]);
+}
+
+/// A network namespace with one end of a veth pair; the other end stays here for DPDK. Deleted on drop.
+struct Netns {
+    name: String,
+    dpdk_if: String,
+}
+
+/// A network namespace that receives net_tap's kernel interface. Deleted on drop (the tap goes away with
+/// the DPDK process that owns it).
+struct TapNs {
+    name: String,
+}
+
+impl Drop for TapNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let id = std::process::id();
+        let ns = Netns {
+            name: format!("msgr-dpdk-{id}"),
+            dpdk_if: format!("mdk{id}a"),
+        };
+        let kernel_if = format!("mdk{id}b");
+        sh(&["ip", "netns", "add", &ns.name]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &ns.dpdk_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &kernel_if,
+        ]);
+        sh(&["ip", "link", "set", &kernel_if, "netns", &ns.name]);
+        // No IPv6 chatter on the link, no kernel address on the DPDK end.
+        let _ = Command::new("sysctl")
+            .args([
+                "-qw",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", ns.dpdk_if),
+            ])
+            .status();
+        sh(&["ip", "link", "set", &ns.dpdk_if, "up"]);
+        let exec = |args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", ns.name.as_str()];
+            v.extend_from_slice(args);
+            sh(&v);
+        };
+        exec(&["ip", "link", "set", "lo", "up"]);
+        exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{KERNEL_IP}/24"),
+            "dev",
+            &kernel_if,
+        ]);
+        exec(&["ip", "link", "set", &kernel_if, "up"]);
+        // veth leaves TCP checksums to "hardware" that never computes them; AF_PACKET on the peer would
+        // see partial sums. Make the kernel compute real ones.
+        exec(&["ethtool", "-K", &kernel_if, "tx", "off"]);
+        ns
+    }
+
+    fn neighbour(&self, ip: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ip", "neigh", "show", ip])
+            .output()
+            .expect("ip neigh");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn mac_of_dpdk_if(&self) -> String {
+        std::fs::read_to_string(format!("/sys/class/net/{}/address", self.dpdk_if))
+            .expect("veth address")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end and with it the pair.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.dpdk_if])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn json_of(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON from child ({e}): {s}"))
+}
+
+fn dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way() {
+    let ns = Netns::create();
+    // The posix server runs inside the namespace: `ip netns exec` re-executes this binary there.
+    let exe = std::env::current_exe().unwrap();
+    let mut posix = Child::spawn_command(
+        "posix",
+        "posix_server",
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(exe),
+        &[],
+    );
+    posix.expect("READY", Duration::from_secs(30));
+    let args = format!(
+        "ip={DPDK_IP}/24 --no-huge --no-pci -m 256 --vdev=net_af_packet0,iface={}",
+        ns.dpdk_if
+    );
+    let mut client = Child::spawn("dpdk", "dpdk_client", &[("ARGS", args)]);
+    let done = json_of(&client.expect("DONE", Duration::from_secs(600)));
+    posix.send("report");
+    let server = json_of(&posix.expect("REPORT", Duration::from_secs(30)));
+    let neigh = ns.neighbour(DPDK_IP);
+    posix.send("exit");
+    client.send("exit");
+    eprintln!("dpdk: {done}\nposix: {server}\nneighbour: {neigh}");
+
+    assert!(
+        neigh.contains(&ns.mac_of_dpdk_if()),
+        "the kernel did not resolve {DPDK_IP} to the DPDK port: {neigh:?}"
+    );
+    assert_eq!(server["icmp_echo_replied"], true, "ICMP echo unanswered");
+    assert_eq!(server["received"], COUNT, "messages at the kernel side");
+    assert_eq!(server["corrupted"], 0);
+    assert_eq!(server["in_order"], true);
+    assert_eq!(done["echoes"], COUNT, "echoes back at the DPDK side");
+    assert_eq!(done["in_order"], true);
+    assert_eq!(done["corrupted"], 0);
+    assert!(
+        server["injected_failures"].as_u64().unwrap_or(0) > 0,
+        "no kernel-side socket failure was injected"
+    );
+    assert!(
+        done["msgr"]["reconnects"].as_u64().unwrap_or(0) > 0,
+        "the DPDK side never had to reconnect"
+    );
+    assert_eq!(done["msgr"]["remote_resets"], 0);
+    posix.finish(Duration::from_secs(30));
+    client.finish(Duration::from_secs(30));
+}
+
+const TAP_DPDK_IP: &str = "10.78.1.1";
+const TAP_KERNEL_IP: &str = "10.78.1.2";
+const TAP_COUNT: u64 = 2_000;
+
+fn dpdk_server_on_net_tap_serves_a_kernel_tcp_client() {
+    let id = std::process::id();
+    let ns = TapNs {
+        name: format!("msgr-tap-{id}"),
+    };
+    sh(&["ip", "netns", "add", &ns.name]);
+    let tap = format!("mdk{id}t");
+    let args = format!(
+        "ip={TAP_DPDK_IP}/24 link_wait_ms=1000 --no-huge --no-pci -m 256 --vdev=net_tap0,iface={tap}"
+    );
+    let mut server = Child::spawn("dpdk", "dpdk_tap_server", &[("ARGS", args)]);
+    let offloads = server.expect("READY", Duration::from_secs(60));
+    // The tap exists once the port started: move it into the namespace and give the kernel its address.
+    sh(&["ip", "link", "set", &tap, "netns", &ns.name]);
+    let exec = |args: &[&str]| {
+        let mut v = vec!["ip", "netns", "exec", ns.name.as_str()];
+        v.extend_from_slice(args);
+        sh(&v);
+    };
+    exec(&["ip", "link", "set", "lo", "up"]);
+    exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{TAP_KERNEL_IP}/24"),
+        "dev",
+        &tap,
+    ]);
+    exec(&["ip", "link", "set", &tap, "up"]);
+    let exe = std::env::current_exe().unwrap();
+    let mut client = Child::spawn_command(
+        "posix",
+        "posix_client",
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(exe),
+        &[],
+    );
+    let done = json_of(&client.expect("DONE", Duration::from_secs(300)));
+    server.send("report");
+    let report = json_of(&server.expect("REPORT", Duration::from_secs(30)));
+    client.send("exit");
+    server.send("exit");
+    eprintln!("tap offloads (hw_rss, tx_checksum): {offloads}\nposix client: {done}\ndpdk server: {report}");
+    // net_tap offers IPv4/TCP TX checksum offload: our frames reached the kernel with the checksums the
+    // PMD filled in.
+    assert_eq!(
+        json_of(&offloads)[1],
+        true,
+        "TX checksum offload not in use on net_tap"
+    );
+    assert_eq!(done["echoes"], TAP_COUNT);
+    assert_eq!(done["in_order"], true);
+    assert_eq!(done["corrupted"], 0);
+    assert_eq!(report["received"], TAP_COUNT);
+    assert_eq!(report["accepted"], 1);
+    client.finish(Duration::from_secs(30));
+    server.finish(Duration::from_secs(30));
+}
+
+/// Root namespace: a DPDK msgr server on net_tap that echoes.
+fn dpdk_tap_server() {
+    let pool = pool();
+    let sink = Collector::with(pool, true, Duration::ZERO);
+    let mut p = proto_config(entity_type::OSD, "osd.0");
+    p.nonce = NONCE;
+    p.default_policy = Policy::stateful_server();
+    let mut m = dpdk::messenger(&dpdk::param("ARGS"), p, sink.clone());
+    m.bind(&[format!("{TAP_DPDK_IP}:{PORT}").parse().unwrap()])
+        .unwrap();
+    m.start().unwrap();
+    let (rss, cksum) = m.stack().offloads();
+    dpdk::say("READY", json!([rss, cksum]));
+    assert_eq!(dpdk::command(), "report");
+    dpdk::say(
+        "REPORT",
+        json!({
+            "received": sink.received.load(Ordering::Relaxed),
+            "accepted": m.counters().accepted,
+            "dpdk": serde_json::to_value(m.stack().stats()).unwrap(),
+        }),
+    );
+    while dpdk::command() != "exit" {}
+    m.shutdown().unwrap();
+}
+
+/// In the namespace: a posix msgr client sending TAP_COUNT messages to the DPDK server and collecting
+/// the echoes.
+fn posix_client() {
+    let pool = pool();
+    let sink = Collector::new(pool.clone());
+    let mut cfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
+    cfg.workers.threads = 1;
+    let mut m = Messenger::new(PosixStack::new(), cfg, sink.clone());
+    m.start().unwrap();
+    let server: SocketAddr = format!("{TAP_DPDK_IP}:{PORT}").parse().unwrap();
+    let conn = m
+        .connect_to(
+            entity_type::OSD,
+            &AddrVec(vec![EntityAddr::msgr2(server, NONCE)]),
+            Policy::lossless_client(),
+        )
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    for i in 0..TAP_COUNT {
+        conn.send(pool.message(i, rng.random_range(0..=MAX_LEN)))
+            .unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(200);
+    while sink.received.load(Ordering::Relaxed) < TAP_COUNT && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dpdk::say(
+        "DONE",
+        json!({
+            "echoes": sink.received.load(Ordering::Relaxed),
+            "corrupted": sink.corrupted.load(Ordering::Relaxed),
+            "in_order": in_order(&sink, TAP_COUNT),
+        }),
+    );
+    while dpdk::command() != "exit" {}
+    m.shutdown().unwrap();
+}
+
+fn pool() -> Arc<PayloadPool> {
+    Arc::new(PayloadPool::new(SEED, MAX_LEN + 1))
+}
+
+fn in_order(sink: &Collector, count: u64) -> bool {
+    let by_conn = sink.by_conn.lock().unwrap();
+    by_conn.len() == 1
+        && by_conn
+            .values()
+            .all(|tids| *tids == (0..count).collect::<Vec<_>>())
+}
+
+/// In the namespace: a posix msgr server that echoes, with injected socket failures.
+fn posix_server() {
+    let pool = pool();
+    let sink = Collector::with(pool.clone(), true, Duration::ZERO);
+    let mut p = proto_config(entity_type::OSD, "osd.0");
+    p.nonce = NONCE;
+    p.default_policy = Policy::stateful_server();
+    let mut cfg = MessengerConfig::new(p);
+    cfg.workers.threads = 1;
+    cfg.read_buffer = 4096; // more reads, more places for a failure to land
+    let fault = FaultConfig {
+        socket_failure_one_in: 1500,
+        read_delay: Duration::ZERO,
+        seed: SEED,
+    };
+    let mut m = Messenger::new(FaultStack::new(PosixStack::new(), fault), cfg, sink.clone());
+    m.bind(&[format!("{KERNEL_IP}:{PORT}").parse().unwrap()])
+        .unwrap();
+    m.start().unwrap();
+    dpdk::say("READY", KERNEL_IP);
+    let icmp = icmp_echo(DPDK_IP.parse().unwrap(), Duration::from_secs(30));
+    assert_eq!(dpdk::command(), "report");
+    dpdk::say(
+        "REPORT",
+        json!({
+            "received": sink.received.load(Ordering::Relaxed),
+            "corrupted": sink.corrupted.load(Ordering::Relaxed),
+            "in_order": in_order(&sink, COUNT),
+            "icmp_echo_replied": icmp,
+            "injected_failures": m.stack().counters().injected(),
+            "msgr": serde_json::to_value(m.counters()).unwrap(),
+        }),
+    );
+    while dpdk::command() != "exit" {}
+    m.shutdown().unwrap();
+}
+
+/// Root namespace: the DPDK client sends COUNT messages and collects the echoes.
+fn dpdk_client() {
+    let pool = pool();
+    let sink = Collector::new(pool.clone());
+    let mut m = dpdk::messenger(
+        &dpdk::param("ARGS"),
+        proto_config(entity_type::CLIENT, "client.admin"),
+        sink.clone(),
+    );
+    m.start().unwrap();
+    let server: SocketAddr = format!("{KERNEL_IP}:{PORT}").parse().unwrap();
+    let conn = m
+        .connect_to(
+            entity_type::OSD,
+            &AddrVec(vec![EntityAddr::msgr2(server, NONCE)]),
+            Policy::lossless_client(),
+        )
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    for i in 0..COUNT {
+        conn.send(pool.message(i, rng.random_range(0..=MAX_LEN)))
+            .unwrap();
+    }
+    let end = Instant::now() + Duration::from_secs(500);
+    while sink.received.load(Ordering::Relaxed) < COUNT && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stack = m.stack();
+    dpdk::say(
+        "DONE",
+        json!({
+            "echoes": sink.received.load(Ordering::Relaxed),
+            "corrupted": sink.corrupted.load(Ordering::Relaxed),
+            "in_order": in_order(&sink, COUNT),
+            "msgr": serde_json::to_value(m.counters()).unwrap(),
+            "dpdk": serde_json::to_value(stack.stats()).unwrap(),
+            "driver": stack.driver(),
+        }),
+    );
+    while dpdk::command() != "exit" {}
+    m.shutdown().unwrap();
+}
+
+/// Send ICMP echo requests to `dst` from a raw socket until one is answered or `timeout`.
+fn icmp_echo(dst: Ipv4Addr, timeout: Duration) -> bool {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let Ok(sock) = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) else {
+        return false;
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let ident: u16 = 0x6d73;
+    let end = Instant::now() + timeout;
+    let mut seq: u16 = 0;
+    while Instant::now() < end {
+        seq = seq.wrapping_add(1);
+        let mut pkt = vec![8u8, 0, 0, 0];
+        pkt.extend_from_slice(&ident.to_be_bytes());
+        pkt.extend_from_slice(&seq.to_be_bytes());
+        pkt.extend_from_slice(b"msgr dpdk icmp echo");
+        let mut sum: u32 = pkt
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        pkt[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let to = SockAddr::from(SocketAddr::new(dst.into(), 0));
+        if sock.send_to(&pkt, &to).is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = std::io::Read::read(&mut &sock, &mut buf) {
+            let bytes = &buf[..n];
+            let ihl = usize::from(bytes.first().copied().unwrap_or(0) & 0x0f) * 4;
+            let icmp = bytes.get(ihl..).unwrap_or(&[]);
+            if icmp.len() >= 8
+                && icmp[0] == 0
+                && icmp[4..6] == ident.to_be_bytes()
+                && bytes.get(12..16) == Some(&dst.octets()[..])
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
