@@ -237,8 +237,12 @@ rdma_install_host() {
         echo "apt packages present"
     fi
     if [[ "$(vng --version 2>/dev/null || true)" != *"$RDMA_VNG_VERSION"* ]]; then
-        python3 -m pip install -q "virtme-ng==$RDMA_VNG_VERSION" ||
-            python3 -m pip install -q --break-system-packages "virtme-ng==$RDMA_VNG_VERSION"
+        local pip_cmd=(python3 -m pip)
+        if command -v pip >/dev/null 2>&1; then pip_cmd=(pip); fi
+        "${pip_cmd[@]}" install -q "virtme-ng==$RDMA_VNG_VERSION" ||
+            "${pip_cmd[@]}" install -q --break-system-packages "virtme-ng==$RDMA_VNG_VERSION"
+        # pyenv installs need their shims refreshed before `vng` is on PATH.
+        if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
         hash -r
     fi
     vng --version

@@ -14,8 +14,11 @@
 # (DIR/msgr-latency.svg, DIR/msgr-throughput.svg). Every process it starts is stopped by its PID.
 #
 # Usage: scripts/compare.sh [--sizes 64,4k,64k,1m] [--reps 3] [--secs 3] [--server-cpu 1] [--client-cpu 0]
-#                           [--window 16] [--out DIR] [--msgr PATH] [--report-only]
+#                           [--window 16] [--out DIR] [--msgr PATH] [--report-only] [--rdma]
 # --report-only redoes the table, compare.json and plots from DIR/raw of an earlier run.
+# --rdma adds the RDMA rows: msgr over soft-RoCE beside ib_send_lat / ib_send_bw / ib_write_bw, --reps
+# interleaved rounds in ONE qemu guest (scripts/softroce-vm.sh + scripts/rdma-checks.sh; needs the
+# packages ci/test.sh's rdma phase installs); written to DIR/rdma.txt and appended to DIR/compare.md.
 # Needs: sockperf, iperf3, python3 (ci/test.sh installs sockperf and iperf3; `apt-get install sockperf
 # iperf3`), and a release build of msgr (built here unless --msgr PATH is given).
 # sockperf's TCP messages stop at 1 MiB - 1 byte: its 1m row uses 1048575-byte messages.
@@ -34,9 +37,10 @@ WINDOW=16
 OUT="target/compare"
 MSGR=""
 REPORT_ONLY=0
+RDMA=0
 
 usage() {
-    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -51,6 +55,7 @@ while (($#)); do
     --out) OUT="$2"; shift 2 ;;
     --msgr) MSGR="$2"; shift 2 ;;
     --report-only) REPORT_ONLY=1; shift ;;
+    --rdma) RDMA=1; shift ;;
     -h | --help) usage 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -536,3 +541,20 @@ bars_svg(f"{out}/compare.svg")
 print(f"\nwrote {out}/compare.json, {out}/compare.md, {out}/compare.svg" +
       "".join(f", {out}/msgr-{m}.svg" for m in best_svg))
 PY
+
+# ---- RDMA rows (--rdma; owner: the RDMA stack) -------------------------------------------------------
+if ((RDMA && !REPORT_ONLY)); then
+    echo "==> RDMA rows: msgr over soft-RoCE beside perftest, $REPS rounds in one qemu guest" >&2
+    cargo build --release --features rdma --example rdma_bench --bin msgr >&2
+    MSGR_RDMA_ROUNDS="$REPS" scripts/softroce-vm.sh -- scripts/rdma-checks.sh - \
+        target/release/examples/rdma_bench "$OUT/rdma.txt" target/release/msgr >&2
+    {
+        echo
+        echo "## RDMA (soft-RoCE in a qemu guest; perftest and msgr in the same run)"
+        echo
+        echo '```'
+        cat "$OUT/rdma.txt"
+        echo '```'
+    } >>"$OUT/compare.md"
+    cat "$OUT/rdma.txt"
+fi

@@ -359,6 +359,124 @@ fn connections_spread_over_server_workers() {
     assert_eq!(s.credit_violations, 0);
 }
 
+/// Set in a child copy of this test binary: serve (echoing) on this port...
+const CHILD_SERVER_ENV: &str = "MSGR_RDMA_CHILD_SERVER_PORT";
+/// ...and write the bound port to this file when ready.
+const CHILD_READY_ENV: &str = "MSGR_RDMA_CHILD_READY_FILE";
+
+fn spawn_server_process(port: u16) -> (std::process::Child, u16) {
+    let ready = std::env::temp_dir().join(format!(
+        "msgr-rdma-child-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "killed_server_process_is_a_remote_reset",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_SERVER_ENV, port.to_string())
+        .env(CHILD_READY_ENV, &ready)
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    let port = loop {
+        if let Some(p) = std::fs::read_to_string(&ready)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break p;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the server process exited before it was ready: {status}");
+        }
+        assert!(
+            Instant::now() < end,
+            "the server process was not ready in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_file(&ready);
+    (child, port)
+}
+
+#[test]
+fn killed_server_process_is_a_remote_reset() {
+    let env = env();
+    let pool = Arc::new(PayloadPool::new(13, 4096));
+    if let Some(port) = std::env::var(CHILD_SERVER_ENV)
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        // The child: an echoing server until it is killed.
+        eprintln!(
+            "server process {}: starting on port {port}",
+            std::process::id()
+        );
+        let echo = Collector::with(pool, true, Duration::ZERO);
+        let srv = server(&env, port, 1, Policy::stateful_server(), Some(4242), echo);
+        let bound = srv.my_addrs().front().unwrap().port();
+        if let Ok(path) = std::env::var(CHILD_READY_ENV) {
+            let tmp = format!("{path}.tmp");
+            std::fs::write(&tmp, bound.to_string()).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let (mut first, port) = spawn_server_process(0);
+    let addrs = msgr::proto::types::AddrVec(vec![msgr::proto::types::EntityAddr::msgr2(
+        SocketAddr::new(env.addr, port),
+        4242,
+    )]);
+    let replies = Collector::new(pool.clone());
+    let cli = client(&env, replies.clone());
+    let conn = cli
+        .connect_to(entity_type::OSD, &addrs, Policy::lossless_client())
+        .unwrap();
+    for i in 0..100 {
+        conn.send(pool.message(i, 100)).unwrap();
+    }
+    let got_first = replies.wait_for(100, Duration::from_secs(60));
+    eprintln!(
+        "first server: {} echoes; killing it",
+        replies.received.load(Ordering::Relaxed)
+    );
+    // SIGKILL: the kernel tears down the process's QPs and CM ids, nothing of msgr runs.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        got_first,
+        "only {} echoes from the first server",
+        replies.received.load(Ordering::Relaxed)
+    );
+    let (mut second, _) = spawn_server_process(port);
+    eprintln!("second server process ready on port {port}");
+    let reset = wait_until(Duration::from_secs(60), || {
+        replies.remote_resets.load(Ordering::Relaxed) >= 1
+    });
+    for i in 100..150 {
+        conn.send(pool.message(i, 100)).unwrap();
+    }
+    let got_second = replies.wait_for(150, Duration::from_secs(60));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert!(
+        reset,
+        "the client saw no remote reset after the server process was killed"
+    );
+    assert!(
+        got_second,
+        "only {} echoes in all",
+        replies.received.load(Ordering::Relaxed)
+    );
+    assert_eq!(replies.corrupted.load(Ordering::Relaxed), 0);
+}
+
 #[test]
 fn connect_to_a_port_nobody_listens_on_is_refused() {
     let env = env();

@@ -1,0 +1,1350 @@
+//! One worker's RDMA transport ([`RdmaWorker`]): its verbs objects, its connections and the byte stream,
+//! credits and polling described in the [module docs](super).
+//!
+//! Invariants: a connection's QP lives on this worker's PD and CQ for its whole life (only connect
+//! requests not yet accepted move, see [`WorkerStack::detach`]); every slot of the pool is in exactly one
+//! place (the pool's free list, a QP's posted work, a stream's free send list, its open send buffer, or
+//! its received-data queue) and returns to the pool when the stream closes; work-request ids carry the
+//! [`SocketId`], so completions of a closed connection are recognised and dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use super::credit::Credits;
+use super::pool::{BufferPool, Slot};
+use super::verbs::{
+    self, CmEventKind, CmId, CompChannel, Completion, CompletionQueue, Context, EventChannel,
+    ProtectionDomain, QpCaps, SendOptions,
+};
+use super::{
+    bump, hello, parse_hello, PeerParams, RdmaConfig, RdmaCounters, RdmaHandoff, CM_CHECK_EVERY,
+};
+use crate::stack::{
+    ConnectOptions, EventKind, ListenOptions, Readiness, SocketEvent, SocketId, TransportError,
+    Wake, WorkerStack,
+};
+
+/// CQ batches taken per poll at most (each up to 32 completions).
+const CQ_BATCHES_PER_POLL: usize = 16;
+const SEQ_MASK: u64 = 0x7f_ffff;
+
+const WAKER_TOKEN: Token = Token(0);
+const COMP_TOKEN: Token = Token(1);
+const CM_TOKEN: Token = Token(2);
+
+/// Wakes the worker only when it is blocked in [`RdmaWorker::wait`]: a spinning worker sees new work on
+/// its next turn anyway, so the common case costs no syscall. A wake that races with the worker going to
+/// sleep is seen at the latest when the wait times out, and the wait is never longer than
+/// [`MAX_WAIT`] (the event loop asks a busy-poll stack for its idle back-off, 50 µs by default).
+struct LazyWake {
+    waker: mio::Waker,
+    sleeping: std::sync::atomic::AtomicBool,
+}
+
+impl Wake for LazyWake {
+    fn wake(&self) -> io::Result<()> {
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.waker.wake()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Longest blocking wait of one `poll`, whatever timeout it was given (bounds a missed lazy wake-up).
+pub const MAX_WAIT: Duration = Duration::from_millis(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Client: waiting for ADDR_RESOLVED.
+    Resolving,
+    /// Client: waiting for ROUTE_RESOLVED.
+    Routing,
+    /// Client: rdma_connect sent, waiting for ESTABLISHED.
+    Connecting,
+    /// Server: taken by `accept`, not yet answered (may still be detached).
+    AcceptPending,
+    /// Server: rdma_accept sent, waiting for ESTABLISHED.
+    Accepting,
+    Established,
+    /// The peer disconnected: remaining data can be read, then end of stream.
+    PeerClosed,
+    /// A connect failed (reported as ConnectFailed) or the connection failed (see `error`).
+    Dead,
+}
+
+impl Phase {
+    fn is_connecting(self) -> bool {
+        matches!(self, Phase::Resolving | Phase::Routing | Phase::Connecting)
+    }
+}
+
+/// A completed receive not yet read in full.
+struct RxBuf {
+    slot: Slot,
+    len: usize,
+    off: usize,
+}
+
+struct Stream {
+    cm: CmId,
+    phase: Phase,
+    peer: SocketAddr,
+    connect_timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    params: Option<PeerParams>,
+    credits: Credits,
+    /// Largest SEND payload: min(our buffer, the peer's buffer).
+    chunk: usize,
+    send_free: Vec<Slot>,
+    /// The send buffer being filled by `writev` and its length; posted by the next poll.
+    open: Option<(Slot, usize)>,
+    open_queued: bool,
+    rx: VecDeque<RxBuf>,
+    posted_seq: u64,
+    completed_seq: u64,
+    unsignaled: u32,
+    write_blocked: bool,
+    credit_queued: bool,
+    /// Readiness to report at the end of this poll.
+    pending: Readiness,
+    error: Option<(io::ErrorKind, String)>,
+    /// CQ entries reserved for this connection's QP.
+    cq_share: u32,
+}
+
+impl Stream {
+    fn new(cm: CmId, phase: Phase, peer: SocketAddr) -> Self {
+        Stream {
+            cm,
+            phase,
+            peer,
+            connect_timeout: None,
+            deadline: None,
+            params: None,
+            credits: Credits::new(0, 4),
+            chunk: 0,
+            send_free: Vec::new(),
+            open: None,
+            open_queued: false,
+            rx: VecDeque::new(),
+            posted_seq: 0,
+            completed_seq: 0,
+            unsignaled: 0,
+            write_blocked: false,
+            credit_queued: false,
+            pending: Readiness::default(),
+            error: None,
+            cq_share: 0,
+        }
+    }
+
+    fn outstanding(&self) -> u64 {
+        self.posted_seq - self.completed_seq
+    }
+
+    fn error(&self) -> Option<io::Error> {
+        self.error
+            .as_ref()
+            .map(|(kind, msg)| io::Error::new(*kind, msg.clone()))
+    }
+}
+
+enum Entry {
+    Listener {
+        cm: CmId,
+        local: SocketAddr,
+        backlog: VecDeque<(CmId, PeerParams)>,
+    },
+    Stream(Box<Stream>),
+}
+
+/// One worker's RDMA transport. See the module docs.
+pub struct RdmaWorker {
+    index: usize,
+    config: RdmaConfig,
+    counters: Arc<RdmaCounters>,
+    qp_error_epoch: Arc<AtomicU64>,
+    seen_epoch: u64,
+    pd: Rc<ProtectionDomain>,
+    cq: Rc<CompletionQueue>,
+    cm_channel: Rc<EventChannel>,
+    pool: BufferPool,
+    entries: HashMap<SocketId, Entry>,
+    next_id: u64,
+    poll: mio::Poll,
+    mio_events: mio::Events,
+    waker: Arc<LazyWake>,
+    /// Events made by the stack (connected, acceptable, failed), reported by the next poll.
+    synthetic: Vec<SocketEvent>,
+    /// Streams whose readiness changed in this poll.
+    dirty: Vec<SocketId>,
+    to_accept: Vec<SocketId>,
+    credit_due: Vec<SocketId>,
+    /// Streams with an open send buffer to post.
+    tx_pending: Vec<SocketId>,
+    completions: Vec<Completion>,
+    reclaimed: Vec<Slot>,
+    turns: u64,
+    cq_used: u32,
+    /// Connections in a connect phase (their CM events are checked every turn).
+    setting_up: usize,
+}
+
+// The worker's verbs objects must be dropped in order: streams (QPs, ids) before the pool, CQ, PD and
+// channels. Field order does most of it; Drop makes it explicit for the entries.
+impl Drop for RdmaWorker {
+    fn drop(&mut self) {
+        let ids: Vec<SocketId> = self.entries.keys().copied().collect();
+        for id in ids {
+            let _ = self.close(id);
+        }
+    }
+}
+
+impl RdmaWorker {
+    pub(super) fn new(
+        index: usize,
+        config: RdmaConfig,
+        counters: Arc<RdmaCounters>,
+        qp_error_epoch: Arc<AtomicU64>,
+    ) -> io::Result<Self> {
+        config.check()?;
+        let ctx = Context::open(config.device.as_deref())?;
+        let pd = ProtectionDomain::new(&ctx)?;
+        let comp = CompChannel::new(&ctx)?;
+        let cq = Rc::new(CompletionQueue::new(&ctx, &comp, config.cq_depth)?);
+        let cm_channel = EventChannel::new()?;
+        let poll = mio::Poll::new()?;
+        let waker = Arc::new(LazyWake {
+            waker: mio::Waker::new(poll.registry(), WAKER_TOKEN)?,
+            sleeping: std::sync::atomic::AtomicBool::new(false),
+        });
+        let comp_fd = comp.fd();
+        poll.registry()
+            .register(&mut SourceFd(&comp_fd), COMP_TOKEN, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&cm_channel.fd()),
+            CM_TOKEN,
+            Interest::READABLE,
+        )?;
+        let pool = BufferPool::new(
+            &pd,
+            config.buf_size,
+            config.pool_chunk,
+            config.max_pool_slots,
+        );
+        let seen_epoch = qp_error_epoch.load(Ordering::Acquire);
+        Ok(RdmaWorker {
+            index,
+            config,
+            counters,
+            qp_error_epoch,
+            seen_epoch,
+            pd,
+            cq,
+            cm_channel,
+            pool,
+            entries: HashMap::new(),
+            next_id: 1,
+            poll,
+            mio_events: mio::Events::with_capacity(8),
+            waker,
+            synthetic: Vec::new(),
+            dirty: Vec::new(),
+            to_accept: Vec::new(),
+            credit_due: Vec::new(),
+            tx_pending: Vec::new(),
+            completions: Vec::with_capacity(verbs::POLL_BATCH),
+            reclaimed: Vec::new(),
+            turns: 0,
+            cq_used: 0,
+            setting_up: 0,
+        })
+    }
+
+    /// Which worker this is.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Registered buffers: (free, total).
+    pub fn pool_usage(&self) -> (usize, u32) {
+        (self.pool.available(), self.pool.total())
+    }
+
+    /// Open ids (listeners and connections).
+    pub fn socket_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn alloc_id(&mut self) -> SocketId {
+        let id = SocketId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn stream_mut(&mut self, id: SocketId) -> io::Result<&mut Stream> {
+        match self.entries.get_mut(&id) {
+            Some(Entry::Stream(s)) => Ok(s),
+            Some(Entry::Listener { .. }) => Err(TransportError::WrongState {
+                id,
+                op: "stream operation",
+            }
+            .into()),
+            None => Err(TransportError::UnknownSocket(id).into()),
+        }
+    }
+
+    fn mark(dirty: &mut Vec<SocketId>, id: SocketId, s: &mut Stream, r: Readiness) {
+        if s.pending.is_empty() {
+            dirty.push(id);
+        }
+        s.pending.readable |= r.readable;
+        s.pending.writable |= r.writable;
+    }
+
+    /// Record a fatal error on an established (or accepting) stream and make the owner look.
+    fn fail(
+        dirty: &mut Vec<SocketId>,
+        id: SocketId,
+        s: &mut Stream,
+        kind: io::ErrorKind,
+        msg: String,
+    ) {
+        if s.error.is_none() {
+            tracing::debug!(%id, peer = %s.peer, %msg, "rdma connection failed");
+            s.error = Some((kind, msg));
+        }
+        if s.phase != Phase::Dead {
+            s.cm.disconnect();
+        }
+        s.phase = Phase::Dead;
+        Self::mark(dirty, id, s, Readiness::BOTH);
+    }
+
+    /// Create the QP for `s` and post its receives.
+    fn setup_qp(&mut self, id: SocketId) -> io::Result<()> {
+        let share = self.config.recv_depth + self.config.send_depth;
+        if self.cq_used + share > self.cq.depth() {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "worker {}: completion queue full ({} of {} entries in use); raise RdmaConfig::cq_depth",
+                    self.index,
+                    self.cq_used,
+                    self.cq.depth()
+                ),
+            ));
+        }
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return Err(TransportError::UnknownSocket(id).into());
+        };
+        if !s.cm.is_on(&self.pd) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!(
+                    "{} is reached through RDMA device {}, not the configured {}",
+                    s.peer,
+                    s.cm.device_name().unwrap_or_else(|| "(none)".into()),
+                    self.pd.context().name()
+                ),
+            ));
+        }
+        let caps = QpCaps {
+            send_depth: self.config.send_depth,
+            recv_depth: self.config.recv_depth,
+            max_inline: self.config.max_inline,
+        };
+        s.cm.create_qp(&self.pd, &self.cq, caps, id.0)?;
+        self.cq_used += share;
+        s.cq_share = share;
+        let mut slots = self
+            .pool
+            .take((self.config.recv_depth + self.config.send_depth) as usize)?;
+        s.send_free = slots.split_off(self.config.recv_depth as usize);
+        for slot in slots {
+            if let Err((slot, err)) = s.cm.post_recv(slot) {
+                self.pool.give(slot);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn init_credits(config: &RdmaConfig, s: &mut Stream, params: PeerParams) {
+        s.params = Some(params);
+        s.credits = Credits::new(params.depth, config.recv_depth);
+        s.chunk = params.buf_size.min(config.buf_size) as usize;
+    }
+
+    fn finish_accept(&mut self, id: SocketId) {
+        match self.entries.get(&id) {
+            Some(Entry::Stream(s)) if s.phase == Phase::AcceptPending => {}
+            _ => return, // detached or closed meanwhile
+        }
+        let result = self.setup_qp(id).and_then(|()| {
+            let hello = hello(&self.config);
+            let config = self.config.clone();
+            let s = self.stream_mut(id)?;
+            let params = s
+                .params
+                .ok_or_else(|| io::Error::other("no peer parameters"))?;
+            Self::init_credits(&config, s, params);
+            s.cm.accept(&hello)?;
+            s.phase = Phase::Accepting;
+            Ok(())
+        });
+        if let Err(err) = result {
+            if let Some(Entry::Stream(s)) = self.entries.get_mut(&id) {
+                s.cm.reject();
+                Self::fail(&mut self.dirty, id, s, err.kind(), format!("accept: {err}"));
+            }
+        }
+    }
+
+    /// Post one SEND of `len` bytes from `slot` with `imm`; the send bookkeeping of `s`.
+    fn post(
+        config: &RdmaConfig,
+        counters: &RdmaCounters,
+        s: &mut Stream,
+        slot: Slot,
+        len: u32,
+        imm: u32,
+    ) -> Result<(), io::Error> {
+        let last_slot = s.send_free.is_empty();
+        let signaled = s.unsignaled + 1 >= config.signal_every
+            || last_slot
+            || s.outstanding() + 1 >= u64::from(config.send_depth);
+        let inline = len <= s.cm.max_inline();
+        let opts = SendOptions {
+            len,
+            imm,
+            signaled,
+            inline,
+            seq: (s.posted_seq & SEQ_MASK) as u32,
+        };
+        match s.cm.post_send(slot, opts) {
+            Ok(back) => {
+                if let Some(slot) = back {
+                    s.send_free.push(slot);
+                }
+                s.posted_seq += 1;
+                if signaled {
+                    s.unsignaled = 0;
+                    bump(&counters.signaled_sends, 1);
+                } else {
+                    s.unsignaled += 1;
+                }
+                if inline {
+                    bump(&counters.inline_sends, 1);
+                }
+                counters
+                    .credit_low_water
+                    .fetch_min(s.credits.available(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err((slot, err)) => {
+                s.send_free.push(slot);
+                Err(err)
+            }
+        }
+    }
+
+    /// Post the open (partly filled) send buffer if credits and send-queue room allow: `Ok(true)` if it
+    /// went out, `Ok(false)` if it has to wait (or there is nothing to post).
+    fn post_open(config: &RdmaConfig, counters: &RdmaCounters, s: &mut Stream) -> io::Result<bool> {
+        if s.open.as_ref().is_none_or(|(_, len)| *len == 0) {
+            return Ok(false);
+        }
+        if !s.credits.can_send_data() {
+            bump(&counters.credit_stalls, 1);
+            return Ok(false);
+        }
+        if s.outstanding() >= u64::from(config.send_depth) {
+            return Ok(false);
+        }
+        let (Some((slot, len)), Some(imm)) = (s.open.take(), s.credits.take_for_data()) else {
+            return Ok(false);
+        };
+        match Self::post(config, counters, s, slot, len as u32, imm) {
+            Ok(()) => {
+                bump(&counters.data_sends, 1);
+                bump(&counters.bytes_sent, len as u64);
+                Ok(true)
+            }
+            Err(err) => {
+                s.credits.unspend(imm);
+                Err(err)
+            }
+        }
+    }
+
+    /// Make sure the next poll posts the open send buffer (writes are posted once per loop turn, so
+    /// what one turn writes, e.g. an ACK and a reply, leaves in one SEND).
+    fn queue_open(tx_pending: &mut Vec<SocketId>, id: SocketId, s: &mut Stream) {
+        if !s.open_queued && s.open.as_ref().is_some_and(|(_, len)| *len > 0) {
+            s.open_queued = true;
+            tx_pending.push(id);
+        }
+    }
+
+    fn flush_open(&mut self) {
+        for id in std::mem::take(&mut self.tx_pending) {
+            let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            s.open_queued = false;
+            if !matches!(s.phase, Phase::Established | Phase::PeerClosed) {
+                continue;
+            }
+            // Not postable now: credits or a send completion will queue it again.
+            if let Err(err) = Self::post_open(&self.config, &self.counters, s) {
+                Self::fail(
+                    &mut self.dirty,
+                    id,
+                    s,
+                    err.kind(),
+                    format!("post send: {err}"),
+                );
+            }
+        }
+    }
+
+    fn can_post(config: &RdmaConfig, s: &Stream) -> bool {
+        !s.send_free.is_empty() && s.outstanding() < u64::from(config.send_depth)
+    }
+
+    fn send_credit_only(&mut self, id: SocketId) {
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return;
+        };
+        s.credit_queued = false;
+        if !matches!(s.phase, Phase::Established | Phase::PeerClosed) {
+            return;
+        }
+        if s.open.as_ref().is_some_and(|(_, len)| *len > 0) {
+            // Data is waiting: it carries the credits.
+            Self::queue_open(&mut self.tx_pending, id, s);
+            return;
+        }
+        if !Self::can_post(&self.config, s) {
+            // Retried when a send completion frees a slot.
+            s.credit_queued = true;
+            self.credit_due.push(id);
+            return;
+        }
+        let Some(imm) = s.credits.take_for_credit_only() else {
+            return;
+        };
+        let Some(slot) = s.send_free.pop() else {
+            s.credits.unspend(imm);
+            return;
+        };
+        match Self::post(&self.config, &self.counters, s, slot, 0, imm) {
+            Ok(()) => bump(&self.counters.credit_only_sends, 1),
+            Err(err) => {
+                s.credits.unspend(imm);
+                Self::fail(&mut self.dirty, id, s, err.kind(), err.to_string());
+            }
+        }
+    }
+
+    fn drain_cq(&mut self) -> io::Result<usize> {
+        let mut total = 0;
+        for _ in 0..CQ_BATCHES_PER_POLL {
+            self.completions.clear();
+            let n = self.cq.poll(&mut self.completions)?;
+            total += n;
+            for i in 0..self.completions.len() {
+                let c = self.completions[i];
+                self.on_completion(&c);
+            }
+            if n < verbs::POLL_BATCH {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn on_completion(&mut self, c: &Completion) {
+        let id = SocketId(verbs::wr_token(c.wr_id));
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return; // a connection closed since; its QP and buffers are gone
+        };
+        let is_send = c.wr_id & (1 << 23) != 0;
+        if !is_send {
+            let Some(slot) = s.cm.complete_recv(c) else {
+                return;
+            };
+            if !c.is_success() {
+                self.pool.give(slot);
+                if s.phase != Phase::PeerClosed || !c.is_flush() {
+                    bump(&self.counters.qp_errors, u64::from(s.error.is_none()));
+                    let msg = format!("receive failed: {}", c.status_str());
+                    Self::fail(&mut self.dirty, id, s, io::ErrorKind::ConnectionReset, msg);
+                }
+                return;
+            }
+            let imm = c.imm.unwrap_or(0);
+            bump(&self.counters.recvs, 1);
+            if let Err(violation) = s.credits.on_receive(imm) {
+                bump(&self.counters.credit_violations, 1);
+                self.pool.give(slot);
+                let msg = format!("peer broke flow control: {violation}");
+                Self::fail(&mut self.dirty, id, s, io::ErrorKind::InvalidData, msg);
+                return;
+            }
+            if imm > 0 {
+                Self::queue_open(&mut self.tx_pending, id, s);
+                if s.write_blocked {
+                    s.write_blocked = false;
+                    Self::mark(&mut self.dirty, id, s, Readiness::WRITABLE);
+                }
+            }
+            let len = (c.byte_len as usize).min(slot.capacity() as usize);
+            if len == 0 {
+                Self::repost(&mut self.pool, &mut self.credit_due, s, id, slot);
+            } else {
+                bump(&self.counters.bytes_received, len as u64);
+                s.rx.push_back(RxBuf { slot, len, off: 0 });
+                Self::mark(&mut self.dirty, id, s, Readiness::READABLE);
+            }
+        } else {
+            self.reclaimed.clear();
+            s.cm.complete_send(c, &mut self.reclaimed);
+            if !self.reclaimed.is_empty() {
+                let seq_low = c.wr_id & SEQ_MASK;
+                let last = s.posted_seq.wrapping_sub(1);
+                let full = last - (last.wrapping_sub(seq_low) & SEQ_MASK);
+                s.completed_seq = s.completed_seq.max(full + 1);
+                s.send_free.append(&mut self.reclaimed);
+                Self::queue_open(&mut self.tx_pending, id, s);
+                if s.write_blocked {
+                    s.write_blocked = false;
+                    Self::mark(&mut self.dirty, id, s, Readiness::WRITABLE);
+                }
+            }
+            if !c.is_success() && (s.phase != Phase::PeerClosed || !c.is_flush()) {
+                bump(&self.counters.qp_errors, u64::from(s.error.is_none()));
+                let msg = format!("send failed: {}", c.status_str());
+                Self::fail(&mut self.dirty, id, s, io::ErrorKind::ConnectionReset, msg);
+            }
+        }
+    }
+
+    /// Give a drained receive buffer back to the QP; it is owed to the peer as a credit.
+    fn repost(
+        pool: &mut BufferPool,
+        credit_due: &mut Vec<SocketId>,
+        s: &mut Stream,
+        id: SocketId,
+        slot: Slot,
+    ) {
+        if s.phase == Phase::Dead {
+            pool.give(slot);
+            return;
+        }
+        match s.cm.post_recv(slot) {
+            Ok(()) => {
+                s.credits.on_reposted();
+                if !s.credit_queued && s.credits.credit_only_due() {
+                    s.credit_queued = true;
+                    credit_due.push(id);
+                }
+            }
+            Err((slot, _)) => pool.give(slot),
+        }
+    }
+
+    fn drain_cm(&mut self) -> io::Result<()> {
+        while let Some(ev) = self.cm_channel.next_event()? {
+            let id = SocketId(ev.token);
+            match ev.kind {
+                CmEventKind::ConnectRequest => {
+                    let Some(new_id) = ev.new_id else { continue };
+                    let params = parse_hello(&ev.private_data);
+                    match (self.entries.get_mut(&id), params) {
+                        (Some(Entry::Listener { backlog, .. }), Some(params)) => {
+                            backlog.push_back((new_id, params));
+                            self.synthetic.push(SocketEvent {
+                                id,
+                                kind: EventKind::Acceptable,
+                            });
+                        }
+                        (_, params) => {
+                            if params.is_none() {
+                                tracing::warn!(
+                                    worker = self.index,
+                                    "rejecting an RDMA connect request that is not msgr's"
+                                );
+                            }
+                            new_id.reject();
+                        }
+                    }
+                }
+                CmEventKind::AddrResolved => {
+                    let timeout = self.resolve_timeout_ms();
+                    let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+                        continue;
+                    };
+                    if s.phase != Phase::Resolving {
+                        continue;
+                    }
+                    let peer = s.peer;
+                    match s.cm.resolve_route(timeout) {
+                        Ok(()) => s.phase = Phase::Routing,
+                        Err(err) => self.connect_failed(id, unreachable(peer, err)),
+                    }
+                }
+                CmEventKind::RouteResolved => {
+                    match self.entries.get(&id) {
+                        Some(Entry::Stream(s)) if s.phase == Phase::Routing => {}
+                        _ => continue,
+                    }
+                    let hello = hello(&self.config);
+                    let result = self.setup_qp(id).and_then(|()| {
+                        let s = self.stream_mut(id)?;
+                        s.cm.connect(&hello)?;
+                        s.phase = Phase::Connecting;
+                        Ok(())
+                    });
+                    if let Err(err) = result {
+                        let peer = self.stream_mut(id).map(|s| s.peer);
+                        if let Ok(peer) = peer {
+                            self.connect_failed(
+                                id,
+                                TransportError::Connect {
+                                    addr: peer,
+                                    source: err,
+                                }
+                                .into(),
+                            );
+                        }
+                    }
+                }
+                CmEventKind::Established => self.on_established(id, &ev.private_data),
+                CmEventKind::Rejected
+                | CmEventKind::Unreachable
+                | CmEventKind::ConnectError
+                | CmEventKind::AddrError
+                | CmEventKind::RouteError => {
+                    let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+                        continue;
+                    };
+                    let peer = s.peer;
+                    if s.phase.is_connecting() {
+                        let err = match ev.kind {
+                            CmEventKind::Rejected => {
+                                TransportError::ConnectionRefused { addr: peer }.into()
+                            }
+                            other => unreachable(
+                                peer,
+                                io::Error::new(
+                                    io::ErrorKind::HostUnreachable,
+                                    format!("rdma_cm: {other:?} (status {})", ev.status),
+                                ),
+                            ),
+                        };
+                        self.connect_failed(id, err);
+                    } else {
+                        let msg = format!("rdma_cm: {:?} (status {})", ev.kind, ev.status);
+                        Self::fail(&mut self.dirty, id, s, io::ErrorKind::ConnectionReset, msg);
+                    }
+                }
+                CmEventKind::Disconnected => {
+                    let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+                        continue;
+                    };
+                    // Complete the disconnect handshake (DREP) at once.
+                    s.cm.disconnect();
+                    if s.phase.is_connecting() {
+                        let peer = s.peer;
+                        let err = io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            "peer disconnected during connection setup",
+                        );
+                        self.connect_failed(
+                            id,
+                            TransportError::Connect {
+                                addr: peer,
+                                source: err,
+                            }
+                            .into(),
+                        );
+                        continue;
+                    }
+                    match s.phase {
+                        Phase::Established => s.phase = Phase::PeerClosed,
+                        Phase::Dead | Phase::PeerClosed => {}
+                        _ => {
+                            let msg = "peer disconnected during setup".to_string();
+                            Self::fail(&mut self.dirty, id, s, io::ErrorKind::ConnectionReset, msg);
+                        }
+                    }
+                    Self::mark(&mut self.dirty, id, s, Readiness::BOTH);
+                }
+                CmEventKind::DeviceRemoval => {
+                    tracing::error!(worker = self.index, "RDMA device removed");
+                    if let Some(Entry::Stream(s)) = self.entries.get_mut(&id) {
+                        let msg = "RDMA device removed".to_string();
+                        Self::fail(
+                            &mut self.dirty,
+                            id,
+                            s,
+                            io::ErrorKind::ConnectionAborted,
+                            msg,
+                        );
+                    }
+                }
+                CmEventKind::ConnectResponse
+                | CmEventKind::TimewaitExit
+                | CmEventKind::Other(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn on_established(&mut self, id: SocketId, private: &[u8]) {
+        let config = self.config.clone();
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return;
+        };
+        match s.phase {
+            Phase::Connecting => {
+                let Some(params) = parse_hello(private) else {
+                    let peer = s.peer;
+                    let err = TransportError::Connect {
+                        addr: peer,
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the peer is not an msgr RDMA endpoint (no MRD1 private data)",
+                        ),
+                    };
+                    self.connect_failed(id, err.into());
+                    return;
+                };
+                Self::init_credits(&config, s, params);
+                s.phase = Phase::Established;
+                s.deadline = None;
+                self.setting_up -= 1;
+                bump(&self.counters.established, 1);
+                tracing::debug!(worker = self.index, %id, peer = %s.peer, "rdma connected");
+                self.synthetic.push(SocketEvent {
+                    id,
+                    kind: EventKind::Connected,
+                });
+            }
+            Phase::Accepting => {
+                s.phase = Phase::Established;
+                bump(&self.counters.established, 1);
+                tracing::debug!(worker = self.index, %id, peer = %s.peer, "rdma accepted");
+                Self::mark(&mut self.dirty, id, s, Readiness::BOTH);
+            }
+            _ => {}
+        }
+    }
+
+    fn connect_failed(&mut self, id: SocketId, err: io::Error) {
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if !s.phase.is_connecting() {
+            return;
+        }
+        tracing::debug!(worker = self.index, %id, peer = %s.peer, error = %err, "rdma connect failed");
+        s.phase = Phase::Dead;
+        s.error = Some((err.kind(), err.to_string()));
+        s.deadline = None;
+        self.setting_up -= 1;
+        self.synthetic.push(SocketEvent {
+            id,
+            kind: EventKind::ConnectFailed(err),
+        });
+    }
+
+    fn expire_connects(&mut self, now: Instant) {
+        if self.setting_up == 0 {
+            return;
+        }
+        let expired: Vec<(SocketId, SocketAddr, Duration)> = self
+            .entries
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Stream(s)
+                    if s.phase.is_connecting() && s.deadline.is_some_and(|d| d <= now) =>
+                {
+                    Some((*id, s.peer, s.connect_timeout.unwrap_or_default()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, addr, timeout) in expired {
+            self.connect_failed(id, TransportError::ConnectTimeout { addr, timeout }.into());
+        }
+    }
+
+    fn next_connect_deadline(&self) -> Option<Instant> {
+        if self.setting_up == 0 {
+            return None;
+        }
+        self.entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Stream(s) if s.phase.is_connecting() => s.deadline,
+                _ => None,
+            })
+            .min()
+    }
+
+    fn resolve_timeout_ms(&self) -> i32 {
+        i32::try_from(self.config.resolve_timeout.as_millis()).unwrap_or(i32::MAX)
+    }
+
+    fn inject_qp_errors(&mut self) {
+        let epoch = self.qp_error_epoch.load(Ordering::Acquire);
+        if epoch == self.seen_epoch {
+            return;
+        }
+        self.seen_epoch = epoch;
+        for (id, e) in &self.entries {
+            if let Entry::Stream(s) = e {
+                if s.phase == Phase::Established {
+                    tracing::info!(worker = self.index, %id, "forcing QP into the error state");
+                    if let Err(err) = s.cm.force_error() {
+                        tracing::warn!(%id, error = %err, "forcing QP error failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Block up to `timeout` on the completion channel, the CM channel and the waker.
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.cq.req_notify()?;
+        // A completion that arrived before arming would not wake us: look once more.
+        if self.drain_cq()? > 0 || !self.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut timeout = timeout.map_or(MAX_WAIT, |t| t.min(MAX_WAIT));
+        if let Some(d) = self.next_connect_deadline() {
+            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+        }
+        self.waker.sleeping.store(true, Ordering::SeqCst);
+        let polled = self.poll.poll(&mut self.mio_events, Some(timeout));
+        self.waker.sleeping.store(false, Ordering::SeqCst);
+        match polled {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let mut cm = false;
+        for ev in self.mio_events.iter() {
+            match ev.token() {
+                COMP_TOKEN => while self.cq.take_event()? {},
+                CM_TOKEN => cm = true,
+                _ => {}
+            }
+        }
+        self.drain_cq()?;
+        if cm {
+            self.drain_cm()?;
+        }
+        Ok(())
+    }
+}
+
+fn unreachable(addr: SocketAddr, source: io::Error) -> io::Error {
+    TransportError::Unreachable { addr, source }.into()
+}
+
+fn listen_error(addr: SocketAddr, err: io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(libc::EADDRINUSE) => TransportError::AddrInUse { addr }.into(),
+        Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV) => {
+            TransportError::AddrNotAvailable { addr }.into()
+        }
+        _ => TransportError::Listen { addr, source: err }.into(),
+    }
+}
+
+impl WorkerStack for RdmaWorker {
+    type Handoff = RdmaHandoff;
+
+    fn listen(&mut self, addr: SocketAddr, opts: &ListenOptions) -> io::Result<SocketId> {
+        let id = self.alloc_id();
+        let cm = CmId::new(&self.cm_channel, id.0).map_err(|e| listen_error(addr, e))?;
+        cm.bind(addr).map_err(|e| {
+            let raw = io::Error::last_os_error().raw_os_error();
+            let err = raw.map_or(e, io::Error::from_raw_os_error);
+            listen_error(addr, err)
+        })?;
+        if let Some(dev) = cm.device_name() {
+            if dev != self.pd.context().name() {
+                return Err(TransportError::Listen {
+                    addr,
+                    source: io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!(
+                            "{addr} belongs to RDMA device {dev}, not the configured {}",
+                            self.pd.context().name()
+                        ),
+                    ),
+                }
+                .into());
+            }
+        }
+        cm.listen(i32::try_from(opts.backlog).unwrap_or(i32::MAX))
+            .map_err(|e| listen_error(addr, e))?;
+        let local = cm.local_addr().unwrap_or(addr);
+        tracing::debug!(worker = self.index, %id, %local, "rdma listening");
+        self.entries.insert(
+            id,
+            Entry::Listener {
+                cm,
+                local,
+                backlog: VecDeque::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn connect(&mut self, addr: SocketAddr, opts: &ConnectOptions) -> io::Result<SocketId> {
+        let id = self.alloc_id();
+        let cm = CmId::new(&self.cm_channel, id.0)
+            .map_err(|source| TransportError::Connect { addr, source })?;
+        cm.resolve_addr(addr, self.resolve_timeout_ms())
+            .map_err(|source| unreachable(addr, source))?;
+        let mut s = Stream::new(cm, Phase::Resolving, addr);
+        s.connect_timeout = opts.timeout;
+        s.deadline = opts.timeout.map(|t| Instant::now() + t);
+        self.entries.insert(id, Entry::Stream(Box::new(s)));
+        self.setting_up += 1;
+        Ok(id)
+    }
+
+    fn accept(&mut self, listener: SocketId) -> io::Result<Option<(SocketId, SocketAddr)>> {
+        let (cm, params) = match self.entries.get_mut(&listener) {
+            Some(Entry::Listener { backlog, .. }) => match backlog.pop_front() {
+                Some(pending) => pending,
+                None => return Ok(None),
+            },
+            Some(Entry::Stream(_)) => {
+                return Err(TransportError::WrongState {
+                    id: listener,
+                    op: "accept",
+                }
+                .into())
+            }
+            None => return Err(TransportError::UnknownSocket(listener).into()),
+        };
+        let id = self.alloc_id();
+        let mut cm = cm;
+        cm.set_token(id.0);
+        let peer = cm
+            .peer_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let mut s = Stream::new(cm, Phase::AcceptPending, peer);
+        s.params = Some(params);
+        self.entries.insert(id, Entry::Stream(Box::new(s)));
+        self.to_accept.push(id);
+        tracing::debug!(worker = self.index, %listener, %id, %peer, "rdma connect request taken");
+        Ok(Some((id, peer)))
+    }
+
+    fn read(&mut self, id: SocketId, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return Err(match self.entries.get(&id) {
+                Some(_) => TransportError::WrongState { id, op: "read" }.into(),
+                None => TransportError::UnknownSocket(id).into(),
+            });
+        };
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(front) = s.rx.front_mut() else { break };
+            let take = (front.len - front.off).min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&front.slot.bytes()[front.off..front.off + take]);
+            front.off += take;
+            n += take;
+            if front.off == front.len {
+                if let Some(done) = s.rx.pop_front() {
+                    Self::repost(&mut self.pool, &mut self.credit_due, s, id, done.slot);
+                }
+            }
+        }
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        if let Some(err) = s.error() {
+            return Err(err);
+        }
+        match s.phase {
+            Phase::PeerClosed => Ok(0),
+            _ => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn writev(&mut self, id: SocketId, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let config = &self.config;
+        let counters = &self.counters;
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return Err(match self.entries.get(&id) {
+                Some(_) => TransportError::WrongState { id, op: "writev" }.into(),
+                None => TransportError::UnknownSocket(id).into(),
+            });
+        };
+        match s.phase {
+            Phase::Established => {}
+            Phase::PeerClosed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("{} disconnected", s.peer),
+                ))
+            }
+            Phase::Dead => {
+                return Err(s
+                    .error()
+                    .unwrap_or_else(|| io::ErrorKind::NotConnected.into()))
+            }
+            _ => {
+                s.write_blocked = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+        let mut total = 0usize;
+        let (mut bi, mut bo) = (0usize, 0usize); // cursor: buffer index, offset in it
+        let mut result = Ok(());
+        loop {
+            while bi < bufs.len() && bo >= bufs[bi].len() {
+                bi += 1;
+                bo = 0;
+            }
+            if bi >= bufs.len() {
+                break;
+            }
+            if s.open.is_none() {
+                match s.send_free.pop() {
+                    Some(slot) => s.open = Some((slot, 0)),
+                    None => {
+                        s.write_blocked = true;
+                        break;
+                    }
+                }
+            }
+            let Some((slot, len)) = s.open.as_mut() else {
+                break;
+            };
+            let room = s.chunk.min(slot.capacity() as usize).saturating_sub(*len);
+            if room == 0 {
+                // The open buffer is full: post it, then go on with a new one.
+                match Self::post_open(config, counters, s) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        s.write_blocked = true;
+                        break;
+                    }
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+            let dst = &mut slot.bytes_mut()[*len..*len + room];
+            let mut copied = 0;
+            while copied < room && bi < bufs.len() {
+                let src = &bufs[bi][bo..];
+                let take = src.len().min(room - copied);
+                dst[copied..copied + take].copy_from_slice(&src[..take]);
+                copied += take;
+                bo += take;
+                if bo >= bufs[bi].len() {
+                    bi += 1;
+                    bo = 0;
+                }
+            }
+            *len += copied;
+            total += copied;
+        }
+        if let Err(err) = result {
+            let kind = err.kind();
+            Self::fail(&mut self.dirty, id, s, kind, format!("post send: {err}"));
+            if total == 0 {
+                return Err(err);
+            }
+        }
+        Self::queue_open(&mut self.tx_pending, id, s);
+        if total == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(total)
+    }
+
+    fn shutdown(&mut self, id: SocketId, _how: Shutdown) -> io::Result<()> {
+        // An RC connection has no half-close: either direction shuts the whole connection.
+        let s = self.stream_mut(id)?;
+        s.cm.disconnect();
+        Ok(())
+    }
+
+    fn close(&mut self, id: SocketId) -> io::Result<()> {
+        let entry = self
+            .entries
+            .remove(&id)
+            .ok_or(TransportError::UnknownSocket(id))?;
+        match entry {
+            Entry::Listener { cm, backlog, .. } => {
+                for (pending, _) in backlog {
+                    pending.reject();
+                }
+                drop(cm);
+            }
+            Entry::Stream(mut s) => {
+                if s.phase.is_connecting() {
+                    self.setting_up -= 1;
+                }
+                if matches!(
+                    s.phase,
+                    Phase::Established | Phase::PeerClosed | Phase::Accepting
+                ) {
+                    s.cm.disconnect();
+                }
+                if s.phase == Phase::AcceptPending {
+                    s.cm.reject();
+                }
+                for slot in s.cm.destroy_qp() {
+                    self.pool.give(slot);
+                }
+                for rx in s.rx.drain(..) {
+                    self.pool.give(rx.slot);
+                }
+                for slot in s.send_free.drain(..) {
+                    self.pool.give(slot);
+                }
+                if let Some((slot, _)) = s.open.take() {
+                    self.pool.give(slot);
+                }
+                self.cq_used -= s.cq_share;
+                tracing::trace!(worker = self.index, %id, "rdma closed");
+            }
+        }
+        Ok(())
+    }
+
+    fn local_addr(&self, id: SocketId) -> io::Result<SocketAddr> {
+        match self.entries.get(&id) {
+            Some(Entry::Listener { local, .. }) => Ok(*local),
+            Some(Entry::Stream(s)) => {
+                s.cm.local_addr()
+                    .ok_or_else(|| io::ErrorKind::NotConnected.into())
+            }
+            None => Err(TransportError::UnknownSocket(id).into()),
+        }
+    }
+
+    fn peer_addr(&self, id: SocketId) -> io::Result<SocketAddr> {
+        match self.entries.get(&id) {
+            Some(Entry::Stream(s)) => Ok(s.peer),
+            Some(Entry::Listener { .. }) => Err(TransportError::WrongState {
+                id,
+                op: "peer_addr",
+            }
+            .into()),
+            None => Err(TransportError::UnknownSocket(id).into()),
+        }
+    }
+
+    fn poll(&mut self, events: &mut Vec<SocketEvent>, timeout: Option<Duration>) -> io::Result<()> {
+        self.turns += 1;
+        self.inject_qp_errors();
+        for id in std::mem::take(&mut self.to_accept) {
+            self.finish_accept(id);
+        }
+        self.flush_open();
+        for id in std::mem::take(&mut self.credit_due) {
+            self.send_credit_only(id);
+        }
+        self.drain_cq()?;
+        if !self.tx_pending.is_empty() {
+            // Credits or send-queue room came back: post what waited for them.
+            self.flush_open();
+        }
+        let idle_wait = timeout != Some(Duration::ZERO);
+        if idle_wait || self.setting_up > 0 || self.turns % CM_CHECK_EVERY == 0 {
+            self.drain_cm()?;
+        }
+        if idle_wait
+            && self.dirty.is_empty()
+            && self.synthetic.is_empty()
+            && self.to_accept.is_empty()
+            && self.credit_due.is_empty()
+            && self.tx_pending.is_empty()
+        {
+            self.wait(timeout)?;
+        }
+        if self.setting_up > 0 {
+            self.expire_connects(Instant::now());
+        }
+        events.append(&mut self.synthetic);
+        for id in self.dirty.drain(..) {
+            if let Some(Entry::Stream(s)) = self.entries.get_mut(&id) {
+                let r = std::mem::take(&mut s.pending);
+                if !r.is_empty() {
+                    events.push(SocketEvent::ready(id, r));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_busy_poll(&self) -> bool {
+        true
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    fn detach(&mut self, id: SocketId) -> io::Result<RdmaHandoff> {
+        match self.entries.get(&id) {
+            Some(Entry::Stream(s)) if s.phase == Phase::AcceptPending => {}
+            Some(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "an RDMA connection cannot move once its QP exists",
+                ))
+            }
+            None => return Err(TransportError::UnknownSocket(id).into()),
+        }
+        let Some(Entry::Stream(s)) = self.entries.remove(&id) else {
+            return Err(TransportError::UnknownSocket(id).into());
+        };
+        let Stream {
+            cm, peer, params, ..
+        } = *s;
+        let params = params.ok_or_else(|| io::Error::other("no peer parameters"))?;
+        Ok(RdmaHandoff {
+            id: cm.detach()?,
+            peer,
+            params,
+        })
+    }
+
+    fn attach(&mut self, handoff: RdmaHandoff) -> io::Result<SocketId> {
+        let id = self.alloc_id();
+        let cm = handoff.id.attach(&self.cm_channel, id.0)?;
+        bump(&self.counters.handoffs, 1);
+        let mut s = Stream::new(cm, Phase::AcceptPending, handoff.peer);
+        s.params = Some(handoff.params);
+        self.entries.insert(id, Entry::Stream(Box::new(s)));
+        self.to_accept.push(id);
+        Ok(id)
+    }
+}
