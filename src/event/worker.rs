@@ -55,10 +55,12 @@ impl WorkerConfig {
             // No explicit list: start each worker pool at the next core in turn, so two messengers in
             // one process (a client and a server, a public and a cluster messenger) do not stack their
             // first workers on core 0.
-            static NEXT_START: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            static NEXT_START: std::sync::atomic::AtomicUsize =
+                std::sync::atomic::AtomicUsize::new(0);
             let mut available = available;
             if !available.is_empty() {
-                let start = NEXT_START.fetch_add(self.threads, std::sync::atomic::Ordering::Relaxed);
+                let start =
+                    NEXT_START.fetch_add(self.threads, std::sync::atomic::Ordering::Relaxed);
                 let n = available.len();
                 available.rotate_left(start % n);
             }
