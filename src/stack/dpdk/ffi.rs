@@ -98,8 +98,9 @@ impl Eal {
         let argc = c_int::try_from(argv.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many EAL arguments"))?;
         let saved = Affinity::current();
-        // SAFETY: argv holds argc valid NUL-terminated strings that live forever (leaked above); EAL is
-        // initialised at most once because this runs inside a OnceLock initialiser.
+        // argv holds argc valid NUL-terminated strings that live forever (leaked above), and this runs
+        // inside a OnceLock initialiser.
+        // SAFETY: valid argv for argc; EAL is initialised at most once.
         let ret = unsafe { sys::rte_eal_init(argc, argv.as_mut_ptr()) };
         if let Some(saved) = saved {
             saved.restore();
@@ -117,6 +118,8 @@ impl Eal {
     }
 }
 
+const CPU_SET_LEN: usize = std::mem::size_of::<libc::cpu_set_t>();
+
 /// A thread's CPU affinity mask, saved around EAL init.
 struct Affinity(libc::cpu_set_t);
 
@@ -125,15 +128,13 @@ impl Affinity {
         // SAFETY: cpu_set_t is plain data; all-zero is a valid (empty) set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: `set` is a valid, writable cpu_set_t of the size passed; pid 0 is the calling thread.
-        let ret =
-            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        let ret = unsafe { libc::sched_getaffinity(0, CPU_SET_LEN, &mut set) };
         (ret == 0).then_some(Affinity(set))
     }
 
     fn restore(&self) {
         // SAFETY: self.0 is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
-        let ret =
-            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+        let ret = unsafe { libc::sched_setaffinity(0, CPU_SET_LEN, &self.0) };
         if ret != 0 {
             tracing::warn!("could not restore CPU affinity after EAL init");
         }
@@ -144,8 +145,8 @@ impl Affinity {
 pub fn softrss(tuple: &[u32], key: &[u8; RSS_KEY_LEN]) -> u32 {
     // The hash reads 4 key bytes past each 32-bit word of input; a 40-byte key covers 9 words.
     let words = tuple.len().min(RSS_KEY_LEN / 4 - 1);
-    // SAFETY: `tuple` has at least `words` readable u32s and `key` has RSS_KEY_LEN bytes, which covers
-    // the key bytes rte_softrss reads for `words` words (words * 4 + 4 <= RSS_KEY_LEN).
+    // rte_softrss reads words * 4 + 4 <= RSS_KEY_LEN key bytes for `words` words.
+    // SAFETY: `tuple` has at least `words` readable u32s and `key` covers the bytes read.
     unsafe { sys::shim_softrss(tuple.as_ptr(), words as u32, key.as_ptr()) }
 }
 
@@ -160,8 +161,8 @@ pub struct LcoreGuard {
 impl LcoreGuard {
     /// Register the calling thread with the EAL (`rte_thread_register`).
     pub fn register(_eal: &Eal) -> io::Result<LcoreGuard> {
-        // SAFETY: EAL is initialised (an `Eal` exists); registering the calling thread has no other
-        // precondition and is undone by Drop on the same thread (the guard is not Send).
+        // Registering is undone by Drop on the same thread (the guard is not Send).
+        // SAFETY: EAL is initialised (an `Eal` exists); no other precondition.
         let ret = unsafe { sys::rte_thread_register() };
         if ret != 0 {
             return Err(dpdk_error("rte_thread_register", ret));
@@ -216,9 +217,10 @@ impl Mempool {
         let room = u32::from(data_room) + 128; // RTE_PKTMBUF_HEADROOM
         let room = u16::try_from(room)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mbuf data room too large"))?;
-        // SAFETY: EAL is initialised; `cname` is a valid C string for the duration of the call (DPDK copies
-        // the name); socket id -1 is SOCKET_ID_ANY.
         let ptr =
+            // EAL is initialised; `cname` is a valid C string for the duration of the call (DPDK copies
+            // the name); socket id -1 is SOCKET_ID_ANY.
+            // SAFETY: the conditions just stated hold here.
             unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, room, -1) };
         let ptr = NonNull::new(ptr).ok_or_else(|| dpdk_error("rte_pktmbuf_pool_create", 0))?;
         Ok(Arc::new(Mempool { ptr }))
@@ -259,8 +261,9 @@ impl Mbuf {
 
     /// The first segment's data.
     pub fn data(&self) -> &[u8] {
-        // SAFETY: self owns a valid mbuf; mtod points at data_len initialised bytes of its first segment,
+        // Self owns a valid mbuf; mtod points at data_len initialised bytes of its first segment,
         // which stay valid and unaliased by writers while `self` is borrowed.
+        // SAFETY: the conditions just stated hold here.
         unsafe {
             let len = sys::shim_pktmbuf_data_len(self.raw()) as usize;
             let ptr = sys::shim_pktmbuf_mtod(self.raw());
@@ -295,8 +298,9 @@ impl Mbuf {
     /// segment lacks room.
     pub fn append(&mut self, len: usize) -> Option<&mut [u8]> {
         let len16 = u16::try_from(len).ok()?;
-        // SAFETY: self owns a valid mbuf; append returns NULL or a pointer to `len` bytes of its tail room,
+        // Self owns a valid mbuf; append returns NULL or a pointer to `len` bytes of its tail room,
         // now counted in data_len, exclusively ours while `&mut self` is borrowed.
+        // SAFETY: the conditions just stated hold here.
         unsafe {
             let ptr = sys::shim_pktmbuf_append(self.raw(), len16);
             if ptr.is_null() {
@@ -325,8 +329,9 @@ impl Mbuf {
         if self.data().len() < need {
             return;
         }
-        // SAFETY: self owns a valid mbuf whose first segment holds at least the Ethernet, IPv4 and TCP
+        // Self owns a valid mbuf whose first segment holds at least the Ethernet, IPv4 and TCP
         // headers (checked above); the shim writes only inside them and into the mbuf's offload fields.
+        // SAFETY: the conditions just stated hold here.
         unsafe { sys::shim_tx_cksum_offload(self.raw(), l2_len, l3_len) }
     }
 
@@ -458,8 +463,9 @@ impl Port {
         let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
         let socket = u32::try_from(socket).unwrap_or(0);
         for (q, pool) in (0..setup.queues).zip(pools) {
-            // SAFETY: the port is configured with `queues` queues and not started; a NULL conf selects
+            // The port is configured with `queues` queues and not started; a NULL conf selects
             // the driver's defaults; `pool` is a live mempool that outlives the port (never freed).
+            // SAFETY: the conditions just stated hold here.
             let ret = unsafe {
                 sys::rte_eth_rx_queue_setup(
                     id,
@@ -602,8 +608,9 @@ impl Port {
 
 impl Drop for Port {
     fn drop(&mut self) {
-        // SAFETY: the port was started by `Port::start`; no Queue is left (each holds an Arc to us), so
+        // The port was started by `Port::start`; no Queue is left (each holds an Arc to us), so
         // nothing polls it any more.
+        // SAFETY: the conditions just stated hold here.
         unsafe {
             let _ = sys::rte_eth_dev_stop(self.id);
             let _ = sys::rte_eth_dev_close(self.id);
@@ -640,9 +647,10 @@ impl Queue {
     /// Receive up to [`BURST`] packets, appending them to `out`. Returns how many arrived.
     pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>) -> usize {
         let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST];
-        // SAFETY: the port is started (it lives while self holds the Arc); this queue is polled only
-        // through `&mut self`; `raw` has room for BURST pointers.
         let n =
+            // The port is started (it lives while self holds the Arc); this queue is polled only
+            // through `&mut self`; `raw` has room for BURST pointers.
+            // SAFETY: the conditions just stated hold here.
             unsafe { sys::shim_rx_burst(self.port.id, self.id, raw.as_mut_ptr(), BURST as u16) };
         let n = usize::from(n).min(BURST);
         for &m in &raw[..n] {
@@ -664,9 +672,10 @@ impl Queue {
         for (slot, m) in raw.iter_mut().zip(pkts.iter()) {
             *slot = m.raw();
         }
-        // SAFETY: the port is started; `raw[..count]` are valid mbufs owned by `pkts`; the driver takes
-        // ownership of the first `n` returned, which we then forget below.
         let n =
+            // The port is started; `raw[..count]` are valid mbufs owned by `pkts`; the driver takes
+            // ownership of the first `n` returned, which we then forget below.
+            // SAFETY: the conditions just stated hold here.
             unsafe { sys::shim_tx_burst(self.port.id, self.id, raw.as_mut_ptr(), count as u16) };
         let n = usize::from(n).min(count);
         for m in pkts.drain(..n) {

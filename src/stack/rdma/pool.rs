@@ -31,8 +31,9 @@ struct Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        // SAFETY: no slot of this chunk is left (each holds an Rc), so the device no longer uses the
+        // No slot of this chunk is left (each holds an Rc), so the device no longer uses the
         // memory; deregister, then free what we allocated with this layout.
+        // SAFETY: the conditions just stated hold here.
         unsafe {
             sys::ibv_dereg_mr(self.mr.as_ptr());
             alloc::dealloc(self.mem.as_ptr(), self.layout);
@@ -59,8 +60,9 @@ impl Slot {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the slot owns [ptr, ptr+capacity) inside its live chunk; while a Slot exists outside a
+        // The slot owns [ptr, ptr+capacity) inside its live chunk; while a Slot exists outside a
         // QP the device does not touch that range (posting moves the Slot), so shared access is sound.
+        // SAFETY: the conditions just stated hold here.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity as usize) }
     }
 
@@ -159,8 +161,9 @@ impl BufferPool {
             )
         })?;
         let access = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0 as i32;
-        // SAFETY: [mem, mem+bytes) is a live allocation we own; the PD is live. The MR is deregistered
+        // [mem, mem+bytes) is a live allocation we own; the PD is live. The MR is deregistered
         // before the memory is freed (Chunk::drop).
+        // SAFETY: the conditions just stated hold here.
         let mr = unsafe { sys::msgr_ibv_reg_mr(self.pd.raw(), mem.as_ptr().cast(), bytes, access) };
         let Some(mr) = NonNull::new(mr) else {
             let err = io::Error::last_os_error();

@@ -57,8 +57,9 @@ struct DeviceList {
 
 impl Drop for DeviceList {
     fn drop(&mut self) {
-        // SAFETY: `list` came from rdma_get_devices and is freed once, here; no context from it outlives
+        // `list` came from rdma_get_devices and is freed once, here; no context from it outlives
         // this (every Context holds an Rc<DeviceList>).
+        // SAFETY: the conditions just stated hold here.
         unsafe { sys::rdma_free_devices(self.list.as_ptr()) }
     }
 }
@@ -96,8 +97,9 @@ impl Context {
             let Some(ctx) = NonNull::new(ctx) else {
                 continue;
             };
-            // SAFETY: ctx is a live context; its device pointer is valid while the list lives, and the
+            // Ctx is a live context; its device pointer is valid while the list lives, and the
             // name is a NUL-terminated string inside the device.
+            // SAFETY: the conditions just stated hold here.
             let dev_name = unsafe {
                 let dev = (*ctx.as_ptr()).device;
                 CStr::from_ptr(sys::ibv_get_device_name(dev))
@@ -276,8 +278,8 @@ pub struct CompletionQueue {
 impl CompletionQueue {
     pub fn new(ctx: &Rc<Context>, channel: &Rc<CompChannel>, depth: u32) -> io::Result<Self> {
         let cqe = i32::try_from(depth).unwrap_or(i32::MAX);
-        // SAFETY: the context and channel are live; no cq_context is used.
         let cq =
+            // SAFETY: the context and channel are live; no cq_context is used.
             unsafe { sys::ibv_create_cq(ctx.raw(), cqe, ptr::null_mut(), channel.ch.as_ptr(), 0) };
         let cq = NonNull::new(cq).ok_or_else(|| os_error("ibv_create_cq"))?;
         // SAFETY: cq is live; cqe is the actual depth the provider gave.
@@ -478,9 +480,10 @@ impl EventChannel {
         let Some(event) = NonNull::new(event) else {
             return Ok(None);
         };
-        // SAFETY: rdma_get_cm_event returned a live event; we copy out what we need and ack it once.
+        // Rdma_get_cm_event returned a live event; we copy out what we need and ack it once.
         // For a connect request, event.id is a new id that becomes ours (librdmacm hands it to the
         // application; acking the event does not destroy it). Its context was inherited from the listener.
+        // SAFETY: the conditions just stated hold here.
         let out = unsafe {
             let ev = &*event.as_ptr();
             let kind = CmEventKind::from_raw(ev.event);
@@ -711,8 +714,9 @@ impl CmId {
             qp_type: sys::IBV_QPT_RC,
             sq_sig_all: 0,
         };
-        // SAFETY: id, pd and cq are live and of one device (checked by the caller with is_on; the call
+        // Id, pd and cq are live and of one device (checked by the caller with is_on; the call
         // fails otherwise); attr is valid and librdmacm writes the granted caps back into it.
+        // SAFETY: the conditions just stated hold here.
         let mut rc = unsafe { sys::rdma_create_qp(self.raw(), pd.raw(), &mut attr) };
         if rc != 0 && caps.max_inline > 0 {
             // Some devices allow no inline data: retry without.
@@ -772,9 +776,10 @@ impl CmId {
             num_sge: 1,
         };
         let mut bad: *mut sys::ibv_recv_wr = ptr::null_mut();
-        // SAFETY: the QP is live; wr and sge are valid for the call; the slot's memory is registered on
+        // The QP is live; wr and sge are valid for the call; the slot's memory is registered on
         // this QP's PD (one pool per PD) and, moved into recv_posted below, no Rust reference to it exists
         // until the completion or QP destruction gives it back.
+        // SAFETY: the conditions just stated hold here.
         let rc = unsafe { sys::msgr_ibv_post_recv(qp.raw.as_ptr(), &mut wr, &mut bad) };
         if rc != 0 {
             return Err((slot, errno_error("ibv_post_recv", rc)));
@@ -819,9 +824,10 @@ impl CmId {
             ..Default::default()
         };
         let mut bad: *mut sys::ibv_send_wr = ptr::null_mut();
-        // SAFETY: the QP is live; wr and sge are valid for the call. The slot's memory stays untouched by
+        // The QP is live; wr and sge are valid for the call. The slot's memory stays untouched by
         // Rust until a completion gives it back (it moves into send_posted), or, for an inline send, the
         // device has copied it before the call returns.
+        // SAFETY: the conditions just stated hold here.
         let rc = unsafe { sys::msgr_ibv_post_send(qp.raw.as_ptr(), &mut wr, &mut bad) };
         if rc != 0 {
             return Err((slot, errno_error("ibv_post_send", rc)));
@@ -961,15 +967,15 @@ unsafe fn sockaddr_of(storage: *const sys::sockaddr_storage) -> Option<SocketAdd
     let copy: libc::sockaddr_storage = unsafe { ptr::read(storage.cast()) };
     match i32::from(copy.ss_family) {
         libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in, which fits in it.
             let sin: libc::sockaddr_in =
+                // SAFETY: the family says the storage holds a sockaddr_in, which fits in it.
                 unsafe { ptr::read((&copy as *const libc::sockaddr_storage).cast()) };
             let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
             Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6, which fits in it.
             let sin6: libc::sockaddr_in6 =
+                // SAFETY: the family says the storage holds a sockaddr_in6, which fits in it.
                 unsafe { ptr::read((&copy as *const libc::sockaddr_storage).cast()) };
             let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Some(SocketAddr::V6(std::net::SocketAddrV6::new(
@@ -988,8 +994,9 @@ impl Drop for CmId {
         // Slots still posted are leaked (their memory stays registered until the pool's chunk goes);
         // owners call destroy_qp first to get them back.
         drop(self.destroy_qp());
-        // SAFETY: the QP is gone and every event we took was acked at once, so rdma_destroy_id does
+        // The QP is gone and every event we took was acked at once, so rdma_destroy_id does
         // not block; the channel outlives the id (we hold an Rc).
+        // SAFETY: the conditions just stated hold here.
         unsafe { sys::rdma_destroy_id(self.raw()) };
     }
 }
