@@ -58,24 +58,29 @@ apt_missing() {
     done
 }
 
-install_apt_packages() {
-    section "apt packages: ${APT_PACKAGES[*]}"
+# Install whichever of the given Debian packages are missing (one `apt-get update` first); needs root.
+apt_install_missing() {
     local missing
-    missing=$(apt_missing "${APT_PACKAGES[@]}")
+    missing=$(apt_missing "$@")
     if [[ -z "$missing" ]]; then
         echo "all installed; skipping apt-get"
-    else
-        # shellcheck disable=SC2086 # word splitting of the package list is intended
-        echo "missing:" $missing
-        if ((EUID != 0)); then
-            echo "error: installing Debian packages needs root (run as root, or install: $missing)" >&2
-            exit 1
-        fi
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get -o DPkg::Lock::Timeout=600 update -q
-        # shellcheck disable=SC2086
-        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing
+        return
     fi
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    echo "missing:" $missing
+    if ((EUID != 0)); then
+        echo "error: installing Debian packages needs root (run as root, or install: $missing)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    # shellcheck disable=SC2086
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing
+}
+
+install_apt_packages() {
+    section "apt packages: ${APT_PACKAGES[*]}"
+    apt_install_missing "${APT_PACKAGES[@]}"
     section_done
 }
 
@@ -159,22 +164,7 @@ run_all_features_clippy() {
 
 run_dpdk_phase() {
     section "dpdk feature: apt ${DPDK_APT_PACKAGES[*]}"
-    local missing
-    missing=$(apt_missing "${DPDK_APT_PACKAGES[@]}")
-    if [[ -z "$missing" ]]; then
-        echo "all installed; skipping apt-get"
-    else
-        # shellcheck disable=SC2086
-        echo "missing:" $missing
-        if ((EUID != 0)); then
-            echo "error: the dpdk phase needs root to install: $missing" >&2
-            exit 1
-        fi
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get -o DPkg::Lock::Timeout=600 update -q
-        # shellcheck disable=SC2086
-        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing
-    fi
+    apt_install_missing "${DPDK_APT_PACKAGES[@]}"
     section_done
 
     section "dpdk feature: cargo clippy --all-targets --features dpdk -- -D warnings"
@@ -220,22 +210,7 @@ RDMA_GUEST_TIMEOUT=${MSGR_RDMA_GUEST_TIMEOUT:-1500}
 
 rdma_install_host() {
     section "rdma: host packages (apt: ${RDMA_APT_PACKAGES[*]}; pip: virtme-ng==$RDMA_VNG_VERSION)"
-    local missing
-    missing=$(apt_missing "${RDMA_APT_PACKAGES[@]}")
-    if [[ -n "$missing" ]]; then
-        # shellcheck disable=SC2086
-        echo "missing:" $missing
-        if ((EUID != 0)); then
-            echo "error: installing Debian packages needs root (install: $missing)" >&2
-            exit 1
-        fi
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get -o DPkg::Lock::Timeout=600 update -q
-        # shellcheck disable=SC2086
-        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing
-    else
-        echo "apt packages present"
-    fi
+    apt_install_missing "${RDMA_APT_PACKAGES[@]}"
     if [[ "$(vng --version 2>/dev/null || true)" != *"$RDMA_VNG_VERSION"* ]]; then
         local pip_cmd=(python3 -m pip)
         if command -v pip >/dev/null 2>&1; then pip_cmd=(pip); fi
