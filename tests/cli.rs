@@ -4,42 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const MSGR: &str = env!("CARGO_BIN_EXE_msgr");
-
-/// Runs `msgr ARGS`, killing it if it takes longer than `limit`.
-fn msgr(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(MSGR)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn msgr");
-    wait_bounded(child, limit, args)
-}
-
-fn wait_bounded(mut child: Child, limit: Duration, what: &[&str]) -> Output {
-    let end = Instant::now() + limit;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "msgr {what:?} did not finish within {limit:?}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+mod msgr_bin;
+use msgr_bin::{msgr, wait_bounded, MSGR};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
