@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Start, stop or query one real Ceph monitor ("mon.a", Debian's Ceph 16.2) on 127.0.0.1, for msgr's
+# Start, stop or query one real Ceph monitor ("mon.a", Debian's Ceph 16.2) on 127.0.0.1 (or --host), for msgr's
 # interop tests: msgr2 + msgr1, crc mode, auth none (or cephx with secure + crc modes), everything (conf, store, logs, pid, admin socket)
 # under one directory DIR. Recipe and measurements: shared/notes/ceph-mon.md.
 #
 #   scripts/ceph-mon.sh start  DIR [--v2-port P] [--v1-port P] [--fsid UUID]
 #                                  [--peer-mon NAME=V2PORT]... [--no-initial-members] [--debug-ms N]
-#                                  [--auth none|cephx]
+#                                  [--auth none|cephx] [--host IPV4]
 #   scripts/ceph-mon.sh stop   DIR
 #   scripts/ceph-mon.sh status DIR
 #
@@ -20,6 +20,9 @@
 #        --auth cephx makes DIR/keyring with ceph-authtool (mon. and client.admin, fresh random keys,
 #        all caps), requires cephx everywhere and allows modes "secure crc" (secure preferred) for
 #        every connection type; DIR/env then also has AUTH=cephx and KEYRING=DIR/keyring.
+#        --host IPV4 binds the monitor (and its monmap entries) to that address instead of 127.0.0.1,
+#        e.g. the kernel side of a veth pair inside a network namespace (run the script with
+#        `ip netns exec NS`; stop and status work from anywhere, they go by pid).
 # stop   sends SIGTERM to the pid recorded for DIR (only after checking /proc/PID/cmdline is that
 #        ceph-mon with DIR's ceph.conf), waits for it to exit (SIGKILL after 20 s), exits 0 if it was not
 #        running.
@@ -27,7 +30,7 @@
 set -euo pipefail
 
 readonly MON_ID=a
-readonly HOST=127.0.0.1
+HOST=127.0.0.1
 readonly READY_TIMEOUT_S=30
 readonly STOP_TIMEOUT_S=20
 
@@ -37,7 +40,7 @@ die() {
 }
 
 usage() {
-    sed -n '6,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,3\}//' >&2
+    sed -n '6,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,3\}//' >&2
     exit 2
 }
 
@@ -107,9 +110,11 @@ cmd_start() {
         --no-initial-members) initial_members=0; shift ;;
         --debug-ms) debug_ms="${2:-}"; shift 2 || usage ;;
         --auth) auth="${2:-}"; shift 2 || usage ;;
+        --host) HOST="${2:-}"; shift 2 || usage ;;
         *) die "unknown option '$1'" ;;
         esac
     done
+    [[ "$HOST" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || die "--host: '$HOST' is not an IPv4 address"
     is_port "$v2_port" || die "--v2-port: '$v2_port' is not a port number"
     is_port "$v1_port" || die "--v1-port: '$v1_port' is not a port number"
     ((v2_port != v1_port)) || die "--v2-port and --v1-port must differ"
@@ -168,7 +173,7 @@ cmd_start() {
     fi
 
     {
-        echo "# Written by scripts/ceph-mon.sh: one monitor on loopback, auth $auth, modes: $modes."
+        echo "# Written by scripts/ceph-mon.sh: one monitor on $HOST, auth $auth, modes: $modes."
         echo "[global]"
         echo "fsid = $fsid"
         echo "mon_host = $mon_host"

@@ -8,7 +8,10 @@
 //! - the same over net_tap with the roles swapped: a DPDK server (TX checksum offload on, when the tap
 //!   port offers it) accepts a posix client's connection through the kernel and echoes 2,000 messages;
 //! - the posix side's sockets fail now and then (injected failures: the kernel socket is closed under the
-//!   session) and the lossless session survives them with replay.
+//!   session) and the lossless session survives them with replay;
+//! - a real Ceph monitor (scripts/ceph-mon.sh, bound to the namespace's address) answers MMonGetMap from
+//!   msgr on the DPDK stack: the msgr2 handshake and the MMonMap cross our userspace TCP. Skipped with a
+//!   loud note without ceph-mon, unless MSGR_REQUIRE_CEPH=1 (ci/test.sh), where that fails.
 //!
 //! Needs root (network namespaces). The namespace and veth pair are the test's own and are deleted at the
 //! end; traffic stays on them.
@@ -21,11 +24,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::ceph::{ceph_available, CephMon};
 use common::dpdk::{self, Child};
 use common::net::{proto_config, Collector};
 use common::PayloadPool;
-use msgr::msgr::{Messenger, MessengerConfig};
+use msgr::msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
+use msgr::msgs::{CephMessage, MMonGetMap, MMonMap};
+use msgr::proto::message::MSG_MON_MAP;
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
+use msgr::proto::Message;
 use msgr::proto::Policy;
 use msgr::stack::fault::{FaultConfig, FaultStack};
 use msgr::stack::posix::PosixStack;
@@ -47,6 +54,7 @@ fn main() {
             "dpdk_client" => dpdk_client,
             "dpdk_tap_server" => dpdk_tap_server,
             "posix_client" => posix_client,
+            "dpdk_mon_client" => dpdk_mon_client,
             other => panic!("unknown role {other}"),
         };
         dpdk::run_child(&role, body);
@@ -59,6 +67,10 @@ fn main() {
         (
             "dpdk_server_on_net_tap_serves_a_kernel_tcp_client",
             dpdk_server_on_net_tap_serves_a_kernel_tcp_client,
+        ),
+        (
+            "real_ceph_mon_answers_mon_get_map_over_userspace_tcp",
+            real_ceph_mon_answers_mon_get_map_over_userspace_tcp,
         ),
     ]);
 }
@@ -290,6 +302,113 @@ fn dpdk_server_on_net_tap_serves_a_kernel_tcp_client() {
     assert_eq!(report["accepted"], 1);
     client.finish(Duration::from_secs(30));
     server.finish(Duration::from_secs(30));
+}
+
+const MON_V2_PORT: u16 = 3300;
+const MON_V1_PORT: u16 = 6789;
+
+fn real_ceph_mon_answers_mon_get_map_over_userspace_tcp() {
+    if !ceph_available("real_ceph_mon_answers_mon_get_map_over_userspace_tcp") {
+        return;
+    }
+    let ns = Netns::create();
+    // Declared after `ns`, so dropped (stopped) before the namespace goes.
+    let mon = CephMon::start_with(
+        "dpdk-mon",
+        &[
+            "--host".into(),
+            KERNEL_IP.into(),
+            "--v2-port".into(),
+            MON_V2_PORT.to_string(),
+            "--v1-port".into(),
+            MON_V1_PORT.to_string(),
+        ],
+        &["ip", "netns", "exec", &ns.name],
+    );
+    let v2 = mon.sockaddr("V2_ADDR");
+    assert_eq!(
+        v2,
+        SocketAddr::from((KERNEL_IP.parse::<Ipv4Addr>().unwrap(), MON_V2_PORT))
+    );
+    let args = format!(
+        "ip={DPDK_IP}/24 --no-huge --no-pci -m 256 --vdev=net_af_packet0,iface={}",
+        ns.dpdk_if
+    );
+    let mut client = Child::spawn(
+        "dpdk",
+        "dpdk_mon_client",
+        &[("ARGS", args), ("MON", v2.to_string())],
+    );
+    let got = json_of(&client.expect("MONMAP", Duration::from_secs(120)));
+    client.send("exit");
+    eprintln!("dpdk mon client: {got}");
+    assert_eq!(got["fsid"], mon.env("FSID"), "the monmap's fsid");
+    assert_eq!(got["mons"], 1, "one monitor in the map");
+    assert_eq!(
+        got["mon_a"],
+        format!("[v2:{v2}/0,v1:{KERNEL_IP}:{MON_V1_PORT}/0]"),
+        "mon.a's addresses in the map"
+    );
+    assert_eq!(
+        got["peer_type"],
+        entity_type::MON,
+        "SERVER_IDENT entity type"
+    );
+    client.finish(Duration::from_secs(30));
+    drop(mon);
+}
+
+/// Root namespace: msgr on DPDK asks the real monitor at MON for its map, as Ceph's MonClient does.
+fn dpdk_mon_client() {
+    struct Maps(crossbeam_channel::Sender<(u8, Message)>);
+    impl Dispatcher for Maps {
+        fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+            let _ = self.0.send((conn.peer().entity_type, msg));
+        }
+    }
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut m = dpdk::messenger(
+        &dpdk::param("ARGS"),
+        proto_config(entity_type::CLIENT, "client.admin"),
+        Arc::new(Maps(tx)),
+    );
+    m.start().unwrap();
+    let mon: SocketAddr = dpdk::param("MON").parse().unwrap();
+    let conn = m
+        .connect_to(
+            entity_type::MON,
+            &AddrVec(vec![EntityAddr::msgr2(mon, 0)]),
+            Policy::lossy_client(),
+        )
+        .unwrap();
+    conn.send(MMonGetMap.to_message()).unwrap();
+    let end = Instant::now() + Duration::from_secs(90);
+    let (peer_type, map) = loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((t, msg)) if msg.header.msg_type == MSG_MON_MAP => {
+                break (
+                    t,
+                    MMonMap::from_message(&msg).expect("MMonMap decodes").monmap,
+                )
+            }
+            Ok(_) => {}
+            Err(_) => panic!("no MMonMap from the monitor at {mon} within 90 s"),
+        }
+    };
+    let a = map.get("a").map(|a| a.public_addrs.to_string());
+    dpdk::say(
+        "MONMAP",
+        json!({
+            "fsid": map.fsid.to_string(),
+            "mons": map.len(),
+            "mon_a": a,
+            "peer_type": peer_type,
+            "dpdk": serde_json::to_value(m.stack().stats()).unwrap(),
+        }),
+    );
+    while dpdk::command() != "exit" {}
+    m.shutdown().unwrap();
 }
 
 /// Root namespace: a DPDK msgr server on net_tap that echoes.

@@ -73,6 +73,12 @@ impl CephMon {
     /// `ceph-mon.sh start` (ports, `--peer-mon`, `--debug-ms`). Panics with the script's output if it
     /// fails.
     pub fn start(tag: &str, args: &[String]) -> CephMon {
+        Self::start_with(tag, args, &[])
+    }
+
+    /// [`CephMon::start`] with the script run under `wrapper` (e.g. `ip netns exec NS`, so the monitor
+    /// lives in that network namespace; stopping goes by pid and works from anywhere).
+    pub fn start_with(tag: &str, args: &[String], wrapper: &[&str]) -> CephMon {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph-mon.sh");
         let dir = std::env::temp_dir().join(format!(
             "msgr-{tag}-{}-{}",
@@ -90,7 +96,15 @@ impl CephMon {
             start_time: std::time::Duration::ZERO,
         };
         let t0 = Instant::now();
-        let out = Command::new("bash")
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg("bash");
+                c
+            }
+            None => Command::new("bash"),
+        };
+        let out = cmd
             .arg(&mon.script)
             .arg("start")
             .arg(&mon.dir)
