@@ -35,17 +35,17 @@ pub const BUILD_HINT: &str = "cargo build --release --features rdma";
 #[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
 pub struct RdmaArgs {
     /// --stack rdma: the verbs device, e.g. rxe0 or mlx5_0 [default: the first one].
-    #[arg(long = "rdma-device", value_name = "NAME")]
+    #[arg(long = "rdma-device", id = "rdma_device", value_name = "NAME")]
     pub device: Option<String>,
 
     /// --stack rdma: the device's GID index [default: 1, RoCE v2 over IPv4 on soft-RoCE].
-    #[arg(long = "rdma-gid-index", value_name = "N",
+    #[arg(long = "rdma-gid-index", id = "rdma_gid_index", value_name = "N",
           value_parser = clap::value_parser!(i32).range(0..=65_535))]
     pub gid_index: Option<i32>,
 
     /// --stack rdma: the IP the server listens on, an address of the device's network interface (not
     /// 127.0.0.1) [default: $SOFTROCE_ADDR, else the IPv4 address in the device's GID].
-    #[arg(long = "rdma-addr", value_name = "IP")]
+    #[arg(long = "rdma-addr", id = "rdma_addr", value_name = "IP")]
     pub addr: Option<IpAddr>,
 }
 
