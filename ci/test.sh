@@ -200,7 +200,7 @@ run_dpdk_phase() {
 # ---- rdma phase (feature `rdma`; owner: the RDMA stack) ---------------------------------------------
 # Host side: Debian packages (verbs headers and libraries for bindgen/cc, perftest, qemu for the guest)
 # and virtme-ng from PyPI; clippy and the unit tests with --features rdma; release builds of the
-# soft-RoCE test binary and the RDMA bench. Then ONE throw-away qemu guest (scripts/softroce-vm.sh,
+# soft-RoCE test binary and of msgr (whose `bench --stack rdma` is the RDMA bench). Then ONE throw-away qemu guest (scripts/softroce-vm.sh,
 # Debian's kernel with rdma_rxe, fetched once and cached) runs scripts/rdma-checks.sh: the tests and the
 # perftest comparison. Its time is printed; its test counts join the summary line.
 RDMA_APT_PACKAGES=(qemu-system-x86 rdma-core ibverbs-utils ibverbs-providers rdmacm-utils perftest
@@ -267,26 +267,24 @@ run_rdma_phase() {
     RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features rdma
     section_done
 
-    section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma)"
+    section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma bench::rdma; --test cli bench_stack_rdma)"
     local unit_log
     unit_log=$(mktemp)
-    cargo test --features rdma --lib stack::rdma 2>&1 | tee "$unit_log"
+    cargo test --features rdma --lib -- stack::rdma bench::rdma 2>&1 | tee "$unit_log"
+    cargo test --features rdma --test cli bench_stack_rdma 2>&1 | tee -a "$unit_log"
     rdma_add_to_summary "$unit_log"
     rm -f "$unit_log"
     section_done
 
-    section "rdma: release build of tests/rdma_softroce.rs, examples/rdma_bench.rs and msgr"
-    local json test_bin bench_bin cli_bin
+    section "rdma: release build of tests/rdma_softroce.rs and msgr (--features rdma)"
+    local json test_bin cli_bin
     json=$(mktemp)
-    cargo build --release --features rdma --test rdma_softroce --example rdma_bench --bin msgr \
-        --message-format=json >"$json"
+    cargo build --release --features rdma --test rdma_softroce --bin msgr --message-format=json >"$json"
     test_bin=$(rdma_executable rdma_softroce <"$json")
-    bench_bin=$(rdma_executable rdma_bench <"$json")
     cli_bin=$(rdma_executable msgr <"$json")
     rm -f "$json"
-    [[ -x "$test_bin" && -x "$bench_bin" && -x "$cli_bin" ]] || { echo "rdma: built binaries not found" >&2; exit 1; }
+    [[ -x "$test_bin" && -x "$cli_bin" ]] || { echo "rdma: built binaries not found" >&2; exit 1; }
     echo "test binary: $test_bin"
-    echo "bench binary: $bench_bin"
     echo "msgr binary: $cli_bin"
     section_done
 
@@ -297,7 +295,7 @@ run_rdma_phase() {
     guest_start=$(date +%s)
     set +e
     scripts/softroce-vm.sh --timeout "$RDMA_GUEST_TIMEOUT" -- \
-        scripts/rdma-checks.sh "$test_bin" "$bench_bin" "$report" "$cli_bin" 2>&1 | tee "$log"
+        scripts/rdma-checks.sh "$test_bin" "$cli_bin" "$report" 2>&1 | tee "$log"
     guest_rc=${PIPESTATUS[0]}
     set -e
     echo "rdma: guest step took $(($(date +%s) - guest_start)) s (exit $guest_rc)"

@@ -16,7 +16,8 @@
 # Usage: scripts/compare.sh [--sizes 64,4k,64k,1m] [--reps 3] [--secs 3] [--server-cpu 1] [--client-cpu 0]
 #                           [--window 16] [--out DIR] [--msgr PATH] [--report-only] [--rdma]
 # --report-only redoes the table, compare.json and plots from DIR/raw of an earlier run.
-# --rdma adds the RDMA rows: msgr over soft-RoCE beside ib_send_lat / ib_send_bw / ib_write_bw, --reps
+# --rdma adds the RDMA rows: `msgr bench --stack rdma` over soft-RoCE beside ib_send_lat / ib_send_bw /
+# ib_write_bw (msgr built here with --features rdma), --reps
 # interleaved rounds in ONE qemu guest (scripts/softroce-vm.sh + scripts/rdma-checks.sh; needs the
 # packages ci/test.sh's rdma phase installs); written to DIR/rdma.txt and appended to DIR/compare.md.
 # Needs: sockperf, iperf3, python3 (ci/test.sh installs sockperf and iperf3; `apt-get install sockperf
@@ -545,9 +546,10 @@ PY
 # ---- RDMA rows (--rdma; owner: the RDMA stack) -------------------------------------------------------
 if ((RDMA && !REPORT_ONLY)); then
     echo "==> RDMA rows: msgr over soft-RoCE beside perftest, $REPS rounds in one qemu guest" >&2
-    cargo build --release --features rdma --example rdma_bench --bin msgr >&2
+    # `msgr bench --stack rdma` needs the feature: this rebuilds target/release/msgr with it.
+    cargo build --release --features rdma --bin msgr >&2
     MSGR_RDMA_ROUNDS="$REPS" scripts/softroce-vm.sh -- scripts/rdma-checks.sh - \
-        target/release/examples/rdma_bench "$OUT/rdma.txt" target/release/msgr >&2
+        target/release/msgr "$OUT/rdma.txt" >&2
     {
         echo
         echo "## RDMA (soft-RoCE in a qemu guest; perftest and msgr in the same run)"

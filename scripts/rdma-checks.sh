@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # All RDMA checks of one soft-RoCE guest run (ci/test.sh boots ONE guest and runs this in it):
 #   1. the soft-RoCE integration tests (tests/rdma_softroce.rs, release build), one at a time;
-#   2. perftest (ib_send_lat, ib_send_bw, ib_write_bw as an upper bound) and the msgr RDMA bench
-#      (examples/rdma_bench.rs) on the same device, and the ratios the issue asks for.
+#   2. perftest (ib_send_lat, ib_send_bw, ib_write_bw as an upper bound) and `msgr bench --stack rdma`
+#      on the same device, and the ratios the issue asks for.
 #
-#   scripts/softroce-vm.sh -- scripts/rdma-checks.sh TEST_BINARY BENCH_BINARY [REPORT_FILE [MSGR_CLI]]
+#   scripts/softroce-vm.sh -- scripts/rdma-checks.sh TEST_BINARY MSGR_CLI [REPORT_FILE]
 #
-# TEST_BINARY `-` skips the tests (scripts/compare.sh --rdma uses that for its RDMA rows).
-# With MSGR_CLI (the release `msgr` binary) the report also shows, from the same guest, the round trip of
-# the protocol alone (`msgr bench --stack mem`) and of msgr over kernel TCP (`--stack posix`): what the
-# messenger costs under this emulation, apart from any transport.
+# TEST_BINARY `-` skips the tests (scripts/compare.sh --rdma uses that for its RDMA rows). MSGR_CLI is the
+# release `msgr` built with `--features rdma`. msgr's figures come from its JSON reports (p50_ns of the
+# latency run; msgs_per_sec x size of the throughput run), read with sed/awk only (the guest may lack jq).
+# The report also shows, from the same guest, the round trip of the protocol alone (`msgr bench --stack
+# mem`) and of msgr over kernel TCP (`--stack posix`): what the messenger costs under this emulation,
+# apart from any transport. Client and server workers are pinned to CPUs 0 and 1 (as perftest's two
+# processes would be placed) and spin without sleeping on --stack rdma, as perftest does.
 #
 # Needs SOFTROCE_DEV / SOFTROCE_ADDR / SOFTROCE_GID_INDEX (softroce-vm.sh exports them; on a host with a
 # real device set them yourself). Exit status: the tests' (perftest/bench failures also fail it). The
@@ -19,16 +22,16 @@
 # MSGR_RDMA_ROUNDS times (default 2), interleaved, and the best of each side is compared.
 set -u
 
-TEST_BIN=${1:?usage: rdma-checks.sh TEST_BINARY BENCH_BINARY [REPORT_FILE]}
-BENCH_BIN=${2:?usage: rdma-checks.sh TEST_BINARY BENCH_BINARY [REPORT_FILE]}
+TEST_BIN=${1:?usage: rdma-checks.sh TEST_BINARY MSGR_CLI [REPORT_FILE]}
+MSGR_CLI=${2:?usage: rdma-checks.sh TEST_BINARY MSGR_CLI [REPORT_FILE]}
 REPORT=${3:-}
-MSGR_CLI=${4:-}
 DEV=${SOFTROCE_DEV:?SOFTROCE_DEV is not set: run inside scripts/softroce-vm.sh}
 ADDR=${SOFTROCE_ADDR:?SOFTROCE_ADDR is not set}
 GID=${SOFTROCE_GID_INDEX:-1}
 LAT_SIZE=64
 LAT_ITERS=${MSGR_RDMA_LAT_ITERS:-2000}
 BW_SIZE=1048576
+BW_SIZE_ARG=1m
 BW_ITERS=${MSGR_RDMA_BW_ITERS:-150}
 ROUNDS=${MSGR_RDMA_ROUNDS:-2}
 WORK=$(mktemp -d /tmp/rdma-checks.XXXXXX)
@@ -84,6 +87,19 @@ best() { # best min|max VALUES...: the smallest or largest of the non-empty valu
         }
         END { if (n) print b }'
 }
+# The first record's FIELD from a `msgr bench --json` report (pretty-printed: one "key": value a line).
+json_field() {
+    local file=$1 field=$2
+    sed -n "s/^ *\"$field\": *\([0-9.eE+-]*\),\{0,1\}$/\1/p" "$file" | head -n 1
+}
+# msgr bench over RDMA on this device, bounded by SECS; extra arguments pick mode, size and count.
+msgr_rdma() {
+    local secs=$1 json=$2
+    shift 2
+    rm -f "$json"
+    timeout "$secs" "$MSGR_CLI" bench --stack rdma --rdma-device "$DEV" --rdma-gid-index "$GID" --rdma-addr "$ADDR" \
+        --client-cpus 0 --server-cpus 1 --json "$json" "$@"
+}
 LATS=() SEND_BWS=() WRITE_BWS=() MSGR_RTTS=() MSGR_BWS=()
 for round in $(seq "$ROUNDS"); do
     step "round $round: ib_send_lat -s $LAT_SIZE -n $LAT_ITERS"
@@ -91,20 +107,21 @@ for round in $(seq "$ROUNDS"); do
     # columns: #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%
     LATS+=("$(perftest_col "$WORK/ib_send_lat.client" "$LAT_SIZE" 5)")
 
-    step "round $round: msgr rdma_bench lat --size $LAT_SIZE --count $LAT_ITERS"
-    timeout 300 "$BENCH_BIN" lat --addr "$ADDR" --dev "$DEV" --gid-index "$GID" --size "$LAT_SIZE" \
-        --count "$LAT_ITERS" | tee "$WORK/msgr.lat" || status=1
-    MSGR_RTTS+=("$(sed -n 's/.*"rtt_p50_us":\([0-9.]*\).*/\1/p' "$WORK/msgr.lat")")
+    step "round $round: msgr bench --stack rdma --mode latency --sizes $LAT_SIZE --count $LAT_ITERS"
+    msgr_rdma 300 "$WORK/msgr.lat.json" --mode latency --sizes "$LAT_SIZE" --count "$LAT_ITERS" \
+        --warmup 200 || status=1
+    MSGR_RTTS+=("$(json_field "$WORK/msgr.lat.json" p50_ns | awk 'NF { printf "%.2f", $1 / 1000 }')")
 
     step "round $round: ib_send_bw -s $BW_SIZE -n $BW_ITERS"
     perftest_pair ib_send_bw -s "$BW_SIZE" -n "$BW_ITERS" || status=1
     # columns: #bytes #iterations BW_peak BW_average MsgRate
     SEND_BWS+=("$(perftest_col "$WORK/ib_send_bw.client" "$BW_SIZE" 4)")
 
-    step "round $round: msgr rdma_bench bw --size $BW_SIZE --count $BW_ITERS"
-    timeout 600 "$BENCH_BIN" bw --addr "$ADDR" --dev "$DEV" --gid-index "$GID" --size "$BW_SIZE" \
-        --count "$BW_ITERS" | tee "$WORK/msgr.bw" || status=1
-    MSGR_BWS+=("$(sed -n 's/.*"mib_per_s":\([0-9.]*\).*/\1/p' "$WORK/msgr.bw")")
+    step "round $round: msgr bench --stack rdma --mode throughput --sizes $BW_SIZE_ARG --count $BW_ITERS"
+    msgr_rdma 600 "$WORK/msgr.bw.json" --mode throughput --sizes "$BW_SIZE_ARG" \
+        --count "$BW_ITERS" --warmup 16 || status=1
+    MSGR_BWS+=("$(json_field "$WORK/msgr.bw.json" msgs_per_sec |
+        awk -v s="$BW_SIZE" 'NF { printf "%.2f", $1 * s / 1048576 }')")
 
     step "round $round: ib_write_bw -s $BW_SIZE -n $BW_ITERS (upper bound)"
     perftest_pair ib_write_bw -s "$BW_SIZE" -n "$BW_ITERS" || status=1
@@ -120,16 +137,14 @@ WRITE_BW=$(best max "${WRITE_BWS[@]}")
 
 # msgr's own round trip without RDMA, for scale: the protocol alone and over kernel TCP.
 MEM_RTT="" POSIX_RTT=""
-if [[ -n "$MSGR_CLI" ]]; then
-    for stack in mem posix; do
-        step "msgr bench --stack $stack --sizes $LAT_SIZE (reference)"
-        timeout 300 "$MSGR_CLI" bench --stack "$stack" --sizes "$LAT_SIZE" --count "$LAT_ITERS" --warmup 200 \
-            | tee "$WORK/msgr.$stack" || status=1
-        # table row: size wire_B conns count p50 ...
-        v=$(awk -v s="$LAT_SIZE" '$1 == s && NF >= 5 { print $5; exit }' "$WORK/msgr.$stack")
-        if [[ "$stack" == mem ]]; then MEM_RTT=$v; else POSIX_RTT=$v; fi
-    done
-fi
+for stack in mem posix; do
+    step "msgr bench --stack $stack --sizes $LAT_SIZE (reference)"
+    timeout 300 "$MSGR_CLI" bench --stack "$stack" --sizes "$LAT_SIZE" --count "$LAT_ITERS" --warmup 200 \
+        | tee "$WORK/msgr.$stack" || status=1
+    # table row: size wire_B conns count p50 ...
+    v=$(awk -v s="$LAT_SIZE" '$1 == s && NF >= 5 { print $5; exit }' "$WORK/msgr.$stack")
+    if [[ "$stack" == mem ]]; then MEM_RTT=$v; else POSIX_RTT=$v; fi
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 verdict() { # verdict RATIO OP LIMIT
@@ -148,10 +163,8 @@ WBW_RATIO=$(ratio "$MSGR_BW" "$WRITE_BW")
         "$BW_RATIO" ">= 0.7 x ib_send_bw: $(verdict "$BW_RATIO" '>=' 0.7)"
     printf '%-34s %12s %12s %8s  %s\n' "throughput 1 MiB vs ib_write_bw" "${MSGR_BW:-n/a}" "${WRITE_BW:-n/a}" \
         "$WBW_RATIO" "(upper bound, no target)"
-    if [[ -n "$MSGR_CLI" ]]; then
-        echo "for scale, same guest: msgr round trip 64 B p50 (us): protocol alone (--stack mem) ${MEM_RTT:-n/a}," \
-            "over kernel TCP (--stack posix) ${POSIX_RTT:-n/a}, over RDMA ${MSGR_RTT:-n/a}"
-    fi
+    echo "for scale, same guest: msgr round trip 64 B p50 (us): protocol alone (--stack mem) ${MEM_RTT:-n/a}," \
+        "over kernel TCP (--stack posix) ${POSIX_RTT:-n/a}, over RDMA (--stack rdma) ${MSGR_RTT:-n/a}"
 } | tee "$WORK/report"
 if [[ -n "$REPORT" ]]; then
     cp "$WORK/report" "$REPORT"

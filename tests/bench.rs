@@ -100,6 +100,7 @@ const HEADER_SCHEMA: &[(&str, Kind)] = &[
     ("msgr_version", Kind::Str),
     ("git_commit", Kind::OptStr),
     ("stack", Kind::Str),
+    ("device", Kind::OptStr),
     ("mode", Kind::Str),
     ("conn_mode", Kind::Str),
     ("processes", Kind::Str),

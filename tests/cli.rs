@@ -47,6 +47,9 @@ fn help_lists_every_subcommand_and_each_has_its_own_help() {
                 "--duration",
                 "--inject-delay-ms",
                 "--client-cpus",
+                "--rdma-device",
+                "--rdma-gid-index",
+                "--rdma-addr",
                 "serve",
                 "run",
             ],
@@ -194,7 +197,88 @@ fn bench_usage_errors_exit_2_with_a_reason() {
         (&["bench", "run"], "ADDR"),
         (&["bench", "run", "not-an-address"], "not-an-address"),
         (&["bench", "serve", "--bind", "nowhere"], "--bind"),
+        (
+            &["bench", "--rdma-addr", "10.0.0.1"],
+            "go with --stack rdma",
+        ),
+        (
+            &["bench", "--stack", "mem", "--rdma-device", "rxe0"],
+            "go with --stack rdma",
+        ),
+        (&["bench", "--rdma-gid-index=-1"], "--rdma-gid-index"),
+        (&["bench", "serve", "--stack", "mem"], "posix or rdma"),
+        (
+            &["bench", "serve", "--rdma-device", "rxe0"],
+            "go with --stack rdma",
+        ),
     ];
+    for (args, reason) in cases {
+        let out = msgr(args, Duration::from_secs(20));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// `--stack rdma` in a build without the `rdma` feature names the feature; with it, addresses rdma_cm
+/// cannot use are refused before any device is opened.
+#[test]
+fn bench_stack_rdma_usage_errors_exit_2() {
+    let cases: &[(&[&str], &str)] = if cfg!(feature = "rdma") {
+        &[
+            (
+                &["bench", "--stack", "rdma", "--rdma-addr", "127.0.0.1"],
+                "rdma_cm",
+            ),
+            (
+                &[
+                    "bench",
+                    "run",
+                    "10.0.0.1:6800",
+                    "--stack",
+                    "rdma",
+                    "--rdma-addr",
+                    "10.0.0.2",
+                ],
+                "--rdma-addr",
+            ),
+            (
+                &[
+                    "bench",
+                    "serve",
+                    "--stack",
+                    "rdma",
+                    "--bind",
+                    "10.0.0.1:0",
+                    "--rdma-addr",
+                    "10.0.0.1",
+                ],
+                "not both",
+            ),
+        ]
+    } else {
+        &[
+            (&["bench", "--stack", "rdma"], "--features rdma"),
+            (
+                &[
+                    "bench",
+                    "--stack",
+                    "rdma",
+                    "--mode",
+                    "throughput",
+                    "--sizes",
+                    "1m",
+                ],
+                "--features rdma",
+            ),
+            (
+                &["bench", "run", "10.0.0.1:6800", "--stack", "rdma"],
+                "--features rdma",
+            ),
+            (&["bench", "serve", "--stack", "rdma"], "--features rdma"),
+        ]
+    };
     for (args, reason) in cases {
         let out = msgr(args, Duration::from_secs(20));
         let stderr = text(&out.stderr);

@@ -14,8 +14,8 @@
 //! and a progress bar on stderr for runs over a second when stderr is a terminal ([`progress`]).
 //!
 //! Layout: [`BenchArgs`] is the command line, [`run_to`] checks it and picks the stack; [`driver`] is the
-//! client side of every posix run (the in-memory pair, [`latency::MemPingPong`], has latency only);
-//! [`serve`] is the server; [`report`] turns histograms into [`SizeResult`]s, the table and the JSON.
+//! client side of every messenger run (posix, rdma) (the in-memory pair, [`latency::MemPingPong`], has latency only);
+//! [`serve`] is the server; [`rdma`] has the `--stack rdma` options (cargo feature `rdma`); [`report`] turns histograms into [`SizeResult`]s, the table and the JSON.
 //!
 //! Invariants: warm-up samples never reach a histogram; every record in a report has the count asked
 //! for (or, duration-bound, what was measured in that time); output files are created before the run,
@@ -25,6 +25,7 @@ pub mod driver;
 pub mod latency;
 pub mod plot;
 pub mod progress;
+pub mod rdma;
 pub mod report;
 pub mod security;
 pub mod serve;
@@ -39,6 +40,7 @@ use crate::event::WorkerConfig;
 use crate::proto::types::{AddrVec, EntityAddr};
 use crate::stack::fault::{FaultConfig, FaultStack};
 use crate::stack::posix::PosixStack;
+use crate::stack::NetworkStack;
 
 pub use driver::{Load, Measured, Shape, Traffic};
 pub use latency::{EchoDispatcher, BENCH_ACK_TYPE, BENCH_MSG_TYPE, BENCH_STREAM_TYPE};
@@ -77,7 +79,10 @@ latency runs from the message's intended send time, so stalls are not hidden (co
 With --stack posix the server is a messenger in this process on 127.0.0.1 (its own worker threads), or \
 in another process: start `msgr bench serve`, then `msgr bench run ADDR`. With --stack mem the client \
 and server are the protocol state machines back to back in memory (latency only: the protocol's cost \
-alone).\n\n\
+alone). With --stack rdma (a build with `--features rdma`) both messengers run over RDMA (RC queue pairs, \
+rdma_cm) on --rdma-device, the server listening on --rdma-addr, an address of the device's network \
+interface (default: $SOFTROCE_ADDR, else the IPv4 address in the device's GID at --rdma-gid-index); \
+its workers spin without sleeping, as perftest does.\n\n\
 The table shows, per size, p50/p90/p99/p99.9/max in µs, msgs/s over all connections and payload Gbit/s \
 (both directions for echoed modes, one for throughput). --json FILE writes the same figures with a \
 header (version, commit, stack, pinning, load average, CPU, kernel); --svg FILE draws latency by \
@@ -88,6 +93,7 @@ msgr bench --stack posix --mode latency --sizes 64,4k --json out.json --svg out.
 msgr bench --mode throughput --sizes 4k,64k,1m --window 32 --duration 3\n  \
 msgr bench --mode fanin --connections 256 --sizes 64\n  \
 msgr bench --sizes 64 --rate 20000 --count 100000\n  \
+msgr bench --stack rdma --rdma-device rxe0 --rdma-addr 192.168.77.1 --mode throughput --sizes 1m\n  \
 taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 &  taskset -c 0 msgr bench run 127.0.0.1:6800";
 
 /// `msgr bench [OPTIONS]`, `msgr bench run ADDR [OPTIONS]`, `msgr bench serve [OPTIONS]`.
@@ -129,9 +135,13 @@ pub struct BenchRunArgs {
 /// What to measure and how.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Network stack: posix (kernel TCP) or mem (in-memory protocol pair, latency only).
+    /// Network stack: posix (kernel TCP), mem (in-memory protocol pair, latency only) or rdma (needs a
+    /// build with --features rdma).
     #[arg(long, value_enum, default_value_t = StackKind::Posix)]
     pub stack: StackKind,
+
+    #[command(flatten)]
+    pub rdma: rdma::RdmaArgs,
 
     /// What to measure: latency, throughput or fanin.
     #[arg(long, value_enum, default_value_t = Mode::Latency)]
@@ -228,14 +238,16 @@ fn parse_delay_ms(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Stacks `msgr bench` runs over. Kernel-bypass stacks (`dpdk`, `rdma`) join as variants when they are
-/// built; each variant maps to a `NetworkStack` in [`run_to`].
+/// Stacks `msgr bench` runs over; each variant maps to a `NetworkStack` in [`run_to`]. A kernel-bypass
+/// variant exists in every build, so that a build without its cargo feature can say which feature it needs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StackKind {
     /// Kernel TCP over 127.0.0.1, a server and a client messenger in this process.
     Posix,
     /// The protocol state machines back to back in memory: no sockets, no threads.
     Mem,
+    /// RDMA (RC queue pairs through libibverbs, rdma_cm): needs the cargo feature `rdma`.
+    Rdma,
 }
 
 impl StackKind {
@@ -243,6 +255,7 @@ impl StackKind {
         match self {
             StackKind::Posix => "posix",
             StackKind::Mem => "mem",
+            StackKind::Rdma => "rdma",
         }
     }
 }
@@ -303,6 +316,8 @@ struct Plan {
     load: Load,
     workers: usize,
     server: Option<(String, AddrVec)>,
+    /// `--stack rdma`: device, GID index, listening address.
+    rdma: Option<rdma::Target>,
 }
 
 fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
@@ -391,6 +406,19 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
             ));
         }
     }
+    let rdma = match args.stack {
+        StackKind::Rdma if !cfg!(feature = "rdma") => return Err(rdma::not_built()),
+        StackKind::Rdma => Some(rdma::resolve(
+            &args.rdma,
+            server.is_none(),
+            std::env::var(rdma::ADDR_ENV).ok().as_deref(),
+            std::path::Path::new(rdma::SYSFS_INFINIBAND),
+        )?),
+        other => {
+            rdma::check_unused(&args.rdma, other.name())?;
+            None
+        }
+    };
     if server.is_some() && !args.server_cpus.is_empty() {
         return usage(
             "--server-cpus pins an in-process server; pin `msgr bench serve` itself".into(),
@@ -420,6 +448,7 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
         },
         workers,
         server,
+        rdma,
     })
 }
 
@@ -437,6 +466,63 @@ fn worker_config(threads: usize, cpus: &[usize], name: &str) -> WorkerConfig {
 /// The CPUs `wc`'s workers will be pinned to.
 fn pinned(wc: &WorkerConfig) -> Vec<usize> {
     wc.core_plan().into_iter().flatten().map(|c| c.id).collect()
+}
+
+/// Starts the in-process server on a stack from `new_stack` listening on `bind` (unless `plan` names a
+/// server), connects the client (on another stack from `new_stack`, behind a [`FaultStack`] with
+/// `inject_delay_ms`), hands it to `body`, then shuts the client down and the server after it.
+fn with_client<N: NetworkStack>(
+    new_stack: &mut dyn FnMut() -> Result<N, String>,
+    bind: SocketAddr,
+    plan: &Plan,
+    inject_delay_ms: Option<f64>,
+    (server_wc, client_wc): (WorkerConfig, WorkerConfig),
+    security: &security::Security,
+    body: &mut dyn FnMut(&mut dyn driver::Runner) -> Result<(), BenchError>,
+) -> Result<(), BenchError> {
+    let stack_name = &plan.run_shape.stack;
+    let set_up = |e: String| BenchError::Failed(format!("{stack_name} set-up: {e}"));
+    // The in-process server, unless one was named; dropped (stopped) after the client.
+    let local = match &plan.server {
+        Some(_) => None,
+        None => Some(
+            BenchServer::start(
+                new_stack().map_err(set_up)?,
+                &[bind],
+                server_wc,
+                rand::random::<u32>() | 1,
+                security,
+            )
+            .map_err(|e| BenchError::Failed(format!("{stack_name} server on {bind}: {e}")))?,
+        ),
+    };
+    let target = match (&plan.server, &local) {
+        (Some((_, addrs)), _) => addrs.clone(),
+        (None, Some(s)) => s.addrs().clone(),
+        (None, None) => return Err(BenchError::Failed("no server".into())),
+    };
+    let stack = new_stack().map_err(set_up)?;
+    let mut client = match inject_delay_ms {
+        None => driver::Client::boxed(stack, client_wc, &target, plan.shape, security),
+        Some(ms) => driver::Client::boxed(
+            FaultStack::new(
+                stack,
+                FaultConfig {
+                    read_delay: Duration::from_secs_f64(ms / 1000.0),
+                    ..FaultConfig::default()
+                },
+            ),
+            client_wc,
+            &target,
+            plan.shape,
+            security,
+        ),
+    }
+    .map_err(set_up)?;
+    let outcome = body(&mut *client);
+    client.shutdown();
+    drop(local);
+    outcome
 }
 
 /// Runs the benchmark described by `args` (against `server`, an address, when given; else against a
@@ -461,8 +547,12 @@ pub fn run_to(
         create(path)?;
     }
 
-    let client_wc = worker_config(plan.workers, &args.client_cpus, "bench-client");
-    let server_wc = worker_config(plan.workers, &args.server_cpus, "bench-server");
+    let mut client_wc = worker_config(plan.workers, &args.client_cpus, "bench-client");
+    let mut server_wc = worker_config(plan.workers, &args.server_cpus, "bench-server");
+    if args.stack == StackKind::Rdma {
+        rdma::tune(&mut client_wc);
+        rdma::tune(&mut server_wc);
+    }
     let mem = args.stack == StackKind::Mem;
     let mut header = Header::describe(
         &plan.run_shape,
@@ -505,8 +595,20 @@ pub fn run_to(
     };
     let security = security::Security::new(args.con_mode);
     let mut progress = progress::Progress::new(true);
-    match args.stack {
-        StackKind::Mem => {
+    let mut sizes = |client: &mut dyn driver::Runner| -> Result<(), BenchError> {
+        for &size in &args.sizes {
+            let msg = latency::traffic_message(size, plan.shape.traffic);
+            progress.label(&format_size(size));
+            let m = client
+                .run(&msg, &plan.load, &mut progress)
+                .map_err(|e| failed(size, e))?;
+            record(size, m, latency::wire_bytes(&msg), out);
+        }
+        Ok(())
+    };
+    let wcs = (server_wc, client_wc);
+    match (args.stack, &plan.rdma) {
+        (StackKind::Mem, _) => {
             let mut pp = latency::MemPingPong::new(&security).map_err(BenchError::Failed)?;
             for &size in &args.sizes {
                 let msg = latency::bench_message(size);
@@ -516,68 +618,40 @@ pub fn run_to(
                 record(size, m, latency::wire_bytes(&msg), out);
             }
         }
-        StackKind::Posix => {
-            // The in-process server, unless one was named; dropped (stopped) after the client.
-            let local = match &plan.server {
-                Some(_) => None,
-                None => Some(
-                    BenchServer::start(
-                        PosixStack::new(),
-                        &[SocketAddr::from(([127, 0, 0, 1], 0))],
-                        server_wc,
-                        rand::random::<u32>() | 1,
-                        &security,
-                    )
-                    .map_err(|e| BenchError::Failed(format!("posix loopback server: {e}")))?,
+        (StackKind::Posix, _) => with_client(
+            &mut || Ok(PosixStack::new()),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &plan,
+            args.inject_delay_ms,
+            wcs,
+            &security,
+            &mut sizes,
+        )?,
+        #[cfg(feature = "rdma")]
+        (StackKind::Rdma, Some(target)) => {
+            let mut device = None;
+            let outcome = with_client(
+                &mut || {
+                    let stack = rdma::stack(target)?;
+                    device = Some(stack.device_info().name.clone());
+                    Ok(stack)
+                },
+                SocketAddr::new(
+                    target
+                        .addr
+                        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+                    0,
                 ),
-            };
-            let target = match (&plan.server, &local) {
-                (Some((_, addrs)), _) => addrs.clone(),
-                (None, Some(s)) => s.addrs().clone(),
-                (None, None) => return Err(BenchError::Failed("no server".into())),
-            };
-            let shape = plan.shape;
-            let connect = |r: Result<Box<dyn driver::Runner>, String>| {
-                r.map_err(|e| BenchError::Failed(format!("{} set-up: {e}", plan.run_shape.stack)))
-            };
-            let mut client = match args.inject_delay_ms {
-                None => connect(driver::Client::boxed(
-                    PosixStack::new(),
-                    client_wc,
-                    &target,
-                    shape,
-                    &security,
-                ))?,
-                Some(ms) => connect(driver::Client::boxed(
-                    FaultStack::new(
-                        PosixStack::new(),
-                        FaultConfig {
-                            read_delay: Duration::from_secs_f64(ms / 1000.0),
-                            ..FaultConfig::default()
-                        },
-                    ),
-                    client_wc,
-                    &target,
-                    shape,
-                    &security,
-                ))?,
-            };
-            let mut outcome = Ok(());
-            for &size in &args.sizes {
-                let msg = latency::traffic_message(size, shape.traffic);
-                progress.label(&format_size(size));
-                match client.run(&msg, &plan.load, &mut progress) {
-                    Ok(m) => record(size, m, latency::wire_bytes(&msg), out),
-                    Err(e) => {
-                        outcome = Err(failed(size, e));
-                        break;
-                    }
-                }
-            }
-            client.shutdown();
-            outcome?;
-            drop(local);
+                &plan,
+                args.inject_delay_ms,
+                wcs,
+                &security,
+                &mut sizes,
+            );
+            header.device = device;
+            outcome?
         }
+        (StackKind::Rdma, _) => return Err(rdma::not_built()),
     }
 
     header.finish(started.elapsed());

@@ -54,6 +54,8 @@ pub struct Header {
     /// The build's git commit (`MSGR_GIT_COMMIT` at build time, else `git rev-parse HEAD` at run time).
     pub git_commit: Option<String>,
     pub stack: String,
+    /// The device a kernel-bypass stack ran on (rdma: the verbs device); `None` for posix and mem.
+    pub device: Option<String>,
     pub mode: String,
     /// msgr2 connection mode (`crc`; `secure` needs cephx).
     pub conn_mode: String,
@@ -288,6 +290,7 @@ impl Header {
             msgr_version: env!("CARGO_PKG_VERSION").to_string(),
             git_commit: git_commit(),
             stack: shape.stack.clone(),
+            device: None,
             mode: shape.mode.clone(),
             conn_mode: "crc".into(),
             processes: info.processes.to_string(),

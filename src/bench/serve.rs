@@ -17,8 +17,13 @@ use crate::stack::posix::PosixStack;
 use crate::stack::NetworkStack;
 
 use super::latency::EchoDispatcher;
+use super::rdma::{self, RdmaArgs};
 use super::report::Cpus;
-use super::{BenchError, MAX_WORKERS};
+use super::{BenchError, StackKind, MAX_WORKERS};
+
+/// `--bind` when none is given (rdma: this port on the `--rdma-addr` address).
+pub const DEFAULT_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6800);
 
 /// A running benchmark server; stopped on drop.
 pub struct BenchServer<N: NetworkStack> {
@@ -65,19 +70,31 @@ impl<N: NetworkStack> Drop for BenchServer<N> {
     }
 }
 
-/// `msgr bench serve [--bind ADDR] [--workers N] [--cpus LIST] [--duration SECS]`
+/// `msgr bench serve [--stack posix|rdma] [--bind ADDR] [--workers N] [--cpus LIST] [--duration SECS]`
 #[derive(clap::Args, Debug, Clone)]
 #[command(
     long_about = "Run a benchmark server for `msgr bench run ADDR` in another process.\n\n\
 It listens on --bind (a msgr2.1 OSD-type server, auth none, crc mode, address nonce 0 so that \
 IP:PORT alone names it), prints \"listening on v2:IP:PORT/0\", echoes benchmark messages and acks streamed ones, and runs for \
---duration seconds or until killed.",
-    after_help = "Example:\n  taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 --cpus 1"
+--duration seconds or until killed.\n\n\
+With --stack rdma (a build with `--features rdma`) it listens over RDMA on --rdma-device: on --bind, or \
+else on port 6800 of --rdma-addr (default: $SOFTROCE_ADDR, else the IPv4 address in the device's GID); \
+its workers spin without sleeping. Clients: `msgr bench run IP:6800 --stack rdma`.",
+    after_help = "Examples:\n  taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 --cpus 1\n  \
+msgr bench serve --stack rdma --rdma-device rxe0 --rdma-addr 192.168.77.1"
 )]
 pub struct BenchServeArgs {
-    /// Address to listen on, IP:PORT (IPv6 in brackets); port 0 picks a free port.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6800")]
-    pub bind: SocketAddr,
+    /// Network stack: posix (kernel TCP) or rdma (needs a build with --features rdma).
+    #[arg(long, value_enum, default_value_t = StackKind::Posix)]
+    pub stack: StackKind,
+
+    #[command(flatten)]
+    pub rdma: RdmaArgs,
+
+    /// Address to listen on, IP:PORT (IPv6 in brackets); port 0 picks a free port [default:
+    /// 127.0.0.1:6800; rdma: port 6800 on --rdma-addr].
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
 
     /// Worker threads.
     #[arg(long, value_name = "N", default_value_t = 1,
@@ -93,20 +110,79 @@ pub struct BenchServeArgs {
     pub duration: Option<f64>,
 }
 
+/// Where `msgr bench serve` listens, and on which RDMA device (rdma only).
+fn bind_plan(args: &BenchServeArgs) -> Result<(SocketAddr, Option<rdma::Target>), BenchError> {
+    match args.stack {
+        StackKind::Posix => {
+            rdma::check_unused(&args.rdma, "posix")?;
+            Ok((args.bind.unwrap_or(DEFAULT_BIND), None))
+        }
+        StackKind::Mem => Err(BenchError::Usage(
+            "bench serve runs over --stack posix or rdma (mem is an in-process pair)".into(),
+        )),
+        StackKind::Rdma if !cfg!(feature = "rdma") => Err(rdma::not_built()),
+        StackKind::Rdma => {
+            let sysfs = std::path::Path::new(rdma::SYSFS_INFINIBAND);
+            match args.bind {
+                Some(_) if args.rdma.addr.is_some() => Err(BenchError::Usage(
+                    "give --bind IP:PORT or --rdma-addr IP, not both".into(),
+                )),
+                Some(bind) => Ok((bind, Some(rdma::resolve(&args.rdma, false, None, sysfs)?))),
+                None => {
+                    let env = std::env::var(rdma::ADDR_ENV).ok();
+                    let target = rdma::resolve(&args.rdma, true, env.as_deref(), sysfs)?;
+                    let ip = target.addr.ok_or_else(|| {
+                        BenchError::Usage("--stack rdma needs --rdma-addr".into())
+                    })?;
+                    Ok((SocketAddr::new(ip, DEFAULT_BIND.port()), Some(target)))
+                }
+            }
+        }
+    }
+}
+
 /// Runs `msgr bench serve`: prints the address line, then serves until the duration ends.
 pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchError> {
+    let (bind, target) = bind_plan(args)?;
     let workers = usize::try_from(args.workers).unwrap_or(1);
-    let wc = super::worker_config(workers, &args.cpus, "bench-serve");
+    let mut wc = super::worker_config(workers, &args.cpus, "bench-serve");
+    if target.is_some() {
+        rdma::tune(&mut wc);
+    }
     let cpus = Cpus::of_this_process(&super::pinned(&wc));
+    let failed = |e: String| BenchError::Failed(format!("bench server on {bind}: {e}"));
     // Nonce 0: clients may name this server by IP:PORT alone.
-    let server = BenchServer::start(
-        PosixStack::new(),
-        &[args.bind],
-        wc,
-        0,
-        &super::security::Security::default(),
-    )
-    .map_err(|e| BenchError::Failed(format!("bench server: {e}")))?;
+    let security = super::security::Security::default();
+    match &target {
+        None => serve_on(
+            BenchServer::start(PosixStack::new(), &[bind], wc, 0, &security).map_err(failed)?,
+            (workers, &cpus),
+            args.duration,
+            out,
+        ),
+        #[cfg(feature = "rdma")]
+        Some(t) => {
+            let stack = rdma::stack(t).map_err(failed)?;
+            let _ = writeln!(out, "rdma device {}", stack.device_info().name);
+            serve_on(
+                BenchServer::start(stack, &[bind], wc, 0, &security).map_err(failed)?,
+                (workers, &cpus),
+                args.duration,
+                out,
+            )
+        }
+        #[cfg(not(feature = "rdma"))]
+        Some(_) => Err(rdma::not_built()),
+    }
+}
+
+/// Prints the address line, then serves until `duration` ends (or forever).
+fn serve_on<N: NetworkStack>(
+    server: BenchServer<N>,
+    (workers, cpus): (usize, &Cpus),
+    duration: Option<f64>,
+    out: &mut dyn Write,
+) -> Result<(), BenchError> {
     for a in &server.addrs().0 {
         let _ = writeln!(out, "osd listening on {a}");
     }
@@ -117,7 +193,7 @@ pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchErro
     );
     let _ = out.flush();
     let started = Instant::now();
-    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    let deadline = duration.map(|d| started + Duration::from_secs_f64(d));
     loop {
         let now = Instant::now();
         match deadline {
