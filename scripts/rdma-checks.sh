@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # All RDMA checks of one soft-RoCE guest run (ci/test.sh boots ONE guest and runs this in it):
-#   1. the soft-RoCE integration tests (tests/rdma_softroce.rs, release build), one at a time;
+#   1. the soft-RoCE integration tests (tests/rdma_softroce.rs, release build), one at a time, and a
+#      registration refused for RLIMIT_MEMLOCK (msgr as an unprivileged uid with a 64 KiB limit must
+#      fail with an error naming the limit);
 #   2. perftest (ib_send_lat, ib_send_bw, ib_write_bw as an upper bound) and `msgr bench --stack rdma`
 #      on the same device, and the ratios the issue asks for.
 #
@@ -46,6 +48,26 @@ else
     step "rdma_softroce tests on $DEV ($ADDR, GID index $GID)"
     if ! timeout 900 "$TEST_BIN" --test-threads=1; then
         echo "rdma-checks: the soft-RoCE tests FAILED" >&2
+        status=1
+    fi
+fi
+
+# A registration refused for RLIMIT_MEMLOCK must fail clearly, naming the limit. Root ignores the limit
+# (CAP_IPC_LOCK), so this runs msgr as an unprivileged uid with a 64 KiB lock limit; the verbs device
+# nodes are opened up for it (this guest is throw-away).
+if [[ "$TEST_BIN" != "-" ]]; then
+    step "RLIMIT_MEMLOCK: msgr bench --stack rdma as uid 65534 with memlock 64 KiB must fail naming the limit"
+    chmod 666 /dev/infiniband/* 2>/dev/null
+    if (cd / && timeout 60 prlimit --memlock=65536:65536 setpriv --reuid=65534 --regid=65534 --clear-groups \
+        "$MSGR_CLI" bench --stack rdma --rdma-device "$DEV" --rdma-gid-index "$GID" --rdma-addr "$ADDR" \
+        --sizes 64 --count 10 --warmup 0) >"$WORK/memlock.out" 2>&1; then
+        echo "rdma-checks: msgr ran with a 64 KiB RLIMIT_MEMLOCK: expected a registration failure" >&2
+        status=1
+    elif grep -q "RLIMIT_MEMLOCK is 65536" "$WORK/memlock.out"; then
+        echo "ok: $(grep -m1 RLIMIT_MEMLOCK "$WORK/memlock.out")"
+    else
+        echo "rdma-checks: the failure does not name RLIMIT_MEMLOCK and its value:" >&2
+        cat "$WORK/memlock.out" >&2
         status=1
     fi
 fi
