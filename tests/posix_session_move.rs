@@ -116,7 +116,10 @@ struct Keeper {
 
 impl Dispatcher for Keeper {
     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
-        self.conn.lock().unwrap().get_or_insert_with(|| conn.clone());
+        self.conn
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| conn.clone());
         self.sink.ms_dispatch(conn, msg)
     }
     fn ms_handle_reset(&self, conn: &ConnectionRef, why: &Error) {
