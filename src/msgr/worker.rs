@@ -4,7 +4,9 @@
 //!
 //! Invariants: every connection in `conns` belongs to this worker; a socket id maps to at most one
 //! connection; the throttle budget a message took is returned exactly once (when the protocol lets go
-//! of it, or when it is discarded undelivered).
+//! of it, or when it is discarded undelivered). A session moving between workers (a reconnect whose
+//! socket cannot follow it, see `fetch_session`) is in no worker's maps while in flight, and its handle
+//! already names the destination worker, which drains the command queue once it has adopted it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -502,7 +504,8 @@ impl<S: WorkerStack> Handler<S> {
             }
             Some((w, _)) if w == self.index => {
                 // Our own connection to this peer is registered but not created yet (connect_to just
-                // ran): it is about to dial. Ask the peer to wait, as for a race it loses.
+                // ran: it is about to dial), or is being moved here for another request. Ask the peer
+                // to wait, as for a race it loses.
                 drop(reg);
                 if let Some(conn) = self.conns.get_mut(&id) {
                     let res = conn.proto.resolve_session_wait(now);
