@@ -24,6 +24,8 @@ pub struct WorkerCounters {
     pub accepted: AtomicU64,
     pub connections: AtomicU64,
     pub dropped_bad_peers: AtomicU64,
+    /// Sessions moved to this worker because a reconnect arrived here and the socket could not move.
+    pub sessions_moved: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -75,6 +77,8 @@ pub struct CountersSnapshot {
     pub connections: u64,
     /// Peers dropped for bad input (garbage, bad banner, oversized frame, timeout mid-handshake).
     pub dropped_bad_peers: u64,
+    /// Sessions moved between workers to meet a reconnect whose socket could not move (DPDK).
+    pub sessions_moved: u64,
     /// Socket failures injected by the fault-injection stack, if any.
     pub injected_faults: u64,
     pub send_throttle: Option<ThrottleStats>,
@@ -98,6 +102,7 @@ impl CountersSnapshot {
             s.accepted += w.accepted.load(Relaxed);
             s.connections += w.connections.load(Relaxed);
             s.dropped_bad_peers += w.dropped_bad_peers.load(Relaxed);
+            s.sessions_moved += w.sessions_moved.load(Relaxed);
         }
         s
     }

@@ -6,7 +6,8 @@
 //! perf counters.
 //!
 //! Invariants:
-//! - a connection lives on one worker; other threads reach it only through its command queue plus one
+//! - a connection lives on one worker at a time (a session moves only to meet a reconnect whose socket
+//!   cannot move, e.g. on DPDK); other threads reach it only through its command queue plus one
 //!   external event per batch (`ConnectionRef::send` never touches a socket or a lock shared with the
 //!   data path of another worker);
 //! - dispatcher callbacks run on the connection's worker thread, in order; a slow dispatcher stalls reads
@@ -124,8 +125,10 @@ pub(crate) struct Shared {
     pub counters: Vec<Arc<WorkerCounters>>,
     pub throttle: Arc<Throttle>,
     pub stopping: AtomicBool,
-    /// Per worker: where other threads post "connection N has commands" (set when the worker starts).
-    pub kickers: Vec<OnceLock<Kicker>>,
+    /// Per worker: where other threads post "connection N has commands" (set when the worker starts,
+    /// before any connection exists). Shared with every connection handle, which looks up its current
+    /// worker's entry at kick time: a session can move between workers (see `worker::Handler::resolve`).
+    pub kickers: Arc<[OnceLock<Kicker>]>,
 }
 
 /// A worker's kick queue and wake-up.
@@ -144,13 +147,21 @@ impl Shared {
 }
 
 /// Per-connection state shared between the owning worker and handles held by other threads.
+///
+/// `worker` changes only while the connection is in no worker's map (in flight between two workers, see
+/// `worker::Handler::give_up_session`); the new owner drains the command queue after adopting it, so a
+/// kick that reached the old worker (which ignores ids it does not have) loses nothing.
 pub(crate) struct ConnShared {
     pub id: ConnId,
-    pub worker: usize,
+    /// The worker that owns (or is about to own) the connection.
+    pub worker: AtomicUsize,
     pub commands: crossbeam_channel::Sender<Command>,
     pub scheduled: AtomicBool,
     pub closed: AtomicBool,
-    pub kick: Box<dyn Fn(ConnId) + Send + Sync>,
+    /// The messenger's kick queues, by worker (`Shared::kickers`).
+    pub kickers: Arc<[OnceLock<Kicker>]>,
+    /// The messenger's `Shared` address, to recognise its own worker threads (`CURRENT_WORKER`).
+    pub messenger: usize,
     pub throttle: Arc<Throttle>,
     pub peer: Mutex<PeerInfo>,
 }
@@ -208,7 +219,7 @@ impl std::fmt::Debug for ConnectionRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionRef")
             .field("id", &self.0.id)
-            .field("worker", &self.0.worker)
+            .field("worker", &self.0.worker.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -216,6 +227,25 @@ impl std::fmt::Debug for ConnectionRef {
 impl PartialEq for ConnectionRef {
     fn eq(&self, other: &Self) -> bool {
         self.0.id == other.0.id
+    }
+}
+
+impl ConnShared {
+    /// Post this connection's id on its current worker's kick queue, waking that worker unless this is
+    /// its own thread (it drains the queue before it sleeps again). No allocation: the queue allocates in
+    /// blocks.
+    fn kick(&self) {
+        let w = self.worker.load(Ordering::Acquire);
+        let Some(k) = self.kickers.get(w).and_then(|k| k.get()) else {
+            // Not reachable once the messenger has started (handles exist only after that); leave the
+            // commands queued and let the next send try again.
+            self.scheduled.store(false, Ordering::Release);
+            return;
+        };
+        if k.queue.send(self.id).is_ok() && CURRENT_WORKER.with(|c| c.get()) != (self.messenger, w)
+        {
+            let _ = k.waker.wake();
+        }
     }
 }
 
@@ -277,7 +307,7 @@ impl ConnectionRef {
 
     fn schedule(&self) {
         if !self.0.scheduled.swap(true, Ordering::AcqRel) {
-            (self.0.kick)(self.0.id);
+            self.0.kick();
         }
     }
 }
@@ -307,7 +337,10 @@ impl<N: NetworkStack> Messenger<N> {
                 .collect(),
             throttle,
             stopping: AtomicBool::new(false),
-            kickers: (0..threads).map(|_| OnceLock::new()).collect(),
+            kickers: (0..threads)
+                .map(|_| OnceLock::new())
+                .collect::<Vec<_>>()
+                .into(),
             config,
         };
         Messenger {
@@ -438,11 +471,11 @@ impl<N: NetworkStack> Messenger<N> {
             if let Some(existing) = reg.get(addrs).filter(|c| !c.is_closed()) {
                 return Ok(existing.clone());
             }
-            let (conn, rx) = worker::new_handle(&self.shared, remotes, w);
+            let (conn, rx) = worker::new_handle(&self.shared, w);
             reg.insert(addrs.clone(), conn.clone());
             (conn, rx)
         } else {
-            worker::new_handle(&self.shared, remotes, w)
+            worker::new_handle(&self.shared, w)
         };
         // Count it now so that a burst of connects spreads over the workers.
         self.shared.load[w].fetch_add(1, Ordering::Relaxed);

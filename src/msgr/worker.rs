@@ -4,11 +4,13 @@
 //!
 //! Invariants: every connection in `conns` belongs to this worker; a socket id maps to at most one
 //! connection; the throttle budget a message took is returned exactly once (when the protocol lets go
-//! of it, or when it is discarded undelivered).
+//! of it, or when it is discarded undelivered). A session moving between workers (a reconnect whose
+//! socket cannot follow it, see `fetch_session`) is in no worker's maps while in flight, and its handle
+//! already names the destination worker, which drains the command queue once it has adopted it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -26,6 +28,20 @@ use crate::stack::{flush_queue, EventKind, ListenOptions, SocketEvent, SocketId,
 
 pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
 
+/// How many times one session request may fetch an existing session that had moved on again before it
+/// is resolved without it (each fetch that finds the session resolves the request, so chasing ends
+/// when requests stop racing for one session).
+const MAX_SESSION_CHASES: u32 = 8;
+
+/// How [`Handler::hand_over`] went.
+enum HandOver {
+    /// The socket is on its way to the session's worker.
+    Moved,
+    /// The stack's sockets cannot move.
+    Unsupported,
+    Failed,
+}
+
 /// What other threads ask of a connection.
 pub(crate) enum Command {
     Send(proto::Message),
@@ -34,41 +50,17 @@ pub(crate) enum Command {
 }
 
 /// A new connection handle on worker `w`, with the receiving end of its command queue.
-pub(crate) fn new_handle<S: WorkerStack>(
-    shared: &Arc<Shared>,
-    remotes: &[RemoteOf<S>],
-    w: usize,
-) -> (ConnectionRef, Receiver<Command>) {
+pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Receiver<Command>) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::unbounded();
-    let kick: Box<dyn Fn(ConnId) + Send + Sync> =
-        match shared.kickers.get(w).and_then(|k| k.get()).cloned() {
-            // The usual path: the connection's id on the worker's kick queue plus a wake-up; no
-            // allocation per kick (the queue allocates in blocks).
-            Some(k) => {
-                let this_worker = (Arc::as_ptr(shared) as usize, w);
-                Box::new(move |id: ConnId| {
-                    // The worker's own thread (a dispatcher replying) drains the queue before it
-                    // sleeps again: no wake-up syscall needed.
-                    if k.queue.send(id).is_ok() && CURRENT_WORKER.with(|c| c.get()) != this_worker {
-                        let _ = k.waker.wake();
-                    }
-                })
-            }
-            None => {
-                let remote = remotes[w].clone();
-                Box::new(move |id: ConnId| {
-                    let _ = remote.submit(move |h: &mut Handler<S>, c| h.flush_conn(c, id));
-                })
-            }
-        };
     let shared_conn = ConnShared {
         id,
-        worker: w,
+        worker: AtomicUsize::new(w),
         commands: tx,
         scheduled: std::sync::atomic::AtomicBool::new(false),
         closed: std::sync::atomic::AtomicBool::new(false),
-        kick,
+        kickers: shared.kickers.clone(),
+        messenger: Arc::as_ptr(shared) as usize,
         throttle: shared.throttle.clone(),
         peer: Mutex::new(PeerInfo::default()),
     };
@@ -215,10 +207,7 @@ impl<S: WorkerStack> Handler<S> {
             let _ = c.stack_mut().close(sid);
             return;
         };
-        let Some(remotes) = self.remotes.get() else {
-            return;
-        };
-        let (handle, rx) = new_handle::<S>(&self.shared, remotes, self.index);
+        let (handle, rx) = new_handle(&self.shared, self.index);
         let proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
         let id = handle.id();
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -462,13 +451,29 @@ impl<S: WorkerStack> Handler<S> {
     /// decision and registration happen under the registry lock (see `Shared::registry`); dispatcher
     /// callbacks run only after it is released.
     fn resolve(&mut self, c: &mut EventCenter<S>, id: ConnId, req: SessionRequest) {
+        self.resolve_chasing(c, id, req, 0);
+    }
+
+    /// [`Self::resolve`], after `chases` trips to fetch an existing session that had moved on.
+    ///
+    /// When the existing session lives on another worker, either this socket moves there
+    /// ([`Self::hand_over`], stacks whose sockets can move) or, when they cannot (DPDK: RSS steers a
+    /// flow's packets to one worker's queue), the session moves here ([`Self::fetch_session`]) and the
+    /// request is resolved again, now as a same-worker one.
+    fn resolve_chasing(
+        &mut self,
+        c: &mut EventCenter<S>,
+        id: ConnId,
+        req: SessionRequest,
+        chases: u32,
+    ) {
         let now = Instant::now();
         let shared = self.shared.clone();
         let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
         let found = reg
             .get(&req.peer_addrs)
             .filter(|h| h.id() != id && !h.is_closed())
-            .map(|h| (h.0.worker, h.id()));
+            .map(|h| (h.0.worker.load(Ordering::Acquire), h.id()));
         match found {
             Some((w, ex_id)) if w == self.index && self.conns.contains_key(&ex_id) => {
                 let Some(mut new) = self.conns.remove(&id) else {
@@ -499,7 +504,8 @@ impl<S: WorkerStack> Handler<S> {
             }
             Some((w, _)) if w == self.index => {
                 // Our own connection to this peer is registered but not created yet (connect_to just
-                // ran): it is about to dial. Ask the peer to wait, as for a race it loses.
+                // ran: it is about to dial), or is being moved here for another request. Ask the peer
+                // to wait, as for a race it loses.
                 drop(reg);
                 if let Some(conn) = self.conns.get_mut(&id) {
                     let res = conn.proto.resolve_session_wait(now);
@@ -512,11 +518,16 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 self.pump(c, id);
             }
-            Some((w, _)) => {
+            Some((w, ex_id)) => {
                 drop(reg);
-                // The session lives on another worker: move this socket and handshake there.
-                if !self.hand_over(c, id, w, req.clone()) {
-                    self.resolve_alone(c, id, &req);
+                // The session lives on another worker: move this socket and handshake there, or
+                // bring the session here if sockets cannot move.
+                match self.hand_over(c, id, w, req.clone()) {
+                    HandOver::Moved => {}
+                    HandOver::Unsupported if chases < MAX_SESSION_CHASES => {
+                        self.fetch_session(c, id, w, ex_id, req, chases)
+                    }
+                    HandOver::Unsupported | HandOver::Failed => self.resolve_alone(c, id, &req),
                 }
             }
             None => {
@@ -586,20 +597,21 @@ impl<S: WorkerStack> Handler<S> {
         id: ConnId,
         w: usize,
         req: SessionRequest,
-    ) -> bool {
+    ) -> HandOver {
         let Some(remote) = self.remotes.get().and_then(|r| r.get(w)).cloned() else {
-            return false;
+            return HandOver::Failed;
         };
         let Some(sid) = self.conns.get(&id).and_then(|x| x.socket) else {
-            return false;
+            return HandOver::Failed;
         };
         let handoff = match c.stack_mut().detach(sid) {
             Ok(h) => h,
-            Err(_) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return HandOver::Unsupported,
+            Err(_) => return HandOver::Failed,
         };
         self.by_socket.remove(&sid);
         let Some(mut conn) = self.conns.remove(&id) else {
-            return false;
+            return HandOver::Failed;
         };
         if let Some((tid, _)) = conn.timer.take() {
             c.cancel_timer(tid);
@@ -620,7 +632,126 @@ impl<S: WorkerStack> Handler<S> {
                     Err(e) => tracing::warn!(error = %e, "attach during session hand-over failed"),
                 },
             );
-        moved.is_ok()
+        if moved.is_ok() {
+            HandOver::Moved
+        } else {
+            HandOver::Failed
+        }
+    }
+
+    /// The reverse of [`Self::hand_over`], for stacks whose sockets cannot move: ask worker `w` to give
+    /// up the existing session `ex_id` (see [`Self::give_up_session`]); it comes back to
+    /// [`Self::adopt_session`], which resolves request `req` of connection `id` again. `id` stays here,
+    /// waiting for its decision, meanwhile.
+    fn fetch_session(
+        &mut self,
+        c: &mut EventCenter<S>,
+        id: ConnId,
+        w: usize,
+        ex_id: ConnId,
+        req: SessionRequest,
+        chases: u32,
+    ) {
+        let here = self.index;
+        let sent = self.remotes.get().and_then(|r| r.get(w)).map(|remote| {
+            let req = req.clone();
+            remote.submit(move |h: &mut Handler<S>, c| {
+                h.give_up_session(c, ex_id, here, id, req, chases)
+            })
+        });
+        tracing::debug!(
+            worker = here,
+            conn = id,
+            existing = ex_id,
+            from = w,
+            "fetching session"
+        );
+        if !matches!(sent, Some(Ok(()))) {
+            self.resolve_alone(c, id, &req);
+        }
+    }
+
+    /// Worker side of a [`Self::fetch_session`] from worker `to`: take connection `ex_id` out of this
+    /// worker (its socket is closed: the peer's new transport is on `to`) and send it, or `None` if it is
+    /// no longer here, to `to` together with the request waiting for it. The registry, the throttle and
+    /// the dispatcher are not involved: the session, its handle and its command queue stay the same.
+    fn give_up_session(
+        &mut self,
+        c: &mut EventCenter<S>,
+        ex_id: ConnId,
+        to: usize,
+        waiting: ConnId,
+        req: SessionRequest,
+        chases: u32,
+    ) {
+        let Some(remote) = self.remotes.get().and_then(|r| r.get(to)).cloned() else {
+            return;
+        };
+        let conn = self.release_conn(c, ex_id, to);
+        tracing::debug!(
+            worker = self.index,
+            conn = ex_id,
+            to,
+            found = conn.is_some(),
+            "giving up session"
+        );
+        let _ = remote.submit(move |h: &mut Handler<S>, c| {
+            h.adopt_session(c, conn, waiting, req, chases + 1)
+        });
+    }
+
+    /// Take connection `id` out of this worker's maps for worker `to`: cancel its timer, close its
+    /// socket (the protocol sees a transport fault), settle its counters here and point its handle at
+    /// `to`. Its load and connection count leave with it.
+    fn release_conn(&mut self, c: &mut EventCenter<S>, id: ConnId, to: usize) -> Option<Conn> {
+        let mut conn = self.conns.remove(&id)?;
+        if let Some((tid, _)) = conn.timer.take() {
+            c.cancel_timer(tid);
+            self.by_timer.remove(&tid);
+        }
+        if let Some(sid) = conn.socket.take() {
+            let _ = c.stack_mut().close(sid);
+            self.by_socket.remove(&sid);
+            conn.proto
+                .on_transport_error(Instant::now(), format!("session moved to worker {to}"));
+        }
+        conn.connecting = false;
+        conn.txq.clear();
+        self.counters
+            .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
+        let released = conn.proto.take_released();
+        self.shared.throttle.release(released.msgs, released.bytes);
+        // Kicks from now on go to `to`; the ones that still reach us find no connection and are
+        // ignored, and `to` drains the command queue once it has adopted the connection.
+        conn.handle.0.worker.store(to, Ordering::Release);
+        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        Some(conn)
+    }
+
+    /// The end of a [`Self::fetch_session`]: adopt the session (if it was still there), run what was
+    /// queued for it meanwhile, and resolve the waiting request again (the registry may have changed).
+    fn adopt_session(
+        &mut self,
+        c: &mut EventCenter<S>,
+        conn: Option<Conn>,
+        waiting: ConnId,
+        req: SessionRequest,
+        chases: u32,
+    ) {
+        if let Some(conn) = conn {
+            let ex_id = conn.handle.id();
+            self.counters.sessions_moved.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                worker = self.index,
+                conn = ex_id,
+                waiting,
+                "adopted session"
+            );
+            self.insert(conn);
+            self.flush_conn(c, ex_id);
+        }
+        self.resolve_chasing(c, waiting, req, chases);
     }
 
     fn remove(&mut self, c: &mut EventCenter<S>, id: ConnId) {
