@@ -37,7 +37,8 @@
 //! buffer size whose SGE points into the `Bytes`, registered through the worker's region cache
 //! (`mr_cache.rs`: bounded by [`RdmaConfig::zero_copy_pin_limit`], LRU, never evicting a region posted
 //! work still holds). Each such SEND takes one credit like any other; the stream stays in order because
-//! the open (copied) buffer is posted first. Each posted piece holds a `Bytes` clone and its region until
+//! what is already in the open (copied) buffer leaves first, as the head of the first piece's SEND (two
+//! SGEs). Each posted piece holds a `Bytes` clone and its region until
 //! a completion covers it (the last piece of a buffer is always signaled). Shorter buffers are copied and
 //! coalesced as by `writev`; a registration that fails or does not fit is copied too (counted, never an
 //! error). `read_with` lends each completed receive buffer to the caller, then re-posts it (no copy).
@@ -133,7 +134,8 @@ impl Default for RdmaConfig {
             max_pool_slots: 4096,
             signal_every: 16,
             resolve_timeout: Duration::from_secs(2),
-            zero_copy_min: 32 * 1024,
+            // Registering a buffer seen for the first time costs about what copying 64 KiB does.
+            zero_copy_min: 64 * 1024,
             zero_copy_pin_limit: 64 << 20,
         }
     }

@@ -300,18 +300,42 @@ impl PinnedChunk {
     }
 }
 
-/// What one posted SEND reads from: a pool slot (the copy path) or a piece of a caller's buffer.
+/// What one posted SEND reads from: a pool slot (the copy path), a piece of a caller's buffer, or both
+/// (the copied bytes that precede a large buffer in the stream, then its first piece: one SEND).
 pub enum SendBuf {
     Slot(Slot),
     Pinned(PinnedChunk),
+    /// The first `.1` bytes of the slot, then the chunk.
+    Joined(Slot, u32, PinnedChunk),
 }
 
 impl SendBuf {
-    /// The scatter/gather entry for the first `len` bytes (a pinned chunk is always sent whole).
-    pub(super) fn sge(&self, len: u32) -> sys::ibv_sge {
+    /// Fill `out` with the scatter/gather list (a slot: its first `len` bytes; a pinned chunk: all of
+    /// it); returns how many entries were used and their total length.
+    pub(super) fn sges(&self, len: u32, out: &mut [sys::ibv_sge; 2]) -> (i32, u32) {
         match self {
-            SendBuf::Slot(slot) => slot.sge(len),
-            SendBuf::Pinned(chunk) => chunk.sge(),
+            SendBuf::Slot(slot) => {
+                out[0] = slot.sge(len);
+                let len = out[0].length;
+                (i32::from(len > 0), len)
+            }
+            SendBuf::Pinned(chunk) => {
+                out[0] = chunk.sge();
+                (1, out[0].length)
+            }
+            SendBuf::Joined(slot, head, chunk) => {
+                out[0] = slot.sge(*head);
+                out[1] = chunk.sge();
+                (2, out[0].length + out[1].length)
+            }
+        }
+    }
+
+    /// The pool slot in this buffer, if any (given back to the stream when the SEND completes).
+    pub fn into_slot(self) -> Option<Slot> {
+        match self {
+            SendBuf::Slot(slot) | SendBuf::Joined(slot, _, _) => Some(slot),
+            SendBuf::Pinned(_) => None,
         }
     }
 }

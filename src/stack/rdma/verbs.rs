@@ -707,7 +707,7 @@ impl CmId {
             cap: sys::ibv_qp_cap {
                 max_send_wr: caps.send_depth,
                 max_recv_wr: caps.recv_depth,
-                max_send_sge: 1,
+                max_send_sge: 2, // a copied head joined to a pinned chunk (pool::SendBuf::Joined)
                 max_recv_sge: 1,
                 max_inline_data: caps.max_inline,
             },
@@ -800,8 +800,8 @@ impl CmId {
             Ok(qp) => qp,
             Err(e) => return Err((buf, e)),
         };
-        let mut sge = buf.sge(opts.len);
-        let len = sge.length;
+        let mut sges = [sys::ibv_sge::default(); 2];
+        let (num_sge, len) = buf.sges(opts.len, &mut sges);
         let is_slot = matches!(buf, SendBuf::Slot(_));
         let inline = is_slot && opts.inline && len <= qp.max_inline;
         let mut flags = 0;
@@ -815,8 +815,8 @@ impl CmId {
         let mut wr = sys::ibv_send_wr {
             wr_id: id,
             next: ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: if len == 0 { 0 } else { 1 },
+            sg_list: sges.as_mut_ptr(),
+            num_sge,
             opcode: sys::IBV_WR_SEND_WITH_IMM,
             send_flags: flags,
             __bindgen_anon_1: sys::ibv_send_wr__bindgen_ty_1 {
@@ -825,7 +825,7 @@ impl CmId {
             ..Default::default()
         };
         let mut bad: *mut sys::ibv_send_wr = ptr::null_mut();
-        // The QP is live; wr and sge are valid for the call. A slot's memory stays untouched by Rust
+        // The QP is live; wr and sges are valid for the call. A slot's memory stays untouched by Rust
         // until a completion gives it back (it moves into send_posted), or, for an inline send, the
         // device has copied it before the call returns. A pinned chunk's SGE lies inside its memory
         // region (checked by PinnedChunk::new), registered on this QP's PD (one cache per worker PD);
@@ -946,10 +946,7 @@ impl CmId {
         unsafe { sys::rdma_destroy_qp(self.raw()) };
         let mut slots: Vec<Slot> = qp.recv_posted.drain().map(|(_, s)| s).collect();
         // Pinned chunks are simply released (the device no longer reads them).
-        slots.extend(qp.send_posted.drain(..).filter_map(|(_, b)| match b {
-            SendBuf::Slot(slot) => Some(slot),
-            SendBuf::Pinned(_) => None,
-        }));
+        slots.extend(qp.send_posted.drain(..).filter_map(|(_, b)| b.into_slot()));
         slots
     }
 

@@ -436,7 +436,7 @@ impl RdmaWorker {
         signal: bool,
     ) -> Result<(), io::Error> {
         let is_slot = matches!(buf, SendBuf::Slot(_));
-        let last_slot = is_slot && s.send_free.is_empty();
+        let last_slot = !matches!(buf, SendBuf::Pinned(_)) && s.send_free.is_empty();
         let signaled = signal
             || s.unsignaled + 1 >= config.signal_every
             || last_slot
@@ -451,7 +451,7 @@ impl RdmaWorker {
         };
         match s.cm.post_send(buf, opts) {
             Ok(back) => {
-                if let Some(SendBuf::Slot(slot)) = back {
+                if let Some(slot) = back.and_then(SendBuf::into_slot) {
                     s.send_free.push(slot);
                 }
                 s.posted_seq += 1;
@@ -470,7 +470,7 @@ impl RdmaWorker {
                 Ok(())
             }
             Err((buf, err)) => {
-                if let SendBuf::Slot(slot) = buf {
+                if let Some(slot) = buf.into_slot() {
                     s.send_free.push(slot);
                 }
                 Err(err)
@@ -805,7 +805,7 @@ impl RdmaWorker {
                 s.completed_seq = s.completed_seq.max(full + 1);
                 // Slots go back to the stream; pinned chunks release their buffers and regions.
                 for buf in self.reclaimed.drain(..) {
-                    if let SendBuf::Slot(slot) = buf {
+                    if let Some(slot) = buf.into_slot() {
                         s.send_free.push(slot);
                     }
                 }
@@ -1360,16 +1360,19 @@ impl WorkerStack for RdmaWorker {
                 continue;
             };
             let buf = &bufs[i];
-            // What is already copied into the open buffer goes first: the stream stays in order.
-            match Self::post_open(config, counters, s) {
-                Ok(_) if s.open.as_ref().is_some_and(|(_, len)| *len > 0) => {
-                    s.write_blocked = true;
-                    break;
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    result = Err(err);
-                    break;
+            // What is already copied into the open buffer goes first (the stream stays in order): as
+            // the head of the first piece's SEND, or alone if it fills a SEND already.
+            if s.open.as_ref().is_some_and(|(_, len)| *len >= s.chunk) {
+                match Self::post_open(config, counters, s) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        s.write_blocked = true;
+                        break;
+                    }
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
                 }
             }
             let mut off = 0;
@@ -1383,7 +1386,13 @@ impl WorkerStack for RdmaWorker {
                     s.write_blocked = true;
                     break;
                 }
-                let n = (buf.len() - off).min(s.chunk);
+                let head = s.open.as_ref().map_or(0, |(_, len)| *len);
+                if head >= s.chunk {
+                    // Not reached: a full open buffer was posted above, and pieces consume it.
+                    s.write_blocked = true;
+                    break;
+                }
+                let n = (buf.len() - off).min(s.chunk - head);
                 let Some(chunk) = PinnedChunk::new(region.clone(), buf.slice(off..off + n)) else {
                     result = Err(io::Error::other("pinned chunk outside its region"));
                     break;
@@ -1392,23 +1401,23 @@ impl WorkerStack for RdmaWorker {
                     s.write_blocked = true;
                     break;
                 };
+                // The first piece carries the copied head, if any (two SGEs, one SEND).
+                let send = match s.open.take() {
+                    Some((slot, head)) if head > 0 => SendBuf::Joined(slot, head as u32, chunk),
+                    other => {
+                        s.open = other;
+                        SendBuf::Pinned(chunk)
+                    }
+                };
                 let last = off + n == buf.len();
-                let sent = Self::post(
-                    config,
-                    counters,
-                    s,
-                    SendBuf::Pinned(chunk),
-                    n as u32,
-                    imm,
-                    last,
-                );
-                if let Err(err) = sent {
+                let len = (head + n) as u32;
+                if let Err(err) = Self::post(config, counters, s, send, len, imm, last) {
                     s.credits.unspend(imm);
                     result = Err(err);
                     break;
                 }
                 bump(&counters.data_sends, 1);
-                bump(&counters.bytes_sent, n as u64);
+                bump(&counters.bytes_sent, (head + n) as u64);
                 bump(&counters.zero_copy_bytes, n as u64);
                 off += n;
                 total += n;
