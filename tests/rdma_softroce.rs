@@ -1,7 +1,7 @@
 //! The messenger over the RDMA stack on a real verbs device (soft-RoCE `rxe0` inside
 //! `scripts/softroce-vm.sh`, or any RDMA NIC): handshake, 2,000 messages of random sizes up to 64 KiB
-//! plus three of 4 MiB (larger than any registered buffer) in order and intact, credits never exceeded,
-//! a forced QP error survived by a lossless session with replay, a restarted peer seen as a remote reset,
+//! plus three of 4 MiB (larger than any registered buffer, sent without copying) in order and intact,
+//! credits never exceeded, large messages copied instead when nothing may be pinned, a forced QP error survived by a lossless session with replay, a restarted peer seen as a remote reset,
 //! and a refused connect.
 //!
 //! Needs the `rdma` feature (`required-features`), a device and an IPv4 address on it: taken from
