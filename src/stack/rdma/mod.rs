@@ -209,8 +209,8 @@ pub struct RdmaCounters {
     pub zero_copy_bytes: AtomicU64,
     /// Payload bytes copied into pool buffers before sending.
     pub copied_bytes: AtomicU64,
-    /// Buffers long enough for zero copy that were copied anyway (registration failed, or every
-    /// registered region was in use at the pinning limit).
+    /// Times a buffer long enough for zero copy was copied instead (it does not fit the pinning limit,
+    /// every registered region was in use at the limit, or the registration failed).
     pub zero_copy_fallbacks: AtomicU64,
     pub mr_cache_hits: AtomicU64,
     pub mr_cache_misses: AtomicU64,
