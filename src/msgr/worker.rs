@@ -796,14 +796,16 @@ impl<S: WorkerStack> Handler<S> {
                 return;
             }
             let now = Instant::now();
-            match c.stack_mut().read(sid, &mut self.rbuf) {
+            let proto = &mut conn.proto;
+            // The stack lends its receive buffers where it can (RDMA); otherwise it reads into rbuf.
+            let mut feed = |data: &[u8]| proto.handle_input(now, data);
+            match c.stack_mut().read_with(sid, &mut self.rbuf, &mut feed) {
                 Ok(0) => {
                     conn.proto
                         .on_transport_error(now, "connection closed by peer");
                     break;
                 }
-                Ok(n) => {
-                    conn.proto.handle_input(now, &self.rbuf[..n]);
+                Ok(_) => {
                     // Dispatch as we go, so one busy socket cannot buffer without bound.
                     self.pump(c, id);
                 }

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -206,6 +207,17 @@ impl<W: WorkerStack> FaultWorker<W> {
         .into())
     }
 
+    /// What every read does first: `WouldBlock` while the socket's data is held back, then maybe a failure.
+    fn check_read(&mut self, id: SocketId) -> io::Result<()> {
+        if let Some(release) = self.held.get(&id) {
+            if *release > Instant::now() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.held.remove(&id);
+        }
+        self.roll_failure(id, FaultOp::Read)
+    }
+
     fn next_release(&self) -> Option<Instant> {
         self.held.values().min().copied()
     }
@@ -227,19 +239,28 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
     }
 
     fn read(&mut self, id: SocketId, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(release) = self.held.get(&id) {
-            if *release > Instant::now() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            self.held.remove(&id);
-        }
-        self.roll_failure(id, FaultOp::Read)?;
+        self.check_read(id)?;
         self.inner.read(id, buf)
     }
 
     fn writev(&mut self, id: SocketId, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         self.roll_failure(id, FaultOp::Writev)?;
         self.inner.writev(id, bufs)
+    }
+
+    fn read_with(
+        &mut self,
+        id: SocketId,
+        scratch: &mut [u8],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<usize> {
+        self.check_read(id)?;
+        self.inner.read_with(id, scratch, f)
+    }
+
+    fn write_bytes(&mut self, id: SocketId, bufs: &[Bytes]) -> io::Result<usize> {
+        self.roll_failure(id, FaultOp::Writev)?;
+        self.inner.write_bytes(id, bufs)
     }
 
     fn shutdown(&mut self, id: SocketId, how: Shutdown) -> io::Result<()> {

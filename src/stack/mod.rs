@@ -22,7 +22,8 @@
 //! * **Readiness is edge-triggered.** An event says that the state *may* have changed since the last event for
 //!   that id; it is not repeated. After [`Readiness::readable`], call [`WorkerStack::read`] until it returns
 //!   `WouldBlock` (or `Ok(0)`, end of stream, or an error); after [`Readiness::writable`], call
-//!   [`WorkerStack::writev`] until your queue is empty or it returns `WouldBlock`. If you stop early, no new
+//!   [`WorkerStack::writev`] until your queue is empty or it returns `WouldBlock`. [`WorkerStack::read_with`]
+//!   and [`WorkerStack::write_bytes`] (lending reads, owned-buffer writes) count as `read` and `writev`. If you stop early, no new
 //!   event comes for the bytes you left. Spurious events are allowed: a read after an event may return
 //!   `WouldBlock` at once. A hang-up or socket error is reported as readable (and writable): the next read
 //!   returns `Ok(0)` or the error.
@@ -304,6 +305,38 @@ pub trait WorkerStack: 'static {
     /// Write a gather list; may write only part of it. `WouldBlock` means wait for writable.
     fn writev(&mut self, id: SocketId, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 
+    /// Read like [`WorkerStack::read`], but lend the bytes: `f` is called with the next received bytes,
+    /// possibly in several pieces (in stream order, each non-empty), and the sum of their lengths is
+    /// returned. `scratch` is where a copying stack reads into (the default: one `read` into it); a stack
+    /// that owns its receive buffers (RDMA) hands them to `f` directly and treats `scratch.len()` only as
+    /// the budget of one call (it may exceed it by at most one of its receive buffers). `Ok(0)` (with a
+    /// non-empty `scratch`), `WouldBlock` and errors mean what they mean for `read`; `f` is not called then.
+    fn read_with(
+        &mut self,
+        id: SocketId,
+        scratch: &mut [u8],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<usize> {
+        let n = self.read(id, scratch)?;
+        if n > 0 {
+            f(&scratch[..n]);
+        }
+        Ok(n)
+    }
+
+    /// Write owned buffers, like [`WorkerStack::writev`] (may write only part; `WouldBlock` means wait for
+    /// writable). A stack may keep clones of the buffers (cheap: `Bytes` is reference counted) to send
+    /// them without copying (RDMA); the default copies through `writev`, at most [`MAX_IOV`] at a time.
+    fn write_bytes(&mut self, id: SocketId, bufs: &[Bytes]) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut count = 0;
+        for (slot, buf) in slices.iter_mut().zip(bufs.iter()) {
+            *slot = IoSlice::new(buf);
+            count += 1;
+        }
+        self.writev(id, &slices[..count])
+    }
+
     /// Shut down one or both directions; the peer sees end of stream.
     fn shutdown(&mut self, id: SocketId, how: Shutdown) -> io::Result<()>;
 
@@ -350,13 +383,11 @@ pub fn flush_queue<W: WorkerStack + ?Sized>(
             break;
         }
         let result = {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, buf) in slices.iter_mut().zip(queue.iter()) {
-                *slot = IoSlice::new(buf);
-                count += 1;
+            if queue.as_slices().0.len() < MAX_IOV.min(queue.len()) {
+                queue.make_contiguous(); // the ring wrapped: one run (moves handles, not bytes)
             }
-            stack.writev(id, &slices[..count])
+            let run = queue.as_slices().0;
+            stack.write_bytes(id, &run[..run.len().min(MAX_IOV)])
         };
         let written = match result {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

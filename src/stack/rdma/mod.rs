@@ -31,8 +31,17 @@
 //! receive buffers and re-posts each as soon as it is drained. Sends are signaled selectively (every
 //! `signal_every`-th, and whenever the last free send buffer or send-queue slot is taken); payloads up
 //! to the QP's inline limit go inline.
-//! Zero-copy sends of large user buffers are not done: the `WorkerStack::writev` seam borrows the caller's
-//! buffers only for the call, so they must be copied before it returns.
+//!
+//! Zero copy: `write_bytes` (owned `Bytes`, what the messenger's flush path uses) sends each buffer of at
+//! least [`RdmaConfig::zero_copy_min`] bytes straight from the caller's memory: SENDs of up to the peer's
+//! buffer size whose SGE points into the `Bytes`, registered through the worker's region cache
+//! (`mr_cache.rs`: bounded by [`RdmaConfig::zero_copy_pin_limit`], LRU, never evicting a region posted
+//! work still holds). Each such SEND takes one credit like any other; the stream stays in order because
+//! what is already in the open (copied) buffer leaves first, as the head of the first piece's SEND (two
+//! SGEs). Each posted piece holds a `Bytes` clone and its region until
+//! a completion covers it (the last piece of a buffer is always signaled). Shorter buffers are copied and
+//! coalesced as by `writev`; a registration that fails or does not fit is copied too (counted, never an
+//! error). `read_with` lends each completed receive buffer to the caller, then re-posts it (no copy).
 //!
 //! # Faults
 //! A failed work completion (QP in error, flush), a CM disconnect, reject or unreachable peer becomes an
@@ -48,6 +57,7 @@
 //! the completion channel, the CM channel and the waker (event-channel mode for idle periods).
 
 mod credit;
+mod mr_cache;
 mod pool;
 mod sys;
 mod verbs;
@@ -100,6 +110,13 @@ pub struct RdmaConfig {
     pub signal_every: u32,
     /// rdma_cm address and route resolution timeout.
     pub resolve_timeout: Duration,
+    /// `write_bytes` sends buffers at least this long without copying, straight from the caller's
+    /// memory (registered through the worker's region cache); shorter ones are copied into pool buffers
+    /// (and coalesced). 0 disables zero-copy sends.
+    pub zero_copy_min: u32,
+    /// Most bytes (page-rounded) one worker keeps registered for zero-copy sends; a buffer that does not
+    /// fit, once idle regions are evicted, is copied.
+    pub zero_copy_pin_limit: usize,
 }
 
 impl Default for RdmaConfig {
@@ -117,6 +134,9 @@ impl Default for RdmaConfig {
             max_pool_slots: 4096,
             signal_every: 16,
             resolve_timeout: Duration::from_secs(2),
+            // Registering a buffer seen for the first time costs about what copying 64 KiB does.
+            zero_copy_min: 64 * 1024,
+            zero_copy_pin_limit: 64 << 20,
         }
     }
 }
@@ -185,6 +205,18 @@ pub struct RdmaCounters {
     pub established: AtomicU64,
     /// Connect requests moved to another worker before being accepted.
     pub handoffs: AtomicU64,
+    /// Payload bytes sent straight from the caller's buffers (`write_bytes`, zero copy).
+    pub zero_copy_bytes: AtomicU64,
+    /// Payload bytes copied into pool buffers before sending.
+    pub copied_bytes: AtomicU64,
+    /// Times a buffer long enough for zero copy was copied instead (it does not fit the pinning limit,
+    /// every registered region was in use at the limit, or the registration failed).
+    pub zero_copy_fallbacks: AtomicU64,
+    pub mr_cache_hits: AtomicU64,
+    pub mr_cache_misses: AtomicU64,
+    pub mr_registrations: AtomicU64,
+    pub mr_register_failures: AtomicU64,
+    pub mr_evictions: AtomicU64,
 }
 
 /// A copy of [`RdmaCounters`].
@@ -203,6 +235,14 @@ pub struct RdmaCountersSnapshot {
     pub qp_errors: u64,
     pub established: u64,
     pub handoffs: u64,
+    pub zero_copy_bytes: u64,
+    pub copied_bytes: u64,
+    pub zero_copy_fallbacks: u64,
+    pub mr_cache_hits: u64,
+    pub mr_cache_misses: u64,
+    pub mr_registrations: u64,
+    pub mr_register_failures: u64,
+    pub mr_evictions: u64,
 }
 
 impl RdmaCounters {
@@ -229,6 +269,14 @@ impl RdmaCounters {
             qp_errors: get(&self.qp_errors),
             established: get(&self.established),
             handoffs: get(&self.handoffs),
+            zero_copy_bytes: get(&self.zero_copy_bytes),
+            copied_bytes: get(&self.copied_bytes),
+            zero_copy_fallbacks: get(&self.zero_copy_fallbacks),
+            mr_cache_hits: get(&self.mr_cache_hits),
+            mr_cache_misses: get(&self.mr_cache_misses),
+            mr_registrations: get(&self.mr_registrations),
+            mr_register_failures: get(&self.mr_register_failures),
+            mr_evictions: get(&self.mr_evictions),
         }
     }
 }

@@ -6,6 +6,10 @@
 //! Rust reference can alias memory the device is using. Each slot keeps its chunk alive (`Rc`), and a
 //! chunk keeps its protection domain alive, so memory is deregistered only after the last slot is gone.
 //!
+//! [`MemoryRegion`] registers a caller's `Bytes` instead (zero-copy sends): the region owns a clone of the
+//! `Bytes`, and a posted [`PinnedChunk`] owns an `Rc` of the region, so the memory can be neither freed
+//! nor deregistered while the device may read it. [`SendBuf`] is what a posted SEND holds: either kind.
+//!
 //! Registration failures name the likely cause: `RLIMIT_MEMLOCK` (with its current value) for
 //! `ENOMEM`/`EPERM`/`EAGAIN`.
 #![allow(unsafe_code)] // registered memory handed to the device; see the SAFETY notes
@@ -14,6 +18,8 @@ use std::alloc::{self, Layout};
 use std::io;
 use std::ptr::NonNull;
 use std::rc::Rc;
+
+use bytes::Bytes;
 
 use super::sys;
 use super::verbs::ProtectionDomain;
@@ -198,6 +204,139 @@ impl BufferPool {
             "registered RDMA buffers"
         );
         Ok(true)
+    }
+}
+
+/// A memory region registered over the memory of a `Bytes`, for SENDs that read the caller's buffer
+/// directly (zero copy; cached per worker by `super::mr_cache`). It owns a clone of that `Bytes`, so the
+/// memory stays allocated and unchanged for as long as it is registered.
+pub struct MemoryRegion {
+    mr: NonNull<sys::ibv_mr>,
+    lkey: u32,
+    bytes: Bytes,
+    _pd: Rc<ProtectionDomain>,
+}
+
+impl MemoryRegion {
+    /// Register `bytes` (non-empty) for local reads by the device (SEND sources only).
+    pub fn register(pd: &Rc<ProtectionDomain>, bytes: &Bytes) -> io::Result<MemoryRegion> {
+        if bytes.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot register an empty buffer",
+            ));
+        }
+        let bytes = bytes.clone();
+        // [ptr, ptr+len) is the memory of `bytes`, and the region keeps that clone until Drop has
+        // deregistered it: the memory cannot be freed or reused meanwhile, and `Bytes` is immutable (no
+        // `BytesMut` can reclaim memory while a clone exists). Access 0: the device only reads it. The PD
+        // is live.
+        // SAFETY: the conditions just stated hold here.
+        let mr =
+            unsafe { sys::msgr_ibv_reg_mr(pd.raw(), bytes.as_ptr() as *mut _, bytes.len(), 0) };
+        let Some(mr) = NonNull::new(mr) else {
+            return Err(registration_error(bytes.len(), io::Error::last_os_error()));
+        };
+        // SAFETY: mr is a live MR; lkey is a plain field.
+        let lkey = unsafe { (*mr.as_ptr()).lkey };
+        Ok(MemoryRegion {
+            mr,
+            lkey,
+            bytes,
+            _pd: pd.clone(),
+        })
+    }
+}
+
+impl Drop for MemoryRegion {
+    fn drop(&mut self) {
+        // Nothing posted reads this region any more: every posted chunk holds an Rc of it (see
+        // PinnedChunk), so this runs after their completions (or the QP's destruction). Deregister
+        // before `bytes` is released (fields drop after this body).
+        // SAFETY: the conditions just stated hold here.
+        unsafe { sys::ibv_dereg_mr(self.mr.as_ptr()) };
+    }
+}
+
+impl super::mr_cache::Registered for MemoryRegion {
+    fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// Registers buffers on one protection domain (the stack's [`super::mr_cache::Registrar`]).
+pub struct PdRegistrar(pub Rc<ProtectionDomain>);
+
+impl super::mr_cache::Registrar for PdRegistrar {
+    type Region = MemoryRegion;
+    fn register(&mut self, bytes: &Bytes) -> io::Result<MemoryRegion> {
+        MemoryRegion::register(&self.0, bytes)
+    }
+}
+
+/// A piece of a registered caller buffer, posted as one SEND: it keeps the buffer (a `Bytes` clone) and
+/// its region alive until the completion that covers the SEND.
+pub struct PinnedChunk {
+    region: Rc<MemoryRegion>,
+    bytes: Bytes,
+}
+
+impl PinnedChunk {
+    /// `bytes` must lie inside `region`'s memory and be at most `u32::MAX` long; `None` otherwise.
+    pub fn new(region: Rc<MemoryRegion>, bytes: Bytes) -> Option<PinnedChunk> {
+        let (start, len) = (bytes.as_ptr() as usize, bytes.len());
+        let (rstart, rlen) = (region.bytes.as_ptr() as usize, region.bytes.len());
+        let inside = start >= rstart && start + len <= rstart + rlen;
+        (inside && u32::try_from(len).is_ok()).then_some(PinnedChunk { region, bytes })
+    }
+
+    /// The scatter/gather entry for the whole chunk (inside the region, checked by `new`).
+    pub(super) fn sge(&self) -> sys::ibv_sge {
+        sys::ibv_sge {
+            addr: self.bytes.as_ptr() as u64,
+            length: self.bytes.len() as u32,
+            lkey: self.region.lkey,
+        }
+    }
+}
+
+/// What one posted SEND reads from: a pool slot (the copy path), a piece of a caller's buffer, or both
+/// (the copied bytes that precede a large buffer in the stream, then its first piece: one SEND).
+pub enum SendBuf {
+    Slot(Slot),
+    Pinned(PinnedChunk),
+    /// The first `.1` bytes of the slot, then the chunk.
+    Joined(Slot, u32, PinnedChunk),
+}
+
+impl SendBuf {
+    /// Fill `out` with the scatter/gather list (a slot: its first `len` bytes; a pinned chunk: all of
+    /// it); returns how many entries were used and their total length.
+    pub(super) fn sges(&self, len: u32, out: &mut [sys::ibv_sge; 2]) -> (i32, u32) {
+        match self {
+            SendBuf::Slot(slot) => {
+                out[0] = slot.sge(len);
+                let len = out[0].length;
+                (i32::from(len > 0), len)
+            }
+            SendBuf::Pinned(chunk) => {
+                out[0] = chunk.sge();
+                (1, out[0].length)
+            }
+            SendBuf::Joined(slot, head, chunk) => {
+                out[0] = slot.sge(*head);
+                out[1] = chunk.sge();
+                (2, out[0].length + out[1].length)
+            }
+        }
+    }
+
+    /// The pool slot in this buffer, if any (given back to the stream when the SEND completes).
+    pub fn into_slot(self) -> Option<Slot> {
+        match self {
+            SendBuf::Slot(slot) | SendBuf::Joined(slot, _, _) => Some(slot),
+            SendBuf::Pinned(_) => None,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::os::fd::RawFd;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
 
-use super::pool::Slot;
+use super::pool::{SendBuf, Slot};
 use super::sys;
 
 /// The `io::Error` for a failed call that set `errno`, naming the call.
@@ -556,7 +556,7 @@ struct Qp {
     token: u64,
     recv_posted: HashMap<u32, Slot>,
     /// Posted sends, in order: a completion for one means all before it are done too.
-    send_posted: VecDeque<(u64, Slot)>,
+    send_posted: VecDeque<(u64, SendBuf)>,
     _pd: Rc<ProtectionDomain>,
     _cq: Rc<CompletionQueue>,
 }
@@ -707,7 +707,7 @@ impl CmId {
             cap: sys::ibv_qp_cap {
                 max_send_wr: caps.send_depth,
                 max_recv_wr: caps.recv_depth,
-                max_send_sge: 1,
+                max_send_sge: 2, // a copied head joined to a pinned chunk (pool::SendBuf::Joined)
                 max_recv_sge: 1,
                 max_inline_data: caps.max_inline,
             },
@@ -788,21 +788,22 @@ impl CmId {
         Ok(())
     }
 
-    /// Post one SEND of the first `opts.len` bytes of `slot`, with immediate data. An inline send's data
-    /// is copied at post time, so its slot comes straight back (`Ok(Some)`); otherwise the QP keeps the
-    /// slot until a completion covers it.
+    /// Post one SEND with immediate data: the first `opts.len` bytes of a slot, or a whole pinned chunk.
+    /// An inline send's data is copied at post time, so its slot comes straight back (`Ok(Some)`);
+    /// otherwise the QP keeps the buffer until a completion covers it.
     pub fn post_send(
         &mut self,
-        slot: Slot,
+        buf: SendBuf,
         opts: SendOptions,
-    ) -> Result<Option<Slot>, (Slot, io::Error)> {
+    ) -> Result<Option<SendBuf>, (SendBuf, io::Error)> {
         let qp = match self.qp_mut() {
             Ok(qp) => qp,
-            Err(e) => return Err((slot, e)),
+            Err(e) => return Err((buf, e)),
         };
-        let len = opts.len.min(slot.capacity());
-        let mut sge = slot.sge(len);
-        let inline = opts.inline && len <= qp.max_inline;
+        let mut sges = [sys::ibv_sge::default(); 2];
+        let (num_sge, len) = buf.sges(opts.len, &mut sges);
+        let is_slot = matches!(buf, SendBuf::Slot(_));
+        let inline = is_slot && opts.inline && len <= qp.max_inline;
         let mut flags = 0;
         if opts.signaled {
             flags |= sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
@@ -814,8 +815,8 @@ impl CmId {
         let mut wr = sys::ibv_send_wr {
             wr_id: id,
             next: ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: if len == 0 { 0 } else { 1 },
+            sg_list: sges.as_mut_ptr(),
+            num_sge,
             opcode: sys::IBV_WR_SEND_WITH_IMM,
             send_flags: flags,
             __bindgen_anon_1: sys::ibv_send_wr__bindgen_ty_1 {
@@ -824,18 +825,21 @@ impl CmId {
             ..Default::default()
         };
         let mut bad: *mut sys::ibv_send_wr = ptr::null_mut();
-        // The QP is live; wr and sge are valid for the call. The slot's memory stays untouched by
-        // Rust until a completion gives it back (it moves into send_posted), or, for an inline send, the
-        // device has copied it before the call returns.
+        // The QP is live; wr and sges are valid for the call. A slot's memory stays untouched by Rust
+        // until a completion gives it back (it moves into send_posted), or, for an inline send, the
+        // device has copied it before the call returns. A pinned chunk's SGE lies inside its memory
+        // region (checked by PinnedChunk::new), registered on this QP's PD (one cache per worker PD);
+        // the chunk, moved into send_posted, keeps the region and its Bytes alive and registered until
+        // a completion (or the QP's destruction) gives it back; Bytes are never written through.
         // SAFETY: the conditions just stated hold here.
         let rc = unsafe { sys::msgr_ibv_post_send(qp.raw.as_ptr(), &mut wr, &mut bad) };
         if rc != 0 {
-            return Err((slot, errno_error("ibv_post_send", rc)));
+            return Err((buf, errno_error("ibv_post_send", rc)));
         }
         if inline && !opts.signaled {
-            return Ok(Some(slot));
+            return Ok(Some(buf));
         }
-        qp.send_posted.push_back((id, slot));
+        qp.send_posted.push_back((id, buf));
         Ok(None)
     }
 
@@ -848,8 +852,8 @@ impl CmId {
         qp.recv_posted.remove(&((c.wr_id & 0x7f_ffff) as u32))
     }
 
-    /// A send completion: every slot of sends up to and including it (RC completes in order).
-    pub fn complete_send(&mut self, c: &Completion, out: &mut Vec<Slot>) {
+    /// A send completion: every buffer of sends up to and including it (RC completes in order).
+    pub fn complete_send(&mut self, c: &Completion, out: &mut Vec<SendBuf>) {
         let Some(qp) = self.qp.as_mut() else { return };
         if c.qp_num != qp.qp_num || wr_token(c.wr_id) != qp.token || c.wr_id & (1 << 23) == 0 {
             return;
@@ -941,7 +945,8 @@ impl CmId {
         // SAFETY: the id owns this QP; after rdma_destroy_qp no work request on it can run.
         unsafe { sys::rdma_destroy_qp(self.raw()) };
         let mut slots: Vec<Slot> = qp.recv_posted.drain().map(|(_, s)| s).collect();
-        slots.extend(qp.send_posted.drain(..).map(|(_, s)| s));
+        // Pinned chunks are simply released (the device no longer reads them).
+        slots.extend(qp.send_posted.drain(..).filter_map(|(_, b)| b.into_slot()));
         slots
     }
 

@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
+use bytes::Bytes;
+
 use super::credit::Credits;
-use super::pool::{BufferPool, Slot};
+use super::mr_cache::{CacheStats, MrCache, Refused};
+use super::pool::{BufferPool, PdRegistrar, PinnedChunk, SendBuf, Slot};
 use super::verbs::{
     self, CmEventKind, CmId, CompChannel, Completion, CompletionQueue, Context, EventChannel,
     ProtectionDomain, QpCaps, SendOptions,
@@ -29,7 +32,7 @@ use super::{
 };
 use crate::stack::{
     ConnectOptions, EventKind, ListenOptions, Readiness, SocketEvent, SocketId, TransportError,
-    Wake, WorkerStack,
+    Wake, WorkerStack, MAX_IOV,
 };
 
 /// CQ batches taken per poll at most (each up to 32 completions).
@@ -178,6 +181,8 @@ pub struct RdmaWorker {
     cq: Rc<CompletionQueue>,
     cm_channel: Rc<EventChannel>,
     pool: BufferPool,
+    /// Regions registered over callers' buffers for zero-copy sends (see `mr_cache`).
+    mr_cache: MrCache<PdRegistrar>,
     entries: HashMap<SocketId, Entry>,
     next_id: u64,
     poll: mio::Poll,
@@ -192,7 +197,7 @@ pub struct RdmaWorker {
     /// Streams with an open send buffer to post.
     tx_pending: Vec<SocketId>,
     completions: Vec<Completion>,
-    reclaimed: Vec<Slot>,
+    reclaimed: Vec<SendBuf>,
     turns: u64,
     cq_used: u32,
     /// Connections in a connect phase (their CM events are checked every turn).
@@ -242,6 +247,7 @@ impl RdmaWorker {
             config.pool_chunk,
             config.max_pool_slots,
         );
+        let mr_cache = MrCache::new(PdRegistrar(pd.clone()), config.zero_copy_pin_limit);
         let seen_epoch = qp_error_epoch.load(Ordering::Acquire);
         Ok(RdmaWorker {
             index,
@@ -253,6 +259,7 @@ impl RdmaWorker {
             cq,
             cm_channel,
             pool,
+            mr_cache,
             entries: HashMap::new(),
             next_id: 1,
             poll,
@@ -279,6 +286,11 @@ impl RdmaWorker {
     /// Registered buffers: (free, total).
     pub fn pool_usage(&self) -> (usize, u32) {
         (self.pool.available(), self.pool.total())
+    }
+
+    /// Regions registered for zero-copy sends and the bytes they pin (page-rounded).
+    pub fn zero_copy_pinned(&self) -> (usize, usize) {
+        (self.mr_cache.len(), self.mr_cache.pinned())
     }
 
     /// Open ids (listeners and connections).
@@ -411,20 +423,25 @@ impl RdmaWorker {
         }
     }
 
-    /// Post one SEND of `len` bytes from `slot` with `imm`; the send bookkeeping of `s`.
+    /// Post one SEND of `len` bytes from `buf` with `imm`; the send bookkeeping of `s`. `signal` asks
+    /// for a completion whatever the count (the last piece of a pinned buffer, so its region is not
+    /// held in use longer than its own sends).
     fn post(
         config: &RdmaConfig,
         counters: &RdmaCounters,
         s: &mut Stream,
-        slot: Slot,
+        buf: SendBuf,
         len: u32,
         imm: u32,
+        signal: bool,
     ) -> Result<(), io::Error> {
-        let last_slot = s.send_free.is_empty();
-        let signaled = s.unsignaled + 1 >= config.signal_every
+        let is_slot = matches!(buf, SendBuf::Slot(_));
+        let last_slot = !matches!(buf, SendBuf::Pinned(_)) && s.send_free.is_empty();
+        let signaled = signal
+            || s.unsignaled + 1 >= config.signal_every
             || last_slot
             || s.outstanding() + 1 >= u64::from(config.send_depth);
-        let inline = len <= s.cm.max_inline();
+        let inline = is_slot && len <= s.cm.max_inline();
         let opts = SendOptions {
             len,
             imm,
@@ -432,9 +449,9 @@ impl RdmaWorker {
             inline,
             seq: (s.posted_seq & SEQ_MASK) as u32,
         };
-        match s.cm.post_send(slot, opts) {
+        match s.cm.post_send(buf, opts) {
             Ok(back) => {
-                if let Some(slot) = back {
+                if let Some(slot) = back.and_then(SendBuf::into_slot) {
                     s.send_free.push(slot);
                 }
                 s.posted_seq += 1;
@@ -452,8 +469,10 @@ impl RdmaWorker {
                     .fetch_min(s.credits.available(), Ordering::Relaxed);
                 Ok(())
             }
-            Err((slot, err)) => {
-                s.send_free.push(slot);
+            Err((buf, err)) => {
+                if let Some(slot) = buf.into_slot() {
+                    s.send_free.push(slot);
+                }
                 Err(err)
             }
         }
@@ -475,7 +494,15 @@ impl RdmaWorker {
         let (Some((slot, len)), Some(imm)) = (s.open.take(), s.credits.take_for_data()) else {
             return Ok(false);
         };
-        match Self::post(config, counters, s, slot, len as u32, imm) {
+        match Self::post(
+            config,
+            counters,
+            s,
+            SendBuf::Slot(slot),
+            len as u32,
+            imm,
+            false,
+        ) {
             Ok(()) => {
                 bump(&counters.data_sends, 1);
                 bump(&counters.bytes_sent, len as u64);
@@ -519,6 +546,148 @@ impl RdmaWorker {
         }
     }
 
+    fn not_a_stream(&self, id: SocketId, op: &'static str) -> io::Error {
+        match self.entries.get(&id) {
+            Some(_) => TransportError::WrongState { id, op }.into(),
+            None => TransportError::UnknownSocket(id).into(),
+        }
+    }
+
+    /// What a read that found no data returns: the stream's error, end of stream, or `WouldBlock`.
+    fn nothing_read(s: &Stream) -> io::Result<usize> {
+        if let Some(err) = s.error() {
+            return Err(err);
+        }
+        match s.phase {
+            Phase::PeerClosed => Ok(0),
+            _ => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// `Ok` if `s` takes writes now; otherwise its error, or `WouldBlock` while it is being set up.
+    fn check_writable(s: &mut Stream) -> io::Result<()> {
+        match s.phase {
+            Phase::Established => Ok(()),
+            Phase::PeerClosed => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("{} disconnected", s.peer),
+            )),
+            Phase::Dead => Err(s
+                .error()
+                .unwrap_or_else(|| io::ErrorKind::NotConnected.into())),
+            _ => {
+                s.write_blocked = true;
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        }
+    }
+
+    /// Copy as much of `bufs` as send buffers and credits allow into the stream's send buffers
+    /// (coalescing; full buffers are posted at once, the last one stays open). Returns the bytes
+    /// taken and the first posting error.
+    fn copy_in(
+        config: &RdmaConfig,
+        counters: &RdmaCounters,
+        s: &mut Stream,
+        bufs: &[IoSlice<'_>],
+    ) -> (usize, io::Result<()>) {
+        let mut total = 0usize;
+        let (mut bi, mut bo) = (0usize, 0usize); // cursor: buffer index, offset in it
+        let mut result = Ok(());
+        loop {
+            while bi < bufs.len() && bo >= bufs[bi].len() {
+                bi += 1;
+                bo = 0;
+            }
+            if bi >= bufs.len() {
+                break;
+            }
+            if s.open.is_none() {
+                match s.send_free.pop() {
+                    Some(slot) => s.open = Some((slot, 0)),
+                    None => {
+                        s.write_blocked = true;
+                        break;
+                    }
+                }
+            }
+            let Some((slot, len)) = s.open.as_mut() else {
+                break;
+            };
+            let room = s.chunk.min(slot.capacity() as usize).saturating_sub(*len);
+            if room == 0 {
+                // The open buffer is full: post it, then go on with a new one.
+                match Self::post_open(config, counters, s) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        s.write_blocked = true;
+                        break;
+                    }
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+            let dst = &mut slot.bytes_mut()[*len..*len + room];
+            let mut copied = 0;
+            while copied < room && bi < bufs.len() {
+                let src = &bufs[bi][bo..];
+                let take = src.len().min(room - copied);
+                dst[copied..copied + take].copy_from_slice(&src[..take]);
+                copied += take;
+                bo += take;
+                if bo >= bufs[bi].len() {
+                    bi += 1;
+                    bo = 0;
+                }
+            }
+            *len += copied;
+            total += copied;
+        }
+        bump(&counters.copied_bytes, total as u64);
+        (total, result)
+    }
+
+    /// The end of every write: fail the stream on a posting error, queue the open buffer for the
+    /// next poll, and say how much was taken (`WouldBlock` for nothing).
+    fn finish_write(
+        dirty: &mut Vec<SocketId>,
+        tx_pending: &mut Vec<SocketId>,
+        id: SocketId,
+        s: &mut Stream,
+        total: usize,
+        result: io::Result<()>,
+    ) -> io::Result<usize> {
+        if let Err(err) = result {
+            let kind = err.kind();
+            Self::fail(dirty, id, s, kind, format!("post send: {err}"));
+            if total == 0 {
+                return Err(err);
+            }
+        }
+        Self::queue_open(tx_pending, id, s);
+        if total == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(total)
+    }
+
+    /// Publish what the region cache did during one write.
+    fn count_cache(counters: &RdmaCounters, before: CacheStats, after: CacheStats) {
+        bump(&counters.mr_cache_hits, after.hits - before.hits);
+        bump(&counters.mr_cache_misses, after.misses - before.misses);
+        bump(
+            &counters.mr_registrations,
+            after.registrations - before.registrations,
+        );
+        bump(
+            &counters.mr_register_failures,
+            after.failures - before.failures,
+        );
+        bump(&counters.mr_evictions, after.evictions - before.evictions);
+    }
+
     fn can_post(config: &RdmaConfig, s: &Stream) -> bool {
         !s.send_free.is_empty() && s.outstanding() < u64::from(config.send_depth)
     }
@@ -549,7 +718,15 @@ impl RdmaWorker {
             s.credits.unspend(imm);
             return;
         };
-        match Self::post(&self.config, &self.counters, s, slot, 0, imm) {
+        match Self::post(
+            &self.config,
+            &self.counters,
+            s,
+            SendBuf::Slot(slot),
+            0,
+            imm,
+            false,
+        ) {
             Ok(()) => bump(&self.counters.credit_only_sends, 1),
             Err(err) => {
                 s.credits.unspend(imm);
@@ -626,7 +803,12 @@ impl RdmaWorker {
                 let last = s.posted_seq.wrapping_sub(1);
                 let full = last - (last.wrapping_sub(seq_low) & SEQ_MASK);
                 s.completed_seq = s.completed_seq.max(full + 1);
-                s.send_free.append(&mut self.reclaimed);
+                // Slots go back to the stream; pinned chunks release their buffers and regions.
+                for buf in self.reclaimed.drain(..) {
+                    if let Some(slot) = buf.into_slot() {
+                        s.send_free.push(slot);
+                    }
+                }
                 Self::queue_open(&mut self.tx_pending, id, s);
                 if s.write_blocked {
                     s.write_blocked = false;
@@ -1062,10 +1244,7 @@ impl WorkerStack for RdmaWorker {
 
     fn read(&mut self, id: SocketId, buf: &mut [u8]) -> io::Result<usize> {
         let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
-            return Err(match self.entries.get(&id) {
-                Some(_) => TransportError::WrongState { id, op: "read" }.into(),
-                None => TransportError::UnknownSocket(id).into(),
-            });
+            return Err(self.not_a_stream(id, "read"));
         };
         let mut n = 0;
         while n < buf.len() {
@@ -1083,70 +1262,109 @@ impl WorkerStack for RdmaWorker {
         if n > 0 || buf.is_empty() {
             return Ok(n);
         }
-        if let Some(err) = s.error() {
-            return Err(err);
+        Self::nothing_read(s)
+    }
+
+    fn read_with(
+        &mut self,
+        id: SocketId,
+        scratch: &mut [u8],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<usize> {
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return Err(self.not_a_stream(id, "read"));
+        };
+        // Lend whole receive buffers (the rest of one a `read` left partly drained, then whole ones)
+        // until the budget is reached; each is re-posted as soon as `f` is done with it.
+        let mut n = 0;
+        while n < scratch.len() {
+            let Some(rx) = s.rx.pop_front() else { break };
+            let data = rx.slot.bytes().get(rx.off..rx.len).unwrap_or(&[]);
+            if !data.is_empty() {
+                f(data);
+                n += data.len();
+            }
+            Self::repost(&mut self.pool, &mut self.credit_due, s, id, rx.slot);
         }
-        match s.phase {
-            Phase::PeerClosed => Ok(0),
-            _ => Err(io::ErrorKind::WouldBlock.into()),
+        if n > 0 || scratch.is_empty() {
+            return Ok(n);
         }
+        Self::nothing_read(s)
     }
 
     fn writev(&mut self, id: SocketId, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return Err(self.not_a_stream(id, "writev"));
+        };
+        Self::check_writable(s)?;
+        let (total, result) = Self::copy_in(&self.config, &self.counters, s, bufs);
+        Self::finish_write(&mut self.dirty, &mut self.tx_pending, id, s, total, result)
+    }
+
+    fn write_bytes(&mut self, id: SocketId, bufs: &[Bytes]) -> io::Result<usize> {
+        let zc_min = self.config.zero_copy_min as usize;
+        if zc_min == 0 || !bufs.iter().any(|b| b.len() >= zc_min) {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let count = bufs.len().min(MAX_IOV);
+            for (slot, buf) in slices.iter_mut().zip(bufs) {
+                *slot = IoSlice::new(buf);
+            }
+            return self.writev(id, &slices[..count]);
+        }
         let config = &self.config;
         let counters = &self.counters;
+        let cache = &mut self.mr_cache;
         let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
             return Err(match self.entries.get(&id) {
                 Some(_) => TransportError::WrongState { id, op: "writev" }.into(),
                 None => TransportError::UnknownSocket(id).into(),
             });
         };
-        match s.phase {
-            Phase::Established => {}
-            Phase::PeerClosed => {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("{} disconnected", s.peer),
-                ))
-            }
-            Phase::Dead => {
-                return Err(s
-                    .error()
-                    .unwrap_or_else(|| io::ErrorKind::NotConnected.into()))
-            }
-            _ => {
-                s.write_blocked = true;
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-        }
+        Self::check_writable(s)?;
+        let stats_before = cache.stats();
         let mut total = 0usize;
-        let (mut bi, mut bo) = (0usize, 0usize); // cursor: buffer index, offset in it
         let mut result = Ok(());
-        loop {
-            while bi < bufs.len() && bo >= bufs[bi].len() {
-                bi += 1;
-                bo = 0;
-            }
-            if bi >= bufs.len() {
-                break;
-            }
-            if s.open.is_none() {
-                match s.send_free.pop() {
-                    Some(slot) => s.open = Some((slot, 0)),
-                    None => {
-                        s.write_blocked = true;
-                        break;
+        let mut i = 0;
+        while i < bufs.len() {
+            // A run of short buffers (or a long one that could not be registered) is copied.
+            let region = match bufs.get(i).filter(|b| b.len() >= zc_min) {
+                Some(buf) => match cache.get(buf) {
+                    Ok(region) => Some(region),
+                    Err(refused) => {
+                        if let Refused::Failed(err) = &refused {
+                            tracing::debug!(%id, error = %err, "zero-copy registration failed: copying");
+                        }
+                        bump(&counters.zero_copy_fallbacks, 1);
+                        None
                     }
-                }
-            }
-            let Some((slot, len)) = s.open.as_mut() else {
-                break;
+                },
+                None => None,
             };
-            let room = s.chunk.min(slot.capacity() as usize).saturating_sub(*len);
-            if room == 0 {
-                // The open buffer is full: post it, then go on with a new one.
+            let Some(region) = region else {
+                let mut j = i + 1;
+                while j < bufs.len() && j - i < MAX_IOV && bufs[j].len() < zc_min {
+                    j += 1;
+                }
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                for (slot, buf) in slices.iter_mut().zip(&bufs[i..j]) {
+                    *slot = IoSlice::new(buf);
+                }
+                let want: usize = bufs[i..j].iter().map(Bytes::len).sum();
+                let (n, r) = Self::copy_in(config, counters, s, &slices[..j - i]);
+                total += n;
+                if r.is_err() || n < want {
+                    result = r;
+                    break;
+                }
+                i = j;
+                continue;
+            };
+            let buf = &bufs[i];
+            // What is already copied into the open buffer goes first (the stream stays in order): as
+            // the head of the first piece's SEND, or alone if it fills a SEND already.
+            if s.open.as_ref().is_some_and(|(_, len)| *len >= s.chunk) {
                 match Self::post_open(config, counters, s) {
-                    Ok(true) => continue,
+                    Ok(true) => {}
                     Ok(false) => {
                         s.write_blocked = true;
                         break;
@@ -1157,34 +1375,60 @@ impl WorkerStack for RdmaWorker {
                     }
                 }
             }
-            let dst = &mut slot.bytes_mut()[*len..*len + room];
-            let mut copied = 0;
-            while copied < room && bi < bufs.len() {
-                let src = &bufs[bi][bo..];
-                let take = src.len().min(room - copied);
-                dst[copied..copied + take].copy_from_slice(&src[..take]);
-                copied += take;
-                bo += take;
-                if bo >= bufs[bi].len() {
-                    bi += 1;
-                    bo = 0;
+            let mut off = 0;
+            while off < buf.len() {
+                if !s.credits.can_send_data() {
+                    bump(&counters.credit_stalls, 1);
+                    s.write_blocked = true;
+                    break;
                 }
+                if s.outstanding() >= u64::from(config.send_depth) {
+                    s.write_blocked = true;
+                    break;
+                }
+                let head = s.open.as_ref().map_or(0, |(_, len)| *len);
+                if head >= s.chunk {
+                    // Not reached: a full open buffer was posted above, and pieces consume it.
+                    s.write_blocked = true;
+                    break;
+                }
+                let n = (buf.len() - off).min(s.chunk - head);
+                let Some(chunk) = PinnedChunk::new(region.clone(), buf.slice(off..off + n)) else {
+                    result = Err(io::Error::other("pinned chunk outside its region"));
+                    break;
+                };
+                let Some(imm) = s.credits.take_for_data() else {
+                    s.write_blocked = true;
+                    break;
+                };
+                // The first piece carries the copied head, if any (two SGEs, one SEND).
+                let send = match s.open.take() {
+                    Some((slot, head)) if head > 0 => SendBuf::Joined(slot, head as u32, chunk),
+                    other => {
+                        s.open = other;
+                        SendBuf::Pinned(chunk)
+                    }
+                };
+                let last = off + n == buf.len();
+                let len = (head + n) as u32;
+                if let Err(err) = Self::post(config, counters, s, send, len, imm, last) {
+                    s.credits.unspend(imm);
+                    result = Err(err);
+                    break;
+                }
+                bump(&counters.data_sends, 1);
+                bump(&counters.bytes_sent, (head + n) as u64);
+                bump(&counters.zero_copy_bytes, n as u64);
+                off += n;
+                total += n;
             }
-            *len += copied;
-            total += copied;
-        }
-        if let Err(err) = result {
-            let kind = err.kind();
-            Self::fail(&mut self.dirty, id, s, kind, format!("post send: {err}"));
-            if total == 0 {
-                return Err(err);
+            if off < buf.len() {
+                break;
             }
+            i += 1;
         }
-        Self::queue_open(&mut self.tx_pending, id, s);
-        if total == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(total)
+        Self::count_cache(counters, stats_before, cache.stats());
+        Self::finish_write(&mut self.dirty, &mut self.tx_pending, id, s, total, result)
     }
 
     fn shutdown(&mut self, id: SocketId, _how: Shutdown) -> io::Result<()> {
