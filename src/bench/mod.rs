@@ -21,6 +21,7 @@
 //! for (or, duration-bound, what was measured in that time); output files are created before the run,
 //! so a bad path fails in a second, not after the run.
 
+pub mod dpdk;
 pub mod driver;
 pub mod latency;
 pub mod plot;
@@ -40,6 +41,7 @@ use crate::proto::types::{AddrVec, EntityAddr};
 use crate::stack::fault::{FaultConfig, FaultStack};
 use crate::stack::posix::PosixStack;
 
+pub use dpdk::DpdkLink;
 pub use driver::{Load, Measured, Shape, Traffic};
 pub use latency::{EchoDispatcher, BENCH_ACK_TYPE, BENCH_MSG_TYPE, BENCH_STREAM_TYPE};
 pub use report::{Cpus, Header, Percentile, Report, RunInfo, RunShape, SizeResult};
@@ -77,7 +79,10 @@ latency runs from the message's intended send time, so stalls are not hidden (co
 With --stack posix the server is a messenger in this process on 127.0.0.1 (its own worker threads), or \
 in another process: start `msgr bench serve`, then `msgr bench run ADDR`. With --stack mem the client \
 and server are the protocol state machines back to back in memory (latency only: the protocol's cost \
-alone).\n\n\
+alone). With --stack dpdk (a build with the dpdk feature) the client runs on the DPDK stack: \
+--dpdk-link memif (default) starts the server as a child `msgr bench serve --stack dpdk` on the other \
+end of a net_memif link; --dpdk-link tap (root) runs the client on net_tap against a kernel-TCP server \
+in this process on the tap's kernel side; --dpdk-args adjusts the generated stack arguments.\n\n\
 The table shows, per size, p50/p90/p99/p99.9/max in µs, msgs/s over all connections and payload Gbit/s \
 (both directions for echoed modes, one for throughput). --json FILE writes the same figures with a \
 header (version, commit, stack, pinning, load average, CPU, kernel); --svg FILE draws latency by \
@@ -88,6 +93,8 @@ msgr bench --stack posix --mode latency --sizes 64,4k --json out.json --svg out.
 msgr bench --mode throughput --sizes 4k,64k,1m --window 32 --duration 3\n  \
 msgr bench --mode fanin --connections 256 --sizes 64\n  \
 msgr bench --sizes 64 --rate 20000 --count 100000\n  \
+msgr bench --stack dpdk --sizes 64,64k            (cargo build --release --features dpdk)\n  \
+msgr bench --stack dpdk --dpdk-link tap --mode throughput --sizes 64k\n  \
 taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 &  taskset -c 0 msgr bench run 127.0.0.1:6800";
 
 /// `msgr bench [OPTIONS]`, `msgr bench run ADDR [OPTIONS]`, `msgr bench serve [OPTIONS]`.
@@ -129,9 +136,21 @@ pub struct BenchRunArgs {
 /// What to measure and how.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Network stack: posix (kernel TCP) or mem (in-memory protocol pair, latency only).
+    /// Network stack: posix (kernel TCP), mem (in-memory protocol pair, latency only) or dpdk (needs
+    /// the dpdk feature).
     #[arg(long, value_enum, default_value_t = StackKind::Posix)]
     pub stack: StackKind,
+
+    /// --stack dpdk: the link, memif (a server child process over net_memif) or tap (net_tap against a
+    /// kernel-TCP server here; needs root).
+    #[arg(long, value_enum, default_value_t = DpdkLink::Memif)]
+    pub dpdk_link: DpdkLink,
+
+    /// --stack dpdk: stack arguments. `msgr bench`: adjusts the generated ones (key=value replace
+    /// keys; EAL memory options replace `--no-huge -m 256`; other EAL options are added; ip/port and
+    /// devices are the link's). `bench run ADDR`: this end's whole configuration.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub dpdk_args: Option<String>,
 
     /// What to measure: latency, throughput or fanin.
     #[arg(long, value_enum, default_value_t = Mode::Latency)]
@@ -236,6 +255,8 @@ pub enum StackKind {
     Posix,
     /// The protocol state machines back to back in memory: no sockets, no threads.
     Mem,
+    /// The DPDK stack (cargo feature `dpdk`): userspace TCP on poll-mode queues; see --dpdk-link.
+    Dpdk,
 }
 
 impl StackKind {
@@ -243,6 +264,7 @@ impl StackKind {
         match self {
             StackKind::Posix => "posix",
             StackKind::Mem => "mem",
+            StackKind::Dpdk => "dpdk",
         }
     }
 }
@@ -391,6 +413,11 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
             ));
         }
     }
+    if args.stack == StackKind::Dpdk {
+        dpdk::check(args, server.is_some())?;
+    } else if args.dpdk_args.is_some() || args.dpdk_link != DpdkLink::Memif {
+        return usage("--dpdk-args and --dpdk-link go with --stack dpdk".into());
+    }
     if server.is_some() && !args.server_cpus.is_empty() {
         return usage(
             "--server-cpus pins an in-process server; pin `msgr bench serve` itself".into(),
@@ -516,51 +543,22 @@ pub fn run_to(
                 record(size, m, latency::wire_bytes(&msg), out);
             }
         }
-        StackKind::Posix => {
-            // The in-process server, unless one was named; dropped (stopped) after the client.
-            let local = match &plan.server {
-                Some(_) => None,
-                None => Some(
-                    BenchServer::start(
-                        PosixStack::new(),
-                        &[SocketAddr::from(([127, 0, 0, 1], 0))],
-                        server_wc,
-                        rand::random::<u32>() | 1,
-                        &security,
-                    )
-                    .map_err(|e| BenchError::Failed(format!("posix loopback server: {e}")))?,
-                ),
-            };
-            let target = match (&plan.server, &local) {
-                (Some((_, addrs)), _) => addrs.clone(),
-                (None, Some(s)) => s.addrs().clone(),
-                (None, None) => return Err(BenchError::Failed("no server".into())),
-            };
+        StackKind::Posix | StackKind::Dpdk => {
             let shape = plan.shape;
-            let connect = |r: Result<Box<dyn driver::Runner>, String>| {
-                r.map_err(|e| BenchError::Failed(format!("{} set-up: {e}", plan.run_shape.stack)))
-            };
-            let mut client = match args.inject_delay_ms {
-                None => connect(driver::Client::boxed(
-                    PosixStack::new(),
-                    client_wc,
-                    &target,
+            // The client, and what serves it (stopped after the client).
+            let (mut client, server) = if args.stack == StackKind::Dpdk {
+                let session = dpdk::start(
+                    args,
+                    plan.server.as_ref().map(|s| &s.1),
                     shape,
-                    &security,
-                ))?,
-                Some(ms) => connect(driver::Client::boxed(
-                    FaultStack::new(
-                        PosixStack::new(),
-                        FaultConfig {
-                            read_delay: Duration::from_secs_f64(ms / 1000.0),
-                            ..FaultConfig::default()
-                        },
-                    ),
                     client_wc,
-                    &target,
-                    shape,
+                    server_wc,
                     &security,
-                ))?,
+                )?;
+                session.describe(&mut header);
+                (session.client, session.server)
+            } else {
+                posix_client(args, &plan, client_wc, server_wc, &security)?
             };
             let mut outcome = Ok(());
             for &size in &args.sizes {
@@ -575,8 +573,8 @@ pub fn run_to(
                 }
             }
             client.shutdown();
+            drop(server);
             outcome?;
-            drop(local);
         }
     }
 
@@ -594,4 +592,58 @@ pub fn run_to(
         plot::write_svg(&report, path).map_err(BenchError::Failed)?;
     }
     Ok(report)
+}
+
+/// The posix client, and the in-process server unless `plan` names one.
+fn posix_client(
+    args: &BenchArgs,
+    plan: &Plan,
+    client_wc: WorkerConfig,
+    server_wc: WorkerConfig,
+    security: &security::Security,
+) -> Result<(Box<dyn driver::Runner>, Box<dyn std::any::Any>), BenchError> {
+    let local = match &plan.server {
+        Some(_) => None,
+        None => Some(
+            BenchServer::start(
+                PosixStack::new(),
+                &[SocketAddr::from(([127, 0, 0, 1], 0))],
+                server_wc,
+                rand::random::<u32>() | 1,
+                security,
+            )
+            .map_err(|e| BenchError::Failed(format!("posix loopback server: {e}")))?,
+        ),
+    };
+    let target = match (&plan.server, &local) {
+        (Some((_, addrs)), _) => addrs.clone(),
+        (None, Some(s)) => s.addrs().clone(),
+        (None, None) => return Err(BenchError::Failed("no server".into())),
+    };
+    let connect = |r: Result<Box<dyn driver::Runner>, String>| {
+        r.map_err(|e| BenchError::Failed(format!("{} set-up: {e}", plan.run_shape.stack)))
+    };
+    let client = match args.inject_delay_ms {
+        None => connect(driver::Client::boxed(
+            PosixStack::new(),
+            client_wc,
+            &target,
+            plan.shape,
+            security,
+        ))?,
+        Some(ms) => connect(driver::Client::boxed(
+            FaultStack::new(
+                PosixStack::new(),
+                FaultConfig {
+                    read_delay: Duration::from_secs_f64(ms / 1000.0),
+                    ..FaultConfig::default()
+                },
+            ),
+            client_wc,
+            &target,
+            plan.shape,
+            security,
+        ))?,
+    };
+    Ok((client, Box::new(local)))
 }

@@ -54,6 +54,12 @@ pub struct Header {
     /// The build's git commit (`MSGR_GIT_COMMIT` at build time, else `git rev-parse HEAD` at run time).
     pub git_commit: Option<String>,
     pub stack: String,
+    /// Kernel-bypass stacks: the link under the stack (dpdk: `memif`, `tap`, or the port's driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// Kernel-bypass stacks: the client's effective stack arguments (dpdk: `--dpdk-args`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_args: Option<String>,
     pub mode: String,
     /// msgr2 connection mode (`crc`; `secure` needs cephx).
     pub conn_mode: String,
@@ -288,6 +294,8 @@ impl Header {
             msgr_version: env!("CARGO_PKG_VERSION").to_string(),
             git_commit: git_commit(),
             stack: shape.stack.clone(),
+            link: None,
+            stack_args: None,
             mode: shape.mode.clone(),
             conn_mode: "crc".into(),
             processes: info.processes.to_string(),

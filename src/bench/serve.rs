@@ -4,7 +4,7 @@
 //! It accepts clients as a stateless server (each benchmark client session is lossy), so hundreds of
 //! fan-in sessions, each its own client identity, cost it nothing beyond their sockets.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use crate::stack::NetworkStack;
 
 use super::latency::EchoDispatcher;
 use super::report::Cpus;
-use super::{BenchError, MAX_WORKERS};
+use super::{BenchError, StackKind, MAX_WORKERS};
 
 /// A running benchmark server; stopped on drop.
 pub struct BenchServer<N: NetworkStack> {
@@ -71,13 +71,28 @@ impl<N: NetworkStack> Drop for BenchServer<N> {
     long_about = "Run a benchmark server for `msgr bench run ADDR` in another process.\n\n\
 It listens on --bind (a msgr2.1 OSD-type server, auth none, crc mode, address nonce 0 so that \
 IP:PORT alone names it), prints \"listening on v2:IP:PORT/0\", echoes benchmark messages and acks streamed ones, and runs for \
---duration seconds or until killed.",
-    after_help = "Example:\n  taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 --cpus 1"
+--duration seconds or until killed.\n\n\
+With --stack dpdk (a build with the dpdk feature) it serves on the DPDK stack that --dpdk-args \
+describes (one poll-mode worker per queue: --workers must equal queues=), on that stack's ip unless \
+--bind says otherwise. With --stdin-control it reads commands on stdin: `count` prints \
+\"messages in N out M\" (the counters, e.g. around a measurement window), and the end of stdin stops it.",
+    after_help = "Examples:\n  taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 --cpus 1\n  \
+msgr bench serve --stack dpdk --dpdk-args \"ip=198.18.0.1/24 --no-huge --no-pci -m 256 \
+--vdev=net_memif0,role=server,id=0,socket=/msgr-memif,socket-abstract=yes\""
 )]
 pub struct BenchServeArgs {
-    /// Address to listen on, IP:PORT (IPv6 in brackets); port 0 picks a free port.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6800")]
-    pub bind: SocketAddr,
+    /// Network stack: posix (kernel TCP) or dpdk (needs the dpdk feature and --dpdk-args).
+    #[arg(long, value_enum, default_value_t = StackKind::Posix)]
+    pub stack: StackKind,
+
+    /// --stack dpdk: the stack's arguments (`ip=A.B.C.D/len`, options, EAL arguments with a --vdev).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub dpdk_args: Option<String>,
+
+    /// Address to listen on, IP:PORT (IPv6 in brackets); port 0 picks a free port. Default
+    /// 127.0.0.1:6800; with --stack dpdk, the stack's ip, port 6800.
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
 
     /// Worker threads.
     #[arg(long, value_name = "N", default_value_t = 1,
@@ -91,39 +106,111 @@ pub struct BenchServeArgs {
     /// Stop after SECS seconds; default: run until killed.
     #[arg(long, value_name = "SECS", value_parser = super::parse_positive_secs)]
     pub duration: Option<f64>,
+
+    /// Read commands on stdin: `count` prints the message counters; end of input stops the server.
+    #[arg(long)]
+    pub stdin_control: bool,
 }
 
-/// Runs `msgr bench serve`: prints the address line, then serves until the duration ends.
+/// Runs `msgr bench serve`: prints the address line, then serves until the duration ends (or, with
+/// `--stdin-control`, stdin ends).
 pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchError> {
     let workers = usize::try_from(args.workers).unwrap_or(1);
     let wc = super::worker_config(workers, &args.cpus, "bench-serve");
-    let cpus = Cpus::of_this_process(&super::pinned(&wc));
-    // Nonce 0: clients may name this server by IP:PORT alone.
-    let server = BenchServer::start(
-        PosixStack::new(),
-        &[args.bind],
+    match args.stack {
+        StackKind::Posix if args.dpdk_args.is_none() => {
+            let bind = args
+                .bind
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6800)));
+            serve_on(&start(PosixStack::new(), bind, wc.clone())?, args, &wc, out)
+        }
+        #[cfg(feature = "dpdk")]
+        StackKind::Dpdk => {
+            let dpdk_args = args.dpdk_args.as_deref().ok_or_else(|| {
+                BenchError::Usage("--stack dpdk needs --dpdk-args (ip=…, EAL options, --vdev=…)".into())
+            })?;
+            let stack = super::dpdk::build_stack(dpdk_args, workers)?;
+            let bind = args.bind.unwrap_or_else(|| {
+                SocketAddr::from((stack.ip(), super::dpdk::SERVE_PORT))
+            });
+            serve_on(&start(stack, bind, wc.clone())?, args, &wc, out)
+        }
+        #[cfg(not(feature = "dpdk"))]
+        StackKind::Dpdk => Err(BenchError::Usage(super::dpdk::BUILD_HINT.into())),
+        StackKind::Posix => Err(BenchError::Usage(
+            "--dpdk-args goes with --stack dpdk".into(),
+        )),
+        StackKind::Mem => Err(BenchError::Usage(
+            "bench serve runs --stack posix or dpdk (mem is an in-process pair)".into(),
+        )),
+    }
+}
+
+/// A server for `bench serve` on `stack`; nonce 0, so clients may name it by IP:PORT alone.
+fn start<N: NetworkStack>(
+    stack: N,
+    bind: SocketAddr,
+    wc: WorkerConfig,
+) -> Result<BenchServer<N>, BenchError> {
+    BenchServer::start(
+        stack,
+        &[bind],
         wc,
         0,
         &super::security::Security::default(),
     )
-    .map_err(|e| BenchError::Failed(format!("bench server: {e}")))?;
+    .map_err(|e| BenchError::Failed(format!("bench server: {e}")))
+}
+
+/// Serves on a started `server` until the duration ends or the stdin control says so.
+fn serve_on<N: NetworkStack>(
+    server: &BenchServer<N>,
+    args: &BenchServeArgs,
+    wc: &WorkerConfig,
+    out: &mut dyn Write,
+) -> Result<(), BenchError> {
+    let cpus = Cpus::of_this_process(&super::pinned(wc));
     for a in &server.addrs().0 {
         let _ = writeln!(out, "osd listening on {a}");
     }
     let _ = writeln!(
         out,
-        "workers {workers}, pinned to {:?}, allowed CPUs {:?}",
-        cpus.pinned, cpus.allowed
+        "workers {}, pinned to {:?}, allowed CPUs {:?}",
+        wc.threads, cpus.pinned, cpus.allowed
     );
     let _ = out.flush();
+    let commands = args.stdin_control.then(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<String>();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    });
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
     loop {
         let now = Instant::now();
-        match deadline {
+        let nap = match deadline {
             Some(d) if now >= d => break,
-            Some(d) => std::thread::sleep((d - now).min(Duration::from_millis(200))),
-            None => std::thread::sleep(Duration::from_millis(200)),
+            Some(d) => (d - now).min(Duration::from_millis(200)),
+            None => Duration::from_millis(200),
+        };
+        match &commands {
+            None => std::thread::sleep(nap),
+            Some(rx) => match rx.recv_timeout(nap) {
+                Ok(cmd) if cmd.trim() == "count" => {
+                    let c = server.messenger().counters();
+                    let _ = writeln!(out, "messages in {} out {}", c.msgs_in, c.msgs_out);
+                    let _ = out.flush();
+                }
+                Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            },
         }
     }
     let c = server.messenger().counters();
