@@ -39,6 +39,11 @@ pub const MEMIF_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const SERVE_PORT: u16 = 6800;
 /// EAL memory for each generated end (no hugepages needed).
 const MEMORY: &str = "--no-huge -m 256";
+/// EAL logging for generated ends: the EAL's start-up notices, and the PMDs' notices about multi-process
+/// and rte_flow support (neither is used here), are noise on a benchmark's stderr. A failing port is
+/// still an error from the stack.
+const LOG: &str = "--log-level=lib.eal:warning --log-level=pmd.net.memif:critical \
+                   --log-level=pmd.net.tap:critical";
 
 /// The link under `--stack dpdk` in the one-command form.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,7 +90,7 @@ pub fn memif_args(server: bool, queues: usize, socket: &str) -> String {
         (MEMIF_CLIENT_IP, "client", 2)
     };
     format!(
-        "ip={ip}/24 queues={queues} link_wait_ms=20000 {MEMORY} --no-pci \
+        "ip={ip}/24 queues={queues} link_wait_ms=20000 {MEMORY} {LOG} --no-pci \
          --vdev=net_memif0,role={role},id=0,socket={socket},socket-abstract=yes,mac=02:00:c6:12:00:0{last}"
     )
 }
@@ -94,7 +99,7 @@ pub fn memif_args(server: bool, queues: usize, socket: &str) -> String {
 pub fn tap_args(queues: usize) -> String {
     let (_, dpdk_ip) = tap_addrs();
     format!(
-        "ip={dpdk_ip}/24 queues={queues} {MEMORY} --no-pci --vdev=net_tap0,iface={}",
+        "ip={dpdk_ip}/24 queues={queues} {MEMORY} {LOG} --no-pci --vdev=net_tap0,iface={}",
         tap_iface()
     )
 }
@@ -112,7 +117,7 @@ fn tokens(args: &str) -> Result<Vec<Token>, String> {
     let mut eal_only = false;
     let mut after_flag = false;
     for t in args.split_whitespace() {
-        let value_of_flag = after_flag && !t.contains('=');
+        let value_of_flag = after_flag && !t.contains('=') && !t.starts_with('-');
         after_flag = false;
         if t == "--" && !eal_only {
             eal_only = true;
@@ -666,5 +671,49 @@ mod imp {
             let _ = self.child.wait();
             let _ = std::fs::remove_dir(format!("/var/run/dpdk/msgr-{}", self.child.id()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_keys_replace_generated_ones_and_memory_options_replace_the_default() {
+        let generated = "ip=198.18.0.2/24 queues=1 --no-huge -m 256 --no-pci --vdev=net_memif0,role=client";
+        let merged = merge_args(generated, "mtu=9000 queues=1 --huge-dir=/dev/hugepages -m 1024 -l 1")
+            .unwrap();
+        assert_eq!(
+            merged,
+            "ip=198.18.0.2/24 queues=1 mtu=9000 --no-pci --vdev=net_memif0,role=client \
+             --huge-dir=/dev/hugepages -m 1024 -l 1"
+        );
+        // Without user memory options the generated ones stay; other EAL options are appended.
+        assert_eq!(
+            merge_args(generated, "tcp_buffer=1048576 --log-level=debug").unwrap(),
+            "ip=198.18.0.2/24 queues=1 tcp_buffer=1048576 --no-huge -m 256 --no-pci \
+             --vdev=net_memif0,role=client --log-level=debug"
+        );
+        assert_eq!(merge_args(generated, "").unwrap(), generated);
+    }
+
+    #[test]
+    fn link_keys_devices_and_other_queue_counts_are_refused() {
+        let generated = memif_args(false, 1, "/s");
+        for bad in [
+            "ip=10.0.0.1/24",
+            "port=1",
+            "queues=2",
+            "--vdev=net_tap0",
+            "-a 0000:01:00.0",
+            "--no-pci",
+            "stray",
+        ] {
+            assert!(merge_args(&generated, bad).is_err(), "{bad:?} must be refused");
+        }
+        // The generated ends parse as the stack's arguments do: keys, then EAL options with values.
+        let toks = tokens(&tap_args(2)).unwrap();
+        assert!(toks.contains(&Token::Key("queues".into(), "2".into())));
+        assert!(toks.contains(&Token::Eal(vec!["-m".into(), "256".into()])));
     }
 }
