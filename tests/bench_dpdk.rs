@@ -30,7 +30,10 @@ fn abstract_socket_open(name: &str) -> bool {
 
 /// Runs `msgr bench --stack dpdk ARGS --json FILE`; returns the report and the bench's PID.
 fn bench(args: &[&str], name: &str) -> (serde_json::Value, u32) {
-    let json = std::env::temp_dir().join(format!("msgr-bench-dpdk-{}-{name}.json", std::process::id()));
+    let json = std::env::temp_dir().join(format!(
+        "msgr-bench-dpdk-{}-{name}.json",
+        std::process::id()
+    ));
     let mut all = vec!["bench", "--stack", "dpdk", "--json", json.to_str().unwrap()];
     all.extend_from_slice(args);
     let child = Command::new(MSGR)
@@ -80,7 +83,10 @@ fn bench_over_memif_reports_and_stops_its_server_child() {
     assert_eq!(h["link"], "memif");
     assert_eq!(h["processes"], "two");
     assert!(
-        h["server_addr"].as_str().unwrap_or("").contains("198.18.0.1"),
+        h["server_addr"]
+            .as_str()
+            .unwrap_or("")
+            .contains("198.18.0.1"),
         "{h}"
     );
     assert!(h["stack_args"].as_str().unwrap_or("").contains("net_memif"));
@@ -116,7 +122,15 @@ fn bench_over_tap_reports_and_removes_the_interface() {
 #[test]
 fn a_killed_bench_does_not_leave_its_server_child_running() {
     let mut child = Command::new(MSGR)
-        .args(["bench", "--stack", "dpdk", "--sizes", "64", "--duration", "60"])
+        .args([
+            "bench",
+            "--stack",
+            "dpdk",
+            "--sizes",
+            "64",
+            "--duration",
+            "60",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -161,7 +175,15 @@ fn options_that_do_not_apply_are_usage_errors() {
             "device",
         ),
         (
-            &["bench", "--stack", "dpdk", "--workers", "2", "--dpdk-args", "queues=1"],
+            &[
+                "bench",
+                "--stack",
+                "dpdk",
+                "--workers",
+                "2",
+                "--dpdk-args",
+                "queues=1",
+            ],
             "--workers",
         ),
         (
@@ -171,7 +193,13 @@ fn options_that_do_not_apply_are_usage_errors() {
         (&["bench", "serve", "--stack", "dpdk"], "--dpdk-args"),
         (
             &[
-                "bench", "serve", "--stack", "dpdk", "--workers", "2", "--dpdk-args",
+                "bench",
+                "serve",
+                "--stack",
+                "dpdk",
+                "--workers",
+                "2",
+                "--dpdk-args",
                 "ip=10.0.0.1/24 --no-huge --vdev=net_null0",
             ],
             "queues=1",

@@ -200,9 +200,18 @@ fn bench_usage_errors_exit_2_with_a_reason() {
     let cases = &[
         cases,
         &[
-            (&["bench", "--stack", "dpdk"][..], "cargo build --release --features dpdk"),
-            (&["bench", "serve", "--stack", "dpdk"][..], "--features dpdk"),
-            (&["bench", "run", "127.0.0.1:1", "--stack", "dpdk"][..], "--features dpdk"),
+            (
+                &["bench", "--stack", "dpdk"][..],
+                "cargo build --release --features dpdk",
+            ),
+            (
+                &["bench", "serve", "--stack", "dpdk"][..],
+                "--features dpdk",
+            ),
+            (
+                &["bench", "run", "127.0.0.1:1", "--stack", "dpdk"][..],
+                "--features dpdk",
+            ),
         ][..],
     ]
     .concat();

@@ -129,9 +129,9 @@ fn tokens(args: &str) -> Result<Vec<Token>, String> {
             after_flag = t.starts_with('-') && !t.contains('=');
             out.push(Token::Eal(vec![t.to_string()]));
         } else {
-            let (k, v) = t
-                .split_once('=')
-                .ok_or_else(|| format!("--dpdk-args: `{t}`: expected key=value or an EAL option"))?;
+            let (k, v) = t.split_once('=').ok_or_else(|| {
+                format!("--dpdk-args: `{t}`: expected key=value or an EAL option")
+            })?;
             out.push(Token::Key(k.to_string(), v.to_string()));
         }
     }
@@ -160,14 +160,7 @@ const MEMORY_OPTS: &[&str] = &[
     "--single-file-segments",
     "--huge-unlink",
 ];
-const DEVICE_OPTS: &[&str] = &[
-    "--vdev",
-    "-a",
-    "--allow",
-    "-b",
-    "--block",
-    "--no-pci",
-];
+const DEVICE_OPTS: &[&str] = &["--vdev", "-a", "--allow", "-b", "--block", "--no-pci"];
 /// Keys the one-command form generates per end and does not let `--dpdk-args` change.
 const LINK_KEYS: &[&str] = &["ip", "port", "gateway"];
 
@@ -218,9 +211,7 @@ pub fn merge_args(generated: &str, user: &str) -> Result<String, String> {
             }
         }
     }
-    let user_memory = usr_eal
-        .iter()
-        .any(|o| MEMORY_OPTS.contains(&eal_name(o)));
+    let user_memory = usr_eal.iter().any(|o| MEMORY_OPTS.contains(&eal_name(o)));
     let mut out: Vec<String> = keys.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     for o in gen_eal {
         if !(user_memory && MEMORY_OPTS.contains(&eal_name(&o))) {
@@ -395,7 +386,8 @@ mod imp {
             let stack_args = args.dpdk_args.clone().unwrap_or_default();
             let stack = build_stack(&stack_args, workers)?;
             let link = stack.driver().trim_start_matches("net_").to_string();
-            let client = Client::boxed(stack, client_wc, target, shape, security).map_err(failed)?;
+            let client =
+                Client::boxed(stack, client_wc, target, shape, security).map_err(failed)?;
             return Ok(Session {
                 client,
                 server: Box::new(()),
@@ -439,7 +431,8 @@ mod imp {
                             .into(),
                     ));
                 }
-                let client_args = merge_args(&tap_args(workers), user).map_err(BenchError::Usage)?;
+                let client_args =
+                    merge_args(&tap_args(workers), user).map_err(BenchError::Usage)?;
                 let (kernel_ip, _) = tap_addrs();
                 let mut guard = TapGuard {
                     server: None,
@@ -680,9 +673,13 @@ mod tests {
 
     #[test]
     fn user_keys_replace_generated_ones_and_memory_options_replace_the_default() {
-        let generated = "ip=198.18.0.2/24 queues=1 --no-huge -m 256 --no-pci --vdev=net_memif0,role=client";
-        let merged = merge_args(generated, "mtu=9000 queues=1 --huge-dir=/dev/hugepages -m 1024 -l 1")
-            .unwrap();
+        let generated =
+            "ip=198.18.0.2/24 queues=1 --no-huge -m 256 --no-pci --vdev=net_memif0,role=client";
+        let merged = merge_args(
+            generated,
+            "mtu=9000 queues=1 --huge-dir=/dev/hugepages -m 1024 -l 1",
+        )
+        .unwrap();
         assert_eq!(
             merged,
             "ip=198.18.0.2/24 queues=1 mtu=9000 --no-pci --vdev=net_memif0,role=client \
@@ -709,7 +706,10 @@ mod tests {
             "--no-pci",
             "stray",
         ] {
-            assert!(merge_args(&generated, bad).is_err(), "{bad:?} must be refused");
+            assert!(
+                merge_args(&generated, bad).is_err(),
+                "{bad:?} must be refused"
+            );
         }
         // The generated ends parse as the stack's arguments do: keys, then EAL options with values.
         let toks = tokens(&tap_args(2)).unwrap();

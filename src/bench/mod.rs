@@ -594,6 +594,10 @@ pub fn run_to(
     Ok(report)
 }
 
+/// A benchmark client, and what serves it (a server in this process, a child process, nothing): dropped
+/// after the client has shut down.
+type ClientAndServer = (Box<dyn driver::Runner>, Box<dyn std::any::Any>);
+
 /// The posix client, and the in-process server unless `plan` names one.
 fn posix_client(
     args: &BenchArgs,
@@ -601,7 +605,7 @@ fn posix_client(
     client_wc: WorkerConfig,
     server_wc: WorkerConfig,
     security: &security::Security,
-) -> Result<(Box<dyn driver::Runner>, Box<dyn std::any::Any>), BenchError> {
+) -> Result<ClientAndServer, BenchError> {
     let local = match &plan.server {
         Some(_) => None,
         None => Some(

@@ -127,12 +127,14 @@ pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchErro
         #[cfg(feature = "dpdk")]
         StackKind::Dpdk => {
             let dpdk_args = args.dpdk_args.as_deref().ok_or_else(|| {
-                BenchError::Usage("--stack dpdk needs --dpdk-args (ip=…, EAL options, --vdev=…)".into())
+                BenchError::Usage(
+                    "--stack dpdk needs --dpdk-args (ip=…, EAL options, --vdev=…)".into(),
+                )
             })?;
             let stack = super::dpdk::build_stack(dpdk_args, workers)?;
-            let bind = args.bind.unwrap_or_else(|| {
-                SocketAddr::from((stack.ip(), super::dpdk::SERVE_PORT))
-            });
+            let bind = args
+                .bind
+                .unwrap_or_else(|| SocketAddr::from((stack.ip(), super::dpdk::SERVE_PORT)));
             serve_on(&start(stack, bind, wc.clone())?, args, &wc, out)
         }
         #[cfg(not(feature = "dpdk"))]
@@ -152,14 +154,8 @@ fn start<N: NetworkStack>(
     bind: SocketAddr,
     wc: WorkerConfig,
 ) -> Result<BenchServer<N>, BenchError> {
-    BenchServer::start(
-        stack,
-        &[bind],
-        wc,
-        0,
-        &super::security::Security::default(),
-    )
-    .map_err(|e| BenchError::Failed(format!("bench server: {e}")))
+    BenchServer::start(stack, &[bind], wc, 0, &super::security::Security::default())
+        .map_err(|e| BenchError::Failed(format!("bench server: {e}")))
 }
 
 /// Serves on a started `server` until the duration ends or the stdin control says so.
