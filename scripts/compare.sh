@@ -299,7 +299,12 @@ syscall_run() { # stack mode size
     c1=$(server_count "$log")
     echo "messages $((c1 - c0)) window_s $win" >"$RAW/syscalls-$tag.count"
     wait "$cpid" 2>/dev/null || true
+    # End of its stdin stops the server cleanly (the DPDK one removes its EAL state); kill only a laggard.
     exec 3>&-
+    for ((i = 0; i < 200; i++)); do
+        if ! kill -0 "$spid" 2>/dev/null; then break; fi
+        sleep 0.05
+    done
     stop_pid "$spid"
     rm -f "$fifo"
 }

@@ -7,7 +7,8 @@
 //!   after this process), waits for that socket, brings up the client end here (198.18.0.2/24, memif
 //!   client role), reads the address the child prints and runs the client against it. The child is
 //!   stopped at the end by closing its stdin (it exits when its stdin ends, so it also goes when this
-//!   process dies), killed by PID if it has not exited 10 s later, and always reaped.
+//!   process dies, Ctrl-C included: it has a process group of its own), killed by PID if it has not
+//!   exited 10 s later, and always reaped.
 //! - `tap`: the client runs on net_tap here (198.19.X.2/24, X from this process's ID); the server is a
 //!   posix-stack messenger in this process bound to the kernel side of the tap (198.19.X.1/24, which this
 //!   module assigns to the interface as soon as the port creates it). DPDK's userspace TCP against Linux
@@ -312,6 +313,7 @@ mod imp {
     use std::collections::VecDeque;
     use std::io::{BufRead, BufReader};
     use std::net::{IpAddr, SocketAddr};
+    use std::os::unix::process::CommandExt;
     use std::process::{Child, ChildStdin, Command, Stdio};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -553,7 +555,10 @@ mod imp {
                 let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
                 cmd.arg("--cpus").arg(list.join(","));
             }
+            // Its own process group: a Ctrl-C at the terminal stops this process, and the child then
+            // sees its stdin end and shuts down cleanly (its EAL state removed) instead of dying mid-way.
             let mut child = cmd
+                .process_group(0)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
