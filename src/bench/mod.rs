@@ -247,8 +247,8 @@ fn parse_delay_ms(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Stacks `msgr bench` runs over. Kernel-bypass stacks (`dpdk`, `rdma`) join as variants when they are
-/// built; each variant maps to a `NetworkStack` in [`run_to`].
+/// Stacks `msgr bench` runs over; each variant maps to a `NetworkStack` in [`run_to`]. A kernel-bypass
+/// variant exists in every build; without its cargo feature choosing it is a usage error naming the build.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StackKind {
     /// Kernel TCP over 127.0.0.1, a server and a client messenger in this process.
