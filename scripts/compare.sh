@@ -14,8 +14,16 @@
 # (DIR/msgr-latency.svg, DIR/msgr-throughput.svg). Every process it starts is stopped by its PID.
 #
 # Usage: scripts/compare.sh [--sizes 64,4k,64k,1m] [--reps 3] [--secs 3] [--server-cpu 1] [--client-cpu 0]
-#                           [--window 16] [--out DIR] [--msgr PATH] [--report-only] [--rdma]
+#                           [--window 16] [--out DIR] [--msgr PATH] [--report-only] [--rdma] [--dpdk]
 # --report-only redoes the table, compare.json and plots from DIR/raw of an earlier run.
+# --dpdk adds the DPDK rows: msgr bench --stack dpdk over net_memif (server child process) and over
+# net_tap (against a kernel-TCP server; needs root, else skipped) in every repetition, right after the
+# posix msgr run, on the same sizes and CPUs; the ratios dpdk/posix for RTT p50 and throughput; and
+# syscalls per message in steady state (strace -c -f on the server process over a window in the middle
+# of a 64 B ping-pong and of a 64 KiB stream; per message the server received), posix vs dpdk memif.
+# msgr is then built with --features dpdk (the posix rows use the same binary). Needs the packages
+# ci/test.sh's dpdk phase installs, and strace (else the syscall rows are skipped, saying so).
+# Written to compare.json ("dpdk") and appended to compare.md.
 # --rdma adds the RDMA rows: `msgr bench --stack rdma` over soft-RoCE beside ib_send_lat / ib_send_bw /
 # ib_write_bw (msgr built here with --features rdma), --reps
 # interleaved rounds in ONE qemu guest (scripts/softroce-vm.sh + scripts/rdma-checks.sh; needs the
@@ -39,9 +47,10 @@ OUT="target/compare"
 MSGR=""
 REPORT_ONLY=0
 RDMA=0
+DPDK=0
 
 usage() {
-    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -57,6 +66,7 @@ while (($#)); do
     --msgr) MSGR="$2"; shift 2 ;;
     --report-only) REPORT_ONLY=1; shift ;;
     --rdma) RDMA=1; shift ;;
+    --dpdk) DPDK=1; shift ;;
     -h | --help) usage 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -74,9 +84,19 @@ for tool in sockperf iperf3 python3 taskset; do
 done
 
 if [[ -z "$MSGR" ]]; then
-    echo "==> cargo build --release --bin msgr" >&2
-    cargo build --release --bin msgr >&2
+    if ((DPDK)); then
+        echo "==> cargo build --release --features dpdk --bin msgr" >&2
+        cargo build --release --features dpdk --bin msgr >&2
+    else
+        echo "==> cargo build --release --bin msgr" >&2
+        cargo build --release --bin msgr >&2
+    fi
     MSGR="target/release/msgr"
+fi
+STRACE=1
+if ((DPDK)) && ! command -v strace >/dev/null; then
+    echo "compare.sh: strace is not installed (apt-get install strace): no syscall rows" >&2
+    STRACE=0
 fi
 
 RAW="$OUT/raw"
@@ -197,6 +217,99 @@ run_msgr() { # rep
     stop_pid "$pid"
 }
 
+# ---- DPDK rows (--dpdk) ----------------------------------------------------------------------------
+# The memif link of the syscall runs (the one-command form builds its own).
+memif_end() { # server|client socket
+    local ip=198.18.0.2 role=client
+    if [[ "$1" == server ]]; then ip=198.18.0.1 role=server; fi
+    echo "ip=$ip/24 --no-huge -m 256 --no-pci --log-level=lib.eal:warning --log-level=pmd.net.memif:critical" \
+        "--vdev=net_memif0,role=$role,id=0,socket=$2,socket-abstract=yes"
+}
+
+run_msgr_dpdk() { # rep
+    local rep="$1" link mode
+    local links=(memif)
+    if ((EUID == 0)); then links+=(tap); fi
+    for link in "${links[@]}"; do
+        for mode in latency throughput; do
+            local extra=()
+            if [[ "$mode" == throughput ]]; then extra=(--window "$WINDOW"); fi
+            echo "load $(loadavg)" >"$RAW/dpdk-$link-$mode-$rep.load"
+            "$MSGR" bench --stack dpdk --dpdk-link "$link" --mode "$mode" --sizes "$SIZES" \
+                --duration "$SECS" --workers 1 --client-cpus "$CLIENT_CPU" --server-cpus "$SERVER_CPU" \
+                "${extra[@]}" --json "$RAW/dpdk-$link-$mode-$rep.json" \
+                >"$RAW/dpdk-$link-$mode-$rep.txt" 2>&1 || echo "msgr failed" >>"$RAW/dpdk-$link-$mode-$rep.txt"
+        done
+    done
+}
+
+# Asks the server (fd 3 is its --stdin-control) for its counters; prints "messages in" of the answer.
+server_count() { # log
+    local log="$1" before i
+    before=$(grep -c '^messages in' "$log" || true)
+    echo count >&3
+    for ((i = 0; i < 200; i++)); do
+        if (($(grep -c '^messages in' "$log" || true) > before)); then
+            grep '^messages in' "$log" | tail -1 | awk '{print $3}'
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "compare.sh: the server did not answer count" >&2
+    echo 0
+}
+
+# Syscalls per message on the server in steady state: a client runs 3 windows of MODE at SIZE; strace -c
+# -f watches the server over the middle one, and the server's own counter says how many messages it
+# received meanwhile.
+syscall_run() { # stack mode size
+    local stack="$1" mode="$2" size="$3" win=$((SECS > 2 ? SECS : 2)) tag="$1-$2-$3"
+    local log="$RAW/syscalls-$tag.server" fifo="$RAW/syscalls-$tag.ctl" sock="/msgr-compare-$$"
+    local server=() client=() spid cpid c0 c1
+    local extra=()
+    if [[ "$mode" == throughput ]]; then extra=(--window "$WINDOW"); fi
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    if [[ "$stack" == posix ]]; then
+        local port
+        port=$(free_port)
+        server=(bench serve --bind "127.0.0.1:$port")
+        client=(bench run "127.0.0.1:$port")
+    else
+        server=(bench serve --stack dpdk --dpdk-args "$(memif_end server "$sock")")
+        client=(bench run "v2:198.18.0.1:6800/0" --stack dpdk --dpdk-args "$(memif_end client "$sock")")
+    fi
+    taskset -c "$SERVER_CPU" "$MSGR" "${server[@]}" --workers 1 --cpus "$SERVER_CPU" --stdin-control \
+        <"$fifo" >"$log" 2>&1 &
+    spid=$!
+    PIDS+=("$spid")
+    exec 3>"$fifo"
+    local i
+    for ((i = 0; i < 600; i++)); do
+        if grep -q 'listening on' "$log"; then break; fi
+        sleep 0.05
+    done
+    taskset -c "$CLIENT_CPU" "$MSGR" "${client[@]}" --mode "$mode" --sizes "$size" --warmup 100 \
+        --duration $((3 * win)) --workers 1 --client-cpus "$CLIENT_CPU" "${extra[@]}" \
+        >"$RAW/syscalls-$tag.client" 2>&1 &
+    cpid=$!
+    PIDS+=("$cpid")
+    sleep "$win"
+    c0=$(server_count "$log")
+    timeout -s INT "$win" strace -c -f -p "$spid" -o "$RAW/syscalls-$tag.strace" 2>/dev/null || true
+    c1=$(server_count "$log")
+    echo "messages $((c1 - c0)) window_s $win" >"$RAW/syscalls-$tag.count"
+    wait "$cpid" 2>/dev/null || true
+    # End of its stdin stops the server cleanly (the DPDK one removes its EAL state); kill only a laggard.
+    exec 3>&-
+    for ((i = 0; i < 200; i++)); do
+        if ! kill -0 "$spid" 2>/dev/null; then break; fi
+        sleep 0.05
+    done
+    stop_pid "$spid"
+    rm -f "$fifo"
+}
+
 ((REPORT_ONLY)) || echo "==> $(date -u +%FT%TZ) $(nproc) CPUs, load $(loadavg); server CPU $SERVER_CPU, client CPU $CLIENT_CPU;" \
     "sizes $SIZES, $REPS repetitions of ${SECS}s per size and tool" >&2
 if ((REPORT_ONLY)); then
@@ -211,7 +324,19 @@ else
         run_iperf3 "$rep"
         echo "==> repetition $rep/$REPS: msgr bench" >&2
         run_msgr "$rep"
+        if ((DPDK)); then
+            echo "==> repetition $rep/$REPS: msgr bench --stack dpdk" >&2
+            run_msgr_dpdk "$rep"
+        fi
     done
+    if ((DPDK && STRACE)); then
+        for stack in posix dpdk; do
+            for mode in latency:64 throughput:64k; do
+                echo "==> syscalls per message: $stack ${mode%%:*} ${mode##*:}" >&2
+                syscall_run "$stack" "${mode%%:*}" "${mode##*:}"
+            done
+        done
+    fi
     END_LOAD=$(loadavg)
     printf 'START_LOAD="%s"\nEND_LOAD="%s"\n' "$START_LOAD" "$END_LOAD" >"$RAW/meta.env"
 fi
@@ -542,6 +667,161 @@ bars_svg(f"{out}/compare.svg")
 print(f"\nwrote {out}/compare.json, {out}/compare.md, {out}/compare.svg" +
       "".join(f", {out}/msgr-{m}.svg" for m in best_svg))
 PY
+
+# ---- DPDK report (--dpdk) ----------------------------------------------------------------------------
+if ((DPDK)); then
+    python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$WINDOW" <<'PY'
+import json, re, statistics, sys
+
+out, raw, sizes, reps, window = sys.argv[1:]
+reps = int(reps)
+
+
+def nbytes(s):
+    s = s.strip()
+    mult = {"k": 1024, "m": 1 << 20}.get(s[-1].lower(), 1)
+    return int(s[:-1] if mult > 1 else s) * mult
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def median_run(runs, key):
+    ok = sorted((r for r in runs if r.get(key) is not None), key=lambda r: r[key])
+    if not ok:
+        return None, None
+    return ok[(len(ok) - 1) // 2], [ok[0][key], ok[-1][key]]
+
+
+def runs_of(prefix, mode):
+    """Per size: one entry per repetition from RAW/{prefix}-{mode}-{rep}.json."""
+    by_size = {}
+    for rep in range(1, reps + 1):
+        d = load(f"{raw}/{prefix}-{mode}-{rep}.json")
+        if d is None:
+            continue
+        for r in d["results"]:
+            by_size.setdefault(r["msg_size"], []).append({
+                "rep": rep, "p50_us": r["p50_ns"] / 1e3, "p99_us": r["p99_ns"] / 1e3,
+                "gbit_per_sec": r["gbit_per_sec"], "msgs_per_sec": r["msgs_per_sec"],
+                "count": r["count"], "link": d["header"].get("link"),
+                "load": d["header"].get("loadavg_start")})
+    return by_size
+
+
+rows = {"posix": ("msgr", "loopback"), "memif": ("dpdk-memif", "memif"), "tap": ("dpdk-tap", "tap")}
+data = {}
+for name, (prefix, _) in rows.items():
+    data[name] = {mode: runs_of(prefix, mode) for mode in ("latency", "throughput")}
+
+result = {"sizes": [], "syscalls": {}}
+for s in sizes.split(","):
+    b = nbytes(s)
+    row = {"size": s, "bytes": b, "ratios": {}}
+    for name in rows:
+        lat, lat_spread = median_run(data[name]["latency"].get(b, []), "p50_us")
+        tp, tp_spread = median_run(data[name]["throughput"].get(b, []), "gbit_per_sec")
+        row[name] = {"latency": lat, "p50_spread_us": lat_spread,
+                     "throughput": tp, "gbit_spread": tp_spread}
+    for name in ("memif", "tap"):
+        p, d = row["posix"], row[name]
+        if p["latency"] and d["latency"]:
+            row["ratios"][f"rtt_p50_{name}_over_posix"] = d["latency"]["p50_us"] / p["latency"]["p50_us"]
+        if p["throughput"] and d["throughput"]:
+            row["ratios"][f"throughput_{name}_over_posix"] = (
+                d["throughput"]["gbit_per_sec"] / p["throughput"]["gbit_per_sec"])
+    result["sizes"].append(row)
+
+for stack in ("posix", "dpdk"):
+    for mode, size in (("latency", "64"), ("throughput", "64k")):
+        tag = f"{stack}-{mode}-{size}"
+        try:
+            with open(f"{raw}/syscalls-{tag}.strace") as f:
+                text = f.read()
+            with open(f"{raw}/syscalls-{tag}.count") as f:
+                m = re.match(r"messages (\d+) window_s (\d+)", f.read())
+        except OSError:
+            continue
+        total = next((l.split() for l in text.splitlines() if l.rstrip().endswith("total")), None)
+        calls = int(total[3]) if total and len(total) > 4 else 0
+        msgs = int(m.group(1)) if m else 0
+        top = []
+        for l in text.splitlines():
+            f = l.split()
+            if len(f) >= 5 and re.match(r"^\d+\.\d+$", f[0]) and f[-1] != "total":
+                top.append((f[-1], int(f[3])))
+        result["syscalls"][tag] = {
+            "stack": stack, "mode": mode, "size": size, "window_s": int(m.group(2)) if m else None,
+            "server_messages": msgs, "syscalls": calls,
+            "per_message": calls / msgs if msgs else None,
+            "top": sorted(top, key=lambda t: -t[1])[:5]}
+
+try:
+    with open(f"{out}/compare.json") as f:
+        full = json.load(f)
+except (OSError, ValueError):
+    full = {}
+full["dpdk"] = result
+with open(f"{out}/compare.json", "w") as f:
+    json.dump(full, f, indent=2)
+    f.write("\n")
+
+
+def fmt(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def spread(sp, spec=".1f"):
+    return "-" if not sp else f"{format(sp[0], spec)}..{format(sp[1], spec)}"
+
+
+lines = ["", "## DPDK (msgr --stack dpdk beside msgr --stack posix, same run, interleaved)", ""]
+lines.append(f"Round trip p50, µs (median of {reps} runs [min..max]); posix: kernel loopback, two processes; "
+             "memif: net_memif, two processes; tap: DPDK client on net_tap against a kernel-TCP server")
+lines.append("| size | posix | memif | tap | memif/posix | tap/posix | posix spread | memif spread | tap spread |")
+lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for row in result["sizes"]:
+    g = lambda n: row[n]["latency"] and row[n]["latency"]["p50_us"]
+    lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        row["size"], fmt(g("posix")), fmt(g("memif")), fmt(g("tap")),
+        fmt(row["ratios"].get("rtt_p50_memif_over_posix"), ".2f"),
+        fmt(row["ratios"].get("rtt_p50_tap_over_posix"), ".2f"),
+        spread(row["posix"]["p50_spread_us"]), spread(row["memif"]["p50_spread_us"]),
+        spread(row["tap"]["p50_spread_us"])))
+lines.append("")
+lines.append(f"Throughput, one connection, window {window}, Gbit/s of payload (median of {reps} runs [min..max])")
+lines.append("| size | posix | memif | tap | memif/posix | tap/posix | posix spread | memif spread | tap spread |")
+lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for row in result["sizes"]:
+    g = lambda n: row[n]["throughput"] and row[n]["throughput"]["gbit_per_sec"]
+    lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        row["size"], fmt(g("posix"), ".2f"), fmt(g("memif"), ".2f"), fmt(g("tap"), ".2f"),
+        fmt(row["ratios"].get("throughput_memif_over_posix"), ".2f"),
+        fmt(row["ratios"].get("throughput_tap_over_posix"), ".2f"),
+        spread(row["posix"]["gbit_spread"], ".2f"), spread(row["memif"]["gbit_spread"], ".2f"),
+        spread(row["tap"]["gbit_spread"], ".2f")))
+if result["syscalls"]:
+    lines.append("")
+    lines.append("Syscalls per message on the server, steady state (strace -c -f over a window; per message "
+                 "the server received)")
+    lines.append("| server | traffic | window s | messages | syscalls | per message | most frequent |")
+    lines.append("|---|---|---:|---:|---:|---:|---|")
+    for tag, r in result["syscalls"].items():
+        lines.append("| {} | {} {} | {} | {} | {} | {} | {} |".format(
+            "posix (kernel TCP)" if r["stack"] == "posix" else "dpdk (memif)",
+            r["mode"], r["size"], r["window_s"], r["server_messages"], r["syscalls"],
+            fmt(r["per_message"], ".4f"), ", ".join(f"{n} {c}" for n, c in r["top"]) or "-"))
+text = "\n".join(lines)
+print(text)
+with open(f"{out}/compare.md", "a") as f:
+    f.write(text + "\n")
+PY
+fi
 
 # ---- RDMA rows (--rdma; owner: the RDMA stack) -------------------------------------------------------
 if ((RDMA && !REPORT_ONLY)); then

@@ -176,7 +176,7 @@ fn bench_usage_errors_exit_2_with_a_reason() {
         (&["bench", "--sizes", "1g"], "invalid message size"),
         (&["bench", "--sizes", "64m"], "too large"),
         (&["bench", "--count", "0"], "--count"),
-        (&["bench", "--stack", "dpdk"], "--stack"),
+        (&["bench", "--dpdk-args", "mtu=9000"], "--stack dpdk"),
         (&["bench", "--window", "4"], "one message in flight"),
         (
             &["bench", "--mode", "latency", "--connections", "2"],
@@ -206,13 +206,33 @@ fn bench_usage_errors_exit_2_with_a_reason() {
             "go with --stack rdma",
         ),
         (&["bench", "--rdma-gid-index=-1"], "--rdma-gid-index"),
-        (&["bench", "serve", "--stack", "mem"], "posix or rdma"),
+        (&["bench", "serve", "--stack", "mem"], "mem is an in-process pair"),
         (
             &["bench", "serve", "--rdma-device", "rxe0"],
             "go with --stack rdma",
         ),
     ];
-    for (args, reason) in cases {
+    // Without the dpdk feature, --stack dpdk (plain, or with any other option) names the build to make.
+    #[cfg(not(feature = "dpdk"))]
+    let cases = &[
+        cases,
+        &[
+            (
+                &["bench", "--stack", "dpdk"][..],
+                "cargo build --release --features dpdk",
+            ),
+            (
+                &["bench", "serve", "--stack", "dpdk"][..],
+                "--features dpdk",
+            ),
+            (
+                &["bench", "run", "127.0.0.1:1", "--stack", "dpdk"][..],
+                "--features dpdk",
+            ),
+        ][..],
+    ]
+    .concat();
+    for (args, reason) in cases.iter() {
         let out = msgr(args, Duration::from_secs(20));
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");

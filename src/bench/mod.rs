@@ -21,6 +21,7 @@
 //! for (or, duration-bound, what was measured in that time); output files are created before the run,
 //! so a bad path fails in a second, not after the run.
 
+pub mod dpdk;
 pub mod driver;
 pub mod latency;
 pub mod plot;
@@ -42,6 +43,7 @@ use crate::stack::fault::{FaultConfig, FaultStack};
 use crate::stack::posix::PosixStack;
 use crate::stack::NetworkStack;
 
+pub use dpdk::DpdkLink;
 pub use driver::{Load, Measured, Shape, Traffic};
 pub use latency::{EchoDispatcher, BENCH_ACK_TYPE, BENCH_MSG_TYPE, BENCH_STREAM_TYPE};
 pub use report::{Cpus, Header, Percentile, Report, RunInfo, RunShape, SizeResult};
@@ -82,7 +84,10 @@ and server are the protocol state machines back to back in memory (latency only:
 alone). With --stack rdma (a build with `--features rdma`) both messengers run over RDMA (RC queue pairs, \
 rdma_cm) on --rdma-device, the server listening on --rdma-addr, an address of the device's network \
 interface (default: $SOFTROCE_ADDR, else the IPv4 address in the device's GID at --rdma-gid-index); \
-its workers spin without sleeping, as perftest does.\n\n\
+its workers spin without sleeping, as perftest does. With --stack dpdk (a build with the dpdk feature) \
+the client runs on the DPDK stack: --dpdk-link memif (default) starts the server as a child `msgr bench serve --stack dpdk` on the other \
+end of a net_memif link; --dpdk-link tap (root) runs the client on net_tap against a kernel-TCP server \
+in this process on the tap's kernel side; --dpdk-args adjusts the generated stack arguments.\n\n\
 The table shows, per size, p50/p90/p99/p99.9/max in µs, msgs/s over all connections and payload Gbit/s \
 (both directions for echoed modes, one for throughput). --json FILE writes the same figures with a \
 header (version, commit, stack, pinning, load average, CPU, kernel); --svg FILE draws latency by \
@@ -94,6 +99,8 @@ msgr bench --mode throughput --sizes 4k,64k,1m --window 32 --duration 3\n  \
 msgr bench --mode fanin --connections 256 --sizes 64\n  \
 msgr bench --sizes 64 --rate 20000 --count 100000\n  \
 msgr bench --stack rdma --rdma-device rxe0 --rdma-addr 192.168.77.1 --mode throughput --sizes 1m\n  \
+msgr bench --stack dpdk --sizes 64,64k            (cargo build --release --features dpdk)\n  \
+msgr bench --stack dpdk --dpdk-link tap --mode throughput --sizes 64k\n  \
 taskset -c 1 msgr bench serve --bind 127.0.0.1:6800 &  taskset -c 0 msgr bench run 127.0.0.1:6800";
 
 /// `msgr bench [OPTIONS]`, `msgr bench run ADDR [OPTIONS]`, `msgr bench serve [OPTIONS]`.
@@ -135,13 +142,24 @@ pub struct BenchRunArgs {
 /// What to measure and how.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Network stack: posix (kernel TCP), mem (in-memory protocol pair, latency only) or rdma (needs a
-    /// build with --features rdma).
+    /// Network stack: posix (kernel TCP), mem (in-memory protocol pair, latency only), dpdk (needs a
+    /// build with --features dpdk) or rdma (needs a build with --features rdma).
     #[arg(long, value_enum, default_value_t = StackKind::Posix)]
     pub stack: StackKind,
 
     #[command(flatten)]
     pub rdma: rdma::RdmaArgs,
+
+    /// --stack dpdk: the link, memif (a server child process over net_memif) or tap (net_tap against a
+    /// kernel-TCP server here; needs root).
+    #[arg(long, value_enum, default_value_t = DpdkLink::Memif)]
+    pub dpdk_link: DpdkLink,
+
+    /// --stack dpdk: stack arguments. `msgr bench`: adjusts the generated ones (key=value replace
+    /// keys; EAL memory options replace `--no-huge -m 256`; other EAL options are added; ip/port and
+    /// devices are the link's). `bench run ADDR`: this end's whole configuration.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub dpdk_args: Option<String>,
 
     /// What to measure: latency, throughput or fanin.
     #[arg(long, value_enum, default_value_t = Mode::Latency)]
@@ -239,7 +257,7 @@ fn parse_delay_ms(s: &str) -> Result<f64, String> {
 }
 
 /// Stacks `msgr bench` runs over; each variant maps to a `NetworkStack` in [`run_to`]. A kernel-bypass
-/// variant exists in every build, so that a build without its cargo feature can say which feature it needs.
+/// variant exists in every build; without its cargo feature choosing it is a usage error naming the build.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StackKind {
     /// Kernel TCP over 127.0.0.1, a server and a client messenger in this process.
@@ -248,6 +266,8 @@ pub enum StackKind {
     Mem,
     /// RDMA (RC queue pairs through libibverbs, rdma_cm): needs the cargo feature `rdma`.
     Rdma,
+    /// The DPDK stack (cargo feature `dpdk`): userspace TCP on poll-mode queues; see --dpdk-link.
+    Dpdk,
 }
 
 impl StackKind {
@@ -256,6 +276,7 @@ impl StackKind {
             StackKind::Posix => "posix",
             StackKind::Mem => "mem",
             StackKind::Rdma => "rdma",
+            StackKind::Dpdk => "dpdk",
         }
     }
 }
@@ -419,6 +440,11 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
             None
         }
     };
+    if args.stack == StackKind::Dpdk {
+        dpdk::check(args, server.is_some())?;
+    } else if args.dpdk_args.is_some() || args.dpdk_link != DpdkLink::Memif {
+        return usage("--dpdk-args and --dpdk-link go with --stack dpdk".into());
+    }
     if server.is_some() && !args.server_cpus.is_empty() {
         return usage(
             "--server-cpus pins an in-process server; pin `msgr bench serve` itself".into(),
@@ -649,6 +675,25 @@ pub fn run_to(
                 &mut sizes,
             );
             header.device = device;
+            outcome?
+        }
+        (StackKind::Dpdk, _) => {
+            let (server_wc, client_wc) = wcs;
+            let session = dpdk::start(
+                args,
+                plan.server.as_ref().map(|s| &s.1),
+                plan.shape,
+                client_wc,
+                server_wc,
+                &security,
+            )?;
+            session.describe(&mut header);
+            let dpdk::Session {
+                mut client, server, ..
+            } = session;
+            let outcome = sizes(&mut *client);
+            client.shutdown();
+            drop(server);
             outcome?
         }
         (StackKind::Rdma, _) => return Err(rdma::not_built()),

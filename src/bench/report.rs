@@ -56,6 +56,12 @@ pub struct Header {
     pub stack: String,
     /// The device a kernel-bypass stack ran on (rdma: the verbs device); `None` for posix and mem.
     pub device: Option<String>,
+    /// Kernel-bypass stacks: the link under the stack (dpdk: `memif`, `tap`, or the port's driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// Kernel-bypass stacks: the client's effective stack arguments (dpdk: `--dpdk-args`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_args: Option<String>,
     pub mode: String,
     /// msgr2 connection mode (`crc`; `secure` needs cephx).
     pub conn_mode: String,
@@ -291,6 +297,8 @@ impl Header {
             git_commit: git_commit(),
             stack: shape.stack.clone(),
             device: None,
+            link: None,
+            stack_args: None,
             mode: shape.mode.clone(),
             conn_mode: "crc".into(),
             processes: info.processes.to_string(),
