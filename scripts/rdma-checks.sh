@@ -58,8 +58,9 @@ fi
 if [[ "$TEST_BIN" != "-" ]]; then
     step "RLIMIT_MEMLOCK: msgr bench --stack rdma as uid 65534 with memlock 64 KiB must fail naming the limit"
     chmod 666 /dev/infiniband/* 2>/dev/null
+    cli_abs=$(readlink -f "$MSGR_CLI")
     if (cd / && timeout 60 prlimit --memlock=65536:65536 setpriv --reuid=65534 --regid=65534 --clear-groups \
-        "$MSGR_CLI" bench --stack rdma --rdma-device "$DEV" --rdma-gid-index "$GID" --rdma-addr "$ADDR" \
+        "$cli_abs" bench --stack rdma --rdma-device "$DEV" --rdma-gid-index "$GID" --rdma-addr "$ADDR" \
         --sizes 64 --count 10 --warmup 0) >"$WORK/memlock.out" 2>&1; then
         echo "rdma-checks: msgr ran with a 64 KiB RLIMIT_MEMLOCK: expected a registration failure" >&2
         status=1

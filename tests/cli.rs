@@ -206,7 +206,10 @@ fn bench_usage_errors_exit_2_with_a_reason() {
             "go with --stack rdma",
         ),
         (&["bench", "--rdma-gid-index=-1"], "--rdma-gid-index"),
-        (&["bench", "serve", "--stack", "mem"], "mem is an in-process pair"),
+        (
+            &["bench", "serve", "--stack", "mem"],
+            "mem is an in-process pair",
+        ),
         (
             &["bench", "serve", "--rdma-device", "rxe0"],
             "go with --stack rdma",

@@ -219,9 +219,11 @@ fn messages_of_every_size_arrive_in_order_and_intact_within_credits() {
     );
     assert!(c.signaled_sends < c.data_sends, "every send was signaled");
     // The 4 MiB messages left without being copied (the smaller ones are under the zero-copy
-    // threshold); all arrived intact and in order (checked above).
+    // threshold), but for a tail under the threshold when a write stopped part way (credits) and the
+    // rest came back as a small buffer; all arrived intact and in order (checked above).
+    let zero_copy_min = RdmaConfig::default().zero_copy_min as u64;
     assert!(
-        c.zero_copy_bytes >= 3 * (4 << 20),
+        c.zero_copy_bytes >= 3 * ((4 << 20) - zero_copy_min),
         "zero-copy path not taken for the 4 MiB messages: {c:?}"
     );
     assert!(c.copied_bytes > 0 && c.mr_registrations > 0, "{c:?}");
