@@ -36,14 +36,7 @@ fn bench(args: &[&str], name: &str) -> (serde_json::Value, u32) {
     ));
     let mut all = vec!["bench", "--stack", "dpdk", "--json", json.to_str().unwrap()];
     all.extend_from_slice(args);
-    let child = Command::new(MSGR)
-        .args(&all)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn msgr");
+    let child = msgr_bin::spawn(&all);
     let pid = child.id();
     let out = wait_bounded(child, Duration::from_secs(180), &all);
     assert!(

@@ -124,6 +124,29 @@ fn spawn_client(case: &str, role: &str, queues: u16, extra: &[(&'static str, Str
     child
 }
 
+/// Runs client role `role` and a server (its environment `server`) to the end: the server's RECEIVED
+/// report (waited for up to `wait`) and the client's DONE report, both processes gone.
+fn run_pair(
+    case: &str,
+    role: &str,
+    queues: u16,
+    client: &[(&'static str, String)],
+    server: &[(&'static str, String)],
+    wait: Duration,
+) -> (Value, Value) {
+    let mut cli = spawn_client(case, role, queues, client);
+    let mut srv = Child::spawn("server", "server", server);
+    srv.expect("READY", Duration::from_secs(60));
+    let received = json_of(&srv.expect("RECEIVED", wait));
+    let done = json_of(&cli.expect("DONE", Duration::from_secs(120)));
+    srv.send("exit");
+    cli.send("exit");
+    eprintln!("server: {received}\nclient: {done}");
+    srv.finish(Duration::from_secs(30));
+    cli.finish(Duration::from_secs(30));
+    (received, done)
+}
+
 fn json_of(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON from child ({e}): {s}"))
 }
@@ -191,7 +214,7 @@ fn killed_and_restarted_server_is_a_remote_reset() {
 fn two_queues_two_workers_sixteen_connections_hand_off() {
     let case = "fanout";
     let (conns, per_conn) = (16u64, 300u64);
-    let mut cli = spawn_client(
+    let (received, client) = run_pair(
         case,
         "client_fanout",
         2,
@@ -199,18 +222,9 @@ fn two_queues_two_workers_sixteen_connections_hand_off() {
             ("CONNS", conns.to_string()),
             ("COUNT", per_conn.to_string()),
         ],
-    );
-    let mut srv = Child::spawn(
-        "server",
-        "server",
         &server_env(case, 2, conns * per_conn, conns, 0),
+        Duration::from_secs(300),
     );
-    srv.expect("READY", Duration::from_secs(60));
-    let received = json_of(&srv.expect("RECEIVED", Duration::from_secs(300)));
-    let client = json_of(&cli.expect("DONE", Duration::from_secs(120)));
-    srv.send("exit");
-    cli.send("exit");
-    eprintln!("server: {received}\nclient: {client}");
     assert_eq!(received["received"], conns * per_conn);
     assert_eq!(received["connections"], conns);
     let handoffs = received["dpdk"]["handoff_out"].as_u64().unwrap_or(0)
@@ -228,14 +242,13 @@ fn two_queues_two_workers_sixteen_connections_hand_off() {
             "a worker saw no traffic: {side}"
         );
     }
-    srv.finish(Duration::from_secs(30));
-    cli.finish(Duration::from_secs(30));
 }
 
 fn two_workers_reconnects_on_the_other_worker_move_the_session() {
     let case = "move";
     let (conns, per_conn) = (16u64, 300u64);
-    let mut cli = spawn_client(
+    // A few seconds when it works; without the move, sessions are reset and never complete.
+    let (received, client) = run_pair(
         case,
         "client_fanout",
         2,
@@ -244,19 +257,9 @@ fn two_workers_reconnects_on_the_other_worker_move_the_session() {
             ("COUNT", per_conn.to_string()),
             ("MSGR_FANOUT_ABORT_AT", (per_conn / 2).to_string()),
         ],
-    );
-    let mut srv = Child::spawn(
-        "server",
-        "server",
         &server_env(case, 2, conns * per_conn, conns, 0),
+        Duration::from_secs(120),
     );
-    srv.expect("READY", Duration::from_secs(60));
-    // A few seconds when it works; without the move, sessions are reset and never complete.
-    let received = json_of(&srv.expect("RECEIVED", Duration::from_secs(120)));
-    let client = json_of(&cli.expect("DONE", Duration::from_secs(120)));
-    srv.send("exit");
-    cli.send("exit");
-    eprintln!("server: {received}\nclient: {client}");
     // The server checked every session got exactly tids 0..per_conn, in order and intact, on one
     // connection handle each: nothing lost, duplicated or reordered, no session started afresh.
     assert_eq!(received["received"], conns * per_conn);
@@ -283,20 +286,18 @@ fn two_workers_reconnects_on_the_other_worker_move_the_session() {
         "no reconnect landed on the other server worker: the move was not exercised"
     );
     assert_eq!(sm["connections"], conns, "server connections left open");
-    srv.finish(Duration::from_secs(30));
-    cli.finish(Duration::from_secs(30));
 }
 
 fn malformed_frames_are_dropped_counted_and_survived() {
     let case = "garbage";
-    let mut cli = spawn_client(case, "client_garbage", 1, &[]);
-    let mut srv = Child::spawn("server", "server", &server_env(case, 1, 200, 1, 0));
-    srv.expect("READY", Duration::from_secs(60));
-    let received = json_of(&srv.expect("RECEIVED", Duration::from_secs(120)));
-    let client = json_of(&cli.expect("DONE", Duration::from_secs(120)));
-    srv.send("exit");
-    cli.send("exit");
-    eprintln!("server: {received}\nclient: {client}");
+    let (received, client) = run_pair(
+        case,
+        "client_garbage",
+        1,
+        &[],
+        &server_env(case, 1, 200, 1, 0),
+        Duration::from_secs(120),
+    );
     assert_eq!(received["received"], 200);
     let d = &received["dpdk"];
     let injected = &client["injected"];
@@ -321,8 +322,6 @@ fn malformed_frames_are_dropped_counted_and_survived() {
         d["drop_not_for_us"].as_u64().unwrap_or(0) > 0,
         "random garbage must be counted too"
     );
-    srv.finish(Duration::from_secs(30));
-    cli.finish(Duration::from_secs(30));
 }
 
 // ---- child side ----------------------------------------------------------------------------------

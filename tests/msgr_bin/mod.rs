@@ -8,15 +8,19 @@ pub const MSGR: &str = env!("CARGO_BIN_EXE_msgr");
 
 /// Runs `msgr ARGS`, killing it if it takes longer than `limit`.
 pub fn msgr(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(MSGR)
+    wait_bounded(spawn(args), limit, args)
+}
+
+/// Starts `msgr ARGS` (no stdin, output captured); finish it with [`wait_bounded`].
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(MSGR)
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn msgr");
-    wait_bounded(child, limit, args)
+        .expect("spawn msgr")
 }
 
 pub fn wait_bounded(mut child: Child, limit: Duration, what: &[&str]) -> Output {
