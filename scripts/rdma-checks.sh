@@ -21,7 +21,7 @@
 # ratios are reported, not enforced: timings under emulation are noisy; comparisons within one run hold.
 # perftest's latency tools report half a round trip (t_typical), so msgr's round trip is compared with
 # twice that. Bandwidths are in MiB/s (perftest's MB/sec is 2^20 bytes). Each measurement runs
-# MSGR_RDMA_ROUNDS times (default 2), interleaved, and the best of each side is compared.
+# MSGR_RDMA_ROUNDS times (default 3), interleaved, and the best of each side is compared.
 set -u
 
 TEST_BIN=${1:?usage: rdma-checks.sh TEST_BINARY MSGR_CLI [REPORT_FILE]}
@@ -35,7 +35,7 @@ LAT_ITERS=${MSGR_RDMA_LAT_ITERS:-2000}
 BW_SIZE=1048576
 BW_SIZE_ARG=1m
 BW_ITERS=${MSGR_RDMA_BW_ITERS:-150}
-ROUNDS=${MSGR_RDMA_ROUNDS:-2}
+ROUNDS=${MSGR_RDMA_ROUNDS:-3}
 WORK=$(mktemp -d /tmp/rdma-checks.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 status=0
@@ -73,24 +73,43 @@ if [[ "$TEST_BIN" != "-" ]]; then
     fi
 fi
 
-# Run a perftest server and client pair; prints the client's output.
+# True once something listens on TCP port $1 (perftest's out-of-band exchange port), within $2 seconds.
+wait_listen() {
+    local hex deadline=$((SECONDS + $2))
+    hex=$(printf '%04X' "$1")
+    while ((SECONDS < deadline)); do
+        awk -v p=":$hex" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }' \
+            /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Run a perftest server and client pair; prints the client's output. A failed attempt (perftest's
+# out-of-band TCP exchange is fragile under emulation; a client that fails part way takes the server
+# down with it) is retried with a fresh server, up to 3 times, showing what the server said.
+PERFTEST_PORT=18515
 perftest_pair() {
-    local tool=$1
+    local tool=$1 attempt server
     shift
-    timeout 180 "$tool" -d "$DEV" -x "$GID" "$@" >"$WORK/$tool.server" 2>&1 &
-    local server=$!
-    sleep 1
-    local ok=0
-    for _ in 1 2 3 4 5; do
-        if timeout 180 "$tool" -d "$DEV" -x "$GID" "$@" 127.0.0.1 >"$WORK/$tool.client" 2>&1; then
-            ok=1
-            break
+    for attempt in 1 2 3; do
+        timeout 180 "$tool" -d "$DEV" -x "$GID" -p "$PERFTEST_PORT" "$@" >"$WORK/$tool.server" 2>&1 &
+        server=$!
+        wait_listen "$PERFTEST_PORT" 20
+        if timeout 180 "$tool" -d "$DEV" -x "$GID" -p "$PERFTEST_PORT" "$@" 127.0.0.1 \
+            >"$WORK/$tool.client" 2>&1; then
+            wait "$server" 2>/dev/null
+            cat "$WORK/$tool.client"
+            return 0
         fi
+        kill "$server" 2>/dev/null
+        wait "$server" 2>/dev/null
+        echo "rdma-checks: $tool attempt $attempt failed: $(tail -n 2 "$WORK/$tool.client" | tr '\n' ' ')" \
+            "| server: $(tail -n 2 "$WORK/$tool.server" | tr '\n' ' ')" >&2
         sleep 1
     done
-    wait "$server" 2>/dev/null
     cat "$WORK/$tool.client"
-    ((ok == 1))
+    return 1
 }
 
 # The data row of perftest's table: the first line whose first field is the message size.
