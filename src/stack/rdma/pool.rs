@@ -231,9 +231,9 @@ impl MemoryRegion {
         // deregistered it: the memory cannot be freed or reused meanwhile, and `Bytes` is immutable (no
         // `BytesMut` can reclaim memory while a clone exists). Access 0: the device only reads it. The PD
         // is live.
+        let (ptr, len) = (bytes.as_ptr() as *mut _, bytes.len());
         // SAFETY: the conditions just stated hold here.
-        let mr =
-            unsafe { sys::msgr_ibv_reg_mr(pd.raw(), bytes.as_ptr() as *mut _, bytes.len(), 0) };
+        let mr = unsafe { sys::msgr_ibv_reg_mr(pd.raw(), ptr, len, 0) };
         let Some(mr) = NonNull::new(mr) else {
             return Err(registration_error(bytes.len(), io::Error::last_os_error()));
         };
