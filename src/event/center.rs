@@ -308,18 +308,18 @@ impl<S: WorkerStack, H: EventHandler<S>> EventLoop<S, H> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.rx.is_empty() || self.center.is_stopping() {
+        let spinning =
+            self.center.stack.is_busy_poll() && self.idle_turns < self.config.busy_poll_idle_spins;
+        if spinning || !self.rx.is_empty() || self.center.is_stopping() {
             return Some(Duration::ZERO);
         }
+        // Read the clock only when the poll may wait (not on every spinning turn).
         let until_timer = self
             .center
             .timers
             .next_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
         if self.center.stack.is_busy_poll() {
-            if self.idle_turns < self.config.busy_poll_idle_spins {
-                return Some(Duration::ZERO);
-            }
             let backoff = self.config.idle_backoff;
             return Some(until_timer.map_or(backoff, |t| t.min(backoff)));
         }

@@ -31,6 +31,10 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     /// Add what a connection did since `last` (its previous stats) and remember `now`.
     pub fn add_conn_delta(&self, last: &mut ConnStats, now: ConnStats) {
+        // Called on every pump: most turns change nothing, and then no atomic is touched.
+        if now == *last {
+            return;
+        }
         let d = |a: u64, b: u64| a.saturating_sub(b);
         self.msgs_in
             .fetch_add(d(now.msgs_in, last.msgs_in), Relaxed);

@@ -788,6 +788,7 @@ impl<S: WorkerStack> Handler<S> {
     }
 
     fn on_readable(&mut self, c: &mut EventCenter<S>, id: ConnId, sid: SocketId) {
+        let mut pumped = false;
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
@@ -808,7 +809,11 @@ impl<S: WorkerStack> Handler<S> {
                 Ok(_) => {
                     // Dispatch as we go, so one busy socket cannot buffer without bound.
                     self.pump(c, id);
+                    pumped = true;
                 }
+                // Drained: the last read was pumped already; with nothing read, pump once below
+                // (the event may also say writable).
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && pumped => return,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {

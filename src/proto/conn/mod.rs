@@ -344,6 +344,9 @@ struct Transport {
     decoder: FrameDecoder,
     encoder: FrameEncoder,
     tx: Vec<Bytes>,
+    /// Where control-frame payloads are encoded before framing (reused: no allocation per ACK or
+    /// keepalive).
+    ctrl: BytesMut,
     /// Pre-auth transcript (banner through AUTH_DONE) for AUTH_SIGNATURE; None once auth is done.
     transcript: Option<(Vec<u8>, Vec<u8>)>,
     /// What we sent before AUTH_SIGNATURE, to check the peer's signature against.
@@ -376,11 +379,20 @@ impl Transport {
             decoder: FrameDecoder::new(max_frame_len),
             encoder: FrameEncoder::new(),
             tx: Vec::new(),
+            ctrl: BytesMut::new(),
             transcript: Some((Vec::new(), Vec::new())),
             sent_transcript: None,
             session_key: Vec::new(),
             auth: AuthState::Idle,
         }
+    }
+
+    /// Frame `cf` onto the transmit list.
+    fn encode_control(&mut self, cf: &ControlFrame) -> Result<(), FrameError> {
+        self.ctrl.clear();
+        cf.encode_payload(&mut self.ctrl);
+        self.encoder
+            .encode_control(cf.tag(), &self.ctrl, &mut self.tx)
     }
 }
 
@@ -1107,10 +1119,8 @@ impl Connection {
 
     fn queue_control(&mut self, cf: &ControlFrame) -> Result<(), Error> {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
-        let mut payload = BytesMut::new();
-        cf.encode_payload(&mut payload);
         let start = t.tx.len();
-        t.encoder.encode_control(cf.tag(), &payload, &mut t.tx)?;
+        t.encode_control(cf)?;
         if let Some((tx, _)) = t.transcript.as_mut() {
             for b in &t.tx[start..] {
                 tx.extend_from_slice(b);
@@ -1130,10 +1140,7 @@ impl Connection {
                 sec: d.as_secs() as u32,
                 nsec: d.subsec_nanos(),
             };
-            let mut p = BytesMut::new();
-            ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }).encode_payload(&mut p);
-            if t.encoder
-                .encode_control(Tag::Keepalive2, &p, &mut t.tx)
+            if t.encode_control(&ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }))
                 .is_err()
             {
                 return;
@@ -1185,12 +1192,9 @@ impl Connection {
             self.session.ack_left = 0;
         } else if self.session.ack_left > 0 {
             self.session.ack_left = 0;
-            let mut p = BytesMut::new();
-            ControlFrame::Ack(Ack {
+            let _ = t.encode_control(&ControlFrame::Ack(Ack {
                 seq: self.session.in_seq,
-            })
-            .encode_payload(&mut p);
-            let _ = t.encoder.encode_control(Tag::Ack, &p, &mut t.tx);
+            }));
         }
     }
 }
