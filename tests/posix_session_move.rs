@@ -1,7 +1,8 @@
 //! Session moves between workers, forced on the posix stack: a wrapper stack lets a socket move to
 //! another worker only before anything was read from it (so the Processor still spreads accepted
 //! sockets), the way DPDK's sockets cannot move at all. A reconnect placed on another worker than its
-//! session then cannot follow the session; the session must move to it instead.
+//! session then cannot follow the session; the session must move to it instead (which is what the
+//! messenger does on every stack; the wrapper keeps this test about the move whatever that policy).
 //!
 //! One lossless session under injected socket failures (client side) against a two-worker server: each
 //! reconnect lands on the less loaded worker, which is the one not holding the session. Both directions

@@ -24,7 +24,7 @@ pub struct WorkerCounters {
     pub accepted: AtomicU64,
     pub connections: AtomicU64,
     pub dropped_bad_peers: AtomicU64,
-    /// Sessions moved to this worker because a reconnect arrived here and the socket could not move.
+    /// Sessions moved to this worker because a reconnect for them arrived here.
     pub sessions_moved: AtomicU64,
 }
 
@@ -81,7 +81,7 @@ pub struct CountersSnapshot {
     pub connections: u64,
     /// Peers dropped for bad input (garbage, bad banner, oversized frame, timeout mid-handshake).
     pub dropped_bad_peers: u64,
-    /// Sessions moved between workers to meet a reconnect whose socket could not move (DPDK).
+    /// Sessions moved between workers to meet a reconnect that landed on another worker.
     pub sessions_moved: u64,
     /// Socket failures injected by the fault-injection stack, if any.
     pub injected_faults: u64,

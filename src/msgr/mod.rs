@@ -6,8 +6,8 @@
 //! perf counters.
 //!
 //! Invariants:
-//! - a connection lives on one worker at a time (a session moves only to meet a reconnect whose socket
-//!   cannot move, e.g. on DPDK); other threads reach it only through its command queue plus one
+//! - a connection lives on one worker at a time (a session moves only to meet a reconnect that landed
+//!   on another worker); other threads reach it only through its command queue plus one
 //!   external event per batch (`ConnectionRef::send` never touches a socket or a lock shared with the
 //!   data path of another worker);
 //! - dispatcher callbacks run on the connection's worker thread, in order; a slow dispatcher stalls reads

@@ -4,8 +4,8 @@
 //!
 //! Invariants: every connection in `conns` belongs to this worker; a socket id maps to at most one
 //! connection; the throttle budget a message took is returned exactly once (when the protocol lets go
-//! of it, or when it is discarded undelivered). A session moving between workers (a reconnect whose
-//! socket cannot follow it, see `fetch_session`) is in no worker's maps while in flight, and its handle
+//! of it, or when it is discarded undelivered). A session moving between workers (to a reconnect that
+//! landed on another worker, see `fetch_session`) is in no worker's maps while in flight, and its handle
 //! already names the destination worker, which drains the command queue once it has adopted it.
 
 use std::collections::VecDeque;
@@ -32,15 +32,6 @@ pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
 /// is resolved without it (each fetch that finds the session resolves the request, so chasing ends
 /// when requests stop racing for one session).
 const MAX_SESSION_CHASES: u32 = 8;
-
-/// How [`Handler::hand_over`] went.
-enum HandOver {
-    /// The socket is on its way to the session's worker.
-    Moved,
-    /// The stack's sockets cannot move.
-    Unsupported,
-    Failed,
-}
 
 /// What other threads ask of a connection.
 pub(crate) enum Command {
@@ -456,10 +447,10 @@ impl<S: WorkerStack> Handler<S> {
 
     /// [`Self::resolve`], after `chases` trips to fetch an existing session that had moved on.
     ///
-    /// When the existing session lives on another worker, either this socket moves there
-    /// ([`Self::hand_over`], stacks whose sockets can move) or, when they cannot (DPDK: RSS steers a
-    /// flow's packets to one worker's queue), the session moves here ([`Self::fetch_session`]) and the
-    /// request is resolved again, now as a same-worker one.
+    /// When the existing session lives on another worker, the session moves here
+    /// ([`Self::fetch_session`]) and the request is resolved again, now as a same-worker one. The
+    /// session moves rather than the socket because not every stack's sockets can move (DPDK: RSS
+    /// steers a flow's packets to one worker's queue); one mechanism serves all stacks.
     fn resolve_chasing(
         &mut self,
         c: &mut EventCenter<S>,
@@ -520,14 +511,11 @@ impl<S: WorkerStack> Handler<S> {
             }
             Some((w, ex_id)) => {
                 drop(reg);
-                // The session lives on another worker: move this socket and handshake there, or
-                // bring the session here if sockets cannot move.
-                match self.hand_over(c, id, w, req.clone()) {
-                    HandOver::Moved => {}
-                    HandOver::Unsupported if chases < MAX_SESSION_CHASES => {
-                        self.fetch_session(c, id, w, ex_id, req, chases)
-                    }
-                    HandOver::Unsupported | HandOver::Failed => self.resolve_alone(c, id, &req),
+                // The session lives on another worker: bring it here.
+                if chases < MAX_SESSION_CHASES {
+                    self.fetch_session(c, id, w, ex_id, req, chases);
+                } else {
+                    self.resolve_alone(c, id, &req);
                 }
             }
             None => {
@@ -590,57 +578,7 @@ impl<S: WorkerStack> Handler<S> {
         self.pump(c, id);
     }
 
-    /// Move connection `id` (socket and protocol state) to worker `w` and resolve it there.
-    fn hand_over(
-        &mut self,
-        c: &mut EventCenter<S>,
-        id: ConnId,
-        w: usize,
-        req: SessionRequest,
-    ) -> HandOver {
-        let Some(remote) = self.remotes.get().and_then(|r| r.get(w)).cloned() else {
-            return HandOver::Failed;
-        };
-        let Some(sid) = self.conns.get(&id).and_then(|x| x.socket) else {
-            return HandOver::Failed;
-        };
-        let handoff = match c.stack_mut().detach(sid) {
-            Ok(h) => h,
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return HandOver::Unsupported,
-            Err(_) => return HandOver::Failed,
-        };
-        self.by_socket.remove(&sid);
-        let Some(mut conn) = self.conns.remove(&id) else {
-            return HandOver::Failed;
-        };
-        if let Some((tid, _)) = conn.timer.take() {
-            c.cancel_timer(tid);
-            self.by_timer.remove(&tid);
-        }
-        conn.socket = None;
-        self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
-        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
-        let moved =
-            remote.submit(
-                move |h: &mut Handler<S>, c| match c.stack_mut().attach(handoff) {
-                    Ok(sid) => {
-                        conn.socket = Some(sid);
-                        h.by_socket.insert(sid, id);
-                        h.insert(conn);
-                        h.resolve(c, id, req);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "attach during session hand-over failed"),
-                },
-            );
-        if moved.is_ok() {
-            HandOver::Moved
-        } else {
-            HandOver::Failed
-        }
-    }
-
-    /// The reverse of [`Self::hand_over`], for stacks whose sockets cannot move: ask worker `w` to give
-    /// up the existing session `ex_id` (see [`Self::give_up_session`]); it comes back to
+    /// Ask worker `w` to give up the existing session `ex_id` (see [`Self::give_up_session`]); it comes back to
     /// [`Self::adopt_session`], which resolves request `req` of connection `id` again. `id` stays here,
     /// waiting for its decision, meanwhile.
     fn fetch_session(

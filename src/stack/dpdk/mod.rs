@@ -23,9 +23,8 @@
 //!
 //! Limits: IPv4 only; one port per stack; the EAL exists once per process, so one `DpdkStack` per process;
 //! mempools are never freed (see `ffi`). With several workers on the accepting side, a client's reconnect
-//! hashes to any worker, not necessarily the one holding its session, and sockets cannot move: the
-//! messenger moves the session to the socket's worker instead (`msgr::worker`, counted as
-//! `sessions_moved`).
+//! hashes to any worker, not necessarily the one holding its session: the messenger moves the session
+//! to the socket's worker, as it does on every stack (`msgr::worker`, counted as `sessions_moved`).
 
 mod classify;
 mod config;
