@@ -453,6 +453,22 @@ fn client_messenger(sink: Arc<Collector>) -> msgr::msgr::Messenger<msgr::stack::
     m
 }
 
+/// A started client messenger with one lossless connection to the server, and what it collects.
+fn connected_client() -> (
+    Arc<PayloadPool>,
+    Arc<Collector>,
+    msgr::msgr::Messenger<msgr::stack::dpdk::DpdkStack>,
+    ConnectionRef,
+) {
+    let pool = pool();
+    let sink = Collector::new(pool.clone());
+    let m = client_messenger(sink.clone());
+    let conn = m
+        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
+        .unwrap();
+    (pool, sink, m, conn)
+}
+
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !cond() {
@@ -464,12 +480,7 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// COUNT messages of random sizes on one lossless connection; every connection reset half-way.
 fn client_stream() {
     let count = env_u64("COUNT");
-    let pool = pool();
-    let sink = Collector::new(pool.clone());
-    let m = client_messenger(sink.clone());
-    let conn = m
-        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
-        .unwrap();
+    let (pool, sink, m, conn) = connected_client();
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     for i in 0..count {
         let len = rng.random_range(0..=MAX_LEN);
@@ -495,12 +506,7 @@ fn client_stream() {
 /// 100 messages to the first server; when told, 100 more (tids 100..200) after the restarted server's
 /// remote reset.
 fn client_restart() {
-    let pool = pool();
-    let sink = Collector::new(pool.clone());
-    let m = client_messenger(sink.clone());
-    let conn = m
-        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
-        .unwrap();
+    let (pool, sink, m, conn) = connected_client();
     for i in 0..100 {
         conn.send(pool.message(i, 1000)).unwrap();
     }
@@ -583,12 +589,7 @@ fn client_fanout() {
 /// Malformed frames (each class several times, plus random garbage) injected towards the server between
 /// two batches of 100 messages.
 fn client_garbage() {
-    let pool = pool();
-    let sink = Collector::new(pool.clone());
-    let m = client_messenger(sink.clone());
-    let conn = m
-        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
-        .unwrap();
+    let (pool, sink, m, conn) = connected_client();
     for i in 0..100 {
         conn.send(pool.message(i, 3000)).unwrap();
     }
