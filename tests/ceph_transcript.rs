@@ -264,6 +264,19 @@ fn mon_crc_conn1_decodes_with_command_and_ack() {
     }
 }
 
+/// The types of the messages among `evs`, in order.
+fn message_types(evs: &[Event]) -> Vec<u16> {
+    evs.iter()
+        .filter_map(|e| {
+            if let Event::Message(m) = e {
+                Some(m.header.msg_type)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// Feed `bytes` in uneven chunks.
 fn feed(conn: &mut Connection, now: Instant, bytes: &[u8]) {
     let mut off = 0;
@@ -298,17 +311,7 @@ fn captured_client_drives_our_server_to_ready() {
     );
     assert_eq!(s.phase(), Phase::Ready);
     let evs = drain_events(&mut s);
-    let types: Vec<u16> = evs
-        .iter()
-        .filter_map(|e| {
-            if let Event::Message(m) = e {
-                Some(m.header.msg_type)
-            } else {
-                None
-            }
-        })
-        .collect();
-    assert_eq!(types, vec![5, 15]);
+    assert_eq!(message_types(&evs), vec![5, 15]);
     assert!(evs.contains(&Event::Connected { reconnect: false }));
     // What we said decodes, and our HELLO tells the client how we see it, as Ceph's does.
     let mut out = Vec::new();
@@ -353,17 +356,7 @@ fn captured_server_drives_our_client_to_ready_and_we_speak_like_ceph() {
     assert!(c.policy().lossy, "the monitor said lossy in SERVER_IDENT");
     assert_eq!(c.peer_global_id(), 14099);
     let evs = drain_events(&mut c);
-    let types: Vec<u16> = evs
-        .iter()
-        .filter_map(|e| {
-            if let Event::Message(m) = e {
-                Some(m.header.msg_type)
-            } else {
-                None
-            }
-        })
-        .collect();
-    assert_eq!(types, vec![4, 62, 4]);
+    assert_eq!(message_types(&evs), vec![4, 62, 4]);
 
     // Our bytes: banner, HELLO, AUTH_REQUEST and AUTH_SIGNATURE are byte-identical to the Ceph client's;
     // CLIENT_IDENT differs only in its random cookie.

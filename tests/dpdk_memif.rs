@@ -469,6 +469,21 @@ fn connected_client() -> (
     (pool, sink, m, conn)
 }
 
+/// Sends messages 0..100 of `len` bytes on `conn` and waits until every one is acknowledged.
+fn send_and_await_acks(
+    m: &msgr::msgr::Messenger<msgr::stack::dpdk::DpdkStack>,
+    conn: &ConnectionRef,
+    pool: &PayloadPool,
+    len: usize,
+) {
+    for i in 0..100 {
+        conn.send(pool.message(i, len)).unwrap();
+    }
+    wait_until("acks", Duration::from_secs(60), || {
+        m.throttle().stats().current_msgs == 0
+    });
+}
+
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !cond() {
@@ -507,13 +522,8 @@ fn client_stream() {
 /// remote reset.
 fn client_restart() {
     let (pool, sink, m, conn) = connected_client();
-    for i in 0..100 {
-        conn.send(pool.message(i, 1000)).unwrap();
-    }
     // Everything acknowledged by the first server: nothing of the old session is left to replay.
-    wait_until("acks", Duration::from_secs(60), || {
-        m.throttle().stats().current_msgs == 0
-    });
+    send_and_await_acks(&m, &conn, &pool, 1000);
     dpdk::say("ACKED", 100);
     assert_eq!(dpdk::command(), "go");
     // The old TCP connection is dead but idle; a keepalive makes the client notice (the new server
@@ -590,12 +600,7 @@ fn client_fanout() {
 /// two batches of 100 messages.
 fn client_garbage() {
     let (pool, sink, m, conn) = connected_client();
-    for i in 0..100 {
-        conn.send(pool.message(i, 3000)).unwrap();
-    }
-    wait_until("acks", Duration::from_secs(60), || {
-        m.throttle().stats().current_msgs == 0
-    });
+    send_and_await_acks(&m, &conn, &pool, 3000);
     let mut injected: BTreeMap<&str, u64> = BTreeMap::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     for round in 0..20u16 {

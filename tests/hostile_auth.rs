@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::hostile::{feed_in_chunks, outcome, Outcome};
+use common::hostile::{feed_in_chunks, outcome, Mutation, Outcome};
 use common::*;
 use msgr::proto::auth::cephx::{
     Authenticate, ServiceTicket, ServiceVerdict, TicketBlob, CEPHX_GET_AUTH_SESSION_KEY,
@@ -333,39 +333,6 @@ fn chunking() -> impl Strategy<Value = Vec<usize>> {
 }
 
 // ---------- mutations ----------
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Insert { at: usize, byte: u8 },
-    Delete { at: usize, len: usize },
-    Overwrite { at: usize, byte: u8 },
-    Truncate { at: usize },
-}
-
-impl Mutation {
-    fn apply(&self, s: &mut Vec<u8>) {
-        if s.is_empty() {
-            return;
-        }
-        match *self {
-            Mutation::Flip { at, bit } => {
-                let i = at % s.len();
-                s[i] ^= 1 << bit;
-            }
-            Mutation::Insert { at, byte } => s.insert(at % (s.len() + 1), byte),
-            Mutation::Delete { at, len } => {
-                let i = at % s.len();
-                s.drain(i..(i + len).min(s.len()));
-            }
-            Mutation::Overwrite { at, byte } => {
-                let i = at % s.len();
-                s[i] = byte;
-            }
-            Mutation::Truncate { at } => s.truncate(at % s.len()),
-        }
-    }
-}
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::hostile::{self, feed_in_chunks, Outcome};
+use common::hostile::{self, feed_in_chunks, Mutation, Outcome};
 use common::*;
 use msgr::proto::banner::Banner;
 use msgr::proto::conn::{Config, Connection, Policy};
@@ -421,37 +421,6 @@ proptest! {
 }
 
 // ---------- mutated real streams ----------
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Insert { at: usize, byte: u8 },
-    Delete { at: usize, len: usize },
-    Overwrite { at: usize, byte: u8 },
-}
-
-impl Mutation {
-    fn apply(&self, s: &mut Vec<u8>) {
-        if s.is_empty() {
-            return;
-        }
-        match *self {
-            Mutation::Flip { at, bit } => {
-                let i = at % s.len();
-                s[i] ^= 1 << bit;
-            }
-            Mutation::Insert { at, byte } => s.insert(at % (s.len() + 1), byte),
-            Mutation::Delete { at, len } => {
-                let i = at % s.len();
-                s.drain(i..(i + len).min(s.len()));
-            }
-            Mutation::Overwrite { at, byte } => {
-                let i = at % s.len();
-                s[i] = byte;
-            }
-        }
-    }
-}
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     // Half the positions land in the first KiB (banner, handshake, first frames), half anywhere.

@@ -1,5 +1,6 @@
-//! Shared by the hostile-input suites: feeding a stream in chunks, and the state input left a
-//! connection in (waiting for more bytes, or failed with a typed error), checked against its events.
+//! Shared by the hostile-input suites: feeding a stream in chunks, the state input left a connection
+//! in (waiting for more bytes, or failed with a typed error) checked against its events, and mutations
+//! of recorded streams.
 
 use std::time::Instant;
 
@@ -56,6 +57,40 @@ pub fn outcome(conn: &Connection, events: &[Event]) -> Outcome {
                 conn.phase()
             );
             Outcome::Waiting
+        }
+    }
+}
+
+/// An edit to a byte stream; positions wrap around its length, so every value applies.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    Flip { at: usize, bit: u8 },
+    Insert { at: usize, byte: u8 },
+    Delete { at: usize, len: usize },
+    Overwrite { at: usize, byte: u8 },
+    Truncate { at: usize },
+}
+
+impl Mutation {
+    pub fn apply(&self, s: &mut Vec<u8>) {
+        if s.is_empty() {
+            return;
+        }
+        match *self {
+            Mutation::Flip { at, bit } => {
+                let i = at % s.len();
+                s[i] ^= 1 << bit;
+            }
+            Mutation::Insert { at, byte } => s.insert(at % (s.len() + 1), byte),
+            Mutation::Delete { at, len } => {
+                let i = at % s.len();
+                s.drain(i..(i + len).min(s.len()));
+            }
+            Mutation::Overwrite { at, byte } => {
+                let i = at % s.len();
+                s[i] = byte;
+            }
+            Mutation::Truncate { at } => s.truncate(at % s.len()),
         }
     }
 }
