@@ -58,6 +58,38 @@ fn tags(fs: &[Frame]) -> Vec<Tag> {
     fs.iter().map(|f| f.tag).collect()
 }
 
+/// What a client's side of a crc-mode handshake sends, and a server's.
+const CLIENT_HANDSHAKE: [Tag; 4] = [
+    Tag::Hello,
+    Tag::AuthRequest,
+    Tag::AuthSignature,
+    Tag::ClientIdent,
+];
+const SERVER_HANDSHAKE: [Tag; 4] = [
+    Tag::Hello,
+    Tag::AuthDone,
+    Tag::AuthSignature,
+    Tag::ServerIdent,
+];
+
+/// The tags of one captured direction: its handshake, then `messages` MESSAGE frames.
+fn handshake_then_messages(handshake: [Tag; 4], messages: usize) -> Vec<Tag> {
+    let mut tags = handshake.to_vec();
+    tags.extend(std::iter::repeat_n(Tag::Message, messages));
+    tags
+}
+
+/// A server direction's HELLO and AUTH_DONE (its first two frames).
+fn hello_and_auth_done(fs: &[Frame]) -> (Hello, AuthDone) {
+    let ControlFrame::Hello(h) = control(&fs[0]) else {
+        panic!()
+    };
+    let ControlFrame::AuthDone(d) = control(&fs[1]) else {
+        panic!()
+    };
+    (h, d)
+}
+
 fn mon_v2() -> EntityAddr {
     EntityAddr::msgr2("127.0.0.1:3300".parse().unwrap(), 0)
 }
@@ -73,17 +105,7 @@ fn mon_addrs() -> AddrVec {
 fn mon_crc_client_to_server_values() {
     let (banner, fs) = frames("ceph16-mon-crc/conn0-c2s.bin");
     assert_eq!((banner.supported, banner.required), (1, 0));
-    assert_eq!(
-        tags(&fs),
-        vec![
-            Tag::Hello,
-            Tag::AuthRequest,
-            Tag::AuthSignature,
-            Tag::ClientIdent,
-            Tag::Message,
-            Tag::Message
-        ]
-    );
+    assert_eq!(tags(&fs), handshake_then_messages(CLIENT_HANDSHAKE, 2));
     let ControlFrame::Hello(h) = control(&fs[0]) else {
         panic!()
     };
@@ -144,25 +166,9 @@ fn mon_crc_client_to_server_values() {
 fn mon_crc_server_to_client_values() {
     let (banner, fs) = frames("ceph16-mon-crc/conn0-s2c.bin");
     assert_eq!((banner.supported, banner.required), (1, 0));
-    assert_eq!(
-        tags(&fs),
-        vec![
-            Tag::Hello,
-            Tag::AuthDone,
-            Tag::AuthSignature,
-            Tag::ServerIdent,
-            Tag::Message,
-            Tag::Message,
-            Tag::Message
-        ]
-    );
-    let ControlFrame::Hello(h) = control(&fs[0]) else {
-        panic!()
-    };
+    assert_eq!(tags(&fs), handshake_then_messages(SERVER_HANDSHAKE, 3));
+    let (h, d) = hello_and_auth_done(&fs);
     assert_eq!(h.entity_type, entity_type::MON);
-    let ControlFrame::AuthDone(d) = control(&fs[1]) else {
-        panic!()
-    };
     assert_eq!((d.global_id, d.con_mode), (14099, CON_MODE_CRC));
     let ControlFrame::ServerIdent(si) = control(&fs[3]) else {
         panic!()
@@ -197,16 +203,7 @@ fn mon_crc_server_to_client_values() {
 #[test]
 fn osd_crc_values() {
     let (_, c2s) = frames("ceph16-osd-crc/conn0-c2s.bin");
-    assert_eq!(
-        tags(&c2s),
-        vec![
-            Tag::Hello,
-            Tag::AuthRequest,
-            Tag::AuthSignature,
-            Tag::ClientIdent,
-            Tag::Message
-        ]
-    );
+    assert_eq!(tags(&c2s), handshake_then_messages(CLIENT_HANDSHAKE, 1));
     let ControlFrame::AuthRequest(a) = control(&c2s[1]) else {
         panic!()
     };
@@ -231,23 +228,9 @@ fn osd_crc_values() {
     assert_eq!(&epi[5..9], &[0xff; 4]);
 
     let (_, s2c) = frames("ceph16-osd-crc/conn0-s2c.bin");
-    assert_eq!(
-        tags(&s2c),
-        vec![
-            Tag::Hello,
-            Tag::AuthDone,
-            Tag::AuthSignature,
-            Tag::ServerIdent,
-            Tag::Message
-        ]
-    );
-    let ControlFrame::Hello(h) = control(&s2c[0]) else {
-        panic!()
-    };
+    assert_eq!(tags(&s2c), handshake_then_messages(SERVER_HANDSHAKE, 1));
+    let (h, d) = hello_and_auth_done(&s2c);
     assert_eq!(h.entity_type, entity_type::OSD);
-    let ControlFrame::AuthDone(d) = control(&s2c[1]) else {
-        panic!()
-    };
     assert_eq!(d.global_id, 4216);
     let r = message(&s2c[4]);
     assert_eq!(
@@ -279,6 +262,19 @@ fn mon_crc_conn1_decodes_with_command_and_ack() {
             .collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     }
+}
+
+/// The types of the messages among `evs`, in order.
+fn message_types(evs: &[Event]) -> Vec<u16> {
+    evs.iter()
+        .filter_map(|e| {
+            if let Event::Message(m) = e {
+                Some(m.header.msg_type)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// Feed `bytes` in uneven chunks.
@@ -315,17 +311,7 @@ fn captured_client_drives_our_server_to_ready() {
     );
     assert_eq!(s.phase(), Phase::Ready);
     let evs = drain_events(&mut s);
-    let types: Vec<u16> = evs
-        .iter()
-        .filter_map(|e| {
-            if let Event::Message(m) = e {
-                Some(m.header.msg_type)
-            } else {
-                None
-            }
-        })
-        .collect();
-    assert_eq!(types, vec![5, 15]);
+    assert_eq!(message_types(&evs), vec![5, 15]);
     assert!(evs.contains(&Event::Connected { reconnect: false }));
     // What we said decodes, and our HELLO tells the client how we see it, as Ceph's does.
     let mut out = Vec::new();
@@ -370,17 +356,7 @@ fn captured_server_drives_our_client_to_ready_and_we_speak_like_ceph() {
     assert!(c.policy().lossy, "the monitor said lossy in SERVER_IDENT");
     assert_eq!(c.peer_global_id(), 14099);
     let evs = drain_events(&mut c);
-    let types: Vec<u16> = evs
-        .iter()
-        .filter_map(|e| {
-            if let Event::Message(m) = e {
-                Some(m.header.msg_type)
-            } else {
-                None
-            }
-        })
-        .collect();
-    assert_eq!(types, vec![4, 62, 4]);
+    assert_eq!(message_types(&evs), vec![4, 62, 4]);
 
     // Our bytes: banner, HELLO, AUTH_REQUEST and AUTH_SIGNATURE are byte-identical to the Ceph client's;
     // CLIENT_IDENT differs only in its random cookie.

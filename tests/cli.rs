@@ -236,12 +236,18 @@ fn bench_usage_errors_exit_2_with_a_reason() {
     ]
     .concat();
     for (args, reason) in cases.iter() {
-        let out = msgr(args, Duration::from_secs(20));
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = usage_error(args);
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// Runs `msgr args`, which must exit 2 (usage error) without panicking; returns its stderr.
+fn usage_error(args: &[&str]) -> String {
+    let out = msgr(args, Duration::from_secs(20));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    stderr
 }
 
 /// `--stack rdma` in a build without the `rdma` feature names the feature; with it, addresses rdma_cm
@@ -303,11 +309,8 @@ fn bench_stack_rdma_usage_errors_exit_2() {
         ]
     };
     for (args, reason) in cases {
-        let out = msgr(args, Duration::from_secs(20));
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = usage_error(args);
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
 
@@ -327,11 +330,8 @@ fn other_usage_errors_exit_2() {
         &["recon", "bogus"],
     ];
     for args in cases {
-        let out = msgr(args, Duration::from_secs(20));
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = usage_error(args);
         assert!(!stderr.trim().is_empty(), "{args:?}: no reason given");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
 

@@ -36,6 +36,7 @@ use msgr::proto::Message;
 use msgr::proto::Policy;
 use msgr::stack::fault::{FaultConfig, FaultStack};
 use msgr::stack::posix::PosixStack;
+use msgr::stack::NetworkStack;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -447,22 +448,14 @@ fn posix_client() {
     let mut m = Messenger::new(PosixStack::new(), cfg, sink.clone());
     m.start().unwrap();
     let server: SocketAddr = format!("{TAP_DPDK_IP}:{PORT}").parse().unwrap();
-    let conn = m
-        .connect_to(
-            entity_type::OSD,
-            &AddrVec(vec![EntityAddr::msgr2(server, NONCE)]),
-            Policy::lossless_client(),
-        )
-        .unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
-    for i in 0..TAP_COUNT {
-        conn.send(pool.message(i, rng.random_range(0..=MAX_LEN)))
-            .unwrap();
-    }
-    let end = Instant::now() + Duration::from_secs(200);
-    while sink.received.load(Ordering::Relaxed) < TAP_COUNT && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    send_and_await_echoes(
+        &m,
+        &pool,
+        &sink,
+        server,
+        TAP_COUNT,
+        Duration::from_secs(200),
+    );
     dpdk::say(
         "DONE",
         json!({
@@ -473,6 +466,34 @@ fn posix_client() {
     );
     while dpdk::command() != "exit" {}
     m.shutdown().unwrap();
+}
+
+/// Sends `count` messages of seeded random sizes on one lossless connection to `server`, then waits up
+/// to `wait` for `sink` to have collected their echoes.
+fn send_and_await_echoes<N: NetworkStack>(
+    m: &Messenger<N>,
+    pool: &PayloadPool,
+    sink: &Collector,
+    server: SocketAddr,
+    count: u64,
+    wait: Duration,
+) {
+    let conn = m
+        .connect_to(
+            entity_type::OSD,
+            &AddrVec(vec![EntityAddr::msgr2(server, NONCE)]),
+            Policy::lossless_client(),
+        )
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
+    for i in 0..count {
+        conn.send(pool.message(i, rng.random_range(0..=MAX_LEN)))
+            .unwrap();
+    }
+    let end = Instant::now() + wait;
+    while sink.received.load(Ordering::Relaxed) < count && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn pool() -> Arc<PayloadPool> {
@@ -535,22 +556,7 @@ fn dpdk_client() {
     );
     m.start().unwrap();
     let server: SocketAddr = format!("{KERNEL_IP}:{PORT}").parse().unwrap();
-    let conn = m
-        .connect_to(
-            entity_type::OSD,
-            &AddrVec(vec![EntityAddr::msgr2(server, NONCE)]),
-            Policy::lossless_client(),
-        )
-        .unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
-    for i in 0..COUNT {
-        conn.send(pool.message(i, rng.random_range(0..=MAX_LEN)))
-            .unwrap();
-    }
-    let end = Instant::now() + Duration::from_secs(500);
-    while sink.received.load(Ordering::Relaxed) < COUNT && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    send_and_await_echoes(&m, &pool, &sink, server, COUNT, Duration::from_secs(500));
     let stack = m.stack();
     dpdk::say(
         "DONE",

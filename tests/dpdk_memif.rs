@@ -453,6 +453,37 @@ fn client_messenger(sink: Arc<Collector>) -> msgr::msgr::Messenger<msgr::stack::
     m
 }
 
+/// A started client messenger with one lossless connection to the server, and what it collects.
+fn connected_client() -> (
+    Arc<PayloadPool>,
+    Arc<Collector>,
+    msgr::msgr::Messenger<msgr::stack::dpdk::DpdkStack>,
+    ConnectionRef,
+) {
+    let pool = pool();
+    let sink = Collector::new(pool.clone());
+    let m = client_messenger(sink.clone());
+    let conn = m
+        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
+        .unwrap();
+    (pool, sink, m, conn)
+}
+
+/// Sends messages 0..100 of `len` bytes on `conn` and waits until every one is acknowledged.
+fn send_and_await_acks(
+    m: &msgr::msgr::Messenger<msgr::stack::dpdk::DpdkStack>,
+    conn: &ConnectionRef,
+    pool: &PayloadPool,
+    len: usize,
+) {
+    for i in 0..100 {
+        conn.send(pool.message(i, len)).unwrap();
+    }
+    wait_until("acks", Duration::from_secs(60), || {
+        m.throttle().stats().current_msgs == 0
+    });
+}
+
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !cond() {
@@ -464,12 +495,7 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// COUNT messages of random sizes on one lossless connection; every connection reset half-way.
 fn client_stream() {
     let count = env_u64("COUNT");
-    let pool = pool();
-    let sink = Collector::new(pool.clone());
-    let m = client_messenger(sink.clone());
-    let conn = m
-        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
-        .unwrap();
+    let (pool, sink, m, conn) = connected_client();
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     for i in 0..count {
         let len = rng.random_range(0..=MAX_LEN);
@@ -495,19 +521,9 @@ fn client_stream() {
 /// 100 messages to the first server; when told, 100 more (tids 100..200) after the restarted server's
 /// remote reset.
 fn client_restart() {
-    let pool = pool();
-    let sink = Collector::new(pool.clone());
-    let m = client_messenger(sink.clone());
-    let conn = m
-        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
-        .unwrap();
-    for i in 0..100 {
-        conn.send(pool.message(i, 1000)).unwrap();
-    }
+    let (pool, sink, m, conn) = connected_client();
     // Everything acknowledged by the first server: nothing of the old session is left to replay.
-    wait_until("acks", Duration::from_secs(60), || {
-        m.throttle().stats().current_msgs == 0
-    });
+    send_and_await_acks(&m, &conn, &pool, 1000);
     dpdk::say("ACKED", 100);
     assert_eq!(dpdk::command(), "go");
     // The old TCP connection is dead but idle; a keepalive makes the client notice (the new server
@@ -583,18 +599,8 @@ fn client_fanout() {
 /// Malformed frames (each class several times, plus random garbage) injected towards the server between
 /// two batches of 100 messages.
 fn client_garbage() {
-    let pool = pool();
-    let sink = Collector::new(pool.clone());
-    let m = client_messenger(sink.clone());
-    let conn = m
-        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
-        .unwrap();
-    for i in 0..100 {
-        conn.send(pool.message(i, 3000)).unwrap();
-    }
-    wait_until("acks", Duration::from_secs(60), || {
-        m.throttle().stats().current_msgs == 0
-    });
+    let (pool, sink, m, conn) = connected_client();
+    send_and_await_acks(&m, &conn, &pool, 3000);
     let mut injected: BTreeMap<&str, u64> = BTreeMap::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     for round in 0..20u16 {

@@ -23,6 +23,15 @@ fn seed() -> u64 {
     s
 }
 
+/// One socket operation in `one_in` fails, no read delay.
+fn socket_failures(one_in: u32, seed: u64) -> FaultConfig {
+    FaultConfig {
+        socket_failure_one_in: one_in,
+        read_delay: Duration::ZERO,
+        seed,
+    }
+}
+
 #[test]
 fn lossless_peer_survives_one_in_200_socket_failures() {
     lossless_under_faults("127.0.0.1:0", 100_000, 300);
@@ -35,11 +44,7 @@ fn lossless_peer_survives_socket_failures_over_ipv6() {
 
 fn lossless_under_faults(bind: &str, n: u64, min_faults: u64) {
     let seed = seed();
-    let fault = FaultConfig {
-        socket_failure_one_in: 200,
-        read_delay: Duration::ZERO,
-        seed,
-    };
+    let fault = socket_failures(200, seed);
     let pool = Arc::new(PayloadPool::new(seed, 8192));
     let sink = Collector::new(pool.clone());
     let srv = server(
@@ -168,14 +173,7 @@ fn restarted_server_is_a_remote_reset_and_nothing_is_delivered_twice() {
         second.received.load(Ordering::Relaxed)
     );
     std::thread::sleep(Duration::from_millis(100));
-    let tids: Vec<u64> = second
-        .by_conn
-        .lock()
-        .unwrap()
-        .values()
-        .flatten()
-        .copied()
-        .collect();
+    let tids = second.all_tids();
     assert!(
         tids.iter().all(|t| *t >= 100),
         "old-session messages delivered again: {tids:?}"
@@ -190,11 +188,7 @@ fn restarted_server_is_a_remote_reset_and_nothing_is_delivered_twice() {
 #[test]
 fn lossy_sessions_reset_and_never_deliver_twice() {
     let seed = seed();
-    let fault = FaultConfig {
-        socket_failure_one_in: 30,
-        read_delay: Duration::ZERO,
-        seed,
-    };
+    let fault = socket_failures(30, seed);
     let pool = Arc::new(PayloadPool::new(seed, 4096));
     let sink = Collector::new(pool.clone());
     let srv = server(
@@ -232,14 +226,7 @@ fn lossy_sessions_reset_and_never_deliver_twice() {
         resets > 0,
         "seed {seed}: no reset seen by the client's dispatcher"
     );
-    let mut all: Vec<u64> = sink
-        .by_conn
-        .lock()
-        .unwrap()
-        .values()
-        .flatten()
-        .copied()
-        .collect();
+    let mut all = sink.all_tids();
     let n = all.len();
     all.sort_unstable();
     all.dedup();

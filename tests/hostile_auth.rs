@@ -21,6 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::hostile::{feed_in_chunks, outcome, Mutation, Outcome};
 use common::*;
 use msgr::proto::auth::cephx::{
     Authenticate, ServiceTicket, ServiceVerdict, TicketBlob, CEPHX_GET_AUTH_SESSION_KEY,
@@ -251,47 +252,7 @@ fn pump(conn: &mut Connection, now: Instant, seen: &mut Seen) {
 
 /// Feeds `stream` in chunks cycling through `chunks` (whole if empty), pumping after each.
 fn feed(conn: &mut Connection, now: Instant, stream: &[u8], chunks: &[usize], seen: &mut Seen) {
-    let mut rest = stream;
-    let mut sizes = chunks.iter().copied().cycle();
-    pump(conn, now, seen);
-    while !rest.is_empty() {
-        let n = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        conn.handle_input(now, chunk);
-        pump(conn, now, seen);
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Waiting,
-    Failed(Error),
-}
-
-/// The state input left a connection in, checked for consistency with its events.
-fn outcome(conn: &Connection, events: &[Event]) -> Outcome {
-    let failure = events.iter().find_map(|e| match e {
-        Event::TransportDown(err) | Event::Reset(err) => Some(err.clone()),
-        _ => None,
-    });
-    match failure {
-        Some(err) => {
-            assert!(
-                !conn.has_transport(),
-                "failed with {err} but kept its transport"
-            );
-            Outcome::Failed(err)
-        }
-        None => {
-            assert!(
-                conn.has_transport() && !conn.is_closed(),
-                "no failure event, yet {:?} without transport",
-                conn.phase()
-            );
-            Outcome::Waiting
-        }
-    }
+    feed_in_chunks(conn, now, stream, chunks, |c| pump(c, now, seen));
 }
 
 /// Fires the pending timer of a waiting connection: it must end with a typed timeout.
@@ -372,39 +333,6 @@ fn chunking() -> impl Strategy<Value = Vec<usize>> {
 }
 
 // ---------- mutations ----------
-
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Insert { at: usize, byte: u8 },
-    Delete { at: usize, len: usize },
-    Overwrite { at: usize, byte: u8 },
-    Truncate { at: usize },
-}
-
-impl Mutation {
-    fn apply(&self, s: &mut Vec<u8>) {
-        if s.is_empty() {
-            return;
-        }
-        match *self {
-            Mutation::Flip { at, bit } => {
-                let i = at % s.len();
-                s[i] ^= 1 << bit;
-            }
-            Mutation::Insert { at, byte } => s.insert(at % (s.len() + 1), byte),
-            Mutation::Delete { at, len } => {
-                let i = at % s.len();
-                s.drain(i..(i + len).min(s.len()));
-            }
-            Mutation::Overwrite { at, byte } => {
-                let i = at % s.len();
-                s[i] = byte;
-            }
-            Mutation::Truncate { at } => s.truncate(at % s.len()),
-        }
-    }
-}
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![

@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use common::hostile::{self, feed_in_chunks, Mutation, Outcome};
 use common::*;
 use msgr::proto::banner::Banner;
 use msgr::proto::conn::{Config, Connection, Policy};
@@ -112,16 +113,7 @@ fn feed_with(
     chunks: &[usize],
     mut sink: impl FnMut(Event),
 ) {
-    let mut rest = stream;
-    let mut sizes = chunks.iter().copied().cycle();
-    pump(conn, now, &mut sink);
-    while !rest.is_empty() {
-        let n = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        conn.handle_input(now, chunk);
-        pump(conn, now, &mut sink);
-    }
+    feed_in_chunks(conn, now, stream, chunks, |c| pump(c, now, &mut sink));
 }
 
 fn feed(conn: &mut Connection, now: Instant, stream: &[u8], chunks: &[usize]) -> Vec<Event> {
@@ -130,43 +122,31 @@ fn feed(conn: &mut Connection, now: Instant, stream: &[u8], chunks: &[usize]) ->
     events
 }
 
-/// What input left a connection in; asserts that state is consistent with the events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Waiting,
-    Failed(Error),
-}
-
+/// What input left a connection in (see `hostile::outcome`); here also: no close without an error.
 fn outcome(conn: &Connection, events: &[Event]) -> Outcome {
-    let failure = events.iter().find_map(|e| match e {
-        Event::TransportDown(err) | Event::Reset(err) => Some(err.clone()),
-        _ => None,
-    });
-    match failure {
-        Some(err) => {
-            assert!(
-                !conn.has_transport(),
-                "failed with {err} but kept its transport"
-            );
-            Outcome::Failed(err)
-        }
-        None => {
-            assert!(
-                !events.iter().any(|e| matches!(e, Event::Closed)),
-                "closed without an error: {events:?}"
-            );
-            assert!(
-                conn.has_transport() && !conn.is_closed(),
-                "no failure event, yet {:?} without transport",
-                conn.phase()
-            );
-            Outcome::Waiting
-        }
+    let o = hostile::outcome(conn, events);
+    if o == Outcome::Waiting {
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Closed)),
+            "closed without an error: {events:?}"
+        );
     }
+    o
 }
 
 fn no_messages(events: &[Event]) -> bool {
     !events.iter().any(|e| matches!(e, Event::Message(_)))
+}
+
+/// The messages among `events`, in order.
+fn delivered(events: &[Event]) -> Vec<&Message> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect()
 }
 
 // ---------- a recorded session ----------
@@ -338,26 +318,12 @@ fn clean_replays_deliver_every_recorded_message() {
         let now = Instant::now();
         let mut s = fresh_server(now);
         let events = feed(&mut s, now, &rec.c2s.concat(), &chunks);
-        let got: Vec<&Message> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(got, rec.to_server.iter().collect::<Vec<_>>());
+        assert_eq!(delivered(&events), rec.to_server.iter().collect::<Vec<_>>());
         assert_eq!(outcome(&s, &events), Outcome::Waiting);
 
         let mut c = fresh_client(now);
         let events = feed(&mut c, now, &rec.s2c.concat(), &chunks);
-        let got: Vec<&Message> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(got, rec.to_client.iter().collect::<Vec<_>>());
+        assert_eq!(delivered(&events), rec.to_client.iter().collect::<Vec<_>>());
         assert_eq!(outcome(&c, &events), Outcome::Waiting);
     }
 }
@@ -366,6 +332,22 @@ fn clean_replays_deliver_every_recorded_message() {
 
 fn chunking() -> impl Strategy<Value = Vec<usize>> {
     prop_oneof![Just(vec![]), Just(vec![1]), vec(1usize..600, 1..16),]
+}
+
+/// Feeds `prefix` (which must leave `conn` waiting), then `data` in `chunks`: no message may come of it.
+fn arbitrary_bytes_after(
+    mut conn: Connection,
+    now: Instant,
+    prefix: &[u8],
+    data: &[u8],
+    chunks: &[usize],
+) -> Result<(), TestCaseError> {
+    let before = feed(&mut conn, now, prefix, &[]);
+    prop_assert_eq!(outcome(&conn, &before), Outcome::Waiting);
+    let events = feed(&mut conn, now, data, chunks);
+    prop_assert!(no_messages(&events), "{:?}", events);
+    outcome(&conn, &events);
+    Ok(())
 }
 
 /// How many recorded handshake pieces precede the garbage: none half the time.
@@ -383,13 +365,8 @@ proptest! {
         depth in depth(),
     ) {
         let now = Instant::now();
-        let mut s = fresh_server(now);
         let prefix = recording().c2s[..depth].concat();
-        let before = feed(&mut s, now, &prefix, &[]);
-        prop_assert_eq!(outcome(&s, &before), Outcome::Waiting);
-        let events = feed(&mut s, now, &data, &chunks);
-        prop_assert!(no_messages(&events), "{:?}", events);
-        outcome(&s, &events);
+        arbitrary_bytes_after(fresh_server(now), now, &prefix, &data, &chunks)?;
     }
 
     #[test]
@@ -399,13 +376,8 @@ proptest! {
         depth in depth(),
     ) {
         let now = Instant::now();
-        let mut c = fresh_client(now);
         let prefix = recording().s2c[..depth].concat();
-        let before = feed(&mut c, now, &prefix, &[]);
-        prop_assert_eq!(outcome(&c, &before), Outcome::Waiting);
-        let events = feed(&mut c, now, &data, &chunks);
-        prop_assert!(no_messages(&events), "{:?}", events);
-        outcome(&c, &events);
+        arbitrary_bytes_after(fresh_client(now), now, &prefix, &data, &chunks)?;
     }
 }
 
@@ -450,37 +422,6 @@ proptest! {
 
 // ---------- mutated real streams ----------
 
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Insert { at: usize, byte: u8 },
-    Delete { at: usize, len: usize },
-    Overwrite { at: usize, byte: u8 },
-}
-
-impl Mutation {
-    fn apply(&self, s: &mut Vec<u8>) {
-        if s.is_empty() {
-            return;
-        }
-        match *self {
-            Mutation::Flip { at, bit } => {
-                let i = at % s.len();
-                s[i] ^= 1 << bit;
-            }
-            Mutation::Insert { at, byte } => s.insert(at % (s.len() + 1), byte),
-            Mutation::Delete { at, len } => {
-                let i = at % s.len();
-                s.drain(i..(i + len).min(s.len()));
-            }
-            Mutation::Overwrite { at, byte } => {
-                let i = at % s.len();
-                s[i] = byte;
-            }
-        }
-    }
-}
-
 fn mutation() -> impl Strategy<Value = Mutation> {
     // Half the positions land in the first KiB (banner, handshake, first frames), half anywhere.
     let at = || prop_oneof![0usize..1024, any::<usize>()];
@@ -500,6 +441,26 @@ fn mutated(pieces: &[Bytes], muts: &[Mutation]) -> Vec<u8> {
     s
 }
 
+/// Feeds `stream` in `chunks`: every message delivered must be one of `sent`.
+fn delivers_only_sent(
+    mut conn: Connection,
+    now: Instant,
+    stream: &[u8],
+    chunks: &[usize],
+    sent: &[Message],
+) -> Result<(), TestCaseError> {
+    let events = feed(&mut conn, now, stream, chunks);
+    for m in delivered(&events) {
+        prop_assert!(
+            sent.contains(m),
+            "corrupted message delivered: {:?}",
+            m.header
+        );
+    }
+    outcome(&conn, &events);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(384))]
 
@@ -510,14 +471,8 @@ proptest! {
     ) {
         let rec = recording();
         let now = Instant::now();
-        let mut s = fresh_server(now);
-        let events = feed(&mut s, now, &mutated(&rec.c2s, &muts), &chunks);
-        for e in &events {
-            if let Event::Message(m) = e {
-                prop_assert!(rec.to_server.contains(m), "corrupted message delivered: {:?}", m.header);
-            }
-        }
-        outcome(&s, &events);
+        let stream = mutated(&rec.c2s, &muts);
+        delivers_only_sent(fresh_server(now), now, &stream, &chunks, &rec.to_server)?;
     }
 
     #[test]
@@ -527,14 +482,8 @@ proptest! {
     ) {
         let rec = recording();
         let now = Instant::now();
-        let mut c = fresh_client(now);
-        let events = feed(&mut c, now, &mutated(&rec.s2c, &muts), &chunks);
-        for e in &events {
-            if let Event::Message(m) = e {
-                prop_assert!(rec.to_client.contains(m), "corrupted message delivered: {:?}", m.header);
-            }
-        }
-        outcome(&c, &events);
+        let stream = mutated(&rec.s2c, &muts);
+        delivers_only_sent(fresh_client(now), now, &stream, &chunks, &rec.to_client)?;
     }
 }
 

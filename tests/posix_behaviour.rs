@@ -173,13 +173,7 @@ fn idle_connection_closes_after_the_idle_timeout() {
 fn slow_dispatcher_blocks_senders_on_the_throttle_and_memory_stays_bounded() {
     let pool = Arc::new(PayloadPool::new(3, 64 * 1024));
     let sink = Collector::with(pool.clone(), false, Duration::from_millis(2));
-    let srv = server(
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        Policy::stateful_server(),
-        no_faults(),
-        sink.clone(),
-    );
+    let srv = loopback_server(sink.clone());
     let mut cfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
     cfg.workers.threads = 1;
     cfg.throttle_bytes = 1 << 20;
@@ -217,17 +211,7 @@ fn slow_dispatcher_blocks_senders_on_the_throttle_and_memory_stays_bounded() {
 fn high_priority_overtakes_queued_normal_messages() {
     let pool = Arc::new(PayloadPool::new(4, 256 * 1024));
     let sink = Collector::with(pool.clone(), false, Duration::from_millis(1));
-    let srv = server(
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        Policy::stateful_server(),
-        no_faults(),
-        sink.clone(),
-    );
-    let cli = client(1, no_faults(), Collector::new(pool.clone()));
-    let conn = cli
-        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
-        .unwrap();
+    let (_srv, _cli, conn) = loopback_pair(&pool, sink.clone());
     for i in 0..200 {
         conn.send(pool.message(i, 256 * 1024)).unwrap();
     }

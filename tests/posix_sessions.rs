@@ -57,13 +57,7 @@ fn binds_public_and_cluster_addresses_and_serves_both() {
 #[test]
 fn binding_an_address_in_use_is_a_clear_error() {
     let pool = Arc::new(PayloadPool::new(1, 16));
-    let srv = server(
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        Policy::stateful_server(),
-        no_faults(),
-        Collector::new(pool.clone()),
-    );
+    let srv = loopback_server(Collector::new(pool.clone()));
     let taken = srv.my_addrs().front().unwrap().sockaddr.unwrap();
     let mut other = messenger(
         proto_config(entity_type::OSD, "osd.1"),
@@ -83,17 +77,7 @@ fn binding_an_address_in_use_is_a_clear_error() {
 fn mark_down_closes_and_refuses_further_sends() {
     let pool = Arc::new(PayloadPool::new(2, 4096));
     let sink = Collector::new(pool.clone());
-    let srv = server(
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        Policy::stateful_server(),
-        no_faults(),
-        sink.clone(),
-    );
-    let cli = client(1, no_faults(), Collector::new(pool.clone()));
-    let c = cli
-        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
-        .unwrap();
+    let (srv, cli, c) = loopback_pair(&pool, sink.clone());
     c.send(pool.message(0, 10)).unwrap();
     assert!(sink.wait_for(1, Duration::from_secs(10)));
     c.mark_down();
@@ -158,14 +142,7 @@ fn two_lossless_peers_dialling_each_other_at_once_deliver_everything_once() {
         }
         std::thread::sleep(Duration::from_millis(100));
         for (name, sink) in [("b", &sb), ("a", &sa)] {
-            let mut all: Vec<u64> = sink
-                .by_conn
-                .lock()
-                .unwrap()
-                .values()
-                .flatten()
-                .copied()
-                .collect();
+            let mut all = sink.all_tids();
             all.sort_unstable();
             assert_eq!(
                 all,

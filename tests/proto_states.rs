@@ -11,7 +11,7 @@ use msgr::proto::auth::{
     AuthNoneRequest, AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE,
 };
 use msgr::proto::conn::{
-    Connection, Policy, Resolution, CEPH_FEATURES_ALL, CEPH_FEATURE_MSG_ADDR2,
+    Config, Connection, Policy, Resolution, CEPH_FEATURES_ALL, CEPH_FEATURE_MSG_ADDR2,
 };
 use msgr::proto::frame::Tag;
 use msgr::proto::frames::*;
@@ -21,14 +21,12 @@ use msgr::proto::{Error, Event, Phase};
 // ---------- client fixtures ----------
 
 fn client_conn(policy: Policy) -> (Connection, RawPeer, Instant) {
+    client_conn_with(client_config(1), policy)
+}
+
+fn client_conn_with(cfg: Config, policy: Policy) -> (Connection, RawPeer, Instant) {
     let now = Instant::now();
-    let mut c = Connection::client(
-        arc(client_config(1)),
-        policy,
-        entity_type::OSD,
-        server_addr(),
-        now,
-    );
+    let mut c = Connection::client(arc(cfg), policy, entity_type::OSD, server_addr(), now);
     assert_eq!(c.poll_event(), Some(Event::OpenTransport));
     c.on_transport_connected(now);
     (c, RawPeer::new(), now)
@@ -120,17 +118,37 @@ fn conn_reconnecting() -> (Connection, RawPeer, Instant, SessionReconnect) {
     let t = c.poll_timeout().expect("reconnect timer");
     c.handle_timeout(t);
     assert_eq!(c.poll_event(), Some(Event::OpenTransport));
-    c.on_transport_connected(t);
-    let mut p = RawPeer::new();
-    let mut bytes = hello_from_server(&mut p);
-    bytes.extend(auth_done_and_sig(&mut p));
-    c.handle_input(t, &bytes);
-    let frames = p.recv_control(&mut c, t);
+    let (p, frames) = reauthenticate(&mut c, t);
     let Some(ControlFrame::SessionReconnect(r)) = frames.last().cloned() else {
         panic!("{frames:?}")
     };
     assert_eq!(c.phase(), Phase::Reconnecting);
     (c, p, t, r)
+}
+
+/// On a fresh transport at `t`: a new raw server peer sends HELLO, AUTH_DONE and AUTH_SIGNATURE;
+/// returns that peer and the control frames the client answered with.
+fn reauthenticate(c: &mut Connection, t: Instant) -> (RawPeer, Vec<ControlFrame>) {
+    c.on_transport_connected(t);
+    let mut p = RawPeer::new();
+    let mut bytes = hello_from_server(&mut p);
+    bytes.extend(auth_done_and_sig(&mut p));
+    c.handle_input(t, &bytes);
+    let frames = p.recv_control(c, t);
+    (p, frames)
+}
+
+/// The header seqs of MESSAGE frames, in order.
+fn message_seqs(frames: &[msgr::proto::frame::Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| {
+            msgr::proto::Message::from_segments(&f.segments[..f.num_segments])
+                .unwrap()
+                .header
+                .seq
+        })
+        .collect()
 }
 
 fn closed_with(c: &mut Connection) -> Error {
@@ -355,19 +373,9 @@ fn test_ready_ack_trims_sent_messages() {
 
 #[test]
 fn test_ready_idle_timeout_faults() {
-    let now = Instant::now();
     let mut cfg = client_config(1);
     cfg.idle_timeout = Some(Duration::from_secs(5));
-    let mut c = Connection::client(
-        arc(cfg),
-        Policy::lossy_client(),
-        entity_type::OSD,
-        server_addr(),
-        now,
-    );
-    c.poll_event();
-    c.on_transport_connected(now);
-    let mut p = RawPeer::new();
+    let (mut c, mut p, now) = client_conn_with(cfg, Policy::lossy_client());
     let mut v = hello_from_server(&mut p);
     v.extend(auth_done_and_sig(&mut p));
     v.extend(p.frame(&server_ident(0, 1)));
@@ -462,12 +470,7 @@ fn test_reconnecting_reconnect_ok_replays_unacked() {
     c.on_transport_error(now, "cut");
     let t = c.poll_timeout().unwrap();
     c.handle_timeout(t);
-    c.on_transport_connected(t);
-    let mut p = RawPeer::new();
-    let mut v = hello_from_server(&mut p);
-    v.extend(auth_done_and_sig(&mut p));
-    c.handle_input(t, &v);
-    p.recv_control(&mut c, t);
+    let (mut p, _) = reauthenticate(&mut c, t);
     // The server got the first two.
     let v = p.frame(&ControlFrame::SessionReconnectOk(SessionReconnectOk {
         msg_seq: 2,
@@ -475,16 +478,7 @@ fn test_reconnecting_reconnect_ok_replays_unacked() {
     c.handle_input(t, &v);
     assert!(drain_events(&mut c).contains(&Event::Connected { reconnect: true }));
     let frames = p.recv_from(&mut c, t);
-    let seqs: Vec<u64> = frames
-        .iter()
-        .map(|f| {
-            msgr::proto::Message::from_segments(&f.segments[..f.num_segments])
-                .unwrap()
-                .header
-                .seq
-        })
-        .collect();
-    assert_eq!(seqs, vec![3, 4]);
+    assert_eq!(message_seqs(&frames), vec![3, 4]);
     assert_eq!(c.stats().replayed, 2);
 }
 
@@ -503,7 +497,8 @@ fn client_ident(cookie: u64, global_seq: u64, addr: EntityAddr) -> ControlFrame 
     })
 }
 
-fn server_after_auth(seed: u64) -> (Connection, RawPeer, Instant) {
+/// A fresh server connection that has read the banner, a client HELLO and `auth`.
+fn server_given_auth_request(seed: u64, auth: AuthRequest) -> (Connection, RawPeer, Instant) {
     let now = Instant::now();
     let mut s = Connection::server(arc(server_config(seed)), server_addr(), now);
     let mut p = RawPeer::new();
@@ -512,16 +507,24 @@ fn server_after_auth(seed: u64) -> (Connection, RawPeer, Instant) {
         entity_type: entity_type::CLIENT,
         peer_addr: server_addr(),
     })));
+    v.extend(p.frame(&ControlFrame::AuthRequest(auth)));
+    s.handle_input(now, &v);
+    (s, p, now)
+}
+
+fn server_after_auth(seed: u64) -> (Connection, RawPeer, Instant) {
     let auth = AuthNoneRequest::Authorizer {
         name: AuthEntityName::new(8, "admin"),
         global_id: 4100,
     };
-    v.extend(p.frame(&ControlFrame::AuthRequest(AuthRequest {
-        method: AUTH_METHOD_NONE,
-        preferred_modes: vec![CON_MODE_CRC],
-        auth_payload: auth.encode(),
-    })));
-    s.handle_input(now, &v);
+    let (mut s, mut p, now) = server_given_auth_request(
+        seed,
+        AuthRequest {
+            method: AUTH_METHOD_NONE,
+            preferred_modes: vec![CON_MODE_CRC],
+            auth_payload: auth.encode(),
+        },
+    );
     let frames = p.recv_control(&mut s, now);
     assert!(
         matches!(
@@ -544,20 +547,14 @@ fn server_after_auth(seed: u64) -> (Connection, RawPeer, Instant) {
 
 #[test]
 fn test_server_auth_request_cephx_gets_bad_method() {
-    let now = Instant::now();
-    let mut s = Connection::server(arc(server_config(1)), server_addr(), now);
-    let mut p = RawPeer::new();
-    let mut v = RawPeer::banner();
-    v.extend(p.frame(&ControlFrame::Hello(Hello {
-        entity_type: entity_type::CLIENT,
-        peer_addr: server_addr(),
-    })));
-    v.extend(p.frame(&ControlFrame::AuthRequest(AuthRequest {
-        method: AUTH_METHOD_CEPHX,
-        preferred_modes: vec![CON_MODE_SECURE],
-        auth_payload: Bytes::new(),
-    })));
-    s.handle_input(now, &v);
+    let (mut s, mut p, now) = server_given_auth_request(
+        1,
+        AuthRequest {
+            method: AUTH_METHOD_CEPHX,
+            preferred_modes: vec![CON_MODE_SECURE],
+            auth_payload: Bytes::new(),
+        },
+    );
     let frames = p.recv_control(&mut s, now);
     let ControlFrame::AuthBadMethod(b) = &frames[1] else {
         panic!("{frames:?}")
@@ -614,11 +611,30 @@ fn test_server_new_session_without_existing() {
     assert!(s.is_ready());
 }
 
-fn server_with_session(seed: u64) -> (Connection, Instant) {
+/// A server past auth that has read `ident` and had its events drained; the session is not yet resolved.
+fn server_given_ident(seed: u64, ident: ControlFrame) -> (Connection, RawPeer, Instant) {
     let (mut s, mut p, now) = server_after_auth(seed);
-    let v = p.frame(&client_ident(5, 10, client_addr()));
+    let v = p.frame(&ident);
     s.handle_input(now, &v);
     drain_events(&mut s);
+    (s, p, now)
+}
+
+/// Our own outgoing attempt to `peer` under `policy`, transport up, still in the handshake.
+fn outgoing_attempt(policy: Policy, peer: EntityAddr, now: Instant) -> Connection {
+    let mut mine = Connection::client(
+        arc(server_config(4)),
+        policy,
+        entity_type::CLIENT,
+        peer,
+        now,
+    );
+    mine.on_transport_connected(now);
+    mine
+}
+
+fn server_with_session(seed: u64) -> (Connection, Instant) {
+    let (mut s, mut p, now) = server_given_ident(seed, client_ident(5, 10, client_addr()));
     assert_eq!(s.resolve_session(now, None), Resolution::NewSession);
     p.recv_control(&mut s, now);
     drain_events(&mut s);
@@ -744,16 +760,7 @@ fn test_server_reconnect_ok_takes_over_session_and_replays() {
     );
     assert!(holder.is_ready());
     // The two unacknowledged messages follow at once, with their original seqs.
-    let seqs: Vec<u64> = frames_after[..]
-        .iter()
-        .map(|f| {
-            msgr::proto::Message::from_segments(&f.segments[..f.num_segments])
-                .unwrap()
-                .header
-                .seq
-        })
-        .collect();
-    assert_eq!(seqs, vec![2, 3]);
+    assert_eq!(message_seqs(&frames_after), vec![2, 3]);
     assert_eq!(
         holder.pending_messages(),
         2,
@@ -772,20 +779,10 @@ fn test_server_connection_race_lower_peer_address_wins() {
     ));
     // Our own outgoing attempt to the peer, still connecting, with a message queued.
     let now = Instant::now();
-    let mut mine = Connection::client(
-        arc(server_config(4)),
-        Policy::lossless_peer(),
-        entity_type::CLIENT,
-        lower.clone(),
-        now,
-    );
-    mine.on_transport_connected(now);
+    let mut mine = outgoing_attempt(Policy::lossless_peer(), lower.clone(), now);
     mine.send(now, msgr::proto::Message::new(1, Bytes::from_static(b"q")))
         .unwrap();
-    let (mut s, mut p, now2) = server_after_auth(5);
-    let v = p.frame(&client_ident(5, 10, lower));
-    s.handle_input(now2, &v);
-    drain_events(&mut s);
+    let (mut s, _, now2) = server_given_ident(5, client_ident(5, 10, lower));
     assert_eq!(
         s.resolve_session(now2, Some(&mut mine)),
         Resolution::TookOver
@@ -802,18 +799,8 @@ fn test_server_connection_race_lower_peer_address_wins() {
 fn test_server_connection_race_higher_peer_address_gets_wait() {
     let now = Instant::now();
     let higher = EntityAddr::msgr2("127.0.0.1:40000".parse().unwrap(), 9_999_999);
-    let mut mine = Connection::client(
-        arc(server_config(4)),
-        Policy::lossless_peer(),
-        entity_type::CLIENT,
-        higher.clone(),
-        now,
-    );
-    mine.on_transport_connected(now);
-    let (mut s, mut p, now2) = server_after_auth(5);
-    let v = p.frame(&client_ident(5, 10, higher));
-    s.handle_input(now2, &v);
-    drain_events(&mut s);
+    let mut mine = outgoing_attempt(Policy::lossless_peer(), higher.clone(), now);
+    let (mut s, mut p, now2) = server_given_ident(5, client_ident(5, 10, higher));
     assert_eq!(
         s.resolve_session(now2, Some(&mut mine)),
         Resolution::Answered(Tag::Wait)
@@ -826,18 +813,8 @@ fn test_server_connection_race_higher_peer_address_gets_wait() {
 fn test_server_connection_race_existing_server_policy_loses() {
     let now = Instant::now();
     let higher = EntityAddr::msgr2("127.0.0.1:40000".parse().unwrap(), 9_999_999);
-    let mut mine = Connection::client(
-        arc(server_config(4)),
-        Policy::stateful_server(),
-        entity_type::CLIENT,
-        higher.clone(),
-        now,
-    );
-    mine.on_transport_connected(now);
-    let (mut s, mut p, now2) = server_after_auth(5);
-    let v = p.frame(&client_ident(5, 10, higher));
-    s.handle_input(now2, &v);
-    drain_events(&mut s);
+    let mut mine = outgoing_attempt(Policy::stateful_server(), higher.clone(), now);
+    let (mut s, _, now2) = server_given_ident(5, client_ident(5, 10, higher));
     assert_eq!(
         s.resolve_session(now2, Some(&mut mine)),
         Resolution::TookOver
@@ -847,10 +824,8 @@ fn test_server_connection_race_existing_server_policy_loses() {
 #[test]
 fn test_server_stale_client_ident_is_dropped() {
     let (mut ex, _) = server_with_session(3);
-    let (mut s, mut p, now) = server_after_auth(6);
-    let v = p.frame(&client_ident(77, 2, client_addr())); // global_seq 2 < existing 10
-    s.handle_input(now, &v);
-    drain_events(&mut s);
+    // global_seq 2 < existing 10
+    let (mut s, _, now) = server_given_ident(6, client_ident(77, 2, client_addr()));
     assert_eq!(s.resolve_session(now, Some(&mut ex)), Resolution::Dropped);
     assert!(s.is_closed());
     assert!(!ex.is_closed());

@@ -177,4 +177,5 @@ pub fn arc(c: Config) -> Arc<Config> {
 pub mod ceph;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod hostile;
 pub mod net;

@@ -65,6 +65,17 @@ impl Collector {
             .unwrap_or_default()
     }
 
+    /// Every tid received, over all connections (connection order unspecified, in order within each).
+    pub fn all_tids(&self) -> Vec<u64> {
+        self.by_conn
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     /// Wait until `received` reaches `n`, or `timeout`.
     pub fn wait_for(&self, n: u64, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
@@ -173,6 +184,31 @@ pub fn server(
     m.bind(&[bind]).unwrap();
     m.start().unwrap();
     m
+}
+
+/// A started one-worker OSD-type server on an ephemeral loopback port, stateful for clients, no faults.
+pub fn loopback_server(d: Arc<dyn Dispatcher>) -> PosixMessenger {
+    server(
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        Policy::stateful_server(),
+        no_faults(),
+        d,
+    )
+}
+
+/// A `loopback_server` feeding `sink`, and a one-worker client (collecting into its own `Collector`)
+/// with one lossless connection to it.
+pub fn loopback_pair(
+    pool: &Arc<PayloadPool>,
+    sink: Arc<Collector>,
+) -> (PosixMessenger, PosixMessenger, ConnectionRef) {
+    let srv = loopback_server(sink);
+    let cli = client(1, no_faults(), Collector::new(pool.clone()));
+    let conn = cli
+        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+        .unwrap();
+    (srv, cli, conn)
 }
 
 pub fn client(workers: usize, fault: FaultConfig, d: Arc<dyn Dispatcher>) -> PosixMessenger {
