@@ -345,20 +345,15 @@ SOCKPERF_VERSION=$(sockperf --version 2>&1 | grep -m1 -o 'version [^ ]*' || true
 IPERF3_VERSION=$(iperf3 --version 2>&1 | head -1)
 MSGR_VERSION=$("$MSGR" --version 2>&1 | head -1)
 
-python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$SECS" "$SERVER_CPU" "$CLIENT_CPU" "$WINDOW" \
+PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$SECS" "$SERVER_CPU" "$CLIENT_CPU" "$WINDOW" \
     "$SOCKPERF_VERSION" "$IPERF3_VERSION" "$MSGR_VERSION" "$START_LOAD" "$END_LOAD" <<'PY'
 import json, os, re, shutil, statistics, sys, platform
+from compare_lib import fmt, median_run, nbytes, spread
 
 (out, raw, sizes, reps, secs, server_cpu, client_cpu, window,
  sockperf_v, iperf3_v, msgr_v, start_load, end_load) = sys.argv[1:]
 sizes = sizes.split(",")
 reps = int(reps)
-
-
-def nbytes(s):
-    s = s.strip()
-    mult = {"k": 1024, "m": 1 << 20}.get(s[-1].lower(), 1)
-    return int(s[:-1] if mult > 1 else s) * mult
 
 
 def loads(text):
@@ -416,16 +411,6 @@ def msgr_runs(mode, rep):
         tail = read(f"{raw}/msgr-{mode}-{rep}.txt").strip().splitlines()
         return None, (tail[-1] if tail else "no output")[:200]
     return d, None
-
-
-def median_run(runs, key):
-    """The run holding the median of `key` (the lower middle for an even count), and the spread."""
-    ok = [r for r in runs if r.get(key) is not None]
-    if not ok:
-        return None, None
-    ok.sort(key=lambda r: r[key])
-    med = ok[(len(ok) - 1) // 2]
-    return med, [ok[0][key], ok[-1][key]]
 
 
 result = {"machine": {}, "settings": {}, "versions": {}, "sizes": []}
@@ -515,14 +500,6 @@ result["targets"] = targets
 with open(f"{out}/compare.json", "w") as f:
     json.dump(result, f, indent=2)
     f.write("\n")
-
-
-def fmt(v, spec=".1f"):
-    return "-" if v is None else format(v, spec)
-
-
-def spread(sp, spec=".1f"):
-    return "-" if not sp else f"{format(sp[0], spec)}..{format(sp[1], spec)}"
 
 
 def load1(run):
@@ -670,17 +647,12 @@ PY
 
 # ---- DPDK report (--dpdk) ----------------------------------------------------------------------------
 if ((DPDK)); then
-    python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$WINDOW" <<'PY'
+    PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$WINDOW" <<'PY'
 import json, re, statistics, sys
+from compare_lib import fmt, median_run, nbytes, spread
 
 out, raw, sizes, reps, window = sys.argv[1:]
 reps = int(reps)
-
-
-def nbytes(s):
-    s = s.strip()
-    mult = {"k": 1024, "m": 1 << 20}.get(s[-1].lower(), 1)
-    return int(s[:-1] if mult > 1 else s) * mult
 
 
 def load(path):
@@ -689,13 +661,6 @@ def load(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def median_run(runs, key):
-    ok = sorted((r for r in runs if r.get(key) is not None), key=lambda r: r[key])
-    if not ok:
-        return None, None
-    return ok[(len(ok) - 1) // 2], [ok[0][key], ok[-1][key]]
 
 
 def runs_of(prefix, mode):
@@ -770,14 +735,6 @@ full["dpdk"] = result
 with open(f"{out}/compare.json", "w") as f:
     json.dump(full, f, indent=2)
     f.write("\n")
-
-
-def fmt(v, spec=".1f"):
-    return "-" if v is None else format(v, spec)
-
-
-def spread(sp, spec=".1f"):
-    return "-" if not sp else f"{format(sp[0], spec)}..{format(sp[1], spec)}"
 
 
 lines = ["", "## DPDK (msgr --stack dpdk beside msgr --stack posix, same run, interleaved)", ""]

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use msgr::proto::auth::{ClientAuth, ConModes, CON_MODE_CRC, CON_MODE_SECURE};
 use msgr::proto::conn::{Connection, Policy};
-use msgr::proto::frame::{FrameEncoder, Tag};
-use msgr::proto::frames::{AuthDone, AuthReplyMore, ControlFrame, Hello};
+use msgr::proto::frame::FrameEncoder;
+use msgr::proto::frames::{AuthDone, AuthReplyMore, ControlFrame};
 use msgr::proto::types::entity_type;
 use msgr::proto::{Event, Phase};
 
@@ -51,14 +51,7 @@ fuzz_target!(|data: &[u8]| {
     c.on_transport_connected(now);
 
     let mut enc = FrameEncoder::new();
-    let mut stream = world::banner();
-    stream.extend(world::frame(
-        &mut enc,
-        &ControlFrame::Hello(Hello {
-            entity_type: peer_type,
-            peer_addr: common::client_addr(),
-        }),
-    ));
+    let mut stream = world::hello_stream(&mut enc, peer_type, common::client_addr());
     for (kind, body) in world::Records(rest) {
         let more = |payload: Bytes| {
             ControlFrame::AuthReplyMore(AuthReplyMore {
@@ -81,21 +74,11 @@ fuzz_target!(|data: &[u8]| {
             1 => world::frame(&mut enc, &more(world::xor(real_more, body))),
             2 => world::frame(&mut enc, &done(kind >> 3, Bytes::copy_from_slice(body))),
             3 => world::frame(&mut enc, &done(kind >> 3, world::xor(real_done, body))),
-            4 => match body.split_first() {
-                Some((&t, p)) => {
-                    world::raw_frame(&mut enc, Tag::try_from(t % 21).unwrap_or(Tag::Hello), p)
-                }
-                None => Vec::new(),
-            },
-            _ => body.to_vec(),
+            _ => world::stray_record(&mut enc, kind, body),
         };
         stream.extend(bytes);
     }
-    let read = match steer >> 4 {
-        0 => 0,
-        k => usize::from(k) * 29,
-    };
-    world::drive_unauthenticated(&mut c, now, &stream, read);
+    world::drive_unauthenticated(&mut c, now, &stream, world::read_size(steer));
     assert_ne!(
         c.phase(),
         Phase::Ready,

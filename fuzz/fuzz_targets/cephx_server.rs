@@ -16,8 +16,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use msgr::proto::auth::{ConModes, ServerAuth, AUTH_METHOD_CEPHX, CON_MODE_CRC, CON_MODE_SECURE};
 use msgr::proto::conn::Connection;
-use msgr::proto::frame::{FrameEncoder, Tag};
-use msgr::proto::frames::{AuthRequest, AuthRequestMore, ControlFrame, Hello};
+use msgr::proto::frame::FrameEncoder;
+use msgr::proto::frames::{AuthRequest, AuthRequestMore, ControlFrame};
 use msgr::proto::types::entity_type;
 use msgr::proto::Phase;
 
@@ -42,14 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let mut s = Connection::server(Arc::new(cfg), common::server_addr(), now);
 
     let mut enc = FrameEncoder::new();
-    let mut stream = world::banner();
-    stream.extend(world::frame(
-        &mut enc,
-        &ControlFrame::Hello(Hello {
-            entity_type: entity_type::CLIENT,
-            peer_addr: common::server_addr(),
-        }),
-    ));
+    let mut stream = world::hello_stream(&mut enc, entity_type::CLIENT, common::server_addr());
     for (kind, body) in world::Records(rest) {
         let request = |payload: Bytes| {
             ControlFrame::AuthRequest(AuthRequest {
@@ -68,21 +61,11 @@ fuzz_target!(|data: &[u8]| {
             1 => world::frame(&mut enc, &request(world::xor(real_request, body))),
             2 => world::frame(&mut enc, &more(Bytes::copy_from_slice(body))),
             3 => world::frame(&mut enc, &more(world::xor(real_more, body))),
-            4 => match body.split_first() {
-                Some((&t, p)) => {
-                    world::raw_frame(&mut enc, Tag::try_from(t % 21).unwrap_or(Tag::Hello), p)
-                }
-                None => Vec::new(),
-            },
-            _ => body.to_vec(),
+            _ => world::stray_record(&mut enc, kind, body),
         };
         stream.extend(bytes);
     }
-    let read = match steer >> 4 {
-        0 => 0,
-        k => usize::from(k) * 29,
-    };
-    world::drive_unauthenticated(&mut s, now, &stream, read);
+    world::drive_unauthenticated(&mut s, now, &stream, world::read_size(steer));
     assert_ne!(
         s.phase(),
         Phase::Ready,

@@ -7,17 +7,15 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use msgr::proto::auth::cephx::{ServiceTicket, SERVICE_AUTH};
 use msgr::proto::auth::{
     CephxClient, CephxMonitor, CephxService, CryptoKey, Keyring, KeyringEntry, ServiceSecrets,
     WallAnchor,
 };
-use msgr::proto::banner::Banner;
-use msgr::proto::conn::{MSGR2_REQUIRED, MSGR2_SUPPORTED};
 use msgr::proto::frame::{FrameEncoder, Tag};
-use msgr::proto::frames::ControlFrame;
-use msgr::proto::types::{entity_type, AuthEntityName, UTime};
+use msgr::proto::frames::{ControlFrame, Hello};
+use msgr::proto::types::{entity_type, AuthEntityName, EntityAddr, UTime};
 
 pub const GLOBAL_ID: u64 = 4100;
 
@@ -128,27 +126,42 @@ pub fn fresh_cephx_client(with_ticket: bool) -> Arc<CephxClient> {
     Arc::new(c)
 }
 
-pub fn banner() -> Vec<u8> {
-    let mut b = BytesMut::new();
-    Banner {
-        supported: MSGR2_SUPPORTED,
-        required: MSGR2_REQUIRED,
+// Frames with valid crcs are built as in the connection targets.
+pub use crate::common::{banner, frame, raw_frame};
+
+/// The banner and a HELLO from an `entity_type` peer that sees us at `peer_addr`: where every cephx
+/// target's stream starts.
+pub fn hello_stream(enc: &mut FrameEncoder, entity_type: u8, peer_addr: EntityAddr) -> Vec<u8> {
+    let mut stream = banner();
+    stream.extend(frame(
+        enc,
+        &ControlFrame::Hello(Hello {
+            entity_type,
+            peer_addr,
+        }),
+    ));
+    stream
+}
+
+/// Records of kinds 4 and 5 (mod 6), the same in every cephx target: kind 4, a control frame with
+/// valid crcs whose tag is the body's first byte and whose payload is the rest; kind 5, the body as
+/// raw bytes.
+pub fn stray_record(enc: &mut FrameEncoder, kind: u8, body: &[u8]) -> Vec<u8> {
+    if kind % 6 != 4 {
+        return body.to_vec();
     }
-    .encode(&mut b);
-    b.to_vec()
+    match body.split_first() {
+        Some((&t, p)) => raw_frame(enc, Tag::try_from(t % 21).unwrap_or(Tag::Hello), p),
+        None => Vec::new(),
+    }
 }
 
-pub fn frame(enc: &mut FrameEncoder, cf: &ControlFrame) -> Vec<u8> {
-    let mut p = BytesMut::new();
-    cf.encode_payload(&mut p);
-    raw_frame(enc, cf.tag(), &p)
-}
-
-/// A control frame with valid crcs around an arbitrary payload.
-pub fn raw_frame(enc: &mut FrameEncoder, tag: Tag, payload: &[u8]) -> Vec<u8> {
-    let mut out: Vec<Bytes> = Vec::new();
-    enc.encode_control(tag, payload, &mut out).unwrap();
-    out.concat()
+/// The read size steered by bits 4..8 of byte 0: 0 feeds the stream whole, else in reads of 29 * k.
+pub fn read_size(steer: u8) -> usize {
+    match steer >> 4 {
+        0 => 0,
+        k => usize::from(k) * 29,
+    }
 }
 
 /// `real` with `mask` XORed over it (cyclically); mask bytes past `real`'s length are appended, so

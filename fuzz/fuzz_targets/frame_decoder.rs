@@ -2,6 +2,9 @@
 //! same frames and the same final error, and every frame must survive a re-encode and decode.
 #![no_main]
 
+#[path = "frame_reads.rs"]
+mod frame_reads;
+
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use msgr::proto::frame::{Frame, FrameDecoder, FrameEncoder, FrameError};
@@ -11,28 +14,7 @@ const MAX_FRAME_LEN: usize = 64 << 10;
 
 /// Decodes everything `reads` deliver; returns the frames and the error that stopped it, if any.
 fn decode(reads: &mut dyn Iterator<Item = &[u8]>) -> (Vec<Frame>, Option<FrameError>) {
-    let mut dec = FrameDecoder::new(MAX_FRAME_LEN);
-    let mut rx = BytesMut::new();
-    let mut frames = Vec::new();
-    for read in reads {
-        rx.extend_from_slice(read);
-        loop {
-            match dec.decode(&mut rx) {
-                Ok(Some(f)) => {
-                    assert!(f.raw.len() <= MAX_FRAME_LEN);
-                    frames.push(f);
-                }
-                Ok(None) => break,
-                Err(FrameError::Aborted) => continue,
-                Err(e) => {
-                    // Fatal errors are sticky.
-                    assert_eq!(dec.decode(&mut rx), Err(e.clone()));
-                    return (frames, Some(e));
-                }
-            }
-        }
-    }
-    (frames, None)
+    frame_reads::decode_reads(FrameDecoder::new(MAX_FRAME_LEN), MAX_FRAME_LEN, reads)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -12,7 +12,10 @@
 //! every decoded frame is exactly the one sealed (a flip un-expects the frame it hits and the rest).
 #![no_main]
 
-use bytes::{Bytes, BytesMut};
+#[path = "frame_reads.rs"]
+mod frame_reads;
+
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use msgr::proto::crc::{ceph_crc32c, PREAMBLE_SEED};
 use msgr::proto::frame::secure::{session_ciphers, SecureTx, INLINE_LEN, TAG_LEN};
@@ -77,27 +80,7 @@ fn decode(reads: &mut dyn Iterator<Item = &[u8]>) -> (Vec<Frame>, Option<FrameEr
     let (_, rx) = session_ciphers(&secret(), true).unwrap();
     let mut dec = FrameDecoder::new(MAX_FRAME_LEN);
     dec.set_secure(rx);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    for read in reads {
-        buf.extend_from_slice(read);
-        loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(f)) => {
-                    assert!(f.raw.len() <= MAX_FRAME_LEN);
-                    frames.push(f);
-                }
-                Ok(None) => break,
-                Err(FrameError::Aborted) => continue,
-                Err(e) => {
-                    assert!(e.is_fatal(), "{e}");
-                    assert_eq!(dec.decode(&mut buf), Err(e.clone()));
-                    return (frames, Some(e));
-                }
-            }
-        }
-    }
-    (frames, None)
+    frame_reads::decode_reads(dec, MAX_FRAME_LEN, reads)
 }
 
 fuzz_target!(|data: &[u8]| {

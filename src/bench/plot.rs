@@ -49,6 +49,18 @@ fn percentile_label(x: f64) -> String {
     format!("{s}%")
 }
 
+/// Both charts' legend: a framed, lightly shaded box in the upper left.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+}
+
 fn draw(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let h = &report.header;
     let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
@@ -118,12 +130,7 @@ fn draw(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> 
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    draw_legend(&mut chart)?;
 
     // Throughput by size: x is log2 of the size, so the ticks fall on 64, 4k, 1m.
     let tp: Vec<(f64, f64, f64)> = report
@@ -209,12 +216,7 @@ fn draw(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> 
                 ("sans-serif", 11),
             )
     }))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    draw_legend(&mut chart)?;
     root.present()?;
     Ok(())
 }

@@ -229,6 +229,16 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// The error for `op` on `id` when the worker's entry for it (`entry`, `None` if it has none) is not
+    /// one `op` works on: [`TransportError::WrongState`] for an entry of another kind, else
+    /// [`TransportError::UnknownSocket`].
+    pub fn refused<T>(id: SocketId, op: &'static str, entry: Option<T>) -> io::Error {
+        match entry {
+            Some(_) => TransportError::WrongState { id, op }.into(),
+            None => TransportError::UnknownSocket(id).into(),
+        }
+    }
+
     /// The `io::ErrorKind` this error travels as.
     pub fn kind(&self) -> io::ErrorKind {
         use io::ErrorKind as K;

@@ -149,13 +149,19 @@ impl PosixWorker {
             .ok_or_else(|| TransportError::UnknownSocket(id).into())
     }
 
-    fn register_stream(&mut self, mut stream: TcpStream, peer: SocketAddr) -> io::Result<SocketId> {
+    /// Gives `stream` a new id and registers it for reading and writing under that id.
+    fn register_stream_io(&mut self, stream: &mut TcpStream) -> io::Result<SocketId> {
         let id = self.alloc_id();
         self.poll.registry().register(
-            &mut stream,
+            stream,
             token(id),
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        Ok(id)
+    }
+
+    fn register_stream(&mut self, mut stream: TcpStream, peer: SocketAddr) -> io::Result<SocketId> {
+        let id = self.register_stream_io(&mut stream)?;
         self.sockets.insert(id, Entry::Stream { stream, peer });
         Ok(id)
     }
@@ -328,12 +334,7 @@ impl WorkerStack for PosixWorker {
             Err(e) => return Err(connect_error(addr, e)),
         };
         let mut stream = TcpStream::from_std(socket.into());
-        let id = self.alloc_id();
-        self.poll.registry().register(
-            &mut stream,
-            token(id),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        let id = self.register_stream_io(&mut stream)?;
         self.sockets.insert(
             id,
             Entry::Connecting {

@@ -17,7 +17,7 @@ use msgr::proto::conn::{
     Config, Connection, Policy, CEPH_FEATURES_ALL, CEPH_FEATURE_MSG_ADDR2, MSGR2_REQUIRED,
     MSGR2_SUPPORTED,
 };
-use msgr::proto::frame::FrameEncoder;
+use msgr::proto::frame::{FrameEncoder, Tag};
 use msgr::proto::frames::*;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 use msgr::proto::{Event, Phase};
@@ -52,7 +52,8 @@ pub fn client_config() -> Arc<Config> {
     Arc::new(c)
 }
 
-fn banner() -> Vec<u8> {
+/// The msgr2 banner both sides send first.
+pub fn banner() -> Vec<u8> {
     let mut b = BytesMut::new();
     Banner {
         supported: MSGR2_SUPPORTED,
@@ -62,30 +63,38 @@ fn banner() -> Vec<u8> {
     b.to_vec()
 }
 
-fn frame(enc: &mut FrameEncoder, cf: &ControlFrame) -> Vec<u8> {
+pub fn frame(enc: &mut FrameEncoder, cf: &ControlFrame) -> Vec<u8> {
     let mut p = BytesMut::new();
     cf.encode_payload(&mut p);
+    raw_frame(enc, cf.tag(), &p)
+}
+
+/// A control frame with valid crcs around an arbitrary payload.
+pub fn raw_frame(enc: &mut FrameEncoder, tag: Tag, payload: &[u8]) -> Vec<u8> {
     let mut out: Vec<Bytes> = Vec::new();
-    enc.encode_control(cf.tag(), &p, &mut out).unwrap();
+    enc.encode_control(tag, payload, &mut out).unwrap();
     out.concat()
+}
+
+/// The first `depth` steps of a handshake: the banner, then `frames` in order.
+fn prefix(depth: usize, frames: &[ControlFrame]) -> Vec<u8> {
+    let mut enc = FrameEncoder::new();
+    let mut steps = vec![banner()];
+    steps.extend(frames.iter().map(|cf| frame(&mut enc, cf)));
+    steps[..depth.min(steps.len())].concat()
 }
 
 /// The first `depth` steps of what a client says: banner, HELLO, AUTH_REQUEST, AUTH_SIGNATURE,
 /// CLIENT_IDENT (which makes a server ready).
 pub fn client_prefix(depth: usize) -> Vec<u8> {
-    let mut enc = FrameEncoder::new();
-    let steps = [
-        banner(),
-        frame(
-            &mut enc,
-            &ControlFrame::Hello(Hello {
+    prefix(
+        depth,
+        &[
+            ControlFrame::Hello(Hello {
                 entity_type: entity_type::CLIENT,
                 peer_addr: server_addr(),
             }),
-        ),
-        frame(
-            &mut enc,
-            &ControlFrame::AuthRequest(AuthRequest {
+            ControlFrame::AuthRequest(AuthRequest {
                 method: AUTH_METHOD_NONE,
                 preferred_modes: vec![CON_MODE_CRC],
                 auth_payload: AuthNoneRequest::Authorizer {
@@ -94,15 +103,9 @@ pub fn client_prefix(depth: usize) -> Vec<u8> {
                 }
                 .encode(),
             }),
-        ),
-        // Auth method none has no session key: the signature is all zeros.
-        frame(
-            &mut enc,
-            &ControlFrame::AuthSignature(AuthSignature { signature: [0; 32] }),
-        ),
-        frame(
-            &mut enc,
-            &ControlFrame::ClientIdent(ClientIdent {
+            // Auth method none has no session key: the signature is all zeros.
+            ControlFrame::AuthSignature(AuthSignature { signature: [0; 32] }),
+            ControlFrame::ClientIdent(ClientIdent {
                 addrs: AddrVec(vec![client_addr()]),
                 target_addr: server_addr(),
                 gid: 4100,
@@ -112,39 +115,27 @@ pub fn client_prefix(depth: usize) -> Vec<u8> {
                 flags: 0,
                 cookie: 99,
             }),
-        ),
-    ];
-    steps[..depth.min(steps.len())].concat()
+        ],
+    )
 }
 
 /// The first `depth` steps of what a server says: banner, HELLO, AUTH_DONE, AUTH_SIGNATURE,
 /// SERVER_IDENT (which makes a client ready).
 pub fn server_prefix(depth: usize) -> Vec<u8> {
-    let mut enc = FrameEncoder::new();
-    let steps = [
-        banner(),
-        frame(
-            &mut enc,
-            &ControlFrame::Hello(Hello {
+    prefix(
+        depth,
+        &[
+            ControlFrame::Hello(Hello {
                 entity_type: entity_type::OSD,
                 peer_addr: client_addr(),
             }),
-        ),
-        frame(
-            &mut enc,
-            &ControlFrame::AuthDone(AuthDone {
+            ControlFrame::AuthDone(AuthDone {
                 global_id: 4100,
                 con_mode: CON_MODE_CRC,
                 auth_payload: Bytes::new(),
             }),
-        ),
-        frame(
-            &mut enc,
-            &ControlFrame::AuthSignature(AuthSignature { signature: [0; 32] }),
-        ),
-        frame(
-            &mut enc,
-            &ControlFrame::ServerIdent(ServerIdent {
+            ControlFrame::AuthSignature(AuthSignature { signature: [0; 32] }),
+            ControlFrame::ServerIdent(ServerIdent {
                 addrs: AddrVec(vec![server_addr()]),
                 gid: 0,
                 global_seq: 1,
@@ -153,9 +144,8 @@ pub fn server_prefix(depth: usize) -> Vec<u8> {
                 flags: 0,
                 cookie: 77,
             }),
-        ),
-    ];
-    steps[..depth.min(steps.len())].concat()
+        ],
+    )
 }
 
 /// Splits a fuzz input into (prefix depth, read size, hostile stream); see the module docs.

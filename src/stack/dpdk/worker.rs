@@ -256,8 +256,7 @@ impl DpdkWorker {
     fn stream_mut(&mut self, id: SocketId, op: &'static str) -> io::Result<&mut Stream> {
         match self.entries.get_mut(&id) {
             Some(Entry::Stream(s)) => Ok(s),
-            Some(_) => Err(TransportError::WrongState { id, op }.into()),
-            None => Err(TransportError::UnknownSocket(id).into()),
+            other => Err(TransportError::refused(id, op, other)),
         }
     }
 
@@ -665,14 +664,7 @@ impl WorkerStack for DpdkWorker {
                 Some(h) => h,
                 None => return Ok(None),
             },
-            Some(_) => {
-                return Err(TransportError::WrongState {
-                    id: listener,
-                    op: "accept",
-                }
-                .into())
-            }
-            None => return Err(TransportError::UnknownSocket(listener).into()),
+            other => return Err(TransportError::refused(listener, "accept", other)),
         };
         let s = self.sockets.get::<tcp::Socket>(handle);
         let endpoint_v4 = |e: Option<IpEndpoint>| match e {
@@ -811,12 +803,7 @@ impl WorkerStack for DpdkWorker {
                 *port,
             ))),
             Some(Entry::Stream(st)) => Ok(SocketAddr::V4(st.local)),
-            Some(Entry::Failed { .. }) => Err(TransportError::WrongState {
-                id,
-                op: "local_addr",
-            }
-            .into()),
-            None => Err(TransportError::UnknownSocket(id).into()),
+            other => Err(TransportError::refused(id, "local_addr", other)),
         }
     }
 
@@ -824,12 +811,7 @@ impl WorkerStack for DpdkWorker {
         match self.entries.get(&id) {
             Some(Entry::Stream(st)) => Ok(SocketAddr::V4(st.peer)),
             Some(Entry::Failed { peer }) => Ok(*peer),
-            Some(Entry::Listener { .. }) => Err(TransportError::WrongState {
-                id,
-                op: "peer_addr",
-            }
-            .into()),
-            None => Err(TransportError::UnknownSocket(id).into()),
+            other => Err(TransportError::refused(id, "peer_addr", other)),
         }
     }
 

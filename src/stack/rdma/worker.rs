@@ -307,12 +307,7 @@ impl RdmaWorker {
     fn stream_mut(&mut self, id: SocketId) -> io::Result<&mut Stream> {
         match self.entries.get_mut(&id) {
             Some(Entry::Stream(s)) => Ok(s),
-            Some(Entry::Listener { .. }) => Err(TransportError::WrongState {
-                id,
-                op: "stream operation",
-            }
-            .into()),
-            None => Err(TransportError::UnknownSocket(id).into()),
+            other => Err(TransportError::refused(id, "stream operation", other)),
         }
     }
 
@@ -547,10 +542,7 @@ impl RdmaWorker {
     }
 
     fn not_a_stream(&self, id: SocketId, op: &'static str) -> io::Error {
-        match self.entries.get(&id) {
-            Some(_) => TransportError::WrongState { id, op }.into(),
-            None => TransportError::UnknownSocket(id).into(),
-        }
+        TransportError::refused(id, op, self.entries.get(&id))
     }
 
     /// What a read that found no data returns: the stream's error, end of stream, or `WouldBlock`.
@@ -565,6 +557,28 @@ impl RdmaWorker {
     }
 
     /// `Ok` if `s` takes writes now; otherwise its error, or `WouldBlock` while it is being set up.
+    /// [`Self::post_open`] in the middle of a write: `true` if the buffer went out and the write goes on;
+    /// `false` if the write stops here, the stream marked write-blocked (no room yet) or the posting
+    /// error kept in `result`.
+    fn post_open_in_write(
+        config: &RdmaConfig,
+        counters: &RdmaCounters,
+        s: &mut Stream,
+        result: &mut io::Result<()>,
+    ) -> bool {
+        match Self::post_open(config, counters, s) {
+            Ok(true) => true,
+            Ok(false) => {
+                s.write_blocked = true;
+                false
+            }
+            Err(err) => {
+                *result = Err(err);
+                false
+            }
+        }
+    }
+
     fn check_writable(s: &mut Stream) -> io::Result<()> {
         match s.phase {
             Phase::Established => Ok(()),
@@ -617,17 +631,10 @@ impl RdmaWorker {
             let room = s.chunk.min(slot.capacity() as usize).saturating_sub(*len);
             if room == 0 {
                 // The open buffer is full: post it, then go on with a new one.
-                match Self::post_open(config, counters, s) {
-                    Ok(true) => continue,
-                    Ok(false) => {
-                        s.write_blocked = true;
-                        break;
-                    }
-                    Err(err) => {
-                        result = Err(err);
-                        break;
-                    }
+                if Self::post_open_in_write(config, counters, s, &mut result) {
+                    continue;
                 }
+                break;
             }
             let dst = &mut slot.bytes_mut()[*len..*len + room];
             let mut copied = 0;
@@ -1219,14 +1226,7 @@ impl WorkerStack for RdmaWorker {
                 Some(pending) => pending,
                 None => return Ok(None),
             },
-            Some(Entry::Stream(_)) => {
-                return Err(TransportError::WrongState {
-                    id: listener,
-                    op: "accept",
-                }
-                .into())
-            }
-            None => return Err(TransportError::UnknownSocket(listener).into()),
+            other => return Err(TransportError::refused(listener, "accept", other)),
         };
         let id = self.alloc_id();
         let mut cm = cm;
@@ -1315,10 +1315,7 @@ impl WorkerStack for RdmaWorker {
         let counters = &self.counters;
         let cache = &mut self.mr_cache;
         let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
-            return Err(match self.entries.get(&id) {
-                Some(_) => TransportError::WrongState { id, op: "writev" }.into(),
-                None => TransportError::UnknownSocket(id).into(),
-            });
+            return Err(TransportError::refused(id, "writev", self.entries.get(&id)));
         };
         Self::check_writable(s)?;
         let stats_before = cache.stats();
@@ -1362,18 +1359,10 @@ impl WorkerStack for RdmaWorker {
             let buf = &bufs[i];
             // What is already copied into the open buffer goes first (the stream stays in order): as
             // the head of the first piece's SEND, or alone if it fills a SEND already.
-            if s.open.as_ref().is_some_and(|(_, len)| *len >= s.chunk) {
-                match Self::post_open(config, counters, s) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        s.write_blocked = true;
-                        break;
-                    }
-                    Err(err) => {
-                        result = Err(err);
-                        break;
-                    }
-                }
+            if s.open.as_ref().is_some_and(|(_, len)| *len >= s.chunk)
+                && !Self::post_open_in_write(config, counters, s, &mut result)
+            {
+                break;
             }
             let mut off = 0;
             while off < buf.len() {
@@ -1496,12 +1485,7 @@ impl WorkerStack for RdmaWorker {
     fn peer_addr(&self, id: SocketId) -> io::Result<SocketAddr> {
         match self.entries.get(&id) {
             Some(Entry::Stream(s)) => Ok(s.peer),
-            Some(Entry::Listener { .. }) => Err(TransportError::WrongState {
-                id,
-                op: "peer_addr",
-            }
-            .into()),
-            None => Err(TransportError::UnknownSocket(id).into()),
+            other => Err(TransportError::refused(id, "peer_addr", other)),
         }
     }
 
