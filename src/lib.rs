@@ -4,6 +4,7 @@
 //! events and bytes out, no sockets, no clock); [`stack`] moves bytes (posix sockets now; DPDK and RDMA
 //! behind features later); [`event`] runs one event loop per worker thread; [`msgr`] joins them into the
 //! messenger API. [`msgs`] holds the payloads of the Ceph messages we speak with real daemons.
+//! [`throttle`] holds the byte and message budgets that messages carry as RAII permits.
 //! Nothing below `proto` knows about frames, and `proto` knows nothing about transports.
 #![deny(unsafe_code)]
 
@@ -14,3 +15,4 @@ pub mod msgs;
 pub mod proto;
 pub mod recon;
 pub mod stack;
+pub mod throttle;

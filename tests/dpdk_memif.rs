@@ -480,7 +480,7 @@ fn send_and_await_acks(
         conn.send(pool.message(i, len)).unwrap();
     }
     wait_until("acks", Duration::from_secs(60), || {
-        m.throttle().stats().current_msgs == 0
+        m.throttles().send.current_msgs == 0
     });
 }
 

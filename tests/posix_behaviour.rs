@@ -1,5 +1,5 @@
 //! Messenger behaviours over posix loopback (IPv4 and IPv6): hostile peers are dropped while others are
-//! served, idle connections close, a slow dispatcher pushes back on senders through the throttle, and
+//! served, idle connections close, a slow dispatcher pushes back on senders through the send budget, and
 //! high-priority messages overtake queued normal ones.
 
 mod common;
@@ -176,7 +176,7 @@ fn slow_dispatcher_blocks_senders_on_the_throttle_and_memory_stays_bounded() {
     let srv = loopback_server(sink.clone());
     let mut cfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
     cfg.workers.threads = 1;
-    cfg.throttle_bytes = 1 << 20;
+    cfg.send_budget_bytes = 1 << 20;
     let mut cli = msgr::msgr::Messenger::new(
         FaultStack::new(PosixStack::new(), no_faults()),
         cfg,
@@ -191,7 +191,7 @@ fn slow_dispatcher_blocks_senders_on_the_throttle_and_memory_stays_bounded() {
         conn.send(pool.message(i, 64 * 1024)).unwrap();
     }
     assert!(sink.wait_for(N, Duration::from_secs(60)));
-    let t = cli.throttle().stats();
+    let t = cli.throttles().send;
     assert!(t.blocked > 0, "the sender never waited: {t:?}");
     assert!(
         t.peak_bytes <= (1 << 20) + 64 * 1024,
@@ -199,8 +199,8 @@ fn slow_dispatcher_blocks_senders_on_the_throttle_and_memory_stays_bounded() {
     );
     assert!(
         wait_until(Duration::from_secs(5), || cli
-            .throttle()
-            .stats()
+            .throttles()
+            .send
             .current_bytes
             == 0),
         "budget not returned after acks"

@@ -361,8 +361,8 @@ impl<N: NetworkStack> Client<N> {
         let peer_type = security.server_type();
         let mut mc = MessengerConfig::new(cfg);
         mc.workers = workers;
-        // The window bounds what is queued; the throttle must never be what limits a benchmark.
-        mc.throttle_bytes = 0;
+        // The window bounds what is queued; the send budget must never be what limits a benchmark.
+        mc.send_budget_bytes = 0;
         let mut messenger = Messenger::new(stack, mc, driver.clone());
         messenger.start().map_err(|e| format!("client: {e}"))?;
         let mut conns = Vec::with_capacity(shape.connections);

@@ -46,8 +46,8 @@ impl<N: NetworkStack> BenchServer<N> {
         cfg.default_policy = Policy::stateless_server();
         let mut mc = MessengerConfig::new(cfg);
         mc.workers = workers;
-        // Replies are bounded by what clients keep in flight; the throttle must not be the limit.
-        mc.throttle_bytes = 0;
+        // Replies are bounded by what clients keep in flight; the send budget must not be the limit.
+        mc.send_budget_bytes = 0;
         let mut messenger = Messenger::new(stack, mc, Arc::new(EchoDispatcher));
         messenger.bind(bind).map_err(|e| e.to_string())?;
         messenger.start().map_err(|e| e.to_string())?;

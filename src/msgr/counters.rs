@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::proto::ConnStats;
 
-use super::throttle::ThrottleStats;
+use crate::throttle::ThrottleStats;
 
 /// Counters of one worker.
 #[derive(Debug, Default)]
@@ -85,7 +85,39 @@ pub struct CountersSnapshot {
     pub sessions_moved: u64,
     /// Socket failures injected by the fault-injection stack, if any.
     pub injected_faults: u64,
-    pub send_throttle: Option<ThrottleStats>,
+    /// The messenger's throttles (filled in by `Messenger::counters`).
+    pub throttles: Option<ThrottlesSnapshot>,
+}
+
+/// The throttles of a messenger at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ThrottlesSnapshot {
+    /// The send budgets of all connections, summed (`max_*` is the budget of each connection;
+    /// `blocked` counts sends that waited or failed for lack of budget).
+    pub send: ThrottleStats,
+    /// The messenger-wide dispatch throttle (`ms_dispatch_throttle_bytes`).
+    pub dispatch: ThrottleStats,
+    /// The receive throttles, by peer entity type (`blocked` counts pauses of a connection's reads).
+    pub recv: Vec<PeerThrottleStats>,
+}
+
+impl ThrottlesSnapshot {
+    /// No budget held anywhere: nothing queued, unacknowledged or undropped.
+    pub fn is_idle(&self) -> bool {
+        self.send.is_idle()
+            && self.dispatch.is_idle()
+            && self.recv.iter().all(|r| r.stats.is_idle())
+    }
+}
+
+/// The receive throttle of one peer entity type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerThrottleStats {
+    /// Peer entity type.
+    pub entity_type: u8,
+    /// Its throttle.
+    #[serde(flatten)]
+    pub stats: ThrottleStats,
 }
 
 impl CountersSnapshot {

@@ -2,22 +2,25 @@
 //!
 //! Owns: the workers (one event loop per thread, each owning its sockets and the `proto::Connection`s on
 //! them), the Processor role (listen, accept, hand each accepted socket to the least-loaded worker), the
-//! registry of sessions by peer address (consulted only during handshakes), the send throttle and the
-//! perf counters.
+//! registry of sessions by peer address (consulted only during handshakes), the throttles and the perf
+//! counters.
 //!
 //! Invariants:
 //! - a connection lives on one worker at a time (a session moves only to meet a reconnect that landed
 //!   on another worker); other threads reach it only through its command queue plus one
 //!   external event per batch (`ConnectionRef::send` never touches a socket or a lock shared with the
 //!   data path of another worker);
-//! - dispatcher callbacks run on the connection's worker thread, in order; a slow dispatcher stalls reads
-//!   on that worker, and senders then block on the send throttle instead of growing memory;
+//! - dispatcher callbacks run on the connection's worker thread, in order;
+//! - back-pressure is per peer, as in Ceph: a received message holds budget on its peer type's receive
+//!   throttle and on the dispatch throttle until the application drops it; a connection whose budget is
+//!   used up stops being read (only that one) until budget returns, so a slow consumer pushes back on
+//!   its peers through TCP and on nobody else. Sending, each connection has its own budget of queued and
+//!   unacknowledged messages, so a dead peer blocks only the senders to it;
 //! - a message handed to `send` on a lossless connection is delivered exactly once, in order, until the
 //!   peer resets the session (the protocol core guarantees it; the messenger never drops a queued message
 //!   except on reset or `mark_down`).
 
 mod counters;
-mod throttle;
 mod worker;
 
 use std::collections::HashMap;
@@ -32,8 +35,8 @@ use crate::proto::types::{AddrVec, EntityAddr};
 use crate::proto::{self, Message, Policy};
 use crate::stack::{ConnectOptions, ListenOptions, NetworkStack};
 
-pub use counters::{CountersSnapshot, WorkerCounters};
-pub use throttle::{Throttle, ThrottleStats};
+pub use crate::throttle::{Permit, Throttle, ThrottleStats};
+pub use counters::{CountersSnapshot, PeerThrottleStats, ThrottlesSnapshot, WorkerCounters};
 use worker::{Command, Handler};
 
 /// Messenger-unique connection id.
@@ -67,10 +70,17 @@ pub struct MessengerConfig {
     pub workers: WorkerConfig,
     pub listen: ListenOptions,
     pub connect: ConnectOptions,
-    /// Send throttle: payload bytes and messages queued or unacknowledged, across all connections.
-    /// 0 = unlimited.
-    pub throttle_bytes: u64,
-    pub throttle_msgs: u64,
+    /// Send budget of each connection: payload bytes of messages queued or unacknowledged on it.
+    /// `send` waits and `try_send` fails while it is used up. 0 = unlimited.
+    pub send_budget_bytes: u64,
+    /// Send budget of each connection in messages. 0 = unlimited.
+    pub send_budget_msgs: u64,
+    /// Receive throttles by peer entity type (Ceph's `Policy::throttler_bytes` / `throttler_messages`),
+    /// each shared by all peers of that type. Peer types not listed have none. Empty by default.
+    pub recv_throttles: Vec<RecvThrottle>,
+    /// Messenger-wide budget of payload bytes of received messages the application has not dropped yet
+    /// (Ceph's `ms_dispatch_throttle_bytes`, 100 MiB by default). 0 = unlimited.
+    pub dispatch_throttle_bytes: u64,
     /// Bytes asked for per read call on a socket (each worker keeps one such buffer).
     pub read_buffer: usize,
 }
@@ -86,10 +96,55 @@ impl MessengerConfig {
             },
             listen: ListenOptions::default(),
             connect: ConnectOptions::default(),
-            throttle_bytes: 256 << 20,
-            throttle_msgs: 0,
+            send_budget_bytes: 64 << 20,
+            send_budget_msgs: 0,
+            recv_throttles: Vec::new(),
+            dispatch_throttle_bytes: 100 << 20,
             read_buffer: 256 * 1024,
         }
+    }
+}
+
+/// A receive throttle for the peers of one entity type (a Ceph policy's throttlers): payload bytes and
+/// messages received from them and not yet dropped by the application. When it is used up, msgr stops
+/// reading from those peers until budget returns. A message larger than the whole budget still passes
+/// when the throttle is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvThrottle {
+    /// Peer entity type (`proto::types::entity_type`).
+    pub entity_type: u8,
+    /// Byte budget; 0 = unlimited.
+    pub bytes: u64,
+    /// Message budget; 0 = unlimited.
+    pub msgs: u64,
+}
+
+/// Why [`ConnectionRef::try_send`] or [`ConnectionRef::send_timeout`] did not queue a message; each
+/// variant gives the message back (without any permit).
+#[derive(Debug, thiserror::Error)]
+pub enum TrySendError {
+    /// The connection's send budget is used up (`try_send`; `send_timeout` on a worker thread).
+    #[error("the connection's send budget is used up")]
+    WouldBlock(Message),
+    /// The send budget stayed used up for the whole timeout.
+    #[error("the connection's send budget stayed used up for the whole timeout")]
+    Timeout(Message),
+    /// The connection is closed.
+    #[error("connection is closed")]
+    Closed(Message),
+}
+
+impl TrySendError {
+    /// The message that was not queued.
+    pub fn into_message(self) -> Message {
+        match self {
+            TrySendError::WouldBlock(m) | TrySendError::Timeout(m) | TrySendError::Closed(m) => m,
+        }
+    }
+
+    /// Out of budget (would block, or timed out), as opposed to closed.
+    pub fn is_full(&self) -> bool {
+        !matches!(self, TrySendError::Closed(_))
     }
 }
 
@@ -111,7 +166,7 @@ pub enum MsgrError {
     Worker(#[from] io::Error),
 }
 
-/// State shared by the messenger's threads (not on the per-message path except the throttle).
+/// State shared by the messenger's threads (on the per-message path: only the throttles).
 pub(crate) struct Shared {
     pub config: MessengerConfig,
     pub dispatcher: Arc<dyn Dispatcher>,
@@ -123,7 +178,12 @@ pub(crate) struct Shared {
     pub next_id: AtomicU64,
     pub load: Vec<AtomicUsize>,
     pub counters: Vec<Arc<WorkerCounters>>,
-    pub throttle: Arc<Throttle>,
+    /// Parent of every connection's send budget: holds their sum (its limits are the per-connection ones).
+    pub send_total: Arc<Throttle>,
+    /// Receive throttles by peer entity type.
+    pub recv_throttles: Vec<(u8, Arc<Throttle>)>,
+    /// Messenger-wide dispatch throttle.
+    pub dispatch_throttle: Arc<Throttle>,
     pub stopping: AtomicBool,
     /// Per worker: where other threads post "connection N has commands" (set when the worker starts,
     /// before any connection exists). Shared with every connection handle, which looks up its current
@@ -162,7 +222,11 @@ pub(crate) struct ConnShared {
     pub kickers: Arc<[OnceLock<Kicker>]>,
     /// The messenger's `Shared` address, to recognise its own worker threads (`CURRENT_WORKER`).
     pub messenger: usize,
-    pub throttle: Arc<Throttle>,
+    /// This connection's send budget (a child of `Shared::send_total`).
+    pub send_budget: Arc<Throttle>,
+    /// Set when a receive throttle the connection paused on has room again: the worker puts the
+    /// connection on its run list (see `worker::Handler::run_list`).
+    pub want_read: AtomicBool,
     pub peer: Mutex<PeerInfo>,
 }
 
@@ -181,7 +245,7 @@ pub struct PeerInfo {
 }
 
 thread_local! {
-    /// Set on worker threads: sends from there must not block on the throttle.
+    /// Set on worker threads: sends from there must not block on a send budget.
     pub(crate) static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// On a worker thread: (its messenger's `Shared` address, worker index). A kick for that very
     /// worker needs no wake-up: it drains its kick queue before it next sleeps.
@@ -249,29 +313,103 @@ impl ConnShared {
     }
 }
 
+impl crate::throttle::Resume for ConnShared {
+    fn resume_id(&self) -> u64 {
+        self.id
+    }
+
+    /// A receive throttle has room again: have the owning worker read this connection again.
+    fn resume(&self) {
+        self.want_read.store(true, Ordering::Release);
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            self.kick();
+        }
+    }
+}
+
 impl ConnectionRef {
+    /// The messenger-unique id of this connection.
     pub fn id(&self) -> ConnId {
         self.0.id
     }
 
-    /// Queue a message. Blocks while the messenger's send throttle is exhausted (except on worker
-    /// threads, which never block). Fails only if the connection is closed.
+    /// Queue a message, waiting while this connection's send budget is used up (on a worker thread,
+    /// where waiting could deadlock, it goes over budget instead). Fails only if the connection is
+    /// closed (also while waiting).
     pub fn send(&self, msg: Message) -> Result<(), MsgrError> {
-        if self.0.closed.load(Ordering::Acquire) {
-            return Err(MsgrError::Closed);
-        }
-        let bytes = msg.payload_len() as u64;
-        if IN_WORKER.with(|w| w.get()) {
-            self.0.throttle.force_acquire(bytes);
+        let r = if IN_WORKER.with(|w| w.get()) {
+            self.queue_with(msg, |t, b| Some(t.force_acquire(b)))
         } else {
-            self.0.throttle.acquire(bytes, None);
+            let closed = || self.is_closed();
+            self.queue_with(msg, |t, b| t.acquire(b, None, &closed))
+        };
+        r.map_err(|_| MsgrError::Closed)
+    }
+
+    /// Queue a message if this connection's send budget has room now; else give it back in
+    /// [`TrySendError::WouldBlock`].
+    pub fn try_send(&self, msg: Message) -> Result<(), TrySendError> {
+        self.queue_with(msg, |t, b| t.try_acquire(b))
+            .map_err(|(m, closed)| {
+                if closed {
+                    TrySendError::Closed(m)
+                } else {
+                    TrySendError::WouldBlock(m)
+                }
+            })
+    }
+
+    /// Queue a message, waiting up to `timeout` for room in this connection's send budget; on a worker
+    /// thread it does not wait (as [`ConnectionRef::try_send`]).
+    pub fn send_timeout(&self, msg: Message, timeout: Duration) -> Result<(), TrySendError> {
+        if IN_WORKER.with(|w| w.get()) {
+            return self.try_send(msg);
         }
-        if self.0.commands.send(Command::Send(msg)).is_err() {
-            self.0.throttle.release(1, bytes);
-            return Err(MsgrError::Closed);
+        let deadline = std::time::Instant::now() + timeout;
+        let closed = || self.is_closed();
+        self.queue_with(msg, |t, b| t.acquire(b, Some(deadline), &closed))
+            .map_err(|(m, closed)| {
+                if closed || self.is_closed() {
+                    TrySendError::Closed(m)
+                } else {
+                    TrySendError::Timeout(m)
+                }
+            })
+    }
+
+    /// Take budget with `take` and queue `msg` holding it. On failure the message comes back without a
+    /// permit, with whether that is because the connection is closed (else: no budget).
+    fn queue_with(
+        &self,
+        mut msg: Message,
+        take: impl FnOnce(&Arc<Throttle>, u64) -> Option<Permit>,
+    ) -> Result<(), (Message, bool)> {
+        if self.is_closed() {
+            return Err((msg, true));
+        }
+        let Some(permit) = take(&self.0.send_budget, msg.payload_len() as u64) else {
+            return Err((msg, false));
+        };
+        if self.is_closed() {
+            return Err((msg, true));
+        }
+        msg.attach_permit(permit);
+        // If the worker drops the queue from now on (the connection closes), the message goes with it
+        // and its permit returns the budget.
+        if let Err(e) = self.0.commands.send(Command::Send(msg)) {
+            let Command::Send(mut m) = e.into_inner() else {
+                unreachable!("sent a Send")
+            };
+            m.take_permit();
+            return Err((m, true));
         }
         self.schedule();
         Ok(())
+    }
+
+    /// This connection's send budget: bytes and messages queued or unacknowledged on it now.
+    pub fn send_budget(&self) -> ThrottleStats {
+        self.0.send_budget.stats()
     }
 
     /// Send a KEEPALIVE2; its ack reaches `Dispatcher::ms_handle_keepalive_ack`.
@@ -279,15 +417,18 @@ impl ConnectionRef {
         self.command(Command::Keepalive)
     }
 
-    /// Close the connection now, discarding what is queued (Ceph's mark_down).
+    /// Close the connection now, discarding what is queued (Ceph's mark_down): everything it holds of
+    /// its send budget returns.
     pub fn mark_down(&self) {
         let _ = self.command(Command::MarkDown);
     }
 
+    /// Whether the connection has ended (reset, closed, marked down).
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::Acquire)
     }
 
+    /// What is known of the peer.
     pub fn peer(&self) -> PeerInfo {
         self.0
             .peer
@@ -325,7 +466,17 @@ pub struct Messenger<N: NetworkStack> {
 impl<N: NetworkStack> Messenger<N> {
     pub fn new(stack: N, config: MessengerConfig, dispatcher: Arc<dyn Dispatcher>) -> Self {
         let threads = config.workers.threads.max(1);
-        let throttle = Arc::new(Throttle::new(config.throttle_bytes, config.throttle_msgs));
+        let send_total = Arc::new(Throttle::new(
+            config.send_budget_bytes,
+            config.send_budget_msgs,
+        ));
+        let mut recv_throttles: Vec<(u8, Arc<Throttle>)> = Vec::new();
+        for r in &config.recv_throttles {
+            // The last entry for a type wins.
+            recv_throttles.retain(|(t, _)| *t != r.entity_type);
+            recv_throttles.push((r.entity_type, Arc::new(Throttle::new(r.bytes, r.msgs))));
+        }
+        let dispatch_throttle = Arc::new(Throttle::new(config.dispatch_throttle_bytes, 0));
         let shared = Shared {
             dispatcher,
             proto_config: OnceLock::new(),
@@ -335,7 +486,9 @@ impl<N: NetworkStack> Messenger<N> {
             counters: (0..threads)
                 .map(|_| Arc::new(WorkerCounters::default()))
                 .collect(),
-            throttle,
+            send_total,
+            recv_throttles,
+            dispatch_throttle,
             stopping: AtomicBool::new(false),
             kickers: (0..threads)
                 .map(|_| OnceLock::new())
@@ -497,17 +650,32 @@ impl<N: NetworkStack> Messenger<N> {
             .ok_or(MsgrError::NotStarted)
     }
 
-    /// Counters summed over all workers.
+    /// Counters summed over all workers, with the throttles.
     pub fn counters(&self) -> CountersSnapshot {
         let mut s = CountersSnapshot::sum(self.shared.counters.iter().map(|c| c.as_ref()));
-        s.send_throttle = Some(self.shared.throttle.stats());
+        s.throttles = Some(self.throttles());
         s
     }
 
-    pub fn throttle(&self) -> &Throttle {
-        &self.shared.throttle
+    /// Every throttle of the messenger now: the send budgets summed over connections, the dispatch
+    /// throttle and the receive throttles by peer type.
+    pub fn throttles(&self) -> ThrottlesSnapshot {
+        ThrottlesSnapshot {
+            send: self.shared.send_total.stats(),
+            dispatch: self.shared.dispatch_throttle.stats(),
+            recv: self
+                .shared
+                .recv_throttles
+                .iter()
+                .map(|(t, th)| PeerThrottleStats {
+                    entity_type: *t,
+                    stats: th.stats(),
+                })
+                .collect(),
+        }
     }
 
+    /// The network stack.
     pub fn stack(&self) -> &N {
         &self.stack
     }

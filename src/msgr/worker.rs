@@ -3,14 +3,16 @@
 //! calls.
 //!
 //! Invariants: every connection in `conns` belongs to this worker; a socket id maps to at most one
-//! connection; the throttle budget a message took is returned exactly once (when the protocol lets go
-//! of it, or when it is discarded undelivered). A session moving between workers (to a reconnect that
+//! connection; throttle budget is held only by permits inside messages, so it returns whenever a message
+//! is dropped (acked, discarded, or with a command queue); a ready connection is read only while its
+//! receive throttles have room, and one that paused is registered with the throttle it waits for
+//! (`Conn::parked_on`) and comes back through the run list. A session moving between workers (to a reconnect that
 //! landed on another worker, see `fetch_session`) is in no worker's maps while in flight, and its handle
 //! already names the destination worker, which drains the command queue once it has adopted it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -24,7 +26,10 @@ use super::{
 use crate::event::{EventCenter, EventHandler, Remote, TimerId};
 use crate::proto::types::{AddrVec, EntityAddr};
 use crate::proto::{self, ConnStats, Connection, Event, Policy, Resolution, Role, SessionRequest};
-use crate::stack::{flush_queue, EventKind, ListenOptions, SocketEvent, SocketId, WorkerStack};
+use crate::stack::{
+    flush_queue, EventKind, ListenOptions, SocketEvent, SocketId, Wake, WorkerStack,
+};
+use crate::throttle::{Permit, Throttle};
 
 pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
 
@@ -48,11 +53,16 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
         id,
         worker: AtomicUsize::new(w),
         commands: tx,
-        scheduled: std::sync::atomic::AtomicBool::new(false),
-        closed: std::sync::atomic::AtomicBool::new(false),
+        scheduled: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
         kickers: shared.kickers.clone(),
         messenger: Arc::as_ptr(shared) as usize,
-        throttle: shared.throttle.clone(),
+        send_budget: Arc::new(Throttle::with_parent(
+            shared.config.send_budget_bytes,
+            shared.config.send_budget_msgs,
+            Some(shared.send_total.clone()),
+        )),
+        want_read: AtomicBool::new(false),
         peer: Mutex::new(PeerInfo::default()),
     };
     (ConnectionRef(Arc::new(shared_conn)), rx)
@@ -74,6 +84,37 @@ pub(crate) struct Conn {
     peer_sock: Option<SocketAddr>,
     /// The dispatcher has been told about this connection (connect/accept), so it hears of its end.
     announced: bool,
+    /// The receive throttle of the peer's entity type, if it has one.
+    recv_throttle: Option<Arc<Throttle>>,
+    /// The throttle this connection paused reading on (it is parked there until that has room).
+    parked_on: Option<Arc<Throttle>>,
+}
+
+impl Conn {
+    fn new(handle: ConnectionRef, commands: Receiver<Command>, proto: Connection) -> Self {
+        Conn {
+            handle,
+            commands,
+            proto,
+            socket: None,
+            connecting: false,
+            txq: VecDeque::new(),
+            timer: None,
+            last_stats: ConnStats::default(),
+            target: None,
+            peer_sock: None,
+            announced: false,
+            recv_throttle: None,
+            parked_on: None,
+        }
+    }
+
+    /// Stop waiting on the throttle it paused on, if any.
+    fn unpark(&mut self) {
+        if let Some(t) = self.parked_on.take() {
+            t.unpark(self.handle.id());
+        }
+    }
 }
 
 /// The messenger's event handler on one worker.
@@ -91,6 +132,15 @@ pub(crate) struct Handler<S: WorkerStack> {
     ev_scratch: Vec<Event>,
     /// Connections other threads queued commands for.
     kicks: Receiver<ConnId>,
+    /// The run list: connections that want to be read again later. A connection goes on it when a
+    /// receive throttle it paused on has room again (`ConnShared::want_read`, set from any thread, reaches
+    /// us through the kick queue), or when this worker stops reading it short of draining its socket
+    /// for any other reason. `on_loop` runs what was on the list at its start, so a connection that
+    /// goes back on the list waits for the next turn, and wakes the loop while the list is not empty
+    /// (readiness is edge-triggered: nothing else would bring a connection back).
+    run_list: VecDeque<ConnId>,
+    /// Wakes this worker's own poll (for a run list left non-empty).
+    waker: Arc<dyn Wake>,
 }
 
 impl<S: WorkerStack> Handler<S> {
@@ -109,6 +159,7 @@ impl<S: WorkerStack> Handler<S> {
                 waker: center.stack().waker(),
             });
         }
+        let waker = center.stack().waker();
         let counters = shared.counters[index].clone();
         let rbuf = vec![0u8; shared.config.read_buffer.max(512)].into_boxed_slice();
         Handler {
@@ -124,6 +175,8 @@ impl<S: WorkerStack> Handler<S> {
             tx_scratch: Vec::new(),
             ev_scratch: Vec::new(),
             kicks,
+            run_list: VecDeque::new(),
+            waker,
         }
     }
 
@@ -202,19 +255,10 @@ impl<S: WorkerStack> Handler<S> {
         let proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
         let id = handle.id();
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        self.insert(Conn {
-            handle,
-            commands: rx,
-            proto,
-            socket: Some(sid),
-            connecting: false,
-            txq: VecDeque::new(),
-            timer: None,
-            last_stats: ConnStats::default(),
-            target: None,
-            peer_sock: Some(peer),
-            announced: false,
-        });
+        let mut conn = Conn::new(handle, rx, proto);
+        conn.socket = Some(sid);
+        conn.peer_sock = Some(peer);
+        self.insert(conn);
         self.by_socket.insert(sid, id);
         self.pump(c, id);
     }
@@ -248,21 +292,23 @@ impl<S: WorkerStack> Handler<S> {
             p.entity_type = peer_type;
             p.addrs = addrs;
         }
-        self.insert(Conn {
-            handle,
-            commands,
-            proto,
-            socket: None,
-            connecting: false,
-            txq: VecDeque::new(),
-            timer: None,
-            last_stats: ConnStats::default(),
-            target: target.sockaddr,
-            peer_sock: target.sockaddr,
-            // The application holds the handle from connect_to: it hears of resets from the start.
-            announced: true,
-        });
+        let mut conn = Conn::new(handle, commands, proto);
+        conn.target = target.sockaddr;
+        conn.peer_sock = target.sockaddr;
+        // The application holds the handle from connect_to: it hears of resets from the start.
+        conn.announced = true;
+        conn.recv_throttle = Self::recv_throttle_for(&self.shared, peer_type);
+        self.insert(conn);
         self.flush_conn(c, id);
+    }
+
+    /// The receive throttle for peers of `entity_type`, if one is configured.
+    fn recv_throttle_for(shared: &Shared, entity_type: u8) -> Option<Arc<Throttle>> {
+        shared
+            .recv_throttles
+            .iter()
+            .find(|(t, _)| *t == entity_type)
+            .map(|(_, th)| th.clone())
     }
 
     /// Undo the provisional load count `Messenger::open` made for a connection now being created.
@@ -285,15 +331,18 @@ impl<S: WorkerStack> Handler<S> {
         let now = Instant::now();
         while let Ok(cmd) = conn.commands.try_recv() {
             match cmd {
+                // Refused (closed): the message is dropped, and its permit with it.
                 Command::Send(m) => {
-                    let bytes = m.payload_len() as u64;
-                    if conn.proto.send(now, m).is_err() {
-                        self.shared.throttle.release(1, bytes);
-                    }
+                    let _ = conn.proto.send(now, m);
                 }
                 Command::Keepalive => conn.proto.send_keepalive(now),
                 Command::MarkDown => conn.proto.close(),
             }
+        }
+        if conn.handle.0.want_read.swap(false, Ordering::AcqRel) {
+            // Resumed by the throttle it paused on (which has let go of it).
+            conn.parked_on = None;
+            self.run_list.push_back(id);
         }
         self.pump(c, id);
     }
@@ -312,8 +361,6 @@ impl<S: WorkerStack> Handler<S> {
                     }
                 }
             }
-            let released = conn.proto.take_released();
-            self.shared.throttle.release(released.msgs, released.bytes);
             self.counters
                 .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
             evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
@@ -358,7 +405,16 @@ impl<S: WorkerStack> Handler<S> {
         let handle = conn.handle.clone();
         let dispatcher = self.shared.dispatcher.clone();
         match ev {
-            Event::Message(m) => dispatcher.ms_dispatch(&handle, m),
+            Event::Message(mut m) => {
+                // Read already: it takes its budget even over the limit (the reader pauses before the
+                // next read instead). The application returns it by dropping the message.
+                let throttles = [
+                    conn.recv_throttle.as_ref(),
+                    Some(&self.shared.dispatch_throttle),
+                ];
+                m.attach_permit(Permit::force(throttles, m.payload_len() as u64));
+                dispatcher.ms_dispatch(&handle, m)
+            }
             Event::OpenTransport => {
                 let now = Instant::now();
                 let Some(target) = conn.target else {
@@ -389,6 +445,7 @@ impl<S: WorkerStack> Handler<S> {
                     p.con_mode = conn.proto.con_mode();
                     p.auth_name = conn.proto.peer_auth_name().cloned();
                 }
+                conn.recv_throttle = Self::recv_throttle_for(&self.shared, conn.proto.peer_type());
                 tracing::debug!(conn = id, reconnect, role = ?conn.proto.role(), "session ready");
                 conn.announced = true;
                 match conn.proto.role() {
@@ -558,6 +615,7 @@ impl<S: WorkerStack> Handler<S> {
             self.by_timer.remove(&tid);
         }
         new.handle.0.closed.store(true, Ordering::Release);
+        new.unpark();
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
         self.pump(c, ex_id);
@@ -655,10 +713,11 @@ impl<S: WorkerStack> Handler<S> {
         }
         conn.connecting = false;
         conn.txq.clear();
+        // Its new socket on `to` is read as budget allows; nothing waits here any more.
+        conn.unpark();
+        conn.handle.0.want_read.store(false, Ordering::Release);
         self.counters
             .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
-        let released = conn.proto.take_released();
-        self.shared.throttle.release(released.msgs, released.bytes);
         // Kicks from now on go to `to`; the ones that still reach us find no connection and are
         // ignored, and `to` drains the command queue once it has adopted the connection.
         conn.handle.0.worker.store(to, Ordering::Release);
@@ -715,13 +774,47 @@ impl<S: WorkerStack> Handler<S> {
         conn.handle.0.closed.store(true, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        conn.unpark();
+        // Dropping the session's messages and the queued commands returns their budget; a send that
+        // lands in the queue after this is dropped with the queue's receiver (at the end of this
+        // function), so it cannot leak either.
         conn.proto.close();
-        let released = conn.proto.take_released();
-        self.shared.throttle.release(released.msgs, released.bytes);
-        while let Ok(cmd) = conn.commands.try_recv() {
-            if let Command::Send(m) = cmd {
-                self.shared.throttle.release(1, m.payload_len() as u64);
-            }
+        while conn.commands.try_recv().is_ok() {}
+    }
+
+    /// Whether connection `conn` may read now. A ready connection whose receive throttle or the
+    /// dispatch throttle is used up may not: it parks on that throttle (once) and comes back through the
+    /// run list when it has room. Handshake frames are never held back.
+    fn may_read(dispatch: &Arc<Throttle>, conn: &mut Conn) -> bool {
+        if !conn.proto.is_ready() {
+            return true;
+        }
+        let full = conn
+            .recv_throttle
+            .iter()
+            .chain(std::iter::once(dispatch))
+            .find(|t| t.is_full());
+        let Some(full) = full else {
+            return true;
+        };
+        if conn.parked_on.is_none() {
+            conn.parked_on = Some(full.clone());
+            tracing::trace!(
+                conn = conn.handle.id(),
+                "receive budget used up: pausing reads"
+            );
+            full.park(conn.handle.0.clone());
+        }
+        false
+    }
+
+    /// Read a connection from the run list again (if it still has a socket to read).
+    fn read_again(&mut self, c: &mut EventCenter<S>, id: ConnId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if let (Some(sid), false) = (conn.socket, conn.connecting) {
+            self.on_readable(c, id, sid);
         }
     }
 
@@ -733,6 +826,9 @@ impl<S: WorkerStack> Handler<S> {
             };
             if conn.socket != Some(sid) {
                 return;
+            }
+            if !Self::may_read(&self.shared.dispatch_throttle, conn) {
+                break;
             }
             let now = Instant::now();
             let proto = &mut conn.proto;
@@ -825,6 +921,20 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
     fn on_loop(&mut self, c: &mut EventCenter<S>) {
         while let Ok(id) = self.kicks.try_recv() {
             self.flush_conn(c, id);
+        }
+        // The run list as it is now; what goes back on it waits for the next turn.
+        for _ in 0..self.run_list.len() {
+            let Some(id) = self.run_list.pop_front() else {
+                break;
+            };
+            self.read_again(c, id);
+        }
+        // Reading may have queued commands (a dispatcher replying).
+        while let Ok(id) = self.kicks.try_recv() {
+            self.flush_conn(c, id);
+        }
+        if !self.run_list.is_empty() {
+            let _ = self.waker.wake();
         }
     }
 

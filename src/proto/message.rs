@@ -11,6 +11,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::denc::{DecodeError, Decoder};
+use crate::throttle::Permit;
 
 /// `CEPH_MSG_PRIO_*`: higher is more urgent.
 pub const MSG_PRIO_LOW: u16 = 64;
@@ -109,12 +110,51 @@ impl MsgHeader2 {
 
 /// A Ceph message: header plus three payloads (front: the encoded message struct; middle: rarely used;
 /// data: bulk bytes such as object data).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// A message may carry a [`Permit`]: the throttle budget it holds while queued for sending or while the
+/// application holds it after dispatch. The budget returns when the message (or the permit taken out of
+/// it) is dropped. A clone carries no permit, and equality ignores it.
 pub struct Message {
     pub header: MsgHeader2,
     pub front: Bytes,
     pub middle: Bytes,
     pub data: Bytes,
+    permit: Option<Permit>,
+}
+
+impl Clone for Message {
+    fn clone(&self) -> Self {
+        Message {
+            header: self.header.clone(),
+            front: self.front.clone(),
+            middle: self.middle.clone(),
+            data: self.data.clone(),
+            permit: None,
+        }
+    }
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header
+            && self.front == other.front
+            && self.middle == other.middle
+            && self.data == other.data
+    }
+}
+
+impl Eq for Message {}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("header", &self.header)
+            .field("front", &self.front)
+            .field("middle", &self.middle)
+            .field("data", &self.data)
+            .field("permit", &self.permit)
+            .finish()
+    }
 }
 
 impl Message {
@@ -133,7 +173,24 @@ impl Message {
             front,
             middle: Bytes::new(),
             data: Bytes::new(),
+            permit: None,
         }
+    }
+
+    /// Let the message hold `permit` (replacing, and so releasing, any it held): its budget returns
+    /// when the message is dropped.
+    pub fn attach_permit(&mut self, permit: Permit) {
+        self.permit = Some(permit);
+    }
+
+    /// Take the permit out (to release the budget early, or to keep it apart from the message).
+    pub fn take_permit(&mut self) -> Option<Permit> {
+        self.permit.take()
+    }
+
+    /// The permit the message holds, if any.
+    pub fn permit(&self) -> Option<&Permit> {
+        self.permit.as_ref()
     }
 
     pub fn with_priority(mut self, priority: u16) -> Self {
@@ -207,6 +264,7 @@ impl Message {
             front: payload(0),
             middle: payload(1),
             data: payload(2),
+            permit: None,
         })
     }
 }
@@ -259,6 +317,7 @@ mod tests {
                 front: Bytes::new(),
                 middle: Bytes::new(),
                 data: Bytes::new(),
+                permit: None,
             }
         );
         assert_reencodes(segs, get_map);
@@ -473,5 +532,24 @@ mod tests {
             prop_assert_eq!(b.len(), MsgHeader2::LEN);
             prop_assert_eq!(MsgHeader2::decode(&b).unwrap(), h);
         }
+    }
+
+    #[test]
+    fn permit_travels_with_the_message_not_its_clones() {
+        use crate::throttle::Throttle;
+        use std::sync::Arc;
+        let t = Arc::new(Throttle::new(0, 0));
+        let mut m = Message::new(1, Bytes::from_static(b"abc"));
+        m.attach_permit(t.force_acquire(3));
+        let c = m.clone();
+        assert!(c.permit().is_none());
+        assert_eq!(c, m, "equality ignores the permit");
+        drop(c);
+        assert_eq!(t.stats().current_bytes, 3, "only the original holds budget");
+        let p = m.take_permit().unwrap();
+        drop(m);
+        assert_eq!(t.stats().current_msgs, 1);
+        drop(p);
+        assert!(t.stats().is_idle());
     }
 }
