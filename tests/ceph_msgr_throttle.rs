@@ -454,14 +454,16 @@ fn send_permits_never_leak() {
     let would_block = Arc::new(AtomicU64::new(0));
     // Senders race the controller's mark_downs: a send may pass the closed check just as the worker
     // drops the connection's queue.
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
     let senders: Vec<_> = (0..2u64)
         .map(|t| {
-            let (conns, stop, sent, wb, pool) = (
+            let (conns, stop, sent, wb, pool, done) = (
                 conns.clone(),
                 stop.clone(),
                 sent.clone(),
                 would_block.clone(),
                 pool.clone(),
+                done_tx.clone(),
             );
             std::thread::spawn(move || {
                 let mut rng = SmallRng::seed_from_u64(seed ^ (t + 1));
@@ -488,6 +490,7 @@ fn send_permits_never_leak() {
                         Err(false) => 0,
                     };
                 }
+                let _ = done.send(());
             })
         })
         .collect();
@@ -517,6 +520,14 @@ fn send_permits_never_leak() {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    // A blocking `send` returns once budget comes back; if it never does, fail rather than hang.
+    for _ in 0..senders.len() {
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "seed {seed}: a sender stayed blocked: {:?}",
+            cli.throttles()
+        );
+    }
     for s in senders {
         s.join().unwrap();
     }
