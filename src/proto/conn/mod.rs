@@ -140,7 +140,8 @@ pub struct Config {
     /// Our addresses. A server must list the address clients dial; a client may leave this empty
     /// and learn its IP from the server's HELLO (sent as type ANY, port 0, with `nonce`).
     pub my_addrs: AddrVec,
-    /// Nonce for a learned client address.
+    /// Our address nonce (in bound addresses and in a learned client address). Random by default,
+    /// as Ceph picks one per messenger instance; monitors use 0 (they are known by address alone).
     pub nonce: u32,
     /// Our auth name (AUTH_REQUEST with method none; cephx takes it from its provider).
     pub auth_name: AuthEntityName,
@@ -183,7 +184,9 @@ impl Config {
             entity_type,
             gid: 0,
             my_addrs: AddrVec::default(),
-            nonce: 0,
+            // Ceph gives every messenger but a monitor's a random nonce, so that two instances on one
+            // host never present the same address; monitors set 0 themselves.
+            nonce: rand::random_range(1..=u32::MAX),
             auth_name,
             auth_client: ClientAuth::None,
             auth_server: ServerAuth::None,
@@ -666,9 +669,7 @@ impl Connection {
     pub fn send(&mut self, now: Instant, msg: Message) -> Result<(), Error> {
         match self.phase {
             Phase::Closed => return Err(Error::Closed),
-            Phase::Standby if self.role == Role::Client && !self.policy.server => {
-                self.begin_reconnect(now);
-            }
+            Phase::Standby => self.begin_reconnect(now),
             _ => {}
         }
         self.session.out_queue.push(msg);
@@ -681,7 +682,7 @@ impl Connection {
             return;
         }
         self.session.keepalive_pending = true;
-        if self.phase == Phase::Standby && self.role == Role::Client {
+        if self.phase == Phase::Standby {
             self.begin_reconnect(now);
         }
     }
@@ -916,11 +917,15 @@ impl Connection {
                 self.client_reconnect_ok(now, ok)
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionRetry(r)) => {
-                self.session.connect_seq = r.connect_seq + 1;
+                self.session.connect_seq =
+                    checked_peer_seq("SESSION_RETRY connect_seq", r.connect_seq)?
+                        .checked_add(1)
+                        .ok_or_else(|| absurd_seq("SESSION_RETRY connect_seq", r.connect_seq))?;
                 self.send_reconnect()
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionRetryGlobal(r)) => {
-                self.session.global_seq = self.config.global_seq.next_after(r.global_seq);
+                let seen = checked_peer_seq("SESSION_RETRY_GLOBAL global_seq", r.global_seq)?;
+                self.session.global_seq = self.config.global_seq.next_after(seen);
                 self.send_reconnect()
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionReset(r)) => {
@@ -1018,6 +1023,12 @@ impl Connection {
     }
 
     /// Ceph's `_fault`: the transport is gone; keep, park or end the session by policy.
+    ///
+    /// As in ProtocolV2::_fault: a lossless side parks in Standby only when its policy is `server`, or
+    /// when it has nothing to send and its policy is `standby`; any other lossless side re-dials, also
+    /// one that accepted the session (it dials the addresses the peer gave in CLIENT_IDENT). A fault
+    /// outside a connection attempt (READY, accepting) re-dials at once; only failed attempts back off,
+    /// doubling up to `max_backoff`.
     fn fault(&mut self, now: Instant, err: Error) {
         if self.phase == Phase::Closed {
             return;
@@ -1029,7 +1040,8 @@ impl Connection {
         if had_transport {
             self.events.push_back(Event::TransportDown(err.clone()));
         }
-        let connecting = matches!(
+        // Ceph's START_CONNECT..SESSION_RECONNECTING: a connection attempt of ours was under way.
+        let attempting = matches!(
             self.phase,
             Phase::Connecting
                 | Phase::Banner
@@ -1044,31 +1056,35 @@ impl Connection {
             self.shut(Event::Reset(err));
             return;
         }
-        if self.policy.lossy && !connecting {
+        if self.policy.lossy && !attempting {
             self.session.reset();
             self.shut(Event::Reset(err));
             return;
         }
         self.session.requeue_sent();
-        if self.role == Role::Server {
-            if self.session.server_cookie == 0 {
-                // Half-accepted, no session yet: nothing to keep.
-                self.shut(Event::Closed);
-            } else {
-                self.phase = Phase::Standby;
-            }
+        if self.role == Role::Server && self.session.server_cookie == 0 {
+            // Half-accepted, no session yet: nothing to keep.
+            self.shut(Event::Closed);
             return;
         }
-        if self.policy.standby
-            && !self.session.has_outgoing()
-            && !self.session.keepalive_pending
-            && self.phase != Phase::Wait
-        {
+        let has_outgoing = self.session.has_outgoing() || self.session.keepalive_pending;
+        if self.policy.standby && !has_outgoing && self.phase != Phase::Wait {
             self.phase = Phase::Standby;
             return;
         }
-        if self.policy.server {
+        if self.policy.server || !self.become_dialer() {
             self.phase = Phase::Standby;
+            return;
+        }
+        if self.session.server_cookie != 0 {
+            self.session.connect_seq = self.session.connect_seq.saturating_add(1);
+        }
+        self.stats.reconnects += 1;
+        if !attempting && self.phase != Phase::Wait {
+            // The session was up (or being accepted): re-dial at once.
+            self.backoff = Duration::ZERO;
+            self.phase = Phase::Connecting;
+            self.set_timer(Timer::Reconnect, now);
             return;
         }
         self.backoff = if self.phase == Phase::Wait {
@@ -1078,20 +1094,39 @@ impl Connection {
         } else {
             (self.backoff * 2).min(self.config.max_backoff)
         };
-        if self.session.server_cookie != 0 {
-            self.session.connect_seq += 1;
-        }
         if self.phase != Phase::Wait {
             self.phase = Phase::Connecting;
         }
-        self.stats.reconnects += 1;
         self.set_timer(Timer::Reconnect, now + self.backoff);
     }
 
-    /// Client: leave standby because something needs sending.
+    /// Make this connection the side that dials. A connection we accepted dials the peer's msgr2
+    /// address from its CLIENT_IDENT (Ceph's `_infer_target_addr`); false when there is none to dial
+    /// (a pure client peer, which must come back to us).
+    fn become_dialer(&mut self) -> bool {
+        if self.role == Role::Client {
+            return true;
+        }
+        let Some(target) = self
+            .peer_addrs
+            .msgr2()
+            .filter(|a| a.sockaddr.is_some_and(|s| s.port() != 0))
+            .cloned()
+        else {
+            return false;
+        };
+        self.role = Role::Client;
+        self.target_addr = target;
+        true
+    }
+
+    /// Leave standby because something needs sending (any policy but `server`).
     fn begin_reconnect(&mut self, now: Instant) {
+        if self.policy.server || !self.become_dialer() {
+            return;
+        }
         if self.session.server_cookie != 0 {
-            self.session.connect_seq += 1;
+            self.session.connect_seq = self.session.connect_seq.saturating_add(1);
         }
         self.phase = Phase::Connecting;
         self.set_timer(Timer::Reconnect, now);
@@ -1197,6 +1232,22 @@ impl Connection {
             }));
         }
     }
+}
+
+/// The largest sequence number (`global_seq`, `connect_seq`) we take from a peer: far beyond any real
+/// count, and low enough that incrementing it can never overflow.
+pub const MAX_PEER_SEQ: u64 = 1 << 62;
+
+/// A peer-supplied sequence number, or a protocol error when it is absurd (see [`MAX_PEER_SEQ`]).
+pub(super) fn checked_peer_seq(what: &'static str, v: u64) -> Result<u64, Error> {
+    if v > MAX_PEER_SEQ {
+        return Err(absurd_seq(what, v));
+    }
+    Ok(v)
+}
+
+fn absurd_seq(what: &'static str, v: u64) -> Error {
+    Error::PeerMisbehaved(format!("{what} {v} is out of range (max {MAX_PEER_SEQ})"))
 }
 
 fn msgr2_feature_names(bits: u64) -> String {
