@@ -97,6 +97,8 @@ pub(crate) struct Handler<S: WorkerStack> {
     /// Session requests waiting for a connection that is on its way to this worker (being created by
     /// `connect_to`, or moving here from another worker), by that connection's id.
     parked: IdMap<ConnId, Vec<(ConnId, SessionRequest, u32)>>,
+    /// Log lines about misbehaving peers, rate-limited.
+    peer_log: super::loglimit::LogLimiter,
 }
 
 impl<S: WorkerStack> Handler<S> {
@@ -131,6 +133,7 @@ impl<S: WorkerStack> Handler<S> {
             ev_scratch: Vec::new(),
             kicks,
             parked: IdMap::default(),
+            peer_log: super::loglimit::LogLimiter::new(10, std::time::Duration::from_secs(1)),
         }
     }
 
@@ -412,11 +415,21 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::SessionRequest(req) => self.resolve(c, id, req),
             Event::TransportDown(err) => {
+                if let Some(limit) = err.tripped_limit() {
+                    self.counters.trip(limit);
+                }
                 if !conn.announced {
                     self.counters
                         .dropped_bad_peers
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(peer = ?conn.peer_sock, reason = %err, "dropping peer");
+                    // Rate-limited, and the reason (which may quote the peer) escaped.
+                    let (log, suppressed) = self.peer_log.allow(Instant::now());
+                    if suppressed > 0 {
+                        tracing::info!(suppressed, "dropped peers not logged");
+                    }
+                    if log {
+                        tracing::info!(peer = ?conn.peer_sock, reason = ?err.to_string(), "dropping peer");
+                    }
                 } else {
                     tracing::debug!(conn = id, peer = ?conn.peer_sock, reason = %err, "transport down");
                 }

@@ -41,7 +41,7 @@ use super::auth::{
     ServerAuth, CON_MODE_SECURE,
 };
 use super::banner::{msgr2_feature, Banner};
-use super::error::Error;
+use super::error::{Error, Limit};
 use super::frame::secure::{session_ciphers, CONNECTION_SECRET_LEN};
 use super::frame::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::frames::*;
@@ -154,8 +154,17 @@ pub struct Config {
     /// Ceph feature bits we support / require of the peer.
     pub features_supported: u64,
     pub features_required: u64,
-    /// Largest frame accepted, checked before any allocation.
+    /// Largest frame accepted on a ready session, checked before any allocation.
     pub max_frame_len: usize,
+    /// Largest frame accepted before the session is ready (banner through ident): cephx frames are a
+    /// few hundred bytes, so an unauthenticated peer cannot make us buffer more than this.
+    pub max_handshake_frame_len: usize,
+    /// AUTH_REQUESTs a peer may send on one transport (a refused method may be retried).
+    pub max_auth_attempts: u32,
+    /// Bytes each direction of the pre-auth transcript (signed in AUTH_SIGNATURE) may hold.
+    pub max_transcript_len: usize,
+    /// Entries a peer's address vector (CLIENT_IDENT, SESSION_RECONNECT) may have.
+    pub max_addrvec_len: usize,
     /// Policy for connections we accept, by the peer's entity type; `default_policy` otherwise.
     pub accept_policies: Vec<(u8, Policy)>,
     pub default_policy: Policy,
@@ -194,12 +203,17 @@ impl Config {
             features_supported: CEPH_FEATURES_ALL,
             features_required: CEPH_FEATURE_MSG_ADDR2,
             max_frame_len: 64 << 20,
+            max_handshake_frame_len: 64 << 10,
+            max_auth_attempts: 3,
+            max_transcript_len: 128 << 10,
+            max_addrvec_len: 16,
             accept_policies: Vec::new(),
             default_policy: Policy::stateful_server(),
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: None,
+            // Ceph's ms_connection_idle_timeout.
+            idle_timeout: Some(Duration::from_secs(900)),
             keepalive_interval: None,
             transmit_budget: 4 << 20,
             global_seq: GlobalSeq::new(),
@@ -357,6 +371,8 @@ struct Transport {
     session_key: Vec<u8>,
     /// Where the auth exchange on this transport stands.
     auth: AuthState,
+    /// AUTH_REQUESTs received on this transport (server side).
+    auth_attempts: u32,
 }
 
 /// Per-transport auth progress (the sans-IO side of Ceph's AuthClient / AuthServer calls).
@@ -387,6 +403,7 @@ impl Transport {
             sent_transcript: None,
             session_key: Vec::new(),
             auth: AuthState::Idle,
+            auth_attempts: 0,
         }
     }
 
@@ -711,7 +728,11 @@ impl Connection {
         if !expected {
             return;
         }
-        let mut t = Transport::new(self.config.max_frame_len);
+        let mut t = Transport::new(
+            self.config
+                .max_handshake_frame_len
+                .min(self.config.max_frame_len),
+        );
         let mut b = BytesMut::with_capacity(Banner::LEN);
         Banner {
             supported: MSGR2_SUPPORTED,
@@ -752,11 +773,15 @@ impl Connection {
         }
         self.stats.bytes_in += data.len() as u64;
         self.last_input = Some(now);
-        if self.phase == Phase::Ready {
-            if let Some(idle) = self.config.idle_timeout {
-                self.set_timer(Timer::Idle, now + idle);
-            }
+        // The deadline holds even when input keeps the owner from ever returning to its timers.
+        if self.phase != Phase::Ready
+            && self.timers[Timer::Handshake as usize].is_some_and(|d| now >= d)
+        {
+            self.fault(now, Error::TimedOut("handshake"));
+            return;
         }
+        // The idle deadline is not moved here (that would re-arm the owner's timer on every read): it
+        // fires at its old time and re-arms itself from `last_input` if there was input since.
         // Append no more than the receive buffer has room for (the decoder sized it for the frame being
         // waited for), decode, repeat: a read straddling two frames must not double a frame-sized buffer.
         let mut rest = data;
@@ -805,7 +830,14 @@ impl Connection {
                 }
                 Timer::Idle => {
                     if self.phase == Phase::Ready {
-                        self.fault(now, Error::TimedOut("idle connection"));
+                        let (Some(idle), Some(last)) = (self.config.idle_timeout, self.last_input)
+                        else {
+                            continue;
+                        };
+                        match last.checked_add(idle) {
+                            Some(until) if until > now => self.set_timer(Timer::Idle, until),
+                            _ => self.fault(now, Error::TimedOut("idle connection")),
+                        }
                     }
                 }
                 Timer::Keepalive => {
@@ -823,6 +855,7 @@ impl Connection {
     // ---- internals: input processing ----
 
     fn process(&mut self, now: Instant) -> Result<(), Error> {
+        let max_transcript = self.config.max_transcript_len;
         loop {
             if self.phase == Phase::Closed || self.phase == Phase::AwaitingDecision {
                 return Ok(());
@@ -835,9 +868,11 @@ impl Connection {
                     return Ok(());
                 };
                 let raw = t.rx.split_to(n);
-                if let Some((_, rx)) = t.transcript.as_mut() {
-                    rx.extend_from_slice(&raw);
-                }
+                record_transcript(
+                    t.transcript.as_mut().map(|(_, rx)| rx),
+                    &raw,
+                    max_transcript,
+                )?;
                 self.handle_banner(banner)?;
                 continue;
             }
@@ -846,11 +881,21 @@ impl Connection {
                 Ok(None) => return Ok(()),
                 // The sender gave up on that frame after starting it: skip it.
                 Err(FrameError::Aborted) => continue,
+                Err(FrameError::TooLarge { len, max }) => {
+                    let limit = if self.phase == Phase::Ready {
+                        Limit::Frame
+                    } else {
+                        Limit::HandshakeFrame
+                    };
+                    return Err(Error::limit(limit, len, max));
+                }
                 Err(e) => return Err(e.into()),
             };
-            if let Some((_, rx)) = t.transcript.as_mut() {
-                rx.extend_from_slice(&frame.raw);
-            }
+            record_transcript(
+                t.transcript.as_mut().map(|(_, rx)| rx),
+                &frame.raw,
+                max_transcript,
+            )?;
             self.handle_frame(now, frame)?;
         }
     }
@@ -1010,9 +1055,13 @@ impl Connection {
 
     fn become_ready(&mut self, now: Instant, reconnect: bool) {
         self.phase = Phase::Ready;
+        if let Some(t) = self.transport.as_mut() {
+            t.decoder.set_max_frame_len(self.config.max_frame_len);
+        }
         self.backoff = Duration::ZERO;
         self.stats.handshakes += 1;
         self.timers[Timer::Handshake as usize] = None;
+        self.last_input = Some(now);
         if let Some(idle) = self.config.idle_timeout {
             self.set_timer(Timer::Idle, now + idle);
         }
@@ -1156,9 +1205,10 @@ impl Connection {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let start = t.tx.len();
         t.encode_control(cf)?;
+        let max = self.config.max_transcript_len;
         if let Some((tx, _)) = t.transcript.as_mut() {
             for b in &t.tx[start..] {
-                tx.extend_from_slice(b);
+                record_transcript(Some(&mut *tx), b, max)?;
             }
         }
         Ok(())
@@ -1232,6 +1282,19 @@ impl Connection {
             }));
         }
     }
+}
+
+/// Append `bytes` to one direction of the pre-auth transcript, within `max` bytes.
+fn record_transcript(to: Option<&mut Vec<u8>>, bytes: &[u8], max: usize) -> Result<(), Error> {
+    let Some(to) = to else {
+        return Ok(());
+    };
+    let len = to.len().saturating_add(bytes.len());
+    if len > max {
+        return Err(Error::limit(Limit::Transcript, len, max));
+    }
+    to.extend_from_slice(bytes);
+    Ok(())
 }
 
 /// The largest sequence number (`global_seq`, `connect_seq`) we take from a peer: far beyond any real
