@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -474,8 +474,28 @@ struct AdminSocket {
 }
 
 impl AdminSocket {
+    /// Bind the socket, mode 0600 (it answers anyone who can connect). In a world-writable directory
+    /// (/tmp) an existing file at `path` is used only if it is ours: another user may have planted it.
     fn bind(path: &Path) -> Result<Self, Failure> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let world_writable = std::fs::metadata(dir)
+            .map(|m| m.permissions().mode() & 0o002 != 0)
+            .unwrap_or(false);
         if let Ok(meta) = std::fs::symlink_metadata(path) {
+            // The process's own uid, read off /proc/self (no libc call needed).
+            let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+            if world_writable && Some(meta.uid()) != me {
+                return Err(Failure::fail(format!(
+                    "admin socket {}: exists in world-writable {} and belongs to uid {}, not us; \
+                     remove it or choose another path",
+                    path.display(),
+                    dir.display(),
+                    meta.uid()
+                )));
+            }
             if !meta.file_type().is_socket() {
                 return Err(Failure::fail(format!(
                     "admin socket {}: exists and is not a socket",
@@ -498,6 +518,9 @@ impl AdminSocket {
         }
         let listener = UnixListener::bind(path)
             .map_err(|e| Failure::fail(format!("admin socket {}: {e}", path.display())))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            Failure::fail(format!("admin socket {}: chmod 0600: {e}", path.display()))
+        })?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Failure::fail(format!("admin socket {}: {e}", path.display())))?;

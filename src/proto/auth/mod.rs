@@ -95,13 +95,14 @@ pub struct ConModes {
 }
 
 impl Default for ConModes {
-    /// crc first (it is faster), secure allowed.
+    /// Ceph's defaults: to monitors secure first (ms_mon_client_mode = "secure crc": what a client
+    /// says to its monitor, tickets included, is worth protecting), to other daemons crc first
+    /// (ms_client_mode = "crc secure": it is faster); both accepted.
     fn default() -> Self {
-        let both = vec![CON_MODE_CRC, CON_MODE_SECURE];
         ConModes {
-            to_mon: both.clone(),
-            to_other: both.clone(),
-            accept: both,
+            to_mon: vec![CON_MODE_SECURE, CON_MODE_CRC],
+            to_other: vec![CON_MODE_CRC, CON_MODE_SECURE],
+            accept: vec![CON_MODE_CRC, CON_MODE_SECURE],
         }
     }
 }

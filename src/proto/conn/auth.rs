@@ -197,7 +197,7 @@ impl Connection {
         crossed: bool,
     ) -> Result<(), Error> {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
-        t.session_key = session_key;
+        t.session_key = zeroize::Zeroizing::new(session_key);
         if mode == CON_MODE_SECURE {
             let (tx, rx) = session_ciphers(connection_secret, crossed).map_err(|e| {
                 Error::AuthFailed(format!(
@@ -385,7 +385,11 @@ impl Connection {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let tx = t.sent_transcript.take().unwrap_or_default();
         let expected = auth_signature(&t.session_key, &tx);
-        if s.signature != expected {
+        // Constant time: how much of the signature matched must not show in how long we took.
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &s.signature[..],
+            &expected[..],
+        )) {
             return Err(Error::AuthFailed(
                 "AUTH_SIGNATURE does not match the transcript we sent".into(),
             ));

@@ -273,7 +273,9 @@ pub struct SessionRequest {
     pub kind: SessionRequestKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` leaves the cookies out: they authenticate a reconnect (and crc mode sends them in clear),
+/// so they do not belong in logs.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SessionRequestKind {
     /// CLIENT_IDENT: a new session (or the first attempt at one).
     New { client_cookie: u64, global_seq: u64 },
@@ -285,6 +287,28 @@ pub enum SessionRequestKind {
         connect_seq: u64,
         msg_seq: u64,
     },
+}
+
+impl std::fmt::Debug for SessionRequestKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRequestKind::New { global_seq, .. } => f
+                .debug_struct("New")
+                .field("global_seq", global_seq)
+                .finish_non_exhaustive(),
+            SessionRequestKind::Reconnect {
+                global_seq,
+                connect_seq,
+                msg_seq,
+                ..
+            } => f
+                .debug_struct("Reconnect")
+                .field("global_seq", global_seq)
+                .field("connect_seq", connect_seq)
+                .field("msg_seq", msg_seq)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// How [`Connection::resolve_session`] settled a [`SessionRequest`].
@@ -368,7 +392,8 @@ struct Transport {
     transcript: Option<(Vec<u8>, Vec<u8>)>,
     /// What we sent before AUTH_SIGNATURE, to check the peer's signature against.
     sent_transcript: Option<Vec<u8>>,
-    session_key: Vec<u8>,
+    /// Wiped when the transport goes.
+    session_key: zeroize::Zeroizing<Vec<u8>>,
     /// Where the auth exchange on this transport stands.
     auth: AuthState,
     /// AUTH_REQUESTs received on this transport (server side).
@@ -401,7 +426,7 @@ impl Transport {
             ctrl: BytesMut::new(),
             transcript: Some((Vec::new(), Vec::new())),
             sent_transcript: None,
-            session_key: Vec::new(),
+            session_key: zeroize::Zeroizing::new(Vec::new()),
             auth: AuthState::Idle,
             auth_attempts: 0,
         }
@@ -450,7 +475,8 @@ pub struct Connection {
     /// Set when the current transport saw its peer banner (used to pick reconnect vs. standby).
     last_input: Option<Instant>,
     epoch: Instant,
-    rng: SmallRng,
+    /// Seeded cookie source for reproducible tests; None: cookies from the OS-seeded CSPRNG.
+    rng: Option<SmallRng>,
     stats: ConnStats,
 }
 
@@ -496,10 +522,7 @@ impl Connection {
     }
 
     fn new(role: Role, config: Arc<Config>, policy: Policy, now: Instant) -> Self {
-        let rng = match config.rng_seed {
-            Some(s) => SmallRng::seed_from_u64(s),
-            None => SmallRng::from_os_rng(),
-        };
+        let rng = config.rng_seed.map(SmallRng::seed_from_u64);
         Connection {
             role,
             phase: Phase::Closed,
@@ -1280,6 +1303,17 @@ impl Connection {
             let _ = t.encode_control(&ControlFrame::Ack(Ack {
                 seq: self.session.in_seq,
             }));
+        }
+    }
+}
+
+impl Connection {
+    /// A fresh, non-zero session cookie. Cookies authenticate a reconnect, so they come from a
+    /// cryptographic RNG unless the config asked for a seeded one (tests).
+    pub(super) fn new_cookie(&mut self) -> u64 {
+        match self.rng.as_mut() {
+            Some(r) => r.random_range(1..=u64::MAX),
+            None => rand::rng().random_range(1..=u64::MAX),
         }
     }
 }

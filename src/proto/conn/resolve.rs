@@ -219,7 +219,7 @@ impl Connection {
         self.session.discard_requeued_up_to(0);
         self.session.in_seq = 0;
         if !self.policy.lossy {
-            self.session.server_cookie = self.rng.random_range(1..=u64::MAX);
+            self.session.server_cookie = self.new_cookie();
         }
         let si = ServerIdent {
             addrs: self.config.my_addrs.clone(),
