@@ -26,6 +26,8 @@ pub struct WorkerCounters {
     pub dropped_bad_peers: AtomicU64,
     /// Sessions moved to this worker because a reconnect for them arrived here.
     pub sessions_moved: AtomicU64,
+    /// Session requests refused because the requester is not the entity holding the session.
+    pub sessions_refused_identity: AtomicU64,
     /// Connections ended because the peer tripped a resource limit, by [`Limit::index`].
     pub limits_tripped: [AtomicU64; Limit::ALL.len()],
 }
@@ -92,6 +94,9 @@ pub struct CountersSnapshot {
     pub sessions_moved: u64,
     /// Socket failures injected by the fault-injection stack, if any.
     pub injected_faults: u64,
+    /// Session requests refused because the requester is not the entity holding the session (it
+    /// claimed another peer's addresses).
+    pub sessions_refused_identity: u64,
     /// Connections ended because the peer tripped a resource limit, by the limit's configuration name
     /// (only limits that tripped are listed).
     pub limits_tripped: std::collections::BTreeMap<&'static str, u64>,
@@ -117,6 +122,7 @@ impl CountersSnapshot {
             s.connections += w.connections.load(Relaxed);
             s.dropped_bad_peers += w.dropped_bad_peers.load(Relaxed);
             s.sessions_moved += w.sessions_moved.load(Relaxed);
+            s.sessions_refused_identity += w.sessions_refused_identity.load(Relaxed);
             for limit in Limit::ALL {
                 let n = w.limits_tripped[limit.index()].load(Relaxed);
                 if n > 0 {

@@ -479,10 +479,22 @@ impl<N: NetworkStack> Messenger<N> {
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if let Some(existing) = reg.get(addrs).filter(|c| !c.is_closed()) {
+            // Reuse the session with these addresses only if it is with the entity type we want to
+            // reach: a peer that connected to us claiming these addresses is not necessarily that.
+            if let Some(existing) = reg.get(addrs).filter(|c| {
+                !c.is_closed()
+                    && (peer_type == proto::types::entity_type::ANY
+                        || c.peer().entity_type == peer_type)
+            }) {
                 return Ok(existing.clone());
             }
             let (conn, rx) = worker::new_handle(&self.shared, w);
+            {
+                // Known from now on, for the identity check of a session request racing this dial.
+                let mut p = conn.0.peer.lock().unwrap_or_else(|e| e.into_inner());
+                p.entity_type = peer_type;
+                p.addrs = addrs.clone();
+            }
             reg.insert(addrs.clone(), conn.clone());
             (conn, rx)
         } else {

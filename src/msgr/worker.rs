@@ -59,6 +59,24 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
     (ConnectionRef(Arc::new(shared_conn)), rx)
 }
 
+/// Whether a connection that authenticated as `auth` (an entity of type `peer_type`) may take over
+/// or replace the session described by `held`: the same entity type, and the same name where both
+/// are known (a session we dialled knows only the type it asked for). Not the global_id, which a
+/// client gets anew each time it authenticates with a monitor.
+fn same_identity(
+    held: &PeerInfo,
+    peer_type: u8,
+    auth: Option<&crate::proto::types::AuthEntityName>,
+) -> bool {
+    if held.entity_type != peer_type && held.entity_type != crate::proto::types::entity_type::ANY {
+        return false;
+    }
+    match (&held.auth_name, auth) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
 /// One connection as its worker sees it.
 pub(crate) struct Conn {
     handle: ConnectionRef,
@@ -488,10 +506,38 @@ impl<S: WorkerStack> Handler<S> {
         let now = Instant::now();
         let shared = self.shared.clone();
         let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let found = reg
+        let existing = reg
             .get(&req.peer_addrs)
-            .filter(|h| h.id() != id && !h.is_closed())
-            .map(|h| (h.0.worker.load(Ordering::Acquire), h.id()));
+            .filter(|h| h.id() != id && !h.is_closed());
+        // A session is reused or replaced only by the entity that holds it: claiming another peer's
+        // addresses (and cookie) gets that peer's session neither reset nor replayed to you.
+        if let (Some(ex), Some(conn)) = (existing, self.conns.get_mut(&id)) {
+            let held = ex.peer();
+            let claimant = (conn.proto.peer_type(), conn.proto.peer_auth_name().cloned());
+            if !same_identity(&held, claimant.0, claimant.1.as_ref()) {
+                drop(reg);
+                self.counters
+                    .sessions_refused_identity
+                    .fetch_add(1, Ordering::Relaxed);
+                let (log, suppressed) = self.peer_log.allow(now);
+                if log {
+                    tracing::info!(
+                        peer = ?conn.peer_sock,
+                        claimed = ?claimant.1.map(|n| n.to_string()),
+                        held_by = ?held.auth_name.map(|n| n.to_string()),
+                        suppressed,
+                        "refused a session request for another entity's session"
+                    );
+                }
+                conn.proto.refuse_session(
+                    now,
+                    "the session for these addresses belongs to another entity",
+                );
+                self.pump(c, id);
+                return;
+            }
+        }
+        let found = existing.map(|h| (h.0.worker.load(Ordering::Acquire), h.id()));
         match found {
             Some((w, ex_id)) if w == self.index && self.conns.contains_key(&ex_id) => {
                 let Some(mut new) = self.conns.remove(&id) else {
