@@ -105,6 +105,23 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     duration: Option<f64>,
 
+    /// Most sessions kept at once; beyond it the oldest daemon session parked in standby is evicted
+    /// (default: the library's, 65536).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_sessions: Option<u64>,
+
+    /// Most connections at once; further accepts are closed (default: the library's, 65536).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+
+    /// Most not-yet-authenticated connections from one IP (default: the library's, 256).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_half_open_per_source: Option<u64>,
+
+    /// End a daemon session whose peer has been gone this long (default: the library's, 900 s).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    standby_expiry: Option<f64>,
+
     #[command(flatten)]
     auth: AuthArgs,
 }
@@ -417,9 +434,22 @@ fn serve(args: &ServeArgs) -> Result<u8, Failure> {
     cfg.default_policy = Policy::stateful_server();
     cfg.accept_policies = vec![(entity_type::CLIENT, Policy::stateless_server())];
     args.auth.apply_server(&mut cfg, entity)?;
+    if let Some(secs) = args.standby_expiry {
+        cfg.server_standby_expiry = Some(Duration::from_secs_f64(secs));
+    }
     let mut mc = MessengerConfig::new(cfg);
     mc.workers.threads = workers;
     mc.workers.name_prefix = "msgr-serve".into();
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = args.max_sessions {
+        mc.max_sessions = to_usize(n);
+    }
+    if let Some(n) = args.max_connections {
+        mc.max_connections = to_usize(n);
+    }
+    if let Some(n) = args.max_half_open_per_source {
+        mc.max_half_open_per_source = to_usize(n);
+    }
 
     // Claim the admin socket first: a second server must fail before it binds any port.
     let admin = match &args.admin_socket {
