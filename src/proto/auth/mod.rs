@@ -268,6 +268,20 @@ pub fn auth_signature(session_key: &[u8], transcript: &[u8]) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn default_modes_are_cephs_secure_first_to_monitors() {
+        let m = ConModes::default();
+        assert_eq!(
+            m.offer(entity_type::MON, AUTH_METHOD_CEPHX),
+            vec![CON_MODE_SECURE, CON_MODE_CRC]
+        );
+        assert_eq!(
+            m.offer(entity_type::OSD, AUTH_METHOD_CEPHX),
+            vec![CON_MODE_CRC, CON_MODE_SECURE]
+        );
+    }
+
     use super::*;
     use crate::proto::frame::Tag;
     use crate::proto::frames::capture::{payload, MON_C2S, MON_S2C, OSD_C2S};
