@@ -21,6 +21,8 @@
 //!   except on reset or `mark_down`).
 
 mod counters;
+mod loglimit;
+mod registry;
 mod worker;
 
 use std::collections::HashMap;
@@ -83,6 +85,15 @@ pub struct MessengerConfig {
     pub dispatch_throttle_bytes: u64,
     /// Bytes asked for per read call on a socket (each worker keeps one such buffer).
     pub read_buffer: usize,
+    /// Connections (accepted and dialled) the messenger holds at once; an accept beyond it is closed
+    /// at once and counted (`limits_tripped.max_connections`).
+    pub max_connections: usize,
+    /// Accepted connections from one source IP that have not authenticated yet; beyond it new ones
+    /// from that IP are closed at once (a slow handshake flood from one host cannot crowd out others).
+    pub max_half_open_per_source: usize,
+    /// Sessions in the registry. A new session beyond it evicts the oldest server-policy session
+    /// parked in Standby, or is refused when there is none (`limits_tripped.max_sessions`).
+    pub max_sessions: usize,
 }
 
 impl MessengerConfig {
@@ -101,6 +112,11 @@ impl MessengerConfig {
             recv_throttles: Vec::new(),
             dispatch_throttle_bytes: 100 << 20,
             read_buffer: 256 * 1024,
+            // Room for the 10,000-session fan-in bench and for a loopback cluster; at ~15 KiB per
+            // idle session these bound a messenger near 1 GiB.
+            max_connections: 65_536,
+            max_half_open_per_source: 256,
+            max_sessions: 65_536,
         }
     }
 }
@@ -174,7 +190,9 @@ pub(crate) struct Shared {
     /// Sessions by peer address. `connect_to` checks and inserts under one lock, and a worker resolving an
     /// incoming session does its lookup, decision and insertion under it too, so one peer never ends up
     /// with two sessions because both sides dialled at once.
-    pub registry: Mutex<HashMap<AddrVec, ConnectionRef>>,
+    pub registry: Mutex<registry::SessionRegistry>,
+    /// Accepted, not yet authenticated connections by source IP (`max_half_open_per_source`).
+    pub half_open: Mutex<HashMap<std::net::IpAddr, usize>>,
     pub next_id: AtomicU64,
     pub load: Vec<AtomicUsize>,
     pub counters: Vec<Arc<WorkerCounters>>,
@@ -218,6 +236,8 @@ pub(crate) struct ConnShared {
     pub commands: crossbeam_channel::Sender<Command>,
     pub scheduled: AtomicBool,
     pub closed: AtomicBool,
+    /// The session waits in Standby for its peer (set by the owning worker; read for eviction).
+    pub standby: AtomicBool,
     /// The messenger's kick queues, by worker (`Shared::kickers`).
     pub kickers: Arc<[OnceLock<Kicker>]>,
     /// The messenger's `Shared` address, to recognise its own worker threads (`CURRENT_WORKER`).
@@ -274,6 +294,15 @@ impl std::hash::Hasher for IdHasher {
 
 /// A map keyed by our own integer ids.
 pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// What [`Messenger::registry_stats`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Sessions registered by peer address.
+    pub sessions: usize,
+    /// Registry entries looked at by connection closes since the messenger started.
+    pub entries_visited: u64,
+}
 
 /// A handle to a connection; cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -437,7 +466,7 @@ impl ConnectionRef {
             .clone()
     }
 
-    fn command(&self, c: Command) -> Result<(), MsgrError> {
+    pub(crate) fn command(&self, c: Command) -> Result<(), MsgrError> {
         if self.is_closed() {
             return Err(MsgrError::Closed);
         }
@@ -480,7 +509,8 @@ impl<N: NetworkStack> Messenger<N> {
         let shared = Shared {
             dispatcher,
             proto_config: OnceLock::new(),
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(registry::SessionRegistry::default()),
+            half_open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             load: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
             counters: (0..threads)
@@ -621,11 +651,23 @@ impl<N: NetworkStack> Messenger<N> {
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if let Some(existing) = reg.get(addrs).filter(|c| !c.is_closed()) {
+            // Reuse the session with these addresses only if it is with the entity type we want to
+            // reach: a peer that connected to us claiming these addresses is not necessarily that.
+            if let Some(existing) = reg.get(addrs).filter(|c| {
+                !c.is_closed()
+                    && (peer_type == proto::types::entity_type::ANY
+                        || c.peer().entity_type == peer_type)
+            }) {
                 return Ok(existing.clone());
             }
             let (conn, rx) = worker::new_handle(&self.shared, w);
-            reg.insert(addrs.clone(), conn.clone());
+            {
+                // Known from now on, for the identity check of a session request racing this dial.
+                let mut p = conn.0.peer.lock().unwrap_or_else(|e| e.into_inner());
+                p.entity_type = peer_type;
+                p.addrs = addrs.clone();
+            }
+            reg.insert(addrs.clone(), conn.clone(), policy.server);
             (conn, rx)
         } else {
             worker::new_handle(&self.shared, w)
@@ -653,8 +695,23 @@ impl<N: NetworkStack> Messenger<N> {
     /// Counters summed over all workers, with the throttles.
     pub fn counters(&self) -> CountersSnapshot {
         let mut s = CountersSnapshot::sum(self.shared.counters.iter().map(|c| c.as_ref()));
+        s.sessions = self.registry_stats().sessions as u64;
         s.throttles = Some(self.throttles());
         s
+    }
+
+    /// The session registry: sessions registered, and entries visited by closes since start (a close
+    /// touches only its own entry; see the registry's invariant).
+    pub fn registry_stats(&self) -> RegistryStats {
+        let reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        RegistryStats {
+            sessions: reg.len(),
+            entries_visited: reg.entries_visited(),
+        }
     }
 
     /// Every throttle of the messenger now: the send budgets summed over connections, the dispatch

@@ -25,7 +25,10 @@ use super::{
 };
 use crate::event::{EventCenter, EventHandler, Remote, TimerId};
 use crate::proto::types::{AddrVec, EntityAddr};
-use crate::proto::{self, ConnStats, Connection, Event, Policy, Resolution, Role, SessionRequest};
+use crate::proto::{
+    self, ConnStats, Connection, Event, Limit, Phase, Policy, Resolution, Role, SessionRequest,
+    SessionRequestKind,
+};
 use crate::stack::{
     flush_queue, EventKind, ListenOptions, SocketEvent, SocketId, Wake, WorkerStack,
 };
@@ -33,16 +36,19 @@ use crate::throttle::{Permit, Throttle};
 
 pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
 
-/// How many times one session request may fetch an existing session that had moved on again before it
-/// is resolved without it (each fetch that finds the session resolves the request, so chasing ends
-/// when requests stop racing for one session).
-const MAX_SESSION_CHASES: u32 = 8;
+/// How many times one session request may fetch an existing session that had moved on again. Each
+/// fetch that finds the session resolves the request, so chasing ends as soon as requests stop racing
+/// for one session; the cap only guards against a livelock, and what it does then is ask the peer to
+/// WAIT (it comes back after its back-off), never reset the session.
+const MAX_SESSION_CHASES: u32 = 1024;
 
 /// What other threads ask of a connection.
 pub(crate) enum Command {
     Send(proto::Message),
     Keepalive,
     MarkDown,
+    /// End the session if it is still a server-policy session in Standby (`max_sessions` eviction).
+    Evict,
 }
 
 /// A new connection handle on worker `w`, with the receiving end of its command queue.
@@ -53,8 +59,9 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
         id,
         worker: AtomicUsize::new(w),
         commands: tx,
-        scheduled: AtomicBool::new(false),
-        closed: AtomicBool::new(false),
+        scheduled: std::sync::atomic::AtomicBool::new(false),
+        closed: std::sync::atomic::AtomicBool::new(false),
+        standby: std::sync::atomic::AtomicBool::new(false),
         kickers: shared.kickers.clone(),
         messenger: Arc::as_ptr(shared) as usize,
         send_budget: Arc::new(Throttle::with_parent(
@@ -66,6 +73,35 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
         peer: Mutex::new(PeerInfo::default()),
     };
     (ConnectionRef(Arc::new(shared_conn)), rx)
+}
+
+/// Give back a half-open slot of source `ip` (`Handler::admit`).
+fn release_half_open(shared: &Shared, ip: std::net::IpAddr) {
+    let mut half = shared.half_open.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = half.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            half.remove(&ip);
+        }
+    }
+}
+
+/// Whether a connection that authenticated as `auth` (an entity of type `peer_type`) may take over
+/// or replace the session described by `held`: the same entity type, and the same name where both
+/// are known (a session we dialled knows only the type it asked for). Not the global_id, which a
+/// client gets anew each time it authenticates with a monitor.
+fn same_identity(
+    held: &PeerInfo,
+    peer_type: u8,
+    auth: Option<&crate::proto::types::AuthEntityName>,
+) -> bool {
+    if held.entity_type != peer_type && held.entity_type != crate::proto::types::entity_type::ANY {
+        return false;
+    }
+    match (&held.auth_name, auth) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
 }
 
 /// One connection as its worker sees it.
@@ -84,6 +120,10 @@ pub(crate) struct Conn {
     peer_sock: Option<SocketAddr>,
     /// The dispatcher has been told about this connection (connect/accept), so it hears of its end.
     announced: bool,
+    /// The key this connection is registered under in the session registry, if it is.
+    reg_key: Option<AddrVec>,
+    /// Accepted and not authenticated yet: its slot in `Shared::half_open`.
+    half_open: Option<std::net::IpAddr>,
     /// The receive throttle of the peer's entity type, if it has one.
     recv_throttle: Option<Arc<Throttle>>,
     /// The throttle this connection paused reading on (it is parked there until that has room).
@@ -106,6 +146,8 @@ impl Conn {
             announced: false,
             recv_throttle: None,
             parked_on: None,
+            reg_key: None,
+            half_open: None,
         }
     }
 
@@ -141,6 +183,11 @@ pub(crate) struct Handler<S: WorkerStack> {
     run_list: VecDeque<ConnId>,
     /// Wakes this worker's own poll (for a run list left non-empty).
     waker: Arc<dyn Wake>,
+    /// Session requests waiting for a connection that is on its way to this worker (being created by
+    /// `connect_to`, or moving here from another worker), by that connection's id.
+    parked: IdMap<ConnId, Vec<(ConnId, SessionRequest, u32)>>,
+    /// Log lines about misbehaving peers, rate-limited.
+    peer_log: super::loglimit::LogLimiter,
 }
 
 impl<S: WorkerStack> Handler<S> {
@@ -177,6 +224,8 @@ impl<S: WorkerStack> Handler<S> {
             kicks,
             run_list: VecDeque::new(),
             waker,
+            parked: IdMap::default(),
+            peer_log: super::loglimit::LogLimiter::new(10, std::time::Duration::from_secs(1)),
         }
     }
 
@@ -215,6 +264,15 @@ impl<S: WorkerStack> Handler<S> {
     }
 
     fn place_accepted(&mut self, c: &mut EventCenter<S>, sid: SocketId, peer: SocketAddr) {
+        if let Some(limit) = self.admit(peer) {
+            let _ = c.stack_mut().close(sid);
+            self.counters.trip(limit);
+            let (log, suppressed) = self.peer_log.allow(Instant::now());
+            if log {
+                tracing::info!(%peer, %limit, suppressed, "accept refused: limit reached");
+            }
+            return;
+        }
         let target = self.shared.least_loaded();
         if target != self.index {
             if let Some(remote) = self.remotes.get().and_then(|r| r.get(target)).cloned() {
@@ -227,12 +285,14 @@ impl<S: WorkerStack> Handler<S> {
                             match c.stack_mut().attach(handoff) {
                                 Ok(sid) => h.create_server(c, sid, peer),
                                 Err(e) => {
+                                    release_half_open(&h.shared, peer.ip());
                                     tracing::warn!(error = %e, "attach of accepted socket failed")
                                 }
                             }
                         });
                         if sent.is_err() {
                             self.shared.load[target].fetch_sub(1, Ordering::Relaxed);
+                            release_half_open(&self.shared, peer.ip());
                         }
                         return;
                     }
@@ -246,8 +306,35 @@ impl<S: WorkerStack> Handler<S> {
         self.create_server(c, sid, peer);
     }
 
+    /// Whether one more accepted connection from `peer` fits: the messenger's connections and the
+    /// source's half-open ones. On success the half-open slot is taken (released by the connection).
+    fn admit(&self, peer: SocketAddr) -> Option<crate::proto::Limit> {
+        let cfg = &self.shared.config;
+        let open: u64 = self
+            .shared
+            .counters
+            .iter()
+            .map(|w| w.connections.load(Ordering::Relaxed))
+            .sum();
+        if open >= cfg.max_connections as u64 {
+            return Some(crate::proto::Limit::Connections);
+        }
+        let mut half = self
+            .shared
+            .half_open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = half.entry(peer.ip()).or_default();
+        if *n >= cfg.max_half_open_per_source {
+            return Some(crate::proto::Limit::HalfOpenPerSource);
+        }
+        *n += 1;
+        None
+    }
+
     fn create_server(&mut self, c: &mut EventCenter<S>, sid: SocketId, peer: SocketAddr) {
         let Some(cfg) = self.proto_config() else {
+            release_half_open(&self.shared, peer.ip());
             let _ = c.stack_mut().close(sid);
             return;
         };
@@ -258,6 +345,7 @@ impl<S: WorkerStack> Handler<S> {
         let mut conn = Conn::new(handle, rx, proto);
         conn.socket = Some(sid);
         conn.peer_sock = Some(peer);
+        conn.half_open = Some(peer.ip());
         self.insert(conn);
         self.by_socket.insert(sid, id);
         self.pump(c, id);
@@ -287,6 +375,7 @@ impl<S: WorkerStack> Handler<S> {
         }
         let proto = Connection::client(cfg, policy, peer_type, target.clone(), Instant::now());
         let id = handle.id();
+        let addrs_key = addrs.clone();
         {
             let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
             p.entity_type = peer_type;
@@ -297,9 +386,12 @@ impl<S: WorkerStack> Handler<S> {
         conn.peer_sock = target.sockaddr;
         // The application holds the handle from connect_to: it hears of resets from the start.
         conn.announced = true;
+        // connect_to registered it under the addresses it was given (connect_new does not).
+        conn.reg_key = nonce.is_none().then_some(addrs_key);
         conn.recv_throttle = Self::recv_throttle_for(&self.shared, peer_type);
         self.insert(conn);
         self.flush_conn(c, id);
+        self.resume_parked(c, id);
     }
 
     /// The receive throttle for peers of `entity_type`, if one is configured.
@@ -337,6 +429,7 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 Command::Keepalive => conn.proto.send_keepalive(now),
                 Command::MarkDown => conn.proto.close(),
+                Command::Evict => conn.proto.expire_standby(),
             }
         }
         if conn.handle.0.want_read.swap(false, Ordering::AcqRel) {
@@ -417,7 +510,9 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::OpenTransport => {
                 let now = Instant::now();
-                let Some(target) = conn.target else {
+                // A connection we accepted dials the address the protocol took from the peer's
+                // CLIENT_IDENT (lossless_peer sessions re-dial from either side).
+                let Some(target) = conn.proto.target_addr().sockaddr.or(conn.target) else {
                     conn.proto
                         .on_transport_error(now, "no address to connect to");
                     return;
@@ -436,6 +531,10 @@ impl<S: WorkerStack> Handler<S> {
                 }
             }
             Event::Connected { reconnect } => {
+                if let Some(ip) = conn.half_open.take() {
+                    release_half_open(&self.shared, ip);
+                }
+                handle.0.standby.store(false, Ordering::Relaxed);
                 {
                     let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
                     p.entity_type = conn.proto.peer_type();
@@ -455,11 +554,21 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::SessionRequest(req) => self.resolve(c, id, req),
             Event::TransportDown(err) => {
+                if let Some(limit) = err.tripped_limit() {
+                    self.counters.trip(limit);
+                }
                 if !conn.announced {
                     self.counters
                         .dropped_bad_peers
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(peer = ?conn.peer_sock, reason = %err, "dropping peer");
+                    // Rate-limited, and the reason (which may quote the peer) escaped.
+                    let (log, suppressed) = self.peer_log.allow(Instant::now());
+                    if suppressed > 0 {
+                        tracing::info!(suppressed, "dropped peers not logged");
+                    }
+                    if log {
+                        tracing::info!(peer = ?conn.peer_sock, reason = ?err.to_string(), "dropping peer");
+                    }
                 } else {
                     tracing::debug!(conn = id, peer = ?conn.peer_sock, reason = %err, "transport down");
                 }
@@ -469,6 +578,10 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 conn.connecting = false;
                 conn.txq.clear();
+                handle
+                    .0
+                    .standby
+                    .store(conn.proto.phase() == Phase::Standby, Ordering::Relaxed);
             }
             Event::RemoteReset { .. } => dispatcher.ms_handle_remote_reset(&handle),
             Event::Reset(err) => {
@@ -518,10 +631,38 @@ impl<S: WorkerStack> Handler<S> {
         let now = Instant::now();
         let shared = self.shared.clone();
         let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let found = reg
+        let existing = reg
             .get(&req.peer_addrs)
-            .filter(|h| h.id() != id && !h.is_closed())
-            .map(|h| (h.0.worker.load(Ordering::Acquire), h.id()));
+            .filter(|h| h.id() != id && !h.is_closed());
+        // A session is reused or replaced only by the entity that holds it: claiming another peer's
+        // addresses (and cookie) gets that peer's session neither reset nor replayed to you.
+        if let (Some(ex), Some(conn)) = (existing, self.conns.get_mut(&id)) {
+            let held = ex.peer();
+            let claimant = (conn.proto.peer_type(), conn.proto.peer_auth_name().cloned());
+            if !same_identity(&held, claimant.0, claimant.1.as_ref()) {
+                drop(reg);
+                self.counters
+                    .sessions_refused_identity
+                    .fetch_add(1, Ordering::Relaxed);
+                let (log, suppressed) = self.peer_log.allow(now);
+                if log {
+                    tracing::info!(
+                        peer = ?conn.peer_sock,
+                        claimed = ?claimant.1.map(|n| n.to_string()),
+                        held_by = ?held.auth_name.map(|n| n.to_string()),
+                        suppressed,
+                        "refused a session request for another entity's session"
+                    );
+                }
+                conn.proto.refuse_session(
+                    now,
+                    "the session for these addresses belongs to another entity",
+                );
+                self.pump(c, id);
+                return;
+            }
+        }
+        let found = existing.map(|h| (h.0.worker.load(Ordering::Acquire), h.id()));
         match found {
             Some((w, ex_id)) if w == self.index && self.conns.contains_key(&ex_id) => {
                 let Some(mut new) = self.conns.remove(&id) else {
@@ -533,7 +674,9 @@ impl<S: WorkerStack> Handler<S> {
                     (new.proto.resolve_session(now, ex), ex_phase)
                 };
                 if res == Resolution::NewSession {
-                    reg.insert(req.peer_addrs.clone(), new.handle.clone());
+                    let evictable = new.proto.policy().server;
+                    reg.insert(req.peer_addrs.clone(), new.handle.clone(), evictable);
+                    new.reg_key = Some(req.peer_addrs.clone());
                 }
                 drop(reg);
                 tracing::debug!(worker = self.index, conn = id, existing = ex_id, ?ex_phase, ?req.kind, ?res, "session request resolved");
@@ -550,21 +693,21 @@ impl<S: WorkerStack> Handler<S> {
                     }
                 }
             }
-            Some((w, _)) if w == self.index => {
-                // Our own connection to this peer is registered but not created yet (connect_to just
-                // ran: it is about to dial), or is being moved here for another request. Ask the peer
-                // to wait, as for a race it loses.
+            Some((w, ex_id)) if w == self.index => {
+                // The existing connection is on its way here: `connect_to` registered it and its
+                // creation is queued on this worker, or it is moving here for another request. Park
+                // the request until it arrives (`resume_parked`), then settle it as Ceph would.
                 drop(reg);
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    let res = conn.proto.resolve_session_wait(now);
-                    tracing::debug!(
-                        worker = self.index,
-                        conn = id,
-                        ?res,
-                        "session request: our dial is pending"
-                    );
-                }
-                self.pump(c, id);
+                tracing::debug!(
+                    worker = self.index,
+                    conn = id,
+                    existing = ex_id,
+                    "session request parked until the existing connection arrives"
+                );
+                self.parked
+                    .entry(ex_id)
+                    .or_default()
+                    .push((id, req, chases));
             }
             Some((w, ex_id)) => {
                 drop(reg);
@@ -572,16 +715,50 @@ impl<S: WorkerStack> Handler<S> {
                 if chases < MAX_SESSION_CHASES {
                     self.fetch_session(c, id, w, ex_id, req, chases);
                 } else {
-                    self.resolve_alone(c, id, &req);
+                    tracing::warn!(
+                        worker = self.index,
+                        conn = id,
+                        existing = ex_id,
+                        chases,
+                        "session request kept losing the race for its session; asking the peer to wait"
+                    );
+                    self.answer_wait(c, id);
                 }
             }
             None => {
                 let Some(conn) = self.conns.get_mut(&id) else {
                     return;
                 };
+                let new_session = matches!(req.kind, SessionRequestKind::New { .. });
+                if new_session && reg.len() >= self.shared.config.max_sessions {
+                    // Make room: end the oldest server-policy session parked in Standby.
+                    match reg.evict_oldest() {
+                        Some(victim) => {
+                            let _ = victim.command(Command::Evict);
+                        }
+                        None => {
+                            let n = reg.len();
+                            drop(reg);
+                            self.counters.trip(Limit::Sessions);
+                            conn.proto.refuse_session(
+                                now,
+                                "session limit reached and no session to evict",
+                            );
+                            tracing::debug!(
+                                conn = id,
+                                sessions = n,
+                                "session refused: max_sessions"
+                            );
+                            self.pump(c, id);
+                            return;
+                        }
+                    }
+                }
                 let res = conn.proto.resolve_session(now, None);
                 if res == Resolution::NewSession {
-                    reg.insert(req.peer_addrs.clone(), conn.handle.clone());
+                    let evictable = conn.proto.policy().server;
+                    reg.insert(req.peer_addrs.clone(), conn.handle.clone(), evictable);
+                    conn.reg_key = Some(req.peer_addrs.clone());
                 }
                 drop(reg);
                 tracing::debug!(worker = self.index, conn = id, ?req.kind, ?res, "session request resolved (no existing)");
@@ -610,6 +787,9 @@ impl<S: WorkerStack> Handler<S> {
             self.by_socket.insert(sid, ex_id);
         }
         // The temporary connection is gone; its handle was never shown to anyone.
+        if let Some(ip) = new.half_open.take() {
+            release_half_open(&self.shared, ip);
+        }
         if let Some((tid, _)) = new.timer {
             c.cancel_timer(tid);
             self.by_timer.remove(&tid);
@@ -621,19 +801,24 @@ impl<S: WorkerStack> Handler<S> {
         self.pump(c, ex_id);
     }
 
-    /// Resolve without looking at other connections (the existing one could not be reached).
-    fn resolve_alone(&mut self, c: &mut EventCenter<S>, id: ConnId, req: &SessionRequest) {
-        let shared = self.shared.clone();
-        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(conn) = self.conns.get_mut(&id) else {
+    /// Answer connection `id`'s pending session request with WAIT: the last resort when its session
+    /// cannot be brought here (the messenger is stopping, or requests keep racing for it). Never a
+    /// reset: the session and its queue stay; the peer retries after its back-off.
+    fn answer_wait(&mut self, c: &mut EventCenter<S>, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.proto.resolve_session_wait(Instant::now());
+        }
+        self.pump(c, id);
+    }
+
+    /// Settle the session requests that were waiting for connection `id` to arrive on this worker.
+    fn resume_parked(&mut self, c: &mut EventCenter<S>, id: ConnId) {
+        let Some(waiting) = self.parked.remove(&id) else {
             return;
         };
-        let res = conn.proto.resolve_session(Instant::now(), None);
-        if res == Resolution::NewSession {
-            reg.insert(req.peer_addrs.clone(), conn.handle.clone());
+        for (waiter, req, chases) in waiting {
+            self.resolve_chasing(c, waiter, req, chases);
         }
-        drop(reg);
-        self.pump(c, id);
     }
 
     /// Ask worker `w` to give up the existing session `ex_id` (see [`Self::give_up_session`]); it comes back to
@@ -663,7 +848,7 @@ impl<S: WorkerStack> Handler<S> {
             "fetching session"
         );
         if !matches!(sent, Some(Ok(()))) {
-            self.resolve_alone(c, id, &req);
+            self.answer_wait(c, id);
         }
     }
 
@@ -747,8 +932,11 @@ impl<S: WorkerStack> Handler<S> {
             );
             self.insert(conn);
             self.flush_conn(c, ex_id);
+            self.resolve_chasing(c, waiting, req, chases);
+            self.resume_parked(c, ex_id);
+        } else {
+            self.resolve_chasing(c, waiting, req, chases);
         }
-        self.resolve_chasing(c, waiting, req, chases);
     }
 
     fn remove(&mut self, c: &mut EventCenter<S>, id: ConnId) {
@@ -763,13 +951,22 @@ impl<S: WorkerStack> Handler<S> {
             c.cancel_timer(tid);
             self.by_timer.remove(&tid);
         }
-        {
+        if let Some(ip) = conn.half_open.take() {
+            release_half_open(&self.shared, ip);
+        }
+        if let Some(key) = conn.reg_key.take() {
             let mut reg = self
                 .shared
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            reg.retain(|_, h| h.id() != id);
+            reg.remove_conn(&key, id);
+        }
+        // Requests parked for this connection: settle them without it.
+        if let Some(waiting) = self.parked.remove(&id) {
+            for (waiter, req, chases) in waiting {
+                self.resolve_chasing(c, waiter, req, chases);
+            }
         }
         conn.handle.0.closed.store(true, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
@@ -885,7 +1082,7 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
                         self.by_socket.remove(&sid);
                     }
                     conn.connecting = false;
-                    let reason = match conn.target {
+                    let reason = match conn.proto.target_addr().sockaddr.or(conn.target) {
                         Some(t) => format!("connect {t}: {e}"),
                         None => format!("connect: {e}"),
                     };

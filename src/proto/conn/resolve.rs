@@ -73,6 +73,15 @@ impl Connection {
         Resolution::Answered(Tag::Wait)
     }
 
+    /// Refuse the pending [`SessionRequest`]: this transport ends (the owner found the request
+    /// illegitimate, e.g. for another entity's session). Nothing is sent; the peer sees the close.
+    pub fn refuse_session(&mut self, now: Instant, reason: &str) {
+        if self.phase != Phase::AwaitingDecision || self.pending_request.take().is_none() {
+            return;
+        }
+        self.fault(now, Error::PeerMisbehaved(reason.to_string()));
+    }
+
     pub(super) fn resolve_new(
         &mut self,
         now: Instant,
@@ -104,9 +113,13 @@ impl Connection {
             && ex.session.client_cookie != 0
             && ex.session.client_cookie != client_cookie
         {
-            // The peer restarted: its old session is gone.
+            // The peer restarted: its old session is gone. The session this connection takes over
+            // reports it (the owner keeps the existing connection's handle for it, so the application
+            // hears `RemoteReset` on the connection it knows).
             if self.policy.resetcheck {
-                ex.reset_session_remote();
+                let dropped = ex.session.reset();
+                self.stats.remote_resets += 1;
+                self.events.push_back(Event::RemoteReset { dropped });
             }
         } else if ex.session.client_cookie == client_cookie {
             // Establishment was interrupted between CLIENT_IDENT and SERVER_IDENT: carry on.
@@ -201,8 +214,10 @@ impl Connection {
             self.features = ex.features;
         }
         if ex.role == Role::Client {
-            // Our own outgoing attempt lost the race; keep its policy for the session.
-            self.policy.lossy = ex.policy.lossy;
+            // Our own outgoing attempt lost the race (or a dialled session met the peer's reconnect):
+            // the session keeps the policy the application chose for this peer, so a lossless_peer
+            // session still re-dials after a fault.
+            self.policy = ex.policy;
         }
         ex.shut(Event::Closed);
     }
@@ -213,7 +228,7 @@ impl Connection {
         self.session.discard_requeued_up_to(0);
         self.session.in_seq = 0;
         if !self.policy.lossy {
-            self.session.server_cookie = self.rng.random_range(1..=u64::MAX);
+            self.session.server_cookie = self.new_cookie();
         }
         let si = ServerIdent {
             addrs: self.config.my_addrs.clone(),
