@@ -171,7 +171,8 @@ impl Throttle {
 
     fn permit(self: &Arc<Self>, bytes: u64) -> Permit {
         Permit {
-            held: [Some(self.clone()), None],
+            first: self.clone(),
+            second: None,
             bytes,
         }
     }
@@ -332,24 +333,28 @@ impl Throttle {
     }
 }
 
-/// Budget held on up to two throttles: one message and `bytes` on each. Dropping it gives the budget
+/// Budget held on one or two throttles: one message and `bytes` on each. Dropping it gives the budget
 /// back. A message carries one (see [`crate::proto::Message::attach_permit`]).
 pub struct Permit {
-    held: [Option<Arc<Throttle>>; 2],
+    // Not an array of options: a non-null first keeps `Option<Permit>` (in every message) small.
+    first: Arc<Throttle>,
+    second: Option<Arc<Throttle>>,
     bytes: u64,
 }
 
 impl Permit {
-    /// Take one message and `bytes` on each of `throttles` without waiting (going over budget if need
-    /// be, counted in `overshoot`): for what has been read off a socket already.
-    pub fn force(throttles: [Option<&Arc<Throttle>>; 2], bytes: u64) -> Permit {
-        let held = throttles.map(|t| {
-            t.map(|t| {
-                t.force_take(bytes);
-                t.clone()
-            })
-        });
-        Permit { held, bytes }
+    /// Take one message and `bytes` on `first` and on `second` without waiting (going over budget if
+    /// need be, counted in `overshoot`): for what has been read off a socket already.
+    pub fn force(first: &Arc<Throttle>, second: Option<&Arc<Throttle>>, bytes: u64) -> Permit {
+        first.force_take(bytes);
+        if let Some(t) = second {
+            t.force_take(bytes);
+        }
+        Permit {
+            first: first.clone(),
+            second: second.cloned(),
+            bytes,
+        }
     }
 
     /// The bytes held (on each throttle).
@@ -359,13 +364,14 @@ impl Permit {
 
     /// Whether this permit holds budget on `t`.
     pub fn holds(&self, t: &Arc<Throttle>) -> bool {
-        self.held.iter().flatten().any(|h| Arc::ptr_eq(h, t))
+        Arc::ptr_eq(&self.first, t) || self.second.as_ref().is_some_and(|s| Arc::ptr_eq(s, t))
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        for t in self.held.iter_mut().filter_map(Option::take) {
+        self.first.release(self.bytes);
+        if let Some(t) = self.second.take() {
             t.release(self.bytes);
         }
     }
@@ -375,7 +381,7 @@ impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
             .field("bytes", &self.bytes)
-            .field("throttles", &self.held.iter().flatten().count())
+            .field("throttles", &(1 + usize::from(self.second.is_some())))
             .finish()
     }
 }
@@ -468,14 +474,14 @@ mod tests {
     fn permit_on_two_throttles_releases_both_once() {
         let a = Arc::new(Throttle::new(0, 0));
         let b = Arc::new(Throttle::new(100, 0));
-        let p = Permit::force([Some(&a), Some(&b)], 40);
+        let p = Permit::force(&a, Some(&b), 40);
         assert!(p.holds(&a) && p.holds(&b));
         assert_eq!(p.bytes(), 40);
         assert_eq!(a.stats().current_bytes, 40);
         assert_eq!(b.stats().current_msgs, 1);
         drop(p);
         assert!(a.stats().is_idle() && b.stats().is_idle());
-        let only = Permit::force([None, Some(&b)], 7);
+        let only = Permit::force(&b, None, 7);
         assert!(!only.holds(&a));
         drop(only);
         assert!(b.stats().is_idle());

@@ -377,6 +377,9 @@ impl ConnectionRef {
 
     /// Queue a message if this connection's send budget has room now; else give it back in
     /// [`TrySendError::WouldBlock`].
+    // The error gives the message back by value, as crossbeam's `TrySendError<T>` does; boxing it would
+    // allocate on the path that is short of memory budget.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, msg: Message) -> Result<(), TrySendError> {
         self.queue_with(msg, |t, b| t.try_acquire(b))
             .map_err(|(m, closed)| {
@@ -390,6 +393,7 @@ impl ConnectionRef {
 
     /// Queue a message, waiting up to `timeout` for room in this connection's send budget; on a worker
     /// thread it does not wait (as [`ConnectionRef::try_send`]).
+    #[allow(clippy::result_large_err)] // as `try_send`
     pub fn send_timeout(&self, msg: Message, timeout: Duration) -> Result<(), TrySendError> {
         if IN_WORKER.with(|w| w.get()) {
             return self.try_send(msg);
@@ -408,6 +412,7 @@ impl ConnectionRef {
 
     /// Take budget with `take` and queue `msg` holding it. On failure the message comes back without a
     /// permit, with whether that is because the connection is closed (else: no budget).
+    #[allow(clippy::result_large_err)] // as `try_send`
     fn queue_with(
         &self,
         mut msg: Message,

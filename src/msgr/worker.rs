@@ -501,11 +501,11 @@ impl<S: WorkerStack> Handler<S> {
             Event::Message(mut m) => {
                 // Read already: it takes its budget even over the limit (the reader pauses before the
                 // next read instead). The application returns it by dropping the message.
-                let throttles = [
+                m.attach_permit(Permit::force(
+                    &self.shared.dispatch_throttle,
                     conn.recv_throttle.as_ref(),
-                    Some(&self.shared.dispatch_throttle),
-                ];
-                m.attach_permit(Permit::force(throttles, m.payload_len() as u64));
+                    m.payload_len() as u64,
+                ));
                 dispatcher.ms_dispatch(&handle, m)
             }
             Event::OpenTransport => {
