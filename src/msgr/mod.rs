@@ -365,6 +365,10 @@ impl ConnectionRef {
     /// Queue a message, waiting while this connection's send budget is used up (on a worker thread,
     /// where waiting could deadlock, it goes over budget instead). Fails only if the connection is
     /// closed (also while waiting).
+    ///
+    /// Budget returns as the peer acknowledges, and acks are read like messages: a thread that holds
+    /// received messages (their receive budget) while it waits here may wait on itself. Such threads
+    /// should use [`ConnectionRef::try_send`] or [`ConnectionRef::send_timeout`].
     pub fn send(&self, msg: Message) -> Result<(), MsgrError> {
         let r = if IN_WORKER.with(|w| w.get()) {
             self.queue_with(msg, |t, b| Some(t.force_acquire(b)))
