@@ -550,11 +550,8 @@ fn stress_client() {
             mark_downs += 1;
         } else if op < 150 {
             if let Some(peer) = sink.peer() {
-                peer.send(pool.message(
-                    tid(stream(PEER_SLOT, 0), peer_sent),
-                    random_len(&mut rng),
-                ))
-                .expect("the lossless_peer session closed");
+                peer.send(pool.message(tid(stream(PEER_SLOT, 0), peer_sent), random_len(&mut rng)))
+                    .expect("the lossless_peer session closed");
                 peer_sent += 1;
             }
         } else {
