@@ -78,6 +78,9 @@ struct Stream {
     owns_port: bool,
 }
 
+/// A connection's (peer, local port), as the window guard keys it.
+type Flow = (SocketAddrV4, u16);
+
 enum Entry {
     Listener {
         port: u16,
@@ -111,12 +114,7 @@ pub struct DpdkWorker {
     counters: Arc<DpdkCounters>,
     /// Closed sockets finishing their FIN exchange: handle, reset deadline, local port to release, and
     /// the flow (peer, local port) the window guard forgets when the socket goes.
-    closing: Vec<(
-        SocketHandle,
-        Instant,
-        Option<u16>,
-        Option<(SocketAddrV4, u16)>,
-    )>,
+    closing: Vec<(SocketHandle, Instant, Option<u16>, Option<Flow>)>,
     ports_in_use: HashSet<u16>,
     next_port: u16,
     auto_listens: usize,
