@@ -213,12 +213,12 @@ impl Connection {
             self.peer_name = ex.peer_name.clone();
             self.features = ex.features;
         }
-        if ex.role == Role::Client {
-            // Our own outgoing attempt lost the race (or a dialled session met the peer's reconnect):
-            // the session keeps the policy the application chose for this peer, so a lossless_peer
-            // session still re-dials after a fault.
-            self.policy = ex.policy;
-        }
+        // The session keeps its policy, as ProtocolV2::reuse_connection keeps the existing connection's:
+        // the one the application chose when it dialled, carried over by every earlier take-over. Not
+        // only when `ex` dialled: a session taken over before sits in a server-role `ex`, and our accept
+        // policy for the peer's type may differ (e.g. stateful_server), which would park a lossless_peer
+        // session for good with its messages queued.
+        self.policy = ex.policy;
         ex.shut(Event::Closed);
     }
 
