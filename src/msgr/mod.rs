@@ -158,6 +158,8 @@ pub(crate) struct ConnShared {
     pub commands: crossbeam_channel::Sender<Command>,
     pub scheduled: AtomicBool,
     pub closed: AtomicBool,
+    /// The session is ready on a transport (set and cleared by the owning worker).
+    pub connected: AtomicBool,
     /// The messenger's kick queues, by worker (`Shared::kickers`).
     pub kickers: Arc<[OnceLock<Kicker>]>,
     /// The messenger's `Shared` address, to recognise its own worker threads (`CURRENT_WORKER`).
@@ -288,6 +290,12 @@ impl ConnectionRef {
         self.0.closed.load(Ordering::Acquire)
     }
 
+    /// The session is ready on a live transport (Ceph's `is_connected`): false before the handshake
+    /// completes, while reconnecting or in standby, and once closed.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected.load(Ordering::Acquire)
+    }
+
     pub fn peer(&self) -> PeerInfo {
         self.0
             .peer
@@ -399,6 +407,9 @@ impl<N: NetworkStack> Messenger<N> {
                     MsgrError::Worker(io::Error::other("worker did not answer listen"))
                 })?;
                 let local = got.map_err(|source| MsgrError::Bind { addr, source })?;
+                // Like a Ceph Processor's reference on its worker: a listener is load, so connections go
+                // to the other workers while they are less busy and accepting stays responsive.
+                self.shared.load[w].fetch_add(1, Ordering::Relaxed);
                 bound.get_or_insert(local);
             }
             if let Some(local) = bound {

@@ -50,6 +50,7 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
         commands: tx,
         scheduled: std::sync::atomic::AtomicBool::new(false),
         closed: std::sync::atomic::AtomicBool::new(false),
+        connected: std::sync::atomic::AtomicBool::new(false),
         kickers: shared.kickers.clone(),
         messenger: Arc::as_ptr(shared) as usize,
         throttle: shared.throttle.clone(),
@@ -199,8 +200,11 @@ impl<S: WorkerStack> Handler<S> {
             return;
         };
         let (handle, rx) = new_handle(&self.shared, self.index);
-        let proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
+        #[allow(unused_mut)]
+        let mut proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
         let id = handle.id();
+        #[cfg(feature = "interceptor")]
+        proto.set_intercept_id(id);
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         self.insert(Conn {
             handle,
@@ -241,8 +245,11 @@ impl<S: WorkerStack> Handler<S> {
             own.my_addrs = AddrVec::default();
             cfg = Arc::new(own);
         }
-        let proto = Connection::client(cfg, policy, peer_type, target.clone(), Instant::now());
+        #[allow(unused_mut)]
+        let mut proto = Connection::client(cfg, policy, peer_type, target.clone(), Instant::now());
         let id = handle.id();
+        #[cfg(feature = "interceptor")]
+        proto.set_intercept_id(id);
         {
             let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
             p.entity_type = peer_type;
@@ -318,6 +325,11 @@ impl<S: WorkerStack> Handler<S> {
                 .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
             evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
             if evs.is_empty() {
+                // Test interceptor: steps held until the connection's events were handled.
+                #[cfg(feature = "interceptor")]
+                if conn.proto.run_deferred_intercepts(now) {
+                    continue;
+                }
                 Self::arm_timer(c, &mut self.by_timer, id, conn);
                 break;
             }
@@ -391,6 +403,7 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 tracing::debug!(conn = id, reconnect, role = ?conn.proto.role(), "session ready");
                 conn.announced = true;
+                handle.0.connected.store(true, Ordering::Release);
                 match conn.proto.role() {
                     Role::Client => dispatcher.ms_handle_connect(&handle),
                     Role::Server => dispatcher.ms_handle_accept(&handle),
@@ -398,6 +411,7 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::SessionRequest(req) => self.resolve(c, id, req),
             Event::TransportDown(err) => {
+                handle.0.connected.store(false, Ordering::Release);
                 if !conn.announced {
                     self.counters
                         .dropped_bad_peers
@@ -713,6 +727,7 @@ impl<S: WorkerStack> Handler<S> {
             reg.retain(|_, h| h.id() != id);
         }
         conn.handle.0.closed.store(true, Ordering::Release);
+        conn.handle.0.connected.store(false, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
         conn.proto.close();

@@ -16,6 +16,8 @@ pub mod denc;
 pub mod error;
 pub mod frame;
 pub mod frames;
+#[cfg(feature = "interceptor")]
+pub mod intercept;
 pub mod message;
 pub(crate) mod session;
 pub mod sim;

@@ -156,6 +156,7 @@ impl Connection {
         }
         if ex.session.peer_global_seq > global_seq {
             let g = ex.session.peer_global_seq;
+            intercept_later!(self, Retry);
             self.queue_control(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal {
                 global_seq: g,
             }))?;
@@ -163,6 +164,7 @@ impl Connection {
         }
         if ex.session.connect_seq > connect_seq {
             let cs = ex.session.connect_seq;
+            intercept_later!(self, Retry);
             self.queue_control(&ControlFrame::SessionRetry(SessionRetry {
                 connect_seq: cs,
             }))?;
@@ -184,6 +186,7 @@ impl Connection {
         self.session.discard_requeued_up_to(msg_seq);
         self.stats.replayed += self.session.requeued.len() as u64;
         let ms = self.session.in_seq;
+        intercept_later!(self, ReconnectOk);
         self.queue_control(&ControlFrame::SessionReconnectOk(SessionReconnectOk {
             msg_seq: ms,
         }))?;
@@ -196,6 +199,12 @@ impl Connection {
     pub(super) fn take_session_from(&mut self, ex: &mut Connection) {
         ex.session.requeue_sent();
         self.session = std::mem::take(&mut ex.session);
+        #[cfg(feature = "interceptor")]
+        {
+            // The session keeps the id of the connection it lived on (Ceph's reuse_connection: the
+            // existing connection takes the new socket).
+            self.intercept.id = ex.intercept.id;
+        }
         if self.peer_name.is_none() {
             self.peer_name = ex.peer_name.clone();
             self.features = ex.features;
@@ -224,6 +233,7 @@ impl Connection {
             flags: if self.policy.lossy { FLAG_LOSSY } else { 0 },
             cookie: self.session.server_cookie,
         };
+        intercept_later!(self, ServerIdent);
         self.queue_control(&ControlFrame::ServerIdent(si))?;
         self.become_ready(now, false);
         Ok(())
