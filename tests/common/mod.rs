@@ -179,3 +179,4 @@ pub mod ceph;
 pub mod dpdk;
 pub mod hostile;
 pub mod net;
+pub mod suite;
