@@ -62,9 +62,6 @@ pub fn start(
     let mut cfg = MessengerConfig::new(proto);
     cfg.workers.threads = workers;
     cfg.workers.pin_cores = false;
-    if fault.socket_failure_one_in > 0 {
-        cfg.read_buffer = 4096;
-    }
     let mut m = Messenger::new(FaultStack::new(PosixStack::new(), fault), cfg, d);
     if let Some(b) = bind {
         m.bind(&[b]).unwrap();
@@ -149,6 +146,8 @@ struct FakeState {
     resets: HashMap<ConnId, u64>,
     remote_resets: HashMap<ConnId, u64>,
     last_accept: Option<ConnectionRef>,
+    /// Payload bytes received, over all connections.
+    bytes: u64,
 }
 
 /// Ceph's FakeDispatcher: counts messages per connection; a server answers each message with a ping.
@@ -229,6 +228,9 @@ impl FakeDispatcher {
     pub fn remote_resets_total(&self) -> u64 {
         self.state.lock().unwrap().remote_resets.values().sum()
     }
+    pub fn bytes(&self) -> u64 {
+        self.state.lock().unwrap().bytes
+    }
     pub fn last_accept(&self) -> Option<ConnectionRef> {
         self.state.lock().unwrap().last_accept.clone()
     }
@@ -236,11 +238,12 @@ impl FakeDispatcher {
 
 impl Dispatcher for FakeDispatcher {
     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
-        if self.is_server && msg.header.msg_type == CEPH_MSG_PING {
+        if self.is_server {
             let _ = conn.send(ping());
         }
         let mut s = self.state.lock().unwrap();
         *s.counts.entry(conn.id()).or_default() += 1;
+        s.bytes += msg.payload_len() as u64;
         s.got_new = true;
         self.cond.notify_all();
     }
