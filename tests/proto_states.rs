@@ -42,7 +42,11 @@ fn hello_from_server(p: &mut RawPeer) -> Vec<u8> {
 }
 
 fn conn_after_hello(policy: Policy) -> (Connection, RawPeer, Instant) {
-    let (mut c, mut p, now) = client_conn(policy);
+    conn_after_hello_with(client_config(1), policy)
+}
+
+fn conn_after_hello_with(cfg: Config, policy: Policy) -> (Connection, RawPeer, Instant) {
+    let (mut c, mut p, now) = client_conn_with(cfg, policy);
     let bytes = hello_from_server(&mut p);
     c.handle_input(now, &bytes);
     let frames = p.recv_control(&mut c, now);
@@ -70,7 +74,11 @@ fn auth_done_and_sig(p: &mut RawPeer) -> Vec<u8> {
 }
 
 fn conn_after_auth(policy: Policy) -> (Connection, RawPeer, Instant) {
-    let (mut c, mut p, now) = conn_after_hello(policy);
+    conn_after_auth_with(client_config(1), policy)
+}
+
+fn conn_after_auth_with(cfg: Config, policy: Policy) -> (Connection, RawPeer, Instant) {
+    let (mut c, mut p, now) = conn_after_hello_with(cfg, policy);
     let bytes = auth_done_and_sig(&mut p);
     c.handle_input(now, &bytes);
     let frames = p.recv_control(&mut c, now);
@@ -98,7 +106,11 @@ fn server_ident(cookie: u64, flags: u64) -> ControlFrame {
 }
 
 fn conn_ready(policy: Policy) -> (Connection, RawPeer, Instant) {
-    let (mut c, mut p, now) = conn_after_auth(policy);
+    conn_ready_with(client_config(1), policy)
+}
+
+fn conn_ready_with(cfg: Config, policy: Policy) -> (Connection, RawPeer, Instant) {
+    let (mut c, mut p, now) = conn_after_auth_with(cfg, policy);
     let bytes = p.frame(&server_ident(999, 0));
     c.handle_input(now, &bytes);
     assert_eq!(c.phase(), Phase::Ready);
@@ -829,4 +841,117 @@ fn test_server_stale_client_ident_is_dropped() {
     assert_eq!(s.resolve_session(now, Some(&mut ex)), Resolution::Dropped);
     assert!(s.is_closed());
     assert!(!ex.is_closed());
+}
+
+// ---------- peer-controlled sequence numbers ----------
+
+/// Issue 12, defect 6: `connect_seq + 1` after SESSION_RETRY and the global_seq after
+/// SESSION_RETRY_GLOBAL come from the peer. An absurd value (u64::MAX, or anything past
+/// `MAX_PEER_SEQ`) ends that connection with a protocol error: no panic (debug builds check
+/// overflow), no wrapped messenger-wide counter, no SESSION_RECONNECT sent with it. The same values
+/// in SESSION_RECONNECT and CLIENT_IDENT are refused on the server side.
+#[test]
+fn sequence_overflow_is_a_protocol_error() {
+    use msgr::proto::conn::MAX_PEER_SEQ;
+    for absurd in [u64::MAX, MAX_PEER_SEQ + 1] {
+        // SESSION_RETRY.
+        let (mut c, mut p, now, _) = conn_reconnecting();
+        let v = p.frame(&ControlFrame::SessionRetry(SessionRetry {
+            connect_seq: absurd,
+        }));
+        c.handle_input(now, &v);
+        let sent = p.recv_control(&mut c, now);
+        assert!(
+            !sent
+                .iter()
+                .any(|f| matches!(f, ControlFrame::SessionReconnect(_))),
+            "{sent:?}"
+        );
+        let evs = drain_events(&mut c);
+        assert!(
+            evs.iter().any(|e| matches!(e, Event::TransportDown(Error::PeerMisbehaved(m)) if m.contains("connect_seq"))),
+            "{evs:?}"
+        );
+
+        // SESSION_RETRY_GLOBAL: the shared counter must not move (let alone wrap).
+        let cfg = client_config(1);
+        let counter = cfg.global_seq.clone();
+        let (mut c, _, now) = conn_ready_with(cfg, Policy::lossless_client());
+        c.on_transport_error(now, "test");
+        drain_events(&mut c);
+        let t = c.poll_timeout().expect("reconnect timer");
+        c.handle_timeout(t);
+        assert_eq!(c.poll_event(), Some(Event::OpenTransport));
+        let (mut p, frames) = reauthenticate(&mut c, t);
+        assert!(matches!(
+            frames.last(),
+            Some(ControlFrame::SessionReconnect(_))
+        ));
+        let before = counter.current();
+        let v = p.frame(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal {
+            global_seq: absurd,
+        }));
+        c.handle_input(t, &v);
+        assert_eq!(
+            counter.current(),
+            before,
+            "global_seq moved to a peer's absurd value"
+        );
+        let evs = drain_events(&mut c);
+        assert!(
+            evs.iter().any(|e| matches!(e, Event::TransportDown(Error::PeerMisbehaved(m)) if m.contains("global_seq"))),
+            "{evs:?}"
+        );
+
+        // Server side: SESSION_RECONNECT with an absurd connect_seq or global_seq.
+        for frame in [
+            reconnect(5, 9, absurd, 1, 0),
+            reconnect(5, 9, 11, absurd, 0),
+        ] {
+            let (mut s, mut p, now) = server_after_auth(3);
+            let v = p.frame(&frame);
+            s.handle_input(now, &v);
+            let evs = drain_events(&mut s);
+            assert!(
+                !evs.iter().any(|e| matches!(e, Event::SessionRequest(_))),
+                "{evs:?}"
+            );
+            assert!(
+                evs.iter().any(|e| matches!(
+                    e,
+                    Event::TransportDown(Error::PeerMisbehaved(_)) | Event::Closed
+                )),
+                "{evs:?}"
+            );
+        }
+    }
+}
+
+// ---------- reconnect back-off ----------
+
+/// Issue 12, defect 3 (ProtocolV2::_fault): a fault from READY re-dials at once; only failed attempts
+/// back off, from `initial_backoff` doubling to `max_backoff`; READY again resets it.
+#[test]
+fn test_ready_fault_redials_at_once_then_backs_off_on_failed_attempts() {
+    let mut cfg = client_config(1);
+    cfg.initial_backoff = Duration::from_secs(10);
+    cfg.max_backoff = Duration::from_secs(35);
+    let (mut c, _, now) = conn_ready_with(cfg, Policy::lossless_client());
+    c.on_transport_error(now, "cut");
+    drain_events(&mut c);
+    assert_eq!(
+        c.poll_timeout(),
+        Some(now),
+        "a fault from READY re-dials at once"
+    );
+    let mut t = now;
+    for want in [10, 20, 35, 35] {
+        c.handle_timeout(t);
+        assert_eq!(c.poll_event(), Some(Event::OpenTransport));
+        c.on_transport_error(t, "refused");
+        drain_events(&mut c);
+        let next = c.poll_timeout().expect("reconnect timer");
+        assert_eq!(next - t, Duration::from_secs(want));
+        t = next;
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::proto::ConnStats;
+use crate::proto::{ConnStats, Limit};
 
 use super::throttle::ThrottleStats;
 
@@ -26,9 +26,16 @@ pub struct WorkerCounters {
     pub dropped_bad_peers: AtomicU64,
     /// Sessions moved to this worker because a reconnect for them arrived here.
     pub sessions_moved: AtomicU64,
+    /// Connections ended because the peer tripped a resource limit, by [`Limit::index`].
+    pub limits_tripped: [AtomicU64; Limit::ALL.len()],
 }
 
 impl WorkerCounters {
+    /// Count a connection ended by `limit`.
+    pub fn trip(&self, limit: Limit) {
+        self.limits_tripped[limit.index()].fetch_add(1, Relaxed);
+    }
+
     /// Add what a connection did since `last` (its previous stats) and remember `now`.
     pub fn add_conn_delta(&self, last: &mut ConnStats, now: ConnStats) {
         // Called on every pump: most turns change nothing, and then no atomic is touched.
@@ -85,6 +92,9 @@ pub struct CountersSnapshot {
     pub sessions_moved: u64,
     /// Socket failures injected by the fault-injection stack, if any.
     pub injected_faults: u64,
+    /// Connections ended because the peer tripped a resource limit, by the limit's configuration name
+    /// (only limits that tripped are listed).
+    pub limits_tripped: std::collections::BTreeMap<&'static str, u64>,
     pub send_throttle: Option<ThrottleStats>,
 }
 
@@ -107,6 +117,12 @@ impl CountersSnapshot {
             s.connections += w.connections.load(Relaxed);
             s.dropped_bad_peers += w.dropped_bad_peers.load(Relaxed);
             s.sessions_moved += w.sessions_moved.load(Relaxed);
+            for limit in Limit::ALL {
+                let n = w.limits_tripped[limit.index()].load(Relaxed);
+                if n > 0 {
+                    *s.limits_tripped.entry(limit.name()).or_default() += n;
+                }
+            }
         }
         s
     }

@@ -17,6 +17,8 @@
 //!   except on reset or `mark_down`).
 
 mod counters;
+mod loglimit;
+mod registry;
 mod throttle;
 mod worker;
 
@@ -119,7 +121,7 @@ pub(crate) struct Shared {
     /// Sessions by peer address. `connect_to` checks and inserts under one lock, and a worker resolving an
     /// incoming session does its lookup, decision and insertion under it too, so one peer never ends up
     /// with two sessions because both sides dialled at once.
-    pub registry: Mutex<HashMap<AddrVec, ConnectionRef>>,
+    pub registry: Mutex<registry::SessionRegistry>,
     pub next_id: AtomicU64,
     pub load: Vec<AtomicUsize>,
     pub counters: Vec<Arc<WorkerCounters>>,
@@ -212,6 +214,15 @@ impl std::hash::Hasher for IdHasher {
 
 /// A map keyed by our own integer ids.
 pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// What [`Messenger::registry_stats`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Sessions registered by peer address.
+    pub sessions: usize,
+    /// Registry entries looked at by connection closes since the messenger started.
+    pub entries_visited: u64,
+}
 
 /// A handle to a connection; cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -337,7 +348,7 @@ impl<N: NetworkStack> Messenger<N> {
         let shared = Shared {
             dispatcher,
             proto_config: OnceLock::new(),
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(registry::SessionRegistry::default()),
             next_id: AtomicU64::new(1),
             load: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
             counters: (0..threads)
@@ -513,6 +524,20 @@ impl<N: NetworkStack> Messenger<N> {
         let mut s = CountersSnapshot::sum(self.shared.counters.iter().map(|c| c.as_ref()));
         s.send_throttle = Some(self.shared.throttle.stats());
         s
+    }
+
+    /// The session registry: sessions registered, and entries visited by closes since start (a close
+    /// touches only its own entry; see the registry's invariant).
+    pub fn registry_stats(&self) -> RegistryStats {
+        let reg = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        RegistryStats {
+            sessions: reg.len(),
+            entries_visited: reg.entries_visited(),
+        }
     }
 
     pub fn throttle(&self) -> &Throttle {

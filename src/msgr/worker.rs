@@ -28,10 +28,11 @@ use crate::stack::{flush_queue, EventKind, ListenOptions, SocketEvent, SocketId,
 
 pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
 
-/// How many times one session request may fetch an existing session that had moved on again before it
-/// is resolved without it (each fetch that finds the session resolves the request, so chasing ends
-/// when requests stop racing for one session).
-const MAX_SESSION_CHASES: u32 = 8;
+/// How many times one session request may fetch an existing session that had moved on again. Each
+/// fetch that finds the session resolves the request, so chasing ends as soon as requests stop racing
+/// for one session; the cap only guards against a livelock, and what it does then is ask the peer to
+/// WAIT (it comes back after its back-off), never reset the session.
+const MAX_SESSION_CHASES: u32 = 1024;
 
 /// What other threads ask of a connection.
 pub(crate) enum Command {
@@ -75,6 +76,8 @@ pub(crate) struct Conn {
     peer_sock: Option<SocketAddr>,
     /// The dispatcher has been told about this connection (connect/accept), so it hears of its end.
     announced: bool,
+    /// The key this connection is registered under in the session registry, if it is.
+    reg_key: Option<AddrVec>,
 }
 
 /// The messenger's event handler on one worker.
@@ -92,6 +95,11 @@ pub(crate) struct Handler<S: WorkerStack> {
     ev_scratch: Vec<Event>,
     /// Connections other threads queued commands for.
     kicks: Receiver<ConnId>,
+    /// Session requests waiting for a connection that is on its way to this worker (being created by
+    /// `connect_to`, or moving here from another worker), by that connection's id.
+    parked: IdMap<ConnId, Vec<(ConnId, SessionRequest, u32)>>,
+    /// Log lines about misbehaving peers, rate-limited.
+    peer_log: super::loglimit::LogLimiter,
 }
 
 impl<S: WorkerStack> Handler<S> {
@@ -125,6 +133,8 @@ impl<S: WorkerStack> Handler<S> {
             tx_scratch: Vec::new(),
             ev_scratch: Vec::new(),
             kicks,
+            parked: IdMap::default(),
+            peer_log: super::loglimit::LogLimiter::new(10, std::time::Duration::from_secs(1)),
         }
     }
 
@@ -218,6 +228,7 @@ impl<S: WorkerStack> Handler<S> {
             target: None,
             peer_sock: Some(peer),
             announced: false,
+            reg_key: None,
         });
         self.by_socket.insert(sid, id);
         self.pump(c, id);
@@ -250,6 +261,7 @@ impl<S: WorkerStack> Handler<S> {
         let id = handle.id();
         #[cfg(feature = "interceptor")]
         proto.set_intercept_id(id);
+        let addrs_key = addrs.clone();
         {
             let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
             p.entity_type = peer_type;
@@ -268,8 +280,11 @@ impl<S: WorkerStack> Handler<S> {
             peer_sock: target.sockaddr,
             // The application holds the handle from connect_to: it hears of resets from the start.
             announced: true,
+            // connect_to registered it under the addresses it was given (connect_new does not).
+            reg_key: nonce.is_none().then_some(addrs_key),
         });
         self.flush_conn(c, id);
+        self.resume_parked(c, id);
     }
 
     /// Undo the provisional load count `Messenger::open` made for a connection now being created.
@@ -373,7 +388,9 @@ impl<S: WorkerStack> Handler<S> {
             Event::Message(m) => dispatcher.ms_dispatch(&handle, m),
             Event::OpenTransport => {
                 let now = Instant::now();
-                let Some(target) = conn.target else {
+                // A connection we accepted dials the address the protocol took from the peer's
+                // CLIENT_IDENT (lossless_peer sessions re-dial from either side).
+                let Some(target) = conn.proto.target_addr().sockaddr.or(conn.target) else {
                     conn.proto
                         .on_transport_error(now, "no address to connect to");
                     return;
@@ -412,11 +429,21 @@ impl<S: WorkerStack> Handler<S> {
             Event::SessionRequest(req) => self.resolve(c, id, req),
             Event::TransportDown(err) => {
                 handle.0.connected.store(false, Ordering::Release);
+                if let Some(limit) = err.tripped_limit() {
+                    self.counters.trip(limit);
+                }
                 if !conn.announced {
                     self.counters
                         .dropped_bad_peers
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(peer = ?conn.peer_sock, reason = %err, "dropping peer");
+                    // Rate-limited, and the reason (which may quote the peer) escaped.
+                    let (log, suppressed) = self.peer_log.allow(Instant::now());
+                    if suppressed > 0 {
+                        tracing::info!(suppressed, "dropped peers not logged");
+                    }
+                    if log {
+                        tracing::info!(peer = ?conn.peer_sock, reason = ?err.to_string(), "dropping peer");
+                    }
                 } else {
                     tracing::debug!(conn = id, peer = ?conn.peer_sock, reason = %err, "transport down");
                 }
@@ -491,6 +518,7 @@ impl<S: WorkerStack> Handler<S> {
                 };
                 if res == Resolution::NewSession {
                     reg.insert(req.peer_addrs.clone(), new.handle.clone());
+                    new.reg_key = Some(req.peer_addrs.clone());
                 }
                 drop(reg);
                 tracing::debug!(worker = self.index, conn = id, existing = ex_id, ?ex_phase, ?req.kind, ?res, "session request resolved");
@@ -507,21 +535,21 @@ impl<S: WorkerStack> Handler<S> {
                     }
                 }
             }
-            Some((w, _)) if w == self.index => {
-                // Our own connection to this peer is registered but not created yet (connect_to just
-                // ran: it is about to dial), or is being moved here for another request. Ask the peer
-                // to wait, as for a race it loses.
+            Some((w, ex_id)) if w == self.index => {
+                // The existing connection is on its way here: `connect_to` registered it and its
+                // creation is queued on this worker, or it is moving here for another request. Park
+                // the request until it arrives (`resume_parked`), then settle it as Ceph would.
                 drop(reg);
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    let res = conn.proto.resolve_session_wait(now);
-                    tracing::debug!(
-                        worker = self.index,
-                        conn = id,
-                        ?res,
-                        "session request: our dial is pending"
-                    );
-                }
-                self.pump(c, id);
+                tracing::debug!(
+                    worker = self.index,
+                    conn = id,
+                    existing = ex_id,
+                    "session request parked until the existing connection arrives"
+                );
+                self.parked
+                    .entry(ex_id)
+                    .or_default()
+                    .push((id, req, chases));
             }
             Some((w, ex_id)) => {
                 drop(reg);
@@ -529,7 +557,14 @@ impl<S: WorkerStack> Handler<S> {
                 if chases < MAX_SESSION_CHASES {
                     self.fetch_session(c, id, w, ex_id, req, chases);
                 } else {
-                    self.resolve_alone(c, id, &req);
+                    tracing::warn!(
+                        worker = self.index,
+                        conn = id,
+                        existing = ex_id,
+                        chases,
+                        "session request kept losing the race for its session; asking the peer to wait"
+                    );
+                    self.answer_wait(c, id);
                 }
             }
             None => {
@@ -539,6 +574,7 @@ impl<S: WorkerStack> Handler<S> {
                 let res = conn.proto.resolve_session(now, None);
                 if res == Resolution::NewSession {
                     reg.insert(req.peer_addrs.clone(), conn.handle.clone());
+                    conn.reg_key = Some(req.peer_addrs.clone());
                 }
                 drop(reg);
                 tracing::debug!(worker = self.index, conn = id, ?req.kind, ?res, "session request resolved (no existing)");
@@ -577,19 +613,24 @@ impl<S: WorkerStack> Handler<S> {
         self.pump(c, ex_id);
     }
 
-    /// Resolve without looking at other connections (the existing one could not be reached).
-    fn resolve_alone(&mut self, c: &mut EventCenter<S>, id: ConnId, req: &SessionRequest) {
-        let shared = self.shared.clone();
-        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(conn) = self.conns.get_mut(&id) else {
+    /// Answer connection `id`'s pending session request with WAIT: the last resort when its session
+    /// cannot be brought here (the messenger is stopping, or requests keep racing for it). Never a
+    /// reset: the session and its queue stay; the peer retries after its back-off.
+    fn answer_wait(&mut self, c: &mut EventCenter<S>, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.proto.resolve_session_wait(Instant::now());
+        }
+        self.pump(c, id);
+    }
+
+    /// Settle the session requests that were waiting for connection `id` to arrive on this worker.
+    fn resume_parked(&mut self, c: &mut EventCenter<S>, id: ConnId) {
+        let Some(waiting) = self.parked.remove(&id) else {
             return;
         };
-        let res = conn.proto.resolve_session(Instant::now(), None);
-        if res == Resolution::NewSession {
-            reg.insert(req.peer_addrs.clone(), conn.handle.clone());
+        for (waiter, req, chases) in waiting {
+            self.resolve_chasing(c, waiter, req, chases);
         }
-        drop(reg);
-        self.pump(c, id);
     }
 
     /// Ask worker `w` to give up the existing session `ex_id` (see [`Self::give_up_session`]); it comes back to
@@ -619,7 +660,7 @@ impl<S: WorkerStack> Handler<S> {
             "fetching session"
         );
         if !matches!(sent, Some(Ok(()))) {
-            self.resolve_alone(c, id, &req);
+            self.answer_wait(c, id);
         }
     }
 
@@ -702,8 +743,11 @@ impl<S: WorkerStack> Handler<S> {
             );
             self.insert(conn);
             self.flush_conn(c, ex_id);
+            self.resolve_chasing(c, waiting, req, chases);
+            self.resume_parked(c, ex_id);
+        } else {
+            self.resolve_chasing(c, waiting, req, chases);
         }
-        self.resolve_chasing(c, waiting, req, chases);
     }
 
     fn remove(&mut self, c: &mut EventCenter<S>, id: ConnId) {
@@ -718,13 +762,19 @@ impl<S: WorkerStack> Handler<S> {
             c.cancel_timer(tid);
             self.by_timer.remove(&tid);
         }
-        {
+        if let Some(key) = conn.reg_key.take() {
             let mut reg = self
                 .shared
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            reg.retain(|_, h| h.id() != id);
+            reg.remove_conn(&key, id);
+        }
+        // Requests parked for this connection: settle them without it.
+        if let Some(waiting) = self.parked.remove(&id) {
+            for (waiter, req, chases) in waiting {
+                self.resolve_chasing(c, waiter, req, chases);
+            }
         }
         conn.handle.0.closed.store(true, Ordering::Release);
         conn.handle.0.connected.store(false, Ordering::Release);
@@ -804,7 +854,7 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
                         self.by_socket.remove(&sid);
                     }
                     conn.connecting = false;
-                    let reason = match conn.target {
+                    let reason = match conn.proto.target_addr().sockaddr.or(conn.target) {
                         Some(t) => format!("connect {t}: {e}"),
                         None => format!("connect: {e}"),
                     };

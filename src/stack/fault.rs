@@ -8,6 +8,8 @@
 //!   `1 / socket_failure_one_in`. The socket is shut down in both directions first (so the peer sees end of
 //!   stream too), then the call returns `ConnectionAborted` carrying [`TransportError::Injected`]
 //!   (test with [`super::is_injected`]). Later calls see the shut-down socket as the inner stack reports it.
+//! * **Armed failures**: [`FaultCounters::arm`] makes the next N reads or writevs fail the same way, for a
+//!   test that must cut a connection at a chosen moment.
 //! * **Read delay**: when the inner stack reports a socket readable, the event is held back and reads return
 //!   `WouldBlock` until `read_delay` has passed; then one readable event is delivered. Nothing sleeps: `poll`
 //!   shortens its timeout to the earliest release. Writable events pass through untouched.
@@ -82,9 +84,28 @@ pub struct FaultCounters {
     pub injected_writevs: AtomicU64,
     /// Readable edges held back by the read delay.
     pub delayed_reads: AtomicU64,
+    /// Armed failures still to inject (see [`FaultCounters::arm`]).
+    armed: AtomicU64,
 }
 
 impl FaultCounters {
+    /// Fail the next `n` reads or writevs on established sockets of this stack, whatever
+    /// `socket_failure_one_in` says: a test's deterministic cut of whichever connection does I/O next.
+    pub fn arm(&self, n: u64) {
+        self.armed.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Armed failures not injected yet.
+    pub fn armed(&self) -> u64 {
+        self.armed.load(Ordering::Acquire)
+    }
+
+    fn take_armed(&self) -> bool {
+        self.armed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// Socket failures injected so far (reads and writevs).
     pub fn injected(&self) -> u64 {
         self.injected_reads.load(Ordering::Relaxed) + self.injected_writevs.load(Ordering::Relaxed)
@@ -187,7 +208,8 @@ impl<W: WorkerStack> FaultWorker<W> {
 
     fn roll_failure(&mut self, id: SocketId, op: FaultOp) -> io::Result<()> {
         let one_in = self.config.socket_failure_one_in;
-        if one_in == 0 || !self.rng.random_ratio(1, one_in) {
+        let rolled = one_in != 0 && self.rng.random_ratio(1, one_in);
+        if !rolled && !self.counters.take_armed() {
             return Ok(());
         }
         let counter = match op {

@@ -275,6 +275,7 @@ impl Dispatcher for FakeDispatcher {
 }
 
 #[cfg(feature = "interceptor")]
+#[allow(unused_imports)]
 pub use interceptor::*;
 
 #[cfg(feature = "interceptor")]

@@ -230,6 +230,12 @@ impl Connection {
         now: Instant,
         r: AuthRequest,
     ) -> Result<(), Error> {
+        let max = self.config.max_auth_attempts;
+        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+        t.auth_attempts = t.auth_attempts.saturating_add(1);
+        if t.auth_attempts > max {
+            return Err(Error::limit(Limit::AuthAttempts, t.auth_attempts, max));
+        }
         let ours = self.config.auth_server.method();
         let mode = ConModes::pick(&r.preferred_modes, &self.config.con_modes.allowed(ours));
         let (true, Some(mode)) = (r.method == ours, mode) else {

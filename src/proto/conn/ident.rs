@@ -55,6 +55,7 @@ impl Connection {
                 "server lacks required Ceph features 0x{missing:x}"
             )));
         }
+        checked_peer_seq("SERVER_IDENT global_seq", s.global_seq)?;
         self.peer_supported_features = s.supported_features;
         self.session.server_cookie = s.cookie;
         self.session.peer_global_seq = s.global_seq;
@@ -98,6 +99,8 @@ impl Connection {
                 features: missing,
             }));
         }
+        checked_peer_seq("CLIENT_IDENT global_seq", ci.global_seq)?;
+        self.check_addrvec(&ci.addrs)?;
         self.peer_supported_features = ci.supported_features;
         self.target_addr = ci.target_addr.clone();
         self.peer_addrs = ci.addrs.clone();
@@ -123,6 +126,9 @@ impl Connection {
                 "SESSION_RECONNECT without addresses".into(),
             ));
         }
+        checked_peer_seq("SESSION_RECONNECT global_seq", r.global_seq)?;
+        checked_peer_seq("SESSION_RECONNECT connect_seq", r.connect_seq)?;
+        self.check_addrvec(&r.addrs)?;
         self.peer_addrs = r.addrs.clone();
         self.request_decision(SessionRequest {
             peer_addrs: r.addrs,
@@ -135,6 +141,14 @@ impl Connection {
                 msg_seq: r.msg_seq,
             },
         });
+        Ok(())
+    }
+
+    fn check_addrvec(&self, addrs: &AddrVec) -> Result<(), Error> {
+        let max = self.config.max_addrvec_len;
+        if addrs.len() > max {
+            return Err(Error::limit(Limit::AddrVec, addrs.len(), max));
+        }
         Ok(())
     }
 

@@ -60,7 +60,7 @@ use super::auth::{
     ServerAuth, CON_MODE_SECURE,
 };
 use super::banner::{msgr2_feature, Banner};
-use super::error::Error;
+use super::error::{Error, Limit};
 use super::frame::secure::{session_ciphers, CONNECTION_SECRET_LEN};
 use super::frame::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::frames::*;
@@ -159,7 +159,8 @@ pub struct Config {
     /// Our addresses. A server must list the address clients dial; a client may leave this empty
     /// and learn its IP from the server's HELLO (sent as type ANY, port 0, with `nonce`).
     pub my_addrs: AddrVec,
-    /// Nonce for a learned client address.
+    /// Our address nonce (in bound addresses and in a learned client address). Random by default,
+    /// as Ceph picks one per messenger instance; monitors use 0 (they are known by address alone).
     pub nonce: u32,
     /// Our auth name (AUTH_REQUEST with method none; cephx takes it from its provider).
     pub auth_name: AuthEntityName,
@@ -172,8 +173,17 @@ pub struct Config {
     /// Ceph feature bits we support / require of the peer.
     pub features_supported: u64,
     pub features_required: u64,
-    /// Largest frame accepted, checked before any allocation.
+    /// Largest frame accepted on a ready session, checked before any allocation.
     pub max_frame_len: usize,
+    /// Largest frame accepted before the session is ready (banner through ident): cephx frames are a
+    /// few hundred bytes, so an unauthenticated peer cannot make us buffer more than this.
+    pub max_handshake_frame_len: usize,
+    /// AUTH_REQUESTs a peer may send on one transport (a refused method may be retried).
+    pub max_auth_attempts: u32,
+    /// Bytes each direction of the pre-auth transcript (signed in AUTH_SIGNATURE) may hold.
+    pub max_transcript_len: usize,
+    /// Entries a peer's address vector (CLIENT_IDENT, SESSION_RECONNECT) may have.
+    pub max_addrvec_len: usize,
     /// Policy for connections we accept, by the peer's entity type; `default_policy` otherwise.
     pub accept_policies: Vec<(u8, Policy)>,
     pub default_policy: Policy,
@@ -205,7 +215,9 @@ impl Config {
             entity_type,
             gid: 0,
             my_addrs: AddrVec::default(),
-            nonce: 0,
+            // Ceph gives every messenger but a monitor's a random nonce, so that two instances on one
+            // host never present the same address; monitors set 0 themselves.
+            nonce: rand::random_range(1..=u32::MAX),
             auth_name,
             auth_client: ClientAuth::None,
             auth_server: ServerAuth::None,
@@ -213,12 +225,17 @@ impl Config {
             features_supported: CEPH_FEATURES_ALL,
             features_required: CEPH_FEATURE_MSG_ADDR2,
             max_frame_len: 64 << 20,
+            max_handshake_frame_len: 64 << 10,
+            max_auth_attempts: 3,
+            max_transcript_len: 128 << 10,
+            max_addrvec_len: 16,
             accept_policies: Vec::new(),
             default_policy: Policy::stateful_server(),
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: None,
+            // Ceph's ms_connection_idle_timeout.
+            idle_timeout: Some(Duration::from_secs(900)),
             keepalive_interval: None,
             transmit_budget: 4 << 20,
             global_seq: GlobalSeq::new(),
@@ -378,6 +395,8 @@ struct Transport {
     session_key: Vec<u8>,
     /// Where the auth exchange on this transport stands.
     auth: AuthState,
+    /// AUTH_REQUESTs received on this transport (server side).
+    auth_attempts: u32,
 }
 
 /// Per-transport auth progress (the sans-IO side of Ceph's AuthClient / AuthServer calls).
@@ -408,6 +427,7 @@ impl Transport {
             sent_transcript: None,
             session_key: Vec::new(),
             auth: AuthState::Idle,
+            auth_attempts: 0,
         }
     }
 
@@ -702,9 +722,7 @@ impl Connection {
     pub fn send(&mut self, now: Instant, msg: Message) -> Result<(), Error> {
         match self.phase {
             Phase::Closed => return Err(Error::Closed),
-            Phase::Standby if self.role == Role::Client && !self.policy.server => {
-                self.begin_reconnect(now);
-            }
+            Phase::Standby => self.begin_reconnect(now),
             _ => {}
         }
         self.session.out_queue.push(msg);
@@ -717,7 +735,7 @@ impl Connection {
             return;
         }
         self.session.keepalive_pending = true;
-        if self.phase == Phase::Standby && self.role == Role::Client {
+        if self.phase == Phase::Standby {
             self.begin_reconnect(now);
         }
     }
@@ -746,7 +764,11 @@ impl Connection {
         if !expected {
             return;
         }
-        let mut t = Transport::new(self.config.max_frame_len);
+        let mut t = Transport::new(
+            self.config
+                .max_handshake_frame_len
+                .min(self.config.max_frame_len),
+        );
         let mut b = BytesMut::with_capacity(Banner::LEN);
         Banner {
             supported: MSGR2_SUPPORTED,
@@ -788,11 +810,15 @@ impl Connection {
         }
         self.stats.bytes_in += data.len() as u64;
         self.last_input = Some(now);
-        if self.phase == Phase::Ready {
-            if let Some(idle) = self.config.idle_timeout {
-                self.set_timer(Timer::Idle, now + idle);
-            }
+        // The deadline holds even when input keeps the owner from ever returning to its timers.
+        if self.phase != Phase::Ready
+            && self.timers[Timer::Handshake as usize].is_some_and(|d| now >= d)
+        {
+            self.fault(now, Error::TimedOut("handshake"));
+            return;
         }
+        // The idle deadline is not moved here (that would re-arm the owner's timer on every read): it
+        // fires at its old time and re-arms itself from `last_input` if there was input since.
         // Append no more than the receive buffer has room for (the decoder sized it for the frame being
         // waited for), decode, repeat: a read straddling two frames must not double a frame-sized buffer.
         let mut rest = data;
@@ -841,7 +867,14 @@ impl Connection {
                 }
                 Timer::Idle => {
                     if self.phase == Phase::Ready {
-                        self.fault(now, Error::TimedOut("idle connection"));
+                        let (Some(idle), Some(last)) = (self.config.idle_timeout, self.last_input)
+                        else {
+                            continue;
+                        };
+                        match last.checked_add(idle) {
+                            Some(until) if until > now => self.set_timer(Timer::Idle, until),
+                            _ => self.fault(now, Error::TimedOut("idle connection")),
+                        }
                     }
                 }
                 Timer::Keepalive => {
@@ -859,6 +892,7 @@ impl Connection {
     // ---- internals: input processing ----
 
     fn process(&mut self, now: Instant) -> Result<(), Error> {
+        let max_transcript = self.config.max_transcript_len;
         loop {
             if self.phase == Phase::Closed || self.phase == Phase::AwaitingDecision {
                 return Ok(());
@@ -875,9 +909,11 @@ impl Connection {
                     return Ok(());
                 };
                 let raw = t.rx.split_to(n);
-                if let Some((_, rx)) = t.transcript.as_mut() {
-                    rx.extend_from_slice(&raw);
-                }
+                record_transcript(
+                    t.transcript.as_mut().map(|(_, rx)| rx),
+                    &raw,
+                    max_transcript,
+                )?;
                 self.handle_banner(banner)?;
                 continue;
             }
@@ -886,11 +922,21 @@ impl Connection {
                 Ok(None) => return Ok(()),
                 // The sender gave up on that frame after starting it: skip it.
                 Err(FrameError::Aborted) => continue,
+                Err(FrameError::TooLarge { len, max }) => {
+                    let limit = if self.phase == Phase::Ready {
+                        Limit::Frame
+                    } else {
+                        Limit::HandshakeFrame
+                    };
+                    return Err(Error::limit(limit, len, max));
+                }
                 Err(e) => return Err(e.into()),
             };
-            if let Some((_, rx)) = t.transcript.as_mut() {
-                rx.extend_from_slice(&frame.raw);
-            }
+            record_transcript(
+                t.transcript.as_mut().map(|(_, rx)| rx),
+                &frame.raw,
+                max_transcript,
+            )?;
             self.handle_frame(now, frame)?;
         }
     }
@@ -958,11 +1004,15 @@ impl Connection {
                 self.client_reconnect_ok(now, ok)
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionRetry(r)) => {
-                self.session.connect_seq = r.connect_seq + 1;
+                self.session.connect_seq =
+                    checked_peer_seq("SESSION_RETRY connect_seq", r.connect_seq)?
+                        .checked_add(1)
+                        .ok_or_else(|| absurd_seq("SESSION_RETRY connect_seq", r.connect_seq))?;
                 self.send_reconnect()
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionRetryGlobal(r)) => {
-                self.session.global_seq = self.config.global_seq.next_after(r.global_seq);
+                let seen = checked_peer_seq("SESSION_RETRY_GLOBAL global_seq", r.global_seq)?;
+                self.session.global_seq = self.config.global_seq.next_after(seen);
                 self.send_reconnect()
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionReset(r)) => {
@@ -1048,9 +1098,13 @@ impl Connection {
 
     fn become_ready(&mut self, now: Instant, reconnect: bool) {
         self.phase = Phase::Ready;
+        if let Some(t) = self.transport.as_mut() {
+            t.decoder.set_max_frame_len(self.config.max_frame_len);
+        }
         self.backoff = Duration::ZERO;
         self.stats.handshakes += 1;
         self.timers[Timer::Handshake as usize] = None;
+        self.last_input = Some(now);
         if let Some(idle) = self.config.idle_timeout {
             self.set_timer(Timer::Idle, now + idle);
         }
@@ -1062,6 +1116,12 @@ impl Connection {
     }
 
     /// Ceph's `_fault`: the transport is gone; keep, park or end the session by policy.
+    ///
+    /// As in ProtocolV2::_fault: a lossless side parks in Standby only when its policy is `server`, or
+    /// when it has nothing to send and its policy is `standby`; any other lossless side re-dials, also
+    /// one that accepted the session (it dials the addresses the peer gave in CLIENT_IDENT). A fault
+    /// outside a connection attempt (READY, accepting) re-dials at once; only failed attempts back off,
+    /// doubling up to `max_backoff`.
     fn fault(&mut self, now: Instant, err: Error) {
         if self.phase == Phase::Closed {
             return;
@@ -1075,7 +1135,8 @@ impl Connection {
         if had_transport {
             self.events.push_back(Event::TransportDown(err.clone()));
         }
-        let connecting = matches!(
+        // Ceph's START_CONNECT..SESSION_RECONNECTING: a connection attempt of ours was under way.
+        let attempting = matches!(
             self.phase,
             Phase::Connecting
                 | Phase::Banner
@@ -1090,31 +1151,35 @@ impl Connection {
             self.shut(Event::Reset(err));
             return;
         }
-        if self.policy.lossy && !connecting {
+        if self.policy.lossy && !attempting {
             self.session.reset();
             self.shut(Event::Reset(err));
             return;
         }
         self.session.requeue_sent();
-        if self.role == Role::Server {
-            if self.session.server_cookie == 0 {
-                // Half-accepted, no session yet: nothing to keep.
-                self.shut(Event::Closed);
-            } else {
-                self.phase = Phase::Standby;
-            }
+        if self.role == Role::Server && self.session.server_cookie == 0 {
+            // Half-accepted, no session yet: nothing to keep.
+            self.shut(Event::Closed);
             return;
         }
-        if self.policy.standby
-            && !self.session.has_outgoing()
-            && !self.session.keepalive_pending
-            && self.phase != Phase::Wait
-        {
+        let has_outgoing = self.session.has_outgoing() || self.session.keepalive_pending;
+        if self.policy.standby && !has_outgoing && self.phase != Phase::Wait {
             self.phase = Phase::Standby;
             return;
         }
-        if self.policy.server {
+        if self.policy.server || !self.become_dialer() {
             self.phase = Phase::Standby;
+            return;
+        }
+        if self.session.server_cookie != 0 {
+            self.session.connect_seq = self.session.connect_seq.saturating_add(1);
+        }
+        self.stats.reconnects += 1;
+        if !attempting && self.phase != Phase::Wait {
+            // The session was up (or being accepted): re-dial at once.
+            self.backoff = Duration::ZERO;
+            self.phase = Phase::Connecting;
+            self.set_timer(Timer::Reconnect, now);
             return;
         }
         self.backoff = if self.phase == Phase::Wait {
@@ -1124,20 +1189,39 @@ impl Connection {
         } else {
             (self.backoff * 2).min(self.config.max_backoff)
         };
-        if self.session.server_cookie != 0 {
-            self.session.connect_seq += 1;
-        }
         if self.phase != Phase::Wait {
             self.phase = Phase::Connecting;
         }
-        self.stats.reconnects += 1;
         self.set_timer(Timer::Reconnect, now + self.backoff);
     }
 
-    /// Client: leave standby because something needs sending.
+    /// Make this connection the side that dials. A connection we accepted dials the peer's msgr2
+    /// address from its CLIENT_IDENT (Ceph's `_infer_target_addr`); false when there is none to dial
+    /// (a pure client peer, which must come back to us).
+    fn become_dialer(&mut self) -> bool {
+        if self.role == Role::Client {
+            return true;
+        }
+        let Some(target) = self
+            .peer_addrs
+            .msgr2()
+            .filter(|a| a.sockaddr.is_some_and(|s| s.port() != 0))
+            .cloned()
+        else {
+            return false;
+        };
+        self.role = Role::Client;
+        self.target_addr = target;
+        true
+    }
+
+    /// Leave standby because something needs sending (any policy but `server`).
     fn begin_reconnect(&mut self, now: Instant) {
+        if self.policy.server || !self.become_dialer() {
+            return;
+        }
         if self.session.server_cookie != 0 {
-            self.session.connect_seq += 1;
+            self.session.connect_seq = self.session.connect_seq.saturating_add(1);
         }
         self.phase = Phase::Connecting;
         self.set_timer(Timer::Reconnect, now);
@@ -1169,9 +1253,10 @@ impl Connection {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let start = t.tx.len();
         t.encode_control(cf)?;
+        let max = self.config.max_transcript_len;
         if let Some((tx, _)) = t.transcript.as_mut() {
             for b in &t.tx[start..] {
-                tx.extend_from_slice(b);
+                record_transcript(Some(&mut *tx), b, max)?;
             }
         }
         Ok(())
@@ -1245,6 +1330,35 @@ impl Connection {
             }));
         }
     }
+}
+
+/// Append `bytes` to one direction of the pre-auth transcript, within `max` bytes.
+fn record_transcript(to: Option<&mut Vec<u8>>, bytes: &[u8], max: usize) -> Result<(), Error> {
+    let Some(to) = to else {
+        return Ok(());
+    };
+    let len = to.len().saturating_add(bytes.len());
+    if len > max {
+        return Err(Error::limit(Limit::Transcript, len, max));
+    }
+    to.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// The largest sequence number (`global_seq`, `connect_seq`) we take from a peer: far beyond any real
+/// count, and low enough that incrementing it can never overflow.
+pub const MAX_PEER_SEQ: u64 = 1 << 62;
+
+/// A peer-supplied sequence number, or a protocol error when it is absurd (see [`MAX_PEER_SEQ`]).
+pub(super) fn checked_peer_seq(what: &'static str, v: u64) -> Result<u64, Error> {
+    if v > MAX_PEER_SEQ {
+        return Err(absurd_seq(what, v));
+    }
+    Ok(v)
+}
+
+fn absurd_seq(what: &'static str, v: u64) -> Error {
+    Error::PeerMisbehaved(format!("{what} {v} is out of range (max {MAX_PEER_SEQ})"))
 }
 
 fn msgr2_feature_names(bits: u64) -> String {

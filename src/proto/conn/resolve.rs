@@ -104,9 +104,13 @@ impl Connection {
             && ex.session.client_cookie != 0
             && ex.session.client_cookie != client_cookie
         {
-            // The peer restarted: its old session is gone.
+            // The peer restarted: its old session is gone. The session this connection takes over
+            // reports it (the owner keeps the existing connection's handle for it, so the application
+            // hears `RemoteReset` on the connection it knows).
             if self.policy.resetcheck {
-                ex.reset_session_remote();
+                let dropped = ex.session.reset();
+                self.stats.remote_resets += 1;
+                self.events.push_back(Event::RemoteReset { dropped });
             }
         } else if ex.session.client_cookie == client_cookie {
             // Establishment was interrupted between CLIENT_IDENT and SERVER_IDENT: carry on.
@@ -210,8 +214,10 @@ impl Connection {
             self.features = ex.features;
         }
         if ex.role == Role::Client {
-            // Our own outgoing attempt lost the race; keep its policy for the session.
-            self.policy.lossy = ex.policy.lossy;
+            // Our own outgoing attempt lost the race (or a dialled session met the peer's reconnect):
+            // the session keeps the policy the application chose for this peer, so a lossless_peer
+            // session still re-dials after a fault.
+            self.policy = ex.policy;
         }
         ex.shut(Event::Closed);
     }
