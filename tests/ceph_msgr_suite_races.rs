@@ -125,6 +125,9 @@ fn connection_race_reuse_banner_test() {
     srv_i.wait(ClientIdent);
     srv_i.remove_bp(ClientIdent);
 
+    // The second connection must stay in its banner exchange: the server's end of it will pause before
+    // its banner (set before the client dials, so that it cannot have passed that step already).
+    srv_i.breakpoint(Banner);
     // Pause the client's dial before its banner.
     cli_i.breakpoint(Banner);
     let c2s = p.c2s();
@@ -132,8 +135,7 @@ fn connection_race_reuse_banner_test() {
     cli_i.wait_for(Banner, |at| at.role == Role::Client);
     cli_i.remove_bp(Banner);
 
-    // The second connection stays in its banner exchange; the first sends CLIENT_IDENT.
-    srv_i.breakpoint(Banner);
+    // The first connection sends CLIENT_IDENT.
     srv_i.proceed(ClientIdent, Continue);
 
     // CLIENT_IDENT reaches the client while c2s is in its banner exchange: the session moves.

@@ -680,6 +680,25 @@ impl<S: WorkerStack> Handler<S> {
         let Some(remote) = self.remotes.get().and_then(|r| r.get(to)).cloned() else {
             return;
         };
+        if let Some(ex) = self.conns.get_mut(&ex_id) {
+            if ex.proto.wins_race_against(&req) {
+                // The existing connection wins the race: the answer is WAIT, which needs nothing of the
+                // session, and moving it would close the transport that is about to win.
+                if matches!(req.kind, proto::SessionRequestKind::New { .. }) {
+                    // Make sure our own attempt goes through: the peer has something to say.
+                    ex.proto.send_keepalive(Instant::now());
+                }
+                tracing::debug!(
+                    worker = self.index,
+                    conn = ex_id,
+                    waiting,
+                    "existing connection wins the race; not moving it"
+                );
+                self.pump(c, ex_id);
+                let _ = remote.submit(move |h: &mut Handler<S>, c| h.answer_wait(c, waiting));
+                return;
+            }
+        }
         let conn = self.release_conn(c, ex_id, to);
         tracing::debug!(
             worker = self.index,

@@ -73,6 +73,54 @@ impl Connection {
         Resolution::Answered(Tag::Wait)
     }
 
+    /// Whether this connection — the owner's existing one to the peer — wins the connection or reconnect
+    /// race `req` starts, so that `resolve_session` would answer `req` with WAIT and leave this
+    /// connection's own transport alone. The owner can then answer WAIT where `req` arrived
+    /// ([`Connection::resolve_session_wait`]) without bringing the session over, which would close the
+    /// transport that is about to win (Ceph's handle_existing_connection / handle_reconnect keep the
+    /// existing connection's socket when it wins). Mirrors the WAIT decisions of `resolve_new` and
+    /// `resolve_reconnect`.
+    pub fn wins_race_against(&self, req: &SessionRequest) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let me = req_msgr2(&self.config.my_addrs);
+        let s = &self.session;
+        match req.kind {
+            SessionRequestKind::New {
+                client_cookie,
+                global_seq,
+            } => {
+                let restarted = s.server_cookie != 0
+                    && s.client_cookie != 0
+                    && s.client_cookie != client_cookie;
+                if s.peer_global_seq > global_seq
+                    || self.policy.lossy
+                    || restarted
+                    || s.client_cookie == client_cookie
+                    || matches!(self.phase, Phase::Ready | Phase::Standby)
+                {
+                    return false;
+                }
+                let peer = req_msgr2(&req.peer_addrs);
+                !(ceph_addr_less(peer, me) || self.policy.server)
+            }
+            SessionRequestKind::Reconnect {
+                client_cookie,
+                global_seq,
+                connect_seq,
+                ..
+            } => {
+                s.client_cookie == client_cookie
+                    && s.server_cookie != 0
+                    && s.peer_global_seq <= global_seq
+                    && s.connect_seq == connect_seq
+                    && ceph_addr_less(me, req_msgr2(&self.peer_addrs))
+                    && !self.policy.server
+            }
+        }
+    }
+
     pub(super) fn resolve_new(
         &mut self,
         now: Instant,
