@@ -616,6 +616,19 @@ impl<S: WorkerStack> Handler<S> {
     /// Answer connection `id`'s pending session request with WAIT: the last resort when its session
     /// cannot be brought here (the messenger is stopping, or requests keep racing for it). Never a
     /// reset: the session and its queue stay; the peer retries after its back-off.
+    /// The end of a request [`Self::give_up_session`] settled without moving the session: answer WAIT,
+    /// or close the stale attempt.
+    fn settle_without_session(&mut self, c: &mut EventCenter<S>, id: ConnId, res: Resolution) {
+        if res == Resolution::Dropped {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.proto.close();
+            }
+            self.pump(c, id);
+        } else {
+            self.answer_wait(c, id);
+        }
+    }
+
     fn answer_wait(&mut self, c: &mut EventCenter<S>, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.proto.resolve_session_wait(Instant::now());
@@ -681,10 +694,13 @@ impl<S: WorkerStack> Handler<S> {
             return;
         };
         if let Some(ex) = self.conns.get_mut(&ex_id) {
-            if ex.proto.wins_race_against(&req) {
-                // The existing connection wins the race: the answer is WAIT, which needs nothing of the
-                // session, and moving it would close the transport that is about to win.
-                if matches!(req.kind, proto::SessionRequestKind::New { .. }) {
+            if let Some(res) = ex.proto.settles_without_session(&req) {
+                // The existing connection wins the race (WAIT), or the request is stale (dropped): the
+                // answer needs nothing of the session, and moving it would close the transport that is
+                // about to win.
+                if res == Resolution::Answered(proto::frame::Tag::Wait)
+                    && matches!(req.kind, proto::SessionRequestKind::New { .. })
+                {
                     // Make sure our own attempt goes through: the peer has something to say.
                     ex.proto.send_keepalive(Instant::now());
                 }
@@ -692,10 +708,12 @@ impl<S: WorkerStack> Handler<S> {
                     worker = self.index,
                     conn = ex_id,
                     waiting,
-                    "existing connection wins the race; not moving it"
+                    ?res,
+                    "session request settled without moving the session"
                 );
                 self.pump(c, ex_id);
-                let _ = remote.submit(move |h: &mut Handler<S>, c| h.answer_wait(c, waiting));
+                let _ = remote
+                    .submit(move |h: &mut Handler<S>, c| h.settle_without_session(c, waiting, res));
                 return;
             }
         }

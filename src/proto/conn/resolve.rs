@@ -73,51 +73,57 @@ impl Connection {
         Resolution::Answered(Tag::Wait)
     }
 
-    /// Whether this connection — the owner's existing one to the peer — wins the connection or reconnect
-    /// race `req` starts, so that `resolve_session` would answer `req` with WAIT and leave this
-    /// connection's own transport alone. The owner can then answer WAIT where `req` arrived
-    /// ([`Connection::resolve_session_wait`]) without bringing the session over, which would close the
-    /// transport that is about to win (Ceph's handle_existing_connection / handle_reconnect keep the
-    /// existing connection's socket when it wins). Mirrors the WAIT decisions of `resolve_new` and
-    /// `resolve_reconnect`.
-    pub fn wins_race_against(&self, req: &SessionRequest) -> bool {
+    /// How `resolve_session` would settle `req` against this connection — the owner's existing one to the
+    /// peer — when the answer needs nothing of its session and leaves its transport alone: WAIT
+    /// (`Answered(Tag::Wait)`: this connection wins the connection or reconnect race) or `Dropped` (`req`
+    /// is a stale attempt, older than this session). `None` otherwise. The owner can then settle `req`
+    /// where it arrived ([`Connection::resolve_session_wait`], or closing it) instead of bringing the
+    /// session over, which would close the transport that is about to win (Ceph's
+    /// handle_existing_connection / handle_reconnect keep the existing socket in these cases). Mirrors
+    /// the decisions of `resolve_new` and `resolve_reconnect`.
+    pub fn settles_without_session(&self, req: &SessionRequest) -> Option<Resolution> {
         if self.is_closed() {
-            return false;
+            return None;
         }
         let me = req_msgr2(&self.config.my_addrs);
         let s = &self.session;
+        let wait = Some(Resolution::Answered(Tag::Wait));
         match req.kind {
             SessionRequestKind::New {
                 client_cookie,
                 global_seq,
             } => {
+                if s.peer_global_seq > global_seq {
+                    return Some(Resolution::Dropped);
+                }
                 let restarted = s.server_cookie != 0
                     && s.client_cookie != 0
                     && s.client_cookie != client_cookie;
-                if s.peer_global_seq > global_seq
-                    || self.policy.lossy
+                if self.policy.lossy
                     || restarted
                     || s.client_cookie == client_cookie
                     || matches!(self.phase, Phase::Ready | Phase::Standby)
                 {
-                    return false;
+                    return None;
                 }
                 let peer = req_msgr2(&req.peer_addrs);
-                !(ceph_addr_less(peer, me) || self.policy.server)
+                (!(ceph_addr_less(peer, me) || self.policy.server))
+                    .then_some(wait)
+                    .flatten()
             }
             SessionRequestKind::Reconnect {
                 client_cookie,
                 global_seq,
                 connect_seq,
                 ..
-            } => {
-                s.client_cookie == client_cookie
-                    && s.server_cookie != 0
-                    && s.peer_global_seq <= global_seq
-                    && s.connect_seq == connect_seq
-                    && ceph_addr_less(me, req_msgr2(&self.peer_addrs))
-                    && !self.policy.server
-            }
+            } => (s.client_cookie == client_cookie
+                && s.server_cookie != 0
+                && s.peer_global_seq <= global_seq
+                && s.connect_seq == connect_seq
+                && ceph_addr_less(me, req_msgr2(&self.peer_addrs))
+                && !self.policy.server)
+                .then_some(wait)
+                .flatten(),
         }
     }
 
