@@ -23,7 +23,10 @@ use super::{
 };
 use crate::event::{EventCenter, EventHandler, Remote, TimerId};
 use crate::proto::types::{AddrVec, EntityAddr};
-use crate::proto::{self, ConnStats, Connection, Event, Policy, Resolution, Role, SessionRequest};
+use crate::proto::{
+    self, ConnStats, Connection, Event, Policy, Resolution, Role, SessionRequest,
+    SessionRequestKind, Settlement,
+};
 use crate::stack::{flush_queue, EventKind, ListenOptions, SocketEvent, SocketId, WorkerStack};
 
 pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
@@ -616,17 +619,19 @@ impl<S: WorkerStack> Handler<S> {
     /// Answer connection `id`'s pending session request with WAIT: the last resort when its session
     /// cannot be brought here (the messenger is stopping, or requests keep racing for it). Never a
     /// reset: the session and its queue stay; the peer retries after its back-off.
-    /// The end of a request [`Self::give_up_session`] settled without moving the session: answer WAIT,
-    /// or close the stale attempt.
-    fn settle_without_session(&mut self, c: &mut EventCenter<S>, id: ConnId, res: Resolution) {
-        if res == Resolution::Dropped {
-            if let Some(conn) = self.conns.get_mut(&id) {
-                conn.proto.close();
-            }
-            self.pump(c, id);
-        } else {
-            self.answer_wait(c, id);
+    /// The end of a request [`Self::give_up_session`] settled where the session lives.
+    fn settle_without_session(&mut self, c: &mut EventCenter<S>, id: ConnId, settled: Settlement) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            let res = conn.proto.resolve_session_settled(Instant::now(), settled);
+            tracing::debug!(
+                worker = self.index,
+                conn = id,
+                ?settled,
+                ?res,
+                "session request settled"
+            );
         }
+        self.pump(c, id);
     }
 
     fn answer_wait(&mut self, c: &mut EventCenter<S>, id: ConnId) {
@@ -694,12 +699,10 @@ impl<S: WorkerStack> Handler<S> {
             return;
         };
         if let Some(ex) = self.conns.get_mut(&ex_id) {
-            if let Some(res) = ex.proto.settles_without_session(&req) {
-                // The existing connection wins the race (WAIT), or the request is stale (dropped): the
-                // answer needs nothing of the session, and moving it would close the transport that is
-                // about to win.
-                if res == Resolution::Answered(proto::frame::Tag::Wait)
-                    && matches!(req.kind, proto::SessionRequestKind::New { .. })
+            if let Some(settled) = ex.proto.settles_without_session(&req) {
+                // The answer (stale, WAIT, RETRY, RESET) needs nothing of the session, and moving it
+                // would close its transport, which may be about to win.
+                if settled == Settlement::Wait && matches!(req.kind, SessionRequestKind::New { .. })
                 {
                     // Make sure our own attempt goes through: the peer has something to say.
                     ex.proto.send_keepalive(Instant::now());
@@ -708,12 +711,13 @@ impl<S: WorkerStack> Handler<S> {
                     worker = self.index,
                     conn = ex_id,
                     waiting,
-                    ?res,
+                    ?settled,
                     "session request settled without moving the session"
                 );
                 self.pump(c, ex_id);
-                let _ = remote
-                    .submit(move |h: &mut Handler<S>, c| h.settle_without_session(c, waiting, res));
+                let _ = remote.submit(move |h: &mut Handler<S>, c| {
+                    h.settle_without_session(c, waiting, settled)
+                });
                 return;
             }
         }

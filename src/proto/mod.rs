@@ -25,7 +25,7 @@ pub mod types;
 
 pub use conn::{
     Config, ConnStats, Connection, Event, Phase, Policy, Resolution, Role, SessionRequest,
-    SessionRequestKind,
+    SessionRequestKind, Settlement,
 };
 pub use error::{Error, Limit};
 pub use message::Message;

@@ -324,6 +324,21 @@ pub enum Resolution {
     Dropped,
 }
 
+/// How a [`SessionRequest`] is settled without the existing session ([`Connection::settles_without_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// An attempt older than the existing session: dropped.
+    Stale,
+    /// The existing connection wins the race: WAIT.
+    Wait,
+    /// SESSION_RETRY with the existing connect_seq.
+    Retry(u64),
+    /// SESSION_RETRY_GLOBAL with the existing peer global_seq.
+    RetryGlobal(u64),
+    /// SESSION_RESET (`full`: the peer must drop its session too).
+    Reset { full: bool },
+}
+
 /// Something the owner must act on or hand to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
