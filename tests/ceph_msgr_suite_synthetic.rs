@@ -59,17 +59,21 @@ fn decode(m: &Message) -> Option<(u8, u64)> {
     (f.len() == 9).then(|| (f[0], u64::from_le_bytes(f[1..9].try_into().unwrap())))
 }
 
+/// A connection across the workload: (messenger index, its id there). Connection ids are unique per
+/// messenger only.
+type Key = (usize, ConnId);
+
 #[derive(Default)]
 struct Tracking {
     /// Outstanding pings: seq -> payload, and per client connection in sending order.
     sent: HashMap<u64, Bytes>,
-    conn_sent: HashMap<ConnId, VecDeque<u64>>,
+    conn_sent: HashMap<Key, VecDeque<u64>>,
     /// Every ping seq a server has seen: none twice.
     pings_seen: HashSet<u64>,
     pongs: u64,
     failures: Vec<String>,
     /// Connections that reset (lossy fault, mark_down on the peer): out of the workload.
-    reset: Vec<ConnId>,
+    reset: Vec<Key>,
 }
 
 /// Ceph's SyntheticDispatcher, shared by every messenger of the workload.
@@ -79,7 +83,7 @@ struct SyntheticDispatcher {
 }
 
 impl SyntheticDispatcher {
-    fn clear_pending(t: &mut Tracking, id: ConnId) {
+    fn clear_pending(t: &mut Tracking, id: Key) {
         if let Some(q) = t.conn_sent.remove(&id) {
             for s in q {
                 t.sent.remove(&s);
@@ -92,8 +96,29 @@ impl SyntheticDispatcher {
     }
 }
 
-impl Dispatcher for SyntheticDispatcher {
+/// The shared dispatcher as one messenger (index `m`) sees it.
+struct Side {
+    m: usize,
+    d: Arc<SyntheticDispatcher>,
+}
+
+impl Dispatcher for Side {
     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+        self.d.dispatch((self.m, conn.id()), conn, msg)
+    }
+    fn ms_handle_reset(&self, conn: &ConnectionRef, _why: &Error) {
+        let mut t = self.d.t.lock().unwrap();
+        SyntheticDispatcher::clear_pending(&mut t, (self.m, conn.id()));
+        t.reset.push((self.m, conn.id()));
+    }
+    fn ms_handle_remote_reset(&self, conn: &ConnectionRef) {
+        let mut t = self.d.t.lock().unwrap();
+        SyntheticDispatcher::clear_pending(&mut t, (self.m, conn.id()));
+    }
+}
+
+impl SyntheticDispatcher {
+    fn dispatch(&self, key: Key, conn: &ConnectionRef, msg: Message) {
         if msg.header.msg_type == MSG_COMMAND {
             return; // only there to disorganise the regular flow
         }
@@ -118,7 +143,7 @@ impl Dispatcher for SyntheticDispatcher {
         let mut t = self.t.lock().unwrap();
         t.pongs += 1;
         if let Some(expected) = t.sent.get(&seq).cloned() {
-            let front = t.conn_sent.get(&conn.id()).and_then(|q| q.front().copied());
+            let front = t.conn_sent.get(&key).and_then(|q| q.front().copied());
             if front != Some(seq) {
                 t.failures.push(format!(
                     "conn {}: pong {seq} out of order (expected {front:?})",
@@ -128,20 +153,11 @@ impl Dispatcher for SyntheticDispatcher {
                 t.failures
                     .push(format!("conn {}: pong {seq} payload differs", conn.id()));
             }
-            if let Some(q) = t.conn_sent.get_mut(&conn.id()) {
+            if let Some(q) = t.conn_sent.get_mut(&key) {
                 q.retain(|&s| s != seq);
             }
             t.sent.remove(&seq);
         }
-    }
-    fn ms_handle_reset(&self, conn: &ConnectionRef, _why: &Error) {
-        let mut t = self.t.lock().unwrap();
-        Self::clear_pending(&mut t, conn.id());
-        t.reset.push(conn.id());
-    }
-    fn ms_handle_remote_reset(&self, conn: &ConnectionRef) {
-        let mut t = self.t.lock().unwrap();
-        Self::clear_pending(&mut t, conn.id());
     }
 }
 
@@ -188,7 +204,7 @@ impl Workload {
                 2,
                 Some(loopback()),
                 (spec.fault)(seed ^ (i as u64 + 1)),
-                d.clone(),
+                Arc::new(Side { m: i, d: d.clone() }),
             ));
         }
         let mut clients = Vec::new();
@@ -202,7 +218,10 @@ impl Workload {
                 2,
                 bind,
                 (spec.fault)(seed ^ (0x100 + i as u64)),
-                d.clone(),
+                Arc::new(Side {
+                    m: spec.servers + i,
+                    d: d.clone(),
+                }),
             ));
         }
         // Payloads from 32 bytes to 4 MiB, spread log-uniformly (Ceph: uniform), each one recognisable.
@@ -230,12 +249,19 @@ impl Workload {
         }
     }
 
+    /// The tracking key of a client's connection.
+    fn key(&self, client: usize, conn: &ConnectionRef) -> Key {
+        (self.spec.servers + client, conn.id())
+    }
+
     fn forget_reset(&mut self) {
-        let reset: Vec<ConnId> = std::mem::take(&mut self.d.t.lock().unwrap().reset);
+        let reset: Vec<Key> = std::mem::take(&mut self.d.t.lock().unwrap().reset);
+        let servers = self.spec.servers;
         if !reset.is_empty() {
-            self.conns.retain(|(c, _, _)| !reset.contains(&c.id()));
+            self.conns
+                .retain(|(x, c, _)| !reset.contains(&(servers + *c, x.id())));
         }
-        self.conns.retain(|(c, _, _)| !c.is_closed());
+        self.conns.retain(|(x, _, _)| !x.is_closed());
     }
 
     fn generate_connection(&mut self) {
@@ -251,7 +277,7 @@ impl Workload {
                 self.spec.cli_policy,
             )
             .unwrap();
-        if !self.conns.iter().any(|(x, _, _)| *x == conn) {
+        if !self.conns.iter().any(|(x, xc, _)| *xc == c && *x == conn) {
             self.conns.push((conn, c, s));
         }
     }
@@ -271,9 +297,10 @@ impl Workload {
     }
 
     fn send_message(&mut self) {
-        let Some((conn, _, _)) = self.random_connection() else {
+        let Some((conn, c, _)) = self.random_connection() else {
             return;
         };
+        let key = self.key(c, &conn);
         if self.rng.random_range(0..100) >= 95 {
             let m = Message::new(MSG_COMMAND, Bytes::from_static(b"command")).with_priority(200);
             let _ = conn.send(m);
@@ -287,12 +314,12 @@ impl Workload {
         if !self.spec.cli_policy.lossy {
             let mut t = self.d.t.lock().unwrap();
             t.sent.insert(seq, data.clone());
-            t.conn_sent.entry(conn.id()).or_default().push_back(seq);
+            t.conn_sent.entry(key).or_default().push_back(seq);
         }
         if conn.send(payload_message(PING, seq, data)).is_err() {
             // Closed under us (a reset): nothing outstanding on it any more.
             let mut t = self.d.t.lock().unwrap();
-            SyntheticDispatcher::clear_pending(&mut t, conn.id());
+            SyntheticDispatcher::clear_pending(&mut t, key);
         }
     }
 
@@ -304,8 +331,9 @@ impl Workload {
             return;
         };
         {
+            let key = self.key(c, &conn);
             let mut t = self.d.t.lock().unwrap();
-            SyntheticDispatcher::clear_pending(&mut t, conn.id());
+            SyntheticDispatcher::clear_pending(&mut t, key);
         }
         conn.mark_down();
         let p = self.spec.cli_policy;
@@ -320,13 +348,14 @@ impl Workload {
                 peer.mark_down();
             }
         }
-        self.conns.retain(|(x, _, _)| *x != conn);
+        self.conns.retain(|(x, xc, _)| !(*xc == c && *x == conn));
     }
 
     fn run(&mut self) {
         for _ in 0..self.spec.seed_connections {
             self.generate_connection();
         }
+        eprintln!("synthetic: {} connections seeded", self.conns.len());
         for _ in 0..self.spec.ops {
             let val = self.rng.random_range(0..100u32);
             if val > self.spec.connect {
@@ -359,7 +388,7 @@ impl Workload {
         }
         let (unanswered, stuck, failures, seen, pongs) = {
             let t = self.d.t.lock().unwrap();
-            let stuck: Vec<(ConnId, usize)> = t
+            let stuck: Vec<(Key, usize)> = t
                 .conn_sent
                 .iter()
                 .filter(|(_, q)| !q.is_empty())

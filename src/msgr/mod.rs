@@ -292,9 +292,13 @@ impl ConnectionRef {
         self.command(Command::Keepalive)
     }
 
-    /// Close the connection now, discarding what is queued (Ceph's mark_down).
+    /// Close the connection now, discarding what is queued (Ceph's mark_down). Takes effect for callers
+    /// at once, as in Ceph: later sends fail and `connect_to` opens a new session; the worker closes the
+    /// transport.
     pub fn mark_down(&self) {
         let _ = self.command(Command::MarkDown);
+        self.0.closed.store(true, Ordering::Release);
+        self.0.connected.store(false, Ordering::Release);
     }
 
     pub fn is_closed(&self) -> bool {
