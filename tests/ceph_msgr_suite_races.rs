@@ -175,10 +175,14 @@ fn connection_race_reuse_banner_test() {
     );
     assert_eq!(cli_i.count_step(c2s.id(), Reconnect), 0);
     assert_eq!(cli_i.count_step(c2s.id(), Ready), 1);
-    assert_eq!(
-        p.cli_d.remote_resets_total() + p.srv_d.remote_resets_total(),
-        0
-    );
+    // The server connected once; the client accepted its dial into c2s.
+    assert_eq!(p.srv_d.connects(&s2c), 1);
+    assert_eq!(p.cli_d.accepts_total(), 1);
+    assert_eq!(p.cli_d.connects_total(), 0);
+    for d in [&p.srv_d, &p.cli_d] {
+        assert_eq!(d.resets_total(), 0);
+        assert_eq!(d.remote_resets_total(), 0);
+    }
     p.assert_no_duplicates();
 }
 
@@ -217,6 +221,16 @@ fn missing_server_iden_test() {
     assert!(wait_until(WAIT, || established_tcp(&[srv_port, cli_port]) == 1));
     assert_eq!(srv_i.count_step(c2s_accepter.id(), ServerIdent), 2);
     assert_eq!(p.srv.counters().connections, 1);
+    // The accepted session was announced twice (before the failed SERVER_IDENT, and when the client's
+    // reconnect took it over); the client connected once; nobody was reset.
+    assert_eq!(p.srv_d.accepts_total(), 2);
+    assert_eq!(p.srv_d.connects_total(), 0);
+    assert_eq!(p.cli_d.accepts_total(), 0);
+    assert_eq!(p.cli_d.connects(&c2s), 1);
+    for d in [&p.srv_d, &p.cli_d] {
+        assert_eq!(d.resets_total(), 0);
+        assert_eq!(d.remote_resets_total(), 0);
+    }
 }
 
 /// Scenario: A connects to B; A sends CLIENT_IDENT; B fails before sending SERVER_IDENT (with a
@@ -251,6 +265,17 @@ fn missing_server_iden_test2() {
 
     let (srv_port, cli_port) = p.ports();
     assert!(wait_until(WAIT, || established_tcp(&[srv_port, cli_port]) == 1));
+    // The accepting side re-dialled: its session connected as a client, and the client accepted it into
+    // c2s; the surviving TCP connection is the server's dial.
+    assert_eq!(established_tcp(&[cli_port]), 1);
+    assert_eq!(p.srv_d.accepts_total(), 1);
+    assert_eq!(p.srv_d.connects(&c2s_accepter), 1);
+    assert_eq!(p.cli_d.accepts_total(), 1);
+    assert_eq!(p.cli_d.connects_total(), 0);
+    for d in [&p.srv_d, &p.cli_d] {
+        assert_eq!(d.resets_total(), 0);
+        assert_eq!(d.remote_resets_total(), 0);
+    }
     p.assert_no_duplicates();
 }
 

@@ -63,6 +63,13 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
     (ConnectionRef(Arc::new(shared_conn)), rx)
 }
 
+/// Test interceptor: the connection reports its steps under its messenger id.
+#[cfg(feature = "interceptor")]
+fn with_intercept_id(mut proto: Connection, id: ConnId) -> Connection {
+    proto.set_intercept_id(id);
+    proto
+}
+
 /// One connection as its worker sees it.
 pub(crate) struct Conn {
     handle: ConnectionRef,
@@ -213,11 +220,10 @@ impl<S: WorkerStack> Handler<S> {
             return;
         };
         let (handle, rx) = new_handle(&self.shared, self.index);
-        #[allow(unused_mut)]
-        let mut proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
+        let proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
         let id = handle.id();
         #[cfg(feature = "interceptor")]
-        proto.set_intercept_id(id);
+        let proto = with_intercept_id(proto, id);
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         self.insert(Conn {
             handle,
@@ -259,11 +265,10 @@ impl<S: WorkerStack> Handler<S> {
             own.my_addrs = AddrVec::default();
             cfg = Arc::new(own);
         }
-        #[allow(unused_mut)]
-        let mut proto = Connection::client(cfg, policy, peer_type, target.clone(), Instant::now());
+        let proto = Connection::client(cfg, policy, peer_type, target.clone(), Instant::now());
         let id = handle.id();
         #[cfg(feature = "interceptor")]
-        proto.set_intercept_id(id);
+        let proto = with_intercept_id(proto, id);
         let addrs_key = addrs.clone();
         {
             let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
