@@ -1253,3 +1253,45 @@ fn an_authenticated_max_size_announcement_holds_one_frame_and_one_over_is_refuse
     );
     assert!(peak < REFUSAL_BUDGET, "peak {peak} B");
 }
+
+/// Issue 13: before any proof, the cephx monitor answers a name it does not know exactly as it
+/// answers a known one (a challenge of the same shape), as Ceph's CephxServiceHandler does: probing
+/// which entities exist gets nothing.
+#[test]
+fn monitor_answers_unknown_and_known_names_with_the_same_frames() {
+    let now = Instant::now();
+    let mut answers = Vec::new();
+    for name in [
+        world().admin.clone(),
+        AuthEntityName::new(entity_type::CLIENT, "nobody"),
+    ] {
+        let client = Arc::new(CephxClient::new(name, world().admin_key.clone()));
+        let (request, _) = client.start(entity_type::MON, &mut rand::rng()).unwrap();
+        let mut server = Connection::server(monitor_cfg(), server_addr(), now);
+        let mut p = RawPeer::new();
+        let mut v = RawPeer::banner();
+        v.extend(p.frame(&ControlFrame::Hello(Hello {
+            entity_type: entity_type::CLIENT,
+            peer_addr: server_addr(),
+        })));
+        v.extend(p.frame(&ControlFrame::AuthRequest(AuthRequest {
+            method: AUTH_METHOD_CEPHX,
+            preferred_modes: vec![CON_MODE_CRC],
+            auth_payload: request,
+        })));
+        server.handle_input(now, &v);
+        let frames: Vec<(Tag, usize)> = p
+            .recv_from(&mut server, now)
+            .iter()
+            .map(|f| (f.tag, f.payload().len()))
+            .collect();
+        assert!(!server.is_closed());
+        answers.push(frames);
+    }
+    assert_eq!(answers[0], answers[1], "the answers tell the names apart");
+    assert!(
+        answers[0].iter().any(|(t, _)| *t == Tag::AuthReplyMore),
+        "{:?}",
+        answers[0]
+    );
+}

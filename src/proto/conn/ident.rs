@@ -7,7 +7,7 @@ use super::*;
 impl Connection {
     pub(super) fn send_client_ident(&mut self) -> Result<(), Error> {
         if !self.policy.lossy && self.session.client_cookie == 0 {
-            self.session.client_cookie = self.rng.random_range(1..=u64::MAX);
+            self.session.client_cookie = self.new_cookie();
         }
         intercept!(self, ClientIdent);
         self.phase = Phase::Session;

@@ -194,6 +194,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// A ready connection with no input for this long faults (ms_connection_idle_timeout); None = never.
     pub idle_timeout: Option<Duration>,
+    /// A session kept for a peer that must come back to us (policy `server`, e.g. stateful_server)
+    /// ends after this long in Standby; None = kept until the peer returns. Sessions of other
+    /// policies never expire here: ending one turns the peer's next reconnect into a reset.
+    pub server_standby_expiry: Option<Duration>,
     /// Send KEEPALIVE2 this often on a ready connection; None = only on request.
     pub keepalive_interval: Option<Duration>,
     /// Bytes of messages encoded per `poll_transmit`, so that higher-priority messages can still
@@ -236,6 +240,9 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             // Ceph's ms_connection_idle_timeout.
             idle_timeout: Some(Duration::from_secs(900)),
+            // As long as an idle connection lives: a client gone for that long is not coming back
+            // for its session, and a handshake-then-close loop cannot grow the server without bound.
+            server_standby_expiry: Some(Duration::from_secs(900)),
             keepalive_interval: None,
             transmit_budget: 4 << 20,
             global_seq: GlobalSeq::new(),
@@ -297,7 +304,9 @@ pub struct SessionRequest {
     pub kind: SessionRequestKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` leaves the cookies out: they authenticate a reconnect (and crc mode sends them in clear),
+/// so they do not belong in logs.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SessionRequestKind {
     /// CLIENT_IDENT: a new session (or the first attempt at one).
     New { client_cookie: u64, global_seq: u64 },
@@ -309,6 +318,28 @@ pub enum SessionRequestKind {
         connect_seq: u64,
         msg_seq: u64,
     },
+}
+
+impl std::fmt::Debug for SessionRequestKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRequestKind::New { global_seq, .. } => f
+                .debug_struct("New")
+                .field("global_seq", global_seq)
+                .finish_non_exhaustive(),
+            SessionRequestKind::Reconnect {
+                global_seq,
+                connect_seq,
+                msg_seq,
+                ..
+            } => f
+                .debug_struct("Reconnect")
+                .field("global_seq", global_seq)
+                .field("connect_seq", connect_seq)
+                .field("msg_seq", msg_seq)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// How [`Connection::resolve_session`] settled a [`SessionRequest`].
@@ -378,6 +409,8 @@ pub struct ConnStats {
     pub duplicates_dropped: u64,
     pub remote_resets: u64,
     pub faults: u64,
+    /// Server-policy sessions ended after `server_standby_expiry` in Standby.
+    pub standby_expired: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,12 +419,15 @@ enum Timer {
     Handshake,
     Idle,
     Keepalive,
+    /// A server-policy session parked in Standby expires.
+    Standby,
 }
-const TIMERS: [Timer; 4] = [
+const TIMERS: [Timer; 5] = [
     Timer::Reconnect,
     Timer::Handshake,
     Timer::Idle,
     Timer::Keepalive,
+    Timer::Standby,
 ];
 
 /// State scoped to one transport: dropped on every fault.
@@ -407,7 +443,8 @@ struct Transport {
     transcript: Option<(Vec<u8>, Vec<u8>)>,
     /// What we sent before AUTH_SIGNATURE, to check the peer's signature against.
     sent_transcript: Option<Vec<u8>>,
-    session_key: Vec<u8>,
+    /// Wiped when the transport goes.
+    session_key: zeroize::Zeroizing<Vec<u8>>,
     /// Where the auth exchange on this transport stands.
     auth: AuthState,
     /// AUTH_REQUESTs received on this transport (server side).
@@ -440,7 +477,7 @@ impl Transport {
             ctrl: BytesMut::new(),
             transcript: Some((Vec::new(), Vec::new())),
             sent_transcript: None,
-            session_key: Vec::new(),
+            session_key: zeroize::Zeroizing::new(Vec::new()),
             auth: AuthState::Idle,
             auth_attempts: 0,
         }
@@ -484,12 +521,13 @@ pub struct Connection {
     transport: Option<Transport>,
     pending_request: Option<SessionRequest>,
     events: VecDeque<Event>,
-    timers: [Option<Instant>; 4],
+    timers: [Option<Instant>; TIMERS.len()],
     backoff: Duration,
     /// Set when the current transport saw its peer banner (used to pick reconnect vs. standby).
     last_input: Option<Instant>,
     epoch: Instant,
-    rng: SmallRng,
+    /// Seeded cookie source for reproducible tests; None: cookies from the OS-seeded CSPRNG.
+    rng: Option<SmallRng>,
     stats: ConnStats,
     #[cfg(feature = "interceptor")]
     intercept: super::intercept::Hook,
@@ -537,10 +575,7 @@ impl Connection {
     }
 
     fn new(role: Role, config: Arc<Config>, policy: Policy, now: Instant) -> Self {
-        let rng = match config.rng_seed {
-            Some(s) => SmallRng::seed_from_u64(s),
-            None => SmallRng::from_os_rng(),
-        };
+        let rng = config.rng_seed.map(SmallRng::seed_from_u64);
         Connection {
             role,
             phase: Phase::Closed,
@@ -562,7 +597,7 @@ impl Connection {
             transport: None,
             pending_request: None,
             events: VecDeque::new(),
-            timers: [None; 4],
+            timers: [None; TIMERS.len()],
             backoff: Duration::ZERO,
             last_input: None,
             epoch: now,
@@ -755,6 +790,16 @@ impl Connection {
         }
     }
 
+    /// End a server-policy session waiting in Standby, as its expiry would (the owner evicts it to
+    /// make room for a new session). Anything else is left alone.
+    pub fn expire_standby(&mut self) {
+        if self.phase == Phase::Standby && self.policy.server {
+            self.stats.standby_expired += 1;
+            self.session.reset();
+            self.shut(Event::Reset(Error::TimedOut("session in standby expired")));
+        }
+    }
+
     /// Close locally (mark_down): queued messages are discarded, the transport should be closed.
     pub fn close(&mut self) {
         if self.phase == Phase::Closed {
@@ -801,7 +846,7 @@ impl Connection {
         self.addr_seen_by_peer = None;
         self.peer_auth_bad_method = None;
         self.con_mode = 0;
-        self.timers = [None; 4];
+        self.timers = [None; TIMERS.len()];
         self.set_timer(Timer::Handshake, now + self.config.handshake_timeout);
         if self.role == Role::Client {
             self.session.global_seq = self.config.global_seq.next();
@@ -892,6 +937,7 @@ impl Connection {
                         }
                     }
                 }
+                Timer::Standby => self.expire_standby(),
                 Timer::Keepalive => {
                     if self.phase == Phase::Ready {
                         self.session.keepalive_pending = true;
@@ -1146,7 +1192,7 @@ impl Connection {
         self.intercept.deferred.clear();
         let had_transport = self.transport.take().is_some();
         self.pending_request = None;
-        self.timers = [None; 4];
+        self.timers = [None; TIMERS.len()];
         if had_transport {
             self.events.push_back(Event::TransportDown(err.clone()));
         }
@@ -1179,11 +1225,11 @@ impl Connection {
         }
         let has_outgoing = self.session.has_outgoing() || self.session.keepalive_pending;
         if self.policy.standby && !has_outgoing && self.phase != Phase::Wait {
-            self.phase = Phase::Standby;
+            self.park(now);
             return;
         }
         if self.policy.server || !self.become_dialer() {
-            self.phase = Phase::Standby;
+            self.park(now);
             return;
         }
         if self.session.server_cookie != 0 {
@@ -1208,6 +1254,16 @@ impl Connection {
             self.phase = Phase::Connecting;
         }
         self.set_timer(Timer::Reconnect, now + self.backoff);
+    }
+
+    /// Go to Standby; a server-policy session starts its expiry there.
+    fn park(&mut self, now: Instant) {
+        self.phase = Phase::Standby;
+        if self.policy.server {
+            if let Some(expiry) = self.config.server_standby_expiry {
+                self.set_timer(Timer::Standby, now + expiry);
+            }
+        }
     }
 
     /// Make this connection the side that dials. A connection we accepted dials the peer's msgr2
@@ -1254,7 +1310,7 @@ impl Connection {
         self.phase = Phase::Closed;
         self.transport = None;
         self.pending_request = None;
-        self.timers = [None; 4];
+        self.timers = [None; TIMERS.len()];
         self.events.push_back(ev);
     }
 
@@ -1343,6 +1399,17 @@ impl Connection {
             let _ = t.encode_control(&ControlFrame::Ack(Ack {
                 seq: self.session.in_seq,
             }));
+        }
+    }
+}
+
+impl Connection {
+    /// A fresh, non-zero session cookie. Cookies authenticate a reconnect, so they come from a
+    /// cryptographic RNG unless the config asked for a seeded one (tests).
+    pub(super) fn new_cookie(&mut self) -> u64 {
+        match self.rng.as_mut() {
+            Some(r) => r.random_range(1..=u64::MAX),
+            None => rand::rng().random_range(1..=u64::MAX),
         }
     }
 }
