@@ -400,3 +400,29 @@ fn reconnect_race_test() {
     assert!(wait_until(WAIT, || p.cli_d.count(&c2s) == 3));
     p.assert_no_duplicates();
 }
+
+/// Not a test_msgr case: the interceptor's STOP action ends the session as a fatal error does (Ceph:
+/// `stop()` and `ms_handle_reset`), and a FAIL before the banner is a fault the session survives.
+#[test]
+fn interceptor_stop_and_fail_actions() {
+    let Race { p, srv_i: _, cli_i } =
+        race(Policy::stateful_server(), Policy::lossless_client(), true);
+    // FAIL before the first banner: a transport fault; the lossless client dials again.
+    cli_i.proceed(Banner, Fail);
+    let c2s = p.c2s();
+    c2s.send(ping()).unwrap();
+    assert!(p.cli_d.wait_new(), "no answer after an injected fault");
+    assert_eq!(
+        cli_i.count_where(|at| at.id == c2s.id() && at.step == Banner),
+        2
+    );
+    assert_eq!(p.cli_d.resets_total(), 0);
+
+    // STOP at the next message: the session ends, the dispatcher hears of the reset.
+    cli_i.proceed(Message, InterceptAction::Stop);
+    c2s.send(ping()).unwrap();
+    assert!(wait_until(WAIT, || c2s.is_closed()));
+    assert!(wait_until(WAIT, || p.cli_d.resets_total() == 1));
+    assert!(!c2s.is_connected());
+    assert_eq!(p.cli_d.count(&c2s), 0);
+}
