@@ -762,9 +762,6 @@ impl<S: WorkerStack> Handler<S> {
         self.pump(c, ex_id);
     }
 
-    /// Answer connection `id`'s pending session request with WAIT: the last resort when its session
-    /// cannot be brought here (the messenger is stopping, or requests keep racing for it). Never a
-    /// reset: the session and its queue stay; the peer retries after its back-off.
     /// The end of a request [`Self::give_up_session`] settled where the session lives.
     fn settle_without_session(&mut self, c: &mut EventCenter<S>, id: ConnId, settled: Settlement) {
         if let Some(conn) = self.conns.get_mut(&id) {
@@ -780,6 +777,9 @@ impl<S: WorkerStack> Handler<S> {
         self.pump(c, id);
     }
 
+    /// Answer connection `id`'s pending session request with WAIT: the last resort when its session
+    /// cannot be brought here (the messenger is stopping, or requests keep racing for it). Never a
+    /// reset: the session and its queue stay; the peer retries after its back-off.
     fn answer_wait(&mut self, c: &mut EventCenter<S>, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.proto.resolve_session_wait(Instant::now());

@@ -24,28 +24,35 @@ impl Connection {
         }
         self.phase = Phase::Session;
         let existing = existing.filter(|e| !e.is_closed());
-        if let Some(ex) = existing.as_deref() {
-            if let Some(s) = ex.settles_without_session(&req) {
-                if s == Settlement::Wait && matches!(req.kind, SessionRequestKind::New { .. }) {
+        let settled = existing
+            .as_deref()
+            .and_then(|ex| ex.settles_without_session(&req));
+        let res = match (settled, req.kind) {
+            (Some(s), kind) => {
+                if s == Settlement::Wait && matches!(kind, SessionRequestKind::New { .. }) {
                     // Make sure our own attempt goes through: the peer has something to say.
                     if let Some(ex) = existing {
                         ex.session.keepalive_pending = true;
                     }
                 }
-                return self.settle(now, s);
+                Ok(self.settle(now, s))
             }
-        }
-        let res = match req.kind {
-            SessionRequestKind::New {
-                client_cookie,
-                global_seq,
-            } => self.resolve_new(now, existing, client_cookie, global_seq),
-            SessionRequestKind::Reconnect {
-                global_seq,
-                connect_seq,
-                msg_seq,
-                ..
-            } => self.resolve_reconnect(now, existing, global_seq, connect_seq, msg_seq),
+            (
+                None,
+                SessionRequestKind::New {
+                    client_cookie,
+                    global_seq,
+                },
+            ) => self.resolve_new(now, existing, client_cookie, global_seq),
+            (
+                None,
+                SessionRequestKind::Reconnect {
+                    global_seq,
+                    connect_seq,
+                    msg_seq,
+                    ..
+                },
+            ) => self.resolve_reconnect(now, existing, global_seq, connect_seq, msg_seq),
         };
         let res = match res {
             Ok(r) => r,
