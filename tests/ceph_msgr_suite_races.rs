@@ -426,3 +426,50 @@ fn interceptor_stop_and_fail_actions() {
     assert!(!c2s.is_connected());
     assert_eq!(p.cli_d.count(&c2s), 0);
 }
+
+/// Not a test_msgr case: the sans-IO side of a deferred step. The banner is held back until the owner
+/// runs the step; a FAIL there is a transport fault (a lossless client then backs off and dials again).
+#[test]
+fn interceptor_deferred_step_holds_output() {
+    use msgr::proto::intercept::{InterceptPoint, Interceptor};
+    use msgr::proto::{Connection, Event, Phase};
+    use std::time::Instant;
+
+    #[derive(Debug)]
+    struct FailBanner;
+    impl Interceptor for FailBanner {
+        fn intercept(&self, at: &InterceptPoint) -> InterceptAction {
+            if at.step == Banner {
+                InterceptAction::Fail
+            } else {
+                InterceptAction::Continue
+            }
+        }
+    }
+
+    let mut cfg = client_config();
+    cfg.interceptor = Some(Arc::new(FailBanner));
+    let now = Instant::now();
+    let target = msgr::proto::types::EntityAddr::msgr2("127.0.0.1:6800".parse().unwrap(), 1);
+    let mut c = Connection::client(
+        Arc::new(cfg),
+        Policy::lossless_client(),
+        entity_type::OSD,
+        target,
+        now,
+    );
+    assert_eq!(c.poll_event(), Some(Event::OpenTransport));
+    c.on_transport_connected(now);
+    let mut out = Vec::new();
+    assert_eq!(
+        c.poll_transmit(now, &mut out),
+        0,
+        "banner sent before its step ran"
+    );
+    assert!(!c.wants_transmit());
+    assert!(c.run_deferred_intercepts(now));
+    assert!(!c.has_transport());
+    assert!(matches!(c.poll_event(), Some(Event::TransportDown(_))));
+    assert_eq!(c.phase(), Phase::Connecting);
+    assert!(!c.run_deferred_intercepts(now), "nothing left to run");
+}
