@@ -236,6 +236,8 @@ pub(crate) struct ConnShared {
     pub commands: crossbeam_channel::Sender<Command>,
     pub scheduled: AtomicBool,
     pub closed: AtomicBool,
+    /// The session is ready on a transport (set and cleared by the owning worker).
+    pub connected: AtomicBool,
     /// The session waits in Standby for its peer (set by the owning worker; read for eviction).
     pub standby: AtomicBool,
     /// The messenger's kick queues, by worker (`Shared::kickers`).
@@ -456,14 +458,24 @@ impl ConnectionRef {
     }
 
     /// Close the connection now, discarding what is queued (Ceph's mark_down): everything it holds of
-    /// its send budget returns.
+    /// its send budget returns. Takes effect for callers at once, as in Ceph: later sends fail (a
+    /// sender waiting for budget gives up) and `connect_to` opens a new session; the worker closes the
+    /// transport.
     pub fn mark_down(&self) {
         let _ = self.command(Command::MarkDown);
+        self.0.closed.store(true, Ordering::Release);
+        self.0.connected.store(false, Ordering::Release);
     }
 
     /// Whether the connection has ended (reset, closed, marked down).
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::Acquire)
+    }
+
+    /// The session is ready on a live transport (Ceph's `is_connected`): false before the handshake
+    /// completes, while reconnecting or in standby, and once closed.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected.load(Ordering::Acquire)
     }
 
     /// What is known of the peer.
@@ -591,6 +603,9 @@ impl<N: NetworkStack> Messenger<N> {
                     MsgrError::Worker(io::Error::other("worker did not answer listen"))
                 })?;
                 let local = got.map_err(|source| MsgrError::Bind { addr, source })?;
+                // Like a Ceph Processor's reference on its worker: a listener is load, so connections go
+                // to the other workers while they are less busy and accepting stays responsive.
+                self.shared.load[w].fetch_add(1, Ordering::Relaxed);
                 bound.get_or_insert(local);
             }
             if let Some(local) = bound {
