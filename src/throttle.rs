@@ -143,8 +143,14 @@ impl Throttle {
             {
                 Ok(_) => {
                     let (nb, nm) = unpack(next);
-                    self.peak_bytes.fetch_max(nb, Ordering::Relaxed);
-                    self.peak_msgs.fetch_max(nm, Ordering::Relaxed);
+                    // Read before writing: peaks rarely move, and a write would bounce the cache line
+                    // between the threads that take and release.
+                    if nb > self.peak_bytes.load(Ordering::Relaxed) {
+                        self.peak_bytes.fetch_max(nb, Ordering::Relaxed);
+                    }
+                    if nm > self.peak_msgs.load(Ordering::Relaxed) {
+                        self.peak_msgs.fetch_max(nm, Ordering::Relaxed);
+                    }
                     if let Some(p) = &self.parent {
                         p.try_take(bytes, true);
                     }

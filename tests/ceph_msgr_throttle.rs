@@ -300,6 +300,50 @@ fn dead_peer_does_not_block_other_senders() {
         assert!(matches!(r, Err(TrySendError::Timeout(_))), "{r:?}");
         assert!(start.elapsed() >= Duration::from_millis(200));
     }
+    // A lossy session (the server's policy decides: stateless_server) to a peer that stops reading
+    // after the handshake: a lossy message lets go of its budget once encoded, but encoding waits for
+    // the socket, so its budget fills too instead of its memory growing.
+    let stalled_lossy = Holder::new(entity_type::CLIENT);
+    let mut lossy_proto = server_proto();
+    lossy_proto.default_policy = Policy::stateless_server();
+    let stuck_lossy = started(
+        lossy_proto,
+        1,
+        no_faults(),
+        true,
+        stalled_lossy.clone(),
+        |c| {
+            c.recv_throttles = vec![RecvThrottle {
+                entity_type: entity_type::CLIENT,
+                bytes: 1,
+                msgs: 0,
+            }];
+        },
+    );
+    let to_stuck_lossy = cli
+        .connect_to(
+            entity_type::OSD,
+            stuck_lossy.my_addrs(),
+            Policy::lossy_client(),
+        )
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || to_stuck_lossy.is_connected()));
+    let mut queued = 0u64;
+    loop {
+        match to_stuck_lossy.send_timeout(pool.message(queued, LEN), Duration::from_millis(300)) {
+            Ok(()) => queued += 1,
+            Err(TrySendError::Timeout(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            queued * (LEN as u64) < 64 << 20,
+            "64 MiB queued to a lossy peer that does not read"
+        );
+    }
+    assert!(matches!(
+        to_stuck_lossy.try_send(pool.message(0, LEN)),
+        Err(TrySendError::WouldBlock(_))
+    ));
     // Budget held, for good: nothing of it returns.
     std::thread::sleep(Duration::from_millis(200));
     assert!(to_dead.send_budget().current_bytes >= BUDGET - LEN as u64);
@@ -327,20 +371,24 @@ fn dead_peer_does_not_block_other_senders() {
     // mark_down releases everything a connection holds.
     to_dead.mark_down();
     to_stuck.mark_down();
+    to_stuck_lossy.mark_down();
     assert!(wait_until(Duration::from_secs(5), || to_dead
         .send_budget()
         .is_idle()
-        && to_stuck.send_budget().is_idle()));
+        && to_stuck.send_budget().is_idle()
+        && to_stuck_lossy.send_budget().is_idle()));
     assert!(matches!(
         to_dead.try_send(pool.message(0, LEN)),
         Err(TrySendError::Closed(_))
     ));
     assert!(to_dead.send(pool.message(0, LEN)).is_err());
     stalled.release();
+    stalled_lossy.release();
     assert!(wait_until(Duration::from_secs(10), || cli
         .throttles()
         .is_idle()
         && stuck.throttles().is_idle()
+        && stuck_lossy.throttles().is_idle()
         && healthy.throttles().is_idle()));
     drop(acceptor.join().unwrap());
 }

@@ -457,13 +457,28 @@ impl<S: WorkerStack> Handler<S> {
         let mut evs = std::mem::take(&mut self.ev_scratch);
         while let Some(conn) = self.conns.get_mut(&id) {
             let now = Instant::now();
-            conn.proto.poll_transmit(now, &mut self.tx_scratch);
-            conn.txq.extend(self.tx_scratch.drain(..));
-            if let (Some(sid), false) = (conn.socket, conn.connecting) {
-                if !conn.txq.is_empty() {
-                    if let Err(e) = flush_queue(c.stack_mut(), sid, &mut conn.txq) {
-                        conn.proto.on_transport_error(now, format!("write: {e}"));
-                    }
+            // Encode more only once the socket has taken what was encoded before: messages wait in the
+            // session's queue, holding their send budget, rather than pile up here as bytes (a lossy
+            // message lets go of its budget once encoded, so a peer that stops reading would otherwise
+            // grow this queue without bound).
+            loop {
+                if conn.txq.is_empty() {
+                    conn.proto.poll_transmit(now, &mut self.tx_scratch);
+                    conn.txq.extend(self.tx_scratch.drain(..));
+                }
+                let (Some(sid), false) = (conn.socket, conn.connecting) else {
+                    break;
+                };
+                if conn.txq.is_empty() {
+                    break;
+                }
+                if let Err(e) = flush_queue(c.stack_mut(), sid, &mut conn.txq) {
+                    conn.proto.on_transport_error(now, format!("write: {e}"));
+                    break;
+                }
+                // Still queued: the socket is full, and its writable event brings us back.
+                if !conn.txq.is_empty() || !conn.proto.wants_transmit() {
+                    break;
                 }
             }
             self.counters
