@@ -17,7 +17,7 @@
 //!   except on reset or `mark_down`).
 
 mod counters;
-mod loglimit;
+pub(crate) mod loglimit;
 mod registry;
 mod throttle;
 mod worker;
