@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
+use smoltcp::socket::Socket;
 
 /// Free sockets beyond the target are kept this long after the pool last grew.
 pub const SHRINK_AFTER: Duration = Duration::from_secs(1);
@@ -154,13 +155,20 @@ impl ListenPool {
         }
     }
 
-    /// Back to LISTEN in place, with no RST (the socket forgets its peer before it could send one).
+    /// Back to LISTEN, with no RST (the socket forgets its peer before it could send one), and re-added to
+    /// the set: smoltcp keeps "waiting for this neighbour, silent for 1 s" in the set's entry, not in the
+    /// socket, and a forged source never answers ARP — reused in place, the socket would hold the next
+    /// (real) peer's SYN-ACK back for up to a second, longer than a flood lets a half-open socket live.
     fn relisten(&mut self, i: usize, sockets: &mut SocketSet<'static>) {
         let slot = &mut self.slots[i];
+        slot.syn_since = None;
         let s = sockets.get_mut::<tcp::Socket>(slot.handle);
         s.abort();
         let _ = s.listen(self.port);
-        slot.syn_since = None;
+        #[allow(irrefutable_let_patterns)]
+        if let Socket::Tcp(s) = sockets.remove(slot.handle) {
+            slot.handle = sockets.add(s);
+        }
     }
 
     /// After smoltcp ran: move established connections to `ready`, re-listen closed sockets, expire
@@ -281,7 +289,13 @@ mod tests {
         sockets.get_mut::<tcp::Socket>(h).abort();
         let mut report = PoolReport::default();
         pool.maintain(Instant::now(), &mut sockets, &mut make, &mut report);
-        assert_eq!(sockets.get::<tcp::Socket>(h).state(), State::Listen);
+        for slot in &pool.slots {
+            assert_eq!(
+                sockets.get::<tcp::Socket>(slot.handle).state(),
+                State::Listen
+            );
+        }
+        assert_eq!(sockets.iter().count(), 2);
         assert_eq!(report, PoolReport::default());
     }
 }
