@@ -291,18 +291,15 @@ fn dpdk_server() {
     m.bind(&[SocketAddr::from((DPDK_IP, PORT))]).unwrap();
     m.start().unwrap();
     dpdk::say("READY", "");
-    loop {
-        match dpdk::command().as_str() {
-            "report" => dpdk::say(
-                "REPORT",
-                json!({
-                    "received": sink.received.load(Ordering::Relaxed),
-                    "accepted": m.counters().accepted,
-                    "dpdk": serde_json::to_value(m.stack().stats()).unwrap(),
-                }),
-            ),
-            _ => break,
-        }
+    while dpdk::command() == "report" {
+        dpdk::say(
+            "REPORT",
+            json!({
+                "received": sink.received.load(Ordering::Relaxed),
+                "accepted": m.counters().accepted,
+                "dpdk": serde_json::to_value(m.stack().stats()).unwrap(),
+            }),
+        );
     }
     m.shutdown().unwrap();
 }
