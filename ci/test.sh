@@ -185,7 +185,8 @@ run_interceptor_phase() {
 # clippy with the feature and the DPDK tests: tests/dpdk_memif.rs (two processes over net_memif),
 # tests/dpdk_memif_stress.rs (Ceph's SyntheticInjectTest over memif: 32+ lossless sessions and a
 # lossless_peer link, random send / mark_down, injected socket failures, ~10 s), tests/dpdk_kernel_tcp.rs
-# (net_af_packet and net_tap against Linux TCP) and tests/bench_dpdk.rs (`msgr bench --stack dpdk` over
+# (net_af_packet and net_tap against Linux TCP), tests/dpdk_syn_flood.rs (spoofed SYNs from a raw packet
+# socket in a namespace; a real client is still served, ~3 s) and tests/bench_dpdk.rs (`msgr bench --stack dpdk` over
 # memif and tap through the binary). All run with --no-huge --no-pci and never
 # skip: a machine that cannot run them fails here. Needs root (apt, network namespaces, tap interfaces).
 DPDK_APT_PACKAGES=(dpdk dpdk-dev libdpdk-dev pkg-config libclang-dev ethtool iproute2)
@@ -210,7 +211,7 @@ run_dpdk_phase() {
     local log
     log=$(mktemp)
     cargo test --features dpdk --lib stack::dpdk 2>&1 | tee "$log"
-    cargo test --features dpdk --test dpdk_memif --test dpdk_memif_stress --test dpdk_kernel_tcp --test bench_dpdk 2>&1 |
+    cargo test --features dpdk --test dpdk_memif --test dpdk_memif_stress --test dpdk_kernel_tcp --test dpdk_syn_flood --test bench_dpdk 2>&1 |
         tee -a "$log"
     local dpdk_summary
     dpdk_summary=$(awk '/^test result:/ {

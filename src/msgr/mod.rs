@@ -21,7 +21,7 @@
 //!   except on reset or `mark_down`).
 
 mod counters;
-mod loglimit;
+pub(crate) mod loglimit;
 mod registry;
 mod worker;
 

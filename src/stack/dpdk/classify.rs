@@ -3,6 +3,10 @@
 //! segment (the software RSS hash: DPDK's Toeplitz over the 4-tuple with the port's key, then a 128-entry
 //! redirection table spread round-robin over the queues, as ethdev sets a RETA up by default).
 //!
+//! Source addresses no host on the link can own are dropped here too (broadcast and multicast, our own
+//! address, 0.0.0.0/8, 127.0.0.0/8, 240.0.0.0/4): smoltcp would answer such a SYN with a SYN-ACK nobody can
+//! receive and hold a half-open socket for it.
+//!
 //! Pure functions over byte slices: no panics on any input (every length is checked before it is used), so
 //! a hostile frame can cost a drop counter, never the worker.
 
@@ -37,6 +41,18 @@ pub enum DropReason {
     BadTcpChecksum,
     /// An IP protocol other than TCP and ICMP.
     Unsupported,
+    /// Source 255.255.255.255 or our subnet's broadcast address.
+    SrcBroadcast,
+    /// Source in 224.0.0.0/4.
+    SrcMulticast,
+    /// Source is our own address.
+    SrcOurs,
+    /// Source in 0.0.0.0/8 ("this network": never a sender on the wire).
+    SrcThisNetwork,
+    /// Source in 127.0.0.0/8 (loopback never leaves a host).
+    SrcLoopback,
+    /// Source in 240.0.0.0/4 (reserved).
+    SrcReserved,
 }
 
 /// What to do with a frame.
@@ -58,6 +74,8 @@ pub enum Verdict {
 pub struct Local {
     pub mac: [u8; 6],
     pub ip: Ipv4Addr,
+    /// Our subnet's prefix length (for its broadcast address).
+    pub prefix_len: u8,
     pub queues: u16,
     pub rss_key: [u8; RSS_KEY_LEN],
     /// Skip checksum verification the port already did (or that smoltcp will do).
@@ -77,6 +95,30 @@ impl Local {
         ];
         let hash = softrss(&tuple, &self.rss_key);
         ((hash % RETA_SIZE) % u32::from(self.queues)) as u16
+    }
+
+    /// Why no frame may come from `src`, or `None` when a host on the link may own it.
+    pub fn impossible_source(&self, src: Ipv4Addr) -> Option<DropReason> {
+        let first = src.octets()[0];
+        let subnet_broadcast = (self.prefix_len <= 30).then(|| {
+            let host_mask = u32::MAX >> self.prefix_len;
+            Ipv4Addr::from(u32::from(self.ip) | host_mask)
+        });
+        if src.is_broadcast() || Some(src) == subnet_broadcast {
+            Some(DropReason::SrcBroadcast)
+        } else if src.is_multicast() {
+            Some(DropReason::SrcMulticast)
+        } else if src == self.ip {
+            Some(DropReason::SrcOurs)
+        } else if first == 0 {
+            Some(DropReason::SrcThisNetwork)
+        } else if src.is_loopback() {
+            Some(DropReason::SrcLoopback)
+        } else if first >= 240 {
+            Some(DropReason::SrcReserved)
+        } else {
+            None
+        }
     }
 
     /// Classify one received frame. `offload` is what the port's RX checksum offload reported.
@@ -133,6 +175,9 @@ impl Local {
         let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
         if dst != self.ip {
             return Verdict::Drop(DropReason::NotForUs);
+        }
+        if let Some(reason) = self.impossible_source(src) {
+            return Verdict::Drop(reason);
         }
         match ip[9] {
             IP_PROTO_TCP => {
@@ -216,6 +261,20 @@ pub fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
     checksum(pseudo, segment)
 }
 
+/// The destination port of a connection request (SYN without ACK or RST) in a frame [`Local::classify`]
+/// accepted as TCP; `None` for any other segment (or headers not in `frame`).
+pub fn syn_port(frame: &[u8]) -> Option<u16> {
+    let ip = frame.get(ETH_HEADER..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if *ip.get(9)? != IP_PROTO_TCP {
+        return None;
+    }
+    let tcp = ip.get(ihl..ihl + 14)?;
+    let flags = tcp[13];
+    const FIN_SYN_RST_ACK: u8 = 0x17;
+    (flags & FIN_SYN_RST_ACK == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+}
+
 /// Where an IPv4/TCP frame's headers are, for TX checksum offload: `(l2_len, l3_len)`, or `None` if the
 /// frame is not IPv4/TCP.
 pub fn tcp_header_lengths(frame: &[u8]) -> Option<(u16, u16)> {
@@ -242,6 +301,7 @@ mod tests {
         Local {
             mac: MAC,
             ip: Ipv4Addr::new(10, 0, 0, 1),
+            prefix_len: 24,
             queues,
             rss_key: super::super::ffi::DEFAULT_RSS_KEY,
             verify_checksums: true,
@@ -250,7 +310,11 @@ mod tests {
 
     /// A valid Ethernet/IPv4/TCP frame from 10.0.0.2:sport to 10.0.0.1:dport carrying `payload`.
     fn tcp_frame(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let src = Ipv4Addr::new(10, 0, 0, 2);
+        tcp_frame_from(Ipv4Addr::new(10, 0, 0, 2), sport, dport, 0x18, payload)
+    }
+
+    /// A valid frame from `src`:sport to 10.0.0.1:dport with TCP `flags`.
+    fn tcp_frame_from(src: Ipv4Addr, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
         let dst = Ipv4Addr::new(10, 0, 0, 1);
         let mut f = Vec::new();
         f.extend_from_slice(&MAC);
@@ -267,7 +331,7 @@ mod tests {
         let mut tcp = Vec::new();
         tcp.extend_from_slice(&sport.to_be_bytes());
         tcp.extend_from_slice(&dport.to_be_bytes());
-        tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
         tcp.extend_from_slice(payload);
         let c = !tcp_checksum(src, dst, &tcp);
         tcp[16..18].copy_from_slice(&c.to_be_bytes());
@@ -402,6 +466,72 @@ mod tests {
         );
         assert_eq!(tcp_header_lengths(&tcp_frame(1, 2, b"")), Some((14, 20)));
         assert_eq!(tcp_header_lengths(&arp), None);
+    }
+
+    #[test]
+    fn impossible_sources_are_dropped_by_reason() {
+        let l = local(1);
+        let cases = [
+            (Ipv4Addr::BROADCAST, DropReason::SrcBroadcast),
+            (Ipv4Addr::new(10, 0, 0, 255), DropReason::SrcBroadcast),
+            (Ipv4Addr::new(224, 0, 0, 1), DropReason::SrcMulticast),
+            (Ipv4Addr::new(239, 255, 255, 250), DropReason::SrcMulticast),
+            (Ipv4Addr::new(10, 0, 0, 1), DropReason::SrcOurs),
+            (Ipv4Addr::UNSPECIFIED, DropReason::SrcThisNetwork),
+            (Ipv4Addr::new(0, 1, 2, 3), DropReason::SrcThisNetwork),
+            (Ipv4Addr::LOCALHOST, DropReason::SrcLoopback),
+            (Ipv4Addr::new(127, 9, 9, 9), DropReason::SrcLoopback),
+            (Ipv4Addr::new(240, 0, 0, 1), DropReason::SrcReserved),
+        ];
+        for (src, reason) in cases {
+            let syn = tcp_frame_from(src, 1000, 6800, 0x02, b"");
+            assert_eq!(
+                l.classify(&syn, RxChecksum::default()),
+                Verdict::Drop(reason),
+                "SYN from {src}"
+            );
+        }
+        // Ordinary sources, on the link and beyond it, pass; so does the subnet's network address.
+        for src in [
+            Ipv4Addr::new(10, 0, 0, 2),
+            Ipv4Addr::new(10, 0, 0, 0),
+            Ipv4Addr::new(192, 168, 1, 1),
+            Ipv4Addr::new(223, 255, 255, 254),
+        ] {
+            let syn = tcp_frame_from(src, 1000, 6800, 0x02, b"");
+            assert!(
+                matches!(l.classify(&syn, RxChecksum::default()), Verdict::Tcp { .. }),
+                "SYN from {src} must pass"
+            );
+        }
+        // A /31 or /32 has no broadcast address to refuse.
+        let mut p2p = local(1);
+        p2p.prefix_len = 31;
+        assert_eq!(p2p.impossible_source(Ipv4Addr::new(10, 0, 0, 255)), None);
+        assert_eq!(
+            p2p.impossible_source(Ipv4Addr::BROADCAST),
+            Some(DropReason::SrcBroadcast)
+        );
+    }
+
+    #[test]
+    fn syn_port_sees_connection_requests_only() {
+        let src = Ipv4Addr::new(10, 0, 0, 2);
+        assert_eq!(
+            syn_port(&tcp_frame_from(src, 1, 6800, 0x02, b"")),
+            Some(6800)
+        );
+        for flags in [0x12, 0x10, 0x18, 0x04, 0x06, 0x03] {
+            assert_eq!(
+                syn_port(&tcp_frame_from(src, 1, 6800, flags, b"")),
+                None,
+                "flags {flags:#x}"
+            );
+        }
+        let syn = tcp_frame_from(src, 1, 6800, 0x02, b"");
+        for n in 0..ETH_HEADER + 20 + 14 {
+            assert_eq!(syn_port(&syn[..n]), None, "truncated to {n}");
+        }
     }
 
     /// The plain RFC 1071 loop, to check the fast one against.

@@ -11,10 +11,16 @@
 //! Keys: `ip=A.B.C.D/len` (required), `gateway=A.B.C.D`, `port=N` (ethdev port, default 0), `queues=N`
 //! (RX/TX queue pairs = workers, default 1), `mtu=N` (default 1500), `mbufs=N` (per queue, default 8192),
 //! `rx_desc=N`, `tx_desc=N` (default 1024), `tcp_buffer=N` (bytes per socket and direction, default
-//! 256 KiB), `listen_pool=N` (sockets waiting in LISTEN per listener, default 16), `link_wait_ms=N`
-//! (default 10000), `hw_rss=0|1`, `tx_checksum=0|1` (use the offloads when the port has them, default
-//! 1), `keepalive_ms=N` (0 = off, default 10000), `tcp_timeout_ms=N` (abort after this long without an
-//! ACK, default 30000), `ack_delay_ms=N` (delayed ACK, 0 = off, default 10).
+//! 256 KiB), `link_wait_ms=N` (default 10000), `hw_rss=0|1`, `tx_checksum=0|1` (use the offloads when the
+//! port has them, default 1), `keepalive_ms=N` (0 = off, default 10000), `tcp_timeout_ms=N` (abort after
+//! this long without an ACK, default 30000), `ack_delay_ms=N` (delayed ACK, 0 = off, default 10).
+//!
+//! SYN handling (per listener and worker; see `listen`): `listen_pool=N` (free sockets kept in LISTEN, and
+//! what the pool shrinks back to, default 16), `listen_pool_max=N` (LISTEN + SYN-RECEIVED sockets at most,
+//! default 256: the pool grows on demand for the SYNs waiting for smoltcp, and at the cap a new SYN takes
+//! the oldest half-open socket), `syn_timeout_ms=N` (a half-open connection goes back to LISTEN after this
+//! long in SYN-RECEIVED, default 5000: smoltcp sends the SYN-ACK four times in that time, its first
+//! retransmission timeout being 700 ms; 0 = only `tcp_timeout_ms`).
 //!
 //! EAL defaults added when absent: `-l 0` (the main lcore; msgr's workers register as non-EAL lcores),
 //! `--no-telemetry` (no telemetry socket), and
@@ -41,7 +47,12 @@ pub struct DpdkConfig {
     pub rx_desc: u16,
     pub tx_desc: u16,
     pub tcp_buffer: usize,
+    /// Free LISTEN sockets kept per listener and worker.
     pub listen_pool: usize,
+    /// LISTEN + SYN-RECEIVED sockets per listener and worker at most.
+    pub listen_pool_max: usize,
+    /// How long a half-open (SYN-RECEIVED) connection keeps its socket.
+    pub syn_timeout: Option<Duration>,
     pub link_wait: Duration,
     pub hw_rss: bool,
     pub tx_checksum: bool,
@@ -66,6 +77,8 @@ impl DpdkConfig {
             tx_desc: 1024,
             tcp_buffer: 256 * 1024,
             listen_pool: 16,
+            listen_pool_max: 256,
+            syn_timeout: Some(Duration::from_secs(5)),
             link_wait: Duration::from_secs(10),
             hw_rss: true,
             tx_checksum: true,
@@ -118,6 +131,8 @@ impl DpdkConfig {
                 "tx_desc" => c.tx_desc = num(k, v)?,
                 "tcp_buffer" => c.tcp_buffer = num(k, v)?,
                 "listen_pool" => c.listen_pool = num(k, v)?,
+                "listen_pool_max" => c.listen_pool_max = num(k, v)?,
+                "syn_timeout_ms" => c.syn_timeout = millis(num(k, v)?),
                 "link_wait_ms" => c.link_wait = Duration::from_millis(num(k, v)?),
                 "hw_rss" => c.hw_rss = flag(k, v)?,
                 "tx_checksum" => c.tx_checksum = flag(k, v)?,
@@ -146,6 +161,18 @@ impl DpdkConfig {
             return Err(invalid(format!(
                 "tcp_buffer={} (4 KiB..=64 MiB)",
                 self.tcp_buffer
+            )));
+        }
+        if self.listen_pool == 0 || self.listen_pool > self.listen_pool_max {
+            return Err(invalid(format!(
+                "listen_pool={} listen_pool_max={} (1 <= listen_pool <= listen_pool_max)",
+                self.listen_pool, self.listen_pool_max
+            )));
+        }
+        if self.listen_pool_max > 65536 {
+            return Err(invalid(format!(
+                "listen_pool_max={} (at most 65536)",
+                self.listen_pool_max
             )));
         }
         if self.mbufs_per_queue < 1024 {
@@ -226,6 +253,13 @@ mod tests {
         assert_eq!(c.queues, 2);
         assert_eq!(c.mtu, 9000);
         assert_eq!(c.ack_delay, None);
+        assert_eq!((c.listen_pool, c.listen_pool_max), (16, 256));
+        assert_eq!(c.syn_timeout, Some(Duration::from_secs(5)));
+        let syn =
+            DpdkConfig::parse("ip=10.0.0.1 listen_pool=4 listen_pool_max=64 syn_timeout_ms=0")
+                .unwrap();
+        assert_eq!((syn.listen_pool, syn.listen_pool_max), (4, 64));
+        assert_eq!(syn.syn_timeout, None);
         assert_eq!(
             c.eal_args,
             [
@@ -253,6 +287,8 @@ mod tests {
             "ip=10.0.0.1 mtu=100",
             "ip=10.0.0.1 hw_rss=maybe",
             "ip=10.0.0.1 stray",
+            "ip=10.0.0.1 listen_pool=0",
+            "ip=10.0.0.1 listen_pool=64 listen_pool_max=32",
         ] {
             assert!(DpdkConfig::parse(bad).is_err(), "{bad:?} must be rejected");
         }

@@ -30,6 +30,7 @@ mod classify;
 mod config;
 mod device;
 mod ffi;
+mod listen;
 mod stats;
 mod window;
 mod worker;
@@ -165,6 +166,7 @@ impl DpdkStack {
         let local = Local {
             mac: port.mac(),
             ip: config.ip,
+            prefix_len: config.prefix_len,
             queues: config.queues,
             rss_key: *port.rss_key(),
             verify_checksums: true,

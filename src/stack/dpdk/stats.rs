@@ -62,6 +62,18 @@ counters! {
     drop_bad_tcp_checksum,
     /// Frames dropped: IP protocol other than TCP and ICMP.
     drop_unsupported,
+    /// Frames dropped: source 255.255.255.255 or our subnet's broadcast.
+    drop_src_broadcast,
+    /// Frames dropped: multicast source.
+    drop_src_multicast,
+    /// Frames dropped: our own address as the source.
+    drop_src_ours,
+    /// Frames dropped: source in 0.0.0.0/8.
+    drop_src_this_network,
+    /// Frames dropped: source in 127.0.0.0/8.
+    drop_src_loopback,
+    /// Frames dropped: source in 240.0.0.0/4.
+    drop_src_reserved,
     /// Frames smoltcp built but no mbuf was free for.
     tx_nombuf,
     /// Frames dropped because the TX backlog was full.
@@ -72,6 +84,17 @@ counters! {
     idle_sleeps,
     /// Received segments trimmed to the window we advertised (see `window`).
     rx_trimmed_past_window,
+    /// Sockets added to listen pools (on demand, for SYNs waiting for smoltcp, up to `listen_pool_max`).
+    listen_pool_grown,
+    /// Idle listening sockets removed once a pool had more free ones than `listen_pool` for a while.
+    listen_pool_shrunk,
+    /// The largest listen pool (LISTEN + SYN-RECEIVED sockets of one listener) this worker has had (summed
+    /// over workers in [`super::DpdkStack::stats`]; per worker in `worker_stats`).
+    listen_pool_peak,
+    /// Half-open connections put back to LISTEN after `syn_timeout` in SYN-RECEIVED.
+    syn_received_timeouts,
+    /// Half-open connections put back to LISTEN early (oldest first) for new SYNs, the pool at its cap.
+    syn_received_evicted,
 }
 
 impl DpdkCounters {
@@ -86,12 +109,28 @@ impl DpdkCounters {
             DropReason::BadTcpOffset => &self.drop_bad_tcp_offset,
             DropReason::BadTcpChecksum => &self.drop_bad_tcp_checksum,
             DropReason::Unsupported => &self.drop_unsupported,
+            DropReason::SrcBroadcast => &self.drop_src_broadcast,
+            DropReason::SrcMulticast => &self.drop_src_multicast,
+            DropReason::SrcOurs => &self.drop_src_ours,
+            DropReason::SrcThisNetwork => &self.drop_src_this_network,
+            DropReason::SrcLoopback => &self.drop_src_loopback,
+            DropReason::SrcReserved => &self.drop_src_reserved,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl DpdkStats {
+    /// Frames dropped for a source address no host on the link can own.
+    pub fn impossible_source(&self) -> u64 {
+        self.drop_src_broadcast
+            + self.drop_src_multicast
+            + self.drop_src_ours
+            + self.drop_src_this_network
+            + self.drop_src_loopback
+            + self.drop_src_reserved
+    }
+
     /// Frames dropped as malformed (short, bad headers, bad checksums, bad offsets), not merely not ours.
     pub fn malformed(&self) -> u64 {
         self.drop_short

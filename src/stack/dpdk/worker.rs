@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! resets (abort_all_connections) → injected frames → rx bursts → classify / hand off / copy ARP
-//!   → hand-off ring → smoltcp ingress + egress rounds → tx burst → socket events → reap closed sockets
+//!   → hand-off ring → listen pools grow for the SYNs received → smoltcp ingress + egress rounds → tx burst → socket events → reap closed sockets
 //!   → (nothing happened and the loop allows it) sleep until woken, the timeout, or smoltcp's next timer
 //! ```
 //!
@@ -18,7 +18,7 @@
 //! once at end of stream), `writable` once after a `writev` that could not take everything once room
 //! frees up.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::ops::RangeInclusive;
@@ -32,11 +32,14 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle,
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
-use super::classify::Verdict;
+use super::classify::{syn_port, DropReason, Verdict};
+use super::config::DpdkConfig;
 use super::device::MbufDevice;
 use super::ffi::{LcoreGuard, Mbuf, BURST};
+use super::listen::{ListenPool, PoolReport};
 use super::stats::DpdkCounters;
 use super::Shared;
+use crate::msgr::loglimit::LogLimiter;
 use crate::stack::{
     ConnectOptions, EventKind, ListenOptions, Readiness, SocketEvent, SocketId, TransportError,
     Wake, WorkerStack,
@@ -82,18 +85,9 @@ struct Stream {
 type Flow = (SocketAddrV4, u16);
 
 enum Entry {
-    Listener {
-        port: u16,
-        nodelay: bool,
-        /// Sockets in LISTEN (or SYN-RECEIVED): the backlog.
-        pool: Vec<SocketHandle>,
-        /// Established connections waiting for `accept`.
-        ready: VecDeque<SocketHandle>,
-    },
+    Listener(ListenPool),
     Stream(Stream),
-    Failed {
-        peer: SocketAddr,
-    },
+    Failed { peer: SocketAddr },
 }
 
 /// One worker's dpdk transport. Created on, and used only by, the worker's thread.
@@ -121,11 +115,72 @@ pub struct DpdkWorker {
     epoch: Instant,
     abort_seen: u64,
     synthetic: Vec<SocketEvent>,
+    /// SYNs per destination port in the frames waiting for smoltcp (scratch of `provision_listeners`).
+    syn_ports: Vec<(u16, usize)>,
+    /// Log lines about hostile traffic (impossible sources, SYN floods), rate-limited.
+    hostile_log: LogLimiter,
     _lcore: LcoreGuard,
 }
 
 fn smol_duration(d: Duration) -> smoltcp::time::Duration {
     smoltcp::time::Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A closed TCP socket configured per `config`, its receive buffer `recv_buffer` (else `tcp_buffer`).
+fn tcp_socket(
+    config: &DpdkConfig,
+    nodelay: bool,
+    recv_buffer: Option<usize>,
+) -> tcp::Socket<'static> {
+    let rx = recv_buffer
+        .unwrap_or(config.tcp_buffer)
+        .clamp(4096, 64 << 20);
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; rx]),
+        tcp::SocketBuffer::new(vec![0; config.tcp_buffer]),
+    );
+    s.set_nagle_enabled(!nodelay);
+    s.set_ack_delay(config.ack_delay.map(smol_duration));
+    s.set_keep_alive(config.keepalive.map(smol_duration));
+    s.set_timeout(config.tcp_timeout.map(smol_duration));
+    s
+}
+
+/// Counts a listen pool pass; says (rate-limited) when a pool is under a SYN flood.
+fn count_pool(
+    worker: usize,
+    port: u16,
+    pool_len: usize,
+    r: &PoolReport,
+    counters: &DpdkCounters,
+    log: &mut LogLimiter,
+) {
+    let add = |c: &std::sync::atomic::AtomicU64, n: usize| {
+        if n > 0 {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    };
+    add(&counters.listen_pool_grown, r.grown);
+    add(&counters.listen_pool_shrunk, r.shrunk);
+    add(&counters.syn_received_timeouts, r.timed_out);
+    add(&counters.syn_received_evicted, r.evicted);
+    counters
+        .listen_pool_peak
+        .fetch_max(pool_len as u64, Ordering::Relaxed);
+    if r.evicted > 0 || r.timed_out > 0 {
+        let (log_it, suppressed) = log.allow(Instant::now());
+        if log_it {
+            tracing::warn!(
+                worker,
+                port,
+                pool = pool_len,
+                evicted = r.evicted,
+                syn_timeouts = r.timed_out,
+                suppressed,
+                "half-open connections put back to LISTEN (SYN flood?)"
+            );
+        }
+    }
 }
 
 impl DpdkWorker {
@@ -208,6 +263,8 @@ impl DpdkWorker {
             auto_listens: 0,
             epoch,
             synthetic: Vec::new(),
+            syn_ports: Vec::new(),
+            hostile_log: LogLimiter::new(5, Duration::from_secs(10)),
             _lcore: lcore,
         })
     }
@@ -235,26 +292,51 @@ impl DpdkWorker {
     }
 
     fn new_socket(&self, nodelay: bool, recv_buffer: Option<usize>) -> tcp::Socket<'static> {
-        let config = &self.shared.config;
-        let rx = recv_buffer
-            .unwrap_or(config.tcp_buffer)
-            .clamp(4096, 64 << 20);
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; rx]),
-            tcp::SocketBuffer::new(vec![0; config.tcp_buffer]),
-        );
-        s.set_nagle_enabled(!nodelay);
-        s.set_ack_delay(config.ack_delay.map(smol_duration));
-        s.set_keep_alive(config.keepalive.map(smol_duration));
-        s.set_timeout(config.tcp_timeout.map(smol_duration));
-        s
+        tcp_socket(&self.shared.config, nodelay, recv_buffer)
     }
 
-    fn listening_socket(&mut self, port: u16, nodelay: bool) -> io::Result<SocketHandle> {
-        let mut s = self.new_socket(nodelay, None);
-        s.listen(port)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("listen: {e}")))?;
-        Ok(self.sockets.add(s))
+    /// Before smoltcp sees the received frames: give every listener a free socket per SYN waiting for it.
+    fn provision_listeners(&mut self) {
+        self.syn_ports.clear();
+        for m in &self.device.rx {
+            let Some(port) = syn_port(m.data()) else {
+                continue;
+            };
+            match self.syn_ports.iter_mut().find(|(p, _)| *p == port) {
+                Some((_, n)) => *n += 1,
+                None => self.syn_ports.push((port, 1)),
+            }
+        }
+        if self.syn_ports.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let config = &self.shared.config;
+        for entry in self.entries.values_mut() {
+            let Entry::Listener(pool) = entry else {
+                continue;
+            };
+            let Some(&(_, syns)) = self.syn_ports.iter().find(|(p, _)| *p == pool.port) else {
+                continue;
+            };
+            let nodelay = pool.nodelay();
+            let mut report = PoolReport::default();
+            pool.provision(
+                syns,
+                now,
+                &mut self.sockets,
+                &mut || tcp_socket(config, nodelay, None),
+                &mut report,
+            );
+            count_pool(
+                self.index,
+                pool.port,
+                pool.len(),
+                &report,
+                &self.counters,
+                &mut self.hostile_log,
+            );
+        }
     }
 
     fn stream_mut(&mut self, id: SocketId, op: &'static str) -> io::Result<&mut Stream> {
@@ -353,6 +435,17 @@ impl DpdkWorker {
                 Verdict::Drop(reason) => {
                     self.counters.count_drop(reason);
                     tracing::trace!(worker = self.index, ?reason, "dropped frame");
+                    if is_impossible_source(reason) {
+                        let (log_it, suppressed) = self.hostile_log.allow(Instant::now());
+                        if log_it {
+                            tracing::warn!(
+                                worker = self.index,
+                                ?reason,
+                                suppressed,
+                                "dropped a frame from an impossible source address"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -427,23 +520,27 @@ impl DpdkWorker {
     fn scan(&mut self, events: &mut Vec<SocketEvent>) {
         let now = Instant::now();
         let mut failed = Vec::new();
-        let mut relisten = Vec::new();
+        let config = &self.shared.config;
         for (&id, entry) in self.entries.iter_mut() {
             match entry {
-                Entry::Listener { pool, ready, .. } => {
-                    let mut arrived = false;
-                    for (slot, &h) in pool.iter().enumerate() {
-                        match self.sockets.get::<tcp::Socket>(h).state() {
-                            State::Listen | State::SynReceived => {}
-                            State::Closed | State::TimeWait => relisten.push((id, slot, false)),
-                            _ => {
-                                ready.push_back(h);
-                                relisten.push((id, slot, true));
-                                arrived = true;
-                            }
-                        }
-                    }
-                    if arrived || !ready.is_empty() {
+                Entry::Listener(pool) => {
+                    let nodelay = pool.nodelay();
+                    let mut report = PoolReport::default();
+                    pool.maintain(
+                        now,
+                        &mut self.sockets,
+                        &mut || tcp_socket(config, nodelay, None),
+                        &mut report,
+                    );
+                    count_pool(
+                        self.index,
+                        pool.port,
+                        pool.len(),
+                        &report,
+                        &self.counters,
+                        &mut self.hostile_log,
+                    );
+                    if !pool.ready.is_empty() {
                         events.push(SocketEvent {
                             id,
                             kind: EventKind::Acceptable,
@@ -496,27 +593,6 @@ impl DpdkWorker {
                     }
                 }
                 Entry::Failed { .. } => {}
-            }
-        }
-        for (id, slot, replace) in relisten {
-            let Some(Entry::Listener { port, nodelay, .. }) = self.entries.get(&id) else {
-                continue;
-            };
-            let (port, nodelay) = (*port, *nodelay);
-            let fresh = if replace {
-                self.listening_socket(port, nodelay).ok()
-            } else {
-                None
-            };
-            let Some(Entry::Listener { pool, .. }) = self.entries.get_mut(&id) else {
-                continue;
-            };
-            match fresh {
-                Some(h) => pool[slot] = h,
-                None => {
-                    // Back to LISTEN in place (a reset half-open connection).
-                    let _ = self.sockets.get_mut::<tcp::Socket>(pool[slot]).listen(port);
-                }
             }
         }
         for (id, err) in failed {
@@ -606,27 +682,33 @@ impl WorkerStack for DpdkWorker {
         let taken = self
             .entries
             .values()
-            .any(|e| matches!(e, Entry::Listener { port: p, .. } if *p == port));
+            .any(|e| matches!(e, Entry::Listener(pool) if pool.port == port));
         if taken {
             return Err(TransportError::AddrInUse { addr }.into());
         }
+        let config = &self.shared.config;
         let size = usize::try_from(opts.backlog)
             .unwrap_or(usize::MAX)
-            .clamp(1, self.shared.config.listen_pool.max(1));
-        let pool = (0..size)
-            .map(|_| self.listening_socket(port, opts.nodelay))
-            .collect::<io::Result<Vec<_>>>()?;
+            .clamp(1, config.listen_pool.max(1));
+        let nodelay = opts.nodelay;
+        let pool = ListenPool::new(
+            port,
+            nodelay,
+            size,
+            config.listen_pool_max,
+            config.syn_timeout,
+            &mut self.sockets,
+            &mut || tcp_socket(config, nodelay, None),
+        );
+        if pool.len() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot listen on port {port}"),
+            ));
+        }
         let id = self.alloc_id();
         tracing::debug!(worker = self.index, %id, port, backlog = size, "listening");
-        self.entries.insert(
-            id,
-            Entry::Listener {
-                port,
-                nodelay: opts.nodelay,
-                pool,
-                ready: VecDeque::new(),
-            },
-        );
+        self.entries.insert(id, Entry::Listener(pool));
         Ok(id)
     }
 
@@ -669,7 +751,7 @@ impl WorkerStack for DpdkWorker {
 
     fn accept(&mut self, listener: SocketId) -> io::Result<Option<(SocketId, SocketAddr)>> {
         let handle = match self.entries.get_mut(&listener) {
-            Some(Entry::Listener { ready, .. }) => match ready.pop_front() {
+            Some(Entry::Listener(pool)) => match pool.ready.pop_front() {
                 Some(h) => h,
                 None => return Ok(None),
             },
@@ -791,11 +873,8 @@ impl WorkerStack for DpdkWorker {
                 let flow = Some((st.peer, st.local.port()));
                 self.closing.push((st.handle, deadline, port, flow));
             }
-            Entry::Listener { pool, ready, .. } => {
-                for h in pool {
-                    self.sockets.remove(h);
-                }
-                for h in ready {
+            Entry::Listener(pool) => {
+                for h in pool.close(&mut self.sockets) {
                     self.sockets.get_mut::<tcp::Socket>(h).abort();
                     // Aborted: the RST it sends ends its flow in the window guard.
                     self.closing.push((h, deadline, None, None));
@@ -809,9 +888,9 @@ impl WorkerStack for DpdkWorker {
 
     fn local_addr(&self, id: SocketId) -> io::Result<SocketAddr> {
         match self.entries.get(&id) {
-            Some(Entry::Listener { port, .. }) => Ok(SocketAddr::V4(SocketAddrV4::new(
+            Some(Entry::Listener(pool)) => Ok(SocketAddr::V4(SocketAddrV4::new(
                 self.shared.config.ip,
-                *port,
+                pool.port,
             ))),
             Some(Entry::Stream(st)) => Ok(SocketAddr::V4(st.local)),
             other => Err(TransportError::refused(id, "local_addr", other)),
@@ -840,6 +919,7 @@ impl WorkerStack for DpdkWorker {
             activity = true;
         }
         activity |= self.receive() > 0;
+        self.provision_listeners();
         let now = self.now();
         if self.iface.poll(now, &mut self.device, &mut self.sockets)
             == PollResult::SocketStateChanged
@@ -886,4 +966,16 @@ impl WorkerStack for DpdkWorker {
     fn attach(&mut self, handoff: Self::Handoff) -> io::Result<SocketId> {
         match handoff {}
     }
+}
+
+fn is_impossible_source(reason: DropReason) -> bool {
+    matches!(
+        reason,
+        DropReason::SrcBroadcast
+            | DropReason::SrcMulticast
+            | DropReason::SrcOurs
+            | DropReason::SrcThisNetwork
+            | DropReason::SrcLoopback
+            | DropReason::SrcReserved
+    )
 }
