@@ -426,7 +426,13 @@ fn two_library_clients_on_one_host_do_not_collide() {
         );
         assert_eq!(side.resets.load(Ordering::Relaxed), 0, "{name} saw a reset");
     }
-    let seen: Vec<AddrVec> = ps.handles.lock().unwrap().iter().map(|h| h.peer().addrs).collect();
+    let seen: Vec<AddrVec> = ps
+        .handles
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.peer().addrs)
+        .collect();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_ne!(seen[0], seen[1], "both clients present the same address");
     let _ = (h1, h2);
@@ -517,7 +523,10 @@ fn session_move_never_resets() {
         .map(|(m, _, _)| m.stack().counters().injected())
         .sum();
     assert!(injected >= CLIENTS, "only {injected} cuts injected");
-    assert!(srv.counters().sessions_moved > 0, "no session moved between workers");
+    assert!(
+        srv.counters().sessions_moved > 0,
+        "no session moved between workers"
+    );
     assert_eq!(srv.counters().duplicates_dropped, 0);
 }
 

@@ -184,22 +184,22 @@ impl Link {
     fn qp(&self) -> io::Result<&Qp> {
         match self {
             Link::Cm(cm) => cm.qp(),
-            Link::Ceph(c) => c
-                .qp
-                .as_ref()
-                .map(OwnedQp::qp)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no QP yet")),
+            Link::Ceph(c) => {
+                c.qp.as_ref()
+                    .map(OwnedQp::qp)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no QP yet"))
+            }
         }
     }
 
     fn qp_mut(&mut self) -> io::Result<&mut Qp> {
         match self {
             Link::Cm(cm) => cm.qp_mut(),
-            Link::Ceph(c) => c
-                .qp
-                .as_mut()
-                .map(OwnedQp::qp_mut)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no QP yet")),
+            Link::Ceph(c) => {
+                c.qp.as_mut()
+                    .map(OwnedQp::qp_mut)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no QP yet"))
+            }
         }
     }
 
@@ -1425,7 +1425,10 @@ impl RdmaWorker {
         let gid_index = u8::try_from(self.config.gid_index).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("GID index {} does not fit a QP's address vector", self.config.gid_index),
+                format!(
+                    "GID index {} does not fit a QP's address vector",
+                    self.config.gid_index
+                ),
             )
         })?;
         let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
@@ -2040,10 +2043,10 @@ impl WorkerStack for RdmaWorker {
     fn local_addr(&self, id: SocketId) -> io::Result<SocketAddr> {
         match self.entries.get(&id) {
             Some(Entry::Listener { local, .. }) => Ok(*local),
-            Some(Entry::Stream(s)) => {
-                s.link.local_addr()
-                    .ok_or_else(|| io::ErrorKind::NotConnected.into())
-            }
+            Some(Entry::Stream(s)) => s
+                .link
+                .local_addr()
+                .ok_or_else(|| io::ErrorKind::NotConnected.into()),
             None => Err(TransportError::UnknownSocket(id).into()),
         }
     }
@@ -2145,7 +2148,11 @@ impl WorkerStack for RdmaWorker {
             }
             PendingAccept::Ceph { tcp } => {
                 let link = CephLink::new(tcp, CephStep::AwaitHello);
-                Stream::new(Link::Ceph(Box::new(link)), Phase::AcceptPending, handoff.peer)
+                Stream::new(
+                    Link::Ceph(Box::new(link)),
+                    Phase::AcceptPending,
+                    handoff.peer,
+                )
             }
         };
         bump(&self.counters.handoffs, 1);
