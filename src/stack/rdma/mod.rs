@@ -16,8 +16,22 @@
 //! id is parked on an event channel of its own and migrated (`rdma_migrate_id`) by `attach`. Established
 //! connections cannot move (their QP lives on this worker's CQ and PD): `detach` says `Unsupported`.
 //!
-//! # Data path and wire format
-//! msgr's RDMA wire format is its own; Ceph's RDMA messenger is not a compatibility target. Both sides send
+//! # Two wires ([`RdmaWire`], one per stack)
+//! [`RdmaWire::Msgr`] (the default) is msgr's own format, described below: rdma_cm set-up, credits.
+//! [`RdmaWire::Ceph`] is Ceph 16's async+rdma, so msgr is a peer of real Ceph daemons and clients that
+//! run `ms_type = async+rdma` (`ceph_wire.rs` has the record and the exchange): `listen` opens a TCP
+//! listener at the msgr2 address and `connect` a TCP connection to it (the side channel, open for the
+//! connection's life); the QP is created and moved INIT → RTR → RTS by hand (`verbs::OwnedQp`, Ceph's
+//! values) as the three queue-pair records pass; the byte stream then travels in plain SENDs of at most
+//! [`RdmaConfig::ceph_buffer_size`] (the peer's receive buffers), with no immediate data and no credits
+//! (the QP's infinite RNR retry waits out a full receive queue). End of file or any byte on the side
+//! channel, a bad record, or a SEND without payload (Ceph's close message) ends the connection; closing
+//! ours closes the side channel, which is how Ceph learns of it. Everything else (buffers, zero copy,
+//! polling, faults) is shared with msgr's wire. Side channels are looked at on the rdma_cm channel's
+//! cadence (see Polling).
+//!
+//! # Data path and wire format (msgr's wire)
+//! On [`RdmaWire::Msgr`] both sides send
 //! 12 bytes of private data with the CM handshake: magic `MRD1`, receive depth (u16 LE), reserved (u16),
 //! receive buffer size (u32 LE). After that every message is one SEND_WITH_IMM carrying up to the peer's
 //! buffer size of the byte stream; the immediate data is the number of receive buffers the sender has
