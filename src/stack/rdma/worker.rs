@@ -1,5 +1,7 @@
 //! One worker's RDMA transport ([`RdmaWorker`]): its verbs objects, its connections and the byte stream,
-//! credits and polling described in the [module docs](super).
+//! credits and polling described in the [module docs](super). A connection's `Link` says how its QP
+//! came to be: an rdma_cm id (msgr's wire) or Ceph's TCP side channel with a hand-made QP (`CephLink`,
+//! driven by `service_ceph` through the steps of `ceph_wire.rs`); the data path above it is the same.
 //!
 //! Invariants: a connection's QP lives on this worker's PD and CQ for its whole life (only connect
 //! requests not yet accepted move, see [`WorkerStack::detach`]); every slot of the pool is in exactly one
