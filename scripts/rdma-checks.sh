@@ -90,7 +90,7 @@ if [[ "$CEPH_TEST_BIN" != "-" ]]; then
         echo "rdma-checks: the Ceph RDMA interop tests did not report success" >&2
         status=1
     fi
-    CEPH_FIGURES=$(grep -m1 '^msgr <-> msgr over' "$WORK/ceph.out")
+    CEPH_FIGURES=$(grep -m1 -o 'msgr <-> msgr over.*' "$WORK/ceph.out")
     echo "rdma-checks: Ceph interop step done at ${SECONDS}s"
 fi
 
