@@ -454,6 +454,11 @@ fn serve_answers_ping_and_counters() {
     }
     let addr = addr.expect("msgr serve printed no address");
     assert!(addr.starts_with("v2:127.0.0.1:"), "{addr}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&asok).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "admin socket mode {mode:o}");
+    }
 
     let ping = msgr(
         &["ping", &addr, "--count", "3", "--interval", "20"],

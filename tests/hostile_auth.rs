@@ -42,7 +42,7 @@ use msgr::proto::frames::{
 };
 use msgr::proto::message::Message;
 use msgr::proto::types::{entity_type, AuthEntityName, UTime};
-use msgr::proto::{Error, Event, Phase};
+use msgr::proto::{Error, Event, Limit, Phase};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -158,6 +158,8 @@ fn monitor_cfg() -> Arc<Config> {
     c.auth_server = ServerAuth::CephxMonitor(world().monitor.clone());
     c.con_modes = ConModes::all(&[CON_MODE_SECURE, CON_MODE_CRC]);
     c.max_frame_len = MAX_FRAME;
+    // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
+    c.max_handshake_frame_len = MAX_FRAME;
     c.idle_timeout = Some(IDLE);
     arc(c)
 }
@@ -167,6 +169,8 @@ fn service_cfg() -> Arc<Config> {
     c.auth_server = ServerAuth::CephxService(world().service.clone());
     c.con_modes = ConModes::all(&[CON_MODE_SECURE, CON_MODE_CRC]);
     c.max_frame_len = MAX_FRAME;
+    // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
+    c.max_handshake_frame_len = MAX_FRAME;
     c.idle_timeout = Some(IDLE);
     arc(c)
 }
@@ -176,6 +180,8 @@ fn cephx_client_conn(now: Instant, peer_type: u8, modes: &[u32]) -> Connection {
     c.auth_client = ClientAuth::Cephx(admin_client(peer_type != entity_type::MON));
     c.con_modes = ConModes::all(modes);
     c.max_frame_len = MAX_FRAME;
+    // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
+    c.max_handshake_frame_len = MAX_FRAME;
     c.idle_timeout = Some(IDLE);
     let mut conn = Connection::client(
         arc(c),
@@ -1184,8 +1190,16 @@ fn an_authenticated_4_gib_announcement_is_refused_allocating_under_64_kib() {
         let mut seen = Seen::default();
         let ((), peak) = peak_during(|| feed(&mut c, now, &block, &[], &mut seen));
         match outcome(&c, &seen.events) {
-            Outcome::Failed(Error::InvalidFrame(FrameError::TooLarge { len, max })) => {
-                assert!(len > u64::from(u32::MAX) && max == MAX_FRAME, "{len} {max}");
+            // Before SERVER_IDENT: the handshake frame limit (set to MAX_FRAME here) applies.
+            Outcome::Failed(Error::LimitExceeded {
+                limit: Limit::HandshakeFrame,
+                value,
+                max,
+            }) => {
+                assert!(
+                    value > u64::from(u32::MAX) && max == MAX_FRAME as u64,
+                    "{value} {max}"
+                );
             }
             other => panic!("{lens:?}: {other:?}"),
         }
@@ -1231,10 +1245,53 @@ fn an_authenticated_max_size_announcement_holds_one_frame_and_one_over_is_refuse
     let ((), peak) = peak_during(|| feed(&mut c, now, &block, &[], &mut seen));
     assert_eq!(
         outcome(&c, &seen.events),
-        Outcome::Failed(Error::InvalidFrame(FrameError::TooLarge {
-            len: MAX_FRAME as u64 + 16,
-            max: MAX_FRAME
-        }))
+        Outcome::Failed(Error::LimitExceeded {
+            limit: Limit::HandshakeFrame,
+            value: MAX_FRAME as u64 + 16,
+            max: MAX_FRAME as u64
+        })
     );
     assert!(peak < REFUSAL_BUDGET, "peak {peak} B");
+}
+
+/// Issue 13: before any proof, the cephx monitor answers a name it does not know exactly as it
+/// answers a known one (a challenge of the same shape), as Ceph's CephxServiceHandler does: probing
+/// which entities exist gets nothing.
+#[test]
+fn monitor_answers_unknown_and_known_names_with_the_same_frames() {
+    let now = Instant::now();
+    let mut answers = Vec::new();
+    for name in [
+        world().admin.clone(),
+        AuthEntityName::new(entity_type::CLIENT, "nobody"),
+    ] {
+        let client = Arc::new(CephxClient::new(name, world().admin_key.clone()));
+        let (request, _) = client.start(entity_type::MON, &mut rand::rng()).unwrap();
+        let mut server = Connection::server(monitor_cfg(), server_addr(), now);
+        let mut p = RawPeer::new();
+        let mut v = RawPeer::banner();
+        v.extend(p.frame(&ControlFrame::Hello(Hello {
+            entity_type: entity_type::CLIENT,
+            peer_addr: server_addr(),
+        })));
+        v.extend(p.frame(&ControlFrame::AuthRequest(AuthRequest {
+            method: AUTH_METHOD_CEPHX,
+            preferred_modes: vec![CON_MODE_CRC],
+            auth_payload: request,
+        })));
+        server.handle_input(now, &v);
+        let frames: Vec<(Tag, usize)> = p
+            .recv_from(&mut server, now)
+            .iter()
+            .map(|f| (f.tag, f.payload().len()))
+            .collect();
+        assert!(!server.is_closed());
+        answers.push(frames);
+    }
+    assert_eq!(answers[0], answers[1], "the answers tell the names apart");
+    assert!(
+        answers[0].iter().any(|(t, _)| *t == Tag::AuthReplyMore),
+        "{:?}",
+        answers[0]
+    );
 }

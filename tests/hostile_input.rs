@@ -60,6 +60,8 @@ const HANDSHAKE_PIECES: usize = 5;
 fn client_cfg() -> Arc<Config> {
     let mut c = client_config(SEED);
     c.max_frame_len = MAX_FRAME;
+    // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
+    c.max_handshake_frame_len = MAX_FRAME;
     c.idle_timeout = Some(IDLE);
     arc(c)
 }
@@ -67,6 +69,8 @@ fn client_cfg() -> Arc<Config> {
 fn server_cfg() -> Arc<Config> {
     let mut c = server_config(SEED);
     c.max_frame_len = MAX_FRAME;
+    // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
+    c.max_handshake_frame_len = MAX_FRAME;
     c.idle_timeout = Some(IDLE);
     arc(c)
 }
@@ -512,6 +516,9 @@ fn too_large(o: &Outcome) -> Option<(u64, usize)> {
     match o {
         Outcome::Failed(Error::InvalidFrame(FrameError::TooLarge { len, max })) => {
             Some((*len, *max))
+        }
+        Outcome::Failed(Error::LimitExceeded { value, max, .. }) => {
+            Some((*value, usize::try_from(*max).unwrap_or(usize::MAX)))
         }
         _ => None,
     }

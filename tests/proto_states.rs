@@ -955,3 +955,134 @@ fn test_ready_fault_redials_at_once_then_backs_off_on_failed_attempts() {
         t = next;
     }
 }
+
+// ---------- the policy follows the authenticated entity ----------
+
+fn auth_none_as(name: AuthEntityName) -> AuthRequest {
+    AuthRequest {
+        method: AUTH_METHOD_NONE,
+        preferred_modes: vec![CON_MODE_CRC],
+        auth_payload: AuthNoneRequest::Authorizer {
+            name,
+            global_id: 4100,
+        }
+        .encode(),
+    }
+}
+
+/// Issue 13: a HELLO claim picks no policy; the authenticated entity does, and a HELLO that claims
+/// another type than the peer then authenticates as is refused.
+#[test]
+fn test_server_auth_policy_follows_the_authenticated_entity() {
+    // HELLO says client, the peer authenticates as client: the client policy.
+    let mut cfg = server_config(4);
+    cfg.default_policy = Policy::stateless_server();
+    cfg.accept_policies = vec![(entity_type::CLIENT, Policy::stateful_server())];
+    let now = Instant::now();
+    let mut s = Connection::server(arc(cfg.clone()), server_addr(), now);
+    assert_eq!(
+        s.policy(),
+        Policy::stateless_server(),
+        "no policy before auth"
+    );
+    let mut p = RawPeer::new();
+    let mut v = RawPeer::banner();
+    v.extend(p.frame(&ControlFrame::Hello(Hello {
+        entity_type: entity_type::CLIENT,
+        peer_addr: server_addr(),
+    })));
+    s.handle_input(now, &v);
+    assert_eq!(s.phase(), Phase::Auth);
+    assert_eq!(
+        s.policy(),
+        Policy::stateless_server(),
+        "a HELLO claim must not pick the policy"
+    );
+    let v = p.frame(&ControlFrame::AuthRequest(auth_none_as(
+        AuthEntityName::new(entity_type::CLIENT, "admin"),
+    )));
+    s.handle_input(now, &v);
+    assert_eq!(s.policy(), Policy::stateful_server());
+
+    // HELLO says osd, the peer authenticates as a client: refused.
+    let mut s = Connection::server(arc(cfg), server_addr(), now);
+    let mut p = RawPeer::new();
+    let mut v = RawPeer::banner();
+    v.extend(p.frame(&ControlFrame::Hello(Hello {
+        entity_type: entity_type::OSD,
+        peer_addr: server_addr(),
+    })));
+    v.extend(p.frame(&ControlFrame::AuthRequest(auth_none_as(
+        AuthEntityName::new(entity_type::CLIENT, "admin"),
+    ))));
+    s.handle_input(now, &v);
+    let evs = drain_events(&mut s);
+    assert!(
+        evs.iter().any(|e| matches!(e, Event::TransportDown(Error::PeerMisbehaved(m)) if m.contains("authenticated as"))),
+        "{evs:?}"
+    );
+    assert!(s.is_closed());
+}
+
+/// Issue 13: at most `max_auth_attempts` AUTH_REQUESTs per transport.
+#[test]
+fn test_server_auth_attempts_are_capped() {
+    let now = Instant::now();
+    let mut cfg = server_config(5);
+    cfg.max_auth_attempts = 3;
+    let mut s = Connection::server(arc(cfg), server_addr(), now);
+    let mut p = RawPeer::new();
+    let mut v = RawPeer::banner();
+    v.extend(p.frame(&ControlFrame::Hello(Hello {
+        entity_type: entity_type::CLIENT,
+        peer_addr: server_addr(),
+    })));
+    s.handle_input(now, &v);
+    // cephx is not what this server speaks: each attempt is refused with AUTH_BAD_METHOD.
+    let bad = AuthRequest {
+        method: AUTH_METHOD_CEPHX,
+        preferred_modes: vec![CON_MODE_CRC],
+        auth_payload: Bytes::from_static(b"x"),
+    };
+    for attempt in 1..=4 {
+        let v = p.frame(&ControlFrame::AuthRequest(bad.clone()));
+        s.handle_input(now, &v);
+        let evs = drain_events(&mut s);
+        if attempt <= 3 {
+            assert!(!s.is_closed(), "attempt {attempt}: {evs:?}");
+        } else {
+            assert!(
+                evs.iter().any(|e| matches!(
+                    e,
+                    Event::TransportDown(Error::LimitExceeded {
+                        limit: msgr::proto::Limit::AuthAttempts,
+                        value: 4,
+                        max: 3
+                    })
+                )),
+                "{evs:?}"
+            );
+        }
+    }
+}
+
+/// Issue 13: input that keeps coming cannot keep a handshake alive past its deadline, even if the
+/// owner never gets to run its timers.
+#[test]
+fn test_server_handshake_deadline_is_checked_on_input() {
+    let now = Instant::now();
+    let mut s = Connection::server(arc(server_config(6)), server_addr(), now);
+    let deadline = s.poll_timeout().expect("handshake deadline");
+    // One byte of banner at a time, the last one after the deadline: no timer call in between.
+    let banner = RawPeer::banner();
+    s.handle_input(now, &banner[..4]);
+    assert!(!s.is_closed());
+    s.handle_input(deadline, &banner[4..8]);
+    let evs = drain_events(&mut s);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::TransportDown(Error::TimedOut(_)) | Event::Closed)),
+        "{evs:?}"
+    );
+    assert!(s.is_closed());
+}

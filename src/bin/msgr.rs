@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -109,6 +109,23 @@ struct ServeArgs {
     /// Stop after SECS seconds (fractions allowed); default: run until killed.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     duration: Option<f64>,
+
+    /// Most sessions kept at once; beyond it the oldest daemon session parked in standby is evicted
+    /// (default: the library's, 65536).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_sessions: Option<u64>,
+
+    /// Most connections at once; further accepts are closed (default: the library's, 65536).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+
+    /// Most not-yet-authenticated connections from one IP (default: the library's, 256).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_half_open_per_source: Option<u64>,
+
+    /// End a daemon session whose peer has been gone this long (default: the library's, 900 s).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    standby_expiry: Option<f64>,
 
     #[command(flatten)]
     auth: AuthArgs,
@@ -556,9 +573,22 @@ fn serve_on<N: NetworkStack>(stack: N, args: &ServeArgs) -> Result<u8, Failure> 
     cfg.default_policy = Policy::stateful_server();
     cfg.accept_policies = vec![(entity_type::CLIENT, Policy::stateless_server())];
     args.auth.apply_server(&mut cfg, entity)?;
+    if let Some(secs) = args.standby_expiry {
+        cfg.server_standby_expiry = Some(Duration::from_secs_f64(secs));
+    }
     let mut mc = MessengerConfig::new(cfg);
     mc.workers.threads = workers;
     mc.workers.name_prefix = "msgr-serve".into();
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = args.max_sessions {
+        mc.max_sessions = to_usize(n);
+    }
+    if let Some(n) = args.max_connections {
+        mc.max_connections = to_usize(n);
+    }
+    if let Some(n) = args.max_half_open_per_source {
+        mc.max_half_open_per_source = to_usize(n);
+    }
 
     // Claim the admin socket first: a second server must fail before it binds any port.
     let admin = match &args.admin_socket {
@@ -613,8 +643,28 @@ struct AdminSocket {
 }
 
 impl AdminSocket {
+    /// Bind the socket, mode 0600 (it answers anyone who can connect). In a world-writable directory
+    /// (/tmp) an existing file at `path` is used only if it is ours: another user may have planted it.
     fn bind(path: &Path) -> Result<Self, Failure> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let world_writable = std::fs::metadata(dir)
+            .map(|m| m.permissions().mode() & 0o002 != 0)
+            .unwrap_or(false);
         if let Ok(meta) = std::fs::symlink_metadata(path) {
+            // The process's own uid, read off /proc/self (no libc call needed).
+            let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+            if world_writable && Some(meta.uid()) != me {
+                return Err(Failure::fail(format!(
+                    "admin socket {}: exists in world-writable {} and belongs to uid {}, not us; \
+                     remove it or choose another path",
+                    path.display(),
+                    dir.display(),
+                    meta.uid()
+                )));
+            }
             if !meta.file_type().is_socket() {
                 return Err(Failure::fail(format!(
                     "admin socket {}: exists and is not a socket",
@@ -637,6 +687,9 @@ impl AdminSocket {
         }
         let listener = UnixListener::bind(path)
             .map_err(|e| Failure::fail(format!("admin socket {}: {e}", path.display())))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            Failure::fail(format!("admin socket {}: chmod 0600: {e}", path.display()))
+        })?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Failure::fail(format!("admin socket {}: {e}", path.display())))?;

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::proto::ConnStats;
+use crate::proto::{ConnStats, Limit};
 
 use super::throttle::ThrottleStats;
 
@@ -26,9 +26,20 @@ pub struct WorkerCounters {
     pub dropped_bad_peers: AtomicU64,
     /// Sessions moved to this worker because a reconnect for them arrived here.
     pub sessions_moved: AtomicU64,
+    /// Session requests refused because the requester is not the entity holding the session.
+    pub sessions_refused_identity: AtomicU64,
+    /// Server-policy sessions ended after their time in Standby, or evicted for `max_sessions`.
+    pub sessions_expired: AtomicU64,
+    /// Connections ended because the peer tripped a resource limit, by [`Limit::index`].
+    pub limits_tripped: [AtomicU64; Limit::ALL.len()],
 }
 
 impl WorkerCounters {
+    /// Count a connection ended by `limit`.
+    pub fn trip(&self, limit: Limit) {
+        self.limits_tripped[limit.index()].fetch_add(1, Relaxed);
+    }
+
     /// Add what a connection did since `last` (its previous stats) and remember `now`.
     pub fn add_conn_delta(&self, last: &mut ConnStats, now: ConnStats) {
         // Called on every pump: most turns change nothing, and then no atomic is touched.
@@ -56,6 +67,10 @@ impl WorkerCounters {
             .fetch_add(d(now.remote_resets, last.remote_resets), Relaxed);
         self.transport_faults
             .fetch_add(d(now.faults, last.faults), Relaxed);
+        if now.standby_expired != last.standby_expired {
+            self.sessions_expired
+                .fetch_add(d(now.standby_expired, last.standby_expired), Relaxed);
+        }
         *last = now;
     }
 }
@@ -79,12 +94,23 @@ pub struct CountersSnapshot {
     pub accepted: u64,
     /// Connections currently open.
     pub connections: u64,
+    /// Sessions in the registry (by peer address) now.
+    pub sessions: u64,
     /// Peers dropped for bad input (garbage, bad banner, oversized frame, timeout mid-handshake).
     pub dropped_bad_peers: u64,
     /// Sessions moved between workers to meet a reconnect that landed on another worker.
     pub sessions_moved: u64,
     /// Socket failures injected by the fault-injection stack, if any.
     pub injected_faults: u64,
+    /// Session requests refused because the requester is not the entity holding the session (it
+    /// claimed another peer's addresses).
+    pub sessions_refused_identity: u64,
+    /// Server-policy sessions ended after their time in Standby (`server_standby_expiry`) or evicted
+    /// to stay within `max_sessions`.
+    pub sessions_expired: u64,
+    /// Connections ended because the peer tripped a resource limit, by the limit's configuration name
+    /// (only limits that tripped are listed).
+    pub limits_tripped: std::collections::BTreeMap<&'static str, u64>,
     pub send_throttle: Option<ThrottleStats>,
 }
 
@@ -107,6 +133,14 @@ impl CountersSnapshot {
             s.connections += w.connections.load(Relaxed);
             s.dropped_bad_peers += w.dropped_bad_peers.load(Relaxed);
             s.sessions_moved += w.sessions_moved.load(Relaxed);
+            s.sessions_refused_identity += w.sessions_refused_identity.load(Relaxed);
+            s.sessions_expired += w.sessions_expired.load(Relaxed);
+            for limit in Limit::ALL {
+                let n = w.limits_tripped[limit.index()].load(Relaxed);
+                if n > 0 {
+                    *s.limits_tripped.entry(limit.name()).or_default() += n;
+                }
+            }
         }
         s
     }

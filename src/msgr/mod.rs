@@ -17,6 +17,7 @@
 //!   except on reset or `mark_down`).
 
 mod counters;
+mod loglimit;
 mod registry;
 mod throttle;
 mod worker;
@@ -74,6 +75,15 @@ pub struct MessengerConfig {
     pub throttle_msgs: u64,
     /// Bytes asked for per read call on a socket (each worker keeps one such buffer).
     pub read_buffer: usize,
+    /// Connections (accepted and dialled) the messenger holds at once; an accept beyond it is closed
+    /// at once and counted (`limits_tripped.max_connections`).
+    pub max_connections: usize,
+    /// Accepted connections from one source IP that have not authenticated yet; beyond it new ones
+    /// from that IP are closed at once (a slow handshake flood from one host cannot crowd out others).
+    pub max_half_open_per_source: usize,
+    /// Sessions in the registry. A new session beyond it evicts the oldest server-policy session
+    /// parked in Standby, or is refused when there is none (`limits_tripped.max_sessions`).
+    pub max_sessions: usize,
 }
 
 impl MessengerConfig {
@@ -90,6 +100,11 @@ impl MessengerConfig {
             throttle_bytes: 256 << 20,
             throttle_msgs: 0,
             read_buffer: 256 * 1024,
+            // Room for the 10,000-session fan-in bench and for a loopback cluster; at ~15 KiB per
+            // idle session these bound a messenger near 1 GiB.
+            max_connections: 65_536,
+            max_half_open_per_source: 256,
+            max_sessions: 65_536,
         }
     }
 }
@@ -121,6 +136,8 @@ pub(crate) struct Shared {
     /// incoming session does its lookup, decision and insertion under it too, so one peer never ends up
     /// with two sessions because both sides dialled at once.
     pub registry: Mutex<registry::SessionRegistry>,
+    /// Accepted, not yet authenticated connections by source IP (`max_half_open_per_source`).
+    pub half_open: Mutex<HashMap<std::net::IpAddr, usize>>,
     pub next_id: AtomicU64,
     pub load: Vec<AtomicUsize>,
     pub counters: Vec<Arc<WorkerCounters>>,
@@ -159,6 +176,8 @@ pub(crate) struct ConnShared {
     pub commands: crossbeam_channel::Sender<Command>,
     pub scheduled: AtomicBool,
     pub closed: AtomicBool,
+    /// The session waits in Standby for its peer (set by the owning worker; read for eviction).
+    pub standby: AtomicBool,
     /// The messenger's kick queues, by worker (`Shared::kickers`).
     pub kickers: Arc<[OnceLock<Kicker>]>,
     /// The messenger's `Shared` address, to recognise its own worker threads (`CURRENT_WORKER`).
@@ -306,7 +325,7 @@ impl ConnectionRef {
             .clone()
     }
 
-    fn command(&self, c: Command) -> Result<(), MsgrError> {
+    pub(crate) fn command(&self, c: Command) -> Result<(), MsgrError> {
         if self.is_closed() {
             return Err(MsgrError::Closed);
         }
@@ -340,6 +359,7 @@ impl<N: NetworkStack> Messenger<N> {
             dispatcher,
             proto_config: OnceLock::new(),
             registry: Mutex::new(registry::SessionRegistry::default()),
+            half_open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             load: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
             counters: (0..threads)
@@ -478,11 +498,23 @@ impl<N: NetworkStack> Messenger<N> {
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if let Some(existing) = reg.get(addrs).filter(|c| !c.is_closed()) {
+            // Reuse the session with these addresses only if it is with the entity type we want to
+            // reach: a peer that connected to us claiming these addresses is not necessarily that.
+            if let Some(existing) = reg.get(addrs).filter(|c| {
+                !c.is_closed()
+                    && (peer_type == proto::types::entity_type::ANY
+                        || c.peer().entity_type == peer_type)
+            }) {
                 return Ok(existing.clone());
             }
             let (conn, rx) = worker::new_handle(&self.shared, w);
-            reg.insert(addrs.clone(), conn.clone());
+            {
+                // Known from now on, for the identity check of a session request racing this dial.
+                let mut p = conn.0.peer.lock().unwrap_or_else(|e| e.into_inner());
+                p.entity_type = peer_type;
+                p.addrs = addrs.clone();
+            }
+            reg.insert(addrs.clone(), conn.clone(), policy.server);
             (conn, rx)
         } else {
             worker::new_handle(&self.shared, w)
@@ -510,6 +542,7 @@ impl<N: NetworkStack> Messenger<N> {
     /// Counters summed over all workers.
     pub fn counters(&self) -> CountersSnapshot {
         let mut s = CountersSnapshot::sum(self.shared.counters.iter().map(|c| c.as_ref()));
+        s.sessions = self.registry_stats().sessions as u64;
         s.send_throttle = Some(self.shared.throttle.stats());
         s
     }

@@ -23,7 +23,10 @@ use super::{
 };
 use crate::event::{EventCenter, EventHandler, Remote, TimerId};
 use crate::proto::types::{AddrVec, EntityAddr};
-use crate::proto::{self, ConnStats, Connection, Event, Policy, Resolution, Role, SessionRequest};
+use crate::proto::{
+    self, ConnStats, Connection, Event, Limit, Phase, Policy, Resolution, Role, SessionRequest,
+    SessionRequestKind,
+};
 use crate::stack::{flush_queue, EventKind, ListenOptions, SocketEvent, SocketId, WorkerStack};
 
 pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
@@ -39,6 +42,8 @@ pub(crate) enum Command {
     Send(proto::Message),
     Keepalive,
     MarkDown,
+    /// End the session if it is still a server-policy session in Standby (`max_sessions` eviction).
+    Evict,
 }
 
 /// A new connection handle on worker `w`, with the receiving end of its command queue.
@@ -51,12 +56,42 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
         commands: tx,
         scheduled: std::sync::atomic::AtomicBool::new(false),
         closed: std::sync::atomic::AtomicBool::new(false),
+        standby: std::sync::atomic::AtomicBool::new(false),
         kickers: shared.kickers.clone(),
         messenger: Arc::as_ptr(shared) as usize,
         throttle: shared.throttle.clone(),
         peer: Mutex::new(PeerInfo::default()),
     };
     (ConnectionRef(Arc::new(shared_conn)), rx)
+}
+
+/// Give back a half-open slot of source `ip` (`Handler::admit`).
+fn release_half_open(shared: &Shared, ip: std::net::IpAddr) {
+    let mut half = shared.half_open.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = half.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            half.remove(&ip);
+        }
+    }
+}
+
+/// Whether a connection that authenticated as `auth` (an entity of type `peer_type`) may take over
+/// or replace the session described by `held`: the same entity type, and the same name where both
+/// are known (a session we dialled knows only the type it asked for). Not the global_id, which a
+/// client gets anew each time it authenticates with a monitor.
+fn same_identity(
+    held: &PeerInfo,
+    peer_type: u8,
+    auth: Option<&crate::proto::types::AuthEntityName>,
+) -> bool {
+    if held.entity_type != peer_type && held.entity_type != crate::proto::types::entity_type::ANY {
+        return false;
+    }
+    match (&held.auth_name, auth) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
 }
 
 /// One connection as its worker sees it.
@@ -77,6 +112,8 @@ pub(crate) struct Conn {
     announced: bool,
     /// The key this connection is registered under in the session registry, if it is.
     reg_key: Option<AddrVec>,
+    /// Accepted and not authenticated yet: its slot in `Shared::half_open`.
+    half_open: Option<std::net::IpAddr>,
 }
 
 /// The messenger's event handler on one worker.
@@ -97,6 +134,8 @@ pub(crate) struct Handler<S: WorkerStack> {
     /// Session requests waiting for a connection that is on its way to this worker (being created by
     /// `connect_to`, or moving here from another worker), by that connection's id.
     parked: IdMap<ConnId, Vec<(ConnId, SessionRequest, u32)>>,
+    /// Log lines about misbehaving peers, rate-limited.
+    peer_log: super::loglimit::LogLimiter,
 }
 
 impl<S: WorkerStack> Handler<S> {
@@ -131,6 +170,7 @@ impl<S: WorkerStack> Handler<S> {
             ev_scratch: Vec::new(),
             kicks,
             parked: IdMap::default(),
+            peer_log: super::loglimit::LogLimiter::new(10, std::time::Duration::from_secs(1)),
         }
     }
 
@@ -169,6 +209,15 @@ impl<S: WorkerStack> Handler<S> {
     }
 
     fn place_accepted(&mut self, c: &mut EventCenter<S>, sid: SocketId, peer: SocketAddr) {
+        if let Some(limit) = self.admit(peer) {
+            let _ = c.stack_mut().close(sid);
+            self.counters.trip(limit);
+            let (log, suppressed) = self.peer_log.allow(Instant::now());
+            if log {
+                tracing::info!(%peer, %limit, suppressed, "accept refused: limit reached");
+            }
+            return;
+        }
         let target = self.shared.least_loaded();
         if target != self.index {
             if let Some(remote) = self.remotes.get().and_then(|r| r.get(target)).cloned() {
@@ -181,12 +230,14 @@ impl<S: WorkerStack> Handler<S> {
                             match c.stack_mut().attach(handoff) {
                                 Ok(sid) => h.create_server(c, sid, peer),
                                 Err(e) => {
+                                    release_half_open(&h.shared, peer.ip());
                                     tracing::warn!(error = %e, "attach of accepted socket failed")
                                 }
                             }
                         });
                         if sent.is_err() {
                             self.shared.load[target].fetch_sub(1, Ordering::Relaxed);
+                            release_half_open(&self.shared, peer.ip());
                         }
                         return;
                     }
@@ -200,8 +251,35 @@ impl<S: WorkerStack> Handler<S> {
         self.create_server(c, sid, peer);
     }
 
+    /// Whether one more accepted connection from `peer` fits: the messenger's connections and the
+    /// source's half-open ones. On success the half-open slot is taken (released by the connection).
+    fn admit(&self, peer: SocketAddr) -> Option<crate::proto::Limit> {
+        let cfg = &self.shared.config;
+        let open: u64 = self
+            .shared
+            .counters
+            .iter()
+            .map(|w| w.connections.load(Ordering::Relaxed))
+            .sum();
+        if open >= cfg.max_connections as u64 {
+            return Some(crate::proto::Limit::Connections);
+        }
+        let mut half = self
+            .shared
+            .half_open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = half.entry(peer.ip()).or_default();
+        if *n >= cfg.max_half_open_per_source {
+            return Some(crate::proto::Limit::HalfOpenPerSource);
+        }
+        *n += 1;
+        None
+    }
+
     fn create_server(&mut self, c: &mut EventCenter<S>, sid: SocketId, peer: SocketAddr) {
         let Some(cfg) = self.proto_config() else {
+            release_half_open(&self.shared, peer.ip());
             let _ = c.stack_mut().close(sid);
             return;
         };
@@ -222,6 +300,7 @@ impl<S: WorkerStack> Handler<S> {
             peer_sock: Some(peer),
             announced: false,
             reg_key: None,
+            half_open: Some(peer.ip()),
         });
         self.by_socket.insert(sid, id);
         self.pump(c, id);
@@ -272,6 +351,7 @@ impl<S: WorkerStack> Handler<S> {
             announced: true,
             // connect_to registered it under the addresses it was given (connect_new does not).
             reg_key: nonce.is_none().then_some(addrs_key),
+            half_open: None,
         });
         self.flush_conn(c, id);
         self.resume_parked(c, id);
@@ -305,6 +385,7 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 Command::Keepalive => conn.proto.send_keepalive(now),
                 Command::MarkDown => conn.proto.close(),
+                Command::Evict => conn.proto.expire_standby(),
             }
         }
         self.pump(c, id);
@@ -394,6 +475,10 @@ impl<S: WorkerStack> Handler<S> {
                 }
             }
             Event::Connected { reconnect } => {
+                if let Some(ip) = conn.half_open.take() {
+                    release_half_open(&self.shared, ip);
+                }
+                handle.0.standby.store(false, Ordering::Relaxed);
                 {
                     let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
                     p.entity_type = conn.proto.peer_type();
@@ -412,11 +497,21 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::SessionRequest(req) => self.resolve(c, id, req),
             Event::TransportDown(err) => {
+                if let Some(limit) = err.tripped_limit() {
+                    self.counters.trip(limit);
+                }
                 if !conn.announced {
                     self.counters
                         .dropped_bad_peers
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(peer = ?conn.peer_sock, reason = %err, "dropping peer");
+                    // Rate-limited, and the reason (which may quote the peer) escaped.
+                    let (log, suppressed) = self.peer_log.allow(Instant::now());
+                    if suppressed > 0 {
+                        tracing::info!(suppressed, "dropped peers not logged");
+                    }
+                    if log {
+                        tracing::info!(peer = ?conn.peer_sock, reason = ?err.to_string(), "dropping peer");
+                    }
                 } else {
                     tracing::debug!(conn = id, peer = ?conn.peer_sock, reason = %err, "transport down");
                 }
@@ -426,6 +521,10 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 conn.connecting = false;
                 conn.txq.clear();
+                handle
+                    .0
+                    .standby
+                    .store(conn.proto.phase() == Phase::Standby, Ordering::Relaxed);
             }
             Event::RemoteReset { .. } => dispatcher.ms_handle_remote_reset(&handle),
             Event::Reset(err) => {
@@ -475,10 +574,38 @@ impl<S: WorkerStack> Handler<S> {
         let now = Instant::now();
         let shared = self.shared.clone();
         let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let found = reg
+        let existing = reg
             .get(&req.peer_addrs)
-            .filter(|h| h.id() != id && !h.is_closed())
-            .map(|h| (h.0.worker.load(Ordering::Acquire), h.id()));
+            .filter(|h| h.id() != id && !h.is_closed());
+        // A session is reused or replaced only by the entity that holds it: claiming another peer's
+        // addresses (and cookie) gets that peer's session neither reset nor replayed to you.
+        if let (Some(ex), Some(conn)) = (existing, self.conns.get_mut(&id)) {
+            let held = ex.peer();
+            let claimant = (conn.proto.peer_type(), conn.proto.peer_auth_name().cloned());
+            if !same_identity(&held, claimant.0, claimant.1.as_ref()) {
+                drop(reg);
+                self.counters
+                    .sessions_refused_identity
+                    .fetch_add(1, Ordering::Relaxed);
+                let (log, suppressed) = self.peer_log.allow(now);
+                if log {
+                    tracing::info!(
+                        peer = ?conn.peer_sock,
+                        claimed = ?claimant.1.map(|n| n.to_string()),
+                        held_by = ?held.auth_name.map(|n| n.to_string()),
+                        suppressed,
+                        "refused a session request for another entity's session"
+                    );
+                }
+                conn.proto.refuse_session(
+                    now,
+                    "the session for these addresses belongs to another entity",
+                );
+                self.pump(c, id);
+                return;
+            }
+        }
+        let found = existing.map(|h| (h.0.worker.load(Ordering::Acquire), h.id()));
         match found {
             Some((w, ex_id)) if w == self.index && self.conns.contains_key(&ex_id) => {
                 let Some(mut new) = self.conns.remove(&id) else {
@@ -490,7 +617,8 @@ impl<S: WorkerStack> Handler<S> {
                     (new.proto.resolve_session(now, ex), ex_phase)
                 };
                 if res == Resolution::NewSession {
-                    reg.insert(req.peer_addrs.clone(), new.handle.clone());
+                    let evictable = new.proto.policy().server;
+                    reg.insert(req.peer_addrs.clone(), new.handle.clone(), evictable);
                     new.reg_key = Some(req.peer_addrs.clone());
                 }
                 drop(reg);
@@ -544,9 +672,35 @@ impl<S: WorkerStack> Handler<S> {
                 let Some(conn) = self.conns.get_mut(&id) else {
                     return;
                 };
+                let new_session = matches!(req.kind, SessionRequestKind::New { .. });
+                if new_session && reg.len() >= self.shared.config.max_sessions {
+                    // Make room: end the oldest server-policy session parked in Standby.
+                    match reg.evict_oldest() {
+                        Some(victim) => {
+                            let _ = victim.command(Command::Evict);
+                        }
+                        None => {
+                            let n = reg.len();
+                            drop(reg);
+                            self.counters.trip(Limit::Sessions);
+                            conn.proto.refuse_session(
+                                now,
+                                "session limit reached and no session to evict",
+                            );
+                            tracing::debug!(
+                                conn = id,
+                                sessions = n,
+                                "session refused: max_sessions"
+                            );
+                            self.pump(c, id);
+                            return;
+                        }
+                    }
+                }
                 let res = conn.proto.resolve_session(now, None);
                 if res == Resolution::NewSession {
-                    reg.insert(req.peer_addrs.clone(), conn.handle.clone());
+                    let evictable = conn.proto.policy().server;
+                    reg.insert(req.peer_addrs.clone(), conn.handle.clone(), evictable);
                     conn.reg_key = Some(req.peer_addrs.clone());
                 }
                 drop(reg);
@@ -576,6 +730,9 @@ impl<S: WorkerStack> Handler<S> {
             self.by_socket.insert(sid, ex_id);
         }
         // The temporary connection is gone; its handle was never shown to anyone.
+        if let Some(ip) = new.half_open.take() {
+            release_half_open(&self.shared, ip);
+        }
         if let Some((tid, _)) = new.timer {
             c.cancel_timer(tid);
             self.by_timer.remove(&tid);
@@ -734,6 +891,9 @@ impl<S: WorkerStack> Handler<S> {
         if let Some((tid, _)) = conn.timer.take() {
             c.cancel_timer(tid);
             self.by_timer.remove(&tid);
+        }
+        if let Some(ip) = conn.half_open.take() {
+            release_half_open(&self.shared, ip);
         }
         if let Some(key) = conn.reg_key.take() {
             let mut reg = self

@@ -38,6 +38,91 @@ pub enum Error {
     /// The connection was closed locally (mark_down / shutdown) or replaced by another.
     #[error("connection closed")]
     Closed,
+    /// The peer made us reach one of our resource limits; this connection ends (its session survives
+    /// on a lossless policy, as after any fault).
+    #[error("{limit} limit exceeded: {value} > {max}")]
+    LimitExceeded { limit: Limit, value: u64, max: u64 },
+}
+
+/// The resource limits a peer can trip (each a `proto::Config` or `MessengerConfig` field); the
+/// messenger counts trips per limit. Names are the configuration fields' (Ceph's option where it has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limit {
+    /// A frame before the session is ready (`Config::max_handshake_frame_len`).
+    HandshakeFrame,
+    /// A frame on a ready session (`Config::max_frame_len`).
+    Frame,
+    /// AUTH_REQUESTs on one transport (`Config::max_auth_attempts`).
+    AuthAttempts,
+    /// Bytes recorded for AUTH_SIGNATURE (`Config::max_transcript_len`).
+    Transcript,
+    /// Entries in a peer's address vector (`Config::max_addrvec_len`).
+    AddrVec,
+    /// Connections of one messenger (`MessengerConfig::max_connections`).
+    Connections,
+    /// Connections not yet authenticated from one source address
+    /// (`MessengerConfig::max_half_open_per_source`).
+    HalfOpenPerSource,
+    /// Sessions of one messenger (`MessengerConfig::max_sessions`).
+    Sessions,
+}
+
+impl Limit {
+    /// Every limit, in counter order.
+    pub const ALL: [Limit; 8] = [
+        Limit::HandshakeFrame,
+        Limit::Frame,
+        Limit::AuthAttempts,
+        Limit::Transcript,
+        Limit::AddrVec,
+        Limit::Connections,
+        Limit::HalfOpenPerSource,
+        Limit::Sessions,
+    ];
+
+    /// The configuration field that sets it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::HandshakeFrame => "max_handshake_frame_len",
+            Limit::Frame => "max_frame_len",
+            Limit::AuthAttempts => "max_auth_attempts",
+            Limit::Transcript => "max_transcript_len",
+            Limit::AddrVec => "max_addrvec_len",
+            Limit::Connections => "max_connections",
+            Limit::HalfOpenPerSource => "max_half_open_per_source",
+            Limit::Sessions => "max_sessions",
+        }
+    }
+
+    /// Its index in [`Limit::ALL`].
+    pub fn index(self) -> usize {
+        Limit::ALL.iter().position(|l| *l == self).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Error {
+    pub(crate) fn limit(limit: Limit, value: impl TryInto<u64>, max: impl TryInto<u64>) -> Self {
+        Error::LimitExceeded {
+            limit,
+            value: value.try_into().unwrap_or(u64::MAX),
+            max: max.try_into().unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The limit this error tripped, if it is a [`Error::LimitExceeded`].
+    pub fn tripped_limit(&self) -> Option<Limit> {
+        match self {
+            Error::LimitExceeded { limit, .. } => Some(*limit),
+            _ => None,
+        }
+    }
 }
 
 impl Error {

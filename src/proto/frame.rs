@@ -436,6 +436,12 @@ impl FrameDecoder {
         self.max_frame_len
     }
 
+    /// Change the limit for frames whose preamble has not arrived yet (a connection raises it once
+    /// the peer is authenticated). The decoder never reserves more than the limit it enforces.
+    pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len;
+    }
+
     /// Forgets any partial frame and error (for a new connection).
     pub fn reset(&mut self) {
         self.pending = None;

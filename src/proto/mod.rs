@@ -25,6 +25,6 @@ pub use conn::{
     Config, ConnStats, Connection, Event, Phase, Policy, Resolution, Role, SessionRequest,
     SessionRequestKind,
 };
-pub use error::Error;
+pub use error::{Error, Limit};
 pub use message::Message;
 pub use session::{GlobalSeq, Released};

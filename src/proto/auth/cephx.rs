@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use zeroize::Zeroize;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::{CryptoRng, Rng};
@@ -367,7 +368,7 @@ pub fn decode_ticket_reply(
                 old_session_key.ok_or_else(|| refused("encrypted ticket without a session"))?;
             decode_decrypt(key, d)?
         } else {
-            d.len_prefixed("service ticket")?.to_vec()
+            zeroize::Zeroizing::new(d.len_prefixed("service ticket")?.to_vec())
         };
         let ticket = TicketBlob::decode(&mut Decoder::new(&blob))?;
         out.push(ServiceTicket {
@@ -434,8 +435,8 @@ impl fmt::Debug for SessionSecrets {
 
 impl Drop for SessionSecrets {
     fn drop(&mut self) {
-        self.session_key.iter_mut().for_each(|b| *b = 0);
-        self.connection_secret.iter_mut().for_each(|b| *b = 0);
+        self.session_key.zeroize();
+        self.connection_secret.zeroize();
     }
 }
 
@@ -835,9 +836,9 @@ impl CephxMonitor {
         }
         let name = AuthEntityName::decode(d)?;
         let _claimed_global_id = d.u64()?;
-        if self.keyring.get(&name).is_none() {
-            return Err(refused(format!("unknown entity {name}")));
-        }
+        // As Ceph's CephxServiceHandler::start_session: challenge whoever asks, without looking the
+        // name up, so that the answer does not tell a prober which entities exist. An unknown entity
+        // fails at the proof, like a wrong key.
         let server_challenge = rng.random_range(1..=u64::MAX);
         let mut b = BytesMut::with_capacity(9);
         b.put_u8(1);
@@ -876,7 +877,10 @@ impl CephxMonitor {
             .get(&s.name)
             .ok_or_else(|| refused(format!("unknown entity {}", s.name)))?;
         let expected = challenge_key(&entry.key, s.server_challenge, req.client_challenge)?;
-        if req.key != expected {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &req.key.to_le_bytes()[..],
+            &expected.to_le_bytes()[..],
+        )) {
             return Err(refused(format!(
                 "{} did not prove its key (wrong key)",
                 s.name
@@ -1238,6 +1242,25 @@ mod tests {
         );
         let e = mon_session(&mon, &stranger, &mut rng, now).unwrap_err();
         assert!(e.to_string().contains("unknown entity client.bob"), "{e}");
+    }
+
+    #[test]
+    fn monitor_challenges_unknown_and_known_names_alike() {
+        let (mon, client, mut rng, _) = setup();
+        let stranger = CephxClient::new(
+            AuthEntityName::new(entity_type::CLIENT, "bob"),
+            CryptoKey::generate(&mut rng, UTime::default()),
+        );
+        let mut challenges = Vec::new();
+        for c in [&client, &stranger] {
+            let (req, _) = c.start(entity_type::MON, &mut rng).unwrap();
+            let (challenge, _) = mon
+                .start(&req, || 1, &mut rng)
+                .expect("a challenge for any name");
+            challenges.push(challenge);
+        }
+        assert_eq!(challenges[0].len(), challenges[1].len());
+        assert_eq!(challenges[0][0], challenges[1][0]);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! [`CryptoError`] values, never panics.
 
 use std::fmt;
+use zeroize::{Zeroize, Zeroizing};
 
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use bytes::{BufMut, BytesMut};
@@ -81,8 +82,8 @@ impl fmt::Debug for CryptoKey {
 
 impl Drop for CryptoKey {
     fn drop(&mut self) {
-        // Best effort: overwrite the secret before the allocation is freed.
-        self.secret.iter_mut().for_each(|b| *b = 0);
+        // Wiped with stores the compiler may not elide.
+        self.secret.zeroize();
     }
 }
 
@@ -182,7 +183,8 @@ impl CryptoKey {
     }
 
     /// The inverse of [`CryptoKey::encrypt`]; a wrong key almost always fails the padding check.
-    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    /// The plaintext is wiped when dropped.
+    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let key = self.aes_key()?;
         if ciphertext.is_empty() || ciphertext.len() % 16 != 0 || ciphertext.len() > MAX_CIPHERTEXT
         {
@@ -190,6 +192,7 @@ impl CryptoKey {
         }
         Aes128CbcDec::new(key.into(), CEPH_AES_IV.into())
             .decrypt_padded_vec_mut::<Pkcs7>(ciphertext)
+            .map(Zeroizing::new)
             .map_err(|_| CryptoError::Decrypt)
     }
 
@@ -262,19 +265,25 @@ pub fn encode_encrypt(
 }
 
 /// Ceph's `decode_decrypt_enc_bl`: decrypt, check struct_v and magic, return the payload after them.
-pub fn decrypt_envelope(key: &CryptoKey, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let mut pt = key.decrypt(ciphertext)?;
+pub fn decrypt_envelope(
+    key: &CryptoKey,
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let pt = key.decrypt(ciphertext)?;
     let d = &mut Decoder::new(&pt);
     let _struct_v = d.u8()?;
     if d.u64()? != AUTH_ENC_MAGIC {
         return Err(CryptoError::BadMagic);
     }
-    Ok(pt.split_off(9))
+    Ok(Zeroizing::new(pt[9..].to_vec()))
 }
 
 /// Ceph's `decode_decrypt`: a `u32`-length-prefixed ciphertext read from `d`, decrypted by
 /// [`decrypt_envelope`].
-pub fn decode_decrypt(key: &CryptoKey, d: &mut Decoder<'_>) -> Result<Vec<u8>, CryptoError> {
+pub fn decode_decrypt(
+    key: &CryptoKey,
+    d: &mut Decoder<'_>,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let ct = d.len_prefixed("encrypted blob")?;
     decrypt_envelope(key, ct)
 }
@@ -323,7 +332,7 @@ mod tests {
             0x5e, 0x98,
         ];
         assert_eq!(ct, expect);
-        assert_eq!(key.decrypt(&ct).unwrap(), b"hello cephx");
+        assert_eq!(key.decrypt(&ct).unwrap().as_slice(), b"hello cephx");
         let full = key.encrypt(&[0u8; 16]).unwrap();
         assert_eq!(full.len(), 32, "PKCS#7 adds a whole block to a full one");
         assert_eq!(
@@ -339,7 +348,7 @@ mod tests {
         let mut out = BytesMut::new();
         encode_encrypt(&k1, b"payload", &mut out).unwrap();
         let d = &mut Decoder::new(&out);
-        assert_eq!(decode_decrypt(&k1, d).unwrap(), b"payload");
+        assert_eq!(decode_decrypt(&k1, d).unwrap().as_slice(), b"payload");
         assert_eq!(d.remaining(), 0);
         let err = decode_decrypt(&k2, &mut Decoder::new(&out)).unwrap_err();
         assert!(

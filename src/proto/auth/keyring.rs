@@ -66,10 +66,13 @@ impl Keyring {
     /// Read and parse the keyring file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, KeyringError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| KeyringError::Unreadable {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        // The text holds keys: wiped once parsed.
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            KeyringError::Unreadable {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        })?);
         Keyring::parse(&text, path)
     }
 

@@ -95,13 +95,14 @@ pub struct ConModes {
 }
 
 impl Default for ConModes {
-    /// crc first (it is faster), secure allowed.
+    /// Ceph's defaults: to monitors secure first (ms_mon_client_mode = "secure crc": what a client
+    /// says to its monitor, tickets included, is worth protecting), to other daemons crc first
+    /// (ms_client_mode = "crc secure": it is faster); both accepted.
     fn default() -> Self {
-        let both = vec![CON_MODE_CRC, CON_MODE_SECURE];
         ConModes {
-            to_mon: both.clone(),
-            to_other: both.clone(),
-            accept: both,
+            to_mon: vec![CON_MODE_SECURE, CON_MODE_CRC],
+            to_other: vec![CON_MODE_CRC, CON_MODE_SECURE],
+            accept: vec![CON_MODE_CRC, CON_MODE_SECURE],
         }
     }
 }
@@ -267,6 +268,20 @@ pub fn auth_signature(session_key: &[u8], transcript: &[u8]) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn default_modes_are_cephs_secure_first_to_monitors() {
+        let m = ConModes::default();
+        assert_eq!(
+            m.offer(entity_type::MON, AUTH_METHOD_CEPHX),
+            vec![CON_MODE_SECURE, CON_MODE_CRC]
+        );
+        assert_eq!(
+            m.offer(entity_type::OSD, AUTH_METHOD_CEPHX),
+            vec![CON_MODE_CRC, CON_MODE_SECURE]
+        );
+    }
+
     use super::*;
     use crate::proto::frame::Tag;
     use crate::proto::frames::capture::{payload, MON_C2S, MON_S2C, OSD_C2S};

@@ -70,8 +70,8 @@ impl Connection {
                 self.send_auth_request()
             }
             Role::Server => {
+                // The policy follows the authenticated entity, not this claim (`authenticated`).
                 self.peer_type = h.entity_type;
-                self.policy = self.config.accept_policy(h.entity_type);
                 self.phase = Phase::Auth;
                 Ok(())
             }
@@ -197,7 +197,7 @@ impl Connection {
         crossed: bool,
     ) -> Result<(), Error> {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
-        t.session_key = session_key;
+        t.session_key = zeroize::Zeroizing::new(session_key);
         if mode == CON_MODE_SECURE {
             let (tx, rx) = session_ciphers(connection_secret, crossed).map_err(|e| {
                 Error::AuthFailed(format!(
@@ -209,6 +209,21 @@ impl Connection {
         }
         self.con_mode = mode;
         self.send_auth_signature()
+    }
+
+    /// Server: the peer proved it is `name`. Its HELLO must have said the same entity type, and the
+    /// session policy is chosen for that type only now, so an unauthenticated claim picks nothing.
+    fn authenticated(&mut self, name: AuthEntityName) -> Result<(), Error> {
+        if name.entity_type != u32::from(self.peer_type) {
+            return Err(Error::PeerMisbehaved(format!(
+                "HELLO said entity type {} but the peer authenticated as {:?}",
+                self.peer_type,
+                name.to_string()
+            )));
+        }
+        self.policy = self.config.accept_policy(self.peer_type);
+        self.peer_auth_name = Some(name);
+        Ok(())
     }
 
     /// Server: refuse the request with AUTH_BAD_METHOD (what we allow); the client may try again.
@@ -230,6 +245,12 @@ impl Connection {
         now: Instant,
         r: AuthRequest,
     ) -> Result<(), Error> {
+        let max = self.config.max_auth_attempts;
+        let t = self.transport.as_mut().ok_or(Error::Closed)?;
+        t.auth_attempts = t.auth_attempts.saturating_add(1);
+        if t.auth_attempts > max {
+            return Err(Error::limit(Limit::AuthAttempts, t.auth_attempts, max));
+        }
         let ours = self.config.auth_server.method();
         let mode = ConModes::pick(&r.preferred_modes, &self.config.con_modes.allowed(ours));
         let (true, Some(mode)) = (r.method == ours, mode) else {
@@ -238,7 +259,7 @@ impl Connection {
         match self.config.auth_server.clone() {
             ServerAuth::None => {
                 let req = AuthNoneRequest::decode(&r.auth_payload)?;
-                self.peer_auth_name = Some(req.name().clone());
+                self.authenticated(req.name().clone())?;
                 let claimed = req.global_id();
                 let gid = if claimed != 0 {
                     claimed
@@ -263,7 +284,8 @@ impl Connection {
                         }))
                     }
                     Err(e) => {
-                        tracing::info!(peer = %self.target_addr, "cephx: refused: {e}");
+                        // Per event and partly peer-chosen: debug only (the messenger logs dropped peers, rate-limited).
+                        tracing::debug!(peer = %self.target_addr, reason = ?e.to_string(), "cephx: refused");
                         self.refuse_auth(r.method, e.errno())
                     }
                 }
@@ -285,7 +307,7 @@ impl Connection {
                     }
                     Ok(ServiceVerdict::Done { .. }) => self.refuse_auth(r.method, EACCES),
                     Err(e) => {
-                        tracing::info!(peer = %self.target_addr, "cephx: refused authorizer: {e}");
+                        tracing::debug!(peer = %self.target_addr, reason = ?e.to_string(), "cephx: refused authorizer");
                         self.refuse_auth(r.method, e.errno())
                     }
                 }
@@ -333,7 +355,7 @@ impl Connection {
         match result {
             Ok((payload, gid, secrets, mode, name)) => {
                 self.peer_global_id = gid;
-                self.peer_auth_name = Some(name);
+                self.authenticated(name)?;
                 self.send_auth_done(gid, mode, payload)?;
                 self.finish_auth(
                     mode,
@@ -343,7 +365,8 @@ impl Connection {
                 )
             }
             Err(e) => {
-                tracing::info!(peer = %self.target_addr, "cephx: refused: {e}");
+                // Per event and partly peer-chosen: debug only (the messenger logs dropped peers, rate-limited).
+                tracing::debug!(peer = %self.target_addr, reason = ?e.to_string(), "cephx: refused");
                 self.refuse_auth(method, e.errno())
             }
         }
@@ -379,7 +402,11 @@ impl Connection {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let tx = t.sent_transcript.take().unwrap_or_default();
         let expected = auth_signature(&t.session_key, &tx);
-        if s.signature != expected {
+        // Constant time: how much of the signature matched must not show in how long we took.
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &s.signature[..],
+            &expected[..],
+        )) {
             return Err(Error::AuthFailed(
                 "AUTH_SIGNATURE does not match the transcript we sent".into(),
             ));

@@ -7,7 +7,7 @@ use super::*;
 impl Connection {
     pub(super) fn send_client_ident(&mut self) -> Result<(), Error> {
         if !self.policy.lossy && self.session.client_cookie == 0 {
-            self.session.client_cookie = self.rng.random_range(1..=u64::MAX);
+            self.session.client_cookie = self.new_cookie();
         }
         self.phase = Phase::Session;
         let ci = ClientIdent {
@@ -98,6 +98,7 @@ impl Connection {
             }));
         }
         checked_peer_seq("CLIENT_IDENT global_seq", ci.global_seq)?;
+        self.check_addrvec(&ci.addrs)?;
         self.peer_supported_features = ci.supported_features;
         self.target_addr = ci.target_addr.clone();
         self.peer_addrs = ci.addrs.clone();
@@ -125,6 +126,7 @@ impl Connection {
         }
         checked_peer_seq("SESSION_RECONNECT global_seq", r.global_seq)?;
         checked_peer_seq("SESSION_RECONNECT connect_seq", r.connect_seq)?;
+        self.check_addrvec(&r.addrs)?;
         self.peer_addrs = r.addrs.clone();
         self.request_decision(SessionRequest {
             peer_addrs: r.addrs,
@@ -137,6 +139,14 @@ impl Connection {
                 msg_seq: r.msg_seq,
             },
         });
+        Ok(())
+    }
+
+    fn check_addrvec(&self, addrs: &AddrVec) -> Result<(), Error> {
+        let max = self.config.max_addrvec_len;
+        if addrs.len() > max {
+            return Err(Error::limit(Limit::AddrVec, addrs.len(), max));
+        }
         Ok(())
     }
 

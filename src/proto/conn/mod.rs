@@ -41,7 +41,7 @@ use super::auth::{
     ServerAuth, CON_MODE_SECURE,
 };
 use super::banner::{msgr2_feature, Banner};
-use super::error::Error;
+use super::error::{Error, Limit};
 use super::frame::secure::{session_ciphers, CONNECTION_SECRET_LEN};
 use super::frame::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::frames::*;
@@ -154,8 +154,17 @@ pub struct Config {
     /// Ceph feature bits we support / require of the peer.
     pub features_supported: u64,
     pub features_required: u64,
-    /// Largest frame accepted, checked before any allocation.
+    /// Largest frame accepted on a ready session, checked before any allocation.
     pub max_frame_len: usize,
+    /// Largest frame accepted before the session is ready (banner through ident): cephx frames are a
+    /// few hundred bytes, so an unauthenticated peer cannot make us buffer more than this.
+    pub max_handshake_frame_len: usize,
+    /// AUTH_REQUESTs a peer may send on one transport (a refused method may be retried).
+    pub max_auth_attempts: u32,
+    /// Bytes each direction of the pre-auth transcript (signed in AUTH_SIGNATURE) may hold.
+    pub max_transcript_len: usize,
+    /// Entries a peer's address vector (CLIENT_IDENT, SESSION_RECONNECT) may have.
+    pub max_addrvec_len: usize,
     /// Policy for connections we accept, by the peer's entity type; `default_policy` otherwise.
     pub accept_policies: Vec<(u8, Policy)>,
     pub default_policy: Policy,
@@ -166,6 +175,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// A ready connection with no input for this long faults (ms_connection_idle_timeout); None = never.
     pub idle_timeout: Option<Duration>,
+    /// A session kept for a peer that must come back to us (policy `server`, e.g. stateful_server)
+    /// ends after this long in Standby; None = kept until the peer returns. Sessions of other
+    /// policies never expire here: ending one turns the peer's next reconnect into a reset.
+    pub server_standby_expiry: Option<Duration>,
     /// Send KEEPALIVE2 this often on a ready connection; None = only on request.
     pub keepalive_interval: Option<Duration>,
     /// Bytes of messages encoded per `poll_transmit`, so that higher-priority messages can still
@@ -194,12 +207,20 @@ impl Config {
             features_supported: CEPH_FEATURES_ALL,
             features_required: CEPH_FEATURE_MSG_ADDR2,
             max_frame_len: 64 << 20,
+            max_handshake_frame_len: 64 << 10,
+            max_auth_attempts: 3,
+            max_transcript_len: 128 << 10,
+            max_addrvec_len: 16,
             accept_policies: Vec::new(),
             default_policy: Policy::stateful_server(),
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: None,
+            // Ceph's ms_connection_idle_timeout.
+            idle_timeout: Some(Duration::from_secs(900)),
+            // As long as an idle connection lives: a client gone for that long is not coming back
+            // for its session, and a handshake-then-close loop cannot grow the server without bound.
+            server_standby_expiry: Some(Duration::from_secs(900)),
             keepalive_interval: None,
             transmit_budget: 4 << 20,
             global_seq: GlobalSeq::new(),
@@ -259,7 +280,9 @@ pub struct SessionRequest {
     pub kind: SessionRequestKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` leaves the cookies out: they authenticate a reconnect (and crc mode sends them in clear),
+/// so they do not belong in logs.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SessionRequestKind {
     /// CLIENT_IDENT: a new session (or the first attempt at one).
     New { client_cookie: u64, global_seq: u64 },
@@ -271,6 +294,28 @@ pub enum SessionRequestKind {
         connect_seq: u64,
         msg_seq: u64,
     },
+}
+
+impl std::fmt::Debug for SessionRequestKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRequestKind::New { global_seq, .. } => f
+                .debug_struct("New")
+                .field("global_seq", global_seq)
+                .finish_non_exhaustive(),
+            SessionRequestKind::Reconnect {
+                global_seq,
+                connect_seq,
+                msg_seq,
+                ..
+            } => f
+                .debug_struct("Reconnect")
+                .field("global_seq", global_seq)
+                .field("connect_seq", connect_seq)
+                .field("msg_seq", msg_seq)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// How [`Connection::resolve_session`] settled a [`SessionRequest`].
@@ -325,6 +370,8 @@ pub struct ConnStats {
     pub duplicates_dropped: u64,
     pub remote_resets: u64,
     pub faults: u64,
+    /// Server-policy sessions ended after `server_standby_expiry` in Standby.
+    pub standby_expired: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,12 +380,15 @@ enum Timer {
     Handshake,
     Idle,
     Keepalive,
+    /// A server-policy session parked in Standby expires.
+    Standby,
 }
-const TIMERS: [Timer; 4] = [
+const TIMERS: [Timer; 5] = [
     Timer::Reconnect,
     Timer::Handshake,
     Timer::Idle,
     Timer::Keepalive,
+    Timer::Standby,
 ];
 
 /// State scoped to one transport: dropped on every fault.
@@ -354,9 +404,12 @@ struct Transport {
     transcript: Option<(Vec<u8>, Vec<u8>)>,
     /// What we sent before AUTH_SIGNATURE, to check the peer's signature against.
     sent_transcript: Option<Vec<u8>>,
-    session_key: Vec<u8>,
+    /// Wiped when the transport goes.
+    session_key: zeroize::Zeroizing<Vec<u8>>,
     /// Where the auth exchange on this transport stands.
     auth: AuthState,
+    /// AUTH_REQUESTs received on this transport (server side).
+    auth_attempts: u32,
 }
 
 /// Per-transport auth progress (the sans-IO side of Ceph's AuthClient / AuthServer calls).
@@ -385,8 +438,9 @@ impl Transport {
             ctrl: BytesMut::new(),
             transcript: Some((Vec::new(), Vec::new())),
             sent_transcript: None,
-            session_key: Vec::new(),
+            session_key: zeroize::Zeroizing::new(Vec::new()),
             auth: AuthState::Idle,
+            auth_attempts: 0,
         }
     }
 
@@ -428,12 +482,13 @@ pub struct Connection {
     transport: Option<Transport>,
     pending_request: Option<SessionRequest>,
     events: VecDeque<Event>,
-    timers: [Option<Instant>; 4],
+    timers: [Option<Instant>; TIMERS.len()],
     backoff: Duration,
     /// Set when the current transport saw its peer banner (used to pick reconnect vs. standby).
     last_input: Option<Instant>,
     epoch: Instant,
-    rng: SmallRng,
+    /// Seeded cookie source for reproducible tests; None: cookies from the OS-seeded CSPRNG.
+    rng: Option<SmallRng>,
     stats: ConnStats,
 }
 
@@ -479,10 +534,7 @@ impl Connection {
     }
 
     fn new(role: Role, config: Arc<Config>, policy: Policy, now: Instant) -> Self {
-        let rng = match config.rng_seed {
-            Some(s) => SmallRng::seed_from_u64(s),
-            None => SmallRng::from_os_rng(),
-        };
+        let rng = config.rng_seed.map(SmallRng::seed_from_u64);
         Connection {
             role,
             phase: Phase::Closed,
@@ -504,7 +556,7 @@ impl Connection {
             transport: None,
             pending_request: None,
             events: VecDeque::new(),
-            timers: [None; 4],
+            timers: [None; TIMERS.len()],
             backoff: Duration::ZERO,
             last_input: None,
             epoch: now,
@@ -687,6 +739,16 @@ impl Connection {
         }
     }
 
+    /// End a server-policy session waiting in Standby, as its expiry would (the owner evicts it to
+    /// make room for a new session). Anything else is left alone.
+    pub fn expire_standby(&mut self) {
+        if self.phase == Phase::Standby && self.policy.server {
+            self.stats.standby_expired += 1;
+            self.session.reset();
+            self.shut(Event::Reset(Error::TimedOut("session in standby expired")));
+        }
+    }
+
     /// Close locally (mark_down): queued messages are discarded, the transport should be closed.
     pub fn close(&mut self) {
         if self.phase == Phase::Closed {
@@ -711,7 +773,11 @@ impl Connection {
         if !expected {
             return;
         }
-        let mut t = Transport::new(self.config.max_frame_len);
+        let mut t = Transport::new(
+            self.config
+                .max_handshake_frame_len
+                .min(self.config.max_frame_len),
+        );
         let mut b = BytesMut::with_capacity(Banner::LEN);
         Banner {
             supported: MSGR2_SUPPORTED,
@@ -729,7 +795,7 @@ impl Connection {
         self.addr_seen_by_peer = None;
         self.peer_auth_bad_method = None;
         self.con_mode = 0;
-        self.timers = [None; 4];
+        self.timers = [None; TIMERS.len()];
         self.set_timer(Timer::Handshake, now + self.config.handshake_timeout);
         if self.role == Role::Client {
             self.session.global_seq = self.config.global_seq.next();
@@ -752,11 +818,15 @@ impl Connection {
         }
         self.stats.bytes_in += data.len() as u64;
         self.last_input = Some(now);
-        if self.phase == Phase::Ready {
-            if let Some(idle) = self.config.idle_timeout {
-                self.set_timer(Timer::Idle, now + idle);
-            }
+        // The deadline holds even when input keeps the owner from ever returning to its timers.
+        if self.phase != Phase::Ready
+            && self.timers[Timer::Handshake as usize].is_some_and(|d| now >= d)
+        {
+            self.fault(now, Error::TimedOut("handshake"));
+            return;
         }
+        // The idle deadline is not moved here (that would re-arm the owner's timer on every read): it
+        // fires at its old time and re-arms itself from `last_input` if there was input since.
         // Append no more than the receive buffer has room for (the decoder sized it for the frame being
         // waited for), decode, repeat: a read straddling two frames must not double a frame-sized buffer.
         let mut rest = data;
@@ -805,9 +875,17 @@ impl Connection {
                 }
                 Timer::Idle => {
                     if self.phase == Phase::Ready {
-                        self.fault(now, Error::TimedOut("idle connection"));
+                        let (Some(idle), Some(last)) = (self.config.idle_timeout, self.last_input)
+                        else {
+                            continue;
+                        };
+                        match last.checked_add(idle) {
+                            Some(until) if until > now => self.set_timer(Timer::Idle, until),
+                            _ => self.fault(now, Error::TimedOut("idle connection")),
+                        }
                     }
                 }
+                Timer::Standby => self.expire_standby(),
                 Timer::Keepalive => {
                     if self.phase == Phase::Ready {
                         self.session.keepalive_pending = true;
@@ -823,6 +901,7 @@ impl Connection {
     // ---- internals: input processing ----
 
     fn process(&mut self, now: Instant) -> Result<(), Error> {
+        let max_transcript = self.config.max_transcript_len;
         loop {
             if self.phase == Phase::Closed || self.phase == Phase::AwaitingDecision {
                 return Ok(());
@@ -835,9 +914,11 @@ impl Connection {
                     return Ok(());
                 };
                 let raw = t.rx.split_to(n);
-                if let Some((_, rx)) = t.transcript.as_mut() {
-                    rx.extend_from_slice(&raw);
-                }
+                record_transcript(
+                    t.transcript.as_mut().map(|(_, rx)| rx),
+                    &raw,
+                    max_transcript,
+                )?;
                 self.handle_banner(banner)?;
                 continue;
             }
@@ -846,11 +927,21 @@ impl Connection {
                 Ok(None) => return Ok(()),
                 // The sender gave up on that frame after starting it: skip it.
                 Err(FrameError::Aborted) => continue,
+                Err(FrameError::TooLarge { len, max }) => {
+                    let limit = if self.phase == Phase::Ready {
+                        Limit::Frame
+                    } else {
+                        Limit::HandshakeFrame
+                    };
+                    return Err(Error::limit(limit, len, max));
+                }
                 Err(e) => return Err(e.into()),
             };
-            if let Some((_, rx)) = t.transcript.as_mut() {
-                rx.extend_from_slice(&frame.raw);
-            }
+            record_transcript(
+                t.transcript.as_mut().map(|(_, rx)| rx),
+                &frame.raw,
+                max_transcript,
+            )?;
             self.handle_frame(now, frame)?;
         }
     }
@@ -1010,9 +1101,13 @@ impl Connection {
 
     fn become_ready(&mut self, now: Instant, reconnect: bool) {
         self.phase = Phase::Ready;
+        if let Some(t) = self.transport.as_mut() {
+            t.decoder.set_max_frame_len(self.config.max_frame_len);
+        }
         self.backoff = Duration::ZERO;
         self.stats.handshakes += 1;
         self.timers[Timer::Handshake as usize] = None;
+        self.last_input = Some(now);
         if let Some(idle) = self.config.idle_timeout {
             self.set_timer(Timer::Idle, now + idle);
         }
@@ -1036,7 +1131,7 @@ impl Connection {
         self.stats.faults += 1;
         let had_transport = self.transport.take().is_some();
         self.pending_request = None;
-        self.timers = [None; 4];
+        self.timers = [None; TIMERS.len()];
         if had_transport {
             self.events.push_back(Event::TransportDown(err.clone()));
         }
@@ -1069,11 +1164,11 @@ impl Connection {
         }
         let has_outgoing = self.session.has_outgoing() || self.session.keepalive_pending;
         if self.policy.standby && !has_outgoing && self.phase != Phase::Wait {
-            self.phase = Phase::Standby;
+            self.park(now);
             return;
         }
         if self.policy.server || !self.become_dialer() {
-            self.phase = Phase::Standby;
+            self.park(now);
             return;
         }
         if self.session.server_cookie != 0 {
@@ -1098,6 +1193,16 @@ impl Connection {
             self.phase = Phase::Connecting;
         }
         self.set_timer(Timer::Reconnect, now + self.backoff);
+    }
+
+    /// Go to Standby; a server-policy session starts its expiry there.
+    fn park(&mut self, now: Instant) {
+        self.phase = Phase::Standby;
+        if self.policy.server {
+            if let Some(expiry) = self.config.server_standby_expiry {
+                self.set_timer(Timer::Standby, now + expiry);
+            }
+        }
     }
 
     /// Make this connection the side that dials. A connection we accepted dials the peer's msgr2
@@ -1142,7 +1247,7 @@ impl Connection {
         self.phase = Phase::Closed;
         self.transport = None;
         self.pending_request = None;
-        self.timers = [None; 4];
+        self.timers = [None; TIMERS.len()];
         self.events.push_back(ev);
     }
 
@@ -1156,9 +1261,10 @@ impl Connection {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let start = t.tx.len();
         t.encode_control(cf)?;
+        let max = self.config.max_transcript_len;
         if let Some((tx, _)) = t.transcript.as_mut() {
             for b in &t.tx[start..] {
-                tx.extend_from_slice(b);
+                record_transcript(Some(&mut *tx), b, max)?;
             }
         }
         Ok(())
@@ -1232,6 +1338,30 @@ impl Connection {
             }));
         }
     }
+}
+
+impl Connection {
+    /// A fresh, non-zero session cookie. Cookies authenticate a reconnect, so they come from a
+    /// cryptographic RNG unless the config asked for a seeded one (tests).
+    pub(super) fn new_cookie(&mut self) -> u64 {
+        match self.rng.as_mut() {
+            Some(r) => r.random_range(1..=u64::MAX),
+            None => rand::rng().random_range(1..=u64::MAX),
+        }
+    }
+}
+
+/// Append `bytes` to one direction of the pre-auth transcript, within `max` bytes.
+fn record_transcript(to: Option<&mut Vec<u8>>, bytes: &[u8], max: usize) -> Result<(), Error> {
+    let Some(to) = to else {
+        return Ok(());
+    };
+    let len = to.len().saturating_add(bytes.len());
+    if len > max {
+        return Err(Error::limit(Limit::Transcript, len, max));
+    }
+    to.extend_from_slice(bytes);
+    Ok(())
 }
 
 /// The largest sequence number (`global_seq`, `connect_seq`) we take from a peer: far beyond any real

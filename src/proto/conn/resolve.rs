@@ -73,6 +73,15 @@ impl Connection {
         Resolution::Answered(Tag::Wait)
     }
 
+    /// Refuse the pending [`SessionRequest`]: this transport ends (the owner found the request
+    /// illegitimate, e.g. for another entity's session). Nothing is sent; the peer sees the close.
+    pub fn refuse_session(&mut self, now: Instant, reason: &str) {
+        if self.phase != Phase::AwaitingDecision || self.pending_request.take().is_none() {
+            return;
+        }
+        self.fault(now, Error::PeerMisbehaved(reason.to_string()));
+    }
+
     pub(super) fn resolve_new(
         &mut self,
         now: Instant,
@@ -219,7 +228,7 @@ impl Connection {
         self.session.discard_requeued_up_to(0);
         self.session.in_seq = 0;
         if !self.policy.lossy {
-            self.session.server_cookie = self.rng.random_range(1..=u64::MAX);
+            self.session.server_cookie = self.new_cookie();
         }
         let si = ServerIdent {
             addrs: self.config.my_addrs.clone(),
