@@ -572,3 +572,146 @@ fn msgr_to_msgr_round_trip_and_throughput_on_both_wires() {
         ceph_bw / msgr_bw
     );
 }
+
+/// Reads from a side channel until it ends (EOF or reset) or `limit` passes; `true` if it ended.
+fn side_channel_ends(tcp: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    let end = Instant::now() + limit;
+    let mut buf = [0u8; 256];
+    while Instant::now() < end {
+        let _ = tcp.set_read_timeout(Some(Duration::from_millis(100)));
+        match tcp.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn hostile_side_channel_input_fails_only_that_connection() {
+    use msgr::stack::rdma::ceph_wire::{QpRecord, RECORD_LEN};
+    use std::io::{Read, Write};
+    let env = env();
+
+    // msgr as the server: garbage, a short record, and a record naming a peer QP, each on its own side
+    // channel, end that connection only; a real client still gets through afterwards.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut p = proto_config(entity_type::MON, "mon.a");
+    p.nonce = 0;
+    p.default_policy = Policy::stateless_server();
+    let mut cfg = MessengerConfig::new(p);
+    cfg.workers.threads = 1;
+    cfg.workers.pin_cores = false;
+    let mut server = Messenger::new(ceph_stack(&env), cfg, Arc::new(Forward(tx)));
+    server
+        .bind(&[SocketAddr::new(env.addr, 0)])
+        .expect("bind the server");
+    server.start().expect("start the server");
+    let port = server.my_addrs().msgr2().expect("a v2 address").port();
+    let addr = SocketAddr::new(env.addr, port);
+    let stray = QpRecord {
+        lid: 0,
+        qpn: 0x42,
+        psn: 1,
+        peer_qpn: 0x99, // a client's first record names no peer yet
+        gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1],
+    }
+    .encode();
+    let garbage = [b'x'; RECORD_LEN];
+    for (what, bytes, close_after) in [
+        ("garbage", &garbage[..], false),
+        ("a record out of step", &stray[..], false),
+        ("a short record", &stray[..20], true),
+    ] {
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect the side channel");
+        tcp.write_all(bytes).expect("write");
+        if close_after {
+            // The peer goes away mid-record: nothing to observe but the server staying up.
+            drop(tcp);
+            continue;
+        }
+        assert!(
+            side_channel_ends(&mut tcp, Duration::from_secs(10)),
+            "msgr serve kept the side channel open after {what}"
+        );
+    }
+    let (tx2, rx2) = crossbeam_channel::unbounded();
+    let mut ccfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
+    ccfg.workers.threads = 1;
+    ccfg.workers.pin_cores = false;
+    let mut client = Messenger::new(ceph_stack(&env), ccfg, Arc::new(Forward(tx2)));
+    client.start().expect("start the client");
+    let conn = client
+        .connect_to(
+            entity_type::MON,
+            &AddrVec(vec![EntityAddr::msgr2(addr, 0)]),
+            Policy::lossy_client(),
+        )
+        .expect("connect_to");
+    wait_for(
+        &rx2,
+        TIMEOUT,
+        "the handshake after hostile input",
+        |s| match s {
+            Seen::Connect(_) => Some(()),
+            _ => None,
+        },
+    );
+    conn.send_keepalive().expect("keepalive");
+    wait_for(&rx2, TIMEOUT, "KEEPALIVE2_ACK", |s| match s {
+        Seen::KeepaliveAck => Some(()),
+        _ => None,
+    });
+    conn.mark_down();
+    client.shutdown().expect("shut down the client");
+    server.shutdown().expect("shut down the server");
+    drop(rx);
+
+    // msgr as the client: a "server" answering with a record for another QP ends the attempt (no
+    // session, side channel closed), never a panic. msgr's first record is checked on the way.
+    let listener = std::net::TcpListener::bind(SocketAddr::new(env.addr, 0)).expect("bind");
+    let fake = listener.local_addr().expect("local_addr");
+    let (tx3, rx3) = crossbeam_channel::unbounded();
+    let mut ccfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
+    ccfg.workers.threads = 1;
+    ccfg.workers.pin_cores = false;
+    let mut client = Messenger::new(ceph_stack(&env), ccfg, Arc::new(Forward(tx3)));
+    client.start().expect("start the client");
+    let _conn = client
+        .connect_to(
+            entity_type::MON,
+            &AddrVec(vec![EntityAddr::msgr2(fake, 0)]),
+            Policy::lossy_client(),
+        )
+        .expect("connect_to");
+    listener.set_nonblocking(false).expect("blocking listener");
+    let (mut tcp, _) = listener.accept().expect("msgr dials the side channel");
+    tcp.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut first = [0u8; RECORD_LEN];
+    tcp.read_exact(&mut first).expect("msgr's first record");
+    let ours = QpRecord::parse(&first).expect("msgr's first record parses");
+    assert_eq!(ours.peer_qpn, 0, "{ours}");
+    let reply = QpRecord {
+        qpn: 0x123,
+        psn: 7,
+        peer_qpn: ours.qpn ^ 1, // not msgr's QP
+        ..ours
+    };
+    tcp.write_all(&reply.encode()).expect("write the reply");
+    assert!(
+        side_channel_ends(&mut tcp, Duration::from_secs(10)),
+        "msgr kept the side channel open after an answer for another QP"
+    );
+    assert!(
+        rx3.try_iter().all(|(_, s)| !matches!(s, Seen::Connect(_))),
+        "a session came up over a bad exchange"
+    );
+    client.shutdown().expect("shut down the client");
+}
