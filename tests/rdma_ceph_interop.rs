@@ -408,7 +408,7 @@ fn ceph_cli_reaches_ready_on_msgr_serve_over_ceph_rdma_wire() {
         "--bind",
         &bind_text,
         "--workers",
-        "1",
+        "2",
         "--duration",
         "90",
     ]);
@@ -607,7 +607,8 @@ fn hostile_side_channel_input_fails_only_that_connection() {
     p.nonce = 0;
     p.default_policy = Policy::stateless_server();
     let mut cfg = MessengerConfig::new(p);
-    cfg.workers.threads = 1;
+    // Two workers: accepted side channels are handed to the other worker before their QP exists.
+    cfg.workers.threads = 2;
     cfg.workers.pin_cores = false;
     let mut server = Messenger::new(ceph_stack(&env), cfg, Arc::new(Forward(tx)));
     server
@@ -670,6 +671,12 @@ fn hostile_side_channel_input_fails_only_that_connection() {
         _ => None,
     });
     conn.mark_down();
+    let s = server.stack().counters().snapshot();
+    assert!(
+        s.handoffs >= 1,
+        "no side channel was handed to the other worker: {s:?}"
+    );
+    assert!(s.established >= 1, "{s:?}");
     client.shutdown().expect("shut down the client");
     server.shutdown().expect("shut down the server");
     drop(rx);
