@@ -643,6 +643,10 @@ fn hostile_side_channel_input_fails_only_that_connection() {
             "msgr serve kept the side channel open after {what}"
         );
     }
+    // A side channel that says nothing yet keeps worker 0 loaded, so the messenger hands the next
+    // accepted side channel to worker 1 (before its QP exists: the handoff path).
+    let silent = std::net::TcpStream::connect(addr).expect("connect a silent side channel");
+    std::thread::sleep(Duration::from_millis(500));
     let (tx2, rx2) = crossbeam_channel::unbounded();
     let mut ccfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
     ccfg.workers.threads = 1;
@@ -677,6 +681,7 @@ fn hostile_side_channel_input_fails_only_that_connection() {
         "no side channel was handed to the other worker: {s:?}"
     );
     assert!(s.established >= 1, "{s:?}");
+    drop(silent);
     client.shutdown().expect("shut down the client");
     server.shutdown().expect("shut down the server");
     drop(rx);

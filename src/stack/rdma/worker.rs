@@ -401,6 +401,8 @@ pub struct RdmaWorker {
     /// Our GID at the configured index and our port's LID (Ceph's queue-pair records).
     gid: [u8; 16],
     lid: u16,
+    /// Scratch list of the side channels to look at (Ceph's wire).
+    side_ids: Vec<SocketId>,
 }
 
 // The worker's verbs objects must be dropped in order: streams (QPs, ids) before the pool, CQ, PD and
@@ -478,6 +480,7 @@ impl RdmaWorker {
             setting_up: 0,
             gid,
             lid,
+            side_ids: Vec::new(),
         })
     }
 
@@ -1264,19 +1267,22 @@ impl RdmaWorker {
         if self.config.wire != RdmaWire::Ceph {
             return;
         }
-        let ids: Vec<SocketId> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| match e {
-                Entry::Listener { listening, .. } => matches!(listening, Listening::Tcp(_)),
-                // Not yet accepted: no QP to describe yet (the first poll after `accept` makes it).
-                Entry::Stream(s) => {
-                    s.link.is_ceph() && !matches!(s.phase, Phase::Dead | Phase::AcceptPending)
-                }
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        // A scratch list kept across calls: no allocation on this (busy-poll) path.
+        let mut ids = std::mem::take(&mut self.side_ids);
+        ids.clear();
+        ids.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| match e {
+                    Entry::Listener { listening, .. } => matches!(listening, Listening::Tcp(_)),
+                    // Not yet accepted: no QP to describe yet (the first poll after `accept` makes it).
+                    Entry::Stream(s) => {
+                        s.link.is_ceph() && !matches!(s.phase, Phase::Dead | Phase::AcceptPending)
+                    }
+                })
+                .map(|(id, _)| *id),
+        );
+        for &id in &ids {
             match self.entries.get_mut(&id) {
                 Some(Entry::Listener {
                     listening: Listening::Tcp(listener),
@@ -1309,6 +1315,7 @@ impl RdmaWorker {
                 _ => {}
             }
         }
+        self.side_ids = ids;
     }
 
     /// Advance one Ceph connection: its TCP connect, its records, or the watch on its side channel.
