@@ -66,6 +66,11 @@ impl Wake for LazyWake {
     }
 }
 
+/// Ceph's wire: listeners and established side channels are read at most this often (a syscall each;
+/// what they bring, accepts and the end of a connection, is not latency-critical). Exchanges under way
+/// are read on every rdma_cm check.
+const SIDE_CHANNEL_EVERY: Duration = Duration::from_millis(2);
+
 /// Longest blocking wait of one `poll`, whatever timeout it was given (bounds a missed lazy wake-up).
 pub const MAX_WAIT: Duration = Duration::from_millis(1);
 
@@ -403,6 +408,8 @@ pub struct RdmaWorker {
     lid: u16,
     /// Scratch list of the side channels to look at (Ceph's wire).
     side_ids: Vec<SocketId>,
+    /// When listeners and established side channels are looked at next.
+    next_side_check: Instant,
 }
 
 // The worker's verbs objects must be dropped in order: streams (QPs, ids) before the pool, CQ, PD and
@@ -481,6 +488,7 @@ impl RdmaWorker {
             gid,
             lid,
             side_ids: Vec::new(),
+            next_side_check: Instant::now(),
         })
     }
 
@@ -1267,6 +1275,14 @@ impl RdmaWorker {
         if self.config.wire != RdmaWire::Ceph {
             return;
         }
+        // Listeners and established connections cost a syscall each and bring nothing urgent
+        // (accepts, the end of a connection): at most every SIDE_CHANNEL_EVERY. Exchanges under way:
+        // every call.
+        let now = Instant::now();
+        let due = now >= self.next_side_check;
+        if due {
+            self.next_side_check = now + SIDE_CHANNEL_EVERY;
+        }
         // A scratch list kept across calls: no allocation on this (busy-poll) path.
         let mut ids = std::mem::take(&mut self.side_ids);
         ids.clear();
@@ -1274,10 +1290,18 @@ impl RdmaWorker {
             self.entries
                 .iter()
                 .filter(|(_, e)| match e {
-                    Entry::Listener { listening, .. } => matches!(listening, Listening::Tcp(_)),
-                    // Not yet accepted: no QP to describe yet (the first poll after `accept` makes it).
+                    Entry::Listener { listening, .. } => {
+                        due && matches!(listening, Listening::Tcp(_))
+                    }
+                    // Not yet accepted (AcceptPending): no QP to describe yet; the first poll after
+                    // `accept` makes it.
                     Entry::Stream(s) => {
-                        s.link.is_ceph() && !matches!(s.phase, Phase::Dead | Phase::AcceptPending)
+                        s.link.is_ceph()
+                            && match s.phase {
+                                Phase::CephConnecting | Phase::Accepting => true,
+                                Phase::Established | Phase::PeerClosed => due,
+                                _ => false,
+                            }
                     }
                 })
                 .map(|(id, _)| *id),
