@@ -146,13 +146,47 @@ run_tests() {
     section_done
 }
 
+# ---- interceptor phase (feature `interceptor`: the test-only protocol interceptor) --------------------
+# Ceph's test_msgr.cc race cases (tests/ceph_msgr_suite_races.rs) drive the protocol step by step through
+# the interceptor, which normal builds leave out. Clippy with the feature, then those tests; their counts
+# join the summary line (a test behind a feature CI never enables would be silently skipped).
+run_interceptor_phase() {
+    section "interceptor feature: cargo clippy --all-targets --features interceptor -- -D warnings"
+    cargo clippy --all-targets --features interceptor -- -D warnings
+    section_done
+
+    section "interceptor feature: cargo test --features interceptor --test ceph_msgr_suite_races"
+    local log counts p f s ip if_ is
+    log=$(mktemp)
+    cargo test --features interceptor --test ceph_msgr_suite_races 2>&1 | tee "$log"
+    counts=$(awk '/^test result:/ {
+            for (i = 1; i <= NF; i++) {
+                if ($(i) ~ /^passed;?$/) p += $(i-1)
+                if ($(i) ~ /^failed;?$/) f += $(i-1)
+                if ($(i) ~ /^ignored;?$/) s += $(i-1)
+            }
+         }
+         END { printf "%d %d %d", p, f, s }' "$log")
+    rm -f "$log"
+    read -r ip if_ is <<<"$counts"
+    if ((ip == 0)); then
+        echo "interceptor: no race test ran" >&2
+        exit 1
+    fi
+    read -r p f s < <(sed -E 's/[^0-9]+/ /g' <<<"$TEST_SUMMARY")
+    TEST_SUMMARY="tests: $((p + ip)) passed, $((f + if_)) failed, $((s + is)) skipped"
+    section_done
+}
+
 # --- Hooks for the kernel-bypass phases -------------------------------------------------------------
 # Each phase installs its own Debian packages and runs clippy and its tests with its feature.
 # dpdk: installs Debian's DPDK 22.11 (dpdk, dpdk-dev, libdpdk-dev), pkg-config and libclang-dev (bindgen in
 # build.rs), ethtool and iproute2 (the kernel-TCP test builds a veth pair in a network namespace), then runs
 # clippy with the feature and the DPDK tests: tests/dpdk_memif.rs (two processes over net_memif),
-# tests/dpdk_kernel_tcp.rs (net_af_packet and net_tap against Linux TCP) and tests/bench_dpdk.rs (`msgr bench
-# --stack dpdk` over memif and tap through the binary). All run with --no-huge --no-pci and never
+# tests/dpdk_memif_stress.rs (Ceph's SyntheticInjectTest over memif: 32+ lossless sessions and a
+# lossless_peer link, random send / mark_down, injected socket failures, ~10 s), tests/dpdk_kernel_tcp.rs
+# (net_af_packet and net_tap against Linux TCP) and tests/bench_dpdk.rs (`msgr bench --stack dpdk` over
+# memif and tap through the binary). All run with --no-huge --no-pci and never
 # skip: a machine that cannot run them fails here. Needs root (apt, network namespaces, tap interfaces).
 DPDK_APT_PACKAGES=(dpdk dpdk-dev libdpdk-dev pkg-config libclang-dev ethtool iproute2)
 
@@ -176,7 +210,8 @@ run_dpdk_phase() {
     local log
     log=$(mktemp)
     cargo test --features dpdk --lib stack::dpdk 2>&1 | tee "$log"
-    cargo test --features dpdk --test dpdk_memif --test dpdk_kernel_tcp --test bench_dpdk 2>&1 | tee -a "$log"
+    cargo test --features dpdk --test dpdk_memif --test dpdk_memif_stress --test dpdk_kernel_tcp --test bench_dpdk 2>&1 |
+        tee -a "$log"
     local dpdk_summary
     dpdk_summary=$(awk '/^test result:/ {
             for (i = 1; i <= NF; i++) {
@@ -323,6 +358,7 @@ run_clippy
 run_build
 run_doc
 run_tests
+run_interceptor_phase
 run_dpdk_phase
 run_rdma_phase
 run_all_features_clippy

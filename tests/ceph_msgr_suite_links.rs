@@ -578,3 +578,52 @@ fn registry_close_is_constant_time() {
         == N - 2));
     assert_eq!(cli.registry_stats().entries_visited - before, 2);
 }
+
+/// A lossless_peer session keeps the policy its application chose however often it is taken over.
+/// Here the two ends see each other as different entity types (an OSD dials a bound CLIENT-type
+/// messenger that accepts OSDs as lossless_peer), so the OSD's accept policy for the re-dials it
+/// accepts is stateful_server. After two take-overs by accepted sockets, the OSD's handle must still
+/// re-dial with a message queued (ProtocolV2's reuse_connection keeps the existing connection's
+/// policy); found by tests/dpdk_memif_stress.rs, where the session stalled parked as a server.
+#[test]
+fn twice_taken_over_peer_session_keeps_its_policy() {
+    let pool = PayloadPool::new(16, 4096);
+    let (pa, pb) = (Peer::new(), Peer::new());
+    let a = osd("osd.1", 1, pa.clone());
+    let mut p = proto_config(entity_type::CLIENT, "client.peer");
+    p.accept_policies = vec![(entity_type::OSD, Policy::lossless_peer())];
+    let mut b = messenger(p, 1, no_faults(), pb.clone());
+    b.bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+    b.start().unwrap();
+    let ha = a
+        .connect_to(entity_type::CLIENT, b.my_addrs(), Policy::lossless_peer())
+        .unwrap();
+    ha.send(msg(&pool, 1)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || pb.has(1)));
+    let hb = pb.handle();
+    // Twice: b's write fails with its message queued, b re-dials, a's accepted socket takes the session.
+    for tid in [2, 3] {
+        std::thread::sleep(Duration::from_millis(50));
+        b.stack().counters().arm(1);
+        hb.send(msg(&pool, tid)).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || pa.has(tid)),
+            "b did not re-dial a (message {tid})"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // Now a's write fails with a's message queued; b has nothing to send and waits in standby.
+    a.stack().counters().arm(1);
+    ha.send(msg(&pool, 4)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || pb.has(4)),
+        "a's session parked as a server: it never re-dialled"
+    );
+    assert_eq!(a.stack().counters().armed(), 0, "the cut was not injected");
+    assert_eq!(pb.all_tids(), vec![1, 4]);
+    assert_eq!(pa.all_tids(), vec![2, 3]);
+    for side in [&pa, &pb] {
+        assert_eq!(side.resets.load(Ordering::Relaxed), 0);
+        assert_eq!(side.remote_resets.load(Ordering::Relaxed), 0);
+    }
+}

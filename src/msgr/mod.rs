@@ -176,6 +176,8 @@ pub(crate) struct ConnShared {
     pub commands: crossbeam_channel::Sender<Command>,
     pub scheduled: AtomicBool,
     pub closed: AtomicBool,
+    /// The session is ready on a transport (set and cleared by the owning worker).
+    pub connected: AtomicBool,
     /// The session waits in Standby for its peer (set by the owning worker; read for eviction).
     pub standby: AtomicBool,
     /// The messenger's kick queues, by worker (`Shared::kickers`).
@@ -308,13 +310,23 @@ impl ConnectionRef {
         self.command(Command::Keepalive)
     }
 
-    /// Close the connection now, discarding what is queued (Ceph's mark_down).
+    /// Close the connection now, discarding what is queued (Ceph's mark_down). Takes effect for callers
+    /// at once, as in Ceph: later sends fail and `connect_to` opens a new session; the worker closes the
+    /// transport.
     pub fn mark_down(&self) {
         let _ = self.command(Command::MarkDown);
+        self.0.closed.store(true, Ordering::Release);
+        self.0.connected.store(false, Ordering::Release);
     }
 
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::Acquire)
+    }
+
+    /// The session is ready on a live transport (Ceph's `is_connected`): false before the handshake
+    /// completes, while reconnecting or in standby, and once closed.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected.load(Ordering::Acquire)
     }
 
     pub fn peer(&self) -> PeerInfo {
@@ -429,6 +441,9 @@ impl<N: NetworkStack> Messenger<N> {
                     MsgrError::Worker(io::Error::other("worker did not answer listen"))
                 })?;
                 let local = got.map_err(|source| MsgrError::Bind { addr, source })?;
+                // Like a Ceph Processor's reference on its worker: a listener is load, so connections go
+                // to the other workers while they are less busy and accepting stays responsive.
+                self.shared.load[w].fetch_add(1, Ordering::Relaxed);
                 bound.get_or_insert(local);
             }
             if let Some(local) = bound {

@@ -25,7 +25,7 @@ use crate::event::{EventCenter, EventHandler, Remote, TimerId};
 use crate::proto::types::{AddrVec, EntityAddr};
 use crate::proto::{
     self, ConnStats, Connection, Event, Limit, Phase, Policy, Resolution, Role, SessionRequest,
-    SessionRequestKind,
+    SessionRequestKind, Settlement,
 };
 use crate::stack::{flush_queue, EventKind, ListenOptions, SocketEvent, SocketId, WorkerStack};
 
@@ -56,6 +56,7 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
         commands: tx,
         scheduled: std::sync::atomic::AtomicBool::new(false),
         closed: std::sync::atomic::AtomicBool::new(false),
+        connected: std::sync::atomic::AtomicBool::new(false),
         standby: std::sync::atomic::AtomicBool::new(false),
         kickers: shared.kickers.clone(),
         messenger: Arc::as_ptr(shared) as usize,
@@ -63,6 +64,13 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
         peer: Mutex::new(PeerInfo::default()),
     };
     (ConnectionRef(Arc::new(shared_conn)), rx)
+}
+
+/// Test interceptor: the connection reports its steps under its messenger id.
+#[cfg(feature = "interceptor")]
+fn with_intercept_id(mut proto: Connection, id: ConnId) -> Connection {
+    proto.set_intercept_id(id);
+    proto
 }
 
 /// Give back a half-open slot of source `ip` (`Handler::admit`).
@@ -286,6 +294,8 @@ impl<S: WorkerStack> Handler<S> {
         let (handle, rx) = new_handle(&self.shared, self.index);
         let proto = Connection::server(cfg, EntityAddr::msgr2(peer, 0), Instant::now());
         let id = handle.id();
+        #[cfg(feature = "interceptor")]
+        let proto = with_intercept_id(proto, id);
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         self.insert(Conn {
             handle,
@@ -330,6 +340,8 @@ impl<S: WorkerStack> Handler<S> {
         }
         let proto = Connection::client(cfg, policy, peer_type, target.clone(), Instant::now());
         let id = handle.id();
+        #[cfg(feature = "interceptor")]
+        let proto = with_intercept_id(proto, id);
         let addrs_key = addrs.clone();
         {
             let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
@@ -411,6 +423,11 @@ impl<S: WorkerStack> Handler<S> {
                 .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
             evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
             if evs.is_empty() {
+                // Test interceptor: steps held until the connection's events were handled.
+                #[cfg(feature = "interceptor")]
+                if conn.proto.run_deferred_intercepts(now) {
+                    continue;
+                }
                 Self::arm_timer(c, &mut self.by_timer, id, conn);
                 break;
             }
@@ -490,6 +507,7 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 tracing::debug!(conn = id, reconnect, role = ?conn.proto.role(), "session ready");
                 conn.announced = true;
+                handle.0.connected.store(true, Ordering::Release);
                 match conn.proto.role() {
                     Role::Client => dispatcher.ms_handle_connect(&handle),
                     Role::Server => dispatcher.ms_handle_accept(&handle),
@@ -497,6 +515,7 @@ impl<S: WorkerStack> Handler<S> {
             }
             Event::SessionRequest(req) => self.resolve(c, id, req),
             Event::TransportDown(err) => {
+                handle.0.connected.store(false, Ordering::Release);
                 if let Some(limit) = err.tripped_limit() {
                     self.counters.trip(limit);
                 }
@@ -743,6 +762,21 @@ impl<S: WorkerStack> Handler<S> {
         self.pump(c, ex_id);
     }
 
+    /// The end of a request [`Self::give_up_session`] settled where the session lives.
+    fn settle_without_session(&mut self, c: &mut EventCenter<S>, id: ConnId, settled: Settlement) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            let res = conn.proto.resolve_session_settled(Instant::now(), settled);
+            tracing::debug!(
+                worker = self.index,
+                conn = id,
+                ?settled,
+                ?res,
+                "session request settled"
+            );
+        }
+        self.pump(c, id);
+    }
+
     /// Answer connection `id`'s pending session request with WAIT: the last resort when its session
     /// cannot be brought here (the messenger is stopping, or requests keep racing for it). Never a
     /// reset: the session and its queue stay; the peer retries after its back-off.
@@ -810,6 +844,29 @@ impl<S: WorkerStack> Handler<S> {
         let Some(remote) = self.remotes.get().and_then(|r| r.get(to)).cloned() else {
             return;
         };
+        if let Some(ex) = self.conns.get_mut(&ex_id) {
+            if let Some(settled) = ex.proto.settles_without_session(&req) {
+                // The answer (stale, WAIT, RETRY, RESET) needs nothing of the session, and moving it
+                // would close its transport, which may be about to win.
+                if settled == Settlement::Wait && matches!(req.kind, SessionRequestKind::New { .. })
+                {
+                    // Make sure our own attempt goes through: the peer has something to say.
+                    ex.proto.send_keepalive(Instant::now());
+                }
+                tracing::debug!(
+                    worker = self.index,
+                    conn = ex_id,
+                    waiting,
+                    ?settled,
+                    "session request settled without moving the session"
+                );
+                self.pump(c, ex_id);
+                let _ = remote.submit(move |h: &mut Handler<S>, c| {
+                    h.settle_without_session(c, waiting, settled)
+                });
+                return;
+            }
+        }
         let conn = self.release_conn(c, ex_id, to);
         tracing::debug!(
             worker = self.index,
@@ -910,6 +967,7 @@ impl<S: WorkerStack> Handler<S> {
             }
         }
         conn.handle.0.closed.store(true, Ordering::Release);
+        conn.handle.0.connected.store(false, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
         conn.proto.close();

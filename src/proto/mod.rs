@@ -16,6 +16,8 @@ pub mod denc;
 pub mod error;
 pub mod frame;
 pub mod frames;
+#[cfg(feature = "interceptor")]
+pub mod intercept;
 pub mod message;
 pub(crate) mod session;
 pub mod sim;
@@ -23,7 +25,7 @@ pub mod types;
 
 pub use conn::{
     Config, ConnStats, Connection, Event, Phase, Policy, Resolution, Role, SessionRequest,
-    SessionRequestKind,
+    SessionRequestKind, Settlement,
 };
 pub use error::{Error, Limit};
 pub use message::Message;

@@ -13,6 +13,7 @@ use crossbeam_channel::Receiver;
 use msgr::msgr::{Dispatcher, Messenger, MessengerConfig};
 use msgr::proto::Config;
 use msgr::stack::dpdk::DpdkStack;
+use msgr::stack::fault::{FaultConfig, FaultStack};
 
 pub const CHILD_ENV: &str = "MSGR_DPDK_CHILD";
 
@@ -74,11 +75,28 @@ pub fn messenger(
     dispatcher: Arc<dyn Dispatcher>,
 ) -> Messenger<DpdkStack> {
     let stack = DpdkStack::from_args(args).expect("dpdk stack");
+    let cfg = messenger_config(proto, stack.queues());
+    Messenger::new(stack, cfg, dispatcher)
+}
+
+/// `messenger`, with the fault stack over the DPDK stack injecting socket failures per `fault`.
+pub fn fault_messenger(
+    args: &str,
+    proto: Config,
+    fault: FaultConfig,
+    dispatcher: Arc<dyn Dispatcher>,
+) -> Messenger<FaultStack<DpdkStack>> {
+    let stack = DpdkStack::from_args(args).expect("dpdk stack");
+    let cfg = messenger_config(proto, stack.queues());
+    Messenger::new(FaultStack::new(stack, fault), cfg, dispatcher)
+}
+
+fn messenger_config(proto: Config, queues: usize) -> MessengerConfig {
     let mut cfg = MessengerConfig::new(proto);
-    cfg.workers.threads = stack.queues();
+    cfg.workers.threads = queues;
     cfg.workers.loop_config.busy_poll_idle_spins = 256;
     cfg.workers.loop_config.idle_backoff = Duration::from_micros(200);
-    Messenger::new(stack, cfg, dispatcher)
+    cfg
 }
 
 /// A child process playing one role.

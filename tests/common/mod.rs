@@ -182,3 +182,4 @@ pub mod ceph;
 pub mod dpdk;
 pub mod hostile;
 pub mod net;
+pub mod suite;

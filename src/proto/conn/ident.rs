@@ -9,6 +9,7 @@ impl Connection {
         if !self.policy.lossy && self.session.client_cookie == 0 {
             self.session.client_cookie = self.new_cookie();
         }
+        intercept!(self, ClientIdent);
         self.phase = Phase::Session;
         let ci = ClientIdent {
             addrs: self.my_addrs.clone(),
@@ -24,6 +25,7 @@ impl Connection {
     }
 
     pub(super) fn send_reconnect(&mut self) -> Result<(), Error> {
+        intercept!(self, Reconnect);
         self.phase = Phase::Reconnecting;
         let r = SessionReconnect {
             addrs: self.my_addrs.clone(),

@@ -20,8 +20,27 @@
 //! output; `auth` the authentication phase, `ident` identification, `resolve` the server's
 //! session decisions and connection races.
 
+/// A step the interceptor hears of in place (feature `interceptor`; nothing otherwise). In a function
+/// returning `Result`: an injected fault returns from it.
+macro_rules! intercept {
+    ($conn:ident, $step:ident) => {
+        #[cfg(feature = "interceptor")]
+        $conn.intercept_now($crate::proto::intercept::InterceptStep::$step)?;
+    };
+}
+
+/// A step the interceptor hears of once the owner has acted on it (see `proto::intercept`).
+macro_rules! intercept_later {
+    ($conn:ident, $step:ident) => {
+        #[cfg(feature = "interceptor")]
+        $conn.defer_intercept($crate::proto::intercept::InterceptStep::$step);
+    };
+}
+
 mod auth;
 mod ident;
+#[cfg(feature = "interceptor")]
+mod intercept;
 mod resolve;
 
 pub use resolve::ceph_addr_less;
@@ -189,6 +208,9 @@ pub struct Config {
     pub global_id_alloc: Arc<AtomicU64>,
     /// Seed for cookies; None = from the OS.
     pub rng_seed: Option<u64>,
+    /// Test hook called at named protocol steps (see `proto::intercept`).
+    #[cfg(feature = "interceptor")]
+    pub interceptor: Option<Arc<dyn super::intercept::Interceptor>>,
 }
 
 impl Config {
@@ -226,6 +248,8 @@ impl Config {
             global_seq: GlobalSeq::new(),
             global_id_alloc: Arc::new(AtomicU64::new(4096)),
             rng_seed: None,
+            #[cfg(feature = "interceptor")]
+            interceptor: None,
         }
     }
 
@@ -329,6 +353,21 @@ pub enum Resolution {
     Answered(Tag),
     /// This connection was stale and is closed.
     Dropped,
+}
+
+/// How a [`SessionRequest`] is settled without the existing session ([`Connection::settles_without_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// An attempt older than the existing session: dropped.
+    Stale,
+    /// The existing connection wins the race: WAIT.
+    Wait,
+    /// SESSION_RETRY with the existing connect_seq.
+    Retry(u64),
+    /// SESSION_RETRY_GLOBAL with the existing peer global_seq.
+    RetryGlobal(u64),
+    /// SESSION_RESET (`full`: the peer must drop its session too).
+    Reset { full: bool },
 }
 
 /// Something the owner must act on or hand to the application.
@@ -490,6 +529,8 @@ pub struct Connection {
     /// Seeded cookie source for reproducible tests; None: cookies from the OS-seeded CSPRNG.
     rng: Option<SmallRng>,
     stats: ConnStats,
+    #[cfg(feature = "interceptor")]
+    intercept: super::intercept::Hook,
 }
 
 impl std::fmt::Debug for Connection {
@@ -562,6 +603,8 @@ impl Connection {
             epoch: now,
             rng,
             stats: ConnStats::default(),
+            #[cfg(feature = "interceptor")]
+            intercept: Default::default(),
             config,
         }
     }
@@ -691,6 +734,10 @@ impl Connection {
     /// Append the bytes to write, in order, to `out`; returns how many bytes were appended.
     /// Messages are encoded here (not in `send`), so priorities apply to everything not yet handed out.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<Bytes>) -> usize {
+        #[cfg(feature = "interceptor")]
+        if self.intercept_pending() {
+            return 0;
+        }
         if self.phase == Phase::Ready {
             self.encode_outgoing(now);
         }
@@ -708,6 +755,10 @@ impl Connection {
         let Some(t) = self.transport.as_ref() else {
             return false;
         };
+        #[cfg(feature = "interceptor")]
+        if self.intercept_pending() {
+            return false;
+        }
         !t.tx.is_empty()
             || (self.phase == Phase::Ready
                 && (self.session.has_outgoing()
@@ -800,6 +851,7 @@ impl Connection {
         if self.role == Role::Client {
             self.session.global_seq = self.config.global_seq.next();
         }
+        intercept_later!(self, Banner);
     }
 
     /// The transport failed (I/O error, EOF, connect refused). Applies the policy: reconnect with
@@ -906,6 +958,10 @@ impl Connection {
             if self.phase == Phase::Closed || self.phase == Phase::AwaitingDecision {
                 return Ok(());
             }
+            #[cfg(feature = "interceptor")]
+            if self.intercept_pending() {
+                return Ok(());
+            }
             let Some(t) = self.transport.as_mut() else {
                 return Ok(());
             };
@@ -962,6 +1018,7 @@ impl Connection {
                 msgr2_feature_names(unsupported)
             )));
         }
+        intercept!(self, Hello);
         self.phase = Phase::Hello;
         let hello = ControlFrame::Hello(Hello {
             entity_type: self.config.entity_type,
@@ -1078,6 +1135,7 @@ impl Connection {
                 self.phase
             )));
         }
+        intercept!(self, Message);
         let segs = &frame.segments[..frame.num_segments.min(frame.segments.len())];
         let msg = Message::from_segments(segs)?;
         if !self.policy.lossy {
@@ -1115,6 +1173,7 @@ impl Connection {
             self.set_timer(Timer::Keepalive, now + k);
         }
         self.events.push_back(Event::Connected { reconnect });
+        intercept_later!(self, Ready);
     }
 
     /// Ceph's `_fault`: the transport is gone; keep, park or end the session by policy.
@@ -1129,6 +1188,8 @@ impl Connection {
             return;
         }
         self.stats.faults += 1;
+        #[cfg(feature = "interceptor")]
+        self.intercept.deferred.clear();
         let had_transport = self.transport.take().is_some();
         self.pending_request = None;
         self.timers = [None; TIMERS.len()];
@@ -1244,6 +1305,8 @@ impl Connection {
     }
 
     fn shut(&mut self, ev: Event) {
+        #[cfg(feature = "interceptor")]
+        self.intercept.deferred.clear();
         self.phase = Phase::Closed;
         self.transport = None;
         self.pending_request = None;

@@ -24,25 +24,35 @@ impl Connection {
         }
         self.phase = Phase::Session;
         let existing = existing.filter(|e| !e.is_closed());
-        let res = match req.kind {
-            SessionRequestKind::New {
-                client_cookie,
-                global_seq,
-            } => self.resolve_new(now, existing, client_cookie, global_seq),
-            SessionRequestKind::Reconnect {
-                client_cookie,
-                global_seq,
-                connect_seq,
-                msg_seq,
-                ..
-            } => self.resolve_reconnect(
-                now,
-                existing,
-                client_cookie,
-                global_seq,
-                connect_seq,
-                msg_seq,
-            ),
+        let settled = existing
+            .as_deref()
+            .and_then(|ex| ex.settles_without_session(&req));
+        let res = match (settled, req.kind) {
+            (Some(s), kind) => {
+                if s == Settlement::Wait && matches!(kind, SessionRequestKind::New { .. }) {
+                    // Make sure our own attempt goes through: the peer has something to say.
+                    if let Some(ex) = existing {
+                        ex.session.keepalive_pending = true;
+                    }
+                }
+                Ok(self.settle(now, s))
+            }
+            (
+                None,
+                SessionRequestKind::New {
+                    client_cookie,
+                    global_seq,
+                },
+            ) => self.resolve_new(now, existing, client_cookie, global_seq),
+            (
+                None,
+                SessionRequestKind::Reconnect {
+                    global_seq,
+                    connect_seq,
+                    msg_seq,
+                    ..
+                },
+            ) => self.resolve_reconnect(now, existing, global_seq, connect_seq, msg_seq),
         };
         let res = match res {
             Ok(r) => r,
@@ -62,15 +72,115 @@ impl Connection {
     /// owner's own connection to this peer is about to dial (it exists but has not started), so this
     /// attempt loses the race and the peer retries after its back-off.
     pub fn resolve_session_wait(&mut self, now: Instant) -> Resolution {
+        self.resolve_session_settled(now, Settlement::Wait)
+    }
+
+    /// Settle the pending [`SessionRequest`] as the owner's existing connection to the peer said it
+    /// would ([`Connection::settles_without_session`], asked where that connection lives).
+    pub fn resolve_session_settled(&mut self, now: Instant, s: Settlement) -> Resolution {
         if self.phase != Phase::AwaitingDecision || self.pending_request.take().is_none() {
             return Resolution::Dropped;
         }
         self.phase = Phase::Session;
-        if let Err(e) = self.queue_control(&ControlFrame::Wait) {
+        let res = self.settle(now, s);
+        if let Err(e) = self.process(now) {
+            self.fault(now, e);
+        }
+        res
+    }
+
+    /// Answer (or drop) this connection's request as `s` says.
+    fn settle(&mut self, now: Instant, s: Settlement) -> Resolution {
+        let answer = match s {
+            Settlement::Stale => {
+                // A stale attempt from before the existing connection: drop it.
+                self.shut(Event::Closed);
+                return Resolution::Dropped;
+            }
+            Settlement::Wait => ControlFrame::Wait,
+            Settlement::Retry(connect_seq) => {
+                intercept_later!(self, Retry);
+                ControlFrame::SessionRetry(SessionRetry { connect_seq })
+            }
+            Settlement::RetryGlobal(global_seq) => {
+                intercept_later!(self, Retry);
+                ControlFrame::SessionRetryGlobal(SessionRetryGlobal { global_seq })
+            }
+            Settlement::Reset { full } => ControlFrame::SessionReset(SessionReset { full }),
+        };
+        let tag = answer.tag();
+        if let Err(e) = self.queue_control(&answer) {
             self.fault(now, e);
             return Resolution::Dropped;
         }
-        Resolution::Answered(Tag::Wait)
+        Resolution::Answered(tag)
+    }
+
+    /// How `req` is settled against this connection — the owner's existing one to the peer — when the
+    /// answer needs nothing of its session and leaves its transport alone: the request is stale, loses
+    /// the connection or reconnect race (WAIT), must retry (RETRY / RETRY_GLOBAL) or is reset (RESET).
+    /// `None` when the request takes the session over (or replaces it). The one place these decisions
+    /// are made (`resolve_session` uses it too), after Ceph's handle_existing_connection /
+    /// handle_reconnect. An owner whose existing connection lives elsewhere can ask it there and settle
+    /// `req` where it arrived ([`Connection::resolve_session_settled`]) instead of bringing the session
+    /// over, which would close the transport that is about to win.
+    pub fn settles_without_session(&self, req: &SessionRequest) -> Option<Settlement> {
+        if self.is_closed() {
+            return None;
+        }
+        let me = req_msgr2(&self.config.my_addrs);
+        let s = &self.session;
+        match req.kind {
+            SessionRequestKind::New {
+                client_cookie,
+                global_seq,
+            } => {
+                if s.peer_global_seq > global_seq {
+                    return Some(Settlement::Stale);
+                }
+                let restarted = s.server_cookie != 0
+                    && s.client_cookie != 0
+                    && s.client_cookie != client_cookie;
+                if self.policy.lossy
+                    || restarted
+                    // Establishment was interrupted between CLIENT_IDENT and SERVER_IDENT: carry on.
+                    || s.client_cookie == client_cookie
+                    // An established session the peer dialled again: the new transport replaces it.
+                    || matches!(self.phase, Phase::Ready | Phase::Standby)
+                {
+                    return None;
+                }
+                // Connection race: both sides dialled. The lower address's connection wins, unless the
+                // existing one is a server's.
+                let peer = req_msgr2(&req.peer_addrs);
+                (!(ceph_addr_less(peer, me) || self.policy.server)).then_some(Settlement::Wait)
+            }
+            SessionRequestKind::Reconnect {
+                client_cookie,
+                global_seq,
+                connect_seq,
+                ..
+            } => {
+                if s.client_cookie != client_cookie {
+                    let full = self.config.accept_policy(req.peer_type).resetcheck;
+                    return Some(Settlement::Reset { full });
+                }
+                if s.server_cookie == 0 {
+                    // We were a client and never got SERVER_IDENT: resume establishing the session.
+                    return Some(Settlement::Reset { full: false });
+                }
+                if s.peer_global_seq > global_seq {
+                    return Some(Settlement::RetryGlobal(s.peer_global_seq));
+                }
+                if s.connect_seq > connect_seq {
+                    return Some(Settlement::Retry(s.connect_seq));
+                }
+                // Both sides are reconnecting: the existing one wins if the peer's address is higher.
+                let peer = req_msgr2(&self.peer_addrs);
+                (s.connect_seq == connect_seq && ceph_addr_less(me, peer) && !self.policy.server)
+                    .then_some(Settlement::Wait)
+            }
+        }
     }
 
     /// Refuse the pending [`SessionRequest`]: this transport ends (the owner found the request
@@ -95,11 +205,8 @@ impl Connection {
             self.send_server_ident(now)?;
             return Ok(Resolution::NewSession);
         };
-        if ex.session.peer_global_seq > peer_global_seq {
-            // A stale attempt from before the existing connection: drop it.
-            self.shut(Event::Closed);
-            return Ok(Resolution::Dropped);
-        }
+        // Stale attempts and races the existing connection wins were settled by
+        // `settles_without_session`.
         if ex.policy.lossy {
             ex.shut(Event::Reset(Error::Transport(
                 "replaced by a new connection from the peer".into(),
@@ -121,22 +228,9 @@ impl Connection {
                 self.stats.remote_resets += 1;
                 self.events.push_back(Event::RemoteReset { dropped });
             }
-        } else if ex.session.client_cookie == client_cookie {
-            // Establishment was interrupted between CLIENT_IDENT and SERVER_IDENT: carry on.
-        } else if matches!(ex.phase, Phase::Ready | Phase::Standby) {
-            // An established session the peer dialled again: this transport replaces its old one.
-        } else {
-            // Connection race: both sides dialled. The lower address's connection wins, unless the
-            // existing one is a server's.
-            let peer = req_msgr2(&self.peer_addrs);
-            let me = req_msgr2(&self.config.my_addrs);
-            if !(ceph_addr_less(peer, me) || ex.policy.server) {
-                // Make sure our own attempt goes through: the peer has something to say.
-                ex.session.keepalive_pending = true;
-                self.queue_control(&ControlFrame::Wait)?;
-                return Ok(Resolution::Answered(Tag::Wait));
-            }
         }
+        // Otherwise: establishment interrupted between CLIENT_IDENT and SERVER_IDENT, an established
+        // session the peer dialled again, or a connection race this transport wins.
         self.take_session_from(ex);
         self.session.client_cookie = client_cookie;
         self.session.peer_global_seq = peer_global_seq;
@@ -148,7 +242,6 @@ impl Connection {
         &mut self,
         now: Instant,
         existing: Option<&mut Connection>,
-        client_cookie: u64,
         global_seq: u64,
         connect_seq: u64,
         msg_seq: u64,
@@ -157,39 +250,7 @@ impl Connection {
             self.queue_control(&ControlFrame::SessionReset(SessionReset { full: true }))?;
             return Ok(Resolution::Answered(Tag::SessionReset));
         };
-        if ex.session.client_cookie != client_cookie {
-            self.queue_control(&ControlFrame::SessionReset(SessionReset {
-                full: self.policy.resetcheck,
-            }))?;
-            return Ok(Resolution::Answered(Tag::SessionReset));
-        }
-        if ex.session.server_cookie == 0 {
-            self.queue_control(&ControlFrame::SessionReset(SessionReset { full: false }))?;
-            return Ok(Resolution::Answered(Tag::SessionReset));
-        }
-        if ex.session.peer_global_seq > global_seq {
-            let g = ex.session.peer_global_seq;
-            self.queue_control(&ControlFrame::SessionRetryGlobal(SessionRetryGlobal {
-                global_seq: g,
-            }))?;
-            return Ok(Resolution::Answered(Tag::SessionRetryGlobal));
-        }
-        if ex.session.connect_seq > connect_seq {
-            let cs = ex.session.connect_seq;
-            self.queue_control(&ControlFrame::SessionRetry(SessionRetry {
-                connect_seq: cs,
-            }))?;
-            return Ok(Resolution::Answered(Tag::SessionRetry));
-        }
-        if ex.session.connect_seq == connect_seq {
-            // Both sides are reconnecting: the existing one wins if the peer's address is higher.
-            let peer = req_msgr2(&ex.peer_addrs);
-            let me = req_msgr2(&self.config.my_addrs);
-            if ceph_addr_less(me, peer) && !ex.policy.server {
-                self.queue_control(&ControlFrame::Wait)?;
-                return Ok(Resolution::Answered(Tag::Wait));
-            }
-        }
+        // RESET / RETRY / RETRY_GLOBAL / WAIT were settled by `settles_without_session`.
         self.take_session_from(ex);
         self.session.connect_seq = connect_seq;
         self.session.peer_global_seq = global_seq;
@@ -197,6 +258,7 @@ impl Connection {
         self.session.discard_requeued_up_to(msg_seq);
         self.stats.replayed += self.session.requeued.len() as u64;
         let ms = self.session.in_seq;
+        intercept_later!(self, ReconnectOk);
         self.queue_control(&ControlFrame::SessionReconnectOk(SessionReconnectOk {
             msg_seq: ms,
         }))?;
@@ -209,16 +271,22 @@ impl Connection {
     pub(super) fn take_session_from(&mut self, ex: &mut Connection) {
         ex.session.requeue_sent();
         self.session = std::mem::take(&mut ex.session);
+        #[cfg(feature = "interceptor")]
+        {
+            // The session keeps the id of the connection it lived on (Ceph's reuse_connection: the
+            // existing connection takes the new socket).
+            self.intercept.id = ex.intercept.id;
+        }
         if self.peer_name.is_none() {
             self.peer_name = ex.peer_name.clone();
             self.features = ex.features;
         }
-        if ex.role == Role::Client {
-            // Our own outgoing attempt lost the race (or a dialled session met the peer's reconnect):
-            // the session keeps the policy the application chose for this peer, so a lossless_peer
-            // session still re-dials after a fault.
-            self.policy = ex.policy;
-        }
+        // The session keeps its policy, as ProtocolV2::reuse_connection keeps the existing connection's:
+        // the one the application chose when it dialled, carried over by every earlier take-over. Not
+        // only when `ex` dialled: a session taken over before sits in a server-role `ex`, and our accept
+        // policy for the peer's type may differ (e.g. stateful_server), which would park a lossless_peer
+        // session for good with its messages queued.
+        self.policy = ex.policy;
         ex.shut(Event::Closed);
     }
 
@@ -239,6 +307,7 @@ impl Connection {
             flags: if self.policy.lossy { FLAG_LOSSY } else { 0 },
             cookie: self.session.server_cookie,
         };
+        intercept_later!(self, ServerIdent);
         self.queue_control(&ControlFrame::ServerIdent(si))?;
         self.become_ready(now, false);
         Ok(())

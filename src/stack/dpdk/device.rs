@@ -8,8 +8,11 @@
 //! next burst. No heap allocation per packet: the vectors are sized once.
 //!
 //! Invariants: `tx` holds at most `TX_BACKLOG` frames (beyond that new frames are dropped and counted;
-//! TCP retransmits them); frames go out in the order smoltcp produced them.
+//! TCP retransmits them); frames go out in the order smoltcp produced them; every frame smoltcp builds and
+//! every frame it is given passes the [`WindowGuard`] (which keeps smoltcp 0.12 from panicking on bytes past
+//! its advertised window).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use smoltcp::time::Instant;
 use super::classify::tcp_header_lengths;
 use super::ffi::{Mbuf, Mempool, Queue, BURST};
 use super::stats::DpdkCounters;
+use super::window::WindowGuard;
 
 /// Most frames waiting for the NIC before new ones are dropped.
 const TX_BACKLOG: usize = 16 * BURST;
@@ -98,6 +102,8 @@ pub struct MbufDevice {
     /// Frames classified as ours, waiting for smoltcp.
     pub rx: VecDeque<Mbuf>,
     pub tx: TxSide,
+    /// Shared by the RX and TX tokens smoltcp holds at once; only this worker's thread touches it.
+    pub window: RefCell<WindowGuard>,
     mtu: usize,
     scratch: Box<[u8]>,
 }
@@ -113,6 +119,7 @@ impl MbufDevice {
         let frame_max = usize::from(mtu) + ETH_HEADER;
         MbufDevice {
             rx: VecDeque::with_capacity(4 * BURST),
+            window: RefCell::new(WindowGuard::new(counters.clone())),
             tx: TxSide {
                 queue,
                 pool,
@@ -130,10 +137,12 @@ impl MbufDevice {
 pub struct RxToken<'a> {
     mbuf: Mbuf,
     scratch: &'a mut [u8],
+    window: &'a RefCell<WindowGuard>,
 }
 
 pub struct TxToken<'a> {
     side: &'a mut TxSide,
+    window: &'a RefCell<WindowGuard>,
 }
 
 impl phy::RxToken for RxToken<'_> {
@@ -141,10 +150,13 @@ impl phy::RxToken for RxToken<'_> {
     where
         F: FnOnce(&[u8]) -> R,
     {
-        if self.mbuf.segments() <= 1 {
-            f(self.mbuf.data())
+        let mut mbuf = self.mbuf;
+        if mbuf.segments() <= 1 {
+            self.window.borrow_mut().on_receive(mbuf.data_mut());
+            f(mbuf.data())
         } else {
-            let n = self.mbuf.copy_out(self.scratch);
+            let n = mbuf.copy_out(self.scratch);
+            self.window.borrow_mut().on_receive(&mut self.scratch[..n]);
             f(&self.scratch[..n])
         }
     }
@@ -161,6 +173,7 @@ impl phy::TxToken for TxToken<'_> {
         match (mbuf, appended) {
             (Some(mut m), true) => {
                 let r = f(m.data_mut());
+                self.window.borrow_mut().on_transmit(m.data());
                 if side.checksum_offload {
                     if let Some((l2, l3)) = tcp_header_lengths(m.data()) {
                         m.offload_tcp_checksum(l2, l3);
@@ -173,7 +186,10 @@ impl phy::TxToken for TxToken<'_> {
                 // No mbuf (or the frame is larger than one): let smoltcp build it, then drop it.
                 side.counters.tx_nombuf.fetch_add(1, Ordering::Relaxed);
                 let n = len.min(side.spill.len());
-                f(&mut side.spill[..n])
+                let r = f(&mut side.spill[..n]);
+                // smoltcp recorded what it advertised in this frame, sent or not.
+                self.window.borrow_mut().on_transmit(&side.spill[..n]);
+                r
             }
         }
     }
@@ -189,8 +205,12 @@ impl phy::Device for MbufDevice {
             RxToken {
                 mbuf,
                 scratch: &mut self.scratch,
+                window: &self.window,
             },
-            TxToken { side: &mut self.tx },
+            TxToken {
+                side: &mut self.tx,
+                window: &self.window,
+            },
         ))
     }
 
@@ -202,7 +222,10 @@ impl phy::Device for MbufDevice {
                 return None;
             }
         }
-        Some(TxToken { side: &mut self.tx })
+        Some(TxToken {
+            side: &mut self.tx,
+            window: &self.window,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

@@ -31,6 +31,7 @@ mod config;
 mod device;
 mod ffi;
 mod stats;
+mod window;
 mod worker;
 
 use std::io;

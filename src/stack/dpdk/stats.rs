@@ -70,6 +70,8 @@ counters! {
     aborted,
     /// Times the worker slept in the idle back-off.
     idle_sleeps,
+    /// Received segments trimmed to the window we advertised (see `window`).
+    rx_trimmed_past_window,
 }
 
 impl DpdkCounters {

@@ -78,6 +78,9 @@ struct Stream {
     owns_port: bool,
 }
 
+/// A connection's (peer, local port), as the window guard keys it.
+type Flow = (SocketAddrV4, u16);
+
 enum Entry {
     Listener {
         port: u16,
@@ -109,8 +112,9 @@ pub struct DpdkWorker {
     woken: Vec<bool>,
     waker: Arc<ParkWaker>,
     counters: Arc<DpdkCounters>,
-    /// Closed sockets finishing their FIN exchange: handle, reset deadline, local port to release.
-    closing: Vec<(SocketHandle, Instant, Option<u16>)>,
+    /// Closed sockets finishing their FIN exchange: handle, reset deadline, local port to release, and
+    /// the flow (peer, local port) the window guard forgets when the socket goes.
+    closing: Vec<(SocketHandle, Instant, Option<u16>, Option<Flow>)>,
     ports_in_use: HashSet<u16>,
     next_port: u16,
     auto_listens: usize,
@@ -518,7 +522,8 @@ impl DpdkWorker {
         for (id, err) in failed {
             if let Some(Entry::Stream(st)) = self.entries.remove(&id) {
                 let port = st.owns_port.then_some(st.local.port());
-                self.closing.push((st.handle, now, port));
+                let flow = Some((st.peer, st.local.port()));
+                self.closing.push((st.handle, now, port, flow));
                 self.entries.insert(
                     id,
                     Entry::Failed {
@@ -541,13 +546,17 @@ impl DpdkWorker {
         let now = Instant::now();
         let sockets = &mut self.sockets;
         let ports = &mut self.ports_in_use;
-        self.closing.retain(|&(h, deadline, port)| {
+        let window = &self.device.window;
+        self.closing.retain(|&(h, deadline, port, flow)| {
             let s = sockets.get_mut::<tcp::Socket>(h);
             match s.state() {
                 State::Closed | State::TimeWait => {
                     sockets.remove(h);
                     if let Some(p) = port {
                         ports.remove(&p);
+                    }
+                    if let Some((peer, local_port)) = flow {
+                        window.borrow_mut().forget(peer, local_port);
                     }
                     false
                 }
@@ -779,7 +788,8 @@ impl WorkerStack for DpdkWorker {
                     s.close();
                 }
                 let port = st.owns_port.then_some(st.local.port());
-                self.closing.push((st.handle, deadline, port));
+                let flow = Some((st.peer, st.local.port()));
+                self.closing.push((st.handle, deadline, port, flow));
             }
             Entry::Listener { pool, ready, .. } => {
                 for h in pool {
@@ -787,7 +797,8 @@ impl WorkerStack for DpdkWorker {
                 }
                 for h in ready {
                     self.sockets.get_mut::<tcp::Socket>(h).abort();
-                    self.closing.push((h, deadline, None));
+                    // Aborted: the RST it sends ends its flow in the window guard.
+                    self.closing.push((h, deadline, None, None));
                 }
             }
             Entry::Failed { .. } => {}
