@@ -240,8 +240,10 @@ run_dpdk_phase() {
 # soft-RoCE test binary and of msgr (whose `bench --stack rdma` is the RDMA bench). Then ONE throw-away qemu guest (scripts/softroce-vm.sh,
 # Debian's kernel with rdma_rxe, fetched once and cached) runs scripts/rdma-checks.sh: the tests and the
 # perftest comparison. Its time is printed; its test counts join the summary line.
+# ceph-mon / ceph-common: Ceph 16's RDMA stack for tests/rdma_ceph_interop.rs (also in APT_PACKAGES).
 RDMA_APT_PACKAGES=(qemu-system-x86 rdma-core ibverbs-utils ibverbs-providers rdmacm-utils perftest
-    libibverbs-dev librdmacm-dev busybox-static kmod iproute2 libclang-dev pkg-config file xz-utils)
+    libibverbs-dev librdmacm-dev busybox-static kmod iproute2 libclang-dev pkg-config file xz-utils
+    ceph-mon ceph-common)
 RDMA_VNG_VERSION=1.42
 RDMA_GUEST_TIMEOUT=${MSGR_RDMA_GUEST_TIMEOUT:-1500}
 
@@ -313,15 +315,19 @@ run_rdma_phase() {
     rm -f "$unit_log"
     section_done
 
-    section "rdma: release build of tests/rdma_softroce.rs and msgr (--features rdma)"
-    local json test_bin cli_bin
+    section "rdma: release build of tests/rdma_softroce.rs, tests/rdma_ceph_interop.rs and msgr (--features rdma)"
+    local json test_bin ceph_test_bin cli_bin
     json=$(mktemp)
-    cargo build --release --features rdma --test rdma_softroce --bin msgr --message-format=json >"$json"
+    cargo build --release --features rdma --test rdma_softroce --test rdma_ceph_interop --bin msgr \
+        --message-format=json >"$json"
     test_bin=$(rdma_executable rdma_softroce <"$json")
+    ceph_test_bin=$(rdma_executable rdma_ceph_interop <"$json")
     cli_bin=$(rdma_executable msgr <"$json")
     rm -f "$json"
-    [[ -x "$test_bin" && -x "$cli_bin" ]] || { echo "rdma: built binaries not found" >&2; exit 1; }
+    [[ -x "$test_bin" && -x "$ceph_test_bin" && -x "$cli_bin" ]] ||
+        { echo "rdma: built binaries not found" >&2; exit 1; }
     echo "test binary: $test_bin"
+    echo "ceph interop test binary: $ceph_test_bin"
     echo "msgr binary: $cli_bin"
     section_done
 
@@ -332,7 +338,7 @@ run_rdma_phase() {
     guest_start=$(date +%s)
     set +e
     scripts/softroce-vm.sh --timeout "$RDMA_GUEST_TIMEOUT" -- \
-        scripts/rdma-checks.sh "$test_bin" "$cli_bin" "$report" 2>&1 | tee "$log"
+        scripts/rdma-checks.sh "$test_bin" "$cli_bin" "$report" "$ceph_test_bin" 2>&1 | tee "$log"
     guest_rc=${PIPESTATUS[0]}
     set -e
     echo "rdma: guest step took $(($(date +%s) - guest_start)) s (exit $guest_rc)"

@@ -5,7 +5,7 @@
 #
 #   scripts/ceph-mon.sh start  DIR [--v2-port P] [--v1-port P] [--fsid UUID]
 #                                  [--peer-mon NAME=V2PORT]... [--no-initial-members] [--debug-ms N]
-#                                  [--auth none|cephx] [--host IPV4]
+#                                  [--auth none|cephx] [--host IPV4] [--rdma DEV:GID_INDEX]
 #   scripts/ceph-mon.sh stop   DIR
 #   scripts/ceph-mon.sh status DIR
 #
@@ -23,6 +23,13 @@
 #        --host IPV4 binds the monitor (and its monmap entries) to that address instead of 127.0.0.1,
 #        e.g. the kernel side of a veth pair inside a network namespace (run the script with
 #        `ip netns exec NS`; stop and status work from anywhere, they go by pid).
+#        --rdma DEV:GID_INDEX runs the monitor (and the readiness check's client) on Ceph's RDMA stack:
+#        ms_type = async+rdma on verbs device DEV with that GID index (RoCE v2), msgr2 only (the monmap
+#        has no v1 address), small buffer pools (1024 receive buffers, queue 512, 256 send buffers of
+#        128 KiB: ~160 MiB pinned), memlock unlimited. Use --host with an address of DEV's netdev.
+#        Ready then means: the v2 port listens (Ceph's TCP side channel) and the monitor leads its
+#        quorum of one (its log says so).
+#        Recipe: shared/notes/ceph-rdma.md.
 # stop   sends SIGTERM to the pid recorded for DIR (only after checking /proc/PID/cmdline is that
 #        ceph-mon with DIR's ceph.conf), waits for it to exit (SIGKILL after 20 s), exits 0 if it was not
 #        running.
@@ -99,7 +106,7 @@ print_env() {
 }
 
 cmd_start() {
-    local v2_port=3300 v1_port=6789 fsid="" debug_ms="" initial_members=1 auth=none
+    local v2_port=3300 v1_port=6789 fsid="" debug_ms="" initial_members=1 auth=none rdma=
     local -a peers=()
     while (($#)); do
         case "$1" in
@@ -111,6 +118,7 @@ cmd_start() {
         --debug-ms) debug_ms="${2:-}"; shift 2 || usage ;;
         --auth) auth="${2:-}"; shift 2 || usage ;;
         --host) HOST="${2:-}"; shift 2 || usage ;;
+        --rdma) rdma="${2:-}"; shift 2 || usage ;;
         *) die "unknown option '$1'" ;;
         esac
     done
@@ -125,7 +133,10 @@ cmd_start() {
     [[ "$auth" == none || "$auth" == cephx ]] || die "--auth: '$auth' is not none or cephx"
     [[ -z "$debug_ms" || "$debug_ms" =~ ^[0-9]+(/[0-9]+)?$ ]] || die "--debug-ms: '$debug_ms' is not a level"
 
+    [[ -z "$rdma" || "$rdma" =~ ^[A-Za-z0-9_.-]+:[0-9]+$ ]] || die "--rdma: '$rdma' is not DEV:GID_INDEX"
     local mon_addrs="[v2:$HOST:$v2_port,v1:$HOST:$v1_port]"
+    # Over RDMA: msgr2 only, as in the measured recipe.
+    [[ -z "$rdma" ]] || mon_addrs="[v2:$HOST:$v2_port]"
     local mon_host="$mon_addrs"
     local -a monmap_args=(--addv "$MON_ID" "$mon_addrs")
     local -a peer_env=()
@@ -185,6 +196,19 @@ cmd_start() {
         echo "auth_service_required = $auth"
         echo "auth_client_required = $auth"
         echo "ms_bind_msgr2 = true"
+        if [[ -n "$rdma" ]]; then
+            echo "# Ceph's RDMA messenger stack (async+rdma), pools sized for a small test guest."
+            echo "ms_bind_msgr1 = false"
+            echo "public_network = ${HOST%.*}.0/24"
+            echo "ms_type = async+rdma"
+            echo "ms_async_rdma_device_name = ${rdma%%:*}"
+            echo "ms_async_rdma_gid_idx = ${rdma##*:}"
+            echo "ms_async_rdma_roce_ver = 2"
+            echo "ms_async_rdma_receive_buffers = 1024"
+            echo "ms_async_rdma_receive_queue_len = 512"
+            echo "ms_async_rdma_send_buffers = 256"
+            echo "ms_async_rdma_support_srq = true"
+        fi
         local mode
         for mode in ms_mon_client_mode ms_mon_cluster_mode ms_mon_service_mode \
             ms_client_mode ms_cluster_mode ms_service_mode; do
@@ -212,6 +236,8 @@ cmd_start() {
 
     local -a extra=()
     [[ -z "$debug_ms" ]] || extra+=(--debug_ms "$debug_ms")
+    # Ceph's RDMA stack registers its whole buffer pool.
+    [[ -z "$rdma" ]] || ulimit -l unlimited 2>/dev/null || true
     # ceph-mon daemonizes; the daemon writes its pid to DIR/run/ceph-mon.a.pid.
     ceph-mon -i "$MON_ID" -c "$DIR/ceph.conf" "${extra[@]}" >"$DIR/log/start.log" 2>&1 ||
         { cat "$DIR/log/start.log" >&2; log_tail; die "ceph-mon failed to start"; }
@@ -225,7 +251,15 @@ cmd_start() {
                 log_tail
                 die "ceph-mon (pid $pid) exited during start-up (is port $v2_port or $v1_port busy?)"
             }
-            if ((${#peers[@]} == 0)); then
+            if [[ -n "$rdma" ]]; then
+                # Over RDMA a `ceph mon stat` client registers ~160 MiB first (seconds under
+                # emulation): ready is the side channel's port listening and the monitor leading.
+                if port_listening "$v2_port" &&
+                    grep -q "mon\.$MON_ID@0(leader)" "$DIR/log/ceph-mon.$MON_ID.log" 2>/dev/null; then
+                    ready=1
+                    break
+                fi
+            elif ((${#peers[@]} == 0)); then
                 if timeout 10 ceph -c "$DIR/ceph.conf" --connect-timeout 5 mon stat >"$DIR/log/ready.log" 2>&1; then
                     ready=1
                     break

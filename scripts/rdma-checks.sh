@@ -2,13 +2,16 @@
 # All RDMA checks of one soft-RoCE guest run (ci/test.sh boots ONE guest and runs this in it):
 #   1. the soft-RoCE integration tests (tests/rdma_softroce.rs, release build), one at a time, and a
 #      registration refused for RLIMIT_MEMLOCK (msgr as an unprivileged uid with a 64 KiB limit must
-#      fail with an error naming the limit);
+#      fail with an error naming the limit); then the Ceph interop tests on Ceph's own RDMA wire
+#      (tests/rdma_ceph_interop.rs: a real ceph-mon and the ceph CLI with ms_type = async+rdma, and
+#      msgr <-> msgr on both wires, whose figures join the report);
 #   2. perftest (ib_send_lat, ib_send_bw, ib_write_bw as an upper bound) and `msgr bench --stack rdma`
 #      on the same device, and the ratios the issue asks for.
 #
-#   scripts/softroce-vm.sh -- scripts/rdma-checks.sh TEST_BINARY MSGR_CLI [REPORT_FILE]
+#   scripts/softroce-vm.sh -- scripts/rdma-checks.sh TEST_BINARY MSGR_CLI [REPORT_FILE [CEPH_TEST_BINARY]]
 #
-# TEST_BINARY `-` skips the tests (scripts/compare.sh --rdma uses that for its RDMA rows). MSGR_CLI is the
+# CEPH_TEST_BINARY is the release build of tests/rdma_ceph_interop.rs (ci/test.sh passes it; `-` or
+# nothing: not run). TEST_BINARY `-` skips the tests (scripts/compare.sh --rdma uses that for its RDMA rows). MSGR_CLI is the
 # release `msgr` built with `--features rdma`. msgr's figures come from its JSON reports (p50_ns of the
 # latency run; msgs_per_sec x size of the throughput run), read with sed/awk only (the guest may lack jq).
 # The report also shows, from the same guest, the round trip of the protocol alone (`msgr bench --stack
@@ -27,6 +30,7 @@ set -u
 TEST_BIN=${1:?usage: rdma-checks.sh TEST_BINARY MSGR_CLI [REPORT_FILE]}
 MSGR_CLI=${2:?usage: rdma-checks.sh TEST_BINARY MSGR_CLI [REPORT_FILE]}
 REPORT=${3:-}
+CEPH_TEST_BIN=${4:--}
 DEV=${SOFTROCE_DEV:?SOFTROCE_DEV is not set: run inside scripts/softroce-vm.sh}
 ADDR=${SOFTROCE_ADDR:?SOFTROCE_ADDR is not set}
 GID=${SOFTROCE_GID_INDEX:-1}
@@ -71,6 +75,23 @@ if [[ "$TEST_BIN" != "-" ]]; then
         cat "$WORK/memlock.out" >&2
         status=1
     fi
+fi
+
+# The Ceph interop tests: a real ceph-mon and the real ceph CLI over Ceph's RDMA wire (async+rdma), and
+# msgr <-> msgr on both wires. Output is shown (--nocapture): the figures are part of the report.
+CEPH_FIGURES=""
+if [[ "$CEPH_TEST_BIN" != "-" ]]; then
+    step "rdma_ceph_interop tests on $DEV (ceph-mon and ceph CLI with ms_type = async+rdma)"
+    if ! timeout 600 "$CEPH_TEST_BIN" --test-threads=1 --nocapture 2>&1 | tee "$WORK/ceph.out"; then
+        echo "rdma-checks: the Ceph RDMA interop tests FAILED" >&2
+        status=1
+    fi
+    if ! grep -q '^test result: ok' "$WORK/ceph.out"; then
+        echo "rdma-checks: the Ceph RDMA interop tests did not report success" >&2
+        status=1
+    fi
+    CEPH_FIGURES=$(grep -m1 -o 'msgr <-> msgr over.*' "$WORK/ceph.out")
+    echo "rdma-checks: Ceph interop step done at ${SECONDS}s"
 fi
 
 # True once something listens on TCP port $1 (perftest's out-of-band exchange port), within $2 seconds.
@@ -207,6 +228,7 @@ WBW_RATIO=$(ratio "$MSGR_BW" "$WRITE_BW")
         "$WBW_RATIO" "(upper bound, no target)"
     echo "for scale, same guest: msgr round trip 64 B p50 (us): protocol alone (--stack mem) ${MEM_RTT:-n/a}," \
         "over kernel TCP (--stack posix) ${POSIX_RTT:-n/a}, over RDMA (--stack rdma) ${MSGR_RTT:-n/a}"
+    [[ -z "$CEPH_FIGURES" ]] || echo "wires: $CEPH_FIGURES"
 } | tee "$WORK/report"
 if [[ -n "$REPORT" ]]; then
     cp "$WORK/report" "$REPORT"

@@ -88,6 +88,22 @@ pub struct ReconArgs {
     #[arg(long, short = 'j', value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=MAX_PARALLEL as i64))]
     pub parallel: u16,
+
+    /// Network stack: posix (kernel TCP, the full probe above) or rdma (a build with --features rdma:
+    /// each peer is reached by msgr's messenger over RDMA, one after the other, and the table shows
+    /// its type, addresses, features and handshake time; see --rdma-wire).
+    #[arg(long, value_enum, default_value_t = ReconStack::Posix)]
+    pub stack: ReconStack,
+
+    #[command(flatten)]
+    pub rdma: crate::bench::rdma::RdmaArgs,
+}
+
+/// `msgr recon --stack`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconStack {
+    Posix,
+    Rdma,
 }
 
 /// Entity types `--expect` accepts.
@@ -207,7 +223,8 @@ pub struct PeerReport {
 }
 
 impl PeerReport {
-    fn new(target: Target) -> Self {
+    /// A report for `target` that has not succeeded (yet).
+    pub fn new(target: Target) -> Self {
         PeerReport {
             addr: target.to_string(),
             status: "FAIL",
@@ -227,14 +244,16 @@ impl PeerReport {
         }
     }
 
-    fn fail(&mut self, failure: Failure, reason: impl Into<String>) {
+    /// Mark the peer failed, with the reason.
+    pub fn fail(&mut self, failure: Failure, reason: impl Into<String>) {
         self.ok = false;
         self.status = "FAIL";
         self.failure = Some(failure);
         self.reason = Some(reason.into());
     }
 
-    fn succeed(&mut self) {
+    /// Mark the peer OK.
+    pub fn succeed(&mut self) {
         self.ok = true;
         self.status = "OK";
         self.failure = None;
@@ -252,6 +271,10 @@ pub fn run(args: &ReconArgs) -> Result<i32, String> {
 
 /// [`run`], writing the output to `out`.
 pub fn run_to(args: &ReconArgs, out: &mut dyn Write) -> Result<i32, String> {
+    if args.stack == ReconStack::Rdma {
+        return Err("recon --stack rdma runs in the msgr binary (msgr recon --stack rdma)".into());
+    }
+    crate::bench::rdma::check_unused(&args.rdma, "posix").map_err(|e| e.to_string())?;
     let addrs = args
         .addrs
         .iter()

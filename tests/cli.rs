@@ -306,9 +306,92 @@ fn bench_stack_rdma_usage_errors_exit_2() {
                 "--features rdma",
             ),
             (&["bench", "serve", "--stack", "rdma"], "--features rdma"),
+            (
+                &["ping", "10.0.0.1:3300", "--stack", "rdma"],
+                "--features rdma",
+            ),
+            (
+                &["serve", "--bind", "127.0.0.1:0", "--stack", "rdma"],
+                "--features rdma",
+            ),
+            (
+                &["recon", "10.0.0.1:3300", "--stack", "rdma"],
+                "--features rdma",
+            ),
         ]
     };
-    for (args, reason) in cases {
+    // ping, serve and recon take --stack rdma and the --rdma-* options too (checked before any device
+    // is opened); the Ceph peer's buffer size only goes with Ceph's wire.
+    let rdma_only: &[(&[&str], &str)] = if cfg!(feature = "rdma") {
+        &[
+            (
+                &[
+                    "ping",
+                    "10.0.0.1:3300",
+                    "--stack",
+                    "rdma",
+                    "--rdma-buffer-size",
+                    "64k",
+                ],
+                "--rdma-wire ceph",
+            ),
+            (
+                &[
+                    "serve",
+                    "--bind",
+                    "10.0.0.1:0",
+                    "--stack",
+                    "rdma",
+                    "--rdma-buffer-size",
+                    "64k",
+                ],
+                "--rdma-wire ceph",
+            ),
+            (
+                &[
+                    "recon",
+                    "10.0.0.1:3300",
+                    "--stack",
+                    "rdma",
+                    "--rdma-addr",
+                    "10.0.0.2",
+                ],
+                "--rdma-addr",
+            ),
+        ]
+    } else {
+        &[]
+    };
+    let everywhere: &[(&[&str], &str)] = &[
+        (
+            &["ping", "127.0.0.1:1", "--rdma-wire", "ceph"],
+            "go with --stack rdma",
+        ),
+        (
+            &["serve", "--bind", "127.0.0.1:0", "--rdma-wire", "ceph"],
+            "go with --stack rdma",
+        ),
+        (
+            &["recon", "127.0.0.1:1", "--rdma-wire", "ceph"],
+            "go with --stack rdma",
+        ),
+        (
+            &[
+                "ping",
+                "127.0.0.1:1",
+                "--stack",
+                "rdma",
+                "--rdma-wire",
+                "rocev1",
+            ],
+            "--rdma-wire",
+        ),
+        (
+            &["bench", "--stack", "rdma", "--rdma-buffer-size", "1"],
+            "--rdma-buffer-size",
+        ),
+    ];
+    for (args, reason) in cases.iter().chain(rdma_only).chain(everywhere) {
         let stderr = usage_error(args);
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }

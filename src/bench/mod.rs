@@ -659,7 +659,11 @@ pub fn run_to(
             let outcome = with_client(
                 &mut || {
                     let stack = rdma::stack(target)?;
-                    device = Some(stack.device_info().name.clone());
+                    device = Some(format!(
+                        "{} ({} wire)",
+                        stack.device_info().name,
+                        target.wire.name()
+                    ));
                     Ok(stack)
                 },
                 SocketAddr::new(

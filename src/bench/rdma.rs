@@ -47,6 +47,48 @@ pub struct RdmaArgs {
     /// 127.0.0.1) [default: $SOFTROCE_ADDR, else the IPv4 address in the device's GID].
     #[arg(long = "rdma-addr", id = "rdma_addr", value_name = "IP")]
     pub addr: Option<IpAddr>,
+
+    /// --stack rdma: connection set-up and wire format: msgr (rdma_cm, msgr's own, msgr peers only) or
+    /// ceph (Ceph's async+rdma: a TCP side channel to the peer's msgr2 address, then plain SENDs; talks
+    /// to Ceph daemons and clients running ms_type = async+rdma) [default: msgr].
+    #[arg(long = "rdma-wire", id = "rdma_wire", value_enum, value_name = "WIRE")]
+    pub wire: Option<Wire>,
+
+    /// --rdma-wire ceph: the peer's receive buffer size, Ceph's ms_async_rdma_buffer_size (not on the
+    /// wire, so both sides must agree; no SEND is larger) [default: 128k].
+    #[arg(long = "rdma-buffer-size", id = "rdma_buffer_size", value_name = "BYTES",
+          value_parser = parse_buffer_size)]
+    pub buffer_size: Option<u32>,
+}
+
+/// `--rdma-wire`: see [`RdmaArgs::wire`].
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// msgr's own (rdma_cm, credits in immediate data).
+    #[default]
+    Msgr,
+    /// Ceph 16's async+rdma (TCP side channel with queue-pair records, plain SENDs).
+    Ceph,
+}
+
+impl Wire {
+    pub fn name(self) -> &'static str {
+        match self {
+            Wire::Msgr => "msgr",
+            Wire::Ceph => "ceph",
+        }
+    }
+}
+
+/// Ceph's default ms_async_rdma_buffer_size.
+pub const DEFAULT_CEPH_BUFFER_SIZE: u32 = 128 * 1024;
+
+fn parse_buffer_size(s: &str) -> Result<u32, String> {
+    let n = super::size::parse_size(s)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (4096..=1 << 30).contains(n))
+        .ok_or_else(|| format!("{s:?}: expected 4k..=1g"))
 }
 
 impl RdmaArgs {
@@ -62,6 +104,9 @@ pub struct Target {
     pub device: Option<String>,
     pub gid_index: i32,
     pub addr: Option<IpAddr>,
+    pub wire: Wire,
+    /// The peer's receive buffer size on Ceph's wire.
+    pub buffer_size: u32,
 }
 
 /// `--stack rdma` in a build without the feature.
@@ -76,7 +121,8 @@ pub fn not_built() -> BenchError {
 pub fn check_unused(args: &RdmaArgs, stack: &str) -> Result<(), BenchError> {
     if args.given() {
         return Err(BenchError::Usage(format!(
-            "--rdma-device, --rdma-gid-index and --rdma-addr go with --stack rdma, not --stack {stack}"
+            "--rdma-device, --rdma-gid-index, --rdma-addr, --rdma-wire and --rdma-buffer-size go \
+             with --stack rdma, not --stack {stack}"
         )));
     }
     Ok(())
@@ -91,10 +137,19 @@ pub fn resolve(
     sysfs: &Path,
 ) -> Result<Target, BenchError> {
     let gid_index = args.gid_index.unwrap_or(DEFAULT_GID_INDEX);
+    let wire = args.wire.unwrap_or_default();
+    if args.buffer_size.is_some() && wire != Wire::Ceph {
+        return Err(BenchError::Usage(
+            "--rdma-buffer-size is the Ceph peer's receive buffer size: it goes with --rdma-wire ceph"
+                .into(),
+        ));
+    }
     let mut target = Target {
         device: args.device.clone(),
         gid_index,
         addr: None,
+        wire,
+        buffer_size: args.buffer_size.unwrap_or(DEFAULT_CEPH_BUFFER_SIZE),
     };
     if !listen {
         if args.addr.is_some() {
@@ -184,13 +239,20 @@ pub fn tune(wc: &mut WorkerConfig) {
 /// A stack for one messenger on `target`'s device.
 #[cfg(feature = "rdma")]
 pub fn stack(target: &Target) -> Result<crate::stack::rdma::RdmaStack, String> {
-    use crate::stack::rdma::{RdmaConfig, RdmaStack};
-    RdmaStack::new(RdmaConfig::new(
-        target.device.clone(),
-        target.gid_index,
-        PORT,
-    ))
-    .map_err(|e| format!("RDMA device: {e}"))
+    crate::stack::rdma::RdmaStack::new(config(target)).map_err(|e| format!("RDMA device: {e}"))
+}
+
+/// The stack configuration for `target` (device, GID index, wire and its buffer size).
+#[cfg(feature = "rdma")]
+pub fn config(target: &Target) -> crate::stack::rdma::RdmaConfig {
+    use crate::stack::rdma::{RdmaConfig, RdmaWire};
+    let mut config = RdmaConfig::new(target.device.clone(), target.gid_index, PORT);
+    config.ceph_buffer_size = target.buffer_size;
+    let wire = match target.wire {
+        Wire::Msgr => RdmaWire::Msgr,
+        Wire::Ceph => RdmaWire::Ceph,
+    };
+    config.with_wire(wire)
 }
 
 #[cfg(test)]
@@ -203,6 +265,8 @@ mod tests {
             device: device.map(str::to_string),
             gid_index: None,
             addr: addr.map(|a| a.parse().unwrap()),
+            wire: None,
+            buffer_size: None,
         }
     }
 
@@ -291,5 +355,20 @@ mod tests {
         assert!(check_unused(&args(Some("rxe0"), None), "posix").is_err());
         assert!(check_unused(&RdmaArgs::default(), "posix").is_ok());
         assert!(not_built().to_string().contains(BUILD_HINT));
+        // The Ceph peer's buffer size only goes with Ceph's wire; the wire defaults to msgr's.
+        let mut a = args(Some("rxe0"), None);
+        a.buffer_size = Some(65536);
+        assert!(resolve(&a, false, None, none).is_err());
+        a.wire = Some(Wire::Ceph);
+        let t = resolve(&a, false, None, none).unwrap();
+        assert_eq!((t.wire, t.buffer_size), (Wire::Ceph, 65536));
+        let t = resolve(&args(None, None), false, None, none).unwrap();
+        assert_eq!(
+            (t.wire, t.buffer_size),
+            (Wire::Msgr, DEFAULT_CEPH_BUFFER_SIZE)
+        );
+        assert!(parse_buffer_size("128k").is_ok());
+        assert!(parse_buffer_size("1").is_err());
+        assert!(check_unused(&a, "posix").is_err());
     }
 }

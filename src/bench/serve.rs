@@ -166,7 +166,12 @@ pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchErro
             rdma::tune(&mut wc);
             let stack = rdma::stack(&target)
                 .map_err(|e| BenchError::Failed(format!("bench server on {bind}: {e}")))?;
-            let _ = writeln!(out, "rdma device {}", stack.device_info().name);
+            let _ = writeln!(
+                out,
+                "rdma device {} ({} wire)",
+                stack.device_info().name,
+                target.wire.name()
+            );
             serve_on(&start(stack, bind, wc.clone())?, args, &wc, out)
         }
         #[cfg(not(feature = "rdma"))]

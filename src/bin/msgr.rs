@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use crossbeam_channel::Sender;
 
+use msgr::bench::rdma::RdmaArgs;
 use msgr::bench::{self, BenchCli, BenchCommand, EchoDispatcher};
 use msgr::msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 use msgr::proto::types::{
@@ -29,6 +30,7 @@ use msgr::proto::types::{
 use msgr::proto::{self, Config, Policy};
 use msgr::recon::{self, ReconArgs};
 use msgr::stack::posix::PosixStack;
+use msgr::stack::NetworkStack;
 
 const EXIT_OK: u8 = 0;
 const EXIT_FAIL: u8 = 1;
@@ -80,9 +82,12 @@ msgr serve --bind 127.0.0.1:6800\n  \
 msgr serve --bind 0.0.0.0:3300 --bind '[::]:3300' --type mon --admin-socket /tmp/msgr.asok"
 )]
 struct ServeArgs {
-    /// Network stack (only posix can serve).
-    #[arg(long, value_enum, default_value_t = ServeStack::Posix)]
-    stack: ServeStack,
+    /// Network stack: posix (kernel TCP) or rdma (a build with --features rdma; see --rdma-wire).
+    #[arg(long, value_enum, default_value_t = NetStack::Posix)]
+    stack: NetStack,
+
+    #[command(flatten)]
+    rdma: RdmaArgs,
 
     /// Address to listen on, IP:PORT (IPv6 in brackets); port 0 picks a free port. Repeatable.
     #[arg(long = "bind", value_name = "ADDR", required = true, value_parser = parse_socket_addr)]
@@ -218,10 +223,14 @@ impl AuthArgs {
     }
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-enum ServeStack {
+/// `--stack` of serve, ping and recon.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum NetStack {
     /// Kernel TCP.
     Posix,
+    /// RDMA (RC queue pairs; needs a build with `--features rdma`): --rdma-device, --rdma-gid-index,
+    /// --rdma-wire msgr|ceph (ceph: Ceph's async+rdma, to talk to Ceph daemons over RDMA).
+    Rdma,
 }
 
 /// `msgr ping ADDR [--count N] [--interval MS] [--timeout SECS]`
@@ -257,6 +266,13 @@ struct PingArgs {
     /// Seconds allowed for the connection and handshake, and for each keepalive's answer.
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_secs)]
     timeout: f64,
+
+    /// Network stack: posix (kernel TCP) or rdma (a build with --features rdma; see --rdma-wire).
+    #[arg(long, value_enum, default_value_t = NetStack::Posix)]
+    stack: NetStack,
+
+    #[command(flatten)]
+    rdma: RdmaArgs,
 
     #[command(flatten)]
     auth: AuthArgs,
@@ -412,6 +428,9 @@ fn run_bench(cli: &BenchCli) -> Result<u8, Failure> {
 }
 
 fn run_recon(args: &ReconArgs) -> Result<u8, Failure> {
+    if args.stack == recon::ReconStack::Rdma {
+        return recon_rdma(args, rdma_stack(&args.rdma)?);
+    }
     match recon::run(args) {
         Ok(code) => Ok(u8::try_from(code).unwrap_or(EXIT_FAIL)),
         Err(msg) => Err(Failure::usage(msg)),
@@ -420,8 +439,128 @@ fn run_recon(args: &ReconArgs) -> Result<u8, Failure> {
 
 // ---------------------------------------------------------------- serve
 
+// ---------------------------------------------------------------- --stack rdma
+
+/// The RDMA stack `--rdma-*` asks for (device, GID index, wire).
+#[cfg(feature = "rdma")]
+fn rdma_stack(args: &RdmaArgs) -> Result<msgr::stack::rdma::RdmaStack, Failure> {
+    let sysfs = Path::new(bench::rdma::SYSFS_INFINIBAND);
+    let target = bench::rdma::resolve(args, false, None, sysfs).map_err(|e| Failure {
+        code: u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE),
+        message: e.to_string(),
+    })?;
+    bench::rdma::stack(&target).map_err(Failure::fail)
+}
+
+/// Without the feature: a usage error saying how to build it (the type is only a placeholder).
+#[cfg(not(feature = "rdma"))]
+fn rdma_stack(_args: &RdmaArgs) -> Result<PosixStack, Failure> {
+    Err(Failure::usage(bench::rdma::not_built().to_string()))
+}
+
+/// `--rdma-*` given with `--stack posix`: a usage error.
+fn rdma_unused(args: &RdmaArgs) -> Result<(), Failure> {
+    bench::rdma::check_unused(args, "posix").map_err(|e| Failure::usage(e.to_string()))
+}
+
+/// Whether a plain TCP connect to the peer's address says anything about it (posix, or RDMA on
+/// Ceph's wire, whose side channel is TCP to that very address).
+fn tcp_reaches(stack: NetStack, rdma: &RdmaArgs) -> bool {
+    stack == NetStack::Posix || rdma.wire == Some(bench::rdma::Wire::Ceph)
+}
+
+/// `msgr recon --stack rdma`: each peer reached by the messenger over RDMA, one after the other.
+fn recon_rdma<N: NetworkStack>(args: &ReconArgs, stack: N) -> Result<u8, Failure> {
+    let targets = args
+        .addrs
+        .iter()
+        .map(|a| recon::parse_target(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::usage)?;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let mut cfg = Config::new(
+        entity_type::CLIENT,
+        AuthEntityName::new(entity_type::CLIENT, "admin"),
+    );
+    cfg.nonce = rand::random::<u32>() | 1;
+    cfg.handshake_timeout = timeout;
+    let mut mc = MessengerConfig::new(cfg);
+    mc.workers.threads = 1;
+    mc.workers.name_prefix = "msgr-recon".into();
+    mc.connect.timeout = Some(timeout);
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut m = Messenger::new(stack, mc, Arc::new(PingDispatcher { events: tx }));
+    m.start().map_err(|e| Failure::fail(e.to_string()))?;
+    let tcp_probe = tcp_reaches(NetStack::Rdma, &args.rdma);
+    let mut reports = Vec::new();
+    for target in targets {
+        let mut report = recon::PeerReport::new(target);
+        let addrs = AddrVec(vec![EntityAddr::msgr2(target.addr, target.nonce)]);
+        let t0 = Instant::now();
+        match m.connect_to(entity_type::ANY, &addrs, Policy::lossy_client()) {
+            Err(e) => report.fail(recon::Failure::Unreachable, e.to_string()),
+            Ok(conn) => {
+                match wait_connected(&m, &events, target.addr, timeout, tcp_probe) {
+                    Ok(()) => {
+                        let peer = conn.peer();
+                        report.handshake_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                        report.entity_type = Some(entity_type_name(peer.entity_type).to_string());
+                        report.ceph_features = Some(format!("{:#x}", peer.features));
+                        report.addrs = peer.addrs.0.iter().map(ToString::to_string).collect();
+                        let expected = args.expect.map(recon::ExpectedType::entity_type);
+                        match expected {
+                            Some(want) if want != peer.entity_type => report.fail(
+                                recon::Failure::WrongType,
+                                format!("expected {}", entity_type_name(want)),
+                            ),
+                            _ => report.succeed(),
+                        }
+                    }
+                    Err(why) => {
+                        let failure = if why.contains("refused") {
+                            recon::Failure::Refused
+                        } else if why.starts_with("timeout") {
+                            recon::Failure::Timeout
+                        } else {
+                            recon::Failure::Reset
+                        };
+                        report.fail(failure, why);
+                    }
+                }
+                conn.mark_down();
+            }
+        }
+        // Events of this peer's connection must not answer for the next one.
+        while events.try_recv().is_ok() {}
+        reports.push(report);
+    }
+    let _ = m.shutdown();
+    let text = if args.json {
+        recon::render_json(&reports)
+    } else {
+        recon::render_table(&reports)
+    };
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+    Ok(if reports.iter().all(|r| r.ok) {
+        EXIT_OK
+    } else {
+        EXIT_FAIL
+    })
+}
+
 fn serve(args: &ServeArgs) -> Result<u8, Failure> {
-    let ServeStack::Posix = args.stack;
+    match args.stack {
+        NetStack::Posix => {
+            rdma_unused(&args.rdma)?;
+            serve_on(PosixStack::new(), args)
+        }
+        NetStack::Rdma => serve_on(rdma_stack(&args.rdma)?, args),
+    }
+}
+
+fn serve_on<N: NetworkStack>(stack: N, args: &ServeArgs) -> Result<u8, Failure> {
     let workers = usize::try_from(args.workers).unwrap_or(1);
     let entity = args.entity_type;
     let mut cfg = Config::new(entity, AuthEntityName::new(entity, "0"));
@@ -457,7 +596,7 @@ fn serve(args: &ServeArgs) -> Result<u8, Failure> {
         None => None,
     };
 
-    let mut m = Messenger::new(PosixStack::new(), mc, Arc::new(EchoDispatcher));
+    let mut m = Messenger::new(stack, mc, Arc::new(EchoDispatcher));
     m.bind(&args.bind)
         .map_err(|e| Failure::fail(e.to_string()))?;
     m.start().map_err(|e| Failure::fail(e.to_string()))?;
@@ -561,7 +700,7 @@ impl AdminSocket {
     }
 
     /// Answers every connection waiting to be accepted.
-    fn serve_pending(&self, m: &Messenger<PosixStack>) {
+    fn serve_pending<N: NetworkStack>(&self, m: &Messenger<N>) {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
@@ -666,11 +805,12 @@ impl Dispatcher for PingDispatcher {
 /// Waits for the handshake to complete. The messenger retries a failed connect with back-off and tells
 /// the dispatcher nothing until the session is up, so when its counters show a transport fault, one
 /// plain TCP connect finds out why (refused, timeout, unreachable) — only on that failure path.
-fn wait_connected(
-    m: &Messenger<PosixStack>,
+fn wait_connected<N: NetworkStack>(
+    m: &Messenger<N>,
     events: &crossbeam_channel::Receiver<PingEvent>,
     addr: SocketAddr,
     timeout: Duration,
+    tcp_probe: bool,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut tcp_ok = false;
@@ -687,7 +827,14 @@ fn wait_connected(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let faulted = m.counters().transport_faults > 0;
-        if !tcp_ok && (faulted || left.is_zero()) {
+        if !tcp_probe && left.is_zero() {
+            return Err(format!(
+                "timeout (no msgr2 session within {:.1}s; {} transport faults)",
+                timeout.as_secs_f64(),
+                m.counters().transport_faults
+            ));
+        }
+        if tcp_probe && !tcp_ok && (faulted || left.is_zero()) {
             match std::net::TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(100)))
             {
                 Ok(_) => tcp_ok = true,
@@ -713,6 +860,16 @@ fn wait_connected(
 }
 
 fn ping(args: &PingArgs) -> Result<u8, Failure> {
+    match args.stack {
+        NetStack::Posix => {
+            rdma_unused(&args.rdma)?;
+            ping_on(PosixStack::new(), args)
+        }
+        NetStack::Rdma => ping_on(rdma_stack(&args.rdma)?, args),
+    }
+}
+
+fn ping_on<N: NetworkStack>(stack: N, args: &PingArgs) -> Result<u8, Failure> {
     let target = recon::parse_target(&args.addr).map_err(Failure::usage)?;
     let timeout = Duration::from_secs_f64(args.timeout);
     let mut cfg = Config::new(
@@ -727,11 +884,7 @@ fn ping(args: &PingArgs) -> Result<u8, Failure> {
     mc.workers.name_prefix = "msgr-ping".into();
     mc.connect.timeout = Some(timeout);
     let (tx, events) = crossbeam_channel::unbounded();
-    let mut m = Messenger::new(
-        PosixStack::new(),
-        mc,
-        Arc::new(PingDispatcher { events: tx }),
-    );
+    let mut m = Messenger::new(stack, mc, Arc::new(PingDispatcher { events: tx }));
     m.start().map_err(|e| Failure::fail(e.to_string()))?;
 
     let addrs = AddrVec(vec![EntityAddr::msgr2(target.addr, target.nonce)]);
@@ -739,7 +892,8 @@ fn ping(args: &PingArgs) -> Result<u8, Failure> {
     let conn = m
         .connect_to(entity_type::ANY, &addrs, Policy::lossy_client())
         .map_err(|e| Failure::fail(e.to_string()))?;
-    wait_connected(&m, &events, target.addr, timeout).map_err(|why| {
+    let tcp_probe = tcp_reaches(args.stack, &args.rdma);
+    wait_connected(&m, &events, target.addr, timeout, tcp_probe).map_err(|why| {
         // Daemons other than monitors close a session that names a nonce other than theirs.
         let hint = if target.nonce == 0 && why.starts_with("timeout (TCP connects") {
             "; a daemon other than a monitor wants its nonce too: v2:IP:PORT/NONCE, as `msgr serve` \

@@ -31,6 +31,9 @@ pub struct Credits {
     received: u64,
     /// Fewest credits we ever had left (for counters and tests).
     low_water: u32,
+    /// No flow control at all (Ceph's wire: plain SENDs, a full receive queue is waited out by the
+    /// device's RNR retry): every send may go, nothing is returned or checked.
+    unlimited: bool,
 }
 
 /// The peer sent more than we granted, or returned more than it could have borrowed.
@@ -57,6 +60,21 @@ impl Credits {
             granted: u64::from(our_depth),
             received: 0,
             low_water: peer_depth,
+            unlimited: false,
+        }
+    }
+
+    /// No credits (see the `unlimited` field): for Ceph's wire, which has none.
+    pub fn unlimited() -> Self {
+        Credits {
+            send: u32::MAX,
+            peer_depth: u32::MAX,
+            to_return: 0,
+            threshold: u32::MAX,
+            granted: u64::MAX,
+            received: 0,
+            low_water: u32::MAX,
+            unlimited: true,
         }
     }
 
@@ -100,6 +118,9 @@ impl Credits {
     }
 
     fn spend(&mut self) -> u32 {
+        if self.unlimited {
+            return 0;
+        }
         self.send -= 1;
         self.low_water = self.low_water.min(self.send);
         let returned = self.to_return;
@@ -110,6 +131,9 @@ impl Credits {
 
     /// Undo the last `take_*` whose SEND could not be posted.
     pub fn unspend(&mut self, returned: u32) {
+        if self.unlimited {
+            return;
+        }
         self.send += 1;
         self.to_return += returned;
         self.granted -= u64::from(returned);
@@ -117,6 +141,9 @@ impl Credits {
 
     /// A SEND arrived carrying `returned` credits.
     pub fn on_receive(&mut self, returned: u32) -> Result<(), CreditViolation> {
+        if self.unlimited {
+            return Ok(());
+        }
         self.received += 1;
         if self.received > self.granted {
             return Err(CreditViolation::Overrun {
@@ -139,13 +166,30 @@ impl Credits {
 
     /// We re-posted one receive buffer: it is owed to the peer.
     pub fn on_reposted(&mut self) {
-        self.to_return += 1;
+        if !self.unlimited {
+            self.to_return += 1;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlimited_never_stalls_and_never_owes() {
+        let mut c = Credits::unlimited();
+        for _ in 0..10_000 {
+            assert_eq!(c.take_for_data(), Some(0));
+            c.on_receive(5).unwrap();
+            c.on_reposted();
+        }
+        assert!(c.can_send_data());
+        assert!(!c.credit_only_due());
+        assert_eq!(c.take_for_credit_only(), None);
+        c.unspend(0);
+        assert_eq!(c.available(), u32::MAX);
+    }
 
     /// Two ends wired back to back: `a` sends to `b` and `b` to `a`, messages in flight in queues.
     struct Pair {

@@ -16,8 +16,22 @@
 //! id is parked on an event channel of its own and migrated (`rdma_migrate_id`) by `attach`. Established
 //! connections cannot move (their QP lives on this worker's CQ and PD): `detach` says `Unsupported`.
 //!
-//! # Data path and wire format
-//! msgr's RDMA wire format is its own; Ceph's RDMA messenger is not a compatibility target. Both sides send
+//! # Two wires ([`RdmaWire`], one per stack)
+//! [`RdmaWire::Msgr`] (the default) is msgr's own format, described below: rdma_cm set-up, credits.
+//! [`RdmaWire::Ceph`] is Ceph 16's async+rdma, so msgr is a peer of real Ceph daemons and clients that
+//! run `ms_type = async+rdma` (`ceph_wire.rs` has the record and the exchange): `listen` opens a TCP
+//! listener at the msgr2 address and `connect` a TCP connection to it (the side channel, open for the
+//! connection's life); the QP is created and moved INIT → RTR → RTS by hand (`verbs::OwnedQp`, Ceph's
+//! values) as the three queue-pair records pass; the byte stream then travels in plain SENDs of at most
+//! [`RdmaConfig::ceph_buffer_size`] (the peer's receive buffers), with no immediate data and no credits
+//! (the QP's infinite RNR retry waits out a full receive queue). End of file or any byte on the side
+//! channel, a bad record, or a SEND without payload (Ceph's close message) ends the connection; closing
+//! ours closes the side channel, which is how Ceph learns of it. Everything else (buffers, zero copy,
+//! polling, faults) is shared with msgr's wire. Side channels are looked at on the rdma_cm channel's
+//! cadence (see Polling).
+//!
+//! # Data path and wire format (msgr's wire)
+//! On [`RdmaWire::Msgr`] both sides send
 //! 12 bytes of private data with the CM handshake: magic `MRD1`, receive depth (u16 LE), reserved (u16),
 //! receive buffer size (u32 LE). After that every message is one SEND_WITH_IMM carrying up to the peer's
 //! buffer size of the byte stream; the immediate data is the number of receive buffers the sender has
@@ -56,6 +70,7 @@
 //! non-zero timeout (the event loop's idle back-off) arms the CQ, re-polls once, and blocks in epoll on
 //! the completion channel, the CM channel and the waker (event-channel mode for idle periods).
 
+pub mod ceph_wire;
 mod credit;
 mod mr_cache;
 mod pool;
@@ -80,10 +95,41 @@ pub const CM_CHECK_EVERY: u64 = 64;
 const HELLO_MAGIC: [u8; 4] = *b"MRD1";
 const HELLO_LEN: usize = 12;
 
+/// How connections are set up and what the byte stream looks like on the QP (one choice per stack).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RdmaWire {
+    /// msgr's own: rdma_cm with `MRD1` private data, SEND_WITH_IMM carrying credits (msgr ↔ msgr only).
+    #[default]
+    Msgr,
+    /// Ceph 16's async+rdma (`ms_type = async+rdma`, `ms_async_rdma_cm = false`): a TCP side channel
+    /// to the peer's msgr2 address carrying three queue-pair records, then plain SENDs of at most the
+    /// peer's receive buffer size, no credits (see `ceph_wire.rs`). Talks to real Ceph daemons.
+    Ceph,
+}
+
+impl RdmaWire {
+    pub fn name(self) -> &'static str {
+        match self {
+            RdmaWire::Msgr => "msgr",
+            RdmaWire::Ceph => "ceph",
+        }
+    }
+}
+
+/// Ceph's default `ms_async_rdma_buffer_size`: the size of every receive buffer a Ceph peer posts.
+pub const CEPH_DEFAULT_BUFFER_SIZE: u32 = 128 * 1024;
+
 /// Configuration of the RDMA stack. [`RdmaConfig::new`] takes what the CLI asks for (device, GID index,
 /// port); the rest are tuning knobs with defaults.
 #[derive(Clone, Debug)]
 pub struct RdmaConfig {
+    /// Connection set-up and wire format ([`RdmaWire`]); [`RdmaConfig::with_wire`] also picks sizes
+    /// that suit it.
+    pub wire: RdmaWire,
+    /// [`RdmaWire::Ceph`]: the peer's receive buffer size (Ceph's `ms_async_rdma_buffer_size`, not
+    /// on the wire, so it is configuration; both sides must agree). No SEND is larger; our receive
+    /// buffers are at least this large.
+    pub ceph_buffer_size: u32,
     /// Verbs device name (`rxe0`, `mlx5_0`); `None`: the first device.
     pub device: Option<String>,
     /// Port number on the device (1-based).
@@ -122,6 +168,8 @@ pub struct RdmaConfig {
 impl Default for RdmaConfig {
     fn default() -> Self {
         RdmaConfig {
+            wire: RdmaWire::Msgr,
+            ceph_buffer_size: CEPH_DEFAULT_BUFFER_SIZE,
             device: None,
             port: 1,
             gid_index: 0,
@@ -152,6 +200,31 @@ impl RdmaConfig {
         }
     }
 
+    /// The same configuration on `wire`. For [`RdmaWire::Ceph`] the buffers are sized for Ceph's
+    /// (see [`RdmaConfig::ceph_buffer_size`]) and the pool kept small: a Ceph peer pins its own buffer
+    /// pool too, and soft-RoCE test guests have little memory (16 + 16 buffers of 128 KiB per
+    /// connection, registered 32 at a time, at most 256 per worker: 32 MiB).
+    pub fn with_wire(mut self, wire: RdmaWire) -> Self {
+        self.wire = wire;
+        if wire == RdmaWire::Ceph {
+            self.recv_depth = 16;
+            self.send_depth = 16;
+            self.pool_chunk = 32;
+            self.max_pool_slots = 256;
+            self.buf_size = self.ceph_buffer_size;
+        }
+        self
+    }
+
+    /// The size of every registered buffer: [`RdmaConfig::buf_size`], and on Ceph's wire at least the
+    /// peer's receive buffer size (what Ceph sends us is at most that).
+    pub fn slot_size(&self) -> u32 {
+        match self.wire {
+            RdmaWire::Msgr => self.buf_size,
+            RdmaWire::Ceph => self.buf_size.max(self.ceph_buffer_size),
+        }
+    }
+
     fn check(&self) -> io::Result<()> {
         let bad = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if self.recv_depth < 4 || self.recv_depth > u32::from(u16::MAX) {
@@ -162,6 +235,12 @@ impl RdmaConfig {
         }
         if self.buf_size < 256 {
             return bad(format!("buf_size {} < 256", self.buf_size));
+        }
+        if self.wire == RdmaWire::Ceph && !(4096..=1 << 30).contains(&self.ceph_buffer_size) {
+            return bad(format!(
+                "ceph_buffer_size {} not in 4096..=1 GiB",
+                self.ceph_buffer_size
+            ));
         }
         if self.cq_depth < self.recv_depth + self.send_depth {
             return bad(format!(
@@ -386,17 +465,29 @@ impl NetworkStack for RdmaStack {
     }
 }
 
-/// A connect request moving between workers before it is accepted (see the module docs).
+/// A connection not yet accepted, moving between workers (see the module docs): a connect request's
+/// rdma_cm id, or, on Ceph's wire, the accepted TCP side channel (its QP does not exist yet).
 pub struct RdmaHandoff {
-    id: DetachedId,
     peer: SocketAddr,
-    params: PeerParams,
+    pending: PendingAccept,
+}
+
+enum PendingAccept {
+    Cm { id: DetachedId, params: PeerParams },
+    Ceph { tcp: mio::net::TcpStream },
 }
 
 impl std::fmt::Debug for RdmaHandoff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RdmaHandoff")
             .field("peer", &self.peer)
+            .field(
+                "wire",
+                &match self.pending {
+                    PendingAccept::Cm { .. } => "msgr",
+                    PendingAccept::Ceph { .. } => "ceph",
+                },
+            )
             .finish()
     }
 }

@@ -79,6 +79,8 @@ pub struct PortInfo {
     /// Active MTU in bytes.
     pub mtu: u32,
     pub gid_table_len: i32,
+    /// The port's local identifier (0 on RoCE).
+    pub lid: u16,
 }
 
 impl Context {
@@ -152,6 +154,7 @@ impl Context {
             state: attr.state,
             mtu: 128u32 << attr.active_mtu.min(5),
             gid_table_len: attr.gid_tbl_len,
+            lid: attr.lid,
         })
     }
 
@@ -547,8 +550,8 @@ pub struct QpCaps {
     pub max_inline: u32,
 }
 
-/// The RC queue pair of a [`CmId`] and the buffers posted on it.
-struct Qp {
+/// An RC queue pair (of a [`CmId`], or an [`OwnedQp`] set up by hand) and the buffers posted on it.
+pub struct Qp {
     raw: NonNull<sys::ibv_qp>,
     qp_num: u32,
     max_inline: u32,
@@ -559,6 +562,327 @@ struct Qp {
     send_posted: VecDeque<(u64, SendBuf)>,
     _pd: Rc<ProtectionDomain>,
     _cq: Rc<CompletionQueue>,
+}
+
+impl Qp {
+    /// Inline data the QP accepts per SEND (0: none).
+    pub fn max_inline(&self) -> u32 {
+        self.max_inline
+    }
+
+    /// Post `slot` as a receive buffer. On failure the slot comes back with the error.
+    pub fn post_recv(&mut self, slot: Slot) -> Result<(), (Slot, io::Error)> {
+        let qp = self;
+        let mut sge = slot.sge(slot.capacity());
+        let mut wr = sys::ibv_recv_wr {
+            wr_id: wr_id(qp.token, false, slot.index()),
+            next: ptr::null_mut(),
+            sg_list: &mut sge,
+            num_sge: 1,
+        };
+        let mut bad: *mut sys::ibv_recv_wr = ptr::null_mut();
+        // The QP is live; wr and sge are valid for the call; the slot's memory is registered on
+        // this QP's PD (one pool per PD) and, moved into recv_posted below, no Rust reference to it exists
+        // until the completion or QP destruction gives it back.
+        // SAFETY: the conditions just stated hold here.
+        let rc = unsafe { sys::msgr_ibv_post_recv(qp.raw.as_ptr(), &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err((slot, errno_error("ibv_post_recv", rc)));
+        }
+        qp.recv_posted.insert(slot.index(), slot);
+        Ok(())
+    }
+
+    /// Post one SEND (with immediate data if `opts.imm` says so): the first `opts.len` bytes of a slot, or a whole pinned chunk.
+    /// An inline send's data is copied at post time, so its slot comes straight back (`Ok(Some)`);
+    /// otherwise the QP keeps the buffer until a completion covers it.
+    pub fn post_send(
+        &mut self,
+        buf: SendBuf,
+        opts: SendOptions,
+    ) -> Result<Option<SendBuf>, (SendBuf, io::Error)> {
+        let qp = self;
+        let mut sges = [sys::ibv_sge::default(); 2];
+        let (num_sge, len) = buf.sges(opts.len, &mut sges);
+        let is_slot = matches!(buf, SendBuf::Slot(_));
+        let inline = is_slot && opts.inline && len <= qp.max_inline;
+        let mut flags = 0;
+        if opts.signaled {
+            flags |= sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        }
+        if inline {
+            flags |= sys::ibv_send_flags::IBV_SEND_INLINE.0;
+        }
+        let id = wr_id(qp.token, true, opts.seq);
+        let (opcode, imm_data) = match opts.imm {
+            Some(imm) => (sys::IBV_WR_SEND_WITH_IMM, imm.to_be()),
+            None => (sys::IBV_WR_SEND, 0),
+        };
+        let mut wr = sys::ibv_send_wr {
+            wr_id: id,
+            next: ptr::null_mut(),
+            sg_list: sges.as_mut_ptr(),
+            num_sge,
+            opcode,
+            send_flags: flags,
+            __bindgen_anon_1: sys::ibv_send_wr__bindgen_ty_1 { imm_data },
+            ..Default::default()
+        };
+        let mut bad: *mut sys::ibv_send_wr = ptr::null_mut();
+        // The QP is live; wr and sges are valid for the call. A slot's memory stays untouched by Rust
+        // until a completion gives it back (it moves into send_posted), or, for an inline send, the
+        // device has copied it before the call returns. A pinned chunk's SGE lies inside its memory
+        // region (checked by PinnedChunk::new), registered on this QP's PD (one cache per worker PD);
+        // the chunk, moved into send_posted, keeps the region and its Bytes alive and registered until
+        // a completion (or the QP's destruction) gives it back; Bytes are never written through.
+        // SAFETY: the conditions just stated hold here.
+        let rc = unsafe { sys::msgr_ibv_post_send(qp.raw.as_ptr(), &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err((buf, errno_error("ibv_post_send", rc)));
+        }
+        if inline && !opts.signaled {
+            return Ok(Some(buf));
+        }
+        qp.send_posted.push_back((id, buf));
+        Ok(None)
+    }
+
+    /// A receive completion: the slot it filled, if `c` belongs to this QP.
+    pub fn complete_recv(&mut self, c: &Completion) -> Option<Slot> {
+        let qp = self;
+        if c.qp_num != qp.qp_num || wr_token(c.wr_id) != qp.token || c.wr_id & (1 << 23) != 0 {
+            return None;
+        }
+        qp.recv_posted.remove(&((c.wr_id & 0x7f_ffff) as u32))
+    }
+
+    /// A send completion: every buffer of sends up to and including it (RC completes in order).
+    pub fn complete_send(&mut self, c: &Completion, out: &mut Vec<SendBuf>) {
+        let qp = self;
+        if c.qp_num != qp.qp_num || wr_token(c.wr_id) != qp.token || c.wr_id & (1 << 23) == 0 {
+            return;
+        }
+        if !qp.send_posted.iter().any(|(id, _)| *id == c.wr_id) {
+            return;
+        }
+        while let Some((id, slot)) = qp.send_posted.pop_front() {
+            out.push(slot);
+            if id == c.wr_id {
+                break;
+            }
+        }
+    }
+
+    /// Move the QP to the error state: outstanding work requests flush with errors.
+    pub fn force_error(&self) -> io::Result<()> {
+        let qp = self;
+        let mut attr = sys::ibv_qp_attr {
+            qp_state: sys::IBV_QPS_ERR,
+            ..Default::default()
+        };
+        // SAFETY: the QP is live; attr is valid and only qp_state is read (mask IBV_QP_STATE).
+        let rc = unsafe {
+            sys::ibv_modify_qp(
+                qp.raw.as_ptr(),
+                &mut attr,
+                sys::ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
+            )
+        };
+        if rc != 0 {
+            return Err(errno_error("ibv_modify_qp(ERR)", rc));
+        }
+        Ok(())
+    }
+}
+
+/// What [`OwnedQp::ready`] needs to know about the remote QP (from Ceph's queue-pair record).
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteQp {
+    pub qpn: u32,
+    pub psn: u32,
+    pub lid: u16,
+    pub gid: [u8; 16],
+}
+
+/// An RC queue pair created and moved through its states by hand (`ibv_create_qp`, `ibv_modify_qp`),
+/// without rdma_cm: Ceph's async+rdma set-up (see `ceph_wire.rs`). Destroyed with `ibv_destroy_qp`.
+pub struct OwnedQp {
+    qp: Qp,
+    port: u8,
+}
+
+/// Ceph's RC values (Infiniband::QueuePair): path MTU 1024, local ACK timeout and minimum RNR timer
+/// 0x12, retry count 7, RNR retry 7 (infinite: there are no credits, a full receive queue is waited out).
+const CEPH_PATH_MTU: u32 = sys::IBV_MTU_1024;
+const CEPH_TIMEOUT: u8 = 0x12;
+const CEPH_MIN_RNR_TIMER: u8 = 0x12;
+const CEPH_RETRY_COUNT: u8 = 7;
+const CEPH_RNR_RETRY: u8 = 7;
+/// Hops a RoCE v2 packet may take (the GRH hop limit).
+const CEPH_HOP_LIMIT: u8 = 64;
+
+impl OwnedQp {
+    /// Create an RC QP on `pd` (completions of both directions to `cq`) and move it to INIT on
+    /// `port`. `token` goes into every work-request id posted on it.
+    pub fn create(
+        pd: &Rc<ProtectionDomain>,
+        cq: &Rc<CompletionQueue>,
+        caps: QpCaps,
+        port: u8,
+        token: u64,
+    ) -> io::Result<OwnedQp> {
+        let mut attr = sys::ibv_qp_init_attr {
+            qp_context: ptr::null_mut(),
+            send_cq: cq.raw(),
+            recv_cq: cq.raw(),
+            srq: ptr::null_mut(),
+            cap: sys::ibv_qp_cap {
+                max_send_wr: caps.send_depth,
+                max_recv_wr: caps.recv_depth,
+                max_send_sge: 2, // a copied head joined to a pinned chunk (pool::SendBuf::Joined)
+                max_recv_sge: 1,
+                max_inline_data: caps.max_inline,
+            },
+            qp_type: sys::IBV_QPT_RC,
+            sq_sig_all: 0,
+        };
+        // SAFETY: pd and cq are live objects of one device (the worker's); attr is valid and the
+        // provider writes the granted caps back into it.
+        let mut raw = unsafe { sys::ibv_create_qp(pd.raw(), &mut attr) };
+        if raw.is_null() && caps.max_inline > 0 {
+            attr.cap.max_inline_data = 0;
+            // SAFETY: as above.
+            raw = unsafe { sys::ibv_create_qp(pd.raw(), &mut attr) };
+        }
+        let raw = NonNull::new(raw).ok_or_else(|| os_error("ibv_create_qp"))?;
+        // SAFETY: the QP is live; qp_num is a plain field.
+        let qp_num = unsafe { (*raw.as_ptr()).qp_num };
+        let owned = OwnedQp {
+            qp: Qp {
+                raw,
+                qp_num,
+                max_inline: attr.cap.max_inline_data,
+                token,
+                recv_posted: HashMap::new(),
+                send_posted: VecDeque::new(),
+                _pd: pd.clone(),
+                _cq: cq.clone(),
+            },
+            port,
+        };
+        let mut init = sys::ibv_qp_attr {
+            qp_state: sys::IBV_QPS_INIT,
+            pkey_index: 0,
+            port_num: port,
+            qp_access_flags: (sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0
+                | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0),
+            ..Default::default()
+        };
+        let mask = sys::ibv_qp_attr_mask::IBV_QP_STATE.0
+            | sys::ibv_qp_attr_mask::IBV_QP_PKEY_INDEX.0
+            | sys::ibv_qp_attr_mask::IBV_QP_PORT.0
+            | sys::ibv_qp_attr_mask::IBV_QP_ACCESS_FLAGS.0;
+        owned.modify(&mut init, mask, "ibv_modify_qp(INIT)")?;
+        Ok(owned)
+    }
+
+    fn modify(&self, attr: &mut sys::ibv_qp_attr, mask: u32, call: &str) -> io::Result<()> {
+        // SAFETY: the QP is live; attr is valid and only the fields named by mask are read.
+        let rc = unsafe { sys::ibv_modify_qp(self.qp.raw.as_ptr(), attr, mask as i32) };
+        if rc != 0 {
+            return Err(errno_error(call, rc));
+        }
+        Ok(())
+    }
+
+    pub fn qp_num(&self) -> u32 {
+        self.qp.qp_num
+    }
+
+    pub fn qp(&self) -> &Qp {
+        &self.qp
+    }
+
+    pub fn qp_mut(&mut self) -> &mut Qp {
+        &mut self.qp
+    }
+
+    /// Move the QP to RTR towards `remote` (reached through our GID at `sgid_index`), then to RTS
+    /// with our initial send PSN `psn`: Ceph's values (see the constants).
+    pub fn ready(&self, remote: &RemoteQp, sgid_index: u8, psn: u32) -> io::Result<()> {
+        let mut rtr = sys::ibv_qp_attr {
+            qp_state: sys::IBV_QPS_RTR,
+            path_mtu: CEPH_PATH_MTU,
+            dest_qp_num: remote.qpn,
+            rq_psn: remote.psn,
+            max_dest_rd_atomic: 1,
+            min_rnr_timer: CEPH_MIN_RNR_TIMER,
+            ah_attr: sys::ibv_ah_attr {
+                grh: sys::ibv_global_route {
+                    dgid: sys::ibv_gid { raw: remote.gid },
+                    flow_label: 0,
+                    sgid_index,
+                    hop_limit: CEPH_HOP_LIMIT,
+                    traffic_class: 0,
+                },
+                dlid: remote.lid,
+                sl: 0,
+                src_path_bits: 0,
+                static_rate: 0,
+                is_global: 1,
+                port_num: self.port,
+            },
+            ..Default::default()
+        };
+        let mask = sys::ibv_qp_attr_mask::IBV_QP_STATE.0
+            | sys::ibv_qp_attr_mask::IBV_QP_AV.0
+            | sys::ibv_qp_attr_mask::IBV_QP_PATH_MTU.0
+            | sys::ibv_qp_attr_mask::IBV_QP_DEST_QPN.0
+            | sys::ibv_qp_attr_mask::IBV_QP_RQ_PSN.0
+            | sys::ibv_qp_attr_mask::IBV_QP_MAX_DEST_RD_ATOMIC.0
+            | sys::ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER.0;
+        self.modify(&mut rtr, mask, "ibv_modify_qp(RTR)")?;
+        let mut rts = sys::ibv_qp_attr {
+            qp_state: sys::IBV_QPS_RTS,
+            timeout: CEPH_TIMEOUT,
+            retry_cnt: CEPH_RETRY_COUNT,
+            rnr_retry: CEPH_RNR_RETRY,
+            sq_psn: psn,
+            max_rd_atomic: 1,
+            ..Default::default()
+        };
+        let mask = sys::ibv_qp_attr_mask::IBV_QP_STATE.0
+            | sys::ibv_qp_attr_mask::IBV_QP_TIMEOUT.0
+            | sys::ibv_qp_attr_mask::IBV_QP_RETRY_CNT.0
+            | sys::ibv_qp_attr_mask::IBV_QP_RNR_RETRY.0
+            | sys::ibv_qp_attr_mask::IBV_QP_SQ_PSN.0
+            | sys::ibv_qp_attr_mask::IBV_QP_MAX_QP_RD_ATOMIC.0;
+        self.modify(&mut rts, mask, "ibv_modify_qp(RTS)")
+    }
+
+    /// Destroy the QP and return every slot that was posted on it: the device no longer touches them.
+    pub fn destroy(self) -> Vec<Slot> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped; its Qp is moved out exactly once.
+        let mut qp = unsafe { ptr::read(&this.qp) };
+        // SAFETY: we own this QP; after ibv_destroy_qp no work request on it can run.
+        let rc = unsafe { sys::ibv_destroy_qp(qp.raw.as_ptr()) };
+        if rc != 0 {
+            tracing::warn!(rc, "ibv_destroy_qp failed");
+        }
+        let mut slots: Vec<Slot> = qp.recv_posted.drain().map(|(_, s)| s).collect();
+        slots.extend(qp.send_posted.drain(..).filter_map(|(_, b)| b.into_slot()));
+        slots
+    }
+}
+
+impl Drop for OwnedQp {
+    fn drop(&mut self) {
+        // Slots still posted are leaked (their memory stays registered until the pool's chunk goes);
+        // owners call destroy first to get them back.
+        // SAFETY: we own this QP; nothing posts on it after drop.
+        unsafe { sys::ibv_destroy_qp(self.qp.raw.as_ptr()) };
+    }
 }
 
 /// Work-request ids: 40 bits of owner token, 1 bit send/recv, 23 bits of sequence or slot.
@@ -575,7 +899,8 @@ pub fn wr_token(wr_id: u64) -> u64 {
 #[derive(Clone, Copy, Debug)]
 pub struct SendOptions {
     pub len: u32,
-    pub imm: u32,
+    /// Immediate data: `Some` posts a SEND_WITH_IMM (msgr's wire), `None` a plain SEND (Ceph's).
+    pub imm: Option<u32>,
     pub signaled: bool,
     pub inline: bool,
     /// Low 23 bits of the work-request id (a sequence number).
@@ -745,149 +1070,16 @@ impl CmId {
         Ok(())
     }
 
-    fn qp(&self) -> io::Result<&Qp> {
+    pub fn qp(&self) -> io::Result<&Qp> {
         self.qp
             .as_ref()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "CM id has no QP"))
     }
 
-    fn qp_mut(&mut self) -> io::Result<&mut Qp> {
+    pub fn qp_mut(&mut self) -> io::Result<&mut Qp> {
         self.qp
             .as_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "CM id has no QP"))
-    }
-
-    /// Inline data the QP accepts per SEND (0: none).
-    pub fn max_inline(&self) -> u32 {
-        self.qp.as_ref().map_or(0, |q| q.max_inline)
-    }
-
-    /// Post `slot` as a receive buffer. On failure the slot comes back with the error.
-    pub fn post_recv(&mut self, slot: Slot) -> Result<(), (Slot, io::Error)> {
-        let qp = match self.qp_mut() {
-            Ok(qp) => qp,
-            Err(e) => return Err((slot, e)),
-        };
-        let mut sge = slot.sge(slot.capacity());
-        let mut wr = sys::ibv_recv_wr {
-            wr_id: wr_id(qp.token, false, slot.index()),
-            next: ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        let mut bad: *mut sys::ibv_recv_wr = ptr::null_mut();
-        // The QP is live; wr and sge are valid for the call; the slot's memory is registered on
-        // this QP's PD (one pool per PD) and, moved into recv_posted below, no Rust reference to it exists
-        // until the completion or QP destruction gives it back.
-        // SAFETY: the conditions just stated hold here.
-        let rc = unsafe { sys::msgr_ibv_post_recv(qp.raw.as_ptr(), &mut wr, &mut bad) };
-        if rc != 0 {
-            return Err((slot, errno_error("ibv_post_recv", rc)));
-        }
-        qp.recv_posted.insert(slot.index(), slot);
-        Ok(())
-    }
-
-    /// Post one SEND with immediate data: the first `opts.len` bytes of a slot, or a whole pinned chunk.
-    /// An inline send's data is copied at post time, so its slot comes straight back (`Ok(Some)`);
-    /// otherwise the QP keeps the buffer until a completion covers it.
-    pub fn post_send(
-        &mut self,
-        buf: SendBuf,
-        opts: SendOptions,
-    ) -> Result<Option<SendBuf>, (SendBuf, io::Error)> {
-        let qp = match self.qp_mut() {
-            Ok(qp) => qp,
-            Err(e) => return Err((buf, e)),
-        };
-        let mut sges = [sys::ibv_sge::default(); 2];
-        let (num_sge, len) = buf.sges(opts.len, &mut sges);
-        let is_slot = matches!(buf, SendBuf::Slot(_));
-        let inline = is_slot && opts.inline && len <= qp.max_inline;
-        let mut flags = 0;
-        if opts.signaled {
-            flags |= sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        }
-        if inline {
-            flags |= sys::ibv_send_flags::IBV_SEND_INLINE.0;
-        }
-        let id = wr_id(qp.token, true, opts.seq);
-        let mut wr = sys::ibv_send_wr {
-            wr_id: id,
-            next: ptr::null_mut(),
-            sg_list: sges.as_mut_ptr(),
-            num_sge,
-            opcode: sys::IBV_WR_SEND_WITH_IMM,
-            send_flags: flags,
-            __bindgen_anon_1: sys::ibv_send_wr__bindgen_ty_1 {
-                imm_data: opts.imm.to_be(),
-            },
-            ..Default::default()
-        };
-        let mut bad: *mut sys::ibv_send_wr = ptr::null_mut();
-        // The QP is live; wr and sges are valid for the call. A slot's memory stays untouched by Rust
-        // until a completion gives it back (it moves into send_posted), or, for an inline send, the
-        // device has copied it before the call returns. A pinned chunk's SGE lies inside its memory
-        // region (checked by PinnedChunk::new), registered on this QP's PD (one cache per worker PD);
-        // the chunk, moved into send_posted, keeps the region and its Bytes alive and registered until
-        // a completion (or the QP's destruction) gives it back; Bytes are never written through.
-        // SAFETY: the conditions just stated hold here.
-        let rc = unsafe { sys::msgr_ibv_post_send(qp.raw.as_ptr(), &mut wr, &mut bad) };
-        if rc != 0 {
-            return Err((buf, errno_error("ibv_post_send", rc)));
-        }
-        if inline && !opts.signaled {
-            return Ok(Some(buf));
-        }
-        qp.send_posted.push_back((id, buf));
-        Ok(None)
-    }
-
-    /// A receive completion: the slot it filled, if `c` belongs to this QP.
-    pub fn complete_recv(&mut self, c: &Completion) -> Option<Slot> {
-        let qp = self.qp.as_mut()?;
-        if c.qp_num != qp.qp_num || wr_token(c.wr_id) != qp.token || c.wr_id & (1 << 23) != 0 {
-            return None;
-        }
-        qp.recv_posted.remove(&((c.wr_id & 0x7f_ffff) as u32))
-    }
-
-    /// A send completion: every buffer of sends up to and including it (RC completes in order).
-    pub fn complete_send(&mut self, c: &Completion, out: &mut Vec<SendBuf>) {
-        let Some(qp) = self.qp.as_mut() else { return };
-        if c.qp_num != qp.qp_num || wr_token(c.wr_id) != qp.token || c.wr_id & (1 << 23) == 0 {
-            return;
-        }
-        if !qp.send_posted.iter().any(|(id, _)| *id == c.wr_id) {
-            return;
-        }
-        while let Some((id, slot)) = qp.send_posted.pop_front() {
-            out.push(slot);
-            if id == c.wr_id {
-                break;
-            }
-        }
-    }
-
-    /// Move the QP to the error state: outstanding work requests flush with errors.
-    pub fn force_error(&self) -> io::Result<()> {
-        let qp = self.qp()?;
-        let mut attr = sys::ibv_qp_attr {
-            qp_state: sys::IBV_QPS_ERR,
-            ..Default::default()
-        };
-        // SAFETY: the QP is live; attr is valid and only qp_state is read (mask IBV_QP_STATE).
-        let rc = unsafe {
-            sys::ibv_modify_qp(
-                qp.raw.as_ptr(),
-                &mut attr,
-                sys::ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
-            )
-        };
-        if rc != 0 {
-            return Err(errno_error("ibv_modify_qp(ERR)", rc));
-        }
-        Ok(())
     }
 
     fn conn_param(private: &[u8]) -> sys::rdma_conn_param {

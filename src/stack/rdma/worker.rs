@@ -1,5 +1,7 @@
 //! One worker's RDMA transport ([`RdmaWorker`]): its verbs objects, its connections and the byte stream,
-//! credits and polling described in the [module docs](super).
+//! credits and polling described in the [module docs](super). A connection's `Link` says how its QP
+//! came to be: an rdma_cm id (msgr's wire) or Ceph's TCP side channel with a hand-made QP (`CephLink`,
+//! driven by `service_ceph` through the steps of `ceph_wire.rs`); the data path above it is the same.
 //!
 //! Invariants: a connection's QP lives on this worker's PD and CQ for its whole life (only connect
 //! requests not yet accepted move, see [`WorkerStack::detach`]); every slot of the pool is in exactly one
@@ -20,15 +22,17 @@ use mio::{Interest, Token};
 
 use bytes::Bytes;
 
+use super::ceph_wire::{self, QpRecord, RecordError, RecordReader};
 use super::credit::Credits;
 use super::mr_cache::{CacheStats, MrCache, Refused};
 use super::pool::{BufferPool, PdRegistrar, PinnedChunk, SendBuf, Slot};
 use super::verbs::{
     self, CmEventKind, CmId, CompChannel, Completion, CompletionQueue, Context, EventChannel,
-    ProtectionDomain, QpCaps, SendOptions,
+    OwnedQp, ProtectionDomain, Qp, QpCaps, RemoteQp, SendOptions,
 };
 use super::{
-    bump, hello, parse_hello, PeerParams, RdmaConfig, RdmaCounters, RdmaHandoff, CM_CHECK_EVERY,
+    bump, hello, parse_hello, PeerParams, PendingAccept, RdmaConfig, RdmaCounters, RdmaHandoff,
+    RdmaWire, CM_CHECK_EVERY,
 };
 use crate::stack::{
     ConnectOptions, EventKind, ListenOptions, Readiness, SocketEvent, SocketId, TransportError,
@@ -62,6 +66,11 @@ impl Wake for LazyWake {
     }
 }
 
+/// Ceph's wire: listeners and established side channels are read at most this often (a syscall each;
+/// what they bring, accepts and the end of a connection, is not latency-critical). Exchanges under way
+/// are read on every rdma_cm check.
+const SIDE_CHANNEL_EVERY: Duration = Duration::from_millis(2);
+
 /// Longest blocking wait of one `poll`, whatever timeout it was given (bounds a missed lazy wake-up).
 pub const MAX_WAIT: Duration = Duration::from_millis(1);
 
@@ -73,6 +82,8 @@ enum Phase {
     Routing,
     /// Client: rdma_connect sent, waiting for ESTABLISHED.
     Connecting,
+    /// Client on Ceph's wire: TCP side channel connecting, or queue-pair records being exchanged.
+    CephConnecting,
     /// Server: taken by `accept`, not yet answered (may still be detached).
     AcceptPending,
     /// Server: rdma_accept sent, waiting for ESTABLISHED.
@@ -86,7 +97,10 @@ enum Phase {
 
 impl Phase {
     fn is_connecting(self) -> bool {
-        matches!(self, Phase::Resolving | Phase::Routing | Phase::Connecting)
+        matches!(
+            self,
+            Phase::Resolving | Phase::Routing | Phase::Connecting | Phase::CephConnecting
+        )
     }
 }
 
@@ -97,8 +111,182 @@ struct RxBuf {
     off: usize,
 }
 
+/// Where a connection's QP comes from: an rdma_cm id (msgr's wire) or Ceph's TCP side channel with a
+/// QP set up by hand.
+enum Link {
+    Cm(CmId),
+    Ceph(Box<CephLink>),
+}
+
+/// Where Ceph's queue-pair exchange stands (see `ceph_wire.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CephStep {
+    /// Client: the TCP connect is in progress.
+    TcpConnecting,
+    /// Client: our record sent, waiting for the server's.
+    AwaitReply,
+    /// Server: waiting for the client's first record.
+    AwaitHello,
+    /// Server: answered, waiting for the client's acknowledgement (data may already arrive).
+    AwaitAck,
+    /// Exchanged: the side channel must stay silent until it closes.
+    Done,
+}
+
+/// One connection's side of Ceph's set-up: the TCP side channel (open for the connection's life), the
+/// hand-made QP, and the records.
+struct CephLink {
+    tcp: mio::net::TcpStream,
+    qp: Option<OwnedQp>,
+    step: CephStep,
+    /// Our record (set when the QP exists).
+    local: Option<QpRecord>,
+    /// The client's first record (server side).
+    first: Option<QpRecord>,
+    reader: RecordReader,
+    /// Record bytes not yet written.
+    out: Vec<u8>,
+    /// Server: data came before the client's acknowledgement, which may still arrive (once).
+    late_ack: bool,
+}
+
+impl CephLink {
+    fn new(tcp: mio::net::TcpStream, step: CephStep) -> Self {
+        CephLink {
+            tcp,
+            qp: None,
+            step,
+            local: None,
+            first: None,
+            reader: RecordReader::default(),
+            out: Vec::new(),
+            late_ack: false,
+        }
+    }
+
+    /// Write what is left of our records; `Ok(true)` once all is out.
+    fn flush(&mut self) -> io::Result<bool> {
+        use std::io::Write;
+        while !self.out.is_empty() {
+            match self.tcp.write(&self.out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    fn send_record(&mut self, record: &QpRecord) -> io::Result<()> {
+        self.out.extend_from_slice(&record.encode());
+        self.flush().map(drop)
+    }
+}
+
+impl Link {
+    fn qp(&self) -> io::Result<&Qp> {
+        match self {
+            Link::Cm(cm) => cm.qp(),
+            Link::Ceph(c) => {
+                c.qp.as_ref()
+                    .map(OwnedQp::qp)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no QP yet"))
+            }
+        }
+    }
+
+    fn qp_mut(&mut self) -> io::Result<&mut Qp> {
+        match self {
+            Link::Cm(cm) => cm.qp_mut(),
+            Link::Ceph(c) => {
+                c.qp.as_mut()
+                    .map(OwnedQp::qp_mut)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no QP yet"))
+            }
+        }
+    }
+
+    fn is_ceph(&self) -> bool {
+        matches!(self, Link::Ceph(_))
+    }
+
+    fn max_inline(&self) -> u32 {
+        self.qp().map_or(0, Qp::max_inline)
+    }
+
+    fn post_recv(&mut self, slot: Slot) -> Result<(), (Slot, io::Error)> {
+        match self.qp_mut() {
+            Ok(qp) => qp.post_recv(slot),
+            Err(e) => Err((slot, e)),
+        }
+    }
+
+    fn post_send(
+        &mut self,
+        buf: SendBuf,
+        opts: SendOptions,
+    ) -> Result<Option<SendBuf>, (SendBuf, io::Error)> {
+        match self.qp_mut() {
+            Ok(qp) => qp.post_send(buf, opts),
+            Err(e) => Err((buf, e)),
+        }
+    }
+
+    fn complete_recv(&mut self, c: &Completion) -> Option<Slot> {
+        self.qp_mut().ok()?.complete_recv(c)
+    }
+
+    fn complete_send(&mut self, c: &Completion, out: &mut Vec<SendBuf>) {
+        if let Ok(qp) = self.qp_mut() {
+            qp.complete_send(c, out);
+        }
+    }
+
+    fn force_error(&self) -> io::Result<()> {
+        self.qp()?.force_error()
+    }
+
+    /// Tell the peer the connection is over: an rdma_cm disconnect, or on Ceph's wire the end of the
+    /// side channel (what Ceph watches).
+    fn disconnect(&self) {
+        match self {
+            Link::Cm(cm) => cm.disconnect(),
+            Link::Ceph(c) => {
+                let _ = c.tcp.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn reject(&self) {
+        match self {
+            Link::Cm(cm) => cm.reject(),
+            Link::Ceph(c) => {
+                let _ = c.tcp.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn destroy_qp(&mut self) -> Vec<Slot> {
+        match self {
+            Link::Cm(cm) => cm.destroy_qp(),
+            Link::Ceph(c) => c.qp.take().map(OwnedQp::destroy).unwrap_or_default(),
+        }
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Link::Cm(cm) => cm.local_addr(),
+            Link::Ceph(c) => c.tcp.local_addr().ok(),
+        }
+    }
+}
+
 struct Stream {
-    cm: CmId,
+    link: Link,
     phase: Phase,
     peer: SocketAddr,
     connect_timeout: Option<Duration>,
@@ -125,9 +313,9 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(cm: CmId, phase: Phase, peer: SocketAddr) -> Self {
+    fn new(link: Link, phase: Phase, peer: SocketAddr) -> Self {
         Stream {
-            cm,
+            link,
             phase,
             peer,
             connect_timeout: None,
@@ -161,11 +349,24 @@ impl Stream {
     }
 }
 
+/// A listener: an rdma_cm id (msgr's wire) or a TCP listener for Ceph's side channels.
+enum Listening {
+    // Held for its lifetime: dropping the id stops listening.
+    Cm(#[allow(dead_code)] CmId),
+    Tcp(mio::net::TcpListener),
+}
+
+/// A connection waiting in a listener's backlog.
+enum Pending {
+    Cm(CmId, PeerParams),
+    Tcp(mio::net::TcpStream, SocketAddr),
+}
+
 enum Entry {
     Listener {
-        cm: CmId,
+        listening: Listening,
         local: SocketAddr,
-        backlog: VecDeque<(CmId, PeerParams)>,
+        backlog: VecDeque<Pending>,
     },
     Stream(Box<Stream>),
 }
@@ -202,6 +403,13 @@ pub struct RdmaWorker {
     cq_used: u32,
     /// Connections in a connect phase (their CM events are checked every turn).
     setting_up: usize,
+    /// Our GID at the configured index and our port's LID (Ceph's queue-pair records).
+    gid: [u8; 16],
+    lid: u16,
+    /// Scratch list of the side channels to look at (Ceph's wire).
+    side_ids: Vec<SocketId>,
+    /// When listeners and established side channels are looked at next.
+    next_side_check: Instant,
 }
 
 // The worker's verbs objects must be dropped in order: streams (QPs, ids) before the pool, CQ, PD and
@@ -224,6 +432,8 @@ impl RdmaWorker {
     ) -> io::Result<Self> {
         config.check()?;
         let ctx = Context::open(config.device.as_deref())?;
+        let gid = ctx.query_gid(config.port, config.gid_index)?;
+        let lid = ctx.query_port(config.port)?.lid;
         let pd = ProtectionDomain::new(&ctx)?;
         let comp = CompChannel::new(&ctx)?;
         let cq = Rc::new(CompletionQueue::new(&ctx, &comp, config.cq_depth)?);
@@ -243,7 +453,7 @@ impl RdmaWorker {
         )?;
         let pool = BufferPool::new(
             &pd,
-            config.buf_size,
+            config.slot_size(),
             config.pool_chunk,
             config.max_pool_slots,
         );
@@ -275,6 +485,10 @@ impl RdmaWorker {
             turns: 0,
             cq_used: 0,
             setting_up: 0,
+            gid,
+            lid,
+            side_ids: Vec::new(),
+            next_side_check: Instant::now(),
         })
     }
 
@@ -332,7 +546,7 @@ impl RdmaWorker {
             s.error = Some((kind, msg));
         }
         if s.phase != Phase::Dead {
-            s.cm.disconnect();
+            s.link.disconnect();
         }
         s.phase = Phase::Dead;
         Self::mark(dirty, id, s, Readiness::BOTH);
@@ -355,23 +569,41 @@ impl RdmaWorker {
         let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
             return Err(TransportError::UnknownSocket(id).into());
         };
-        if !s.cm.is_on(&self.pd) {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrNotAvailable,
-                format!(
-                    "{} is reached through RDMA device {}, not the configured {}",
-                    s.peer,
-                    s.cm.device_name().unwrap_or_else(|| "(none)".into()),
-                    self.pd.context().name()
-                ),
-            ));
-        }
         let caps = QpCaps {
             send_depth: self.config.send_depth,
             recv_depth: self.config.recv_depth,
             max_inline: self.config.max_inline,
         };
-        s.cm.create_qp(&self.pd, &self.cq, caps, id.0)?;
+        match &mut s.link {
+            Link::Cm(cm) => {
+                if !cm.is_on(&self.pd) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!(
+                            "{} is reached through RDMA device {}, not the configured {}",
+                            s.peer,
+                            cm.device_name().unwrap_or_else(|| "(none)".into()),
+                            self.pd.context().name()
+                        ),
+                    ));
+                }
+                cm.create_qp(&self.pd, &self.cq, caps, id.0)?;
+            }
+            Link::Ceph(c) => {
+                let qp = OwnedQp::create(&self.pd, &self.cq, caps, self.config.port, id.0)?;
+                c.local = Some(QpRecord {
+                    lid: self.lid,
+                    qpn: qp.qp_num(),
+                    psn: rand::random::<u32>() & 0x00ff_ffff,
+                    peer_qpn: 0,
+                    gid: self.gid,
+                });
+                c.qp = Some(qp);
+                // No credits on Ceph's wire; no SEND larger than the peer's receive buffers.
+                s.credits = Credits::unlimited();
+                s.chunk = self.config.ceph_buffer_size.min(self.config.slot_size()) as usize;
+            }
+        }
         self.cq_used += share;
         s.cq_share = share;
         let mut slots = self
@@ -379,7 +611,7 @@ impl RdmaWorker {
             .take((self.config.recv_depth + self.config.send_depth) as usize)?;
         s.send_free = slots.split_off(self.config.recv_depth as usize);
         for slot in slots {
-            if let Err((slot, err)) = s.cm.post_recv(slot) {
+            if let Err((slot, err)) = s.link.post_recv(slot) {
                 self.pool.give(slot);
                 return Err(err);
             }
@@ -399,6 +631,13 @@ impl RdmaWorker {
             _ => return, // detached or closed meanwhile
         }
         let result = self.setup_qp(id).and_then(|()| {
+            let s = self.stream_mut(id)?;
+            if let Link::Ceph(c) = &mut s.link {
+                // Ceph's wire: wait for the client's first record on the side channel.
+                c.step = CephStep::AwaitHello;
+                s.phase = Phase::Accepting;
+                return Ok(());
+            }
             let hello = hello(&self.config);
             let config = self.config.clone();
             let s = self.stream_mut(id)?;
@@ -406,13 +645,15 @@ impl RdmaWorker {
                 .params
                 .ok_or_else(|| io::Error::other("no peer parameters"))?;
             Self::init_credits(&config, s, params);
-            s.cm.accept(&hello)?;
+            if let Link::Cm(cm) = &s.link {
+                cm.accept(&hello)?;
+            }
             s.phase = Phase::Accepting;
             Ok(())
         });
         if let Err(err) = result {
             if let Some(Entry::Stream(s)) = self.entries.get_mut(&id) {
-                s.cm.reject();
+                s.link.reject();
                 Self::fail(&mut self.dirty, id, s, err.kind(), format!("accept: {err}"));
             }
         }
@@ -436,15 +677,16 @@ impl RdmaWorker {
             || s.unsignaled + 1 >= config.signal_every
             || last_slot
             || s.outstanding() + 1 >= u64::from(config.send_depth);
-        let inline = is_slot && len <= s.cm.max_inline();
+        let inline = is_slot && len <= s.link.max_inline();
         let opts = SendOptions {
             len,
-            imm,
+            // Ceph's wire has no immediate data (and no credits to carry in it).
+            imm: (!s.link.is_ceph()).then_some(imm),
             signaled,
             inline,
             seq: (s.posted_seq & SEQ_MASK) as u32,
         };
-        match s.cm.post_send(buf, opts) {
+        match s.link.post_send(buf, opts) {
             Ok(back) => {
                 if let Some(slot) = back.and_then(SendBuf::into_slot) {
                     s.send_free.push(slot);
@@ -766,7 +1008,7 @@ impl RdmaWorker {
         };
         let is_send = c.wr_id & (1 << 23) != 0;
         if !is_send {
-            let Some(slot) = s.cm.complete_recv(c) else {
+            let Some(slot) = s.link.complete_recv(c) else {
                 return;
             };
             if !c.is_success() {
@@ -787,6 +1029,27 @@ impl RdmaWorker {
                 Self::fail(&mut self.dirty, id, s, io::ErrorKind::InvalidData, msg);
                 return;
             }
+            if let Link::Ceph(link) = &mut s.link {
+                if c.byte_len == 0 {
+                    // Ceph's close: a SEND without payload. What came before it stays readable.
+                    tracing::debug!(%id, peer = %s.peer, "ceph peer sent its close message");
+                    if matches!(s.phase, Phase::Established | Phase::Accepting) {
+                        s.phase = Phase::PeerClosed;
+                    }
+                    Self::repost(&mut self.pool, &mut self.credit_due, s, id, slot);
+                    Self::mark(&mut self.dirty, id, s, Readiness::BOTH);
+                    return;
+                }
+                if link.step == CephStep::AwaitAck {
+                    // Data before the client's acknowledgement: its QP is ready, so the connection
+                    // is (Ceph's server does the same); the acknowledgement may still follow.
+                    link.step = CephStep::Done;
+                    link.late_ack = true;
+                    s.phase = Phase::Established;
+                    bump(&self.counters.established, 1);
+                    Self::mark(&mut self.dirty, id, s, Readiness::BOTH);
+                }
+            }
             if imm > 0 {
                 Self::queue_open(&mut self.tx_pending, id, s);
                 if s.write_blocked {
@@ -804,7 +1067,7 @@ impl RdmaWorker {
             }
         } else {
             self.reclaimed.clear();
-            s.cm.complete_send(c, &mut self.reclaimed);
+            s.link.complete_send(c, &mut self.reclaimed);
             if !self.reclaimed.is_empty() {
                 let seq_low = c.wr_id & SEQ_MASK;
                 let last = s.posted_seq.wrapping_sub(1);
@@ -842,7 +1105,7 @@ impl RdmaWorker {
             pool.give(slot);
             return;
         }
-        match s.cm.post_recv(slot) {
+        match s.link.post_recv(slot) {
             Ok(()) => {
                 s.credits.on_reposted();
                 if !s.credit_queued && s.credits.credit_only_due() {
@@ -863,7 +1126,7 @@ impl RdmaWorker {
                     let params = parse_hello(&ev.private_data);
                     match (self.entries.get_mut(&id), params) {
                         (Some(Entry::Listener { backlog, .. }), Some(params)) => {
-                            backlog.push_back((new_id, params));
+                            backlog.push_back(Pending::Cm(new_id, params));
                             self.synthetic.push(SocketEvent {
                                 id,
                                 kind: EventKind::Acceptable,
@@ -889,7 +1152,8 @@ impl RdmaWorker {
                         continue;
                     }
                     let peer = s.peer;
-                    match s.cm.resolve_route(timeout) {
+                    let Link::Cm(cm) = &s.link else { continue };
+                    match cm.resolve_route(timeout) {
                         Ok(()) => s.phase = Phase::Routing,
                         Err(err) => self.connect_failed(id, unreachable(peer, err)),
                     }
@@ -902,7 +1166,9 @@ impl RdmaWorker {
                     let hello = hello(&self.config);
                     let result = self.setup_qp(id).and_then(|()| {
                         let s = self.stream_mut(id)?;
-                        s.cm.connect(&hello)?;
+                        if let Link::Cm(cm) = &s.link {
+                            cm.connect(&hello)?;
+                        }
                         s.phase = Phase::Connecting;
                         Ok(())
                     });
@@ -954,7 +1220,7 @@ impl RdmaWorker {
                         continue;
                     };
                     // Complete the disconnect handshake (DREP) at once.
-                    s.cm.disconnect();
+                    s.link.disconnect();
                     if s.phase.is_connecting() {
                         let peer = s.peer;
                         let err = io::Error::new(
@@ -1000,6 +1266,303 @@ impl RdmaWorker {
             }
         }
         Ok(())
+    }
+
+    /// Ceph's wire: accept waiting side channels, advance queue-pair exchanges, and watch the side
+    /// channels of established connections (end of file or any byte faults the connection). Runs on
+    /// the rdma_cm channel's cadence.
+    fn drain_side_channels(&mut self) {
+        if self.config.wire != RdmaWire::Ceph {
+            return;
+        }
+        // Listeners and established connections cost a syscall each and bring nothing urgent
+        // (accepts, the end of a connection): at most every SIDE_CHANNEL_EVERY. Exchanges under way:
+        // every call.
+        let now = Instant::now();
+        let due = now >= self.next_side_check;
+        if due {
+            self.next_side_check = now + SIDE_CHANNEL_EVERY;
+        }
+        // A scratch list kept across calls: no allocation on this (busy-poll) path.
+        let mut ids = std::mem::take(&mut self.side_ids);
+        ids.clear();
+        ids.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| match e {
+                    Entry::Listener { listening, .. } => {
+                        due && matches!(listening, Listening::Tcp(_))
+                    }
+                    // Not yet accepted (AcceptPending): no QP to describe yet; the first poll after
+                    // `accept` makes it.
+                    Entry::Stream(s) => {
+                        s.link.is_ceph()
+                            && match s.phase {
+                                Phase::CephConnecting | Phase::Accepting => true,
+                                Phase::Established | Phase::PeerClosed => due,
+                                _ => false,
+                            }
+                    }
+                })
+                .map(|(id, _)| *id),
+        );
+        for &id in &ids {
+            match self.entries.get_mut(&id) {
+                Some(Entry::Listener {
+                    listening: Listening::Tcp(listener),
+                    backlog,
+                    ..
+                }) => {
+                    let before = backlog.len();
+                    loop {
+                        match listener.accept() {
+                            Ok((tcp, peer)) => {
+                                let _ = tcp.set_nodelay(true);
+                                backlog.push_back(Pending::Tcp(tcp, peer));
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                tracing::warn!(worker = self.index, %id, error = %e, "side-channel accept failed");
+                                break;
+                            }
+                        }
+                    }
+                    if backlog.len() > before {
+                        self.synthetic.push(SocketEvent {
+                            id,
+                            kind: EventKind::Acceptable,
+                        });
+                    }
+                }
+                Some(Entry::Stream(_)) => self.service_ceph(id),
+                _ => {}
+            }
+        }
+        self.side_ids = ids;
+    }
+
+    /// Advance one Ceph connection: its TCP connect, its records, or the watch on its side channel.
+    fn service_ceph(&mut self, id: SocketId) {
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let Link::Ceph(link) = &mut s.link else {
+            return;
+        };
+        if link.step == CephStep::TcpConnecting {
+            let connected = match link.tcp.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match link.tcp.peer_addr() {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+                    Err(e) => Err(e),
+                },
+            };
+            match connected {
+                Ok(false) => return,
+                Ok(true) => {
+                    link.step = CephStep::AwaitReply;
+                    let result = self.setup_qp(id).and_then(|()| {
+                        let s = self.stream_mut(id)?;
+                        let Link::Ceph(link) = &mut s.link else {
+                            return Ok(());
+                        };
+                        let local = link.local.ok_or_else(|| io::Error::other("no QP record"))?;
+                        tracing::debug!(%id, peer = %s.peer, record = %local, "ceph side channel: sending our QP record");
+                        link.send_record(&local)
+                    });
+                    if let Err(err) = result {
+                        self.ceph_connect_failed(id, err);
+                    }
+                    return;
+                }
+                Err(err) => {
+                    let peer = s.peer;
+                    let err = if err.kind() == io::ErrorKind::ConnectionRefused {
+                        TransportError::ConnectionRefused { addr: peer }.into()
+                    } else {
+                        TransportError::Connect {
+                            addr: peer,
+                            source: err,
+                        }
+                        .into()
+                    };
+                    self.connect_failed(id, err);
+                    return;
+                }
+            }
+        }
+        if let Err(err) = link.flush() {
+            self.ceph_fault(id, err.kind(), format!("side channel: {err}"));
+            return;
+        }
+        let mut buf = [0u8; ceph_wire::RECORD_LEN];
+        loop {
+            let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+                return;
+            };
+            let Link::Ceph(link) = &mut s.link else {
+                return;
+            };
+            let expecting = link.step != CephStep::Done || link.late_ack;
+            let want = if expecting {
+                link.reader.wanted()
+            } else {
+                buf.len()
+            };
+            let n = match std::io::Read::read(&mut link.tcp, &mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.ceph_fault(id, e.kind(), format!("side channel: {e}"));
+                    return;
+                }
+            };
+            if n == 0 {
+                // Ceph learns of a close exactly so: the side channel ends.
+                let msg = if expecting && link.reader.have() > 0 {
+                    link.reader.eof().to_string()
+                } else if link.step == CephStep::Done {
+                    "the peer closed the connection (side channel closed)".to_string()
+                } else {
+                    "side channel closed during the queue-pair exchange".to_string()
+                };
+                self.ceph_fault(id, io::ErrorKind::ConnectionReset, msg);
+                return;
+            }
+            if !expecting {
+                let err = RecordError::Unexpected(n);
+                self.ceph_fault(id, io::ErrorKind::InvalidData, err.to_string());
+                return;
+            }
+            match link.reader.feed(&buf[..n]) {
+                None => {}
+                Some(Err(err)) => {
+                    self.ceph_fault(id, io::ErrorKind::InvalidData, err.to_string());
+                    return;
+                }
+                Some(Ok(record)) => {
+                    if let Err(err) = self.on_ceph_record(id, record) {
+                        self.ceph_fault(id, io::ErrorKind::InvalidData, err.to_string());
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One complete record from the peer, in whatever step the exchange is.
+    fn on_ceph_record(&mut self, id: SocketId, record: QpRecord) -> io::Result<()> {
+        let gid_index = u8::try_from(self.config.gid_index).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "GID index {} does not fit a QP's address vector",
+                    self.config.gid_index
+                ),
+            )
+        })?;
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return Ok(());
+        };
+        let peer = s.peer;
+        let Link::Ceph(link) = &mut s.link else {
+            return Ok(());
+        };
+        let local = link
+            .local
+            .ok_or_else(|| io::Error::other("queue-pair record before our QP exists"))?;
+        let remote = |r: &QpRecord| RemoteQp {
+            qpn: r.qpn,
+            psn: r.psn,
+            lid: r.lid,
+            gid: r.gid,
+        };
+        let to_io = |e: RecordError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        tracing::debug!(%id, %peer, step = ?link.step, %record, "ceph side channel: peer's QP record");
+        match link.step {
+            CephStep::AwaitReply => {
+                ceph_wire::check_server_reply(&local, &record).map_err(to_io)?;
+                let qp = link.qp.as_ref().ok_or_else(|| io::Error::other("no QP"))?;
+                qp.ready(&remote(&record), gid_index, local.psn)?;
+                let ack = QpRecord {
+                    peer_qpn: record.qpn,
+                    ..local
+                };
+                link.local = Some(ack);
+                link.send_record(&ack)?;
+                link.step = CephStep::Done;
+                s.phase = Phase::Established;
+                s.deadline = None;
+                self.setting_up -= 1;
+                bump(&self.counters.established, 1);
+                tracing::debug!(worker = self.index, %id, %peer, "rdma connected (ceph wire)");
+                self.synthetic.push(SocketEvent {
+                    id,
+                    kind: EventKind::Connected,
+                });
+            }
+            CephStep::AwaitHello => {
+                ceph_wire::check_client_hello(&record).map_err(to_io)?;
+                let qp = link.qp.as_ref().ok_or_else(|| io::Error::other("no QP"))?;
+                qp.ready(&remote(&record), gid_index, local.psn)?;
+                let answer = QpRecord {
+                    peer_qpn: record.qpn,
+                    ..local
+                };
+                link.local = Some(answer);
+                link.first = Some(record);
+                link.send_record(&answer)?;
+                link.step = CephStep::AwaitAck;
+            }
+            CephStep::AwaitAck | CephStep::Done => {
+                let first = link
+                    .first
+                    .ok_or_else(|| io::Error::other("acknowledgement without a first record"))?;
+                ceph_wire::check_client_ack(&first, &local, &record).map_err(to_io)?;
+                link.late_ack = false;
+                if link.step == CephStep::AwaitAck {
+                    link.step = CephStep::Done;
+                    s.phase = Phase::Established;
+                    bump(&self.counters.established, 1);
+                    tracing::debug!(worker = self.index, %id, %peer, "rdma accepted (ceph wire)");
+                    Self::mark(&mut self.dirty, id, s, Readiness::BOTH);
+                }
+            }
+            CephStep::TcpConnecting => {}
+        }
+        Ok(())
+    }
+
+    /// A client's set-up failed (reported as ConnectFailed).
+    fn ceph_connect_failed(&mut self, id: SocketId, err: io::Error) {
+        let Ok(peer) = self.stream_mut(id).map(|s| s.peer) else {
+            return;
+        };
+        self.connect_failed(
+            id,
+            TransportError::Connect {
+                addr: peer,
+                source: err,
+            }
+            .into(),
+        );
+    }
+
+    /// Bad or missing side-channel input: a connect failure while the client connects, otherwise an
+    /// error of that one connection.
+    fn ceph_fault(&mut self, id: SocketId, kind: io::ErrorKind, msg: String) {
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return;
+        };
+        tracing::debug!(worker = self.index, %id, peer = %s.peer, %msg, "ceph side channel fault");
+        if s.phase.is_connecting() {
+            self.ceph_connect_failed(id, io::Error::new(kind, msg));
+            return;
+        }
+        Self::fail(&mut self.dirty, id, s, kind, msg);
     }
 
     fn on_established(&mut self, id: SocketId, private: &[u8]) {
@@ -1108,7 +1671,7 @@ impl RdmaWorker {
             if let Entry::Stream(s) = e {
                 if s.phase == Phase::Established {
                     tracing::info!(worker = self.index, %id, "forcing QP into the error state");
-                    if let Err(err) = s.cm.force_error() {
+                    if let Err(err) = s.link.force_error() {
                         tracing::warn!(%id, error = %err, "forcing QP error failed");
                     }
                 }
@@ -1170,6 +1733,21 @@ impl WorkerStack for RdmaWorker {
 
     fn listen(&mut self, addr: SocketAddr, opts: &ListenOptions) -> io::Result<SocketId> {
         let id = self.alloc_id();
+        if self.config.wire == RdmaWire::Ceph {
+            // Ceph's wire: side channels arrive at the msgr2 address itself, over TCP.
+            let listener = mio::net::TcpListener::bind(addr).map_err(|e| listen_error(addr, e))?;
+            let local = listener.local_addr().unwrap_or(addr);
+            tracing::debug!(worker = self.index, %id, %local, "rdma listening (ceph wire: TCP side channel)");
+            self.entries.insert(
+                id,
+                Entry::Listener {
+                    listening: Listening::Tcp(listener),
+                    local,
+                    backlog: VecDeque::new(),
+                },
+            );
+            return Ok(id);
+        }
         let cm = CmId::new(&self.cm_channel, id.0).map_err(|e| listen_error(addr, e))?;
         cm.bind(addr).map_err(|e| {
             let raw = io::Error::last_os_error().raw_os_error();
@@ -1198,7 +1776,7 @@ impl WorkerStack for RdmaWorker {
         self.entries.insert(
             id,
             Entry::Listener {
-                cm,
+                listening: Listening::Cm(cm),
                 local,
                 backlog: VecDeque::new(),
             },
@@ -1208,11 +1786,20 @@ impl WorkerStack for RdmaWorker {
 
     fn connect(&mut self, addr: SocketAddr, opts: &ConnectOptions) -> io::Result<SocketId> {
         let id = self.alloc_id();
-        let cm = CmId::new(&self.cm_channel, id.0)
-            .map_err(|source| TransportError::Connect { addr, source })?;
-        cm.resolve_addr(addr, self.resolve_timeout_ms())
-            .map_err(|source| unreachable(addr, source))?;
-        let mut s = Stream::new(cm, Phase::Resolving, addr);
+        let mut s = if self.config.wire == RdmaWire::Ceph {
+            // Ceph's wire: the side channel to the peer's msgr2 address first (non-blocking).
+            let tcp = mio::net::TcpStream::connect(addr)
+                .map_err(|source| TransportError::Connect { addr, source })?;
+            let _ = tcp.set_nodelay(true);
+            let link = CephLink::new(tcp, CephStep::TcpConnecting);
+            Stream::new(Link::Ceph(Box::new(link)), Phase::CephConnecting, addr)
+        } else {
+            let cm = CmId::new(&self.cm_channel, id.0)
+                .map_err(|source| TransportError::Connect { addr, source })?;
+            cm.resolve_addr(addr, self.resolve_timeout_ms())
+                .map_err(|source| unreachable(addr, source))?;
+            Stream::new(Link::Cm(cm), Phase::Resolving, addr)
+        };
         s.connect_timeout = opts.timeout;
         s.deadline = opts.timeout.map(|t| Instant::now() + t);
         self.entries.insert(id, Entry::Stream(Box::new(s)));
@@ -1221,7 +1808,7 @@ impl WorkerStack for RdmaWorker {
     }
 
     fn accept(&mut self, listener: SocketId) -> io::Result<Option<(SocketId, SocketAddr)>> {
-        let (cm, params) = match self.entries.get_mut(&listener) {
+        let pending = match self.entries.get_mut(&listener) {
             Some(Entry::Listener { backlog, .. }) => match backlog.pop_front() {
                 Some(pending) => pending,
                 None => return Ok(None),
@@ -1229,13 +1816,24 @@ impl WorkerStack for RdmaWorker {
             other => return Err(TransportError::refused(listener, "accept", other)),
         };
         let id = self.alloc_id();
-        let mut cm = cm;
-        cm.set_token(id.0);
-        let peer = cm
-            .peer_addr()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let mut s = Stream::new(cm, Phase::AcceptPending, peer);
-        s.params = Some(params);
+        let (s, peer) = match pending {
+            Pending::Cm(mut cm, params) => {
+                cm.set_token(id.0);
+                let peer = cm
+                    .peer_addr()
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let mut s = Stream::new(Link::Cm(cm), Phase::AcceptPending, peer);
+                s.params = Some(params);
+                (s, peer)
+            }
+            Pending::Tcp(tcp, peer) => {
+                let link = CephLink::new(tcp, CephStep::AwaitHello);
+                (
+                    Stream::new(Link::Ceph(Box::new(link)), Phase::AcceptPending, peer),
+                    peer,
+                )
+            }
+        };
         self.entries.insert(id, Entry::Stream(Box::new(s)));
         self.to_accept.push(id);
         tracing::debug!(worker = self.index, %listener, %id, %peer, "rdma connect request taken");
@@ -1423,7 +2021,7 @@ impl WorkerStack for RdmaWorker {
     fn shutdown(&mut self, id: SocketId, _how: Shutdown) -> io::Result<()> {
         // An RC connection has no half-close: either direction shuts the whole connection.
         let s = self.stream_mut(id)?;
-        s.cm.disconnect();
+        s.link.disconnect();
         Ok(())
     }
 
@@ -1433,11 +2031,15 @@ impl WorkerStack for RdmaWorker {
             .remove(&id)
             .ok_or(TransportError::UnknownSocket(id))?;
         match entry {
-            Entry::Listener { cm, backlog, .. } => {
-                for (pending, _) in backlog {
-                    pending.reject();
+            Entry::Listener {
+                listening, backlog, ..
+            } => {
+                for pending in backlog {
+                    if let Pending::Cm(cm, _) = pending {
+                        cm.reject();
+                    }
                 }
-                drop(cm);
+                drop(listening);
             }
             Entry::Stream(mut s) => {
                 if s.phase.is_connecting() {
@@ -1447,12 +2049,12 @@ impl WorkerStack for RdmaWorker {
                     s.phase,
                     Phase::Established | Phase::PeerClosed | Phase::Accepting
                 ) {
-                    s.cm.disconnect();
+                    s.link.disconnect();
                 }
                 if s.phase == Phase::AcceptPending {
-                    s.cm.reject();
+                    s.link.reject();
                 }
-                for slot in s.cm.destroy_qp() {
+                for slot in s.link.destroy_qp() {
                     self.pool.give(slot);
                 }
                 for rx in s.rx.drain(..) {
@@ -1474,10 +2076,10 @@ impl WorkerStack for RdmaWorker {
     fn local_addr(&self, id: SocketId) -> io::Result<SocketAddr> {
         match self.entries.get(&id) {
             Some(Entry::Listener { local, .. }) => Ok(*local),
-            Some(Entry::Stream(s)) => {
-                s.cm.local_addr()
-                    .ok_or_else(|| io::ErrorKind::NotConnected.into())
-            }
+            Some(Entry::Stream(s)) => s
+                .link
+                .local_addr()
+                .ok_or_else(|| io::ErrorKind::NotConnected.into()),
             None => Err(TransportError::UnknownSocket(id).into()),
         }
     }
@@ -1507,6 +2109,7 @@ impl WorkerStack for RdmaWorker {
         let idle_wait = timeout != Some(Duration::ZERO);
         if idle_wait || self.setting_up > 0 || self.turns % CM_CHECK_EVERY == 0 {
             self.drain_cm()?;
+            self.drain_side_channels();
         }
         if idle_wait
             && self.dirty.is_empty()
@@ -1555,22 +2158,37 @@ impl WorkerStack for RdmaWorker {
             return Err(TransportError::UnknownSocket(id).into());
         };
         let Stream {
-            cm, peer, params, ..
+            link, peer, params, ..
         } = *s;
-        let params = params.ok_or_else(|| io::Error::other("no peer parameters"))?;
-        Ok(RdmaHandoff {
-            id: cm.detach()?,
-            peer,
-            params,
-        })
+        let pending = match link {
+            Link::Cm(cm) => PendingAccept::Cm {
+                id: cm.detach()?,
+                params: params.ok_or_else(|| io::Error::other("no peer parameters"))?,
+            },
+            Link::Ceph(c) => PendingAccept::Ceph { tcp: c.tcp },
+        };
+        Ok(RdmaHandoff { peer, pending })
     }
 
     fn attach(&mut self, handoff: RdmaHandoff) -> io::Result<SocketId> {
         let id = self.alloc_id();
-        let cm = handoff.id.attach(&self.cm_channel, id.0)?;
+        let s = match handoff.pending {
+            PendingAccept::Cm { id: cm, params } => {
+                let cm = cm.attach(&self.cm_channel, id.0)?;
+                let mut s = Stream::new(Link::Cm(cm), Phase::AcceptPending, handoff.peer);
+                s.params = Some(params);
+                s
+            }
+            PendingAccept::Ceph { tcp } => {
+                let link = CephLink::new(tcp, CephStep::AwaitHello);
+                Stream::new(
+                    Link::Ceph(Box::new(link)),
+                    Phase::AcceptPending,
+                    handoff.peer,
+                )
+            }
+        };
         bump(&self.counters.handoffs, 1);
-        let mut s = Stream::new(cm, Phase::AcceptPending, handoff.peer);
-        s.params = Some(handoff.params);
         self.entries.insert(id, Entry::Stream(Box::new(s)));
         self.to_accept.push(id);
         Ok(id)
