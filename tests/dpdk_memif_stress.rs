@@ -378,7 +378,7 @@ fn random_len(rng: &mut StdRng) -> usize {
 
 /// Wait while this messenger has more than BACKLOG_BYTES sent but not acknowledged.
 fn pace(m: &StressMessenger) {
-    while m.throttle().stats().current_bytes > BACKLOG_BYTES {
+    while m.throttles().send.current_bytes > BACKLOG_BYTES {
         std::thread::sleep(Duration::from_micros(200));
     }
 }
