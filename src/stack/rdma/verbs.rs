@@ -731,23 +731,10 @@ impl OwnedQp {
         port: u8,
         token: u64,
     ) -> io::Result<OwnedQp> {
-        let mut attr = sys::ibv_qp_init_attr {
-            qp_context: ptr::null_mut(),
-            send_cq: cq.raw(),
-            recv_cq: cq.raw(),
-            srq: ptr::null_mut(),
-            cap: sys::ibv_qp_cap {
-                max_send_wr: caps.send_depth,
-                max_recv_wr: caps.recv_depth,
-                max_send_sge: 2, // a copied head joined to a pinned chunk (pool::SendBuf::Joined)
-                max_recv_sge: 1,
-                max_inline_data: caps.max_inline,
-            },
-            qp_type: sys::IBV_QPT_RC,
-            sq_sig_all: 0,
-        };
-        // SAFETY: pd and cq are live objects of one device (the worker's); attr is valid and the
-        // provider writes the granted caps back into it.
+        let mut attr = rc_qp_init_attr(cq, caps);
+        // pd and cq are live objects of one device (the worker's); attr is valid and the provider
+        // writes the granted caps back into it.
+        // SAFETY: the conditions just stated hold here.
         let mut raw = unsafe { sys::ibv_create_qp(pd.raw(), &mut attr) };
         if raw.is_null() && caps.max_inline > 0 {
             attr.cap.max_inline_data = 0;
@@ -1024,21 +1011,7 @@ impl CmId {
                 "rdma_create_qp: id already has a QP",
             ));
         }
-        let mut attr = sys::ibv_qp_init_attr {
-            qp_context: ptr::null_mut(),
-            send_cq: cq.raw(),
-            recv_cq: cq.raw(),
-            srq: ptr::null_mut(),
-            cap: sys::ibv_qp_cap {
-                max_send_wr: caps.send_depth,
-                max_recv_wr: caps.recv_depth,
-                max_send_sge: 2, // a copied head joined to a pinned chunk (pool::SendBuf::Joined)
-                max_recv_sge: 1,
-                max_inline_data: caps.max_inline,
-            },
-            qp_type: sys::IBV_QPT_RC,
-            sq_sig_all: 0,
-        };
+        let mut attr = rc_qp_init_attr(cq, caps);
         // Id, pd and cq are live and of one device (checked by the caller with is_on; the call
         // fails otherwise); attr is valid and librdmacm writes the granted caps back into it.
         // SAFETY: the conditions just stated hold here.
@@ -1266,5 +1239,24 @@ impl Drop for DetachedId {
             sys::rdma_destroy_id(self.id.as_ptr());
             sys::rdma_destroy_event_channel(self.channel.as_ptr());
         }
+    }
+}
+
+/// The init attributes of an RC QP whose completions both go to `cq`, with `caps`.
+fn rc_qp_init_attr(cq: &CompletionQueue, caps: QpCaps) -> sys::ibv_qp_init_attr {
+    sys::ibv_qp_init_attr {
+        qp_context: ptr::null_mut(),
+        send_cq: cq.raw(),
+        recv_cq: cq.raw(),
+        srq: ptr::null_mut(),
+        cap: sys::ibv_qp_cap {
+            max_send_wr: caps.send_depth,
+            max_recv_wr: caps.recv_depth,
+            max_send_sge: 2, // a copied head joined to a pinned chunk (pool::SendBuf::Joined)
+            max_recv_sge: 1,
+            max_inline_data: caps.max_inline,
+        },
+        qp_type: sys::IBV_QPT_RC,
+        sq_sig_all: 0,
     }
 }
