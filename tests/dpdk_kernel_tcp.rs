@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ceph::{ceph_available, CephMon};
-use common::dpdk::{self, Child};
+use common::dpdk::{self, sh, Child, Netns};
 use common::net::{proto_config, Collector};
 use common::PayloadPool;
 use msgr::msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
@@ -76,12 +76,6 @@ fn main() {
     ]);
 }
 
-/// A network namespace with one end of a veth pair; the other end stays here for DPDK. Deleted on drop.
-struct Netns {
-    name: String,
-    dpdk_if: String,
-}
-
 /// A network namespace that receives net_tap's kernel interface. Deleted on drop (the tap goes away with
 /// the DPDK process that owns it).
 struct TapNs {
@@ -96,103 +90,12 @@ impl Drop for TapNs {
     }
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let id = std::process::id();
-        let ns = Netns {
-            name: format!("msgr-dpdk-{id}"),
-            dpdk_if: format!("mdk{id}a"),
-        };
-        let kernel_if = format!("mdk{id}b");
-        sh(&["ip", "netns", "add", &ns.name]);
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &ns.dpdk_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &kernel_if,
-        ]);
-        sh(&["ip", "link", "set", &kernel_if, "netns", &ns.name]);
-        // No IPv6 chatter on the link, no kernel address on the DPDK end.
-        let _ = Command::new("sysctl")
-            .args([
-                "-qw",
-                &format!("net.ipv6.conf.{}.disable_ipv6=1", ns.dpdk_if),
-            ])
-            .status();
-        sh(&["ip", "link", "set", &ns.dpdk_if, "up"]);
-        let exec = |args: &[&str]| {
-            let mut v = vec!["ip", "netns", "exec", ns.name.as_str()];
-            v.extend_from_slice(args);
-            sh(&v);
-        };
-        exec(&["ip", "link", "set", "lo", "up"]);
-        exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{KERNEL_IP}/24"),
-            "dev",
-            &kernel_if,
-        ]);
-        exec(&["ip", "link", "set", &kernel_if, "up"]);
-        // veth leaves TCP checksums to "hardware" that never computes them; AF_PACKET on the peer would
-        // see partial sums. Make the kernel compute real ones.
-        exec(&["ethtool", "-K", &kernel_if, "tx", "off"]);
-        ns
-    }
-
-    fn neighbour(&self, ip: &str) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "ip", "neigh", "show", ip])
-            .output()
-            .expect("ip neigh");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn mac_of_dpdk_if(&self) -> String {
-        std::fs::read_to_string(format!("/sys/class/net/{}/address", self.dpdk_if))
-            .expect("veth address")
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its veth end and with it the pair.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.dpdk_if])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
 fn json_of(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON from child ({e}): {s}"))
 }
 
 fn dpdk_client_and_kernel_tcp_server_exchange_ten_thousand_each_way() {
-    let ns = Netns::create();
+    let ns = Netns::create("dpdk", "mdk", KERNEL_IP);
     // The posix server runs inside the namespace: `ip netns exec` re-executes this binary there.
     let exe = std::env::current_exe().unwrap();
     let mut posix = Child::spawn_command(
@@ -312,7 +215,7 @@ fn real_ceph_mon_answers_mon_get_map_over_userspace_tcp() {
     if !ceph_available("real_ceph_mon_answers_mon_get_map_over_userspace_tcp") {
         return;
     }
-    let ns = Netns::create();
+    let ns = Netns::create("dpdk", "mdk", KERNEL_IP);
     // Declared after `ns`, so dropped (stopped) before the namespace goes.
     let mon = CephMon::start_with(
         "dpdk-mon",

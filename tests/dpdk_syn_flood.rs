@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::dpdk::{self, Child};
+use common::dpdk::{self, Child, Netns};
 use common::net::{proto_config, Collector};
 use common::PayloadPool;
 use msgr::msgr::{Messenger, MessengerConfig};
@@ -66,97 +66,17 @@ fn main() {
     )]);
 }
 
-/// A network namespace holding one end of a veth pair; the other end stays here for DPDK. Deleted on
-/// drop (with the namespace goes its veth end, and with it the pair).
-struct Netns {
-    name: String,
-    dpdk_if: String,
-    kernel_if: String,
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let id = std::process::id();
-        let ns = Netns {
-            name: format!("msgr-syn-{id}"),
-            dpdk_if: format!("msy{id}a"),
-            kernel_if: format!("msy{id}b"),
-        };
-        sh(&["ip", "netns", "add", &ns.name]);
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &ns.dpdk_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns.kernel_if,
-        ]);
-        sh(&["ip", "link", "set", &ns.kernel_if, "netns", &ns.name]);
-        let _ = Command::new("sysctl")
-            .args([
-                "-qw",
-                &format!("net.ipv6.conf.{}.disable_ipv6=1", ns.dpdk_if),
-            ])
-            .status();
-        sh(&["ip", "link", "set", &ns.dpdk_if, "up"]);
-        let exec = |args: &[&str]| {
-            let mut v = vec!["ip", "netns", "exec", ns.name.as_str()];
-            v.extend_from_slice(args);
-            sh(&v);
-        };
-        exec(&["ip", "link", "set", "lo", "up"]);
-        exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{KERNEL_IP}/24"),
-            "dev",
-            &ns.kernel_if,
-        ]);
-        exec(&["ip", "link", "set", &ns.kernel_if, "up"]);
-        // veth leaves TCP checksums to "hardware" that never computes them: make the kernel compute them.
-        exec(&["ethtool", "-K", &ns.kernel_if, "tx", "off"]);
-        ns
-    }
-
-    fn exec(&self, role: &str, env: &[(&str, String)]) -> Child {
-        let exe = std::env::current_exe().unwrap();
-        Child::spawn_command(
-            role,
-            role,
-            Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .arg(exe),
-            env,
-        )
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.dpdk_if])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
+/// Spawn this test binary in role `role` inside `ns`.
+fn spawn_in(ns: &Netns, role: &str, env: &[(&str, String)]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    Child::spawn_command(
+        role,
+        role,
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(exe),
+        env,
+    )
 }
 
 fn json_of(s: &str) -> Value {
@@ -164,11 +84,8 @@ fn json_of(s: &str) -> Value {
 }
 
 fn real_client_is_served_through_a_spoofed_syn_flood() {
-    let ns = Netns::create();
-    let dpdk_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", ns.dpdk_if))
-        .expect("veth address")
-        .trim()
-        .to_string();
+    let ns = Netns::create("syn", "msy", &KERNEL_IP.to_string());
+    let dpdk_mac = ns.mac_of_dpdk_if();
     let args = format!(
         "ip={DPDK_IP}/24 listen_pool={POOL} listen_pool_max={POOL_MAX} syn_timeout_ms={SYN_TIMEOUT_MS} \
          --no-huge --no-pci -m 256 \
@@ -177,7 +94,8 @@ fn real_client_is_served_through_a_spoofed_syn_flood() {
     );
     let mut server = Child::spawn("dpdk", "dpdk_server", &[("ARGS", args)]);
     server.expect("READY", Duration::from_secs(60));
-    let mut flooder = ns.exec(
+    let mut flooder = spawn_in(
+        &ns,
         "flooder",
         &[("IFACE", ns.kernel_if.clone()), ("DST_MAC", dpdk_mac)],
     );
@@ -197,7 +115,7 @@ fn real_client_is_served_through_a_spoofed_syn_flood() {
     // The flood goes on: let the pool churn at its cap for a while before the client comes.
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
-    let mut client = ns.exec("posix_client", &[]);
+    let mut client = spawn_in(&ns, "posix_client", &[]);
     let done = json_of(&client.expect("DONE", Duration::from_secs(60)));
     let served_in = started.elapsed();
     flooder.send("stop");

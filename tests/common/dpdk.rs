@@ -288,3 +288,109 @@ pub fn run_cases(cases: &[(&str, fn())]) -> ! {
     );
     std::process::exit(if failed.is_empty() { 0 } else { 101 })
 }
+
+/// Run a command, panicking with its stderr if it fails (test set-up: `ip`, `ethtool`).
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace holding one end of a veth pair (`kernel_if`, address `kernel_ip`/24); the
+/// other end (`dpdk_if`) stays here for DPDK. Deleted on drop (with the namespace goes its veth end,
+/// and with it the pair).
+pub struct Netns {
+    pub name: String,
+    pub dpdk_if: String,
+    pub kernel_if: String,
+}
+
+impl Netns {
+    /// Names are `msgr-{tag}-PID` and `{ifp}PIDa` / `{ifp}PIDb` (`ifp`: 3 letters, so the names fit
+    /// IFNAMSIZ).
+    pub fn create(tag: &str, ifp: &str, kernel_ip: &str) -> Netns {
+        let id = std::process::id();
+        let ns = Netns {
+            name: format!("msgr-{tag}-{id}"),
+            dpdk_if: format!("{ifp}{id}a"),
+            kernel_if: format!("{ifp}{id}b"),
+        };
+        sh(&["ip", "netns", "add", &ns.name]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &ns.dpdk_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns.kernel_if,
+        ]);
+        sh(&["ip", "link", "set", &ns.kernel_if, "netns", &ns.name]);
+        // No IPv6 chatter on the link, no kernel address on the DPDK end.
+        let _ = Command::new("sysctl")
+            .args([
+                "-qw",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", ns.dpdk_if),
+            ])
+            .status();
+        sh(&["ip", "link", "set", &ns.dpdk_if, "up"]);
+        ns.sh(&["ip", "link", "set", "lo", "up"]);
+        ns.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{kernel_ip}/24"),
+            "dev",
+            &ns.kernel_if,
+        ]);
+        ns.sh(&["ip", "link", "set", &ns.kernel_if, "up"]);
+        // veth leaves TCP checksums to "hardware" that never computes them; AF_PACKET on the peer
+        // would see partial sums. Make the kernel compute real ones.
+        ns.sh(&["ethtool", "-K", &ns.kernel_if, "tx", "off"]);
+        ns
+    }
+
+    /// [`sh`] inside the namespace.
+    pub fn sh(&self, args: &[&str]) {
+        let mut v = vec!["ip", "netns", "exec", self.name.as_str()];
+        v.extend_from_slice(args);
+        sh(&v);
+    }
+
+    /// What the namespace's neighbour table says of `ip`.
+    pub fn neighbour(&self, ip: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ip", "neigh", "show", ip])
+            .output()
+            .expect("ip neigh");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The MAC address of the DPDK end.
+    pub fn mac_of_dpdk_if(&self) -> String {
+        std::fs::read_to_string(format!("/sys/class/net/{}/address", self.dpdk_if))
+            .expect("veth address")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.dpdk_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
