@@ -125,6 +125,26 @@ fn msg(pool: &PayloadPool, tid: u64) -> Message {
     pool.message(tid, 128)
 }
 
+/// Cut `from`'s next write and send message `tid` on `h` (a handle of `from`): the transport dies
+/// with the message queued. True once `to` received it within 5 s; the cut must have happened.
+fn cut_then_delivered(
+    from: &PosixMessenger,
+    h: &ConnectionRef,
+    pool: &PayloadPool,
+    tid: u64,
+    to: &Peer,
+) -> bool {
+    from.stack().counters().arm(1);
+    h.send(msg(pool, tid)).unwrap();
+    let delivered = wait_until(Duration::from_secs(5), || to.has(tid));
+    assert_eq!(
+        from.stack().counters().armed(),
+        0,
+        "the cut was not injected"
+    );
+    delivered
+}
+
 /// A bound OSD-type messenger that treats OSD peers as lossless_peer, as OSDs do with each other.
 fn osd(name: &str, workers: usize, d: Arc<Peer>) -> PosixMessenger {
     let mut p = proto_config(entity_type::OSD, name);
@@ -188,16 +208,9 @@ fn lossless_peer_accepting_side_redials() {
     let connects_before = p.pb.connects.load(Ordering::Relaxed);
     // b's next write fails: the transport dies with b's message queued; a, with nothing to send,
     // goes to standby (lossless_peer) and will not dial.
-    p.b.stack().counters().arm(1);
-    p.hb.send(msg(&pool, 3)).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || p.pa.has(3)),
+        cut_then_delivered(&p.b, &p.hb, &pool, 3, &p.pa),
         "the accepting side never re-dialled: its message is stuck"
-    );
-    assert_eq!(
-        p.b.stack().counters().armed(),
-        0,
-        "the cut was not injected"
     );
     assert!(
         p.pb.connects.load(Ordering::Relaxed) > connects_before,
@@ -230,24 +243,15 @@ fn takeover_handle_redials() {
     let pool = PayloadPool::new(13, 4096);
     let p = peer_pair(&pool);
     // b re-dials a: a's handle now carries the session on a socket a accepted.
-    p.b.stack().counters().arm(1);
-    p.hb.send(msg(&pool, 3)).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || p.pa.has(3)),
+        cut_then_delivered(&p.b, &p.hb, &pool, 3, &p.pa),
         "b did not re-dial a"
     );
     std::thread::sleep(Duration::from_millis(50));
     // Now a's next write fails with a's message queued: a must dial b again.
-    p.a.stack().counters().arm(1);
-    p.ha.send(msg(&pool, 4)).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || p.pb.has(4)),
+        cut_then_delivered(&p.a, &p.ha, &pool, 4, &p.pb),
         "the taken-over handle never re-dialled"
-    );
-    assert_eq!(
-        p.a.stack().counters().armed(),
-        0,
-        "the cut was not injected"
     );
     assert_eq!(p.pb.all_tids(), vec![1, 4]);
     assert_eq!(p.pa.all_tids(), vec![2, 3]);
@@ -604,22 +608,17 @@ fn twice_taken_over_peer_session_keeps_its_policy() {
     // Twice: b's write fails with its message queued, b re-dials, a's accepted socket takes the session.
     for tid in [2, 3] {
         std::thread::sleep(Duration::from_millis(50));
-        b.stack().counters().arm(1);
-        hb.send(msg(&pool, tid)).unwrap();
         assert!(
-            wait_until(Duration::from_secs(5), || pa.has(tid)),
+            cut_then_delivered(&b, &hb, &pool, tid, &pa),
             "b did not re-dial a (message {tid})"
         );
     }
     std::thread::sleep(Duration::from_millis(50));
     // Now a's write fails with a's message queued; b has nothing to send and waits in standby.
-    a.stack().counters().arm(1);
-    ha.send(msg(&pool, 4)).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || pb.has(4)),
+        cut_then_delivered(&a, &ha, &pool, 4, &pb),
         "a's session parked as a server: it never re-dialled"
     );
-    assert_eq!(a.stack().counters().armed(), 0, "the cut was not injected");
     assert_eq!(pb.all_tids(), vec![1, 4]);
     assert_eq!(pa.all_tids(), vec![2, 3]);
     for side in [&pa, &pb] {

@@ -1035,11 +1035,7 @@ impl<S: WorkerStack> Handler<S> {
             reg.remove_conn(&key, id);
         }
         // Requests parked for this connection: settle them without it.
-        if let Some(waiting) = self.parked.remove(&id) {
-            for (waiter, req, chases) in waiting {
-                self.resolve_chasing(c, waiter, req, chases);
-            }
-        }
+        self.resume_parked(c, id);
         conn.handle.0.closed.store(true, Ordering::Release);
         conn.handle.0.connected.store(false, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
