@@ -85,6 +85,11 @@ pub struct MessengerConfig {
     pub dispatch_throttle_bytes: u64,
     /// Bytes asked for per read call on a socket (each worker keeps one such buffer).
     pub read_buffer: usize,
+    /// Bytes a worker reads from one connection per turn of its event loop. A connection that used its
+    /// budget goes on the worker's run list and is read again after the others had their turn, so one
+    /// peer sending flat out cannot starve the other connections and timers of its worker. At least
+    /// one read is made per turn.
+    pub read_budget: usize,
     /// Connections (accepted and dialled) the messenger holds at once; an accept beyond it is closed
     /// at once and counted (`limits_tripped.max_connections`).
     pub max_connections: usize,
@@ -112,6 +117,9 @@ impl MessengerConfig {
             recv_throttles: Vec::new(),
             dispatch_throttle_bytes: 100 << 20,
             read_buffer: 256 * 1024,
+            // Two full reads: about 0.1 ms of copying and checksumming, so a worker revisits every
+            // busy connection many times per millisecond while a large read stays one syscall.
+            read_budget: 512 * 1024,
             // Room for the 10,000-session fan-in bench and for a loopback cluster; at ~15 KiB per
             // idle session these bound a messenger near 1 GiB.
             max_connections: 65_536,

@@ -136,6 +136,8 @@ pub(crate) struct Conn {
     recv_throttle: Option<Arc<Throttle>>,
     /// The throttle this connection paused reading on (it is parked there until that has room).
     parked_on: Option<Arc<Throttle>>,
+    /// On the worker's run list (at most once).
+    on_run_list: bool,
 }
 
 impl Conn {
@@ -154,6 +156,7 @@ impl Conn {
             announced: false,
             recv_throttle: None,
             parked_on: None,
+            on_run_list: false,
             reg_key: None,
             half_open: None,
         }
@@ -447,7 +450,7 @@ impl<S: WorkerStack> Handler<S> {
         if conn.handle.0.want_read.swap(false, Ordering::AcqRel) {
             // Resumed by the throttle it paused on (which has let go of it).
             conn.parked_on = None;
-            self.run_list.push_back(id);
+            Self::queue_read(&mut self.run_list, conn, id);
         }
         self.pump(c, id);
     }
@@ -819,6 +822,8 @@ impl<S: WorkerStack> Handler<S> {
         ex.peer_sock = new.peer_sock;
         if let Some(sid) = ex.socket {
             self.by_socket.insert(sid, ex_id);
+            // What the peer sent after its request is read under the session's own id.
+            Self::queue_read(&mut self.run_list, ex, ex_id);
         }
         // The temporary connection is gone; its handle was never shown to anyone.
         if let Some(ip) = new.half_open.take() {
@@ -973,6 +978,7 @@ impl<S: WorkerStack> Handler<S> {
         // Its new socket on `to` is read as budget allows; nothing waits here any more.
         conn.unpark();
         conn.handle.0.want_read.store(false, Ordering::Release);
+        conn.on_run_list = false;
         self.counters
             .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
         // Kicks from now on go to `to`; the ones that still reach us find no connection and are
@@ -1074,11 +1080,20 @@ impl<S: WorkerStack> Handler<S> {
         false
     }
 
+    /// Put `conn` on the run list unless it is on it already.
+    fn queue_read(run_list: &mut VecDeque<ConnId>, conn: &mut Conn, id: ConnId) {
+        if !conn.on_run_list {
+            conn.on_run_list = true;
+            run_list.push_back(id);
+        }
+    }
+
     /// Read a connection from the run list again (if it still has a socket to read).
     fn read_again(&mut self, c: &mut EventCenter<S>, id: ConnId) {
-        let Some(conn) = self.conns.get(&id) else {
+        let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        conn.on_run_list = false;
         if let (Some(sid), false) = (conn.socket, conn.connecting) {
             self.on_readable(c, id, sid);
         }
@@ -1086,11 +1101,17 @@ impl<S: WorkerStack> Handler<S> {
 
     fn on_readable(&mut self, c: &mut EventCenter<S>, id: ConnId, sid: SocketId) {
         let mut pumped = false;
+        let mut read = 0usize;
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
             if conn.socket != Some(sid) {
+                return;
+            }
+            if read >= self.shared.config.read_budget.max(1) {
+                // Budget used, socket maybe not drained: come back after the others.
+                Self::queue_read(&mut self.run_list, conn, id);
                 return;
             }
             if !Self::may_read(&self.shared.dispatch_throttle, conn) {
@@ -1106,7 +1127,8 @@ impl<S: WorkerStack> Handler<S> {
                         .on_transport_error(now, "connection closed by peer");
                     break;
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    read = read.saturating_add(n);
                     // Dispatch as we go, so one busy socket cannot buffer without bound.
                     self.pump(c, id);
                     pumped = true;
