@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use msgr::proto::frame::secure::session_ciphers;
-use msgr::proto::frame::{FrameDecoder, FrameEncoder, Segment, Tag};
+use msgr::proto::codec::secure::session_ciphers;
+use msgr::proto::codec::{FrameDecoder, FrameEncoder, Segment, Tag};
 
 const SIZES: [usize; 4] = [64, 4096, 65536, 1 << 20];
 

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use msgr::proto::codec::{FrameDecoder, FrameEncoder, Segment, Tag};
 use msgr::proto::conn::{Config, Connection, Policy};
 use msgr::proto::crc::{ceph_crc32c, SEGMENT_SEED};
-use msgr::proto::frame::{FrameDecoder, FrameEncoder, Segment, Tag};
 use msgr::proto::message::{Message, SEGMENT_ALIGNMENTS};
 use msgr::proto::sim::Sim;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};

@@ -14,10 +14,10 @@ use msgr::proto::auth::cephx::{
 use msgr::proto::auth::crypto::decode_decrypt;
 use msgr::proto::auth::{auth_signature, Keyring, AUTH_METHOD_CEPHX, CON_MODE_SECURE};
 use msgr::proto::banner::Banner;
+use msgr::proto::codec::secure::{session_ciphers, CONNECTION_SECRET_LEN};
+use msgr::proto::codec::{Frame, FrameDecoder, FrameMode, Tag};
+use msgr::proto::control::ControlFrame;
 use msgr::proto::denc::{Decode, Decoder};
-use msgr::proto::frame::secure::{session_ciphers, CONNECTION_SECRET_LEN};
-use msgr::proto::frame::{Frame, FrameDecoder, FrameMode, Tag};
-use msgr::proto::frames::ControlFrame;
 use msgr::proto::message::Message;
 use msgr::proto::types::{entity_type, AuthEntityName};
 

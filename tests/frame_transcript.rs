@@ -4,11 +4,11 @@
 
 use bytes::{Bytes, BytesMut};
 use msgr::proto::banner::{Banner, BannerError};
-use msgr::proto::crc::{ceph_crc32c, SEGMENT_SEED};
-use msgr::proto::frame::{
+use msgr::proto::codec::{
     Frame, FrameDecoder, FrameEncoder, FrameError, Tag, EPILOGUE_CRC_REV1_LEN,
     LATE_STATUS_COMPLETE, MAX_NUM_SEGMENTS,
 };
+use msgr::proto::crc::{ceph_crc32c, SEGMENT_SEED};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

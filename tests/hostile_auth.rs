@@ -32,14 +32,14 @@ use msgr::proto::auth::{
     CON_MODE_SECURE,
 };
 use msgr::proto::banner::Banner;
+use msgr::proto::codec::secure::{session_ciphers, SecureTx, INLINE_LEN};
+use msgr::proto::codec::{FrameDecoder, FrameError, Tag, PREAMBLE_LEN};
 use msgr::proto::conn::{Config, Connection, Policy};
-use msgr::proto::crc::{ceph_crc32c, PREAMBLE_SEED};
-use msgr::proto::denc::{Decode, Decoder, Encode};
-use msgr::proto::frame::secure::{session_ciphers, SecureTx, INLINE_LEN};
-use msgr::proto::frame::{FrameDecoder, FrameError, Tag, PREAMBLE_LEN};
-use msgr::proto::frames::{
+use msgr::proto::control::{
     AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, AuthSignature, ControlFrame, Hello,
 };
+use msgr::proto::crc::{ceph_crc32c, PREAMBLE_SEED};
+use msgr::proto::denc::{Decode, Decoder, Encode};
 use msgr::proto::message::Message;
 use msgr::proto::types::{entity_type, AuthEntityName, UTime};
 use msgr::proto::{Error, Event, Limit, Phase};

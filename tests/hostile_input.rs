@@ -15,9 +15,9 @@ use bytes::{Bytes, BytesMut};
 use common::hostile::{self, feed_in_chunks, Mutation, Outcome};
 use common::*;
 use msgr::proto::banner::Banner;
+use msgr::proto::codec::{FrameDecoder, FrameEncoder, FrameError, Segment, Tag, PREAMBLE_LEN};
 use msgr::proto::conn::{Config, Connection, Policy};
 use msgr::proto::crc::{ceph_crc32c, PREAMBLE_SEED};
-use msgr::proto::frame::{FrameDecoder, FrameEncoder, FrameError, Segment, Tag, PREAMBLE_LEN};
 use msgr::proto::message::{Message, SEGMENT_ALIGNMENTS};
 use msgr::proto::types::entity_type;
 use msgr::proto::{Error, Event, Phase};
@@ -685,9 +685,9 @@ fn control_frames(n: usize) -> Vec<u8> {
     let mut v = Vec::new();
     for i in 0..n {
         let cf = if i % 2 == 0 {
-            msgr::proto::frames::ControlFrame::Ack(msgr::proto::frames::Ack { seq: 0 })
+            msgr::proto::control::ControlFrame::Ack(msgr::proto::control::Ack { seq: 0 })
         } else {
-            msgr::proto::frames::ControlFrame::Keepalive2(msgr::proto::frames::Keepalive2 {
+            msgr::proto::control::ControlFrame::Keepalive2(msgr::proto::control::Keepalive2 {
                 timestamp: Default::default(),
             })
         };

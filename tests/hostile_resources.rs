@@ -16,9 +16,9 @@ use common::net::*;
 use common::PayloadPool;
 use common::RawPeer;
 use msgr::msgr::{ConnectionRef, Dispatcher};
+use msgr::proto::codec::{Tag, PREAMBLE_LEN};
+use msgr::proto::control::{ControlFrame, Hello};
 use msgr::proto::crc::{ceph_crc32c, PREAMBLE_SEED};
-use msgr::proto::frame::{Tag, PREAMBLE_LEN};
-use msgr::proto::frames::{ControlFrame, Hello};
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 use msgr::proto::{Config, Connection, Error, Event, Message, Policy};
 

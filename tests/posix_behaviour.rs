@@ -15,7 +15,7 @@ use common::net::*;
 use common::PayloadPool;
 use msgr::msgr::MessengerConfig;
 use msgr::proto::banner::Banner;
-use msgr::proto::frame::{FrameEncoder, Segment, Tag};
+use msgr::proto::codec::{FrameEncoder, Segment, Tag};
 use msgr::proto::message::MSG_PRIO_HIGH;
 use msgr::proto::types::entity_type;
 use msgr::proto::Policy;

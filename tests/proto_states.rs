@@ -10,11 +10,11 @@ use common::*;
 use msgr::proto::auth::{
     AuthNoneRequest, AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE,
 };
+use msgr::proto::codec::Tag;
 use msgr::proto::conn::{
     Config, Connection, Policy, Resolution, CEPH_FEATURES_ALL, CEPH_FEATURE_MSG_ADDR2,
 };
-use msgr::proto::frame::Tag;
-use msgr::proto::frames::*;
+use msgr::proto::control::*;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 use msgr::proto::{Error, Event, Phase};
 
@@ -151,7 +151,7 @@ fn reauthenticate(c: &mut Connection, t: Instant) -> (RawPeer, Vec<ControlFrame>
 }
 
 /// The header seqs of MESSAGE frames, in order.
-fn message_seqs(frames: &[msgr::proto::frame::Frame]) -> Vec<u64> {
+fn message_seqs(frames: &[msgr::proto::codec::Frame]) -> Vec<u64> {
     frames
         .iter()
         .map(|f| {
@@ -343,8 +343,8 @@ fn test_ready_message_before_ready_is_a_protocol_error() {
     let mut out = Vec::new();
     let m = msgr::proto::Message::new(1, Bytes::from_static(b"x"));
     let segs = [
-        msgr::proto::frame::Segment::new(m.header_segment(), 8),
-        msgr::proto::frame::Segment::new(m.front.clone(), 8),
+        msgr::proto::codec::Segment::new(m.header_segment(), 8),
+        msgr::proto::codec::Segment::new(m.front.clone(), 8),
     ];
     p.enc.encode(Tag::Message, &segs, &mut out).unwrap();
     c.handle_input(now, &out.concat());
@@ -679,7 +679,7 @@ fn resolve_reconnect_all(
 ) -> (
     Resolution,
     Vec<ControlFrame>,
-    Vec<msgr::proto::frame::Frame>,
+    Vec<msgr::proto::codec::Frame>,
     Connection,
 ) {
     let (mut s, mut p, now) = server_after_auth(2);

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use msgr::proto::auth::{ClientAuth, ConModes, CON_MODE_CRC, CON_MODE_SECURE};
 use msgr::proto::conn::{Connection, Policy};
-use msgr::proto::frame::FrameEncoder;
-use msgr::proto::frames::{AuthDone, AuthReplyMore, ControlFrame};
+use msgr::proto::codec::FrameEncoder;
+use msgr::proto::control::{AuthDone, AuthReplyMore, ControlFrame};
 use msgr::proto::types::entity_type;
 use msgr::proto::{Event, Phase};
 

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use msgr::proto::auth::{ConModes, ServerAuth, AUTH_METHOD_CEPHX, CON_MODE_CRC, CON_MODE_SECURE};
 use msgr::proto::conn::Connection;
-use msgr::proto::frame::FrameEncoder;
-use msgr::proto::frames::{AuthRequest, AuthRequestMore, ControlFrame};
+use msgr::proto::codec::FrameEncoder;
+use msgr::proto::control::{AuthRequest, AuthRequestMore, ControlFrame};
 use msgr::proto::types::entity_type;
 use msgr::proto::Phase;
 

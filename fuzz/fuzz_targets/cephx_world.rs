@@ -13,8 +13,8 @@ use msgr::proto::auth::{
     CephxClient, CephxMonitor, CephxService, CryptoKey, Keyring, KeyringEntry, ServiceSecrets,
     WallAnchor,
 };
-use msgr::proto::frame::{FrameEncoder, Tag};
-use msgr::proto::frames::{ControlFrame, Hello};
+use msgr::proto::codec::{FrameEncoder, Tag};
+use msgr::proto::control::{ControlFrame, Hello};
 use msgr::proto::types::{entity_type, AuthEntityName, EntityAddr, UTime};
 
 pub const GLOBAL_ID: u64 = 4100;

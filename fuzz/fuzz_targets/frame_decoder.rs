@@ -7,7 +7,7 @@ mod frame_reads;
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use msgr::proto::frame::{Frame, FrameDecoder, FrameEncoder, FrameError};
+use msgr::proto::codec::{Frame, FrameDecoder, FrameEncoder, FrameError};
 
 /// Small enough that the fuzzer reaches the limit with short inputs.
 const MAX_FRAME_LEN: usize = 64 << 10;

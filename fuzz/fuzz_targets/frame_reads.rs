@@ -2,7 +2,7 @@
 //! `FrameDecoder` read by read and checks what it yields.
 
 use bytes::BytesMut;
-use msgr::proto::frame::{Frame, FrameDecoder, FrameError};
+use msgr::proto::codec::{Frame, FrameDecoder, FrameError};
 
 /// Feeds `dec` everything `reads` deliver; returns the frames and the error that stopped it, if any.
 /// Checked: no frame is longer than `max_frame_len`; an error other than `Aborted` is fatal and sticky.

@@ -18,8 +18,8 @@ mod frame_reads;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use msgr::proto::crc::{ceph_crc32c, PREAMBLE_SEED};
-use msgr::proto::frame::secure::{session_ciphers, SecureTx, INLINE_LEN, TAG_LEN};
-use msgr::proto::frame::{Frame, FrameDecoder, FrameError, Tag, PREAMBLE_LEN};
+use msgr::proto::codec::secure::{session_ciphers, SecureTx, INLINE_LEN, TAG_LEN};
+use msgr::proto::codec::{Frame, FrameDecoder, FrameError, Tag, PREAMBLE_LEN};
 
 const MAX_FRAME_LEN: usize = 64 << 10;
 

@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 
 use super::driver::{Measured, Traffic};
 use crate::msgr::{ConnectionRef, Dispatcher};
-use crate::proto::frame::{FrameEncoder, Segment, Tag};
+use crate::proto::codec::{FrameEncoder, Segment, Tag};
 use crate::proto::message::SEGMENT_ALIGNMENTS;
 use crate::proto::sim::Sim;
 use crate::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};

@@ -723,8 +723,8 @@ impl CephMessage for MMonProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::frame::Tag;
-    use crate::proto::frames::capture::{frames, MON_C2S, MON_S2C};
+    use crate::proto::codec::Tag;
+    use crate::proto::control::capture::{frames, MON_C2S, MON_S2C};
     use crate::proto::message::{Message, MSG_PRIO_DEFAULT};
     use crate::proto::types::tests::arb_addrvec;
     use crate::proto::types::EntityAddr;

@@ -4,8 +4,8 @@
 //! and the policy whether the session survives (lossless: reconnect and replay) or is reset.
 
 use super::banner::BannerError;
+use super::codec::FrameError;
 use super::denc::DecodeError;
-use super::frame::FrameError;
 
 /// Why a connection (or its current transport) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

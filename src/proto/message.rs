@@ -272,8 +272,8 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::frame::Tag;
-    use crate::proto::frames::capture::{frames, MON_C2S, MON_S2C, OSD_C2S, OSD_S2C};
+    use crate::proto::codec::Tag;
+    use crate::proto::control::capture::{frames, MON_C2S, MON_S2C, OSD_C2S, OSD_S2C};
     use proptest::prelude::*;
 
     /// The MESSAGE frames of a capture as (segments, preamble alignments are not checked here).

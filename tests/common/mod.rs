@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use msgr::proto::banner::Banner;
+use msgr::proto::codec::{Frame, FrameDecoder, FrameEncoder, Tag};
 use msgr::proto::conn::{Config, Connection, Event, Policy, MSGR2_REQUIRED, MSGR2_SUPPORTED};
-use msgr::proto::frame::{Frame, FrameDecoder, FrameEncoder, Tag};
-use msgr::proto::frames::ControlFrame;
+use msgr::proto::control::ControlFrame;
 use msgr::proto::message::Message;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 

@@ -17,8 +17,8 @@ use msgr::proto::conn::{
     Config, Connection, Policy, CEPH_FEATURES_ALL, CEPH_FEATURE_MSG_ADDR2, MSGR2_REQUIRED,
     MSGR2_SUPPORTED,
 };
-use msgr::proto::frame::{FrameEncoder, Tag};
-use msgr::proto::frames::*;
+use msgr::proto::codec::{FrameEncoder, Tag};
+use msgr::proto::control::*;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 use msgr::proto::{Event, Phase};
 

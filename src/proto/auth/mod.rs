@@ -283,9 +283,9 @@ mod tests {
     }
 
     use super::*;
-    use crate::proto::frame::Tag;
-    use crate::proto::frames::capture::{payload, MON_C2S, MON_S2C, OSD_C2S};
-    use crate::proto::frames::{AuthRequest, ControlFrame};
+    use crate::proto::codec::Tag;
+    use crate::proto::control::capture::{payload, MON_C2S, MON_S2C, OSD_C2S};
+    use crate::proto::control::{AuthRequest, ControlFrame};
     use crate::proto::types::entity_type;
 
     fn admin() -> AuthEntityName {

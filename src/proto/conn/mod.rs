@@ -60,10 +60,10 @@ use super::auth::{
     ServerAuth, CON_MODE_SECURE,
 };
 use super::banner::{msgr2_feature, Banner};
+use super::codec::secure::{session_ciphers, CONNECTION_SECRET_LEN};
+use super::codec::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
+use super::control::*;
 use super::error::{Error, Limit};
-use super::frame::secure::{session_ciphers, CONNECTION_SECRET_LEN};
-use super::frame::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
-use super::frames::*;
 use super::message::{Message, SEGMENT_ALIGNMENTS};
 use super::session::{GlobalSeq, Session};
 use super::types::{entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr, EntityName, UTime};

@@ -4,14 +4,14 @@
 //! Owns: one struct per control frame, each with [`Encode`]/[`Decode`], and [`ControlFrame`], the sum type
 //! the connection state machine matches on, with its [`Tag`].
 //!
-//! Invariants: frame layout (preamble, crcs, epilogue) is not here — see [`super::frame`]. Like Ceph's
+//! Invariants: frame layout (preamble, crcs, epilogue) is not here — see [`super::codec`]. Like Ceph's
 //! `ControlFrame::Decode`, decoding reads the fields it knows and ignores bytes after them, so a newer
 //! peer may append fields; a payload too short for the known fields is a [`DecodeError`].
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::codec::Tag;
 use super::denc::{encode_len_prefixed, encode_vec_u32, Decode, DecodeError, Decoder, Encode};
-use super::frame::Tag;
 use super::types::{AddrVec, EntityAddr, UTime};
 
 /// Implements `Encode`/`Decode` for a payload struct whose fields are each `Encode`/`Decode` or one of

@@ -1,7 +1,7 @@
 //! msgr2 frame layout (rev1, "msgr2.1"): preamble, segments, crcs and epilogue.
 //!
 //! Owns the on-wire framing only: segments are opaque bytes here (control-frame payloads live in
-//! [`super::frames`], messages in [`super::message`]). Layout in crc mode, as Ceph's `FrameAssembler`
+//! [`super::control`], messages in [`super::message`]). Layout in crc mode, as Ceph's `FrameAssembler`
 //! (src/msg/async/frames_v2.{h,cc}) writes and checks it — the code, not doc/dev/msgr2.rst, is the reference:
 //!
 //! ```text
