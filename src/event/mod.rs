@@ -28,11 +28,11 @@
 //! ```
 
 pub mod center;
+pub mod threads;
 pub mod timer;
-pub mod worker;
 
 pub use center::{
     EventCenter, EventHandler, EventLoop, External, LoopConfig, Remote, WorkerStopped,
 };
+pub use threads::{Worker, WorkerConfig, Workers};
 pub use timer::{TimerId, Timers};
-pub use worker::{Worker, WorkerConfig, Workers};

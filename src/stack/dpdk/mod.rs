@@ -31,9 +31,9 @@ mod config;
 mod device;
 mod ffi;
 mod listen;
+mod poll_worker;
 mod stats;
 mod window;
-mod worker;
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -46,8 +46,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use config::DpdkConfig;
 pub use ffi::PortStats;
+pub use poll_worker::DpdkWorker;
 pub use stats::{DpdkCounters, DpdkStats};
-pub use worker::DpdkWorker;
 
 use super::NetworkStack;
 use classify::Local;
