@@ -1,7 +1,7 @@
 //! Event centers and worker threads: the loop between a network stack and the messenger.
 //!
 //! Owns, per worker: the [`WorkerStack`](crate::stack::WorkerStack), a timer queue ([`timer`]), the
-//! external-event queue other threads use, and the thread that runs them ([`worker`]). Nothing here knows
+//! external-event queue other threads use, and the thread that runs them ([`threads`]). Nothing here knows
 //! about frames or connections: the messenger implements [`EventHandler`] and keeps its `proto::Connection`s
 //! per [`SocketId`](crate::stack::SocketId).
 //!

@@ -21,9 +21,9 @@
 //!   except on reset or `mark_down`).
 
 mod counters;
+mod handler;
 pub(crate) mod loglimit;
 mod registry;
-mod worker;
 
 use std::collections::HashMap;
 use std::io;
@@ -39,7 +39,7 @@ use crate::stack::{ConnectOptions, ListenOptions, NetworkStack};
 
 pub use crate::throttle::{Permit, Throttle, ThrottleStats};
 pub use counters::{CountersSnapshot, PeerThrottleStats, ThrottlesSnapshot, WorkerCounters};
-use worker::{Command, Handler};
+use handler::{Command, Handler};
 
 /// Messenger-unique connection id.
 pub type ConnId = u64;
@@ -213,7 +213,7 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Per worker: where other threads post "connection N has commands" (set when the worker starts,
     /// before any connection exists). Shared with every connection handle, which looks up its current
-    /// worker's entry at kick time: a session can move between workers (see `worker::Handler::resolve`).
+    /// worker's entry at kick time: a session can move between workers (see `handler::Handler::resolve`).
     pub kickers: Arc<[OnceLock<Kicker>]>,
 }
 
@@ -235,7 +235,7 @@ impl Shared {
 /// Per-connection state shared between the owning worker and handles held by other threads.
 ///
 /// `worker` changes only while the connection is in no worker's map (in flight between two workers, see
-/// `worker::Handler::give_up_session`); the new owner drains the command queue after adopting it, so a
+/// `handler::Handler::give_up_session`); the new owner drains the command queue after adopting it, so a
 /// kick that reached the old worker (which ignores ids it does not have) loses nothing.
 pub(crate) struct ConnShared {
     pub id: ConnId,
@@ -255,7 +255,7 @@ pub(crate) struct ConnShared {
     /// This connection's send budget (a child of `Shared::send_total`).
     pub send_budget: Arc<Throttle>,
     /// Set when a receive throttle the connection paused on has room again: the worker puts the
-    /// connection on its run list (see `worker::Handler::run_list`).
+    /// connection on its run list (see `handler::Handler::run_list`).
     pub want_read: AtomicBool,
     pub peer: Mutex<PeerInfo>,
 }
@@ -516,7 +516,7 @@ pub struct Messenger<N: NetworkStack> {
     stack: Arc<N>,
     shared: Arc<Shared>,
     workers: Option<Workers<N::Worker, Handler<N::Worker>>>,
-    remotes: Arc<OnceLock<Vec<worker::RemoteOf<N::Worker>>>>,
+    remotes: Arc<OnceLock<Vec<handler::RemoteOf<N::Worker>>>>,
     bind_addrs: Vec<SocketAddr>,
     my_addrs: AddrVec,
 }
@@ -692,7 +692,7 @@ impl<N: NetworkStack> Messenger<N> {
             }) {
                 return Ok(existing.clone());
             }
-            let (conn, rx) = worker::new_handle(&self.shared, w);
+            let (conn, rx) = handler::new_handle(&self.shared, w);
             {
                 // Known from now on, for the identity check of a session request racing this dial.
                 let mut p = conn.0.peer.lock().unwrap_or_else(|e| e.into_inner());
@@ -702,7 +702,7 @@ impl<N: NetworkStack> Messenger<N> {
             reg.insert(addrs.clone(), conn.clone(), policy.server);
             (conn, rx)
         } else {
-            worker::new_handle(&self.shared, w)
+            handler::new_handle(&self.shared, w)
         };
         // Count it now so that a burst of connects spreads over the workers.
         self.shared.load[w].fetch_add(1, Ordering::Relaxed);
@@ -717,7 +717,7 @@ impl<N: NetworkStack> Messenger<N> {
         Ok(conn)
     }
 
-    fn remote(&self, w: usize) -> Result<&worker::RemoteOf<N::Worker>, MsgrError> {
+    fn remote(&self, w: usize) -> Result<&handler::RemoteOf<N::Worker>, MsgrError> {
         self.remotes
             .get()
             .and_then(|r| r.get(w))
