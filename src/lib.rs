@@ -1,18 +1,29 @@
 //! msgr: a messenger speaking Ceph's msgr2.1 wire protocol over pluggable network stacks.
 //!
-//! The crate is split the way DESIGN.md describes: [`proto`] is the sans-IO msgr2.1 core (bytes in,
-//! events and bytes out, no sockets, no clock); [`stack`] moves bytes (posix sockets now; DPDK and RDMA
-//! behind features later); [`event`] runs one event loop per worker thread; [`msgr`] joins them into the
-//! messenger API. [`msgs`] holds the payloads of the Ceph messages we speak with real daemons.
-//! [`throttle`] holds the byte and message budgets that messages carry as RAII permits.
+//! The crate root is the messenger API: a [`Messenger`] over a network stack (posix sockets by
+//! default, DPDK and RDMA behind features) connects to peers and accepts them, a [`Dispatcher`] hears
+//! what arrives, and a [`ConnectionRef`] sends. [`proto`] is the sans-IO msgr2.1 core on its own (bytes
+//! in, events and bytes out, no sockets, no clock), for embedding in another event loop. [`stack`] and
+//! [`event`] are public as far as someone writing another network stack needs them. [`msgs`] holds the
+//! payloads of the Ceph messages we speak with real daemons.
+//!
 //! Nothing below `proto` knows about frames, and `proto` knows nothing about transports.
 #![deny(unsafe_code)]
 
-pub mod bench;
 pub mod event;
-pub mod msgr;
+mod msgr;
 pub mod msgs;
 pub mod proto;
-pub mod recon;
 pub mod stack;
-pub mod throttle;
+mod throttle;
+
+pub use crate::event::WorkerConfig;
+pub use crate::msgr::{
+    ConnId, ConnectionRef, CountersSnapshot, Dispatcher, Messenger, MessengerConfig,
+    MsgrError as Error, PeerInfo, PeerThrottleStats, Permit, RecvThrottle, RegistryStats, Throttle,
+    ThrottleStats, ThrottlesSnapshot, TrySendError,
+};
+pub use crate::proto::types::{entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr};
+pub use crate::proto::{Message, Policy};
+pub use crate::stack::posix::PosixStack;
+pub use crate::stack::{ConnectOptions, ListenOptions, NetworkStack};

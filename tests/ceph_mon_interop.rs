@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use msgr::msgr::{ConnectionRef, Dispatcher, PeerInfo};
 use msgr::msgs::mon::ProbeOp;
 use msgr::msgs::{CephMessage, MMonGetMap, MMonMap, MMonProbe, MMonSubscribe, Uuid};
 use msgr::proto::message::{MSG_MON_MAP, MSG_MON_PROBE};
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
 use msgr::proto::{Error, Message, Policy};
+use msgr::{ConnectionRef, Dispatcher, PeerInfo};
 
 use common::ceph::{ceph_available, free_port, CephMon};
 use common::net::{messenger, no_faults, proto_config};

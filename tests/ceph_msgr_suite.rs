@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::net::{no_faults, PosixMessenger};
 use common::suite::*;
-use msgr::msgr::{ConnectionRef, Dispatcher};
 use msgr::proto::auth::{
     CephxClient, CephxMonitor, CephxService, ClientAuth, CryptoKey, Keyring, KeyringEntry,
     ServerAuth, ServiceSecrets, WallAnchor,
 };
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr, UTime};
 use msgr::proto::{Config, Error, Message, Policy};
+use msgr::{ConnectionRef, Dispatcher};
 
 /// Ceph's SetUp: server and client messengers (the client bound only when a test needs the server to
 /// reach it), the server's dispatcher answering every message when `srv_replies`.

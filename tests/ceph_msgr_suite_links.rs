@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::net::*;
 use common::PayloadPool;
-use msgr::msgr::{ConnId, ConnectionRef, Dispatcher};
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 use msgr::proto::{Config, Error, Message, Policy};
+use msgr::{ConnId, ConnectionRef, Dispatcher};
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;

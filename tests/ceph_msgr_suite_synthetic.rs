@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::net::PosixMessenger;
 use common::suite::*;
-use msgr::msgr::{ConnId, ConnectionRef, Dispatcher};
 use msgr::proto::types::entity_type;
 use msgr::proto::{Error, Message, Policy};
 use msgr::stack::fault::FaultConfig;
+use msgr::{ConnId, ConnectionRef, Dispatcher};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

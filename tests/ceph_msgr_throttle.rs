@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::net::*;
 use common::PayloadPool;
-use msgr::msgr::{
-    ConnectionRef, Dispatcher, Messenger, MessengerConfig, RecvThrottle, TrySendError,
-};
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
 use msgr::proto::{Config, Message, Policy};
 use msgr::stack::fault::{FaultConfig, FaultStack};
 use msgr::stack::posix::PosixStack;
+use msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig, RecvThrottle, TrySendError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

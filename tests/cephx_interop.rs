@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::net::{messenger, no_faults, proto_config};
-use msgr::msgr::{ConnectionRef, Dispatcher};
 use msgr::msgs::{CephMessage, MMonGetMap, MMonMap};
 use msgr::proto::auth::{
     cephx_client_from_keyring, ClientAuth, ConModes, CryptoKey, Keyring, KeyringEntry,
@@ -29,6 +28,7 @@ use msgr::proto::conn::{Config, Connection, Event};
 use msgr::proto::message::Message as ProtoMessage;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr, UTime};
 use msgr::proto::{Error, Message, Policy};
+use msgr::{ConnectionRef, Dispatcher};
 
 /// Records messages and the reset reason.
 #[derive(Default)]

@@ -28,7 +28,6 @@ use common::ceph::{ceph_available, CephMon};
 use common::dpdk::{self, sh, Child, Netns};
 use common::net::{proto_config, Collector};
 use common::PayloadPool;
-use msgr::msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 use msgr::msgs::{CephMessage, MMonGetMap, MMonMap};
 use msgr::proto::message::MSG_MON_MAP;
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
@@ -37,6 +36,7 @@ use msgr::proto::Policy;
 use msgr::stack::fault::{FaultConfig, FaultStack};
 use msgr::stack::posix::PosixStack;
 use msgr::stack::NetworkStack;
+use msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 

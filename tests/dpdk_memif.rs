@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use common::dpdk::{self, Child};
 use common::net::{proto_config, Collector};
 use common::PayloadPool;
-use msgr::msgr::{ConnectionRef, Dispatcher};
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
 use msgr::proto::{Error, Message, Policy};
+use msgr::{ConnectionRef, Dispatcher};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -443,7 +443,7 @@ fn server() {
     m.shutdown().unwrap();
 }
 
-fn client_messenger(sink: Arc<Collector>) -> msgr::msgr::Messenger<msgr::stack::dpdk::DpdkStack> {
+fn client_messenger(sink: Arc<Collector>) -> msgr::Messenger<msgr::stack::dpdk::DpdkStack> {
     let mut m = dpdk::messenger(
         &dpdk::param("ARGS"),
         proto_config(entity_type::CLIENT, "client.admin"),
@@ -457,7 +457,7 @@ fn client_messenger(sink: Arc<Collector>) -> msgr::msgr::Messenger<msgr::stack::
 fn connected_client() -> (
     Arc<PayloadPool>,
     Arc<Collector>,
-    msgr::msgr::Messenger<msgr::stack::dpdk::DpdkStack>,
+    msgr::Messenger<msgr::stack::dpdk::DpdkStack>,
     ConnectionRef,
 ) {
     let pool = pool();
@@ -471,7 +471,7 @@ fn connected_client() -> (
 
 /// Sends messages 0..100 of `len` bytes on `conn` and waits until every one is acknowledged.
 fn send_and_await_acks(
-    m: &msgr::msgr::Messenger<msgr::stack::dpdk::DpdkStack>,
+    m: &msgr::Messenger<msgr::stack::dpdk::DpdkStack>,
     conn: &ConnectionRef,
     pool: &PayloadPool,
     len: usize,

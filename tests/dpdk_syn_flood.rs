@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 use common::dpdk::{self, Child, Netns};
 use common::net::{proto_config, Collector};
 use common::PayloadPool;
-use msgr::msgr::{Messenger, MessengerConfig};
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
 use msgr::proto::Policy;
 use msgr::stack::posix::PosixStack;
+use msgr::{Messenger, MessengerConfig};
 use serde_json::{json, Value};
 
 const DPDK_IP: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use common::net::*;
 use common::PayloadPool;
 use common::RawPeer;
-use msgr::msgr::{ConnectionRef, Dispatcher};
 use msgr::proto::codec::{Tag, PREAMBLE_LEN};
 use msgr::proto::control::{ControlFrame, Hello};
 use msgr::proto::crc::{ceph_crc32c, PREAMBLE_SEED};
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 use msgr::proto::{Config, Connection, Error, Event, Message, Policy};
+use msgr::{ConnectionRef, Dispatcher};
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::net::*;
 use common::PayloadPool;
-use msgr::msgr::MessengerConfig;
 use msgr::proto::banner::Banner;
 use msgr::proto::codec::{FrameEncoder, Segment, Tag};
 use msgr::proto::message::MSG_PRIO_HIGH;
@@ -21,6 +20,7 @@ use msgr::proto::types::entity_type;
 use msgr::proto::Policy;
 use msgr::stack::fault::FaultStack;
 use msgr::stack::posix::PosixStack;
+use msgr::MessengerConfig;
 
 const LOOPBACKS: [&str; 2] = ["127.0.0.1:0", "[::1]:0"];
 
@@ -177,7 +177,7 @@ fn slow_dispatcher_blocks_senders_on_the_throttle_and_memory_stays_bounded() {
     let mut cfg = MessengerConfig::new(proto_config(entity_type::CLIENT, "client.admin"));
     cfg.workers.threads = 1;
     cfg.send_budget_bytes = 1 << 20;
-    let mut cli = msgr::msgr::Messenger::new(
+    let mut cli = msgr::Messenger::new(
         FaultStack::new(PosixStack::new(), no_faults()),
         cfg,
         Collector::new(pool.clone()),

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use common::net::*;
 use common::PayloadPool;
-use msgr::msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 use msgr::proto::types::entity_type;
 use msgr::proto::{Error, Message, Policy};
 use msgr::stack::fault::FaultConfig;
@@ -29,6 +28,7 @@ use msgr::stack::posix::{PosixStack, PosixWorker};
 use msgr::stack::{
     ConnectOptions, ListenOptions, NetworkStack, SocketEvent, SocketId, Wake, WorkerStack,
 };
+use msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 
 /// Posix, except that a socket that has been read from cannot move between workers.
 struct StickyStack(PosixStack);

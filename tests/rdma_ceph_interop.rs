@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use msgr::msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig, PeerInfo};
 use msgr::msgs::{CephMessage, MMonGetMap, MMonMap, MMonSubscribe, Uuid};
 use msgr::proto::message::MSG_MON_MAP;
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
 use msgr::proto::{Error, Message, Policy};
 use msgr::stack::rdma::{RdmaConfig, RdmaStack, RdmaWire};
+use msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig, PeerInfo};
 
 use common::ceph::{free_port, on_path, CephMon};
 use common::net::proto_config;

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use common::net::{proto_config, Collector};
 use common::PayloadPool;
-use msgr::msgr::{Dispatcher, Messenger, MessengerConfig};
 use msgr::proto::types::entity_type;
 use msgr::proto::{Config, Policy};
 use msgr::stack::rdma::{RdmaConfig, RdmaStack};
 use msgr::stack::{ConnectOptions, EventKind, NetworkStack, WorkerStack};
+use msgr::{Dispatcher, Messenger, MessengerConfig};
 use rand::{Rng, SeedableRng};
 
 type RdmaMessenger = Messenger<RdmaStack>;

@@ -20,7 +20,17 @@ use msgr::proto::conn::{Config, Connection, Event, Policy, CEPH_FEATURES_ALL, MS
 use msgr::proto::control::{AuthBadMethod, ControlFrame, Hello};
 use msgr::proto::sim::Sim;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
-use msgr::recon::{self, ReconArgs, Target, EXIT_FAIL, EXIT_OK};
+// The `msgr recon` module itself (it lives in the binary), with the bench module it shares options with.
+#[path = "../src/bin/msgr/bench/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod bench;
+#[path = "../src/bin/msgr/recon.rs"]
+#[allow(dead_code)]
+mod recon;
+use recon::{ReconArgs, Target, EXIT_FAIL, EXIT_OK};
+
+/// Exit status of a usage error (clap's, and `msgr`'s own).
+const EXIT_USAGE: i32 = 2;
 use serde_json::Value;
 
 /// How long any fake peer keeps a connection open at most.
@@ -538,7 +548,7 @@ fn bad_flags_are_rejected_by_clap_with_exit_status_2() {
         vec!["msgr-recon", "127.0.0.1:3300", "-j", "0"],
     ] {
         let err = Cli::try_parse_from(&argv).expect_err("should be refused");
-        assert_eq!(err.exit_code(), recon::EXIT_USAGE, "{argv:?}: {err}");
+        assert_eq!(err.exit_code(), EXIT_USAGE, "{argv:?}: {err}");
     }
     let help = Cli::command().render_long_help().to_string();
     for want in [

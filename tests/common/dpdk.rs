@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use msgr::msgr::{Dispatcher, Messenger, MessengerConfig};
 use msgr::proto::Config;
 use msgr::stack::dpdk::DpdkStack;
 use msgr::stack::fault::{FaultConfig, FaultStack};
+use msgr::{Dispatcher, Messenger, MessengerConfig};
 
 pub const CHILD_ENV: &str = "MSGR_DPDK_CHILD";
 

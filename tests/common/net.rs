@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use msgr::msgr::{ConnId, ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 use msgr::proto::types::{entity_type, AuthEntityName};
 use msgr::proto::{Config, Error, Message, Policy};
 use msgr::stack::fault::{FaultConfig, FaultStack};
 use msgr::stack::posix::PosixStack;
+use msgr::{ConnId, ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 
 use super::PayloadPool;
 

@@ -9,11 +9,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use msgr::msgr::{ConnId, ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 use msgr::proto::types::{entity_type, AuthEntityName};
 use msgr::proto::{Config, Error, Message};
 use msgr::stack::fault::{FaultConfig, FaultStack};
 use msgr::stack::posix::PosixStack;
+use msgr::{ConnId, ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 
 use super::net::{init_log, no_faults, PosixMessenger};
 

@@ -37,18 +37,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::event::WorkerConfig;
-use crate::proto::types::{AddrVec, EntityAddr};
-use crate::stack::fault::{FaultConfig, FaultStack};
-use crate::stack::posix::PosixStack;
-use crate::stack::NetworkStack;
+use msgr::event::WorkerConfig;
+use msgr::proto::types::{AddrVec, EntityAddr};
+use msgr::stack::fault::{FaultConfig, FaultStack};
+use msgr::stack::posix::PosixStack;
+use msgr::stack::NetworkStack;
 
 pub use dpdk::DpdkLink;
 pub use driver::{Load, Measured, Shape, Traffic};
 pub use latency::{EchoDispatcher, BENCH_ACK_TYPE, BENCH_MSG_TYPE, BENCH_STREAM_TYPE};
-pub use report::{Cpus, Header, Percentile, Report, RunInfo, RunShape, SizeResult};
+pub use report::{Cpus, Header, Report, RunInfo, RunShape, SizeResult};
 pub use serve::{BenchServeArgs, BenchServer};
-pub use size::{format_size, parse_size, parse_sizes};
+pub use size::{format_size, parse_size};
 
 /// Exit status for a benchmark that could not run or failed part way.
 pub const EXIT_FAIL: i32 = 1;

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::event::WorkerConfig;
+use msgr::event::WorkerConfig;
 
 use super::BenchError;
 
@@ -238,14 +238,14 @@ pub fn tune(wc: &mut WorkerConfig) {
 
 /// A stack for one messenger on `target`'s device.
 #[cfg(feature = "rdma")]
-pub fn stack(target: &Target) -> Result<crate::stack::rdma::RdmaStack, String> {
-    crate::stack::rdma::RdmaStack::new(config(target)).map_err(|e| format!("RDMA device: {e}"))
+pub fn stack(target: &Target) -> Result<msgr::stack::rdma::RdmaStack, String> {
+    msgr::stack::rdma::RdmaStack::new(config(target)).map_err(|e| format!("RDMA device: {e}"))
 }
 
 /// The stack configuration for `target` (device, GID index, wire and its buffer size).
 #[cfg(feature = "rdma")]
-pub fn config(target: &Target) -> crate::stack::rdma::RdmaConfig {
-    use crate::stack::rdma::{RdmaConfig, RdmaWire};
+pub fn config(target: &Target) -> msgr::stack::rdma::RdmaConfig {
+    use msgr::stack::rdma::{RdmaConfig, RdmaWire};
     let mut config = RdmaConfig::new(target.device.clone(), target.gid_index, PORT);
     config.ceph_buffer_size = target.buffer_size;
     let wire = match target.wire {

@@ -56,15 +56,6 @@ pub enum DpdkLink {
     Tap,
 }
 
-impl DpdkLink {
-    pub fn name(self) -> &'static str {
-        match self {
-            DpdkLink::Memif => "memif",
-            DpdkLink::Tap => "tap",
-        }
-    }
-}
-
 /// The tap link's addresses: (kernel side, DPDK side), a /24 picked by this process's ID inside
 /// 198.19.0.0/16 so that concurrent runs do not share a subnet.
 pub fn tap_addrs() -> (Ipv4Addr, Ipv4Addr) {
@@ -283,8 +274,8 @@ mod stub {
     use super::super::driver::{Runner, Shape};
     use super::super::security::Security;
     use super::super::{BenchArgs, BenchError, Header};
-    use crate::event::WorkerConfig;
-    use crate::proto::types::AddrVec;
+    use msgr::event::WorkerConfig;
+    use msgr::proto::types::AddrVec;
 
     /// The client of a dpdk run and what serves it.
     pub struct Session {
@@ -326,17 +317,17 @@ mod imp {
     use super::super::serve::BenchServer;
     use super::super::{BenchArgs, BenchError, Header};
     use super::*;
-    use crate::event::WorkerConfig;
-    use crate::proto::types::{AddrVec, EntityAddr};
-    use crate::stack::dpdk::DpdkStack;
-    use crate::stack::posix::PosixStack;
+    use msgr::event::WorkerConfig;
+    use msgr::proto::types::{AddrVec, EntityAddr};
+    use msgr::stack::dpdk::DpdkStack;
+    use msgr::stack::posix::PosixStack;
 
     /// Lines of a child's stderr kept for an error message.
     const STDERR_TAIL: usize = 30;
 
     /// Builds the dpdk stack from `--dpdk-args`, checking that `workers` matches its queues.
     pub fn build_stack(args: &str, workers: usize) -> Result<DpdkStack, BenchError> {
-        let cfg = crate::stack::dpdk::DpdkConfig::parse(args)
+        let cfg = msgr::stack::dpdk::DpdkConfig::parse(args)
             .map_err(|e| BenchError::Usage(format!("--dpdk-args: {e}")))?;
         if usize::from(cfg.queues) != workers {
             return Err(BenchError::Usage(format!(

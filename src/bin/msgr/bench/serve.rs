@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::event::WorkerConfig;
-use crate::msgr::{Messenger, MessengerConfig};
-use crate::proto::types::{entity_type, AddrVec, AuthEntityName};
-use crate::proto::{Config, Policy};
-use crate::stack::posix::PosixStack;
-use crate::stack::NetworkStack;
+use msgr::event::WorkerConfig;
+use msgr::proto::types::{entity_type, AddrVec, AuthEntityName};
+use msgr::proto::{Config, Policy};
+use msgr::stack::posix::PosixStack;
+use msgr::stack::NetworkStack;
+use msgr::{Messenger, MessengerConfig};
 
 use super::latency::EchoDispatcher;
 use super::rdma::{self, RdmaArgs};

@@ -7,7 +7,7 @@ pub const MAX_MSG_SIZE: usize = 32 << 20;
 /// case. The error says what was wrong and what is accepted.
 ///
 /// ```
-/// use msgr::bench::parse_size;
+/// use crate::bench::parse_size;
 /// assert_eq!(parse_size("64"), Ok(64));
 /// assert_eq!(parse_size("4k"), Ok(4096));
 /// assert_eq!(parse_size("1M"), Ok(1 << 20));
@@ -43,6 +43,7 @@ pub fn parse_size(input: &str) -> Result<usize, String> {
 }
 
 /// Parses a comma-separated list of sizes (`64,4k,64k`); empty items and an empty list are errors.
+#[cfg(test)]
 pub fn parse_sizes(input: &str) -> Result<Vec<usize>, String> {
     let sizes = input
         .split(',')

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::proto::auth::cephx::{CephxClient, CephxMonitor, ServiceSecrets, WallAnchor};
-use crate::proto::auth::crypto::CryptoKey;
-use crate::proto::auth::keyring::{Keyring, KeyringEntry};
-use crate::proto::auth::{ClientAuth, ConModes, ServerAuth, CON_MODE_CRC, CON_MODE_SECURE};
-use crate::proto::types::{entity_type, AuthEntityName};
-use crate::proto::Config;
+use msgr::proto::auth::cephx::{CephxClient, CephxMonitor, ServiceSecrets, WallAnchor};
+use msgr::proto::auth::crypto::CryptoKey;
+use msgr::proto::auth::keyring::{Keyring, KeyringEntry};
+use msgr::proto::auth::{ClientAuth, ConModes, ServerAuth, CON_MODE_CRC, CON_MODE_SECURE};
+use msgr::proto::types::{entity_type, AuthEntityName};
+use msgr::proto::Config;
 
 /// `--con-mode`: msgr2's connection mode for the benchmark's connections.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,19 +35,14 @@ impl ConMode {
 /// Keys and configuration for one benchmark's server and clients.
 #[derive(Clone)]
 pub struct Security {
-    mode: ConMode,
     key: Option<CryptoKey>,
 }
 
 impl Security {
     pub fn new(mode: ConMode) -> Self {
         let key = (mode == ConMode::Secure)
-            .then(|| CryptoKey::generate(&mut rand::rng(), crate::proto::types::UTime::default()));
-        Security { mode, key }
-    }
-
-    pub fn mode(&self) -> ConMode {
-        self.mode
+            .then(|| CryptoKey::generate(&mut rand::rng(), msgr::proto::types::UTime::default()));
+        Security { key }
     }
 
     fn client_name() -> AuthEntityName {

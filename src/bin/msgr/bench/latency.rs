@@ -17,12 +17,12 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 
 use super::driver::{Measured, Traffic};
-use crate::msgr::{ConnectionRef, Dispatcher};
-use crate::proto::codec::{FrameEncoder, Segment, Tag};
-use crate::proto::message::SEGMENT_ALIGNMENTS;
-use crate::proto::sim::Sim;
-use crate::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
-use crate::proto::{self, Config, Message, Policy};
+use msgr::proto::codec::{FrameEncoder, Segment, Tag};
+use msgr::proto::message::SEGMENT_ALIGNMENTS;
+use msgr::proto::sim::Sim;
+use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
+use msgr::proto::{self, Config, Message, Policy};
+use msgr::{ConnectionRef, Dispatcher};
 
 /// The message type of echoed benchmark messages (not a Ceph message type).
 pub const BENCH_MSG_TYPE: u16 = 0x7ff0;

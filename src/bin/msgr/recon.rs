@@ -1,7 +1,7 @@
 //! `msgr recon`: check that Ceph-protocol peers answer, and what they say about themselves.
 //!
 //! For each address, open a TCP connection, run a msgr2.1 client handshake (entity type client, lossy
-//! client policy, auth method none, crc mode) with [`crate::proto::Connection`] in a small blocking loop,
+//! client policy, auth method none, crc mode) with [`msgr::proto::Connection`] in a small blocking loop,
 //! and report what the peer revealed: its entity type and msgr2 banner features (HELLO), how it sees our
 //! address, and with auth none also its Ceph feature bits, addresses and `global_seq` (SERVER_IDENT);
 //! plus timings. A peer that fails is classified with a reason ([`Failure`]): refused, timeout, msgr1
@@ -24,18 +24,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::proto::auth::{AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
-use crate::proto::banner::{msgr2_feature, BannerError};
-use crate::proto::conn::{Config, Connection, Event, Phase, Policy};
-use crate::proto::types::{entity_type, entity_type_name, AuthEntityName, EntityAddr};
-use crate::proto::Error;
+use msgr::proto::auth::{AUTH_METHOD_CEPHX, AUTH_METHOD_NONE, CON_MODE_CRC, CON_MODE_SECURE};
+use msgr::proto::banner::{msgr2_feature, BannerError};
+use msgr::proto::conn::{Config, Connection, Event, Phase, Policy};
+use msgr::proto::types::{entity_type, entity_type_name, AuthEntityName, EntityAddr};
+use msgr::proto::Error;
 
 /// Exit status: every peer answered as expected.
 pub const EXIT_OK: i32 = 0;
 /// Exit status: at least one peer failed.
 pub const EXIT_FAIL: i32 = 1;
-/// Exit status for bad usage (what `run`'s `Err` means).
-pub const EXIT_USAGE: i32 = 2;
 
 /// Most probes running at once, whatever `--parallel` says.
 pub const MAX_PARALLEL: usize = 256;
@@ -262,7 +260,7 @@ impl PeerReport {
 }
 
 /// Runs `msgr recon` and prints its table or JSON to stdout. `Ok` is the exit status ([`EXIT_OK`] or
-/// [`EXIT_FAIL`]); `Err` is a bad-usage message: print it and exit with [`EXIT_USAGE`].
+/// [`EXIT_FAIL`]); `Err` is a bad-usage message: print it and exit with status 2 (usage).
 pub fn run(args: &ReconArgs) -> Result<i32, String> {
     let stdout = io::stdout();
     let mut out = stdout.lock();

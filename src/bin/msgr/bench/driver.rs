@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
-use crate::msgr::{ConnId, ConnectionRef, Dispatcher, Messenger, MessengerConfig};
-use crate::proto::types::{entity_type, AddrVec, AuthEntityName};
-use crate::proto::{self, Config, Message, Policy};
-use crate::stack::NetworkStack;
+use msgr::proto::types::{entity_type, AddrVec, AuthEntityName};
+use msgr::proto::{self, Config, Message, Policy};
+use msgr::stack::NetworkStack;
+use msgr::{ConnId, ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 
 use super::latency::{check_echo, duration_ns, new_histogram, STALL_TIMEOUT};
 use super::progress::Progress;
@@ -310,7 +310,7 @@ impl<N: NetworkStack> Client<N> {
     /// own client identity when there is more than one), waiting for every handshake.
     pub fn connect(
         stack: N,
-        workers: crate::event::WorkerConfig,
+        workers: msgr::event::WorkerConfig,
         server: &AddrVec,
         shape: Shape,
         security: &super::security::Security,
@@ -412,7 +412,7 @@ impl<N: NetworkStack> Client<N> {
     /// [`Client::connect`], boxed as a [`Runner`].
     pub fn boxed(
         stack: N,
-        workers: crate::event::WorkerConfig,
+        workers: msgr::event::WorkerConfig,
         server: &AddrVec,
         shape: Shape,
         security: &super::security::Security,
