@@ -1,7 +1,9 @@
 //! The messenger over the RDMA stack on a real verbs device (soft-RoCE `rxe0` inside
 //! `scripts/softroce-vm.sh`, or any RDMA NIC): handshake, 2,000 messages of random sizes up to 64 KiB
 //! plus three of 4 MiB (larger than any registered buffer, sent without copying) in order and intact,
-//! credits never exceeded, large messages copied instead when nothing may be pinned, a forced QP error survived by a lossless session with replay, a restarted peer seen as a remote reset,
+//! credits never exceeded, large messages copied instead when nothing may be pinned, a connection holding
+//! only its pre-authentication buffers until the messenger says the peer authenticated (and keeping them
+//! when the pool is exhausted then), a forced QP error survived by a lossless session with replay, a restarted peer seen as a remote reset,
 //! and a refused connect.
 //!
 //! Needs the `rdma` feature (`required-features`), a device and an IPv4 address on it: taken from
@@ -11,6 +13,7 @@
 
 mod common;
 
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,8 +23,8 @@ use common::net::{proto_config, Collector};
 use common::PayloadPool;
 use msgr::proto::types::entity_type;
 use msgr::proto::{Config, Policy};
-use msgr::stack::rdma::{RdmaConfig, RdmaStack};
-use msgr::stack::{ConnectOptions, EventKind, NetworkStack, WorkerStack};
+use msgr::stack::rdma::{RdmaConfig, RdmaStack, RdmaWorker};
+use msgr::stack::{ConnectOptions, EventKind, ListenOptions, NetworkStack, SocketId, WorkerStack};
 use msgr::{Dispatcher, Messenger, MessengerConfig};
 use rand::{Rng, SeedableRng};
 
@@ -197,6 +200,9 @@ fn messages_of_every_size_arrive_in_order_and_intact_within_credits() {
         "credits exceeded"
     );
     assert_eq!(c.qp_errors + s.qp_errors, 0, "QP errors on a clean run");
+    // The messenger gave each connection its full depth once the peer authenticated.
+    assert!(c.promotions >= 1 && s.promotions >= 1, "{c:?} {s:?}");
+    assert_eq!(c.promotions_refused + s.promotions_refused, 0);
     // Every SEND the client posted was received by the server and vice versa (wait for the last acks).
     assert!(wait_until(Duration::from_secs(10), || {
         let (c, s) = (
@@ -420,6 +426,7 @@ fn connections_spread_over_server_workers() {
     assert_eq!(sink.by_conn.lock().unwrap().len(), clients.len());
     let s = srv.stack().counters().snapshot();
     assert_eq!(s.established, clients.len() as u64, "{s:?}");
+    assert_eq!(s.promotions, clients.len() as u64, "{s:?}");
     assert!(
         s.handoffs >= 1,
         "no connection was handed to the other worker: {s:?}"
@@ -570,4 +577,218 @@ fn connect_to_a_port_nobody_listens_on_is_refused() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     w.close(id).unwrap();
+}
+
+/// Two raw workers of `stack` on this thread: `b` connected to a listener on `a`, both established.
+struct RawPair {
+    a: RdmaWorker,
+    b: RdmaWorker,
+    listener: SocketId,
+    aid: SocketId,
+    bid: SocketId,
+}
+
+impl RawPair {
+    fn connect(env: &Env, stack: &RdmaStack) -> Self {
+        let mut a = stack.new_worker(0).unwrap();
+        let mut b = stack.new_worker(1).unwrap();
+        let listener = a
+            .listen(SocketAddr::new(env.addr, 0), &ListenOptions::default())
+            .unwrap();
+        let target = a.local_addr(listener).unwrap();
+        let bid = b.connect(target, &ConnectOptions::default()).unwrap();
+        let (mut aid, mut connected, mut ready) = (None, false, false);
+        let end = Instant::now() + Duration::from_secs(30);
+        while !(connected && ready) {
+            assert!(Instant::now() < end, "no connection in 30 s");
+            let (mut ea, mut eb) = (Vec::new(), Vec::new());
+            a.poll(&mut ea, Some(Duration::from_millis(1))).unwrap();
+            b.poll(&mut eb, Some(Duration::from_millis(1))).unwrap();
+            for ev in ea {
+                match ev.kind {
+                    EventKind::Acceptable if ev.id == listener => {
+                        while let Some((id, _)) = a.accept(listener).unwrap() {
+                            aid = Some(id);
+                        }
+                    }
+                    EventKind::Ready(_) if Some(ev.id) == aid => ready = true,
+                    _ => {}
+                }
+            }
+            for ev in eb {
+                match ev.kind {
+                    EventKind::Connected if ev.id == bid => connected = true,
+                    EventKind::ConnectFailed(err) => panic!("connect failed: {err}"),
+                    _ => {}
+                }
+            }
+        }
+        RawPair {
+            a,
+            b,
+            listener,
+            aid: aid.unwrap(),
+            bid,
+        }
+    }
+
+    fn poll(&mut self) {
+        let mut events = Vec::new();
+        self.a.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        self.b.poll(&mut events, Some(Duration::ZERO)).unwrap();
+    }
+
+    /// Registered buffers each worker has handed out (its only connection holds them all).
+    fn in_use(&self) -> (u32, u32) {
+        let used = |w: &RdmaWorker| {
+            let (free, total) = w.pool_usage();
+            total - free as u32
+        };
+        (used(&self.a), used(&self.b))
+    }
+
+    /// `b` writes 64 KiB pieces of the pattern while `a` never reads, until nothing more is taken
+    /// for 300 turns: the bytes taken (what `a`'s credits, `b`'s send buffers and one open buffer
+    /// hold). `sent` is the pattern offset, advanced.
+    fn burst_unread(&mut self, sent: &mut usize) -> usize {
+        let start = *sent;
+        let mut idle = 0;
+        while idle < 300 {
+            let piece: Vec<u8> = (*sent..*sent + 65536).map(pattern).collect();
+            match self.b.writev(self.bid, &[IoSlice::new(&piece)]) {
+                Ok(n) => {
+                    *sent += n;
+                    idle = 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => idle += 1,
+                Err(e) => panic!("write failed: {e}"),
+            }
+            self.poll();
+            assert!(*sent - start < 64 << 20, "the writer was never stopped");
+        }
+        *sent - start
+    }
+
+    /// `a` reads until it has everything up to `sent`, checking the pattern from `*got`.
+    fn read_all(&mut self, got: &mut usize, sent: usize) {
+        let mut buf = vec![0u8; 256 * 1024];
+        let end = Instant::now() + Duration::from_secs(60);
+        while *got < sent {
+            assert!(
+                Instant::now() < end,
+                "read {} of {sent} bytes in 60 s",
+                *got
+            );
+            match self.a.read(self.aid, &mut buf) {
+                Ok(0) => panic!("end of stream after {} of {sent} bytes", *got),
+                Ok(n) => {
+                    for (i, byte) in buf[..n].iter().enumerate() {
+                        assert_eq!(*byte, pattern(*got + i), "byte {} corrupted", *got + i);
+                    }
+                    *got += n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read failed: {e}"),
+            }
+            self.poll();
+        }
+    }
+
+    fn close(mut self) {
+        self.b.close(self.bid).unwrap();
+        self.a.close(self.aid).unwrap();
+        self.a.close(self.listener).unwrap();
+    }
+}
+
+fn pattern(offset: usize) -> u8 {
+    (offset % 251) as u8
+}
+
+#[test]
+fn connection_holds_few_registered_buffers_until_authenticated() {
+    let env = env();
+    let stack = stack(&env);
+    let config = stack.config().clone();
+    let (pre_recv, pre_send) = config.preauth_slots();
+    let full = config.recv_depth + config.send_depth;
+    let buf = config.buf_size as usize;
+    let mut p = RawPair::connect(&env, &stack);
+    // Established, not authenticated: the pre-authentication depth on both sides.
+    assert_eq!(p.a.slots_held(p.aid), Some((pre_recv, pre_send)));
+    assert_eq!(p.b.slots_held(p.bid), Some((pre_recv, pre_send)));
+    let before = p.in_use();
+    eprintln!(
+        "registered buffers per connection before authentication: {before:?} (full depth {full})"
+    );
+    assert_eq!(before, (pre_recv + pre_send, pre_recv + pre_send));
+    assert!(pre_recv + pre_send <= 8 && pre_recv + pre_send < full);
+
+    // The small window carries a stream (credits come back) but never more than it granted.
+    let (mut sent, mut got) = (0usize, 0usize);
+    let small = p.burst_unread(&mut sent);
+    assert!(
+        small <= pre_recv as usize * buf,
+        "{small} bytes in flight to {pre_recv} receive buffers"
+    );
+    p.read_all(&mut got, sent);
+    for _ in 0..4 {
+        p.burst_unread(&mut sent);
+        p.read_all(&mut got, sent);
+    }
+
+    // Authenticated: both take their full depth and the peer hears of the new receive buffers.
+    p.a.peer_authenticated(p.aid);
+    p.b.peer_authenticated(p.bid);
+    for _ in 0..50 {
+        p.poll();
+    }
+    assert_eq!(
+        p.a.slots_held(p.aid),
+        Some((config.recv_depth, config.send_depth))
+    );
+    assert_eq!(p.in_use(), (full, full));
+    let large = p.burst_unread(&mut sent);
+    eprintln!("bytes taken while the reader waits: {small} before, {large} after authentication");
+    assert!(
+        large >= 16 * buf,
+        "the window did not grow: {large} bytes (was {small})"
+    );
+    p.read_all(&mut got, sent);
+    let c = stack.counters().snapshot();
+    assert_eq!(c.credit_violations + c.qp_errors, 0, "{c:?}");
+    assert_eq!((c.promotions, c.promotions_refused), (2, 0), "{c:?}");
+    assert!(
+        c.credit_only_sends >= 2,
+        "the grants were not announced: {c:?}"
+    );
+    p.close();
+}
+
+#[test]
+fn exhausted_pool_at_authentication_keeps_the_small_depth() {
+    let env = env();
+    // Each worker registers exactly what one connection needs before authentication.
+    let stack = stack_with(&env, |c| {
+        let (recv, send) = c.preauth_slots();
+        c.pool_chunk = recv + send;
+        c.max_pool_slots = recv + send;
+    });
+    let (pre_recv, pre_send) = stack.config().preauth_slots();
+    let mut p = RawPair::connect(&env, &stack);
+    p.a.peer_authenticated(p.aid);
+    p.b.peer_authenticated(p.bid);
+    assert_eq!(p.a.slots_held(p.aid), Some((pre_recv, pre_send)));
+    let c = stack.counters().snapshot();
+    assert_eq!((c.promotions, c.promotions_refused), (0, 2), "{c:?}");
+    // The connection carries on at the small depth.
+    let (mut sent, mut got) = (0usize, 0usize);
+    for _ in 0..4 {
+        p.burst_unread(&mut sent);
+        p.read_all(&mut got, sent);
+    }
+    assert!(got > 0);
+    let c = stack.counters().snapshot();
+    assert_eq!(c.credit_violations + c.qp_errors, 0, "{c:?}");
+    p.close();
 }

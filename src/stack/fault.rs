@@ -294,6 +294,10 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
         self.inner.close(id)
     }
 
+    fn peer_authenticated(&mut self, id: SocketId) {
+        self.inner.peer_authenticated(id)
+    }
+
     fn local_addr(&self, id: SocketId) -> io::Result<SocketAddr> {
         self.inner.local_addr(id)
     }

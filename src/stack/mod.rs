@@ -353,6 +353,12 @@ pub trait WorkerStack: 'static {
     /// Release the socket. Its id is dead afterwards; events still queued for it are stale.
     fn close(&mut self, id: SocketId) -> io::Result<()>;
 
+    /// The messenger's word that the peer on `id` has authenticated (its session is ready). A stack
+    /// that holds back per-connection resources from unauthenticated peers (RDMA's registered
+    /// buffers) gives the connection its full share now. Called once per connection; never fails
+    /// (a stack that cannot grant more carries on as it was). Default: nothing.
+    fn peer_authenticated(&mut self, _id: SocketId) {}
+
     fn local_addr(&self, id: SocketId) -> io::Result<SocketAddr>;
     fn peer_addr(&self, id: SocketId) -> io::Result<SocketAddr>;
 

@@ -281,6 +281,9 @@ impl<S: WorkerStack> Handler<S> {
                 if let Some(ip) = conn.half_open.take() {
                     release_half_open(&self.shared, ip);
                 }
+                if let Some(sid) = conn.socket {
+                    c.stack_mut().peer_authenticated(sid);
+                }
                 handle.0.standby.store(false, Ordering::Relaxed);
                 {
                     let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());

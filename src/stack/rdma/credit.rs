@@ -1,10 +1,15 @@
 //! Credit-based flow control for one RC connection (pure accounting; no verbs).
 //!
-//! Each side posts `depth` receive buffers and tells the peer its depth when connecting; the peer may
-//! post that many SENDs before hearing back. Every SEND carries, in its immediate data, the number of
-//! buffers its sender has re-posted since its last SEND ("returned credits"). A side with returns
-//! piled up and no data to carry them sends a *credit-only* SEND (no payload) once `threshold` have
-//! accumulated.
+//! Each side posts `depth` receive buffers and tells the peer its depth when connecting (and the
+//! largest depth it may grow to); the peer may post that many SENDs before hearing back. Every SEND
+//! carries, in its immediate data, the number of buffers its sender has re-posted since its last SEND
+//! ("returned credits"). A side with returns piled up and no data to carry them sends a *credit-only*
+//! SEND (no payload) once `threshold` have accumulated.
+//!
+//! Growing: a connection starts at a small depth (the peer is not authenticated yet); a side that
+//! posts more receive buffers later ([`Credits::grant_more`]) owes them to the peer exactly like
+//! re-posted ones, so they reach it on the next SEND. The peer accepts returns up to the largest depth
+//! announced at connect time (`peer_depth`), never more.
 //!
 //! Invariants (the reason for each rule):
 //! - A data SEND needs two credits: the last one is reserved for a credit-only SEND. Without the
@@ -13,15 +18,23 @@
 //!   threshold of 1 the two sides would bounce credit-only SENDs forever. With 2, each round halves.
 //! - `received <= granted` always (`granted` = the peer's initial credits + all we returned). A SEND
 //!   beyond that is a peer violating the protocol; the device would have hit RNR anyway (the QP uses
-//!   `rnr_retry_count = 0`, so an overrun is an error, not a stall).
+//!   `rnr_retry_count = 0`, so an overrun is an error, not a stall). Buffers added by `grant_more`
+//!   count in `granted` only once announced, so they must be posted before (they are: the caller posts,
+//!   then grants).
+//! - A depth of at least 3: a data SEND leaves one credit in reserve and returns go out in pairs
+//!   (`threshold` 2), so with 2 buffers one data SEND leaves the sender on its reserve while the
+//!   receiver owes a single credit, below its threshold: a one-way stream stalls for good. (The wire
+//!   asks for at least 4, see `RdmaConfig::recv_depth`.)
 
 /// Credit state of one connection.
 #[derive(Clone, Debug)]
 pub struct Credits {
     /// SENDs we may still post (peer buffers known to be free).
     send: u32,
-    /// The peer's depth: `send` can never exceed it.
+    /// The largest depth the peer may grow to: `send` can never exceed it.
     peer_depth: u32,
+    /// Receive buffers we have posted for the peer (grows with `grant_more`); sets `threshold`.
+    our_depth: u32,
     /// Buffers we re-posted and have not yet announced.
     to_return: u32,
     threshold: u32,
@@ -50,13 +63,21 @@ pub enum CreditViolation {
 }
 
 impl Credits {
-    /// `peer_depth`: receive buffers the peer posted for us; `our_depth`: those we posted for it.
+    /// `peer_depth`: receive buffers the peer posted for us (and will ever post); `our_depth`: those
+    /// we posted for it.
     pub fn new(peer_depth: u32, our_depth: u32) -> Self {
+        Self::growing(peer_depth, peer_depth, our_depth)
+    }
+
+    /// Like [`Credits::new`] for a peer that posted `peer_depth` buffers and may grow to
+    /// `peer_max_depth` (returns up to that are accepted).
+    pub fn growing(peer_depth: u32, peer_max_depth: u32, our_depth: u32) -> Self {
         Credits {
             send: peer_depth,
-            peer_depth,
+            peer_depth: peer_max_depth.max(peer_depth),
+            our_depth,
             to_return: 0,
-            threshold: (our_depth / 4).max(2),
+            threshold: Self::threshold_for(our_depth),
             granted: u64::from(our_depth),
             received: 0,
             low_water: peer_depth,
@@ -64,11 +85,16 @@ impl Credits {
         }
     }
 
+    fn threshold_for(our_depth: u32) -> u32 {
+        (our_depth / 4).max(2)
+    }
+
     /// No credits (see the `unlimited` field): for Ceph's wire, which has none.
     pub fn unlimited() -> Self {
         Credits {
             send: u32::MAX,
             peer_depth: u32::MAX,
+            our_depth: u32::MAX,
             to_return: 0,
             threshold: u32::MAX,
             granted: u64::MAX,
@@ -170,6 +196,24 @@ impl Credits {
             self.to_return += 1;
         }
     }
+
+    /// We posted `more` receive buffers beyond our depth (already posted: the peer may use them as
+    /// soon as it hears of them). They are owed to the peer like re-posted ones and count in `granted`
+    /// once announced; the credit-only threshold follows the new depth. The caller keeps our depth
+    /// within the largest one it announced (the peer refuses returns beyond it).
+    pub fn grant_more(&mut self, more: u32) {
+        if self.unlimited {
+            return;
+        }
+        self.our_depth = self.our_depth.saturating_add(more);
+        self.to_return = self.to_return.saturating_add(more);
+        self.threshold = Self::threshold_for(self.our_depth);
+    }
+
+    /// Receive buffers we have posted for the peer.
+    pub fn our_depth(&self) -> u32 {
+        self.our_depth
+    }
 }
 
 #[cfg(test)]
@@ -192,30 +236,55 @@ mod tests {
     }
 
     /// Two ends wired back to back: `a` sends to `b` and `b` to `a`, messages in flight in queues.
+    /// Each side's posted receive buffers are counted: a SEND that finds none is what the device
+    /// would refuse (RNR, a QP error with `rnr_retry_count = 0`), and fails the test.
     struct Pair {
         a: Credits,
         b: Credits,
         to_b: Vec<u32>,
         to_a: Vec<u32>,
+        a_posted: u32,
+        b_posted: u32,
     }
 
     impl Pair {
         fn new(depth: u32) -> Self {
+            Self::growing(depth, depth)
+        }
+
+        /// Both sides start at `depth` buffers and announce they may grow to `max`.
+        fn growing(depth: u32, max: u32) -> Self {
             Pair {
-                a: Credits::new(depth, depth),
-                b: Credits::new(depth, depth),
+                a: Credits::growing(depth, max, depth),
+                b: Credits::growing(depth, max, depth),
                 to_b: Vec::new(),
                 to_a: Vec::new(),
+                a_posted: depth,
+                b_posted: depth,
             }
+        }
+
+        /// `a` posts `more` receive buffers, then grants them (the worker's order).
+        fn grow_a(&mut self, more: u32) {
+            self.a_posted += more;
+            self.a.grant_more(more);
         }
 
         /// Deliver everything in flight; each receiver consumes and re-posts at once.
         fn deliver(&mut self) {
             for imm in std::mem::take(&mut self.to_b) {
+                assert!(
+                    self.b_posted > 0,
+                    "RNR: a SEND reached b with no buffer posted"
+                );
                 self.b.on_receive(imm).unwrap();
                 self.b.on_reposted();
             }
             for imm in std::mem::take(&mut self.to_a) {
+                assert!(
+                    self.a_posted > 0,
+                    "RNR: a SEND reached a with no buffer posted"
+                );
                 self.a.on_receive(imm).unwrap();
                 self.a.on_reposted();
             }
@@ -232,6 +301,29 @@ mod tests {
                 sent += 1;
             }
             sent
+        }
+
+        /// `b` streams to `a` for `turns` turns, each SEND at most once in flight and every buffer
+        /// it hits counted against `a`'s posted ones. Returns (SENDs, most in flight at once).
+        fn stream_b_to_a(&mut self, turns: usize) -> (u64, usize) {
+            let (mut sent, mut most) = (0u64, 0usize);
+            for _ in 0..turns {
+                while let Some(imm) = self.b.take_for_data() {
+                    self.to_a.push(imm);
+                    sent += 1;
+                }
+                most = most.max(self.to_a.len());
+                assert!(
+                    self.to_a.len() as u32 <= self.a_posted,
+                    "{} SENDs in flight to {} posted buffers",
+                    self.to_a.len(),
+                    self.a_posted
+                );
+                self.deliver();
+                self.credit_only();
+                self.deliver();
+            }
+            (sent, most)
         }
     }
 
@@ -345,5 +437,113 @@ mod tests {
             p.deliver();
         }
         assert!(sent > 9_000, "only {sent} sends in 10000 turns");
+    }
+
+    #[test]
+    fn grown_depth_widens_the_window_and_is_never_overrun() {
+        // a starts at 4 receive buffers and grows to 32; b streams to it throughout.
+        let mut p = Pair::growing(4, 32);
+        let (sent, most) = p.stream_b_to_a(100);
+        assert!(sent >= 100, "small window stalled: {sent} SENDs");
+        assert_eq!(
+            most, 3,
+            "before growing, b keeps one of a's 4 credits in reserve"
+        );
+        p.grow_a(28);
+        assert!(p.a.credit_only_due(), "the grant must reach b at once");
+        assert_eq!(p.a.our_depth(), 32);
+        p.credit_only();
+        p.deliver();
+        assert_eq!(p.b.available(), 32);
+        let (_, most) = p.stream_b_to_a(100);
+        assert_eq!(
+            most, 31,
+            "after growing, b uses a's whole depth but its reserve"
+        );
+    }
+
+    #[test]
+    fn grown_buffers_count_only_once_announced() {
+        // A peer that sends into buffers we posted but have not announced yet overruns its grant.
+        let mut a = Credits::growing(4, 32, 4);
+        a.grant_more(28);
+        for _ in 0..4 {
+            a.on_receive(0).unwrap();
+        }
+        assert_eq!(
+            a.on_receive(0),
+            Err(CreditViolation::Overrun {
+                received: 5,
+                granted: 4
+            })
+        );
+        let mut a = Credits::growing(4, 32, 4);
+        a.grant_more(28);
+        assert_eq!(a.take_for_credit_only(), Some(28));
+        for _ in 0..32 {
+            a.on_receive(0).unwrap();
+        }
+        assert!(matches!(
+            a.on_receive(0),
+            Err(CreditViolation::Overrun { received: 33, .. })
+        ));
+    }
+
+    #[test]
+    fn returns_beyond_the_announced_max_are_refused() {
+        let mut b = Credits::growing(4, 32, 4);
+        b.on_receive(28).unwrap();
+        assert_eq!(b.available(), 32);
+        assert_eq!(
+            b.on_receive(1),
+            Err(CreditViolation::OverReturn {
+                have: 32,
+                returned: 1,
+                depth: 32
+            })
+        );
+        // A peer that announced no larger depth (an older msgr) refuses any growth: never grow for it.
+        let mut old = Credits::new(4, 4);
+        assert!(matches!(
+            old.on_receive(28),
+            Err(CreditViolation::OverReturn { .. })
+        ));
+    }
+
+    #[test]
+    fn threshold_follows_the_grown_depth() {
+        let mut c = Credits::growing(4, 32, 4); // threshold 2
+        c.on_reposted();
+        c.on_reposted();
+        assert!(c.credit_only_due());
+        assert_eq!(c.take_for_credit_only(), Some(2));
+        c.grant_more(28); // depth 32: threshold 8
+        assert_eq!(c.take_for_credit_only(), Some(28));
+        for _ in 0..7 {
+            c.on_reposted();
+        }
+        assert!(!c.credit_only_due());
+        c.on_reposted();
+        assert!(c.credit_only_due());
+    }
+
+    #[test]
+    fn depth_two_stalls_a_one_way_stream_three_does_not() {
+        // Why the smallest depth is at least 3 (see the module docs).
+        let (sent, _) = Pair::new(2).stream_b_to_a(1000);
+        assert_eq!(
+            sent, 1,
+            "with 2 buffers the receiver never owes enough to return"
+        );
+        let (sent, _) = Pair::new(3).stream_b_to_a(1000);
+        assert!(sent >= 1000, "depth 3 stalled after {sent} SENDs");
+    }
+
+    #[test]
+    fn unlimited_ignores_grants() {
+        let mut c = Credits::unlimited();
+        c.grant_more(28);
+        assert!(!c.credit_only_due());
+        assert_eq!(c.take_for_credit_only(), None);
     }
 }

@@ -32,11 +32,24 @@
 //!
 //! # Data path and wire format (msgr's wire)
 //! On [`RdmaWire::Msgr`] both sides send
-//! 12 bytes of private data with the CM handshake: magic `MRD1`, receive depth (u16 LE), reserved (u16),
-//! receive buffer size (u32 LE). After that every message is one SEND_WITH_IMM carrying up to the peer's
+//! 12 bytes of private data with the CM handshake: magic `MRD1`, receive depth posted now (u16 LE), the
+//! largest receive depth it may grow to (u16 LE; 0 from an older msgr: it never grows), receive buffer
+//! size (u32 LE). After that every message is one SEND_WITH_IMM carrying up to the peer's
 //! buffer size of the byte stream; the immediate data is the number of receive buffers the sender has
 //! re-posted since its previous SEND (credits, see [`Credits`]). A SEND without payload only returns
 //! credits. The byte stream is what `proto::Connection` reads and writes, exactly as on posix.
+//!
+//! # Registered buffers before authentication
+//! A connection first holds only [`RdmaConfig::preauth_depth`] receive buffers and as many send
+//! buffers (its peer is not authenticated yet: an unauthenticated peer must not pin much of the pool).
+//! When the messenger says the peer authenticated
+//! ([`WorkerStack::peer_authenticated`](super::WorkerStack::peer_authenticated)) it takes the rest of
+//! its depth from the pool, posts the receives and returns them to the peer as credits (a credit-only
+//! SEND at once, [`Credits::grant_more`]). A pool exhausted then is no error: the connection carries on
+//! at the small depth (`promotions_refused`). On msgr's wire a peer that did not announce a larger
+//! depth (an older msgr) is never granted more than our first receives; on Ceph's wire there are no
+//! credits to announce and the peer's RNR retry (infinite, Ceph's `rnr_retry` 7) waits out a short
+//! receive queue.
 //!
 //! `writev` copies the gather list into registered send buffers (coalescing small pieces into one SEND;
 //! a message larger than a buffer is split). A full buffer is posted at once; a partly filled one stays
@@ -93,6 +106,8 @@ pub use worker::{RdmaWorker, MAX_WAIT};
 /// checked every turn).
 pub const CM_CHECK_EVERY: u64 = 64;
 const HELLO_MAGIC: [u8; 4] = *b"MRD1";
+/// The smallest receive depth on msgr's wire (a peer announcing less is refused).
+const MIN_DEPTH: u32 = 4;
 const HELLO_LEN: usize = 12;
 
 /// How connections are set up and what the byte stream looks like on the QP (one choice per stack).
@@ -137,10 +152,17 @@ pub struct RdmaConfig {
     /// GID index checked at start-up and reported (RoCE v2 over IPv4: the IPv4-mapped entry). rdma_cm
     /// picks the GID from the IP address it resolves; this index is for validation and display.
     pub gid_index: i32,
-    /// Receive buffers posted per connection (the peer's initial credits). At least 4.
+    /// Receive buffers posted per authenticated connection. At least 4 (see [`Credits`]: with fewer a
+    /// one-way stream can stall).
     pub recv_depth: u32,
-    /// Send buffers per connection (and send-queue depth).
+    /// Send buffers per authenticated connection (and send-queue depth).
     pub send_depth: u32,
+    /// Receive buffers posted, and send buffers held, per connection until the messenger says its
+    /// peer authenticated; then it gets `recv_depth` / `send_depth`. Default 4: a cephx handshake is a
+    /// few small frames each way, which 4 buffers carry without stalling, and an unauthenticated peer
+    /// pins 8 registered buffers (512 KiB at the default `buf_size`) instead of 64 (4 MiB).
+    /// Clamped to 4..=`recv_depth` (the wire's smallest depth).
+    pub preauth_depth: u32,
     /// Size of every registered buffer: the most one SEND carries.
     pub buf_size: u32,
     /// Inline data asked for on each QP (the device may grant less or none).
@@ -175,6 +197,7 @@ impl Default for RdmaConfig {
             gid_index: 0,
             recv_depth: 32,
             send_depth: 32,
+            preauth_depth: 4,
             buf_size: 64 * 1024,
             max_inline: 220,
             cq_depth: 8192,
@@ -203,7 +226,7 @@ impl RdmaConfig {
     /// The same configuration on `wire`. For [`RdmaWire::Ceph`] the buffers are sized for Ceph's
     /// (see [`RdmaConfig::ceph_buffer_size`]) and the pool kept small: a Ceph peer pins its own buffer
     /// pool too, and soft-RoCE test guests have little memory (16 + 16 buffers of 128 KiB per
-    /// connection, registered 32 at a time, at most 256 per worker: 32 MiB).
+    /// authenticated connection, 4 + 4 before, registered 32 at a time, at most 256 per worker: 32 MiB).
     pub fn with_wire(mut self, wire: RdmaWire) -> Self {
         self.wire = wire;
         if wire == RdmaWire::Ceph {
@@ -214,6 +237,13 @@ impl RdmaConfig {
             self.buf_size = self.ceph_buffer_size;
         }
         self
+    }
+
+    /// Registered buffers a connection holds until its peer authenticated: (receive, send). See
+    /// [`RdmaConfig::preauth_depth`].
+    pub fn preauth_slots(&self) -> (u32, u32) {
+        let recv = self.preauth_depth.max(MIN_DEPTH).min(self.recv_depth);
+        (recv, recv.min(self.send_depth))
     }
 
     /// The size of every registered buffer: [`RdmaConfig::buf_size`], and on Ceph's wire at least the
@@ -227,7 +257,7 @@ impl RdmaConfig {
 
     fn check(&self) -> io::Result<()> {
         let bad = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
-        if self.recv_depth < 4 || self.recv_depth > u32::from(u16::MAX) {
+        if self.recv_depth < MIN_DEPTH || self.recv_depth > u32::from(u16::MAX) {
             return bad(format!("recv_depth {} not in 4..=65535", self.recv_depth));
         }
         if self.send_depth < 2 {
@@ -281,6 +311,10 @@ pub struct RdmaCounters {
     pub credit_low_water: AtomicU32,
     /// Connections that ended with a work-completion error (QP in error, flush, retry exceeded).
     pub qp_errors: AtomicU64,
+    /// Connections given their full depth once their peer authenticated.
+    pub promotions: AtomicU64,
+    /// Authenticated connections left at the pre-authentication depth: the pool was exhausted.
+    pub promotions_refused: AtomicU64,
     pub established: AtomicU64,
     /// Connect requests moved to another worker before being accepted.
     pub handoffs: AtomicU64,
@@ -312,6 +346,8 @@ pub struct RdmaCountersSnapshot {
     pub credit_violations: u64,
     pub credit_low_water: Option<u32>,
     pub qp_errors: u64,
+    pub promotions: u64,
+    pub promotions_refused: u64,
     pub established: u64,
     pub handoffs: u64,
     pub zero_copy_bytes: u64,
@@ -346,6 +382,8 @@ impl RdmaCounters {
             credit_violations: get(&self.credit_violations),
             credit_low_water: (low != u32::MAX).then_some(low),
             qp_errors: get(&self.qp_errors),
+            promotions: get(&self.promotions),
+            promotions_refused: get(&self.promotions_refused),
             established: get(&self.established),
             handoffs: get(&self.handoffs),
             zero_copy_bytes: get(&self.zero_copy_bytes),
@@ -495,15 +533,25 @@ impl std::fmt::Debug for RdmaHandoff {
 /// What the peer said in its CM private data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PeerParams {
+    /// Receive buffers it posted for us: our first credits.
     depth: u32,
+    /// The most it may grow to (returns up to this are accepted); `depth` from an older msgr.
+    max_depth: u32,
+    /// It announced `max_depth`, so it accepts growth from us too (an older msgr refuses returns
+    /// beyond what we first announced).
+    grows: bool,
     buf_size: u32,
 }
 
+/// Our private data: the receive depth we post now (until the peer authenticated), the full one, and
+/// our buffer size.
 fn hello(config: &RdmaConfig) -> [u8; HELLO_LEN] {
     let mut out = [0u8; HELLO_LEN];
     out[..4].copy_from_slice(&HELLO_MAGIC);
-    let depth = u16::try_from(config.recv_depth).unwrap_or(u16::MAX);
+    let depth = u16::try_from(config.preauth_slots().0).unwrap_or(u16::MAX);
+    let max_depth = u16::try_from(config.recv_depth).unwrap_or(u16::MAX);
     out[4..6].copy_from_slice(&depth.to_le_bytes());
+    out[6..8].copy_from_slice(&max_depth.to_le_bytes());
     out[8..12].copy_from_slice(&config.buf_size.to_le_bytes());
     out
 }
@@ -515,8 +563,16 @@ fn parse_hello(data: &[u8]) -> Option<PeerParams> {
         return None;
     }
     let depth = u32::from(u16::from_le_bytes([*head.get(4)?, *head.get(5)?]));
+    let max_field = u32::from(u16::from_le_bytes([*head.get(6)?, *head.get(7)?]));
     let buf_size = u32::from_le_bytes(head.get(8..12)?.try_into().ok()?);
-    (depth >= 4 && buf_size >= 64).then_some(PeerParams { depth, buf_size })
+    let grows = max_field != 0;
+    let max_depth = if grows { max_field } else { depth };
+    (depth >= MIN_DEPTH && max_depth >= depth && buf_size >= 64).then_some(PeerParams {
+        depth,
+        max_depth,
+        grows,
+        buf_size,
+    })
 }
 
 #[cfg(test)]
@@ -530,7 +586,9 @@ mod tests {
         assert_eq!(
             params,
             PeerParams {
-                depth: 32,
+                depth: 4,
+                max_depth: 32,
+                grows: true,
                 buf_size: 64 * 1024
             }
         );
@@ -551,6 +609,52 @@ mod tests {
         shallow[4] = 1;
         shallow[5] = 0;
         assert_eq!(parse_hello(&shallow), None);
+        // A largest depth below the posted one is nonsense.
+        let mut shrinking = hello(&RdmaConfig::default());
+        shrinking[4] = 8;
+        shrinking[6] = 5;
+        shrinking[7] = 0;
+        assert_eq!(parse_hello(&shrinking), None);
+    }
+
+    #[test]
+    fn older_peer_without_a_largest_depth_never_grows() {
+        let mut old = hello(&RdmaConfig::default());
+        old[4] = 32;
+        old[6] = 0;
+        old[7] = 0;
+        let params = parse_hello(&old).unwrap();
+        assert_eq!((params.depth, params.max_depth), (32, 32));
+        assert!(!params.grows);
+    }
+
+    #[test]
+    fn preauth_slots_are_few_and_clamped() {
+        let c = RdmaConfig::default();
+        let (recv, send) = c.preauth_slots();
+        assert_eq!((recv, send), (4, 4));
+        assert!(recv + send <= c.recv_depth + c.send_depth);
+        // Never below the wire's smallest depth, never above the full depth.
+        let c = RdmaConfig {
+            preauth_depth: 1,
+            ..RdmaConfig::default()
+        };
+        assert_eq!(c.preauth_slots(), (4, 4));
+        let c = RdmaConfig {
+            preauth_depth: 1000,
+            recv_depth: 16,
+            send_depth: 8,
+            ..RdmaConfig::default()
+        };
+        assert_eq!(c.preauth_slots(), (16, 8));
+        let c = RdmaConfig {
+            send_depth: 2,
+            ..RdmaConfig::default()
+        };
+        assert_eq!(c.preauth_slots(), (4, 2));
+        // On Ceph's wire too: 4 + 4 of its 16 + 16.
+        let c = RdmaConfig::default().with_wire(RdmaWire::Ceph);
+        assert_eq!(c.preauth_slots(), (4, 4));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! requests not yet accepted move, see [`WorkerStack::detach`]); every slot of the pool is in exactly one
 //! place (the pool's free list, a QP's posted work, a stream's free send list, its open send buffer, or
 //! its received-data queue) and returns to the pool when the stream closes; work-request ids carry the
-//! [`SocketId`], so completions of a closed connection are recognised and dropped.
+//! [`SocketId`], so completions of a closed connection are recognised and dropped. A connection holds
+//! [`RdmaConfig::preauth_slots`] until the messenger says its peer authenticated
+//! ([`WorkerStack::peer_authenticated`]), then its full depth (if the pool has it): `recv_slots` and
+//! `send_slots` count what it holds, wherever each slot is.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
@@ -305,6 +308,13 @@ struct Stream {
     unsignaled: u32,
     write_blocked: bool,
     credit_queued: bool,
+    /// Receive buffers this connection holds (posted or being read): the pre-authentication depth,
+    /// then the full one.
+    recv_slots: u32,
+    /// Send buffers this connection holds (free, open or posted).
+    send_slots: u32,
+    /// The messenger said the peer authenticated (the connection was offered its full depth).
+    authenticated: bool,
     /// Readiness to report at the end of this poll.
     pending: Readiness,
     error: Option<(io::ErrorKind, String)>,
@@ -332,6 +342,9 @@ impl Stream {
             unsignaled: 0,
             write_blocked: false,
             credit_queued: false,
+            recv_slots: 0,
+            send_slots: 0,
+            authenticated: false,
             pending: Readiness::default(),
             error: None,
             cq_share: 0,
@@ -397,6 +410,8 @@ pub struct RdmaWorker {
     credit_due: Vec<SocketId>,
     /// Streams with an open send buffer to post.
     tx_pending: Vec<SocketId>,
+    /// A promotion refused for an exhausted pool was logged at warn level (once per worker).
+    promotion_refusal_logged: bool,
     completions: Vec<Completion>,
     reclaimed: Vec<SendBuf>,
     turns: u64,
@@ -480,6 +495,7 @@ impl RdmaWorker {
             to_accept: Vec::new(),
             credit_due: Vec::new(),
             tx_pending: Vec::new(),
+            promotion_refusal_logged: false,
             completions: Vec::with_capacity(verbs::POLL_BATCH),
             reclaimed: Vec::new(),
             turns: 0,
@@ -500,6 +516,14 @@ impl RdmaWorker {
     /// Registered buffers: (free, total).
     pub fn pool_usage(&self) -> (usize, u32) {
         (self.pool.available(), self.pool.total())
+    }
+
+    /// Registered buffers connection `id` holds: (receive, send).
+    pub fn slots_held(&self, id: SocketId) -> Option<(u32, u32)> {
+        match self.entries.get(&id) {
+            Some(Entry::Stream(s)) => Some((s.recv_slots, s.send_slots)),
+            _ => None,
+        }
     }
 
     /// Regions registered for zero-copy sends and the bytes they pin (page-rounded).
@@ -552,7 +576,8 @@ impl RdmaWorker {
         Self::mark(dirty, id, s, Readiness::BOTH);
     }
 
-    /// Create the QP for `s` and post its receives.
+    /// Create the QP for `s` and post its receives: only the pre-authentication depth (the QP and its
+    /// CQ share are sized for the full one, taken by `peer_authenticated`).
     fn setup_qp(&mut self, id: SocketId) -> io::Result<()> {
         let share = self.config.recv_depth + self.config.send_depth;
         if self.cq_used + share > self.cq.depth() {
@@ -606,23 +631,93 @@ impl RdmaWorker {
         }
         self.cq_used += share;
         s.cq_share = share;
-        let mut slots = self
-            .pool
-            .take((self.config.recv_depth + self.config.send_depth) as usize)?;
-        s.send_free = slots.split_off(self.config.recv_depth as usize);
-        for slot in slots {
+        let (recv, send) = self.config.preauth_slots();
+        let mut slots = self.pool.take((recv + send) as usize)?;
+        s.send_free = slots.split_off(recv as usize);
+        s.send_slots = send;
+        let mut slots = slots.into_iter();
+        while let Some(slot) = slots.next() {
             if let Err((slot, err)) = s.link.post_recv(slot) {
                 self.pool.give(slot);
+                slots.for_each(|slot| self.pool.give(slot));
                 return Err(err);
             }
+            s.recv_slots += 1;
         }
         Ok(())
     }
 
     fn init_credits(config: &RdmaConfig, s: &mut Stream, params: PeerParams) {
         s.params = Some(params);
-        s.credits = Credits::new(params.depth, config.recv_depth);
+        s.credits = Credits::growing(params.depth, params.max_depth, s.recv_slots);
         s.chunk = params.buf_size.min(config.buf_size) as usize;
+    }
+
+    /// Give an authenticated connection the rest of its depth (see `peer_authenticated`): take the
+    /// slots, post the receives and owe them to the peer as credits, add the send buffers.
+    fn promote(&mut self, id: SocketId) {
+        let Some(Entry::Stream(s)) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if s.authenticated {
+            return;
+        }
+        s.authenticated = true;
+        if s.phase != Phase::Established {
+            return; // closing or failed: nothing to grow
+        }
+        // On msgr's wire, the peer must accept returns beyond our first depth (see `PeerParams`).
+        let grows = s.link.is_ceph() || s.params.is_some_and(|p| p.grows);
+        let more_recv = if grows {
+            self.config.recv_depth.saturating_sub(s.recv_slots)
+        } else {
+            0
+        };
+        let more_send = self.config.send_depth.saturating_sub(s.send_slots);
+        if more_recv + more_send == 0 {
+            return;
+        }
+        let mut slots = match self.pool.take((more_recv + more_send) as usize) {
+            Ok(slots) => slots,
+            Err(err) => {
+                bump(&self.counters.promotions_refused, 1);
+                if self.promotion_refusal_logged {
+                    tracing::debug!(worker = self.index, %id, error = %err, "rdma connection stays at its pre-authentication depth");
+                } else {
+                    self.promotion_refusal_logged = true;
+                    tracing::warn!(worker = self.index, %id, error = %err,
+                        "rdma connection stays at its pre-authentication depth (logged once per worker; counted in promotions_refused)");
+                }
+                return;
+            }
+        };
+        s.send_free.extend(slots.split_off(more_recv as usize));
+        s.send_slots += more_send;
+        let mut posted = 0;
+        let mut slots = slots.into_iter();
+        while let Some(slot) = slots.next() {
+            if let Err((slot, err)) = s.link.post_recv(slot) {
+                self.pool.give(slot);
+                slots.for_each(|slot| self.pool.give(slot));
+                let msg = format!("post receive: {err}");
+                Self::fail(&mut self.dirty, id, s, err.kind(), msg);
+                break;
+            }
+            posted += 1;
+        }
+        s.recv_slots += posted;
+        // Posted first, announced after: the peer may use them once it hears of them.
+        s.credits.grant_more(posted);
+        if !s.credit_queued && s.credits.credit_only_due() {
+            s.credit_queued = true;
+            self.credit_due.push(id);
+        }
+        if more_send > 0 && s.write_blocked {
+            s.write_blocked = false;
+            Self::mark(&mut self.dirty, id, s, Readiness::WRITABLE);
+        }
+        bump(&self.counters.promotions, 1);
+        tracing::trace!(worker = self.index, %id, recv = s.recv_slots, send = s.send_slots, "rdma connection at full depth");
     }
 
     fn finish_accept(&mut self, id: SocketId) {
@@ -2071,6 +2166,10 @@ impl WorkerStack for RdmaWorker {
             }
         }
         Ok(())
+    }
+
+    fn peer_authenticated(&mut self, id: SocketId) {
+        self.promote(id);
     }
 
     fn local_addr(&self, id: SocketId) -> io::Result<SocketAddr> {
