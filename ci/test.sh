@@ -124,6 +124,20 @@ run_build() {
     section "cargo build --all-targets"
     cargo build --all-targets
     section_done
+
+    # The library alone (`default-features = false`): it builds, none of the CLI's crates is in its
+    # graph, and its doc tests pass.
+    section "library alone: cargo build --no-default-features --lib; cargo tree; cargo test --no-default-features --doc"
+    cargo build --no-default-features --lib
+    local cli_crates
+    cli_crates=$(cargo tree --no-default-features -e normal --prefix none --format '{p}' |
+        awk '{print $1}' | grep -E '^(clap|plotters|indicatif|tracing-subscriber|hdrhistogram)$' | sort -u || true)
+    if [ -n "$cli_crates" ]; then
+        echo "the library without default features depends on CLI crates: $cli_crates" >&2
+        exit 1
+    fi
+    cargo test --no-default-features --doc
+    section_done
 }
 
 run_tests() {
@@ -306,10 +320,11 @@ run_rdma_phase() {
     RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features rdma
     section_done
 
-    section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma bench::rdma; --test cli bench_stack_rdma)"
+    section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma; --bin msgr bench::rdma; --test cli bench_stack_rdma)"
     local unit_log
     unit_log=$(mktemp)
-    cargo test --features rdma --lib -- stack::rdma bench::rdma 2>&1 | tee "$unit_log"
+    cargo test --features rdma --lib -- stack::rdma 2>&1 | tee "$unit_log"
+    cargo test --features rdma --bin msgr -- bench::rdma 2>&1 | tee -a "$unit_log"
     cargo test --features rdma --test cli bench_stack_rdma 2>&1 | tee -a "$unit_log"
     rdma_add_to_summary "$unit_log"
     rm -f "$unit_log"
