@@ -419,8 +419,8 @@ fn auth_test() {
     // 1. simple auth round trip: cephx (Ceph sets auth_*_required = cephx).
     let w = cephx_world();
     let cephx = |sc: &mut Config, cc: &mut Config| {
-        sc.auth_server = ServerAuth::CephxService(w.service.clone());
-        cc.auth_client = ClientAuth::Cephx(w.client.clone());
+        sc.auth_server = ServerAuth::cephx_service(w.service.clone());
+        cc.auth_client = ClientAuth::cephx(w.client.clone());
     };
     let f = fixture_with(Policy::stateless_server(), Policy::lossy_client(), cephx);
     let conn = f.connect();

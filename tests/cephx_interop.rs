@@ -232,7 +232,7 @@ fn msgr_client(
     modes: &[u32],
 ) -> (common::net::PosixMessenger, Arc<Recorder>) {
     let mut cfg = proto_config(entity_type::CLIENT, &client.name().to_string());
-    cfg.auth_client = ClientAuth::Cephx(client);
+    cfg.auth_client = ClientAuth::cephx(client);
     cfg.con_modes = ConModes::all(modes);
     let rec = Arc::new(Recorder::default());
     let mut m = messenger(cfg, 1, no_faults(), rec.clone());
@@ -262,13 +262,13 @@ fn msgr_client_gets_tickets_from_msgr_monitor_then_talks_secure_to_msgr_service(
     let (mon_m, mon_rec) = msgr_server(
         entity_type::MON,
         "mon.a",
-        ServerAuth::CephxMonitor(mon),
+        ServerAuth::cephx_monitor(mon),
         &[CON_MODE_SECURE, CON_MODE_CRC],
     );
     let (osd_m, osd_rec) = msgr_server(
         entity_type::OSD,
         "osd.0",
-        ServerAuth::CephxService(osd_auth),
+        ServerAuth::cephx_service(osd_auth),
         &[CON_MODE_SECURE],
     );
 
@@ -417,13 +417,13 @@ fn secure_pair() -> Pair {
     let now = Instant::now();
     let admin = cephx_client("client.admin", &w.admin_key);
     let mut ccfg = common::client_config(1);
-    ccfg.auth_client = ClientAuth::Cephx(admin.clone());
+    ccfg.auth_client = ClientAuth::cephx(admin.clone());
     ccfg.con_modes = ConModes::all(&[CON_MODE_SECURE]);
     let ccfg = Arc::new(ccfg);
 
     let mut mcfg: Config = common::server_config(2);
     mcfg.entity_type = entity_type::MON;
-    mcfg.auth_server = ServerAuth::CephxMonitor(Arc::new(CephxMonitor::new(
+    mcfg.auth_server = ServerAuth::cephx_monitor(Arc::new(CephxMonitor::new(
         w.keyring.clone(),
         w.secrets.clone(),
         w.anchor,
@@ -446,7 +446,7 @@ fn secure_pair() -> Pair {
     assert_eq!(to_mon.client.con_mode(), CON_MODE_SECURE);
 
     let mut scfg = common::server_config(3);
-    scfg.auth_server = ServerAuth::CephxService(Arc::new(
+    scfg.auth_server = ServerAuth::cephx_service(Arc::new(
         w.secrets.service(entity_type::OSD, w.anchor).unwrap(),
     ));
     scfg.con_modes = ConModes::all(&[CON_MODE_SECURE]);

@@ -1,11 +1,11 @@
 //! Hostile input against cephx and secure mode: the auth frames every unauthenticated peer may send,
 //! and the encrypted frames after AUTH_DONE.
 //!
-//! - monitor role (`ServerAuth::CephxMonitor`): arbitrary, structured and mutated AUTH_REQUEST /
+//! - monitor role (`ServerAuth::cephx_monitor`): arbitrary, structured and mutated AUTH_REQUEST /
 //!   AUTH_REQUEST_MORE payloads, raw and in transit between a real client and the monitor;
-//! - service role (`ServerAuth::CephxService`): arbitrary authorizers, mutations of real ones made by a
+//! - service role (`ServerAuth::cephx_service`): arbitrary authorizers, mutations of real ones made by a
 //!   client holding a valid ticket, a replayed authorizer;
-//! - client role (`ClientAuth::Cephx`): arbitrary AUTH_REPLY_MORE / AUTH_DONE, raw and in transit;
+//! - client role (`ClientAuth::cephx`): arbitrary AUTH_REPLY_MORE / AUTH_DONE, raw and in transit;
 //! - secure mode: a real secure session (cephx client ↔ msgr monitor) recorded after AUTH_DONE, then
 //!   bit flips, truncation, dropped, swapped, replayed and foreign frames fed to the peer;
 //! - memory: an encrypted frame announcing a huge length, sealed with the session's real key by a
@@ -155,7 +155,7 @@ fn admin_client(with_ticket: bool) -> Arc<CephxClient> {
 fn monitor_cfg() -> Arc<Config> {
     let mut c = server_config(SEED);
     c.entity_type = entity_type::MON;
-    c.auth_server = ServerAuth::CephxMonitor(world().monitor.clone());
+    c.auth_server = ServerAuth::cephx_monitor(world().monitor.clone());
     c.con_modes = ConModes::all(&[CON_MODE_SECURE, CON_MODE_CRC]);
     c.max_frame_len = MAX_FRAME;
     // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
@@ -166,7 +166,7 @@ fn monitor_cfg() -> Arc<Config> {
 
 fn service_cfg() -> Arc<Config> {
     let mut c = server_config(SEED);
-    c.auth_server = ServerAuth::CephxService(world().service.clone());
+    c.auth_server = ServerAuth::cephx_service(world().service.clone());
     c.con_modes = ConModes::all(&[CON_MODE_SECURE, CON_MODE_CRC]);
     c.max_frame_len = MAX_FRAME;
     // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
@@ -177,7 +177,7 @@ fn service_cfg() -> Arc<Config> {
 
 fn cephx_client_conn(now: Instant, peer_type: u8, modes: &[u32]) -> Connection {
     let mut c = client_config(SEED);
-    c.auth_client = ClientAuth::Cephx(admin_client(peer_type != entity_type::MON));
+    c.auth_client = ClientAuth::cephx(admin_client(peer_type != entity_type::MON));
     c.con_modes = ConModes::all(modes);
     c.max_frame_len = MAX_FRAME;
     // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.

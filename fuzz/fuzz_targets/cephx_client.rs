@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         )
     };
     let mut cfg = (*common::client_config()).clone();
-    cfg.auth_client = ClientAuth::Cephx(world::fresh_cephx_client(!to_mon));
+    cfg.auth_client = ClientAuth::cephx(world::fresh_cephx_client(!to_mon));
     cfg.con_modes = ConModes::all(&[CON_MODE_SECURE, CON_MODE_CRC]);
     let now = Instant::now();
     let mut c = Connection::client(

@@ -30,11 +30,11 @@ fuzz_target!(|data: &[u8]| {
     let (mut cfg, real_request, real_more) = if monitor {
         let mut c = (*common::server_config()).clone();
         c.entity_type = entity_type::MON;
-        c.auth_server = ServerAuth::CephxMonitor(w.monitor.clone());
+        c.auth_server = ServerAuth::cephx_monitor(w.monitor.clone());
         (c, &w.mon_request, &w.mon_proof)
     } else {
         let mut c = (*common::server_config()).clone();
-        c.auth_server = ServerAuth::CephxService(w.service.clone());
+        c.auth_server = ServerAuth::cephx_service(w.service.clone());
         (c, &w.authorizer, &w.authorizer_answer)
     };
     cfg.con_modes = ConModes::all(&[CON_MODE_SECURE, CON_MODE_CRC]);

@@ -219,7 +219,7 @@ impl AuthArgs {
                 &mut rand::rng(),
                 anchor.utime(Instant::now()),
             );
-            cfg.auth_server = proto::auth::ServerAuth::CephxMonitor(Arc::new(
+            cfg.auth_server = proto::auth::ServerAuth::cephx_monitor(Arc::new(
                 proto::auth::cephx::CephxMonitor::new(keyring, secrets, anchor),
             ));
         }

@@ -1,20 +1,23 @@
-//! Authentication: the auth providers a connection is configured with, auth method none, cephx
+//! Authentication: the pluggable auth-method traits ([`method`]), auth method none, cephx
 //! ([`cephx`], with its [`crypto`] and [`keyring`]), and the AUTH_SIGNATURE that closes every msgr2
 //! handshake.
 //!
-//! Owns: the auth method and connection mode numbers, the providers ([`ClientAuth`]: none | cephx
-//! with a key; [`ServerAuth`]: none | cephx monitor role | cephx service role) and the connection
-//! modes each side allows per connection type ([`ConModes`], with Ceph's negotiation: the client's
-//! preference order among the modes the server allows), the auth-none request payload carried in
-//! AUTH_REQUEST ([`AuthNoneRequest`]), and [`auth_signature`], the HMAC-SHA256 each side sends over
-//! the bytes it received before authentication finished.
+//! Owns: the auth method and connection mode numbers, the providers a connection is configured with
+//! ([`ClientAuth`]: one [`ClientAuthMethod`]; [`ServerAuth`]: the [`ServerAuthMethod`]s a server offers;
+//! none and cephx in its client, monitor and service roles are built in, an application may add its
+//! own), the connection modes each side allows per connection type ([`ConModes`], with Ceph's
+//! negotiation: the client's preference order among the modes the server allows), the auth-none
+//! request payload carried in AUTH_REQUEST ([`AuthNoneRequest`]), and [`auth_signature`], the
+//! HMAC-SHA256 each side sends over the bytes it received before authentication finished.
 //!
 //! Invariants: decoding untrusted payloads returns errors, never panics; with no session key (auth none)
 //! the signature is 32 zero bytes, exactly as Ceph sends it.
 
+mod builtin;
 pub mod cephx;
 pub mod crypto;
 pub mod keyring;
+pub mod method;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -28,6 +31,11 @@ use super::types::entity_type;
 pub use cephx::{CephxClient, CephxMonitor, CephxService, ServiceSecrets, WallAnchor};
 pub use crypto::{CryptoError, CryptoKey};
 pub use keyring::{Keyring, KeyringEntry, KeyringError};
+pub use method::{
+    AuthError, AuthGranted, ClientAuth, ClientAuthContext, ClientAuthMethod, ClientAuthSession,
+    ServerAuth, ServerAuthContext, ServerAuthMethod, ServerAuthSession, ServerStep,
+    SessionSecrets,
+};
 
 /// `CEPH_AUTH_NONE`.
 pub const AUTH_METHOD_NONE: u32 = 1;
@@ -41,46 +49,6 @@ pub const CON_MODE_SECURE: u32 = 2;
 pub const AUTH_MODE_AUTHORIZER: u8 = 1;
 /// `AUTH_MODE_MON`: the auth payload starts an authentication with a monitor.
 pub const AUTH_MODE_MON: u8 = 10;
-
-/// How we authenticate to servers (Ceph's `auth_client_required`, one method).
-#[derive(Clone, Debug, Default)]
-pub enum ClientAuth {
-    /// Auth method none: name and global id in the clear, crc mode only.
-    #[default]
-    None,
-    /// cephx with a key: tickets from monitors, authorizers for other daemons.
-    Cephx(Arc<CephxClient>),
-}
-
-impl ClientAuth {
-    pub fn method(&self) -> u32 {
-        match self {
-            ClientAuth::None => AUTH_METHOD_NONE,
-            ClientAuth::Cephx(_) => AUTH_METHOD_CEPHX,
-        }
-    }
-}
-
-/// How we verify clients (Ceph's `auth_service_required` / `auth_cluster_required`, one method).
-#[derive(Clone, Debug, Default)]
-pub enum ServerAuth {
-    /// Anyone may connect (auth method none).
-    #[default]
-    None,
-    /// msgr as a monitor: clients prove their key and get session keys and tickets.
-    CephxMonitor(Arc<CephxMonitor>),
-    /// msgr as a service (OSD-like): clients present authorizers from monitor-issued tickets.
-    CephxService(Arc<CephxService>),
-}
-
-impl ServerAuth {
-    pub fn method(&self) -> u32 {
-        match self {
-            ServerAuth::None => AUTH_METHOD_NONE,
-            ServerAuth::CephxMonitor(_) | ServerAuth::CephxService(_) => AUTH_METHOD_CEPHX,
-        }
-    }
-}
 
 /// Connection modes in preference order, per connection type (Ceph's `ms_mon_client_mode`,
 /// `ms_client_mode`, `ms_service_mode`). Auth method none only ever uses crc.
@@ -195,7 +163,7 @@ pub fn cephx_client_from_keyring(path: &str, name: &str) -> Result<ClientAuth, S
         .map_err(|e| format!("bad entity name {name:?}: {e}"))?;
     let kr = Keyring::load(path).map_err(|e| e.to_string())?;
     let c = CephxClient::from_keyring(&kr, &name, path).map_err(|e| e.to_string())?;
-    Ok(ClientAuth::Cephx(Arc::new(c)))
+    Ok(ClientAuth::cephx(Arc::new(c)))
 }
 
 /// The AUTH_REQUEST payload of auth method none: a mode byte, the entity name and the global id.

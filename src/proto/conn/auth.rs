@@ -1,6 +1,12 @@
 //! The authentication phase: AUTH_REQUEST / AUTH_REPLY_MORE / AUTH_REQUEST_MORE / AUTH_DONE /
-//! AUTH_BAD_METHOD for methods none and cephx in both roles, and the AUTH_SIGNATURE exchange that binds
-//! the pre-auth transcript to the session key.
+//! AUTH_BAD_METHOD driven through the configured auth methods (`proto::auth::method`), in both roles,
+//! and the AUTH_SIGNATURE exchange that binds the pre-auth transcript to the session key.
+//!
+//! The connection, not the method, enforces: the attempt and round limits, that the mode is one both
+//! sides allow, that a granted entity matches the type its HELLO claimed, and that secure mode gets a
+//! usable connection secret.
+
+use crate::proto::auth::method::MAX_AUTH_ROUNDS;
 
 use super::*;
 
@@ -8,6 +14,7 @@ impl Connection {
     /// Client: the server refused our auth method or proof; keep what it allows for the owner to report.
     pub(super) fn auth_bad_method(&mut self, b: AuthBadMethod) -> Error {
         let method = self.config.auth_client.method();
+        let method_name = self.config.auth_client.get().name().to_string();
         let offered = match self.transport.as_ref().map(|t| &t.auth) {
             Some(AuthState::Client { offered, .. }) => offered.clone(),
             _ => Vec::new(),
@@ -20,7 +27,7 @@ impl Connection {
         {
             format!(
                 "server refused our {} authentication as {} (result {} {}): wrong or unknown key",
-                auth_method_name(method),
+                method_name,
                 self.auth_identity(),
                 b.result,
                 errno_name(b.result)
@@ -36,7 +43,7 @@ impl Connection {
                 b.allowed_modes,
                 names(&b.allowed_modes, con_mode_name),
                 method,
-                auth_method_name(method),
+                method_name,
                 offered,
                 names(&offered, con_mode_name),
             )
@@ -46,9 +53,23 @@ impl Connection {
     }
 
     pub(super) fn auth_identity(&self) -> String {
-        match &self.config.auth_client {
-            ClientAuth::None => self.config.auth_name.to_string(),
-            ClientAuth::Cephx(c) => c.name().to_string(),
+        let method = self.config.auth_client.get();
+        method
+            .entity_name()
+            .unwrap_or(&self.config.auth_name)
+            .to_string()
+    }
+
+    /// A failure of our own auth method as the connection reports it.
+    fn client_auth_failed(&self, e: AuthError) -> Error {
+        match e {
+            AuthError::Refused { reason, .. } => Error::AuthFailed(format!(
+                "{} as {}: {reason}",
+                self.config.auth_client.get().name(),
+                self.auth_identity()
+            )),
+            AuthError::Malformed(e) => Error::Decode(e),
+            AuthError::Protocol(why) => Error::PeerMisbehaved(why),
         }
     }
 
@@ -96,60 +117,45 @@ impl Connection {
 
     /// Client: AUTH_REQUEST with our method, the modes we offer this peer type, and the payload.
     pub(super) fn send_auth_request(&mut self) -> Result<(), Error> {
-        let method = self.config.auth_client.method();
-        let offered = self.config.con_modes.offer(self.peer_type, method);
-        let (payload, cephx) = match &self.config.auth_client {
-            ClientAuth::None => {
-                let payload = if self.peer_type == entity_type::MON {
-                    AuthNoneRequest::Mon {
-                        name: self.config.auth_name.clone(),
-                        global_id: self.peer_global_id,
-                    }
-                } else {
-                    AuthNoneRequest::Authorizer {
-                        name: self.config.auth_name.clone(),
-                        global_id: self.config.gid.max(0) as u64,
-                    }
-                };
-                (payload.encode(), None)
-            }
-            ClientAuth::Cephx(c) => {
-                let (payload, session) = c
-                    .start(self.peer_type, &mut rand::rng())
-                    .map_err(|e| Error::AuthFailed(format!("cephx as {}: {e}", c.name())))?;
-                (payload, Some(session))
-            }
+        let config = self.config.clone();
+        let method = config.auth_client.get();
+        let offered = method.offered_modes(self.peer_type, &config.con_modes);
+        let global_id = if self.peer_type == entity_type::MON {
+            self.peer_global_id
+        } else {
+            config.gid.max(0) as u64
         };
+        let ctx = ClientAuthContext::new(self.peer_type, &config.auth_name, global_id, &offered);
+        let (payload, session) = method
+            .start(&ctx)
+            .map_err(|e| self.client_auth_failed(e))?;
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         t.auth = AuthState::Client {
-            cephx,
+            session,
             offered: offered.clone(),
+            rounds: 0,
         };
         self.queue_control(&ControlFrame::AuthRequest(AuthRequest {
-            method,
+            method: method.method(),
             preferred_modes: offered,
             auth_payload: payload,
         }))
     }
 
     pub(super) fn client_auth_reply_more(&mut self, m: AuthReplyMore) -> Result<(), Error> {
-        let ClientAuth::Cephx(client) = &self.config.auth_client else {
-            return Err(Error::PeerMisbehaved(
-                "AUTH_REPLY_MORE for auth method none".into(),
-            ));
-        };
-        let client = client.clone();
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let AuthState::Client {
-            cephx: Some(session),
-            ..
+            session, rounds, ..
         } = &mut t.auth
         else {
             return Err(Error::PeerMisbehaved("unexpected AUTH_REPLY_MORE".into()));
         };
-        let payload = session
-            .handle_reply_more(&client, &m.auth_payload, &mut rand::rng())
-            .map_err(|e| cephx_failed(&client, e))?;
+        *rounds = rounds.saturating_add(1);
+        if *rounds > MAX_AUTH_ROUNDS {
+            return Err(too_many_rounds("AUTH_REPLY_MORE"));
+        }
+        let answer = session.handle_reply_more(&m.auth_payload);
+        let payload = answer.map_err(|e| self.client_auth_failed(e))?;
         self.queue_control(&ControlFrame::AuthRequestMore(AuthRequestMore {
             auth_payload: payload,
         }))
@@ -157,7 +163,12 @@ impl Connection {
 
     pub(super) fn client_auth_done(&mut self, d: AuthDone) -> Result<(), Error> {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
-        let AuthState::Client { cephx, offered } = std::mem::take(&mut t.auth) else {
+        let AuthState::Client {
+            mut session,
+            offered,
+            ..
+        } = std::mem::take(&mut t.auth)
+        else {
             return Err(Error::PeerMisbehaved(
                 "AUTH_DONE before AUTH_REQUEST".into(),
             ));
@@ -174,17 +185,11 @@ impl Connection {
                     .join(", ")
             )));
         }
-        let (session_key, connection_secret) = match (cephx, &self.config.auth_client) {
-            (Some(mut session), ClientAuth::Cephx(client)) => {
-                let s = session
-                    .handle_done(client, d.global_id, &d.auth_payload)
-                    .map_err(|e| cephx_failed(client, e))?;
-                (s.session_key.clone(), s.connection_secret.clone())
-            }
-            _ => (Vec::new(), Vec::new()),
-        };
+        let mut secrets = session
+            .handle_done(d.global_id, d.con_mode, &d.auth_payload)
+            .map_err(|e| self.client_auth_failed(e))?;
         self.peer_global_id = d.global_id;
-        self.finish_auth(d.con_mode, session_key, &connection_secret, false)
+        self.finish_auth(d.con_mode, &mut secrets, false)
     }
 
     /// Both sides, once AUTH_DONE is out (server) or in (client): keep the session key, switch to
@@ -192,14 +197,13 @@ impl Connection {
     pub(super) fn finish_auth(
         &mut self,
         mode: u32,
-        session_key: Vec<u8>,
-        connection_secret: &[u8],
+        secrets: &mut SessionSecrets,
         crossed: bool,
     ) -> Result<(), Error> {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
-        t.session_key = zeroize::Zeroizing::new(session_key);
+        t.session_key = zeroize::Zeroizing::new(std::mem::take(&mut secrets.session_key));
         if mode == CON_MODE_SECURE {
-            let (tx, rx) = session_ciphers(connection_secret, crossed).map_err(|e| {
+            let (tx, rx) = session_ciphers(&secrets.connection_secret, crossed).map_err(|e| {
                 Error::AuthFailed(format!(
                     "secure mode without a usable connection secret: {e}"
                 ))
@@ -228,16 +232,17 @@ impl Connection {
 
     /// Server: refuse the request with AUTH_BAD_METHOD (what we allow); the client may try again.
     pub(super) fn refuse_auth(&mut self, method: u32, result: i32) -> Result<(), Error> {
-        let ours = self.config.auth_server.method();
         if let Some(t) = self.transport.as_mut() {
             t.auth = AuthState::Idle;
         }
-        self.queue_control(&ControlFrame::AuthBadMethod(AuthBadMethod {
+        let server = &self.config.auth_server;
+        let bad = AuthBadMethod {
             method,
             result,
-            allowed_methods: vec![ours],
-            allowed_modes: self.config.con_modes.allowed(ours),
-        }))
+            allowed_methods: server.methods(),
+            allowed_modes: server.allowed_modes(&self.config.con_modes),
+        };
+        self.queue_control(&ControlFrame::AuthBadMethod(bad))
     }
 
     pub(super) fn server_auth_request(
@@ -251,68 +256,22 @@ impl Connection {
         if t.auth_attempts > max {
             return Err(Error::limit(Limit::AuthAttempts, t.auth_attempts, max));
         }
-        let ours = self.config.auth_server.method();
-        let mode = ConModes::pick(&r.preferred_modes, &self.config.con_modes.allowed(ours));
-        let (true, Some(mode)) = (r.method == ours, mode) else {
+        t.auth = AuthState::Idle;
+        let config = self.config.clone();
+        let Some(method) = config.auth_server.find(r.method) else {
             return self.refuse_auth(r.method, EOPNOTSUPP);
         };
-        match self.config.auth_server.clone() {
-            ServerAuth::None => {
-                let req = AuthNoneRequest::decode(&r.auth_payload)?;
-                self.authenticated(req.name().clone())?;
-                let claimed = req.global_id();
-                let gid = if claimed != 0 {
-                    claimed
-                } else {
-                    self.config.global_id_alloc.fetch_add(1, Ordering::Relaxed) + 1
-                };
-                self.send_auth_done(gid, mode, Bytes::new())?;
-                self.finish_auth(mode, Vec::new(), &[], true)
-            }
-            ServerAuth::CephxMonitor(mon) => {
-                let alloc = self.config.global_id_alloc.clone();
-                match mon.start(
-                    &r.auth_payload,
-                    || alloc.fetch_add(1, Ordering::Relaxed) + 1,
-                    &mut rand::rng(),
-                ) {
-                    Ok((challenge, session)) => {
-                        let t = self.transport.as_mut().ok_or(Error::Closed)?;
-                        t.auth = AuthState::Monitor { session, mode };
-                        self.queue_control(&ControlFrame::AuthReplyMore(AuthReplyMore {
-                            auth_payload: challenge,
-                        }))
-                    }
-                    Err(e) => {
-                        // Per event and partly peer-chosen: debug only (the messenger logs dropped peers, rate-limited).
-                        tracing::debug!(peer = %self.target_addr, reason = ?e.to_string(), "cephx: refused");
-                        self.refuse_auth(r.method, e.errno())
-                    }
-                }
-            }
-            ServerAuth::CephxService(svc) => {
-                match svc.verify(&r.auth_payload, None, 0, now, &mut rand::rng()) {
-                    Ok(ServiceVerdict::Challenge {
-                        payload,
-                        server_challenge,
-                    }) => {
-                        let t = self.transport.as_mut().ok_or(Error::Closed)?;
-                        t.auth = AuthState::Service {
-                            challenge: server_challenge,
-                            mode,
-                        };
-                        self.queue_control(&ControlFrame::AuthReplyMore(AuthReplyMore {
-                            auth_payload: payload,
-                        }))
-                    }
-                    Ok(ServiceVerdict::Done { .. }) => self.refuse_auth(r.method, EACCES),
-                    Err(e) => {
-                        tracing::debug!(peer = %self.target_addr, reason = ?e.to_string(), "cephx: refused authorizer");
-                        self.refuse_auth(r.method, e.errno())
-                    }
-                }
-            }
-        }
+        let allowed = method.allowed_modes(&config.con_modes);
+        let mode = method
+            .choose_mode(&r.preferred_modes, &allowed)
+            .filter(|m| allowed.contains(m) && r.preferred_modes.contains(m))
+            .filter(|m| [CON_MODE_CRC, CON_MODE_SECURE].contains(m));
+        let Some(mode) = mode else {
+            return self.refuse_auth(r.method, EOPNOTSUPP);
+        };
+        let ctx = ServerAuthContext::new(self.peer_type, mode, now, &config.global_id_alloc);
+        let step = method.start(&ctx, &r.auth_payload);
+        self.server_auth_step(method.name(), r.method, mode, 0, step)
     }
 
     pub(super) fn server_auth_request_more(
@@ -321,54 +280,71 @@ impl Connection {
         r: AuthRequestMore,
     ) -> Result<(), Error> {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
-        let state = std::mem::take(&mut t.auth);
-        let method = self.config.auth_server.method();
-        let result = match (state, self.config.auth_server.clone()) {
-            (AuthState::Monitor { session, mode }, ServerAuth::CephxMonitor(mon)) => {
-                let len = secret_len(mode);
-                mon.finish(&session, &r.auth_payload, len, now, &mut rand::rng())
-                    .map(|(payload, gid, secrets)| {
-                        (payload, gid, secrets, mode, session.name().clone())
-                    })
-            }
-            (AuthState::Service { challenge, mode }, ServerAuth::CephxService(svc)) => {
-                let len = secret_len(mode);
-                match svc.verify(&r.auth_payload, Some(challenge), len, now, &mut rand::rng()) {
-                    Ok(ServiceVerdict::Done {
-                        payload,
-                        name,
-                        global_id,
-                        secrets,
-                    }) => Ok((payload, global_id, secrets, mode, name)),
-                    Ok(ServiceVerdict::Challenge { .. }) => Err(CephxError::Refused(
-                        "authorizer did not answer our challenge".into(),
-                    )),
-                    Err(e) => Err(e),
-                }
-            }
-            _ => {
-                return Err(Error::PeerMisbehaved(
-                    "AUTH_REQUEST_MORE without a pending auth exchange".into(),
-                ))
-            }
+        let AuthState::Server {
+            session,
+            method,
+            mode,
+            rounds,
+        } = std::mem::take(&mut t.auth)
+        else {
+            return Err(Error::PeerMisbehaved(
+                "AUTH_REQUEST_MORE without a pending auth exchange".into(),
+            ));
         };
-        match result {
-            Ok((payload, gid, secrets, mode, name)) => {
-                self.peer_global_id = gid;
-                self.authenticated(name)?;
-                self.send_auth_done(gid, mode, payload)?;
-                self.finish_auth(
+        let config = self.config.clone();
+        let name = config.auth_server.find(method).map_or("", |m| m.name());
+        let ctx = ServerAuthContext::new(self.peer_type, mode, now, &config.global_id_alloc);
+        let step = session.handle_more(&ctx, &r.auth_payload);
+        self.server_auth_step(name, method, mode, rounds, step)
+    }
+
+    /// Server: act on what the method made of the last request (`rounds` AUTH_REPLY_MORE sent so
+    /// far for it).
+    fn server_auth_step(
+        &mut self,
+        name: &str,
+        method: u32,
+        mode: u32,
+        rounds: u32,
+        step: Result<ServerStep, AuthError>,
+    ) -> Result<(), Error> {
+        match step {
+            Ok(ServerStep::More { reply, session }) => {
+                let rounds = rounds.saturating_add(1);
+                if rounds > MAX_AUTH_ROUNDS {
+                    return Err(too_many_rounds("AUTH_REQUEST_MORE"));
+                }
+                let t = self.transport.as_mut().ok_or(Error::Closed)?;
+                t.auth = AuthState::Server {
+                    session,
+                    method,
                     mode,
-                    secrets.session_key.clone(),
-                    &secrets.connection_secret,
-                    true,
-                )
+                    rounds,
+                };
+                self.queue_control(&ControlFrame::AuthReplyMore(AuthReplyMore {
+                    auth_payload: reply,
+                }))
             }
-            Err(e) => {
+            Ok(ServerStep::Done(mut granted)) => {
+                if mode == CON_MODE_SECURE
+                    && granted.secrets.connection_secret.len() < CONNECTION_SECRET_MIN
+                {
+                    return Err(Error::AuthFailed(format!(
+                        "auth method {name} granted secure mode with a {}-byte connection secret (at least {CONNECTION_SECRET_MIN})",
+                        granted.secrets.connection_secret.len()
+                    )));
+                }
+                self.authenticated(granted.entity)?;
+                self.send_auth_done(granted.global_id, mode, granted.payload)?;
+                self.finish_auth(mode, &mut granted.secrets, true)
+            }
+            Err(AuthError::Refused { errno, reason }) => {
                 // Per event and partly peer-chosen: debug only (the messenger logs dropped peers, rate-limited).
-                tracing::debug!(peer = %self.target_addr, reason = ?e.to_string(), "cephx: refused");
-                self.refuse_auth(method, e.errno())
+                tracing::debug!(peer = %self.target_addr, method = name, reason = ?reason, "auth: refused");
+                self.refuse_auth(method, errno)
             }
+            Err(AuthError::Malformed(e)) => Err(Error::Decode(e)),
+            Err(AuthError::Protocol(why)) => Err(Error::PeerMisbehaved(why)),
         }
     }
 
@@ -427,21 +403,10 @@ impl Connection {
     }
 }
 
-/// Ceph's `-EACCES`.
-pub(super) const EACCES: i32 = -13;
-
-/// Connection-secret bytes the server generates for `mode` (`get_connection_secret_length`).
-pub(super) fn secret_len(mode: u32) -> usize {
-    if mode == CON_MODE_SECURE {
-        CONNECTION_SECRET_LEN
-    } else {
-        0
-    }
-}
-
-/// A client-side cephx failure as the connection reports it.
-pub(super) fn cephx_failed(client: &crate::proto::auth::CephxClient, e: CephxError) -> Error {
-    Error::AuthFailed(format!("cephx as {}: {e}", client.name()))
+fn too_many_rounds(frame: &str) -> Error {
+    Error::PeerMisbehaved(format!(
+        "more than {MAX_AUTH_ROUNDS} {frame} rounds in one auth attempt"
+    ))
 }
 
 /// The errno names AUTH_BAD_METHOD results carry.

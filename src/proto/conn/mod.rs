@@ -46,7 +46,7 @@ mod resolve;
 pub use resolve::ceph_addr_less;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,13 +54,13 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::auth::cephx::{CephxClientSession, CephxError, CephxMonSession, ServiceVerdict};
 use super::auth::{
-    auth_method_name, auth_signature, con_mode_name, AuthNoneRequest, ClientAuth, ConModes,
-    ServerAuth, CON_MODE_SECURE,
+    auth_method_name, auth_signature, con_mode_name, AuthError, ClientAuth, ClientAuthContext,
+    ClientAuthSession, ConModes, ServerAuth, ServerAuthContext, ServerAuthSession, ServerStep,
+    SessionSecrets, CON_MODE_CRC, CON_MODE_SECURE,
 };
 use super::banner::{msgr2_feature, Banner};
-use super::codec::secure::{session_ciphers, CONNECTION_SECRET_LEN};
+use super::codec::secure::{session_ciphers, CONNECTION_SECRET_MIN};
 use super::codec::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::control::*;
 use super::error::{Error, Limit};
@@ -164,9 +164,10 @@ pub struct Config {
     pub nonce: u32,
     /// Our auth name (AUTH_REQUEST with method none; cephx takes it from its provider).
     pub auth_name: AuthEntityName,
-    /// How we authenticate to servers: none, or cephx with a key.
+    /// How we authenticate to servers: `ClientAuth::none()`, `cephx(..)`, or an application's method.
     pub auth_client: ClientAuth,
-    /// How we verify clients: none, cephx monitor role, or cephx service role.
+    /// How we verify clients: `ServerAuth::none()`, `cephx_monitor(..)`, `cephx_service(..)`, or the
+    /// application's methods.
     pub auth_server: ServerAuth,
     /// Connection modes (crc / secure) offered and allowed, per connection type.
     pub con_modes: ConModes,
@@ -178,7 +179,8 @@ pub struct Config {
     /// Largest frame accepted before the session is ready (banner through ident): cephx frames are a
     /// few hundred bytes, so an unauthenticated peer cannot make us buffer more than this.
     pub max_handshake_frame_len: usize,
-    /// AUTH_REQUESTs a peer may send on one transport (a refused method may be retried).
+    /// AUTH_REQUESTs a peer may send on one transport (a refused method may be retried); each
+    /// attempt takes at most `proto::auth::method::MAX_AUTH_ROUNDS` rounds.
     pub max_auth_attempts: u32,
     /// Bytes each direction of the pre-auth transcript (signed in AUTH_SIGNATURE) may hold.
     pub max_transcript_len: usize,
@@ -223,8 +225,8 @@ impl Config {
             // host never present the same address; monitors set 0 themselves.
             nonce: rand::random_range(1..=u32::MAX),
             auth_name,
-            auth_client: ClientAuth::None,
-            auth_server: ServerAuth::None,
+            auth_client: ClientAuth::none(),
+            auth_server: ServerAuth::none(),
             con_modes: ConModes::default(),
             features_supported: CEPH_FEATURES_ALL,
             features_required: CEPH_FEATURE_MSG_ADDR2,
@@ -452,19 +454,49 @@ struct Transport {
 }
 
 /// Per-transport auth progress (the sans-IO side of Ceph's AuthClient / AuthServer calls).
-#[derive(Debug, Default)]
+#[derive(Default)]
 enum AuthState {
     #[default]
     Idle,
-    /// Client: AUTH_REQUEST sent with these modes.
+    /// Client: AUTH_REQUEST sent with these modes; `rounds` AUTH_REPLY_MORE answered since.
     Client {
-        cephx: Option<CephxClientSession>,
+        session: Box<dyn ClientAuthSession>,
         offered: Vec<u32>,
+        rounds: u32,
     },
-    /// Server, monitor role: challenge sent.
-    Monitor { session: CephxMonSession, mode: u32 },
-    /// Server, service role: challenge sent.
-    Service { challenge: u64, mode: u32 },
+    /// Server: AUTH_REPLY_MORE sent for `method` in `mode`; `rounds` of them for this request.
+    Server {
+        session: Box<dyn ServerAuthSession>,
+        method: u32,
+        mode: u32,
+        rounds: u32,
+    },
+}
+
+impl std::fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthState::Idle => f.write_str("Idle"),
+            AuthState::Client {
+                offered, rounds, ..
+            } => f
+                .debug_struct("Client")
+                .field("offered", offered)
+                .field("rounds", rounds)
+                .finish_non_exhaustive(),
+            AuthState::Server {
+                method,
+                mode,
+                rounds,
+                ..
+            } => f
+                .debug_struct("Server")
+                .field("method", method)
+                .field("mode", mode)
+                .field("rounds", rounds)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Transport {

@@ -78,7 +78,7 @@ impl Security {
             anchor.utime(Instant::now()),
         );
         cfg.auth_server =
-            ServerAuth::CephxMonitor(Arc::new(CephxMonitor::new(keyring, secrets, anchor)));
+            ServerAuth::cephx_monitor(Arc::new(CephxMonitor::new(keyring, secrets, anchor)));
         cfg.con_modes = ConModes::all(&[CON_MODE_SECURE, CON_MODE_CRC]);
     }
 
@@ -86,7 +86,7 @@ impl Security {
         let Some(key) = &self.key else { return };
         cfg.auth_name = Self::client_name();
         cfg.auth_client =
-            ClientAuth::Cephx(Arc::new(CephxClient::new(Self::client_name(), key.clone())));
+            ClientAuth::cephx(Arc::new(CephxClient::new(Self::client_name(), key.clone())));
         cfg.con_modes = ConModes::all(&[CON_MODE_SECURE]);
     }
 }
