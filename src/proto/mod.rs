@@ -27,6 +27,6 @@ pub use conn::{
     Config, ConnStats, Connection, Event, Phase, Policy, Resolution, Role, SessionRequest,
     SessionRequestKind, Settlement,
 };
-pub use error::{Error, Limit};
+pub use error::{Error, Limit, TransportError, TransportErrorKind};
 pub use message::Message;
 pub use session::{GlobalSeq, Released};

@@ -63,7 +63,7 @@ use super::banner::{msgr2_feature, Banner};
 use super::codec::secure::{session_ciphers, CONNECTION_SECRET_LEN};
 use super::codec::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::control::*;
-use super::error::{Error, Limit};
+use super::error::{Error, Limit, TransportError, TransportErrorKind};
 use super::message::{Message, SEGMENT_ALIGNMENTS};
 use super::session::{GlobalSeq, Session};
 use super::types::{entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr, EntityName, UTime};
@@ -856,7 +856,7 @@ impl Connection {
 
     /// The transport failed (I/O error, EOF, connect refused). Applies the policy: reconnect with
     /// back-off, standby, or reset.
-    pub fn on_transport_error(&mut self, now: Instant, reason: impl Into<String>) {
+    pub fn on_transport_error(&mut self, now: Instant, reason: impl Into<TransportError>) {
         if self.transport.is_none() && self.phase != Phase::Connecting {
             return;
         }
@@ -1057,9 +1057,10 @@ impl Connection {
             }
             (Role::Client, Phase::Session | Phase::Reconnecting, ControlFrame::Wait) => {
                 self.phase = Phase::Wait;
-                Err(Error::Transport(
-                    "peer asked us to WAIT (connection race)".into(),
-                ))
+                Err(Error::Transport(TransportError::new(
+                    TransportErrorKind::Replaced,
+                    "peer asked us to WAIT (connection race)",
+                )))
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionReconnectOk(ok)) => {
                 self.client_reconnect_ok(now, ok)
