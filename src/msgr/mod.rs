@@ -965,7 +965,7 @@ fn open<W: crate::stack::WorkerStack>(
         }) {
             return Ok(existing.clone());
         }
-        let (conn, rx) = handler::new_handle(&shared, w);
+        let (conn, rx) = handler::new_handle(shared, w);
         {
             // Known from now on, for the identity check of a session request racing this dial.
             let mut p = conn.0.peer.lock().unwrap_or_else(|e| e.into_inner());
@@ -975,7 +975,7 @@ fn open<W: crate::stack::WorkerStack>(
         reg.insert(addrs.clone(), conn.clone(), policy.server);
         (conn, rx)
     } else {
-        handler::new_handle(&shared, w)
+        handler::new_handle(shared, w)
     };
     // Count it now so that a burst of connects spreads over the workers.
     shared.load[w].fetch_add(1, Ordering::Relaxed);
