@@ -46,6 +46,48 @@ use handler::{Command, Handler};
 pub type ConnId = u64;
 
 /// Callbacks from the messenger, run on the connection's worker thread (Ceph's Dispatcher).
+///
+/// A dispatcher must not block for long: the worker that calls it serves other connections too.
+///
+/// # Example
+/// An echo server's dispatcher: every message goes back on the connection it came on.
+/// ```
+/// use std::sync::Arc;
+/// use msgr::{ConnectionRef, Dispatcher, Message, Messenger, MessengerConfig, Policy, PosixStack};
+/// use msgr::{entity_type, AuthEntityName};
+/// use msgr::proto::Config;
+///
+/// struct Echo;
+/// impl Dispatcher for Echo {
+///     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+///         let reply = Message::new(msg.header.msg_type, msg.front.clone()).with_tid(msg.header.tid);
+///         let _ = conn.send(reply); // a worker thread never waits for send budget
+///     }
+/// }
+///
+/// let mut cfg = MessengerConfig::new(Config::new(
+///     entity_type::OSD,
+///     AuthEntityName::parse("osd.0").unwrap(),
+/// ));
+/// cfg.workers.threads = 1;
+/// let mut server = Messenger::new(PosixStack::new(), cfg, Arc::new(Echo));
+/// server.bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+/// server.start().unwrap();
+/// # // A client that hears the echo.
+/// # struct Heard(std::sync::Mutex<std::sync::mpsc::Sender<Message>>);
+/// # impl Dispatcher for Heard {
+/// #     fn ms_dispatch(&self, _c: &ConnectionRef, m: Message) { let _ = self.0.lock().unwrap().send(m); }
+/// # }
+/// # let (tx, rx) = std::sync::mpsc::channel();
+/// # let mut ccfg = MessengerConfig::new(Config::new(entity_type::CLIENT, AuthEntityName::parse("client.a").unwrap()));
+/// # ccfg.workers.threads = 1;
+/// # let mut client = Messenger::new(PosixStack::new(), ccfg, Arc::new(Heard(std::sync::Mutex::new(tx))));
+/// # client.start().unwrap();
+/// # let conn = client.connect_to(entity_type::OSD, server.my_addrs(), Policy::lossy_client()).unwrap();
+/// # conn.send(Message::new(0x4000, bytes::Bytes::from_static(b"hi")).with_tid(7)).unwrap();
+/// # let echo = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+/// # assert_eq!((&echo.front[..], echo.header.tid), (&b"hi"[..], 7));
+/// ```
 pub trait Dispatcher: Send + Sync + 'static {
     /// A message arrived.
     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message);
@@ -328,6 +370,52 @@ pub struct RegistryStats {
 }
 
 /// A handle to a connection; cheap to clone, usable from any thread.
+///
+/// # Example
+/// Send a message and wait for the answer (the server echoes).
+/// ```
+/// use std::sync::{mpsc, Arc, Mutex};
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use msgr::{entity_type, AuthEntityName, ConnectionRef, Dispatcher, Message, Messenger};
+/// use msgr::{MessengerConfig, Policy, PosixStack};
+/// use msgr::proto::Config;
+///
+/// struct Echo;
+/// impl Dispatcher for Echo {
+///     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+///         let _ = conn.send(Message::new(msg.header.msg_type, msg.front.clone()));
+///     }
+/// }
+/// struct Replies(Mutex<mpsc::Sender<Message>>);
+/// impl Dispatcher for Replies {
+///     fn ms_dispatch(&self, _conn: &ConnectionRef, msg: Message) {
+///         let _ = self.0.lock().unwrap().send(msg);
+///     }
+/// }
+/// fn config(t: u8, name: &str) -> MessengerConfig {
+///     let mut c = MessengerConfig::new(Config::new(t, AuthEntityName::parse(name).unwrap()));
+///     c.workers.threads = 1;
+///     c
+/// }
+///
+/// let mut server = Messenger::new(PosixStack::new(), config(entity_type::OSD, "osd.0"), Arc::new(Echo));
+/// server.bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+/// server.start().unwrap();
+///
+/// let (tx, rx) = mpsc::channel();
+/// let replies = Arc::new(Replies(Mutex::new(tx)));
+/// let mut client = Messenger::new(PosixStack::new(), config(entity_type::CLIENT, "client.admin"), replies);
+/// client.start().unwrap();
+/// let conn = client
+///     .connect_to(entity_type::OSD, server.my_addrs(), Policy::lossless_client())
+///     .unwrap();
+/// conn.send(Message::new(0x4000, Bytes::from_static(b"ping"))).unwrap();
+/// let reply = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+/// assert_eq!(&reply.front[..], b"ping");
+/// assert!(conn.is_connected());
+/// assert_eq!(conn.peer_type(), entity_type::OSD);
+/// ```
 #[derive(Clone)]
 pub struct ConnectionRef(pub(crate) Arc<ConnShared>);
 
@@ -573,7 +661,55 @@ impl ConnectionRef {
     }
 }
 
-/// A messenger over network stack `N`.
+/// A messenger over network stack `N`: it listens on the addresses it is bound to, dials peers with
+/// [`Messenger::connect_to`], keeps one session per peer, and hands what arrives to its
+/// [`Dispatcher`]s on its worker threads.
+///
+/// # Example
+/// A server and a client on loopback (port 0), one lossless session, one message each way.
+/// ```
+/// use std::sync::{mpsc, Arc, Mutex};
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use msgr::{entity_type, AuthEntityName, ConnectionRef, Dispatcher, Message, Messenger};
+/// use msgr::{MessengerConfig, Policy, PosixStack};
+/// use msgr::proto::Config;
+///
+/// /// Passes what arrives to a channel, and answers "ping" with "pong".
+/// struct Inbox(Mutex<mpsc::Sender<Vec<u8>>>);
+/// impl Dispatcher for Inbox {
+///     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+///         if &msg.front[..] == b"ping" {
+///             let _ = conn.send(Message::new(0x4000, Bytes::from_static(b"pong")));
+///         }
+///         let _ = self.0.lock().unwrap().send(msg.front.to_vec());
+///     }
+/// }
+/// fn messenger(t: u8, name: &str, tx: mpsc::Sender<Vec<u8>>) -> Messenger<PosixStack> {
+///     let mut c = MessengerConfig::new(Config::new(t, AuthEntityName::parse(name).unwrap()));
+///     c.workers.threads = 1;
+///     Messenger::new(PosixStack::new(), c, Arc::new(Inbox(Mutex::new(tx))))
+/// }
+///
+/// let (server_tx, server_rx) = mpsc::channel();
+/// let mut server = messenger(entity_type::OSD, "osd.0", server_tx);
+/// server.bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+/// server.start().unwrap();
+///
+/// let (client_tx, client_rx) = mpsc::channel();
+/// let mut client = messenger(entity_type::CLIENT, "client.admin", client_tx);
+/// client.start().unwrap();
+/// let conn = client
+///     .connect_to(entity_type::OSD, server.my_addrs(), Policy::lossless_client())
+///     .unwrap();
+/// conn.send(Message::new(0x4000, Bytes::from_static(b"ping"))).unwrap();
+///
+/// let wait = Duration::from_secs(10);
+/// assert_eq!(server_rx.recv_timeout(wait).unwrap(), b"ping");
+/// assert_eq!(client_rx.recv_timeout(wait).unwrap(), b"pong");
+/// // Everything sent was acknowledged: nothing is lost by shutting down now.
+/// assert!(client.shutdown_flush(wait).unwrap());
+/// ```
 pub struct Messenger<N: NetworkStack> {
     stack: Arc<N>,
     shared: Arc<Shared>,
