@@ -265,10 +265,9 @@ impl ServerAuthSession for CephxServiceConn {
                 payload,
                 secrets,
             })),
-            ServiceVerdict::Challenge { .. } => Err(CephxError::Refused(
-                "authorizer did not answer our challenge".into(),
-            )
-            .into()),
+            ServiceVerdict::Challenge { .. } => {
+                Err(CephxError::Refused("authorizer did not answer our challenge".into()).into())
+            }
         }
     }
 }

@@ -52,8 +52,8 @@ use crate::proto::denc::DecodeError;
 use crate::proto::types::{entity_type, AuthEntityName};
 
 pub use super::cephx::SessionSecrets;
-pub use crate::proto::codec::secure::{CONNECTION_SECRET_LEN, CONNECTION_SECRET_MIN};
 pub use super::CON_MODE_SECURE;
+pub use crate::proto::codec::secure::{CONNECTION_SECRET_LEN, CONNECTION_SECRET_MIN};
 
 /// AUTH_REPLY_MORE / AUTH_REQUEST_MORE rounds one auth attempt may take (cephx takes one); a peer
 /// that goes on fails the connection.

@@ -33,8 +33,7 @@ pub use crypto::{CryptoError, CryptoKey};
 pub use keyring::{Keyring, KeyringEntry, KeyringError};
 pub use method::{
     AuthError, AuthGranted, ClientAuth, ClientAuthContext, ClientAuthMethod, ClientAuthSession,
-    ServerAuth, ServerAuthContext, ServerAuthMethod, ServerAuthSession, ServerStep,
-    SessionSecrets,
+    ServerAuth, ServerAuthContext, ServerAuthMethod, ServerAuthSession, ServerStep, SessionSecrets,
 };
 
 /// `CEPH_AUTH_NONE`.

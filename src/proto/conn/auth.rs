@@ -126,9 +126,7 @@ impl Connection {
             config.gid.max(0) as u64
         };
         let ctx = ClientAuthContext::new(self.peer_type, &config.auth_name, global_id, &offered);
-        let (payload, session) = method
-            .start(&ctx)
-            .map_err(|e| self.client_auth_failed(e))?;
+        let (payload, session) = method.start(&ctx).map_err(|e| self.client_auth_failed(e))?;
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         t.auth = AuthState::Client {
             session,
