@@ -676,15 +676,16 @@ fn messenger_config(proto: Config) -> MessengerConfig {
     c
 }
 
-fn psk_messengers(
-    client_key: &[u8],
-) -> (
-    Messenger<PosixStack>,
-    Arc<Recorder>,
-    Messenger<PosixStack>,
-    Arc<Recorder>,
-    Arc<PskServer>,
-) {
+/// A psk server messenger (echoing PINGs) and a client messenger holding `client_key`.
+struct Messengers {
+    srv: Messenger<PosixStack>,
+    srv_rec: Arc<Recorder>,
+    cli: Messenger<PosixStack>,
+    cli_rec: Arc<Recorder>,
+    psk: Arc<PskServer>,
+}
+
+fn psk_messengers(client_key: &[u8]) -> Messengers {
     let psk = psk_server();
     let mut scfg = Config::new(entity_type::OSD, AuthEntityName::new(entity_type::OSD, "0"));
     scfg.auth_server = ServerAuth::new(psk.clone());
@@ -702,12 +703,24 @@ fn psk_messengers(
         cli_rec.clone(),
     );
     cli.start().unwrap();
-    (srv, srv_rec, cli, cli_rec, psk)
+    Messengers {
+        srv,
+        srv_rec,
+        cli,
+        cli_rec,
+        psk,
+    }
 }
 
 #[test]
 fn two_messengers_exchange_messages_over_a_custom_method_in_secure_mode() {
-    let (srv, srv_rec, cli, cli_rec, psk) = psk_messengers(ALICE_KEY);
+    let Messengers {
+        srv,
+        srv_rec,
+        cli,
+        cli_rec,
+        psk,
+    } = psk_messengers(ALICE_KEY);
     let conn = cli
         .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
         .unwrap();
@@ -745,7 +758,13 @@ fn two_messengers_exchange_messages_over_a_custom_method_in_secure_mode() {
 
 #[test]
 fn a_messenger_with_the_wrong_key_is_refused_and_the_server_counts_it() {
-    let (srv, srv_rec, cli, cli_rec, psk) = psk_messengers(b"a guess");
+    let Messengers {
+        srv,
+        srv_rec,
+        cli,
+        cli_rec,
+        psk,
+    } = psk_messengers(b"a guess");
     let conn = cli
         .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
         .unwrap();
