@@ -47,22 +47,18 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::cephx::{CephxClient, CephxMonitor, CephxService};
-use super::{auth_method_name, ConModes, CON_MODE_CRC};
+use super::{auth_method_name, ConModes, CON_MODE_CRC, CON_MODE_SECURE};
 use crate::proto::denc::DecodeError;
 use crate::proto::types::{entity_type, AuthEntityName};
 
 pub use super::cephx::SessionSecrets;
-pub use super::CON_MODE_SECURE;
+/// Ceph's errnos for a refusal: `-EACCES` for a refused proof, `-EPERM` otherwise.
+pub use super::cephx::{EACCES, EPERM};
 pub use crate::proto::codec::secure::{CONNECTION_SECRET_LEN, CONNECTION_SECRET_MIN};
 
 /// AUTH_REPLY_MORE / AUTH_REQUEST_MORE rounds one auth attempt may take (cephx takes one); a peer
 /// that goes on fails the connection.
 pub const MAX_AUTH_ROUNDS: u32 = 8;
-
-/// Ceph's `-EACCES`: the errno of a refused proof.
-pub const EACCES: i32 = -13;
-/// Ceph's `-EPERM`.
-pub const EPERM: i32 = -1;
 
 /// Why an auth step failed. Messages name entities and reasons, never keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -318,8 +314,8 @@ impl ClientAuth {
         self.0.method()
     }
 
-    /// The method.
-    pub fn get(&self) -> &dyn ClientAuthMethod {
+    /// The method itself.
+    pub fn auth_method(&self) -> &dyn ClientAuthMethod {
         &*self.0
     }
 }

@@ -14,7 +14,7 @@ impl Connection {
     /// Client: the server refused our auth method or proof; keep what it allows for the owner to report.
     pub(super) fn auth_bad_method(&mut self, b: AuthBadMethod) -> Error {
         let method = self.config.auth_client.method();
-        let method_name = self.config.auth_client.get().name().to_string();
+        let method_name = self.config.auth_client.auth_method().name().to_string();
         let offered = match self.transport.as_ref().map(|t| &t.auth) {
             Some(AuthState::Client { offered, .. }) => offered.clone(),
             _ => Vec::new(),
@@ -53,7 +53,7 @@ impl Connection {
     }
 
     pub(super) fn auth_identity(&self) -> String {
-        let method = self.config.auth_client.get();
+        let method = self.config.auth_client.auth_method();
         method
             .entity_name()
             .unwrap_or(&self.config.auth_name)
@@ -65,7 +65,7 @@ impl Connection {
         match e {
             AuthError::Refused { reason, .. } => Error::AuthFailed(format!(
                 "{} as {}: {reason}",
-                self.config.auth_client.get().name(),
+                self.config.auth_client.auth_method().name(),
                 self.auth_identity()
             )),
             AuthError::Malformed(e) => Error::Decode(e),
@@ -118,7 +118,7 @@ impl Connection {
     /// Client: AUTH_REQUEST with our method, the modes we offer this peer type, and the payload.
     pub(super) fn send_auth_request(&mut self) -> Result<(), Error> {
         let config = self.config.clone();
-        let method = config.auth_client.get();
+        let method = config.auth_client.auth_method();
         let offered = method.offered_modes(self.peer_type, &config.con_modes);
         let global_id = if self.peer_type == entity_type::MON {
             self.peer_global_id
