@@ -99,8 +99,8 @@ use std::time::Duration;
 
 use super::NetworkStack;
 pub use credit::{CreditViolation, Credits};
-use verbs::{Context, DetachedId};
 pub use qp_worker::{RdmaWorker, MAX_WAIT};
+use verbs::{Context, DetachedId};
 
 /// A zero-timeout poll looks at the rdma_cm channel every this many turns (connections being set up are
 /// checked every turn).

@@ -12,6 +12,8 @@
 //! ([`WorkerStack::peer_authenticated`]), then its full depth (if the pool has it): `recv_slots` and
 //! `send_slots` count what it holds, wherever each slot is.
 
+mod conn;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
@@ -25,13 +27,14 @@ use mio::{Interest, Token};
 
 use bytes::Bytes;
 
+use self::conn::{Link, Phase, RxBuf, Stream};
 use super::ceph_wire::{self, QpRecord, RecordError, RecordReader};
 use super::credit::Credits;
 use super::mr_cache::{CacheStats, MrCache, Refused};
 use super::pool::{BufferPool, PdRegistrar, PinnedChunk, SendBuf, Slot};
 use super::verbs::{
     self, CmEventKind, CmId, CompChannel, Completion, CompletionQueue, Context, EventChannel,
-    OwnedQp, ProtectionDomain, Qp, QpCaps, RemoteQp, SendOptions,
+    OwnedQp, ProtectionDomain, QpCaps, RemoteQp, SendOptions,
 };
 use super::{
     bump, hello, parse_hello, PeerParams, PendingAccept, RdmaConfig, RdmaCounters, RdmaHandoff,
@@ -76,50 +79,6 @@ const SIDE_CHANNEL_EVERY: Duration = Duration::from_millis(2);
 
 /// Longest blocking wait of one `poll`, whatever timeout it was given (bounds a missed lazy wake-up).
 pub const MAX_WAIT: Duration = Duration::from_millis(1);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Client: waiting for ADDR_RESOLVED.
-    Resolving,
-    /// Client: waiting for ROUTE_RESOLVED.
-    Routing,
-    /// Client: rdma_connect sent, waiting for ESTABLISHED.
-    Connecting,
-    /// Client on Ceph's wire: TCP side channel connecting, or queue-pair records being exchanged.
-    CephConnecting,
-    /// Server: taken by `accept`, not yet answered (may still be detached).
-    AcceptPending,
-    /// Server: rdma_accept sent, waiting for ESTABLISHED.
-    Accepting,
-    Established,
-    /// The peer disconnected: remaining data can be read, then end of stream.
-    PeerClosed,
-    /// A connect failed (reported as ConnectFailed) or the connection failed (see `error`).
-    Dead,
-}
-
-impl Phase {
-    fn is_connecting(self) -> bool {
-        matches!(
-            self,
-            Phase::Resolving | Phase::Routing | Phase::Connecting | Phase::CephConnecting
-        )
-    }
-}
-
-/// A completed receive not yet read in full.
-struct RxBuf {
-    slot: Slot,
-    len: usize,
-    off: usize,
-}
-
-/// Where a connection's QP comes from: an rdma_cm id (msgr's wire) or Ceph's TCP side channel with a
-/// QP set up by hand.
-enum Link {
-    Cm(CmId),
-    Ceph(Box<CephLink>),
-}
 
 /// Where Ceph's queue-pair exchange stands (see `ceph_wire.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,178 +146,6 @@ impl CephLink {
     fn send_record(&mut self, record: &QpRecord) -> io::Result<()> {
         self.out.extend_from_slice(&record.encode());
         self.flush().map(drop)
-    }
-}
-
-impl Link {
-    fn qp(&self) -> io::Result<&Qp> {
-        match self {
-            Link::Cm(cm) => cm.qp(),
-            Link::Ceph(c) => {
-                c.qp.as_ref()
-                    .map(OwnedQp::qp)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no QP yet"))
-            }
-        }
-    }
-
-    fn qp_mut(&mut self) -> io::Result<&mut Qp> {
-        match self {
-            Link::Cm(cm) => cm.qp_mut(),
-            Link::Ceph(c) => {
-                c.qp.as_mut()
-                    .map(OwnedQp::qp_mut)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no QP yet"))
-            }
-        }
-    }
-
-    fn is_ceph(&self) -> bool {
-        matches!(self, Link::Ceph(_))
-    }
-
-    fn max_inline(&self) -> u32 {
-        self.qp().map_or(0, Qp::max_inline)
-    }
-
-    fn post_recv(&mut self, slot: Slot) -> Result<(), (Slot, io::Error)> {
-        match self.qp_mut() {
-            Ok(qp) => qp.post_recv(slot),
-            Err(e) => Err((slot, e)),
-        }
-    }
-
-    fn post_send(
-        &mut self,
-        buf: SendBuf,
-        opts: SendOptions,
-    ) -> Result<Option<SendBuf>, (SendBuf, io::Error)> {
-        match self.qp_mut() {
-            Ok(qp) => qp.post_send(buf, opts),
-            Err(e) => Err((buf, e)),
-        }
-    }
-
-    fn complete_recv(&mut self, c: &Completion) -> Option<Slot> {
-        self.qp_mut().ok()?.complete_recv(c)
-    }
-
-    fn complete_send(&mut self, c: &Completion, out: &mut Vec<SendBuf>) {
-        if let Ok(qp) = self.qp_mut() {
-            qp.complete_send(c, out);
-        }
-    }
-
-    fn force_error(&self) -> io::Result<()> {
-        self.qp()?.force_error()
-    }
-
-    /// Tell the peer the connection is over: an rdma_cm disconnect, or on Ceph's wire the end of the
-    /// side channel (what Ceph watches).
-    fn disconnect(&self) {
-        match self {
-            Link::Cm(cm) => cm.disconnect(),
-            Link::Ceph(c) => {
-                let _ = c.tcp.shutdown(Shutdown::Both);
-            }
-        }
-    }
-
-    fn reject(&self) {
-        match self {
-            Link::Cm(cm) => cm.reject(),
-            Link::Ceph(c) => {
-                let _ = c.tcp.shutdown(Shutdown::Both);
-            }
-        }
-    }
-
-    fn destroy_qp(&mut self) -> Vec<Slot> {
-        match self {
-            Link::Cm(cm) => cm.destroy_qp(),
-            Link::Ceph(c) => c.qp.take().map(OwnedQp::destroy).unwrap_or_default(),
-        }
-    }
-
-    fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Link::Cm(cm) => cm.local_addr(),
-            Link::Ceph(c) => c.tcp.local_addr().ok(),
-        }
-    }
-}
-
-struct Stream {
-    link: Link,
-    phase: Phase,
-    peer: SocketAddr,
-    connect_timeout: Option<Duration>,
-    deadline: Option<Instant>,
-    params: Option<PeerParams>,
-    credits: Credits,
-    /// Largest SEND payload: min(our buffer, the peer's buffer).
-    chunk: usize,
-    send_free: Vec<Slot>,
-    /// The send buffer being filled by `writev` and its length; posted by the next poll.
-    open: Option<(Slot, usize)>,
-    open_queued: bool,
-    rx: VecDeque<RxBuf>,
-    posted_seq: u64,
-    completed_seq: u64,
-    unsignaled: u32,
-    write_blocked: bool,
-    credit_queued: bool,
-    /// Receive buffers this connection holds (posted or being read): the pre-authentication depth,
-    /// then the full one.
-    recv_slots: u32,
-    /// Send buffers this connection holds (free, open or posted).
-    send_slots: u32,
-    /// The messenger said the peer authenticated (the connection was offered its full depth).
-    authenticated: bool,
-    /// Readiness to report at the end of this poll.
-    pending: Readiness,
-    error: Option<(io::ErrorKind, String)>,
-    /// CQ entries reserved for this connection's QP.
-    cq_share: u32,
-}
-
-impl Stream {
-    fn new(link: Link, phase: Phase, peer: SocketAddr) -> Self {
-        Stream {
-            link,
-            phase,
-            peer,
-            connect_timeout: None,
-            deadline: None,
-            params: None,
-            credits: Credits::new(0, 4),
-            chunk: 0,
-            send_free: Vec::new(),
-            open: None,
-            open_queued: false,
-            rx: VecDeque::new(),
-            posted_seq: 0,
-            completed_seq: 0,
-            unsignaled: 0,
-            write_blocked: false,
-            credit_queued: false,
-            recv_slots: 0,
-            send_slots: 0,
-            authenticated: false,
-            pending: Readiness::default(),
-            error: None,
-            cq_share: 0,
-        }
-    }
-
-    fn outstanding(&self) -> u64 {
-        self.posted_seq - self.completed_seq
-    }
-
-    fn error(&self) -> Option<io::Error> {
-        self.error
-            .as_ref()
-            .map(|(kind, msg)| io::Error::new(*kind, msg.clone()))
     }
 }
 
@@ -547,33 +334,6 @@ impl RdmaWorker {
             Some(Entry::Stream(s)) => Ok(s),
             other => Err(TransportError::refused(id, "stream operation", other)),
         }
-    }
-
-    fn mark(dirty: &mut Vec<SocketId>, id: SocketId, s: &mut Stream, r: Readiness) {
-        if s.pending.is_empty() {
-            dirty.push(id);
-        }
-        s.pending.readable |= r.readable;
-        s.pending.writable |= r.writable;
-    }
-
-    /// Record a fatal error on an established (or accepting) stream and make the owner look.
-    fn fail(
-        dirty: &mut Vec<SocketId>,
-        id: SocketId,
-        s: &mut Stream,
-        kind: io::ErrorKind,
-        msg: String,
-    ) {
-        if s.error.is_none() {
-            tracing::debug!(%id, peer = %s.peer, %msg, "rdma connection failed");
-            s.error = Some((kind, msg));
-        }
-        if s.phase != Phase::Dead {
-            s.link.disconnect();
-        }
-        s.phase = Phase::Dead;
-        Self::mark(dirty, id, s, Readiness::BOTH);
     }
 
     /// Create the QP for `s` and post its receives: only the pre-authentication depth (the QP and its
