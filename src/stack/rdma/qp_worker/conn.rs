@@ -13,7 +13,8 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{CephLink, RdmaWorker};
+use super::side_channel::CephLink;
+use super::RdmaWorker;
 use crate::stack::rdma::credit::Credits;
 use crate::stack::rdma::pool::{SendBuf, Slot};
 use crate::stack::rdma::verbs::{CmId, Completion, OwnedQp, Qp, SendOptions};
