@@ -13,7 +13,8 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::conn::{Link, Phase};
-use super::{Entry, Listening, Pending, RdmaWorker};
+use super::listen::{Listening, Pending};
+use super::{Entry, RdmaWorker};
 use crate::stack::rdma::ceph_wire::{self, QpRecord, RecordError, RecordReader};
 use crate::stack::rdma::verbs::{OwnedQp, RemoteQp};
 use crate::stack::rdma::{bump, RdmaWire};
