@@ -33,8 +33,7 @@ pub(super) enum Pending {
 }
 
 impl RdmaWorker {
-    /// [`WorkerStack::listen`](crate::stack::WorkerStack::listen): an rdma_cm listener (msgr's wire)
-    /// or a TCP one (Ceph's side channels).
+    /// `WorkerStack::listen`: an rdma_cm listener (msgr's wire) or a TCP one (Ceph's side channels).
     pub(super) fn listen_on(
         &mut self,
         addr: SocketAddr,
@@ -92,8 +91,7 @@ impl RdmaWorker {
         Ok(id)
     }
 
-    /// [`WorkerStack::accept`](crate::stack::WorkerStack::accept): the next connect request of the
-    /// backlog as an `AcceptPending` stream.
+    /// `WorkerStack::accept`: the next connect request of the backlog as an `AcceptPending` stream.
     pub(super) fn accept_from_backlog(
         &mut self,
         listener: SocketId,
