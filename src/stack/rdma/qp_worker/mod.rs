@@ -1,7 +1,25 @@
-//! One worker's RDMA transport ([`RdmaWorker`]): its verbs objects, its connections and the byte stream,
-//! credits and polling described in the [module docs](super). A connection's `Link` says how its QP
-//! came to be: an rdma_cm id (msgr's wire) or Ceph's TCP side channel with a hand-made QP (`CephLink`,
-//! driven by `service_ceph` through the steps of `ceph_wire.rs`); the data path above it is the same.
+//! One worker's RDMA transport ([`RdmaWorker`], the [`WorkerStack`] of the rdma stack): its verbs
+//! objects, its connections (queue pairs) and the byte stream, credits and polling described in the
+//! [module docs](super). A connection's `Link` says how its QP came to be: an rdma_cm id (msgr's wire)
+//! or Ceph's TCP side channel with a hand-made QP (`CephLink`, driven by `service_ceph` through the
+//! steps of `ceph_wire.rs`); the data path above it is the same.
+//!
+//! This file holds the worker (its verbs objects, its id table, the lazy waker) and its [`WorkerStack`]
+//! impl, whose `poll` is the loop:
+//!
+//! ```text
+//! forced QP errors (test hook) → accepts taken since the last turn get their QP → open send buffers
+//!   posted → credit-only SENDs → CQ drained → what the completions unblocked posted
+//!   → rdma_cm events and Ceph side channels (when idle, setting up, or every CM_CHECK_EVERY turns)
+//!   → (nothing to report) wait on the completion channel, the CM channel and the waker (≤ MAX_WAIT)
+//!   → connect deadlines → events out
+//! ```
+//!
+//! The rest, by seam: [`conn`] the connection record and its link; [`lifecycle`] connect, QP set-up
+//! and promotion to the full depth, finishing an accept, connect failures and deadlines, close, moving
+//! a connect request to another worker; [`cm_events`] the rdma_cm events (msgr's wire);
+//! [`side_channel`] Ceph's side channel and queue-pair exchange; [`listen`] listeners, their backlog
+//! and `accept`; [`send`] the send path; [`receive`] the completion queue and the receive path.
 //!
 //! Invariants: a connection's QP lives on this worker's PD and CQ for its whole life (only connect
 //! requests not yet accepted move, see [`WorkerStack::detach`]); every slot of the pool is in exactly one
@@ -71,6 +89,7 @@ impl Wake for LazyWake {
 /// Longest blocking wait of one `poll`, whatever timeout it was given (bounds a missed lazy wake-up).
 pub const MAX_WAIT: Duration = Duration::from_millis(1);
 
+/// What an id names: a listener (with its backlog of connect requests) or a connection.
 enum Entry {
     Listener {
         listening: Listening,
