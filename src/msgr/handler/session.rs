@@ -366,8 +366,13 @@ impl<S: WorkerStack> Handler<S> {
         if let Some(sid) = conn.socket.take() {
             let _ = c.stack_mut().close(sid);
             self.by_socket.remove(&sid);
-            conn.proto
-                .on_transport_error(Instant::now(), format!("session moved to worker {to}"));
+            conn.proto.on_transport_error(
+                Instant::now(),
+                TransportError::new(
+                    TransportErrorKind::Replaced,
+                    format!("session moved to worker {to}"),
+                ),
+            );
         }
         conn.connecting = false;
         conn.txq.clear();
