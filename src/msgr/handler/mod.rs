@@ -62,7 +62,8 @@ pub(crate) struct Handler<S: WorkerStack> {
     shared: Arc<Shared>,
     remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>,
     counters: Arc<WorkerCounters>,
-    conns: IdMap<ConnId, Conn>,
+    /// Boxed: a `Conn` is a few KiB, and the map keeps spare slots.
+    conns: IdMap<ConnId, Box<Conn>>,
     by_socket: IdMap<SocketId, ConnId>,
     by_timer: IdMap<TimerId, ConnId>,
     listeners: Vec<SocketId>,
@@ -135,7 +136,7 @@ impl<S: WorkerStack> Handler<S> {
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn insert(&mut self, conn: Conn) {
+    fn insert(&mut self, conn: Box<Conn>) {
         self.shared.load[self.index].fetch_add(1, Ordering::Relaxed);
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         self.conns.insert(conn.handle.id(), conn);

@@ -491,10 +491,16 @@ impl std::fmt::Debug for AuthState {
     }
 }
 
+/// Receive buffer of a transport before its session is ready: what an unauthenticated peer costs.
+const HANDSHAKE_RX_CAPACITY: usize = 1024;
+/// Receive buffer of a ready session (it grows further for a large frame).
+const READY_RX_CAPACITY: usize = 16 * 1024;
+
 impl Transport {
     fn new(max_frame_len: usize) -> Self {
         Transport {
-            rx: BytesMut::with_capacity(16 * 1024),
+            // Room for a banner and a handshake frame; a ready session gets READY_RX_CAPACITY.
+            rx: BytesMut::with_capacity(HANDSHAKE_RX_CAPACITY),
             decoder: FrameDecoder::new(max_frame_len),
             encoder: FrameEncoder::new(),
             tx: Vec::new(),
@@ -1245,6 +1251,7 @@ impl Connection {
         self.phase = Phase::Ready;
         if let Some(t) = self.transport.as_mut() {
             t.decoder.set_max_frame_len(self.config.max_frame_len);
+            t.rx.reserve(READY_RX_CAPACITY.saturating_sub(t.rx.len()));
         }
         self.backoff = Duration::ZERO;
         self.stats.handshakes += 1;
