@@ -410,3 +410,53 @@ impl fmt::Debug for ServerAuth {
 pub(super) fn crc_only() -> Vec<u32> {
     vec![CON_MODE_CRC]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::auth::{AUTH_METHOD_CEPHX, AUTH_METHOD_NONE};
+
+    /// A method under any id, allowing what the configuration accepts.
+    #[derive(Debug)]
+    struct Other(u32);
+
+    impl ServerAuthMethod for Other {
+        fn method(&self) -> u32 {
+            self.0
+        }
+        fn start(&self, _: &ServerAuthContext<'_>, _: &[u8]) -> Result<ServerStep, AuthError> {
+            Err(AuthError::refused("not asked here"))
+        }
+    }
+
+    #[test]
+    fn a_server_lists_each_method_once_and_the_union_of_their_modes() {
+        let s = ServerAuth::none()
+            .with(Arc::new(Other(0x10)))
+            .with(Arc::new(Other(AUTH_METHOD_NONE)));
+        assert_eq!(s.methods(), vec![AUTH_METHOD_NONE, 0x10]);
+        let modes = ConModes::all(&[CON_MODE_SECURE, CON_MODE_CRC]);
+        assert_eq!(s.allowed_modes(&modes), vec![CON_MODE_CRC, CON_MODE_SECURE]);
+        // The first method offered under an id serves it: none's crc-only, not Other's.
+        let none = s.find(AUTH_METHOD_NONE).unwrap();
+        assert_eq!(none.allowed_modes(&modes), vec![CON_MODE_CRC]);
+        assert_eq!(s.find(0x10).unwrap().allowed_modes(&modes), modes.accept);
+        assert!(s.find(AUTH_METHOD_CEPHX).is_none());
+        assert_eq!(ServerAuth::default().methods(), vec![AUTH_METHOD_NONE]);
+        assert_eq!(ClientAuth::default().method(), AUTH_METHOD_NONE);
+    }
+
+    #[test]
+    fn context_secret_length_follows_the_mode() {
+        let ids = AtomicU64::new(41);
+        let now = Instant::now();
+        let secure = ServerAuthContext::new(0, CON_MODE_SECURE, now, &ids);
+        assert_eq!(secure.connection_secret_len(), CONNECTION_SECRET_LEN);
+        assert_eq!(
+            ServerAuthContext::new(0, CON_MODE_CRC, now, &ids).connection_secret_len(),
+            0
+        );
+        assert_eq!(secure.assign_global_id(), 42);
+        assert_eq!(secure.assign_global_id(), 43);
+    }
+}
