@@ -24,8 +24,8 @@
 //! - every payload it is handed came in one frame within `Config::max_handshake_frame_len`; AUTH_REQUESTs
 //!   per transport are limited by `Config::max_auth_attempts`, and the rounds of one attempt by
 //!   [`MAX_AUTH_ROUNDS`];
-//! - the method is asked to start only with a mode both sides allow, and a session never outlives its
-//!   transport;
+//! - a server method starts only with a mode (crc or secure) that it allows and the client offered,
+//!   a client session finishes only with a mode it offered; a session never outlives its transport;
 //! - the entity a server method grants is checked against the type the peer claimed in HELLO, and is
 //!   what the messenger then checks session takeovers against (`Connection::peer_auth_name`).
 //!
@@ -33,8 +33,8 @@
 //! - no panic on any payload: untrusted input decodes into an [`AuthError`];
 //! - in secure mode ([`CON_MODE_SECURE`]) both sides end with the same connection secret of at least
 //!   [`CONNECTION_SECRET_MIN`] bytes (AES-128-GCM key and the two nonces; Ceph sends
-//!   [`CONNECTION_SECRET_LEN`]); the client's are the server's with the nonces crossed, which the
-//!   connection does. A shorter secret fails the connection instead of running unprotected;
+//!   [`CONNECTION_SECRET_LEN`]): both return the same bytes, the connection itself swaps the nonces
+//!   for the client's direction. A shorter secret fails the connection instead of running unprotected;
 //! - the session key signs the pre-auth transcript (AUTH_SIGNATURE). An empty key gives the all-zero
 //!   signature auth none sends: only a method that protects nothing may leave it empty;
 //! - `Debug` never shows keys or secrets.
