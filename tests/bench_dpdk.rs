@@ -9,6 +9,8 @@
 //! - options that do not apply to the dpdk stack are usage errors (exit 2);
 //! - `msgr serve --stack dpdk` answers `msgr ping --stack dpdk` and `msgr recon --stack dpdk` over memif
 //!   (each its own process: the EAL exists once per process).
+//! - `msgr bench run ADDR --stack dpdk` against `msgr bench serve --stack dpdk` over memif (the
+//!   two-process form, through the stack switch): every count, the header naming link and arguments.
 //!
 //! Every msgr process is bounded by a deadline and killed past it.
 
@@ -225,10 +227,51 @@ fn memif_end(server: bool, socket: &str, link_wait_ms: u32) -> String {
     )
 }
 
-/// `msgr serve --stack dpdk` over memif; killed (and its EAL directory removed) on drop.
+/// A `msgr serve` / `msgr bench serve` on the server end of a memif link; killed (and its EAL
+/// directory removed) on drop.
 struct DpdkServe {
     child: std::process::Child,
     socket: String,
+}
+
+impl DpdkServe {
+    /// Starts `msgr COMMAND --stack dpdk --dpdk-args SERVER-END ARGS` and waits for its
+    /// `<type> listening on ADDR` line; returns it with ADDR. The server does not wait for its link (it
+    /// comes up when a client connects): it prints its address at once, and each client waits instead.
+    fn start(command: &[&str], args: &[&str], name: &str) -> (Self, String) {
+        let socket = format!("/msgr-{name}-{}", std::process::id());
+        let server_args = memif_end(true, &socket, 0);
+        let child = Command::new(MSGR)
+            .args(command)
+            .args(["--stack", "dpdk", "--dpdk-args", &server_args])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn msgr");
+        let mut serve = DpdkServe { child, socket };
+        let stdout = serve.child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let end = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("msgr {command:?} printed no address within 60 s"));
+            if let Some((_, a)) = line.split_once(" listening on ") {
+                break a.trim().to_string();
+            }
+        };
+        assert!(abstract_socket_open(&serve.socket), "no memif socket");
+        (serve, addr)
+    }
 }
 
 impl Drop for DpdkServe {
@@ -236,51 +279,28 @@ impl Drop for DpdkServe {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir(format!("/var/run/dpdk/msgr-{}", self.child.id()));
+        assert!(
+            std::thread::panicking() || !abstract_socket_open(&self.socket),
+            "the memif server outlived the test"
+        );
     }
 }
 
 #[test]
 fn serve_answers_ping_and_recon_over_memif() {
-    let socket = format!("/msgr-serve-test-{}", std::process::id());
-    // The server does not wait for its link (it comes up when a client connects): it prints its
-    // address at once, and each client waits for the link instead.
-    let server_args = memif_end(true, &socket, 0);
-    let child = Command::new(MSGR)
-        .args(["serve", "--stack", "dpdk", "--dpdk-args", &server_args])
-        .args([
+    let (serve, addr) = DpdkServe::start(
+        &["serve"],
+        &[
             "--bind",
             "198.18.0.1:6800",
             "--type",
             "osd",
             "--duration",
             "120",
-        ])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn msgr serve");
-    let mut serve = DpdkServe { child, socket };
-    let stdout = serve.child.stdout.take().expect("stdout");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let end = Instant::now() + Duration::from_secs(60);
-    let addr = loop {
-        let left = end.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .expect("msgr serve --stack dpdk printed no address within 60 s");
-        if let Some(a) = line.strip_prefix("osd listening on ") {
-            break a.trim().to_string();
-        }
-    };
+        ],
+        "serve-test",
+    );
     assert!(addr.starts_with("v2:198.18.0.1:6800/"), "{addr}");
-    assert!(abstract_socket_open(&serve.socket), "no memif socket");
 
     // Each client is its own process on the client end of the link, one after the other.
     let client_args = memif_end(false, &serve.socket, 20_000);
@@ -306,7 +326,10 @@ fn serve_answers_ping_and_recon_over_memif() {
         text(&out.stderr)
     );
     assert!(stdout.contains("connected to 198.18.0.1:6800/"), "{stdout}");
-    assert!(stdout.contains("(osd, ") && stdout.contains("crc mode)"), "{stdout}");
+    assert!(
+        stdout.contains("(osd, ") && stdout.contains("crc mode)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("3 keepalives, 3 answered"), "{stdout}");
 
     let recon = [
@@ -336,9 +359,50 @@ fn serve_answers_ping_and_recon_over_memif() {
     assert!(peer["handshake_ms"].as_f64().unwrap_or(0.0) > 0.0, "{peer}");
 
     drop(serve);
-    let socket = format!("/msgr-serve-test-{}", std::process::id());
-    assert!(
-        !abstract_socket_open(&socket),
-        "msgr serve outlived the test"
+}
+
+/// The two-process form over the switch: `bench run ADDR --stack dpdk` against `bench serve --stack dpdk`.
+#[test]
+fn bench_run_against_bench_serve_over_memif() {
+    let (serve, addr) = DpdkServe::start(
+        &["bench", "serve"],
+        &["--bind", "198.18.0.1:6800", "--stdin-control"],
+        "bench-run-test",
     );
+    assert_eq!(addr, "v2:198.18.0.1:6800/0");
+    let json =
+        std::env::temp_dir().join(format!("msgr-bench-dpdk-{}-run.json", std::process::id()));
+    let client_args = memif_end(false, &serve.socket, 20_000);
+    let run = [
+        "bench",
+        "run",
+        "198.18.0.1:6800",
+        "--stack",
+        "dpdk",
+        "--dpdk-args",
+        &client_args,
+        "--sizes",
+        "64,4k",
+        "--count",
+        "300",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let out = msgr(&run, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{run:?}\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let h = &report["header"];
+    assert_eq!(h["stack"], "dpdk");
+    assert_eq!(h["link"], "memif", "{h}");
+    assert_eq!(h["processes"], "two", "{h}");
+    assert_eq!(h["stack_args"], client_args.as_str(), "{h}");
+    check_results(&report, "latency", &[64, 4096], 300);
+    drop(serve);
 }
