@@ -170,6 +170,8 @@ impl StackChoice {
     /// [`check`]s `kind` against `options`, then resolves what the stack needs: `--stack dpdk` its
     /// configuration from --dpdk-args (queues agreeing with `role.workers`), `--stack rdma` its device
     /// and, for a server listening on it, its address (see [`rdma::resolve`]).
+    // `role` only matters to the kernel-bypass stacks.
+    #[cfg_attr(not(any(feature = "dpdk", feature = "rdma")), allow(unused_variables))]
     pub fn new(kind: StackKind, options: &StackOptions, role: Role) -> Result<Self, StackError> {
         check(kind, options)?;
         match kind {
