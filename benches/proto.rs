@@ -1,5 +1,6 @@
 //! Benchmarks of the sans-IO protocol core: frame encode + decode, Ceph's crc32c, a full handshake
-//! between two in-memory connections, and message throughput through `proto::sim::Sim`.
+//! between two in-memory connections, message throughput through `proto::sim::Sim`, and the rate of
+//! 64 B messages through two in-memory connections (`stream/64B_window64_lossless`).
 //!
 //! `cargo bench --bench proto` (add `-- --warm-up-time 1 --measurement-time 3` for a quick pass).
 
@@ -138,6 +139,77 @@ fn handshake(c: &mut Criterion) {
     });
 }
 
+/// A client and a server connection, handshaken, in memory.
+fn ready_pair() -> (Connection, Connection) {
+    let now = Instant::now();
+    let mut client = Connection::client(
+        client_config(),
+        Policy::lossless_client(),
+        entity_type::OSD,
+        server_addr(),
+        now,
+    );
+    let _ = client.poll_event(); // OpenTransport
+    client.on_transport_connected(now);
+    let mut server = Connection::server(server_config(), server_addr(), now);
+    let mut out = Vec::new();
+    while !(client.is_ready() && server.is_ready()) {
+        pass(&mut client, &mut server, now, &mut out);
+        pass(&mut server, &mut client, now, &mut out);
+        while let Some(ev) = server.poll_event() {
+            if let Event::SessionRequest(_) = ev {
+                server.resolve_session(now, None);
+            }
+        }
+        while client.poll_event().is_some() {}
+    }
+    (client, server)
+}
+
+/// Hand what `from` has to write to `to`, one piece per "read".
+fn pass(from: &mut Connection, to: &mut Connection, now: Instant, out: &mut Vec<Bytes>) {
+    from.poll_transmit(now, out);
+    for piece in out.drain(..) {
+        to.handle_input(now, &piece);
+    }
+}
+
+/// The protocol alone for small messages (issue 15): 64 B lossless messages, 64 in flight, through two
+/// in-memory connections on one thread — encode, crc, hand over, decode, deliver, ack. Elements/s is
+/// messages per second.
+fn stream_64b(c: &mut Criterion) {
+    const WINDOW: u64 = 64;
+    let front = payload(64);
+    let mut g = c.benchmark_group("stream");
+    g.throughput(Throughput::Elements(WINDOW));
+    g.bench_function("64B_window64_lossless", |b| {
+        let (mut client, mut server) = ready_pair();
+        let mut out = Vec::new();
+        let mut tid = 0u64;
+        b.iter(|| {
+            let now = Instant::now();
+            for _ in 0..WINDOW {
+                tid += 1;
+                client
+                    .send(now, Message::new(0x4000, front.clone()).with_tid(tid))
+                    .unwrap();
+            }
+            pass(&mut client, &mut server, now, &mut out);
+            let mut got = 0;
+            while let Some(ev) = server.poll_event() {
+                if let Event::Message(m) = ev {
+                    black_box(m);
+                    got += 1;
+                }
+            }
+            assert_eq!(got, WINDOW);
+            pass(&mut server, &mut client, now, &mut out);
+            while client.poll_event().is_some() {}
+        });
+    });
+    g.finish();
+}
+
 /// 1,000 messages of 4 KiB through `Sim` after the handshake: encode, crc, hand over, decode, deliver,
 /// ack.
 fn sim_throughput(c: &mut Criterion) {
@@ -177,6 +249,6 @@ fn sim_throughput(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
-    targets = frame_encode_decode, crc32c, handshake, sim_throughput
+    targets = frame_encode_decode, crc32c, handshake, sim_throughput, stream_64b
 }
 criterion_main!(benches);

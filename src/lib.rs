@@ -20,8 +20,8 @@ mod throttle;
 pub use crate::event::WorkerConfig;
 pub use crate::msgr::{
     ConnId, ConnectionRef, CountersSnapshot, Dispatcher, Messenger, MessengerConfig,
-    MsgrError as Error, PeerInfo, PeerThrottleStats, Permit, RecvThrottle, RegistryStats, Throttle,
-    ThrottleStats, ThrottlesSnapshot, TrySendError,
+    MessengerHandle, MsgrError as Error, PeerInfo, PeerThrottleStats, Permit, RecvThrottle,
+    RegistryStats, StopHandle, Throttle, ThrottleStats, ThrottlesSnapshot, TrySendError,
 };
 pub use crate::proto::types::{entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr};
 pub use crate::proto::{Message, Policy};

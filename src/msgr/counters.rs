@@ -30,6 +30,8 @@ pub struct WorkerCounters {
     pub sessions_refused_identity: AtomicU64,
     /// Server-policy sessions ended after their time in Standby, or evicted for `max_sessions`.
     pub sessions_expired: AtomicU64,
+    /// Messages no dispatcher in the chain took (dropped).
+    pub undispatched: AtomicU64,
     /// Connections ended because the peer tripped a resource limit, by [`Limit::index`].
     pub limits_tripped: [AtomicU64; Limit::ALL.len()],
 }
@@ -108,6 +110,8 @@ pub struct CountersSnapshot {
     /// Server-policy sessions ended after their time in Standby (`server_standby_expiry`) or evicted
     /// to stay within `max_sessions`.
     pub sessions_expired: u64,
+    /// Messages no dispatcher took (`Dispatcher::ms_handles` said no for all): dropped.
+    pub undispatched: u64,
     /// Connections ended because the peer tripped a resource limit, by the limit's configuration name
     /// (only limits that tripped are listed).
     pub limits_tripped: std::collections::BTreeMap<&'static str, u64>,
@@ -167,6 +171,7 @@ impl CountersSnapshot {
             s.sessions_moved += w.sessions_moved.load(Relaxed);
             s.sessions_refused_identity += w.sessions_refused_identity.load(Relaxed);
             s.sessions_expired += w.sessions_expired.load(Relaxed);
+            s.undispatched += w.undispatched.load(Relaxed);
             for limit in Limit::ALL {
                 let n = w.limits_tripped[limit.index()].load(Relaxed);
                 if n > 0 {

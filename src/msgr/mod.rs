@@ -21,6 +21,7 @@
 //!   except on reset or `mark_down`).
 
 mod counters;
+mod dispatch;
 mod handler;
 pub(crate) mod loglimit;
 mod registry;
@@ -45,9 +46,56 @@ use handler::{Command, Handler};
 pub type ConnId = u64;
 
 /// Callbacks from the messenger, run on the connection's worker thread (Ceph's Dispatcher).
+///
+/// A dispatcher must not block for long: the worker that calls it serves other connections too.
+///
+/// # Example
+/// An echo server's dispatcher: every message goes back on the connection it came on.
+/// ```
+/// use std::sync::Arc;
+/// use msgr::{ConnectionRef, Dispatcher, Message, Messenger, MessengerConfig, Policy, PosixStack};
+/// use msgr::{entity_type, AuthEntityName};
+/// use msgr::proto::Config;
+///
+/// struct Echo;
+/// impl Dispatcher for Echo {
+///     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+///         let reply = Message::new(msg.header.msg_type, msg.front.clone()).with_tid(msg.header.tid);
+///         let _ = conn.send(reply); // a worker thread never waits for send budget
+///     }
+/// }
+///
+/// let mut cfg = MessengerConfig::new(Config::new(
+///     entity_type::OSD,
+///     AuthEntityName::parse("osd.0").unwrap(),
+/// ));
+/// cfg.workers.threads = 1;
+/// let mut server = Messenger::new(PosixStack::new(), cfg, Arc::new(Echo));
+/// server.bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+/// server.start().unwrap();
+/// # // A client that hears the echo.
+/// # struct Heard(std::sync::Mutex<std::sync::mpsc::Sender<Message>>);
+/// # impl Dispatcher for Heard {
+/// #     fn ms_dispatch(&self, _c: &ConnectionRef, m: Message) { let _ = self.0.lock().unwrap().send(m); }
+/// # }
+/// # let (tx, rx) = std::sync::mpsc::channel();
+/// # let mut ccfg = MessengerConfig::new(Config::new(entity_type::CLIENT, AuthEntityName::parse("client.a").unwrap()));
+/// # ccfg.workers.threads = 1;
+/// # let mut client = Messenger::new(PosixStack::new(), ccfg, Arc::new(Heard(std::sync::Mutex::new(tx))));
+/// # client.start().unwrap();
+/// # let conn = client.connect_to(entity_type::OSD, server.my_addrs(), Policy::lossy_client()).unwrap();
+/// # conn.send(Message::new(0x4000, bytes::Bytes::from_static(b"hi")).with_tid(7)).unwrap();
+/// # let echo = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+/// # assert_eq!((&echo.front[..], echo.header.tid), (&b"hi"[..], 7));
+/// ```
 pub trait Dispatcher: Send + Sync + 'static {
     /// A message arrived.
     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message);
+    /// Whether this dispatcher takes `msg`: in a chain of several, a message goes to the first that
+    /// does (Ceph's `ms_dispatch` returning true). Connection events go to every dispatcher.
+    fn ms_handles(&self, _msg: &Message) -> bool {
+        true
+    }
     /// An outgoing connection completed its handshake (also after a reconnect).
     fn ms_handle_connect(&self, _conn: &ConnectionRef) {}
     /// An incoming connection completed its handshake.
@@ -57,8 +105,9 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// The peer reset the session (it restarted): queued messages to it were discarded.
     fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {}
     /// An attempt to open a transport to the peer failed (refused, unreachable, timed out). The
-    /// connection keeps retrying with back-off (lossless) until `mark_down`; `reason` says why.
-    fn ms_handle_connect_failed(&self, _conn: &ConnectionRef, _reason: &str) {}
+    /// connection keeps retrying with back-off (lossless) until `mark_down`; `reason` says why
+    /// ([`proto::TransportError::kind`]: refused, unreachable, timed out, …).
+    fn ms_handle_connect_failed(&self, _conn: &ConnectionRef, _reason: &proto::TransportError) {}
     /// A KEEPALIVE2 we sent came back.
     fn ms_handle_keepalive_ack(&self, _conn: &ConnectionRef, _rtt: Duration) {}
 }
@@ -188,12 +237,14 @@ pub enum MsgrError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("worker: {0}")]
     Worker(#[from] io::Error),
+    #[error("no dispatcher: add one before start")]
+    NoDispatcher,
 }
 
 /// State shared by the messenger's threads (on the per-message path: only the throttles).
 pub(crate) struct Shared {
     pub config: MessengerConfig,
-    pub dispatcher: Arc<dyn Dispatcher>,
+    pub dispatcher: Arc<dispatch::DispatchChain>,
     pub proto_config: OnceLock<Arc<proto::Config>>,
     /// Sessions by peer address. `connect_to` checks and inserts under one lock, and a worker resolving an
     /// incoming session does its lookup, decision and insertion under it too, so one peer never ends up
@@ -211,6 +262,8 @@ pub(crate) struct Shared {
     /// Messenger-wide dispatch throttle.
     pub dispatch_throttle: Arc<Throttle>,
     pub stopping: AtomicBool,
+    /// Set by [`StopHandle::stop`]; [`Messenger::wait`] sleeps on it.
+    pub stop_requested: (Mutex<bool>, std::sync::Condvar),
     /// Per worker: where other threads post "connection N has commands" (set when the worker starts,
     /// before any connection exists). Shared with every connection handle, which looks up its current
     /// worker's entry at kick time: a session can move between workers (see `handler::Handler::resolve`).
@@ -258,6 +311,8 @@ pub(crate) struct ConnShared {
     /// connection on its run list (see `handler::Handler::run_list`).
     pub want_read: AtomicBool,
     pub peer: Mutex<PeerInfo>,
+    /// The application's data on this connection (Ceph's `set_priv`).
+    pub private: Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// What we know of the peer of a connection.
@@ -315,6 +370,52 @@ pub struct RegistryStats {
 }
 
 /// A handle to a connection; cheap to clone, usable from any thread.
+///
+/// # Example
+/// Send a message and wait for the answer (the server echoes).
+/// ```
+/// use std::sync::{mpsc, Arc, Mutex};
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use msgr::{entity_type, AuthEntityName, ConnectionRef, Dispatcher, Message, Messenger};
+/// use msgr::{MessengerConfig, Policy, PosixStack};
+/// use msgr::proto::Config;
+///
+/// struct Echo;
+/// impl Dispatcher for Echo {
+///     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+///         let _ = conn.send(Message::new(msg.header.msg_type, msg.front.clone()));
+///     }
+/// }
+/// struct Replies(Mutex<mpsc::Sender<Message>>);
+/// impl Dispatcher for Replies {
+///     fn ms_dispatch(&self, _conn: &ConnectionRef, msg: Message) {
+///         let _ = self.0.lock().unwrap().send(msg);
+///     }
+/// }
+/// fn config(t: u8, name: &str) -> MessengerConfig {
+///     let mut c = MessengerConfig::new(Config::new(t, AuthEntityName::parse(name).unwrap()));
+///     c.workers.threads = 1;
+///     c
+/// }
+///
+/// let mut server = Messenger::new(PosixStack::new(), config(entity_type::OSD, "osd.0"), Arc::new(Echo));
+/// server.bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+/// server.start().unwrap();
+///
+/// let (tx, rx) = mpsc::channel();
+/// let replies = Arc::new(Replies(Mutex::new(tx)));
+/// let mut client = Messenger::new(PosixStack::new(), config(entity_type::CLIENT, "client.admin"), replies);
+/// client.start().unwrap();
+/// let conn = client
+///     .connect_to(entity_type::OSD, server.my_addrs(), Policy::lossless_client())
+///     .unwrap();
+/// conn.send(Message::new(0x4000, Bytes::from_static(b"ping"))).unwrap();
+/// let reply = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+/// assert_eq!(&reply.front[..], b"ping");
+/// assert!(conn.is_connected());
+/// assert_eq!(conn.peer_type(), entity_type::OSD);
+/// ```
 #[derive(Clone)]
 pub struct ConnectionRef(pub(crate) Arc<ConnShared>);
 
@@ -327,9 +428,18 @@ impl std::fmt::Debug for ConnectionRef {
     }
 }
 
+/// Two handles are equal when they are handles of the same connection.
 impl PartialEq for ConnectionRef {
     fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ConnectionRef {}
+
+impl std::hash::Hash for ConnectionRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
     }
 }
 
@@ -486,6 +596,46 @@ impl ConnectionRef {
         self.0.connected.load(Ordering::Acquire)
     }
 
+    /// The peer's entity type (`entity_type::*`): the type it announced once the session is up, the
+    /// type asked for before that on a connection we dialled.
+    pub fn peer_type(&self) -> u8 {
+        self.lock_peer().entity_type
+    }
+
+    /// The Ceph feature bits both sides share on the current session (0 before the first handshake).
+    pub fn features(&self) -> u64 {
+        self.lock_peer().features
+    }
+
+    /// Attach the application's data to this connection (Ceph's `set_priv`), replacing what was there.
+    pub fn set_priv(&self, data: Arc<dyn std::any::Any + Send + Sync>) {
+        *self.0.private.lock().unwrap_or_else(|e| e.into_inner()) = Some(data);
+    }
+
+    /// The application's data on this connection, if it is a `T`.
+    pub fn get_priv<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let data = self
+            .0
+            .private
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        data.downcast::<T>().ok()
+    }
+
+    /// Remove and return the application's data (Ceph's `set_priv(nullptr)`).
+    pub fn take_priv(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.0
+            .private
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn lock_peer(&self) -> std::sync::MutexGuard<'_, PeerInfo> {
+        self.0.peer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// What is known of the peer.
     pub fn peer(&self) -> PeerInfo {
         self.0
@@ -511,7 +661,55 @@ impl ConnectionRef {
     }
 }
 
-/// A messenger over network stack `N`.
+/// A messenger over network stack `N`: it listens on the addresses it is bound to, dials peers with
+/// [`Messenger::connect_to`], keeps one session per peer, and hands what arrives to its
+/// [`Dispatcher`]s on its worker threads.
+///
+/// # Example
+/// A server and a client on loopback (port 0), one lossless session, one message each way.
+/// ```
+/// use std::sync::{mpsc, Arc, Mutex};
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use msgr::{entity_type, AuthEntityName, ConnectionRef, Dispatcher, Message, Messenger};
+/// use msgr::{MessengerConfig, Policy, PosixStack};
+/// use msgr::proto::Config;
+///
+/// /// Passes what arrives to a channel, and answers "ping" with "pong".
+/// struct Inbox(Mutex<mpsc::Sender<Vec<u8>>>);
+/// impl Dispatcher for Inbox {
+///     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+///         if &msg.front[..] == b"ping" {
+///             let _ = conn.send(Message::new(0x4000, Bytes::from_static(b"pong")));
+///         }
+///         let _ = self.0.lock().unwrap().send(msg.front.to_vec());
+///     }
+/// }
+/// fn messenger(t: u8, name: &str, tx: mpsc::Sender<Vec<u8>>) -> Messenger<PosixStack> {
+///     let mut c = MessengerConfig::new(Config::new(t, AuthEntityName::parse(name).unwrap()));
+///     c.workers.threads = 1;
+///     Messenger::new(PosixStack::new(), c, Arc::new(Inbox(Mutex::new(tx))))
+/// }
+///
+/// let (server_tx, server_rx) = mpsc::channel();
+/// let mut server = messenger(entity_type::OSD, "osd.0", server_tx);
+/// server.bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+/// server.start().unwrap();
+///
+/// let (client_tx, client_rx) = mpsc::channel();
+/// let mut client = messenger(entity_type::CLIENT, "client.admin", client_tx);
+/// client.start().unwrap();
+/// let conn = client
+///     .connect_to(entity_type::OSD, server.my_addrs(), Policy::lossless_client())
+///     .unwrap();
+/// conn.send(Message::new(0x4000, Bytes::from_static(b"ping"))).unwrap();
+///
+/// let wait = Duration::from_secs(10);
+/// assert_eq!(server_rx.recv_timeout(wait).unwrap(), b"ping");
+/// assert_eq!(client_rx.recv_timeout(wait).unwrap(), b"pong");
+/// // Everything sent was acknowledged: nothing is lost by shutting down now.
+/// assert!(client.shutdown_flush(wait).unwrap());
+/// ```
 pub struct Messenger<N: NetworkStack> {
     stack: Arc<N>,
     shared: Arc<Shared>,
@@ -519,10 +717,36 @@ pub struct Messenger<N: NetworkStack> {
     remotes: Arc<OnceLock<Vec<handler::RemoteOf<N::Worker>>>>,
     bind_addrs: Vec<SocketAddr>,
     my_addrs: AddrVec,
+    /// The dispatcher chain until `start` fixes it.
+    dispatchers: Vec<Arc<dyn Dispatcher>>,
+}
+
+/// Asks a messenger to stop, from any thread (a dispatcher, a signal handler): [`Messenger::wait`]
+/// returns and shuts the messenger down.
+#[derive(Clone)]
+pub struct StopHandle(Arc<Shared>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        let (lock, cv) = &self.0.stop_requested;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
 }
 
 impl<N: NetworkStack> Messenger<N> {
+    /// A messenger with one dispatcher. See [`Messenger::create`] for one whose dispatchers are added
+    /// later.
     pub fn new(stack: N, config: MessengerConfig, dispatcher: Arc<dyn Dispatcher>) -> Self {
+        let mut m = Messenger::create(stack, config);
+        m.dispatchers.push(dispatcher);
+        m
+    }
+
+    /// A messenger without dispatchers yet: add them with [`Messenger::add_dispatcher_head`] /
+    /// [`Messenger::add_dispatcher_tail`] before [`Messenger::start`] (a dispatcher that needs the
+    /// messenger, e.g. to dial other peers, can be built after it).
+    pub fn create(stack: N, config: MessengerConfig) -> Self {
         let threads = config.workers.threads.max(1);
         let send_total = Arc::new(Throttle::new(
             config.send_budget_bytes,
@@ -536,7 +760,7 @@ impl<N: NetworkStack> Messenger<N> {
         }
         let dispatch_throttle = Arc::new(Throttle::new(config.dispatch_throttle_bytes, 0));
         let shared = Shared {
-            dispatcher,
+            dispatcher: Arc::new(dispatch::DispatchChain::default()),
             proto_config: OnceLock::new(),
             registry: Mutex::new(registry::SessionRegistry::default()),
             half_open: Mutex::new(HashMap::new()),
@@ -549,6 +773,7 @@ impl<N: NetworkStack> Messenger<N> {
             recv_throttles,
             dispatch_throttle,
             stopping: AtomicBool::new(false),
+            stop_requested: (Mutex::new(false), std::sync::Condvar::new()),
             kickers: (0..threads)
                 .map(|_| OnceLock::new())
                 .collect::<Vec<_>>()
@@ -562,7 +787,26 @@ impl<N: NetworkStack> Messenger<N> {
             remotes: Arc::new(OnceLock::new()),
             bind_addrs: Vec::new(),
             my_addrs: AddrVec::default(),
+            dispatchers: Vec::new(),
         }
+    }
+
+    /// Put `d` first in the dispatcher chain (Ceph's `add_dispatcher_head`); before `start` only.
+    pub fn add_dispatcher_head(&mut self, d: Arc<dyn Dispatcher>) -> Result<(), MsgrError> {
+        if self.workers.is_some() {
+            return Err(MsgrError::AlreadyStarted);
+        }
+        self.dispatchers.insert(0, d);
+        Ok(())
+    }
+
+    /// Put `d` last in the dispatcher chain (Ceph's `add_dispatcher_tail`); before `start` only.
+    pub fn add_dispatcher_tail(&mut self, d: Arc<dyn Dispatcher>) -> Result<(), MsgrError> {
+        if self.workers.is_some() {
+            return Err(MsgrError::AlreadyStarted);
+        }
+        self.dispatchers.push(d);
+        Ok(())
     }
 
     /// Addresses to listen on (public and cluster addrvecs alike); call before `start`. Port 0 picks one.
@@ -579,6 +823,10 @@ impl<N: NetworkStack> Messenger<N> {
         if self.workers.is_some() {
             return Err(MsgrError::AlreadyStarted);
         }
+        if self.dispatchers.is_empty() {
+            return Err(MsgrError::NoDispatcher);
+        }
+        self.shared.dispatcher.set(self.dispatchers.clone());
         let mut wc = self.shared.config.workers.clone();
         wc.threads = self.shared.load.len();
         let shared = self.shared.clone();
@@ -646,7 +894,7 @@ impl<N: NetworkStack> Messenger<N> {
         addrs: &AddrVec,
         policy: Policy,
     ) -> Result<ConnectionRef, MsgrError> {
-        self.open(peer_type, addrs, policy, None)
+        open(&self.shared, &self.remotes, peer_type, addrs, policy, None)
     }
 
     /// A new, separate session to `addrs` under its own client identity (a fresh address nonce), as if
@@ -660,61 +908,24 @@ impl<N: NetworkStack> Messenger<N> {
     ) -> Result<ConnectionRef, MsgrError> {
         let nonce = (self.shared.config.proto.nonce as u64
             + self.shared.next_id.load(Ordering::Relaxed)) as u32;
-        self.open(peer_type, addrs, policy, Some(nonce))
+        open(
+            &self.shared,
+            &self.remotes,
+            peer_type,
+            addrs,
+            policy,
+            Some(nonce),
+        )
     }
 
-    fn open(
-        &self,
-        peer_type: u8,
-        addrs: &AddrVec,
-        policy: Policy,
-        nonce: Option<u32>,
-    ) -> Result<ConnectionRef, MsgrError> {
-        let remotes = self.remotes.get().ok_or(MsgrError::NotStarted)?;
-        let target = addrs
-            .msgr2()
-            .filter(|a| a.sockaddr.is_some())
-            .cloned()
-            .ok_or_else(|| MsgrError::NoAddress(addrs.to_string()))?;
-        let w = self.shared.least_loaded();
-        let (conn, cmd_rx) = if nonce.is_none() {
-            let mut reg = self
-                .shared
-                .registry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            // Reuse the session with these addresses only if it is with the entity type we want to
-            // reach: a peer that connected to us claiming these addresses is not necessarily that.
-            if let Some(existing) = reg.get(addrs).filter(|c| {
-                !c.is_closed()
-                    && (peer_type == proto::types::entity_type::ANY
-                        || c.peer().entity_type == peer_type)
-            }) {
-                return Ok(existing.clone());
-            }
-            let (conn, rx) = handler::new_handle(&self.shared, w);
-            {
-                // Known from now on, for the identity check of a session request racing this dial.
-                let mut p = conn.0.peer.lock().unwrap_or_else(|e| e.into_inner());
-                p.entity_type = peer_type;
-                p.addrs = addrs.clone();
-            }
-            reg.insert(addrs.clone(), conn.clone(), policy.server);
-            (conn, rx)
-        } else {
-            handler::new_handle(&self.shared, w)
-        };
-        // Count it now so that a burst of connects spreads over the workers.
-        self.shared.load[w].fetch_add(1, Ordering::Relaxed);
-        let handle = conn.clone();
-        let addrs2 = addrs.clone();
-        remotes[w]
-            .submit(move |h: &mut Handler<N::Worker>, c| {
-                h.shared_load_done();
-                h.create_client(c, handle, cmd_rx, peer_type, target, addrs2, policy, nonce)
-            })
-            .map_err(|e| MsgrError::Worker(e.into()))?;
-        Ok(conn)
+    /// A handle that dials peers through this messenger from anywhere, e.g. from a dispatcher built
+    /// before [`Messenger::start`]. It does not keep the messenger alive: once the messenger is gone
+    /// it fails with [`MsgrError::NotStarted`].
+    pub fn handle(&self) -> MessengerHandle<N> {
+        MessengerHandle {
+            shared: Arc::downgrade(&self.shared),
+            remotes: Arc::downgrade(&self.remotes),
+        }
     }
 
     fn remote(&self, w: usize) -> Result<&handler::RemoteOf<N::Worker>, MsgrError> {
@@ -769,7 +980,85 @@ impl<N: NetworkStack> Messenger<N> {
         &self.stack
     }
 
-    /// Stop all workers; connections are closed without notifying the dispatcher.
+    /// Close every connection (Ceph's `mark_down_all`), as [`ConnectionRef::mark_down`] does each.
+    pub fn mark_down_all(&self) {
+        let Some(remotes) = self.remotes.get() else {
+            return;
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut asked = 0;
+        for r in remotes {
+            let tx = tx.clone();
+            if r.submit(move |h: &mut Handler<N::Worker>, _| {
+                let _ = tx.send(h.handles());
+            })
+            .is_ok()
+            {
+                asked += 1;
+            }
+        }
+        // Handles moving between workers are in no worker's map; the registry has the registered ones.
+        let registered: Vec<ConnectionRef> = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handles();
+        registered.iter().for_each(ConnectionRef::mark_down);
+        for handles in rx.iter().take(asked) {
+            handles.iter().for_each(ConnectionRef::mark_down);
+        }
+    }
+
+    /// Close the session with the peer at `addrs` (Ceph's `mark_down(addrs)`); whether there was one.
+    pub fn mark_down_addrs(&self, addrs: &AddrVec) -> bool {
+        let found = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addrs)
+            .cloned();
+        found.map(|c| c.mark_down()).is_some()
+    }
+
+    /// A handle that asks this messenger to stop, from any thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.shared.clone())
+    }
+
+    /// Block until a [`StopHandle`] asks to stop, then shut down (Ceph's `wait`).
+    pub fn wait(&mut self) -> Result<(), MsgrError> {
+        {
+            let (lock, cv) = &self.shared.stop_requested;
+            let mut stop = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !*stop {
+                stop = cv.wait(stop).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        self.shutdown()
+    }
+
+    /// Wait up to `timeout` for every message sent so far to be acknowledged by its peer (lossless) or
+    /// written (lossy), then shut down. Returns whether everything was flushed; what was not is dropped
+    /// with the connections.
+    pub fn shutdown_flush(&mut self, timeout: Duration) -> Result<bool, MsgrError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let flushed = loop {
+            if self.shared.send_total.stats().is_idle() {
+                break true;
+            }
+            if std::time::Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        self.shutdown()?;
+        Ok(flushed)
+    }
+
+    /// Stop all workers; connections are closed without notifying the dispatcher, and what they had
+    /// queued is dropped (see [`Messenger::shutdown_flush`]).
     pub fn shutdown(&mut self) -> Result<(), MsgrError> {
         self.shared.stopping.store(true, Ordering::Release);
         if let Some(w) = self.workers.take() {
@@ -782,5 +1071,90 @@ impl<N: NetworkStack> Messenger<N> {
 impl<N: NetworkStack> Drop for Messenger<N> {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// Dial `addrs` through a messenger (its shared state and workers): see [`Messenger::connect_to`].
+fn open<W: crate::stack::WorkerStack>(
+    shared: &Arc<Shared>,
+    remotes: &OnceLock<Vec<handler::RemoteOf<W>>>,
+    peer_type: u8,
+    addrs: &AddrVec,
+    policy: Policy,
+    nonce: Option<u32>,
+) -> Result<ConnectionRef, MsgrError> {
+    let remotes = remotes.get().ok_or(MsgrError::NotStarted)?;
+    let target = addrs
+        .msgr2()
+        .filter(|a| a.sockaddr.is_some())
+        .cloned()
+        .ok_or_else(|| MsgrError::NoAddress(addrs.to_string()))?;
+    let w = shared.least_loaded();
+    let (conn, cmd_rx) = if nonce.is_none() {
+        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Reuse the session with these addresses only if it is with the entity type we want to
+        // reach: a peer that connected to us claiming these addresses is not necessarily that.
+        if let Some(existing) = reg.get(addrs).filter(|c| {
+            !c.is_closed()
+                && (peer_type == proto::types::entity_type::ANY
+                    || c.peer().entity_type == peer_type)
+        }) {
+            return Ok(existing.clone());
+        }
+        let (conn, rx) = handler::new_handle(shared, w);
+        {
+            // Known from now on, for the identity check of a session request racing this dial.
+            let mut p = conn.0.peer.lock().unwrap_or_else(|e| e.into_inner());
+            p.entity_type = peer_type;
+            p.addrs = addrs.clone();
+        }
+        reg.insert(addrs.clone(), conn.clone(), policy.server);
+        (conn, rx)
+    } else {
+        handler::new_handle(shared, w)
+    };
+    // Count it now so that a burst of connects spreads over the workers.
+    shared.load[w].fetch_add(1, Ordering::Relaxed);
+    let handle = conn.clone();
+    let addrs2 = addrs.clone();
+    remotes[w]
+        .submit(move |h: &mut Handler<W>, c| {
+            h.shared_load_done();
+            h.create_client(c, handle, cmd_rx, peer_type, target, addrs2, policy, nonce)
+        })
+        .map_err(|e| MsgrError::Worker(e.into()))?;
+    Ok(conn)
+}
+
+/// Dials peers through a messenger without owning it: see [`Messenger::handle`].
+pub struct MessengerHandle<N: NetworkStack> {
+    shared: std::sync::Weak<Shared>,
+    remotes: std::sync::Weak<OnceLock<Vec<handler::RemoteOf<N::Worker>>>>,
+}
+
+impl<N: NetworkStack> Clone for MessengerHandle<N> {
+    fn clone(&self) -> Self {
+        MessengerHandle {
+            shared: self.shared.clone(),
+            remotes: self.remotes.clone(),
+        }
+    }
+}
+
+impl<N: NetworkStack> MessengerHandle<N> {
+    /// As [`Messenger::connect_to`].
+    pub fn connect_to(
+        &self,
+        peer_type: u8,
+        addrs: &AddrVec,
+        policy: Policy,
+    ) -> Result<ConnectionRef, MsgrError> {
+        let (Some(shared), Some(remotes)) = (self.shared.upgrade(), self.remotes.upgrade()) else {
+            return Err(MsgrError::NotStarted);
+        };
+        if shared.stopping.load(Ordering::Acquire) {
+            return Err(MsgrError::NotStarted);
+        }
+        open(&shared, &remotes, peer_type, addrs, policy, None)
     }
 }

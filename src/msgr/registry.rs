@@ -33,6 +33,11 @@ impl SessionRegistry {
         self.by_addrs.get(addrs)
     }
 
+    /// Every registered session's handle.
+    pub fn handles(&self) -> Vec<ConnectionRef> {
+        self.by_addrs.values().cloned().collect()
+    }
+
     /// Register `conn` as the session with `addrs`, replacing whatever was there. `evictable`: a
     /// server-policy session, which `evict_oldest` may end to make room.
     pub fn insert(&mut self, addrs: AddrVec, conn: ConnectionRef, evictable: bool) {

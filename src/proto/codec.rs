@@ -639,6 +639,8 @@ fn check_crc(index: usize, data: &[u8], expected: u32) -> Result<(), FrameError>
 
 /// Size of each scratch block the encoder carves preambles, crcs and epilogues from.
 const SCRATCH_BLOCK: usize = 8 * 1024;
+/// The first scratch block: enough for the handshake's frames.
+const FIRST_SCRATCH_BLOCK: usize = 1024;
 
 /// Turns segments into on-wire frames, as gather lists of [`Bytes`].
 ///
@@ -663,7 +665,8 @@ impl FrameEncoder {
     pub fn new() -> Self {
         FrameEncoder {
             secure: None,
-            scratch: BytesMut::with_capacity(SCRATCH_BLOCK),
+            // Allocated on first use: a handshake needs only a small block.
+            scratch: BytesMut::new(),
         }
     }
 
@@ -744,7 +747,12 @@ impl FrameEncoder {
     /// Makes room for `n` more bytes in the scratch buffer.
     fn scratch_room(&mut self, n: usize) {
         if self.scratch.capacity() - self.scratch.len() < n {
-            self.scratch.reserve(n.max(SCRATCH_BLOCK));
+            let block = if self.scratch.capacity() == 0 {
+                FIRST_SCRATCH_BLOCK
+            } else {
+                SCRATCH_BLOCK
+            };
+            self.scratch.reserve(n.max(block));
         }
     }
 

@@ -29,9 +29,10 @@ pub enum Error {
     /// Authentication failed or was refused.
     #[error("authentication failed: {0}")]
     AuthFailed(String),
-    /// The transport under the connection failed (I/O error, EOF, injected fault).
+    /// The transport under the connection failed (refused, reset, closed by the peer, …): match on
+    /// [`TransportError::kind`].
     #[error("transport failed: {0}")]
-    Transport(String),
+    Transport(TransportError),
     /// No progress within the configured time.
     #[error("timed out: {0}")]
     TimedOut(&'static str),
@@ -42,6 +43,118 @@ pub enum Error {
     /// on a lossless policy, as after any fault).
     #[error("{limit} limit exceeded: {value} > {max}")]
     LimitExceeded { limit: Limit, value: u64, max: u64 },
+}
+
+/// A failed transport: what kind of failure (to match on) and what happened (for people).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct TransportError {
+    kind: TransportErrorKind,
+    detail: String,
+}
+
+/// The kinds of transport failure an application may want to tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportErrorKind {
+    /// Nobody listens at the address (ECONNREFUSED).
+    Refused,
+    /// The connection was reset or aborted under us (ECONNRESET, EPIPE, a QP error).
+    Reset,
+    /// The peer closed its end (EOF).
+    ClosedByPeer,
+    /// Connecting or an I/O operation timed out.
+    TimedOut,
+    /// No route to the host or network.
+    Unreachable,
+    /// The local address is in use.
+    AddrInUse,
+    /// The address is not one this host has (or none to connect to).
+    AddrNotAvailable,
+    /// The transport was taken away on purpose: the session moved to another worker, a newer
+    /// connection from the peer replaced it, or the peer asked us to WAIT.
+    Replaced,
+    /// Anything else (see the detail).
+    Other,
+}
+
+impl TransportErrorKind {
+    /// A short name (`"refused"`, `"reset"`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportErrorKind::Refused => "refused",
+            TransportErrorKind::Reset => "reset",
+            TransportErrorKind::ClosedByPeer => "closed by peer",
+            TransportErrorKind::TimedOut => "timed out",
+            TransportErrorKind::Unreachable => "unreachable",
+            TransportErrorKind::AddrInUse => "address in use",
+            TransportErrorKind::AddrNotAvailable => "address not available",
+            TransportErrorKind::Replaced => "replaced",
+            TransportErrorKind::Other => "failed",
+        }
+    }
+
+    /// The kind of an I/O error.
+    pub fn of_io(kind: std::io::ErrorKind) -> Self {
+        use std::io::ErrorKind as K;
+        match kind {
+            K::ConnectionRefused => TransportErrorKind::Refused,
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::NotConnected => {
+                TransportErrorKind::Reset
+            }
+            K::UnexpectedEof => TransportErrorKind::ClosedByPeer,
+            K::TimedOut => TransportErrorKind::TimedOut,
+            K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown => {
+                TransportErrorKind::Unreachable
+            }
+            K::AddrInUse => TransportErrorKind::AddrInUse,
+            K::AddrNotAvailable => TransportErrorKind::AddrNotAvailable,
+            _ => TransportErrorKind::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for TransportErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl TransportError {
+    pub fn new(kind: TransportErrorKind, detail: impl Into<String>) -> Self {
+        TransportError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// An I/O error while doing `what` (e.g. `"read"`, `"connect 10.0.0.1:6800"`).
+    pub fn io(what: impl std::fmt::Display, e: &std::io::Error) -> Self {
+        TransportError::new(TransportErrorKind::of_io(e.kind()), format!("{what}: {e}"))
+    }
+
+    pub fn kind(&self) -> TransportErrorKind {
+        self.kind
+    }
+
+    /// What happened, for people.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+/// A free-form reason: kind [`TransportErrorKind::Other`].
+impl From<&str> for TransportError {
+    fn from(detail: &str) -> Self {
+        TransportError::new(TransportErrorKind::Other, detail)
+    }
+}
+
+/// A free-form reason: kind [`TransportErrorKind::Other`].
+impl From<String> for TransportError {
+    fn from(detail: String) -> Self {
+        TransportError::new(TransportErrorKind::Other, detail)
+    }
 }
 
 /// The resource limits a peer can trip (each a `proto::Config` or `MessengerConfig` field); the
@@ -113,6 +226,14 @@ impl Error {
             limit,
             value: value.try_into().unwrap_or(u64::MAX),
             max: max.try_into().unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The transport failure's kind, if this is a [`Error::Transport`].
+    pub fn transport_kind(&self) -> Option<TransportErrorKind> {
+        match self {
+            Error::Transport(t) => Some(t.kind()),
+            _ => None,
         }
     }
 

@@ -122,7 +122,11 @@ impl Dispatcher for Collector {
     fn ms_handle_remote_reset(&self, _conn: &ConnectionRef) {
         self.remote_resets.fetch_add(1, Ordering::Relaxed);
     }
-    fn ms_handle_connect_failed(&self, _conn: &ConnectionRef, reason: &str) {
+    fn ms_handle_connect_failed(
+        &self,
+        _conn: &ConnectionRef,
+        reason: &msgr::proto::TransportError,
+    ) {
         *self.last_failure.lock().unwrap() = reason.to_string();
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
     }

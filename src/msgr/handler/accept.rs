@@ -140,7 +140,7 @@ impl<S: WorkerStack> Handler<S> {
         conn.socket = Some(sid);
         conn.peer_sock = Some(peer);
         conn.half_open = Some(peer.ip());
-        self.insert(conn);
+        self.insert(Box::new(conn));
         self.by_socket.insert(sid, id);
         self.pump(c, id);
     }
@@ -185,7 +185,7 @@ impl<S: WorkerStack> Handler<S> {
         // connect_to registered it under the addresses it was given (connect_new does not).
         conn.reg_key = nonce.is_none().then_some(addrs_key);
         conn.recv_throttle = Self::recv_throttle_for(&self.shared, peer_type);
-        self.insert(conn);
+        self.insert(Box::new(conn));
         self.flush_conn(c, id);
         self.resume_parked(c, id);
     }

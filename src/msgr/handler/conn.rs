@@ -33,6 +33,7 @@ pub(crate) fn new_handle(shared: &Arc<Shared>, w: usize) -> (ConnectionRef, Rece
         )),
         want_read: AtomicBool::new(false),
         peer: Mutex::new(PeerInfo::default()),
+        private: Mutex::new(None),
     };
     (ConnectionRef(Arc::new(shared_conn)), rx)
 }

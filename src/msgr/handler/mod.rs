@@ -32,7 +32,7 @@ use crate::event::{EventCenter, EventHandler, Remote, TimerId};
 use crate::proto::types::{AddrVec, EntityAddr};
 use crate::proto::{
     self, ConnStats, Connection, Event, Limit, Phase, Policy, Resolution, Role, SessionRequest,
-    SessionRequestKind, Settlement,
+    SessionRequestKind, Settlement, TransportError, TransportErrorKind,
 };
 use crate::stack::{
     flush_queue, EventKind, ListenOptions, SocketEvent, SocketId, Wake, WorkerStack,
@@ -62,7 +62,8 @@ pub(crate) struct Handler<S: WorkerStack> {
     shared: Arc<Shared>,
     remotes: Arc<OnceLock<Vec<RemoteOf<S>>>>,
     counters: Arc<WorkerCounters>,
-    conns: IdMap<ConnId, Conn>,
+    /// Boxed: a `Conn` is a few KiB, and the map keeps spare slots.
+    conns: IdMap<ConnId, Box<Conn>>,
     by_socket: IdMap<SocketId, ConnId>,
     by_timer: IdMap<TimerId, ConnId>,
     listeners: Vec<SocketId>,
@@ -135,7 +136,7 @@ impl<S: WorkerStack> Handler<S> {
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn insert(&mut self, conn: Conn) {
+    fn insert(&mut self, conn: Box<Conn>) {
         self.shared.load[self.index].fetch_add(1, Ordering::Relaxed);
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         self.conns.insert(conn.handle.id(), conn);
@@ -188,7 +189,8 @@ impl<S: WorkerStack> Handler<S> {
                     break;
                 }
                 if let Err(e) = flush_queue(c.stack_mut(), sid, &mut conn.txq) {
-                    conn.proto.on_transport_error(now, format!("write: {e}"));
+                    conn.proto
+                        .on_transport_error(now, TransportError::io("write", &e));
                     break;
                 }
                 // Still queued: the socket is full, and its writable event brings us back.
@@ -253,15 +255,23 @@ impl<S: WorkerStack> Handler<S> {
                     conn.recv_throttle.as_ref(),
                     m.payload_len() as u64,
                 ));
-                dispatcher.ms_dispatch(&handle, m)
+                if dispatcher.dispatch(&handle, m).is_err() {
+                    self.counters.undispatched.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(conn = id, "no dispatcher takes the message: dropped");
+                }
             }
             Event::OpenTransport => {
                 let now = Instant::now();
                 // A connection we accepted dials the address the protocol took from the peer's
                 // CLIENT_IDENT (lossless_peer sessions re-dial from either side).
                 let Some(target) = conn.proto.target_addr().sockaddr.or(conn.target) else {
-                    conn.proto
-                        .on_transport_error(now, "no address to connect to");
+                    conn.proto.on_transport_error(
+                        now,
+                        TransportError::new(
+                            TransportErrorKind::AddrNotAvailable,
+                            "no address to connect to",
+                        ),
+                    );
                     return;
                 };
                 match c.stack_mut().connect(target, &self.shared.config.connect) {
@@ -271,8 +281,8 @@ impl<S: WorkerStack> Handler<S> {
                         self.by_socket.insert(sid, id);
                     }
                     Err(e) => {
-                        let reason = format!("connect {target}: {e}");
-                        dispatcher.ms_handle_connect_failed(&handle, &reason);
+                        let reason = TransportError::io(format_args!("connect {target}"), &e);
+                        dispatcher.connect_failed(&handle, &reason);
                         conn.proto.on_transport_error(now, reason);
                     }
                 }
@@ -299,8 +309,8 @@ impl<S: WorkerStack> Handler<S> {
                 conn.announced = true;
                 handle.0.connected.store(true, Ordering::Release);
                 match conn.proto.role() {
-                    Role::Client => dispatcher.ms_handle_connect(&handle),
-                    Role::Server => dispatcher.ms_handle_accept(&handle),
+                    Role::Client => dispatcher.connect(&handle),
+                    Role::Server => dispatcher.accept(&handle),
                 }
             }
             Event::SessionRequest(req) => self.resolve(c, id, req),
@@ -335,7 +345,7 @@ impl<S: WorkerStack> Handler<S> {
                     .standby
                     .store(conn.proto.phase() == Phase::Standby, Ordering::Relaxed);
             }
-            Event::RemoteReset { .. } => dispatcher.ms_handle_remote_reset(&handle),
+            Event::RemoteReset { .. } => dispatcher.remote_reset(&handle),
             Event::Reset(err) => {
                 let announced = conn.announced;
                 if announced {
@@ -344,7 +354,7 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 self.remove(c, id);
                 if announced {
-                    dispatcher.ms_handle_reset(&handle, &err);
+                    dispatcher.reset(&handle, &err);
                 }
             }
             Event::Closed => self.remove(c, id),
@@ -355,9 +365,14 @@ impl<S: WorkerStack> Handler<S> {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .last_keepalive_rtt = Some(rtt);
-                dispatcher.ms_handle_keepalive_ack(&handle, rtt);
+                dispatcher.keepalive_ack(&handle, rtt);
             }
         }
+    }
+
+    /// Handles of every connection on this worker.
+    pub(crate) fn handles(&self) -> Vec<ConnectionRef> {
+        self.conns.values().map(|c| c.handle.clone()).collect()
     }
 
     fn remove(&mut self, c: &mut EventCenter<S>, id: ConnId) {
@@ -424,12 +439,10 @@ impl<S: WorkerStack> EventHandler<S> for Handler<S> {
                     }
                     conn.connecting = false;
                     let reason = match conn.proto.target_addr().sockaddr.or(conn.target) {
-                        Some(t) => format!("connect {t}: {e}"),
-                        None => format!("connect: {e}"),
+                        Some(t) => TransportError::io(format_args!("connect {t}"), &e),
+                        None => TransportError::io("connect", &e),
                     };
-                    self.shared
-                        .dispatcher
-                        .ms_handle_connect_failed(&conn.handle, &reason);
+                    self.shared.dispatcher.connect_failed(&conn.handle, &reason);
                     conn.proto.on_transport_error(Instant::now(), reason);
                 }
                 self.pump(c, id);

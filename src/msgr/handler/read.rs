@@ -73,8 +73,13 @@ impl<S: WorkerStack> Handler<S> {
             let mut feed = |data: &[u8]| proto.handle_input(now, data);
             match c.stack_mut().read_with(sid, &mut self.rbuf, &mut feed) {
                 Ok(0) => {
-                    conn.proto
-                        .on_transport_error(now, "connection closed by peer");
+                    conn.proto.on_transport_error(
+                        now,
+                        TransportError::new(
+                            TransportErrorKind::ClosedByPeer,
+                            "connection closed by peer",
+                        ),
+                    );
                     break;
                 }
                 Ok(n) => {
@@ -89,7 +94,8 @@ impl<S: WorkerStack> Handler<S> {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    conn.proto.on_transport_error(now, format!("read: {e}"));
+                    conn.proto
+                        .on_transport_error(now, TransportError::io("read", &e));
                     break;
                 }
             }

@@ -192,7 +192,7 @@ impl<S: WorkerStack> Handler<S> {
 
     /// `new` took over the session of connection `ex_id`: the session (now in `new.proto`) moves into
     /// `ex_id`'s slot with `new`'s socket, so the application's handle keeps working.
-    pub(super) fn take_over(&mut self, c: &mut EventCenter<S>, ex_id: ConnId, mut new: Conn) {
+    pub(super) fn take_over(&mut self, c: &mut EventCenter<S>, ex_id: ConnId, mut new: Box<Conn>) {
         let Some(ex) = self.conns.get_mut(&ex_id) else {
             return;
         };
@@ -357,7 +357,7 @@ impl<S: WorkerStack> Handler<S> {
         c: &mut EventCenter<S>,
         id: ConnId,
         to: usize,
-    ) -> Option<Conn> {
+    ) -> Option<Box<Conn>> {
         let mut conn = self.conns.remove(&id)?;
         if let Some((tid, _)) = conn.timer.take() {
             c.cancel_timer(tid);
@@ -366,8 +366,13 @@ impl<S: WorkerStack> Handler<S> {
         if let Some(sid) = conn.socket.take() {
             let _ = c.stack_mut().close(sid);
             self.by_socket.remove(&sid);
-            conn.proto
-                .on_transport_error(Instant::now(), format!("session moved to worker {to}"));
+            conn.proto.on_transport_error(
+                Instant::now(),
+                TransportError::new(
+                    TransportErrorKind::Replaced,
+                    format!("session moved to worker {to}"),
+                ),
+            );
         }
         conn.connecting = false;
         conn.txq.clear();
@@ -390,7 +395,7 @@ impl<S: WorkerStack> Handler<S> {
     pub(super) fn adopt_session(
         &mut self,
         c: &mut EventCenter<S>,
-        conn: Option<Conn>,
+        conn: Option<Box<Conn>>,
         waiting: ConnId,
         req: SessionRequest,
         chases: u32,

@@ -70,9 +70,9 @@ impl Connection {
         };
         match i.intercept(&at) {
             InterceptAction::Continue => Ok(()),
-            InterceptAction::Fail => Err(Error::Transport(format!(
-                "interceptor: fault injected at {step:?}"
-            ))),
+            InterceptAction::Fail => Err(Error::Transport(
+                format!("interceptor: fault injected at {step:?}").into(),
+            )),
             InterceptAction::Stop => Err(Error::Closed),
         }
     }

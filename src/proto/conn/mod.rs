@@ -4,15 +4,7 @@
 //! outlives transports on a lossless policy, plus the state of the current transport (framing buffers,
 //! handshake phase, transcript for AUTH_SIGNATURE).
 //!
-//! # Driving it
-//! The owner (a worker of some network stack) calls, in any order:
-//! - inputs: [`Connection::on_transport_connected`] when a transport is up, [`Connection::handle_input`]
-//!   with the bytes read from it, [`Connection::on_transport_error`] when it failed,
-//!   [`Connection::handle_timeout`] when [`Connection::poll_timeout`]'s deadline passed;
-//! - commands: [`Connection::send`], [`Connection::send_keepalive`], [`Connection::close`], and on the
-//!   server side [`Connection::resolve_session`] after an [`Event::SessionRequest`];
-//! - outputs, after any input or command: [`Connection::poll_transmit`] (a gather list of bytes to write,
-//!   in order), [`Connection::poll_event`] until `None`, [`Connection::poll_timeout`].
+//! How to drive it: see [`Connection`].
 //!
 //! Time is always an argument; nothing here reads a clock, touches a socket or spawns a thread.
 //!
@@ -63,7 +55,7 @@ use super::banner::{msgr2_feature, Banner};
 use super::codec::secure::{session_ciphers, CONNECTION_SECRET_LEN};
 use super::codec::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
 use super::control::*;
-use super::error::{Error, Limit};
+use super::error::{Error, Limit, TransportError, TransportErrorKind};
 use super::message::{Message, SEGMENT_ALIGNMENTS};
 use super::session::{GlobalSeq, Session};
 use super::types::{entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr, EntityName, UTime};
@@ -467,10 +459,16 @@ enum AuthState {
     Service { challenge: u64, mode: u32 },
 }
 
+/// Receive buffer of a transport before its session is ready: what an unauthenticated peer costs.
+const HANDSHAKE_RX_CAPACITY: usize = 1024;
+/// Receive buffer of a ready session (it grows further for a large frame).
+const READY_RX_CAPACITY: usize = 16 * 1024;
+
 impl Transport {
     fn new(max_frame_len: usize) -> Self {
         Transport {
-            rx: BytesMut::with_capacity(16 * 1024),
+            // Room for a banner and a handshake frame; a ready session gets READY_RX_CAPACITY.
+            rx: BytesMut::with_capacity(HANDSHAKE_RX_CAPACITY),
             decoder: FrameDecoder::new(max_frame_len),
             encoder: FrameEncoder::new(),
             tx: Vec::new(),
@@ -492,7 +490,66 @@ impl Transport {
     }
 }
 
-/// One msgr2.1 connection. See the module docs for the call order.
+/// One msgr2.1 connection: a *session* (queues, seqs, cookies) that outlives transports on a
+/// lossless policy, plus the state of the current transport (framing, handshake phase, transcript).
+///
+/// # Driving it
+/// The owner (a worker of some network stack) calls, in any order:
+/// - inputs: [`Connection::on_transport_connected`] when a transport is up, [`Connection::handle_input`]
+///   with the bytes read from it, [`Connection::on_transport_error`] when it failed,
+///   [`Connection::handle_timeout`] when [`Connection::poll_timeout`]'s deadline passed;
+/// - commands: [`Connection::send`], [`Connection::send_keepalive`], [`Connection::close`], and on the
+///   server side [`Connection::resolve_session`] after an [`Event::SessionRequest`];
+/// - outputs, after any input or command: [`Connection::poll_transmit`] (a gather list of bytes to write,
+///   in order), [`Connection::poll_event`] until `None`, [`Connection::poll_timeout`].
+///
+/// # Example
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Instant;
+/// use bytes::Bytes;
+/// use msgr::proto::{Config, Connection, Event, Message, Policy};
+/// use msgr::{entity_type, AuthEntityName, EntityAddr};
+///
+/// // Two in-memory connections: a client and a server, bytes passed by hand.
+/// let now = Instant::now();
+/// let server_addr = EntityAddr::msgr2("127.0.0.1:6800".parse().unwrap(), 1);
+/// let mut scfg = Config::new(entity_type::OSD, AuthEntityName::parse("osd.0").unwrap());
+/// scfg.my_addrs = msgr::AddrVec(vec![server_addr.clone()]);
+/// let ccfg = Config::new(entity_type::CLIENT, AuthEntityName::parse("client.admin").unwrap());
+/// let mut client = Connection::client(
+///     Arc::new(ccfg), Policy::lossy_client(), entity_type::OSD, server_addr, now);
+/// // The server side starts when its transport is accepted, from the peer's socket address.
+/// let peer = EntityAddr::msgr2("127.0.0.1:50000".parse().unwrap(), 0);
+/// let mut server = Connection::server(Arc::new(scfg), peer, now);
+/// client.on_transport_connected(now);
+/// client.send(now, Message::new(0x4000, Bytes::from_static(b"hello"))).unwrap();
+///
+/// // Move what one side has to write into the other.
+/// fn pass(from: &mut Connection, to: &mut Connection, now: Instant) {
+///     let mut out = Vec::new();
+///     from.poll_transmit(now, &mut out);
+///     for b in out {
+///         to.handle_input(now, &b);
+///     }
+/// }
+/// let mut got = None;
+/// for _ in 0..20 {
+///     pass(&mut client, &mut server, now);
+///     pass(&mut server, &mut client, now);
+///     while let Some(ev) = server.poll_event() {
+///         match ev {
+///             // The server decides whether this new session may exist (the messenger checks its
+///             // session registry here).
+///             Event::SessionRequest(_) => { server.resolve_session(now, None); }
+///             Event::Message(m) => got = Some(m),
+///             _ => {}
+///         }
+///     }
+///     while client.poll_event().is_some() {}
+/// }
+/// assert_eq!(&got.expect("delivered").front[..], b"hello");
+/// ```
 pub struct Connection {
     role: Role,
     config: Arc<Config>,
@@ -856,7 +913,7 @@ impl Connection {
 
     /// The transport failed (I/O error, EOF, connect refused). Applies the policy: reconnect with
     /// back-off, standby, or reset.
-    pub fn on_transport_error(&mut self, now: Instant, reason: impl Into<String>) {
+    pub fn on_transport_error(&mut self, now: Instant, reason: impl Into<TransportError>) {
         if self.transport.is_none() && self.phase != Phase::Connecting {
             return;
         }
@@ -1057,9 +1114,10 @@ impl Connection {
             }
             (Role::Client, Phase::Session | Phase::Reconnecting, ControlFrame::Wait) => {
                 self.phase = Phase::Wait;
-                Err(Error::Transport(
-                    "peer asked us to WAIT (connection race)".into(),
-                ))
+                Err(Error::Transport(TransportError::new(
+                    TransportErrorKind::Replaced,
+                    "peer asked us to WAIT (connection race)",
+                )))
             }
             (Role::Client, Phase::Reconnecting, ControlFrame::SessionReconnectOk(ok)) => {
                 self.client_reconnect_ok(now, ok)
@@ -1161,6 +1219,7 @@ impl Connection {
         self.phase = Phase::Ready;
         if let Some(t) = self.transport.as_mut() {
             t.decoder.set_max_frame_len(self.config.max_frame_len);
+            t.rx.reserve(READY_RX_CAPACITY.saturating_sub(t.rx.len()));
         }
         self.backoff = Duration::ZERO;
         self.stats.handshakes += 1;

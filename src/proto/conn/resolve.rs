@@ -208,9 +208,10 @@ impl Connection {
         // Stale attempts and races the existing connection wins were settled by
         // `settles_without_session`.
         if ex.policy.lossy {
-            ex.shut(Event::Reset(Error::Transport(
-                "replaced by a new connection from the peer".into(),
-            )));
+            ex.shut(Event::Reset(Error::Transport(TransportError::new(
+                TransportErrorKind::Replaced,
+                "replaced by a new connection from the peer",
+            ))));
             self.session.client_cookie = client_cookie;
             self.session.peer_global_seq = peer_global_seq;
             self.send_server_ident(now)?;

@@ -1,6 +1,6 @@
 //! Ceph's async+rdma connection set-up, the pure part (no verbs, no sockets): the queue-pair record the
 //! two sides exchange over the TCP side channel, its reader, and the checks each step of the exchange
-//! makes. The worker (`worker.rs`) does the I/O and the QP state changes around it.
+//! makes. The worker (`qp_worker/`) does the I/O and the QP state changes around it.
 //!
 //! # The record
 //! One record is [`RECORD_LEN`] bytes: the ASCII text `LLLL:QQQQQQQQ:PPPPPPPP:RRRRRRRR:GGGG…` (LID, 4

@@ -87,9 +87,9 @@ pub mod ceph_wire;
 mod credit;
 mod mr_cache;
 mod pool;
+mod qp_worker;
 mod sys;
 mod verbs;
-mod worker;
 
 use std::io;
 use std::net::SocketAddr;
@@ -99,8 +99,8 @@ use std::time::Duration;
 
 use super::NetworkStack;
 pub use credit::{CreditViolation, Credits};
+pub use qp_worker::{RdmaWorker, MAX_WAIT};
 use verbs::{Context, DetachedId};
-pub use worker::{RdmaWorker, MAX_WAIT};
 
 /// A zero-timeout poll looks at the rdma_cm channel every this many turns (connections being set up are
 /// checked every turn).

@@ -256,7 +256,11 @@ impl Dispatcher for Driver {
         self.fail("the server reset the session".into());
     }
 
-    fn ms_handle_connect_failed(&self, _conn: &ConnectionRef, reason: &str) {
+    fn ms_handle_connect_failed(
+        &self,
+        _conn: &ConnectionRef,
+        reason: &msgr::proto::TransportError,
+    ) {
         self.fail(format!("cannot connect: {reason}"));
     }
 }
