@@ -320,11 +320,11 @@ run_rdma_phase() {
     RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features rdma
     section_done
 
-    section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma; --bin msgr bench::rdma; --test cli bench_stack_rdma)"
+    section "rdma: host unit tests (cargo test --features rdma --lib stack::rdma; --bin msgr stacks::; --test cli bench_stack_rdma)"
     local unit_log
     unit_log=$(mktemp)
     cargo test --features rdma --lib -- stack::rdma 2>&1 | tee "$unit_log"
-    cargo test --features rdma --bin msgr -- bench::rdma 2>&1 | tee -a "$unit_log"
+    cargo test --features rdma --bin msgr -- stacks:: 2>&1 | tee -a "$unit_log"
     cargo test --features rdma --test cli bench_stack_rdma 2>&1 | tee -a "$unit_log"
     rdma_add_to_summary "$unit_log"
     rm -f "$unit_log"

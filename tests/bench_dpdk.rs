@@ -6,10 +6,15 @@
 //! - over tap (net_tap against a kernel-TCP server in the same process; needs root): the same figures,
 //!   and the tap interface gone afterwards;
 //! - a bench killed mid-run (SIGKILL, no clean-up of its own) does not leave its server child running;
-//! - options that do not apply to the dpdk stack are usage errors (exit 2).
+//! - options that do not apply to the dpdk stack are usage errors (exit 2);
+//! - `msgr serve --stack dpdk` answers `msgr ping --stack dpdk` and `msgr recon --stack dpdk` over memif
+//!   (each its own process: the EAL exists once per process).
+//! - `msgr bench run ADDR --stack dpdk` against `msgr bench serve --stack dpdk` over memif (the
+//!   two-process form, through the stack switch): every count, the header naming link and arguments.
 //!
 //! Every msgr process is bounded by a deadline and killed past it.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -206,4 +211,198 @@ fn options_that_do_not_apply_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
+}
+
+/// One end of a memif link for `--dpdk-args`: `server` takes memif's server role (it creates the socket).
+fn memif_end(server: bool, socket: &str, link_wait_ms: u32) -> String {
+    let (ip, role, last) = if server {
+        ("198.18.0.1", "server", 1)
+    } else {
+        ("198.18.0.2", "client", 2)
+    };
+    format!(
+        "ip={ip}/24 queues=1 link_wait_ms={link_wait_ms} --no-huge -m 256 --no-pci \
+         --log-level=lib.eal:warning --log-level=pmd.net.memif:critical \
+         --vdev=net_memif0,role={role},id=0,socket={socket},socket-abstract=yes,mac=02:00:c6:12:00:0{last}"
+    )
+}
+
+/// A `msgr serve` / `msgr bench serve` on the server end of a memif link; killed (and its EAL
+/// directory removed) on drop.
+struct DpdkServe {
+    child: std::process::Child,
+    socket: String,
+}
+
+impl DpdkServe {
+    /// Starts `msgr COMMAND --stack dpdk --dpdk-args SERVER-END ARGS` and waits for its
+    /// `<type> listening on ADDR` line; returns it with ADDR. The server does not wait for its link (it
+    /// comes up when a client connects): it prints its address at once, and each client waits instead.
+    fn start(command: &[&str], args: &[&str], name: &str) -> (Self, String) {
+        let socket = format!("/msgr-{name}-{}", std::process::id());
+        let server_args = memif_end(true, &socket, 0);
+        let child = Command::new(MSGR)
+            .args(command)
+            .args(["--stack", "dpdk", "--dpdk-args", &server_args])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn msgr");
+        let mut serve = DpdkServe { child, socket };
+        let stdout = serve.child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let end = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("msgr {command:?} printed no address within 60 s"));
+            if let Some((_, a)) = line.split_once(" listening on ") {
+                break a.trim().to_string();
+            }
+        };
+        assert!(abstract_socket_open(&serve.socket), "no memif socket");
+        (serve, addr)
+    }
+}
+
+impl Drop for DpdkServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(format!("/var/run/dpdk/msgr-{}", self.child.id()));
+        assert!(
+            std::thread::panicking() || !abstract_socket_open(&self.socket),
+            "the memif server outlived the test"
+        );
+    }
+}
+
+#[test]
+fn serve_answers_ping_and_recon_over_memif() {
+    let (serve, addr) = DpdkServe::start(
+        &["serve"],
+        &[
+            "--bind",
+            "198.18.0.1:6800",
+            "--type",
+            "osd",
+            "--duration",
+            "120",
+        ],
+        "serve-test",
+    );
+    assert!(addr.starts_with("v2:198.18.0.1:6800/"), "{addr}");
+
+    // Each client is its own process on the client end of the link, one after the other.
+    let client_args = memif_end(false, &serve.socket, 20_000);
+    let ping = [
+        "ping",
+        addr.as_str(),
+        "--stack",
+        "dpdk",
+        "--dpdk-args",
+        &client_args,
+        "--count",
+        "3",
+        "--interval",
+        "50",
+        "--timeout",
+        "30",
+    ];
+    let out = msgr(&ping, Duration::from_secs(90));
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{ping:?}\nstdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("connected to 198.18.0.1:6800/"), "{stdout}");
+    assert!(
+        stdout.contains("(osd, ") && stdout.contains("crc mode)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 keepalives, 3 answered"), "{stdout}");
+
+    let recon = [
+        "recon",
+        addr.as_str(),
+        "--stack",
+        "dpdk",
+        "--dpdk-args",
+        &client_args,
+        "--expect",
+        "osd",
+        "--timeout",
+        "30",
+        "--json",
+    ];
+    let out = msgr(&recon, Duration::from_secs(90));
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{recon:?}\nstdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    let peers: serde_json::Value = serde_json::from_str(&stdout).expect("recon JSON");
+    let peer = &peers[0];
+    assert_eq!(peer["status"], "OK", "{peer}");
+    assert_eq!(peer["entity_type"], "osd", "{peer}");
+    assert!(peer["handshake_ms"].as_f64().unwrap_or(0.0) > 0.0, "{peer}");
+
+    drop(serve);
+}
+
+/// The two-process form over the switch: `bench run ADDR --stack dpdk` against `bench serve --stack dpdk`.
+#[test]
+fn bench_run_against_bench_serve_over_memif() {
+    let (serve, addr) = DpdkServe::start(
+        &["bench", "serve"],
+        &["--bind", "198.18.0.1:6800", "--stdin-control"],
+        "bench-run-test",
+    );
+    assert_eq!(addr, "v2:198.18.0.1:6800/0");
+    let json =
+        std::env::temp_dir().join(format!("msgr-bench-dpdk-{}-run.json", std::process::id()));
+    let client_args = memif_end(false, &serve.socket, 20_000);
+    let run = [
+        "bench",
+        "run",
+        "198.18.0.1:6800",
+        "--stack",
+        "dpdk",
+        "--dpdk-args",
+        &client_args,
+        "--sizes",
+        "64,4k",
+        "--count",
+        "300",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let out = msgr(&run, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{run:?}\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let h = &report["header"];
+    assert_eq!(h["stack"], "dpdk");
+    assert_eq!(h["link"], "memif", "{h}");
+    assert_eq!(h["processes"], "two", "{h}");
+    assert_eq!(h["stack_args"], client_args.as_str(), "{h}");
+    check_results(&report, "latency", &[64, 4096], 300);
+    drop(serve);
 }

@@ -397,6 +397,135 @@ fn bench_stack_rdma_usage_errors_exit_2() {
     }
 }
 
+/// The stack switch's usage errors, the same on every command: `--stack dpdk|rdma` parses in every build
+/// and names the build to make when its feature is missing; an option of another stack is refused; the
+/// stack's own options are checked before any device is opened.
+#[test]
+fn stack_usage_errors_of_every_command_exit_2() {
+    let not_built = |stack: &str| format!("cargo build --release --features {stack}");
+    let built = |stack: &str| {
+        (stack != "dpdk" || cfg!(feature = "dpdk")) && (stack != "rdma" || cfg!(feature = "rdma"))
+    };
+    // Each command's words before --stack.
+    let commands: &[&[&str]] = &[
+        &["serve", "--bind", "127.0.0.1:0"],
+        &["ping", "127.0.0.1:1"],
+        &["recon", "127.0.0.1:1"],
+        &["bench", "--sizes", "64"],
+        &["bench", "run", "127.0.0.1:1"],
+        &["bench", "serve"],
+    ];
+    let mut cases: Vec<(Vec<&str>, String)> = Vec::new();
+    for &command in commands {
+        let with = |extra: &[&'static str]| [command, extra].concat();
+        for stack in ["dpdk", "rdma"] {
+            if !built(stack) {
+                cases.push((with(&["--stack", stack]), not_built(stack)));
+            }
+        }
+        // Options of another stack: the error names them and the stack given.
+        let foreign: &[(&[&str], &str, &str)] = &[
+            (
+                &["--dpdk-args", "ip=10.0.0.1/24"],
+                "posix",
+                "--dpdk-args goes with --stack dpdk",
+            ),
+            (
+                &["--rdma-device", "rxe0"],
+                "posix",
+                "go with --stack rdma, not --stack posix",
+            ),
+            (
+                &["--stack", "rdma", "--dpdk-args", "ip=10.0.0.1/24"],
+                "rdma",
+                "--dpdk-args goes with --stack dpdk, not --stack rdma",
+            ),
+            (
+                &["--stack", "dpdk", "--rdma-wire", "ceph"],
+                "dpdk",
+                "go with --stack rdma, not --stack dpdk",
+            ),
+        ];
+        for (extra, stack, reason) in foreign {
+            let reason = if built(stack) {
+                reason.to_string()
+            } else {
+                not_built(stack)
+            };
+            cases.push((with(extra), reason));
+        }
+    }
+    // The dpdk stack's own checks, before the EAL starts.
+    if cfg!(feature = "dpdk") {
+        for &command in &commands[..3] {
+            let with = |extra: &[&'static str]| [command, extra].concat();
+            cases.push((with(&["--stack", "dpdk"]), "needs --dpdk-args".into()));
+            cases.push((
+                with(&[
+                    "--stack",
+                    "dpdk",
+                    "--dpdk-args",
+                    "queues=1 --vdev=net_null0",
+                ]),
+                "ip=A.B.C.D/len is required".into(),
+            ));
+            cases.push((
+                with(&["--stack", "dpdk", "--dpdk-args", "ip=10.0.0.1/24 queues=0"]),
+                "queues=0".into(),
+            ));
+        }
+        cases.push((
+            vec![
+                "serve",
+                "--bind",
+                "10.0.0.1:0",
+                "--stack",
+                "dpdk",
+                "--workers",
+                "2",
+                "--dpdk-args",
+                "ip=10.0.0.1/24 --no-huge --vdev=net_null0",
+            ],
+            "queues=1".into(),
+        ));
+    }
+    cases.push((
+        vec!["bench", "--stack", "mem", "--dpdk-link", "tap"],
+        "--dpdk-link goes with --stack dpdk".into(),
+    ));
+    cases.push((
+        vec!["bench", "--stack", "mem", "--dpdk-args", "mtu=9000"],
+        "not --stack mem".into(),
+    ));
+    for (args, reason) in &cases {
+        let stderr = usage_error(args);
+        assert!(stderr.contains(reason.as_str()), "{args:?}: {stderr}");
+    }
+}
+
+/// serve, ping and recon document --stack with every stack and the stacks' options.
+#[test]
+fn serve_ping_and_recon_offer_every_stack() {
+    for sub in ["serve", "ping", "recon"] {
+        let out = msgr(&[sub, "--help"], Duration::from_secs(20));
+        assert!(out.status.success(), "msgr {sub} --help failed");
+        let help = text(&out.stdout);
+        for needle in [
+            "--stack",
+            "posix",
+            "dpdk",
+            "rdma",
+            "--dpdk-args",
+            "--rdma-device",
+        ] {
+            assert!(
+                help.contains(needle),
+                "msgr {sub} --help lacks {needle}:\n{help}"
+            );
+        }
+    }
+}
+
 #[test]
 fn other_usage_errors_exit_2() {
     let cases: &[&[&str]] = &[

@@ -20,13 +20,17 @@ use msgr::proto::conn::{Config, Connection, Event, Policy, CEPH_FEATURES_ALL, MS
 use msgr::proto::control::{AuthBadMethod, ControlFrame, Hello};
 use msgr::proto::sim::Sim;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
-// The `msgr recon` module itself (it lives in the binary), with the bench module it shares options with.
+// The `msgr recon` module itself (it lives in the binary), with the stack switch whose options it takes
+// and the bench module (size parsing) that switch uses.
 #[path = "../src/bin/msgr/bench/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod bench;
 #[path = "../src/bin/msgr/recon.rs"]
 #[allow(dead_code)]
 mod recon;
+#[path = "../src/bin/msgr/stacks/mod.rs"]
+#[allow(dead_code)]
+mod stacks;
 use recon::{ReconArgs, Target, EXIT_FAIL, EXIT_OK};
 
 /// Exit status of a usage error (clap's, and `msgr`'s own).

@@ -21,19 +21,21 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use crossbeam_channel::Sender;
 
-// Parts of the harness serve only the dpdk or rdma stacks; a build with both features checks them all.
+// Parts of the harness and the stack switch serve only the dpdk or rdma stacks; a build with both
+// features checks them all.
 #[cfg_attr(not(all(feature = "dpdk", feature = "rdma")), allow(dead_code))]
 mod bench;
 mod recon;
+#[cfg_attr(not(all(feature = "dpdk", feature = "rdma")), allow(dead_code))]
+mod stacks;
 
-use crate::bench::rdma::RdmaArgs;
 use crate::bench::{BenchCli, BenchCommand, EchoDispatcher};
 use crate::recon::ReconArgs;
+use crate::stacks::{Role, StackChoice, StackError, StackFn, StackKind, StackOptions, Stacks};
 use msgr::proto::types::{
     entity_type, entity_type_from_name, entity_type_name, AddrVec, AuthEntityName, EntityAddr,
 };
 use msgr::proto::{self, Config, Policy};
-use msgr::stack::posix::PosixStack;
 use msgr::stack::NetworkStack;
 use msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig};
 
@@ -81,18 +83,24 @@ msgr serve listens on each --bind address as a msgr2.1 server of the given entit
 crc mode) and prints one line per address, \"listening on v2:IP:PORT/NONCE\" (the form `msgr ping` \
 and `msgr recon` accept). It runs for --duration seconds, or until it is killed (Ctrl-C, SIGTERM).\n\n\
 With --admin-socket PATH it also answers every connection to that unix socket with the messenger's \
-counters as JSON (read them with `msgr counters --admin-socket PATH`).",
+counters as JSON (read them with `msgr counters --admin-socket PATH`).\n\n\
+--stack dpdk (a build with the dpdk feature) serves on the DPDK port --dpdk-args describes, one worker \
+per queue pair, --bind naming that stack's ip; --stack rdma (a build with the rdma feature) over RDMA.",
     after_help = "Examples:\n  \
 msgr serve --bind 127.0.0.1:6800\n  \
-msgr serve --bind 0.0.0.0:3300 --bind '[::]:3300' --type mon --admin-socket /tmp/msgr.asok"
+msgr serve --bind 0.0.0.0:3300 --bind '[::]:3300' --type mon --admin-socket /tmp/msgr.asok\n  \
+msgr serve --stack dpdk --bind 198.18.0.1:6800 --dpdk-args \"ip=198.18.0.1/24 --no-huge --no-pci \
+-m 256 --vdev=net_memif0,role=server,id=0,socket=/msgr-memif,socket-abstract=yes\""
 )]
 struct ServeArgs {
-    /// Network stack: posix (kernel TCP) or rdma (a build with --features rdma; see --rdma-wire).
-    #[arg(long, value_enum, default_value_t = NetStack::Posix)]
-    stack: NetStack,
+    /// Network stack: posix (kernel TCP), dpdk (a build with --features dpdk; --dpdk-args describes the
+    /// port and this end's ip, which --bind names) or rdma (a build with --features rdma; see
+    /// --rdma-wire).
+    #[arg(long, value_enum, default_value_t = StackKind::Posix)]
+    stack: StackKind,
 
     #[command(flatten)]
-    rdma: RdmaArgs,
+    stack_options: StackOptions,
 
     /// Address to listen on, IP:PORT (IPv6 in brackets); port 0 picks a free port. Repeatable.
     #[arg(long = "bind", value_name = "ADDR", required = true, value_parser = parse_socket_addr)]
@@ -102,10 +110,10 @@ struct ServeArgs {
     #[arg(long = "type", value_name = "TYPE", default_value = "osd", value_parser = parse_entity_type)]
     entity_type: u8,
 
-    /// Worker threads (event loops).
-    #[arg(long, value_name = "N", default_value_t = 3,
+    /// Worker threads (event loops) [default: 3; --stack dpdk: its queues=, one worker per queue pair].
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=bench::MAX_WORKERS as u64))]
-    workers: u64,
+    workers: Option<u64>,
 
     /// Answer connections to this unix socket with the counters as JSON.
     #[arg(long, value_name = "PATH")]
@@ -228,16 +236,6 @@ impl AuthArgs {
     }
 }
 
-/// `--stack` of serve, ping and recon.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-enum NetStack {
-    /// Kernel TCP.
-    Posix,
-    /// RDMA (RC queue pairs; needs a build with `--features rdma`): --rdma-device, --rdma-gid-index,
-    /// --rdma-wire msgr|ceph (ceph: Ceph's async+rdma, to talk to Ceph daemons over RDMA).
-    Rdma,
-}
-
 /// `msgr ping ADDR [--count N] [--interval MS] [--timeout SECS]`
 #[derive(clap::Args, Debug)]
 #[command(
@@ -272,12 +270,13 @@ struct PingArgs {
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_secs)]
     timeout: f64,
 
-    /// Network stack: posix (kernel TCP) or rdma (a build with --features rdma; see --rdma-wire).
-    #[arg(long, value_enum, default_value_t = NetStack::Posix)]
-    stack: NetStack,
+    /// Network stack: posix (kernel TCP), dpdk (a build with --features dpdk; --dpdk-args describes the
+    /// port and this end's ip) or rdma (a build with --features rdma; see --rdma-wire).
+    #[arg(long, value_enum, default_value_t = StackKind::Posix)]
+    stack: StackKind,
 
     #[command(flatten)]
-    rdma: RdmaArgs,
+    stack_options: StackOptions,
 
     #[command(flatten)]
     auth: AuthArgs,
@@ -342,6 +341,15 @@ impl Failure {
         Failure {
             code: EXIT_USAGE,
             message: message.into(),
+        }
+    }
+}
+
+impl From<StackError> for Failure {
+    fn from(e: StackError) -> Self {
+        Failure {
+            code: u8::try_from(e.exit_code()).unwrap_or(EXIT_FAIL),
+            message: e.to_string(),
         }
     }
 }
@@ -432,9 +440,17 @@ fn run_bench(cli: &BenchCli) -> Result<u8, Failure> {
     Ok(EXIT_OK)
 }
 
+/// `msgr recon`: on posix the messenger-free probe ([`recon::run`]); on another stack each peer is reached
+/// by the messenger ([`ReconRun`]).
 fn run_recon(args: &ReconArgs) -> Result<u8, Failure> {
-    if args.stack == recon::ReconStack::Rdma {
-        return recon_rdma(args, rdma_stack(&args.rdma)?);
+    if args.stack != StackKind::Posix {
+        let choice = StackChoice::new(args.stack, &args.stack_options, Role::default())?;
+        let tcp_probe = choice.kernel_tcp_reaches_peer();
+        return choice.run(ReconRun {
+            args,
+            workers: choice.fixed_workers().unwrap_or(1),
+            tcp_probe,
+        });
     }
     match recon::run(args) {
         Ok(code) => Ok(u8::try_from(code).unwrap_or(EXIT_FAIL)),
@@ -444,38 +460,29 @@ fn run_recon(args: &ReconArgs) -> Result<u8, Failure> {
 
 // ---------------------------------------------------------------- serve
 
-// ---------------------------------------------------------------- --stack rdma
-
-/// The RDMA stack `--rdma-*` asks for (device, GID index, wire).
-#[cfg(feature = "rdma")]
-fn rdma_stack(args: &RdmaArgs) -> Result<msgr::stack::rdma::RdmaStack, Failure> {
-    let sysfs = Path::new(bench::rdma::SYSFS_INFINIBAND);
-    let target = bench::rdma::resolve(args, false, None, sysfs).map_err(|e| Failure {
-        code: u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE),
-        message: e.to_string(),
-    })?;
-    bench::rdma::stack(&target).map_err(Failure::fail)
+/// `msgr recon --stack dpdk|rdma`: each peer reached by the messenger, one after the other.
+struct ReconRun<'a> {
+    args: &'a ReconArgs,
+    workers: usize,
+    /// Whether a kernel TCP connect tells why a peer failed ([`StackChoice::kernel_tcp_reaches_peer`]).
+    tcp_probe: bool,
 }
 
-/// Without the feature: a usage error saying how to build it (the type is only a placeholder).
-#[cfg(not(feature = "rdma"))]
-fn rdma_stack(_args: &RdmaArgs) -> Result<PosixStack, Failure> {
-    Err(Failure::usage(bench::rdma::not_built().to_string()))
+impl StackFn for ReconRun<'_> {
+    type Output = Result<u8, Failure>;
+
+    fn call<N: NetworkStack>(self, mut stacks: Stacks<'_, N>) -> Self::Output {
+        let stack = stacks.build()?;
+        recon_on(self.args, stack, self.workers, self.tcp_probe)
+    }
 }
 
-/// `--rdma-*` given with `--stack posix`: a usage error.
-fn rdma_unused(args: &RdmaArgs) -> Result<(), Failure> {
-    bench::rdma::check_unused(args, "posix").map_err(|e| Failure::usage(e.to_string()))
-}
-
-/// Whether a plain TCP connect to the peer's address says anything about it (posix, or RDMA on
-/// Ceph's wire, whose side channel is TCP to that very address).
-fn tcp_reaches(stack: NetStack, rdma: &RdmaArgs) -> bool {
-    stack == NetStack::Posix || rdma.wire == Some(bench::rdma::Wire::Ceph)
-}
-
-/// `msgr recon --stack rdma`: each peer reached by the messenger over RDMA, one after the other.
-fn recon_rdma<N: NetworkStack>(args: &ReconArgs, stack: N) -> Result<u8, Failure> {
+fn recon_on<N: NetworkStack>(
+    args: &ReconArgs,
+    stack: N,
+    workers: usize,
+    tcp_probe: bool,
+) -> Result<u8, Failure> {
     let targets = args
         .addrs
         .iter()
@@ -490,13 +497,12 @@ fn recon_rdma<N: NetworkStack>(args: &ReconArgs, stack: N) -> Result<u8, Failure
     cfg.nonce = rand::random::<u32>() | 1;
     cfg.handshake_timeout = timeout;
     let mut mc = MessengerConfig::new(cfg);
-    mc.workers.threads = 1;
+    mc.workers.threads = workers;
     mc.workers.name_prefix = "msgr-recon".into();
     mc.connect.timeout = Some(timeout);
     let (tx, events) = crossbeam_channel::unbounded();
     let mut m = Messenger::new(stack, mc, Arc::new(PingDispatcher { events: tx }));
     m.start().map_err(|e| Failure::fail(e.to_string()))?;
-    let tcp_probe = tcp_reaches(NetStack::Rdma, &args.rdma);
     let mut reports = Vec::new();
     for target in targets {
         let mut report = recon::PeerReport::new(target);
@@ -555,18 +561,36 @@ fn recon_rdma<N: NetworkStack>(args: &ReconArgs, stack: N) -> Result<u8, Failure
     })
 }
 
+/// Default `msgr serve --workers`.
+const SERVE_WORKERS: usize = 3;
+
 fn serve(args: &ServeArgs) -> Result<u8, Failure> {
-    match args.stack {
-        NetStack::Posix => {
-            rdma_unused(&args.rdma)?;
-            serve_on(PosixStack::new(), args)
-        }
-        NetStack::Rdma => serve_on(rdma_stack(&args.rdma)?, args),
+    let asked = args.workers.map(|n| usize::try_from(n).unwrap_or(1));
+    let role = Role {
+        listens_on_rdma_addr: false,
+        workers: asked,
+    };
+    let choice = StackChoice::new(args.stack, &args.stack_options, role)?;
+    let workers = choice.fixed_workers().or(asked).unwrap_or(SERVE_WORKERS);
+    choice.run(ServeRun { args, workers })
+}
+
+/// `msgr serve` on the chosen stack.
+struct ServeRun<'a> {
+    args: &'a ServeArgs,
+    workers: usize,
+}
+
+impl StackFn for ServeRun<'_> {
+    type Output = Result<u8, Failure>;
+
+    fn call<N: NetworkStack>(self, mut stacks: Stacks<'_, N>) -> Self::Output {
+        let stack = stacks.build()?;
+        serve_on(stack, self.args, self.workers)
     }
 }
 
-fn serve_on<N: NetworkStack>(stack: N, args: &ServeArgs) -> Result<u8, Failure> {
-    let workers = usize::try_from(args.workers).unwrap_or(1);
+fn serve_on<N: NetworkStack>(stack: N, args: &ServeArgs, workers: usize) -> Result<u8, Failure> {
     let entity = args.entity_type;
     let mut cfg = Config::new(entity, AuthEntityName::new(entity, "0"));
     // Monitors are known by address alone (nonce 0); other daemons pick a nonce per instance.
@@ -865,16 +889,37 @@ fn wait_connected<N: NetworkStack>(
 }
 
 fn ping(args: &PingArgs) -> Result<u8, Failure> {
-    match args.stack {
-        NetStack::Posix => {
-            rdma_unused(&args.rdma)?;
-            ping_on(PosixStack::new(), args)
-        }
-        NetStack::Rdma => ping_on(rdma_stack(&args.rdma)?, args),
+    let choice = StackChoice::new(args.stack, &args.stack_options, Role::default())?;
+    choice.run(PingRun {
+        args,
+        workers: choice.fixed_workers().unwrap_or(1),
+        tcp_probe: choice.kernel_tcp_reaches_peer(),
+    })
+}
+
+/// `msgr ping` on the chosen stack.
+struct PingRun<'a> {
+    args: &'a PingArgs,
+    workers: usize,
+    /// Whether a kernel TCP connect tells why the peer failed ([`StackChoice::kernel_tcp_reaches_peer`]).
+    tcp_probe: bool,
+}
+
+impl StackFn for PingRun<'_> {
+    type Output = Result<u8, Failure>;
+
+    fn call<N: NetworkStack>(self, mut stacks: Stacks<'_, N>) -> Self::Output {
+        let stack = stacks.build()?;
+        ping_on(stack, self.args, self.workers, self.tcp_probe)
     }
 }
 
-fn ping_on<N: NetworkStack>(stack: N, args: &PingArgs) -> Result<u8, Failure> {
+fn ping_on<N: NetworkStack>(
+    stack: N,
+    args: &PingArgs,
+    workers: usize,
+    tcp_probe: bool,
+) -> Result<u8, Failure> {
     let target = recon::parse_target(&args.addr).map_err(Failure::usage)?;
     let timeout = Duration::from_secs_f64(args.timeout);
     let mut cfg = Config::new(
@@ -885,7 +930,7 @@ fn ping_on<N: NetworkStack>(stack: N, args: &PingArgs) -> Result<u8, Failure> {
     cfg.handshake_timeout = timeout;
     args.auth.apply_client(&mut cfg)?;
     let mut mc = MessengerConfig::new(cfg);
-    mc.workers.threads = 1;
+    mc.workers.threads = workers;
     mc.workers.name_prefix = "msgr-ping".into();
     mc.connect.timeout = Some(timeout);
     let (tx, events) = crossbeam_channel::unbounded();
@@ -897,7 +942,6 @@ fn ping_on<N: NetworkStack>(stack: N, args: &PingArgs) -> Result<u8, Failure> {
     let conn = m
         .connect_to(entity_type::ANY, &addrs, Policy::lossy_client())
         .map_err(|e| Failure::fail(e.to_string()))?;
-    let tcp_probe = tcp_reaches(args.stack, &args.rdma);
     wait_connected(&m, &events, target.addr, timeout, tcp_probe).map_err(|why| {
         // Daemons other than monitors close a session that names a nonce other than theirs.
         let hint = if target.nonce == 0 && why.starts_with("timeout (TCP connects") {

@@ -30,6 +30,8 @@ use msgr::proto::conn::{Config, Connection, Event, Phase, Policy};
 use msgr::proto::types::{entity_type, entity_type_name, AuthEntityName, EntityAddr};
 use msgr::proto::Error;
 
+use crate::stacks::{StackKind, StackOptions};
+
 /// Exit status: every peer answered as expected.
 pub const EXIT_OK: i32 = 0;
 /// Exit status: at least one peer failed.
@@ -87,21 +89,15 @@ pub struct ReconArgs {
           value_parser = clap::value_parser!(u16).range(1..=MAX_PARALLEL as i64))]
     pub parallel: u16,
 
-    /// Network stack: posix (kernel TCP, the full probe above) or rdma (a build with --features rdma:
-    /// each peer is reached by msgr's messenger over RDMA, one after the other, and the table shows
-    /// its type, addresses, features and handshake time; see --rdma-wire).
-    #[arg(long, value_enum, default_value_t = ReconStack::Posix)]
-    pub stack: ReconStack,
+    /// Network stack: posix (kernel TCP, the full probe above), dpdk (a build with --features dpdk;
+    /// --dpdk-args) or rdma (a build with --features rdma; see --rdma-wire): over dpdk and rdma each
+    /// peer is reached by msgr's messenger, one after the other, and the table shows its type,
+    /// addresses, features and handshake time.
+    #[arg(long, value_enum, default_value_t = StackKind::Posix)]
+    pub stack: StackKind,
 
     #[command(flatten)]
-    pub rdma: crate::bench::rdma::RdmaArgs,
-}
-
-/// `msgr recon --stack`.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReconStack {
-    Posix,
-    Rdma,
+    pub stack_options: StackOptions,
 }
 
 /// Entity types `--expect` accepts.
@@ -269,10 +265,13 @@ pub fn run(args: &ReconArgs) -> Result<i32, String> {
 
 /// [`run`], writing the output to `out`.
 pub fn run_to(args: &ReconArgs, out: &mut dyn Write) -> Result<i32, String> {
-    if args.stack == ReconStack::Rdma {
-        return Err("recon --stack rdma runs in the msgr binary (msgr recon --stack rdma)".into());
+    crate::stacks::check(args.stack, &args.stack_options).map_err(|e| e.to_string())?;
+    if args.stack != StackKind::Posix {
+        let name = args.stack.name();
+        return Err(format!(
+            "recon --stack {name} reaches peers through the messenger: `msgr recon --stack {name}`"
+        ));
     }
-    crate::bench::rdma::check_unused(&args.rdma, "posix").map_err(|e| e.to_string())?;
     let addrs = args
         .addrs
         .iter()

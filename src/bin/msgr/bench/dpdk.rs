@@ -1,4 +1,6 @@
-//! `msgr bench --stack dpdk`: the benchmark over the dpdk stack (cargo feature `dpdk`), in one command.
+//! `msgr bench --stack dpdk`: the benchmark over the dpdk stack (cargo feature `dpdk`), in one command:
+//! the link this command builds for itself. `bench serve` and `bench run ADDR` take the stack as
+//! `--dpdk-args` describe it, through the stack switch (`stacks`), like every other stack.
 //!
 //! Links (`--dpdk-link`):
 //! - `memif` (default): two msgr processes over net_memif, no hardware, no hugepages. The EAL exists once
@@ -20,7 +22,7 @@
 //! `--socket-mem`, …) replace the generated `--no-huge -m 256`; device options (`--vdev`, `-a`, `--no-pci`,
 //! …) are refused (the one-command form builds the link: for another device, run `msgr bench serve
 //! --stack dpdk` and `msgr bench run ADDR --stack dpdk` with your own `--dpdk-args`); any other EAL
-//! option is appended. `bench serve` and `bench run` take `--dpdk-args` as is.
+//! option is appended.
 //!
 //! Workers: one poll-mode worker per queue pair (`queues` = `--workers`), each with the event loop's
 //! default idle policy (spin, then short back-offs when idle).
@@ -28,10 +30,6 @@
 use std::net::Ipv4Addr;
 
 use super::{BenchArgs, BenchError};
-
-/// How a build without the feature says what to do.
-pub const BUILD_HINT: &str =
-    "--stack dpdk needs msgr built with the dpdk feature: cargo build --release --features dpdk";
 
 /// The memif link's server and client ends.
 pub const MEMIF_SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -219,9 +217,7 @@ pub fn merge_args(generated: &str, user: &str) -> Result<String, String> {
 /// `plan()`'s checks for `--stack dpdk` (`two_process`: `bench run ADDR`).
 pub fn check(args: &BenchArgs, two_process: bool) -> Result<(), BenchError> {
     let usage = |m: String| Err(BenchError::Usage(m));
-    if !cfg!(feature = "dpdk") {
-        return usage(BUILD_HINT.into());
-    }
+    crate::stacks::StackKind::Dpdk.check_built()?;
     let memif = !two_process && args.dpdk_link == DpdkLink::Memif;
     let unsupported = [
         (args.inject_delay_ms.is_some(), "--inject-delay-ms"),
@@ -230,7 +226,7 @@ pub fn check(args: &BenchArgs, two_process: bool) -> Result<(), BenchError> {
             "--con-mode secure with a server in another process",
         ),
         (
-            two_process && args.dpdk_args.is_none(),
+            two_process && args.stack_options.dpdk_args.is_none(),
             "`bench run ADDR` without --dpdk-args (describe this end: ip=…, EAL options, --vdev=…)",
         ),
     ];
@@ -238,7 +234,7 @@ pub fn check(args: &BenchArgs, two_process: bool) -> Result<(), BenchError> {
         return usage(format!("--stack dpdk does not take {what}"));
     }
     if !two_process {
-        let user = args.dpdk_args.as_deref().unwrap_or("");
+        let user = args.stack_options.dpdk_args.as_deref().unwrap_or("");
         let workers = usize::try_from(args.workers).unwrap_or(1);
         let generated = match args.dpdk_link {
             DpdkLink::Memif => memif_args(false, workers, &memif_socket()),
@@ -263,7 +259,7 @@ pub fn has_net_admin() -> bool {
 }
 
 #[cfg(feature = "dpdk")]
-pub use imp::{build_stack, start, Session};
+pub use imp::{start, Session};
 
 #[cfg(not(feature = "dpdk"))]
 pub use stub::{start, Session};
@@ -275,7 +271,6 @@ mod stub {
     use super::super::security::Security;
     use super::super::{BenchArgs, BenchError, Header};
     use msgr::event::WorkerConfig;
-    use msgr::proto::types::AddrVec;
 
     /// The client of a dpdk run and what serves it.
     pub struct Session {
@@ -289,13 +284,13 @@ mod stub {
 
     pub fn start(
         _args: &BenchArgs,
-        _target: Option<&AddrVec>,
         _shape: Shape,
         _client: WorkerConfig,
         _server: WorkerConfig,
         _security: &Security,
     ) -> Result<Session, BenchError> {
-        Err(BenchError::Usage(super::BUILD_HINT.into()))
+        crate::stacks::StackKind::Dpdk.check_built()?;
+        Err(BenchError::Failed("no dpdk stack in this build".into()))
     }
 }
 
@@ -325,18 +320,10 @@ mod imp {
     /// Lines of a child's stderr kept for an error message.
     const STDERR_TAIL: usize = 30;
 
-    /// Builds the dpdk stack from `--dpdk-args`, checking that `workers` matches its queues.
-    pub fn build_stack(args: &str, workers: usize) -> Result<DpdkStack, BenchError> {
-        let cfg = msgr::stack::dpdk::DpdkConfig::parse(args)
-            .map_err(|e| BenchError::Usage(format!("--dpdk-args: {e}")))?;
-        if usize::from(cfg.queues) != workers {
-            return Err(BenchError::Usage(format!(
-                "--workers {workers} but --dpdk-args has queues={}: the dpdk stack runs one poll-mode \
-                 worker per queue pair",
-                cfg.queues
-            )));
-        }
-        DpdkStack::new(cfg).map_err(|e| BenchError::Failed(format!("dpdk stack: {e}")))
+    /// Builds the dpdk stack from generated `args`, checking that `workers` matches its queues.
+    fn build_stack(args: &str, workers: usize) -> Result<DpdkStack, BenchError> {
+        let config = crate::stacks::dpdk::config(args, Some(workers))?;
+        Ok(crate::stacks::dpdk::build(config)?)
     }
 
     /// The client of a dpdk run and what serves it. Shut the client down first, then drop `server`.
@@ -346,8 +333,8 @@ mod imp {
         link: String,
         stack_args: String,
         server_addr: Option<String>,
-        server_workers: Option<usize>,
-        server_cpus: Option<Cpus>,
+        server_workers: usize,
+        server_cpus: Cpus,
     }
 
     impl Session {
@@ -359,15 +346,14 @@ mod imp {
                 header.processes = "two".into();
                 header.server_addr = Some(a.clone());
             }
-            header.server_workers = self.server_workers;
-            header.server_cpus = self.server_cpus.clone();
+            header.server_workers = Some(self.server_workers);
+            header.server_cpus = Some(self.server_cpus.clone());
         }
     }
 
-    /// Starts the client (and, in the one-command form, the server) of a `--stack dpdk` run.
+    /// Starts the link, the server and the client of a one-command `--stack dpdk` run.
     pub fn start(
         args: &BenchArgs,
-        target: Option<&AddrVec>,
         shape: Shape,
         client_wc: WorkerConfig,
         server_wc: WorkerConfig,
@@ -375,23 +361,7 @@ mod imp {
     ) -> Result<Session, BenchError> {
         let workers = client_wc.threads;
         let failed = |e: String| BenchError::Failed(format!("dpdk set-up: {e}"));
-        if let Some(target) = target {
-            let stack_args = args.dpdk_args.clone().unwrap_or_default();
-            let stack = build_stack(&stack_args, workers)?;
-            let link = stack.driver().trim_start_matches("net_").to_string();
-            let client =
-                Client::boxed(stack, client_wc, target, shape, security).map_err(failed)?;
-            return Ok(Session {
-                client,
-                server: Box::new(()),
-                link,
-                stack_args,
-                server_addr: None,
-                server_workers: None,
-                server_cpus: None,
-            });
-        }
-        let user = args.dpdk_args.as_deref().unwrap_or("");
+        let user = args.stack_options.dpdk_args.as_deref().unwrap_or("");
         match args.dpdk_link {
             DpdkLink::Memif => {
                 let socket = memif_socket();
@@ -412,8 +382,8 @@ mod imp {
                     link: "memif".into(),
                     stack_args: client_args,
                     server_addr: Some(addr.to_string()),
-                    server_workers: Some(workers),
-                    server_cpus: Some(Cpus::of_this_process(&args.server_cpus)),
+                    server_workers: workers,
+                    server_cpus: Cpus::of_this_process(&args.server_cpus),
                 })
             }
             DpdkLink::Tap => {
@@ -459,8 +429,8 @@ mod imp {
                     link: "tap".into(),
                     stack_args: client_args,
                     server_addr: None,
-                    server_workers: Some(server_wc.threads),
-                    server_cpus: Some(Cpus::of_this_process(&super::super::pinned(&server_wc))),
+                    server_workers: server_wc.threads,
+                    server_cpus: Cpus::of_this_process(&super::super::pinned(&server_wc)),
                 })
             }
         }

@@ -13,9 +13,11 @@
 //! `msgr bench run ADDR`). Output: a table on stdout, `--json FILE` ([`Report`]), `--svg FILE` ([`plot`]),
 //! and a progress bar on stderr for runs over a second when stderr is a terminal ([`progress`]).
 //!
-//! Layout: [`BenchArgs`] is the command line, [`run_to`] checks it and picks the stack; [`driver`] is the
-//! client side of every messenger run (posix, rdma) (the in-memory pair, [`latency::MemPingPong`], has latency only);
-//! [`serve`] is the server; [`rdma`] has the `--stack rdma` options (cargo feature `rdma`); [`report`] turns histograms into [`SizeResult`]s, the table and the JSON.
+//! Layout: [`BenchArgs`] is the command line, [`run_to`] checks it and runs it on the stack chosen
+//! through the stack switch ([`crate::stacks`]; [`BenchStack`] adds the in-memory pair); [`driver`] is
+//! the client side of every messenger run (the in-memory pair, [`latency::MemPingPong`], has latency
+//! only); [`serve`] is the server; [`dpdk`] builds the one-command `--stack dpdk` link; [`report`] turns
+//! histograms into [`SizeResult`]s, the table and the JSON.
 //!
 //! Invariants: warm-up samples never reach a histogram; every record in a report has the count asked
 //! for (or, duration-bound, what was measured in that time); output files are created before the run,
@@ -26,7 +28,6 @@ pub mod driver;
 pub mod latency;
 pub mod plot;
 pub mod progress;
-pub mod rdma;
 pub mod report;
 pub mod security;
 pub mod serve;
@@ -40,8 +41,11 @@ use std::time::{Duration, Instant};
 use msgr::event::WorkerConfig;
 use msgr::proto::types::{AddrVec, EntityAddr};
 use msgr::stack::fault::{FaultConfig, FaultStack};
-use msgr::stack::posix::PosixStack;
 use msgr::stack::NetworkStack;
+
+use crate::stacks::{
+    self, rdma, Role, StackChoice, StackError, StackFn, StackKind, StackOptions, Stacks,
+};
 
 pub use dpdk::DpdkLink;
 pub use driver::{Load, Measured, Shape, Traffic};
@@ -144,22 +148,18 @@ pub struct BenchRunArgs {
 pub struct BenchArgs {
     /// Network stack: posix (kernel TCP), mem (in-memory protocol pair, latency only), dpdk (needs a
     /// build with --features dpdk) or rdma (needs a build with --features rdma).
-    #[arg(long, value_enum, default_value_t = StackKind::Posix)]
-    pub stack: StackKind,
+    #[arg(long, value_enum, default_value_t = BenchStack::Net(StackKind::Posix))]
+    pub stack: BenchStack,
 
+    // --rdma-*, --dpdk-args. `msgr bench` without ADDR merges --dpdk-args into the arguments it
+    // generates for its link (see bench::dpdk); `bench run ADDR` takes them as this end's configuration.
     #[command(flatten)]
-    pub rdma: rdma::RdmaArgs,
+    pub stack_options: StackOptions,
 
     /// --stack dpdk: the link, memif (a server child process over net_memif) or tap (net_tap against a
     /// kernel-TCP server here; needs root).
     #[arg(long, value_enum, default_value_t = DpdkLink::Memif)]
     pub dpdk_link: DpdkLink,
-
-    /// --stack dpdk: stack arguments. `msgr bench`: adjusts the generated ones (key=value replace
-    /// keys; EAL memory options replace `--no-huge -m 256`; other EAL options are added; ip/port and
-    /// devices are the link's). `bench run ADDR`: this end's whole configuration.
-    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
-    pub dpdk_args: Option<String>,
 
     /// What to measure: latency, throughput or fanin.
     #[arg(long, value_enum, default_value_t = Mode::Latency)]
@@ -256,27 +256,40 @@ fn parse_delay_ms(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Stacks `msgr bench` runs over; each variant maps to a `NetworkStack` in [`run_to`]. A kernel-bypass
-/// variant exists in every build; without its cargo feature choosing it is a usage error naming the build.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StackKind {
-    /// Kernel TCP over 127.0.0.1, a server and a client messenger in this process.
-    Posix,
+/// `--stack` of `msgr bench` and `bench serve`: a network stack ([`StackKind`], through the stack
+/// switch), or the in-memory protocol pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchStack {
     /// The protocol state machines back to back in memory: no sockets, no threads.
     Mem,
-    /// RDMA (RC queue pairs through libibverbs, rdma_cm): needs the cargo feature `rdma`.
-    Rdma,
-    /// The DPDK stack (cargo feature `dpdk`): userspace TCP on poll-mode queues; see --dpdk-link.
-    Dpdk,
+    Net(StackKind),
 }
 
-impl StackKind {
+impl BenchStack {
     pub fn name(self) -> &'static str {
         match self {
-            StackKind::Posix => "posix",
-            StackKind::Mem => "mem",
-            StackKind::Rdma => "rdma",
-            StackKind::Dpdk => "dpdk",
+            BenchStack::Mem => "mem",
+            BenchStack::Net(kind) => kind.name(),
+        }
+    }
+}
+
+impl clap::ValueEnum for BenchStack {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            BenchStack::Net(StackKind::Posix),
+            BenchStack::Mem,
+            BenchStack::Net(StackKind::Rdma),
+            BenchStack::Net(StackKind::Dpdk),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            BenchStack::Mem => Some(clap::builder::PossibleValue::new("mem").help(
+                "The protocol state machines back to back in memory: no sockets, no threads",
+            )),
+            BenchStack::Net(kind) => kind.to_possible_value(),
         }
     }
 }
@@ -314,6 +327,15 @@ pub enum BenchError {
     Failed(String),
 }
 
+impl From<StackError> for BenchError {
+    fn from(e: StackError) -> Self {
+        match e {
+            StackError::Usage(m) => BenchError::Usage(m),
+            StackError::Failed(m) => BenchError::Failed(m),
+        }
+    }
+}
+
 impl BenchError {
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -337,8 +359,8 @@ struct Plan {
     load: Load,
     workers: usize,
     server: Option<(String, AddrVec)>,
-    /// `--stack rdma`: device, GID index, listening address.
-    rdma: Option<rdma::Target>,
+    /// The stack, unless the run builds its own: the in-memory pair, or the one-command dpdk link.
+    choice: Option<StackChoice>,
 }
 
 fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
@@ -409,7 +431,7 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
         }
         None => None,
     };
-    if args.stack == StackKind::Mem {
+    if args.stack == BenchStack::Mem {
         let unsupported = [
             (args.mode != Mode::Latency, "--mode other than latency"),
             (args.rate.is_some(), "--rate"),
@@ -427,23 +449,35 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
             ));
         }
     }
-    let rdma = match args.stack {
-        StackKind::Rdma if !cfg!(feature = "rdma") => return Err(rdma::not_built()),
-        StackKind::Rdma => Some(rdma::resolve(
-            &args.rdma,
-            server.is_none(),
-            std::env::var(rdma::ADDR_ENV).ok().as_deref(),
-            std::path::Path::new(rdma::SYSFS_INFINIBAND),
-        )?),
-        other => {
-            rdma::check_unused(&args.rdma, other.name())?;
+    let choice = match args.stack {
+        BenchStack::Mem => {
+            stacks::check_none("mem", &args.stack_options)?;
             None
         }
+        BenchStack::Net(kind) => {
+            stacks::check(kind, &args.stack_options)?;
+            if kind == StackKind::Dpdk {
+                dpdk::check(args, server.is_some())?;
+            } else if args.dpdk_link != DpdkLink::Memif {
+                return usage(format!(
+                    "--dpdk-link goes with --stack dpdk, not --stack {}",
+                    kind.name()
+                ));
+            }
+            // The one-command dpdk run builds its own link (dpdk::start).
+            let own_link = kind == StackKind::Dpdk && server.is_none();
+            let role = Role {
+                listens_on_rdma_addr: server.is_none(),
+                workers: Some(workers),
+            };
+            match own_link {
+                true => None,
+                false => Some(StackChoice::new(kind, &args.stack_options, role)?),
+            }
+        }
     };
-    if args.stack == StackKind::Dpdk {
-        dpdk::check(args, server.is_some())?;
-    } else if args.dpdk_args.is_some() || args.dpdk_link != DpdkLink::Memif {
-        return usage("--dpdk-args and --dpdk-link go with --stack dpdk".into());
+    if args.stack == BenchStack::Mem && args.dpdk_link != DpdkLink::Memif {
+        return usage("--dpdk-link goes with --stack dpdk, not --stack mem".into());
     }
     if server.is_some() && !args.server_cpus.is_empty() {
         return usage(
@@ -474,7 +508,7 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
         },
         workers,
         server,
-        rdma,
+        choice,
     })
 }
 
@@ -494,11 +528,40 @@ fn pinned(wc: &WorkerConfig) -> Vec<usize> {
     wc.core_plan().into_iter().flatten().map(|c| c.id).collect()
 }
 
-/// Starts the in-process server on a stack from `new_stack` listening on `bind` (unless `plan` names a
-/// server), connects the client (on another stack from `new_stack`, behind a [`FaultStack`] with
+/// A benchmark run on the chosen stack ([`with_client`]); its output is the device the stack ran on.
+struct ClientRun<'a> {
+    plan: &'a Plan,
+    inject_delay_ms: Option<f64>,
+    wcs: (WorkerConfig, WorkerConfig),
+    security: &'a security::Security,
+    body: &'a mut dyn FnMut(&mut dyn driver::Runner) -> Result<(), BenchError>,
+}
+
+impl StackFn for ClientRun<'_> {
+    type Output = Result<Option<String>, BenchError>;
+
+    fn call<N: NetworkStack>(self, mut stacks: Stacks<'_, N>) -> Self::Output {
+        // The in-process server listens on the stack's own address (RDMA), else on loopback.
+        let ip = stacks.choice().own_ip();
+        let bind = SocketAddr::new(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), 0);
+        with_client(
+            &mut stacks,
+            bind,
+            self.plan,
+            self.inject_delay_ms,
+            self.wcs,
+            self.security,
+            self.body,
+        )?;
+        Ok(stacks.device().map(str::to_string))
+    }
+}
+
+/// Starts the in-process server on a stack from `stacks` listening on `bind` (unless `plan` names a
+/// server), connects the client (on another stack from `stacks`, behind a [`FaultStack`] with
 /// `inject_delay_ms`), hands it to `body`, then shuts the client down and the server after it.
 fn with_client<N: NetworkStack>(
-    new_stack: &mut dyn FnMut() -> Result<N, String>,
+    stacks: &mut Stacks<'_, N>,
     bind: SocketAddr,
     plan: &Plan,
     inject_delay_ms: Option<f64>,
@@ -508,12 +571,13 @@ fn with_client<N: NetworkStack>(
 ) -> Result<(), BenchError> {
     let stack_name = &plan.run_shape.stack;
     let set_up = |e: String| BenchError::Failed(format!("{stack_name} set-up: {e}"));
+    let mut new_stack = || stacks.build().map_err(|e| set_up(e.to_string()));
     // The in-process server, unless one was named; dropped (stopped) after the client.
     let local = match &plan.server {
         Some(_) => None,
         None => Some(
             BenchServer::start(
-                new_stack().map_err(set_up)?,
+                new_stack()?,
                 &[bind],
                 server_wc,
                 rand::random::<u32>() | 1,
@@ -527,7 +591,7 @@ fn with_client<N: NetworkStack>(
         (None, Some(s)) => s.addrs().clone(),
         (None, None) => return Err(BenchError::Failed("no server".into())),
     };
-    let stack = new_stack().map_err(set_up)?;
+    let stack = new_stack()?;
     let mut client = match inject_delay_ms {
         None => driver::Client::boxed(stack, client_wc, &target, plan.shape, security),
         Some(ms) => driver::Client::boxed(
@@ -575,11 +639,11 @@ pub fn run_to(
 
     let mut client_wc = worker_config(plan.workers, &args.client_cpus, "bench-client");
     let mut server_wc = worker_config(plan.workers, &args.server_cpus, "bench-server");
-    if args.stack == StackKind::Rdma {
+    if args.stack == BenchStack::Net(StackKind::Rdma) {
         rdma::tune(&mut client_wc);
         rdma::tune(&mut server_wc);
     }
-    let mem = args.stack == StackKind::Mem;
+    let mem = args.stack == BenchStack::Mem;
     let mut header = Header::describe(
         &plan.run_shape,
         RunInfo {
@@ -633,8 +697,8 @@ pub fn run_to(
         Ok(())
     };
     let wcs = (server_wc, client_wc);
-    match (args.stack, &plan.rdma) {
-        (StackKind::Mem, _) => {
+    match (args.stack, &plan.choice) {
+        (BenchStack::Mem, _) => {
             let mut pp = latency::MemPingPong::new(&security).map_err(BenchError::Failed)?;
             for &size in &args.sizes {
                 let msg = latency::bench_message(size);
@@ -644,53 +708,28 @@ pub fn run_to(
                 record(size, m, latency::wire_bytes(&msg), out);
             }
         }
-        (StackKind::Posix, _) => with_client(
-            &mut || Ok(PosixStack::new()),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            &plan,
-            args.inject_delay_ms,
-            wcs,
-            &security,
-            &mut sizes,
-        )?,
-        #[cfg(feature = "rdma")]
-        (StackKind::Rdma, Some(target)) => {
-            let mut device = None;
-            let outcome = with_client(
-                &mut || {
-                    let stack = rdma::stack(target)?;
-                    device = Some(format!(
-                        "{} ({} wire)",
-                        stack.device_info().name,
-                        target.wire.name()
-                    ));
-                    Ok(stack)
-                },
-                SocketAddr::new(
-                    target
-                        .addr
-                        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
-                    0,
-                ),
-                &plan,
-                args.inject_delay_ms,
+        (_, Some(choice)) => {
+            let device = choice.run(ClientRun {
+                plan: &plan,
+                inject_delay_ms: args.inject_delay_ms,
                 wcs,
-                &security,
-                &mut sizes,
-            );
-            header.device = device;
-            outcome?
+                security: &security,
+                body: &mut sizes,
+            })?;
+            match choice.kind() {
+                StackKind::Posix => {}
+                StackKind::Rdma => header.device = device,
+                // `bench run ADDR --stack dpdk`: this end's link and configuration.
+                StackKind::Dpdk => {
+                    header.link = device.map(|d| d.trim_start_matches("net_").to_string());
+                    header.stack_args = choice.dpdk_args(&args.stack_options).map(str::to_string);
+                }
+            }
         }
-        (StackKind::Dpdk, _) => {
+        // The one-command dpdk run: its own link, server and client.
+        (_, None) => {
             let (server_wc, client_wc) = wcs;
-            let session = dpdk::start(
-                args,
-                plan.server.as_ref().map(|s| &s.1),
-                plan.shape,
-                client_wc,
-                server_wc,
-                &security,
-            )?;
+            let session = dpdk::start(args, plan.shape, client_wc, server_wc, &security)?;
             session.describe(&mut header);
             let dpdk::Session {
                 mut client, server, ..
@@ -700,7 +739,6 @@ pub fn run_to(
             drop(server);
             outcome?
         }
-        (StackKind::Rdma, _) => return Err(rdma::not_built()),
     }
 
     header.finish(started.elapsed());

@@ -12,14 +12,13 @@ use std::time::{Duration, Instant};
 use msgr::event::WorkerConfig;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName};
 use msgr::proto::{Config, Policy};
-use msgr::stack::posix::PosixStack;
 use msgr::stack::NetworkStack;
 use msgr::{Messenger, MessengerConfig};
 
 use super::latency::EchoDispatcher;
-use super::rdma::{self, RdmaArgs};
 use super::report::Cpus;
-use super::{BenchError, StackKind, MAX_WORKERS};
+use super::{BenchError, BenchStack, MAX_WORKERS};
+use crate::stacks::{rdma, Role, StackChoice, StackFn, StackKind, StackOptions, Stacks};
 
 /// `--bind` when none is given (rdma: this port on the `--rdma-addr` address; dpdk: on the stack's ip).
 pub const DEFAULT_BIND: SocketAddr =
@@ -93,15 +92,11 @@ msgr bench serve --stack rdma --rdma-device rxe0 --rdma-addr 192.168.77.1"
 pub struct BenchServeArgs {
     /// Network stack: posix (kernel TCP), dpdk (needs the dpdk feature and --dpdk-args) or rdma (needs
     /// the rdma feature).
-    #[arg(long, value_enum, default_value_t = StackKind::Posix)]
-    pub stack: StackKind,
+    #[arg(long, value_enum, default_value_t = BenchStack::Net(StackKind::Posix))]
+    pub stack: BenchStack,
 
     #[command(flatten)]
-    pub rdma: RdmaArgs,
-
-    /// --stack dpdk: the stack's arguments (`ip=A.B.C.D/len`, options, EAL arguments with a --vdev).
-    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
-    pub dpdk_args: Option<String>,
+    pub stack_options: StackOptions,
 
     /// Address to listen on, IP:PORT (IPv6 in brackets); port 0 picks a free port. Default
     /// 127.0.0.1:6800; with --stack dpdk, the stack's ip, port 6800; with rdma, port 6800 on --rdma-addr.
@@ -130,75 +125,63 @@ pub struct BenchServeArgs {
 /// `--stdin-control`, stdin ends).
 pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchError> {
     let workers = usize::try_from(args.workers).unwrap_or(1);
-    #[allow(unused_mut)]
-    let mut wc = super::worker_config(workers, &args.cpus, "bench-serve");
-    if args.stack != StackKind::Rdma {
-        rdma::check_unused(&args.rdma, args.stack.name())?;
-    }
-    if args.stack != StackKind::Dpdk && args.dpdk_args.is_some() {
+    let kind = match args.stack {
+        BenchStack::Net(kind) => kind,
+        BenchStack::Mem => {
+            return Err(BenchError::Usage(
+                "bench serve runs --stack posix, dpdk or rdma (mem is an in-process pair)".into(),
+            ))
+        }
+    };
+    if kind == StackKind::Rdma && args.bind.is_some() && args.stack_options.rdma.addr.is_some() {
         return Err(BenchError::Usage(
-            "--dpdk-args goes with --stack dpdk".into(),
+            "give --bind IP:PORT or --rdma-addr IP, not both".into(),
         ));
     }
-    match args.stack {
-        StackKind::Posix => {
-            let bind = args.bind.unwrap_or(DEFAULT_BIND);
-            serve_on(&start(PosixStack::new(), bind, wc.clone())?, args, &wc, out)
-        }
-        #[cfg(feature = "dpdk")]
-        StackKind::Dpdk => {
-            let dpdk_args = args.dpdk_args.as_deref().ok_or_else(|| {
-                BenchError::Usage(
-                    "--stack dpdk needs --dpdk-args (ip=…, EAL options, --vdev=…)".into(),
-                )
-            })?;
-            let stack = super::dpdk::build_stack(dpdk_args, workers)?;
-            let bind = args
-                .bind
-                .unwrap_or_else(|| SocketAddr::from((stack.ip(), super::dpdk::SERVE_PORT)));
-            serve_on(&start(stack, bind, wc.clone())?, args, &wc, out)
-        }
-        #[cfg(not(feature = "dpdk"))]
-        StackKind::Dpdk => Err(BenchError::Usage(super::dpdk::BUILD_HINT.into())),
-        #[cfg(feature = "rdma")]
-        StackKind::Rdma => {
-            let (bind, target) = rdma_bind(args)?;
-            rdma::tune(&mut wc);
-            let stack = rdma::stack(&target)
-                .map_err(|e| BenchError::Failed(format!("bench server on {bind}: {e}")))?;
-            let _ = writeln!(
-                out,
-                "rdma device {} ({} wire)",
-                stack.device_info().name,
-                target.wire.name()
-            );
-            serve_on(&start(stack, bind, wc.clone())?, args, &wc, out)
-        }
-        #[cfg(not(feature = "rdma"))]
-        StackKind::Rdma => Err(rdma::not_built()),
-        StackKind::Mem => Err(BenchError::Usage(
-            "bench serve runs --stack posix, dpdk or rdma (mem is an in-process pair)".into(),
-        )),
+    let role = Role {
+        listens_on_rdma_addr: args.bind.is_none(),
+        workers: Some(workers),
+    };
+    let choice = StackChoice::new(kind, &args.stack_options, role)?;
+    // Default: port 6800 on the stack's own address (dpdk: its ip; rdma: the device's), else loopback.
+    let bind = args.bind.unwrap_or_else(|| match choice.own_ip() {
+        Some(ip) => SocketAddr::new(ip, DEFAULT_BIND.port()),
+        None => DEFAULT_BIND,
+    });
+    let mut wc = super::worker_config(workers, &args.cpus, "bench-serve");
+    if kind == StackKind::Rdma {
+        rdma::tune(&mut wc);
     }
+    choice.run(ServeRun {
+        args,
+        bind,
+        wc,
+        out,
+    })
 }
 
-/// Where `msgr bench serve --stack rdma` listens, and on which device.
-#[cfg(feature = "rdma")]
-fn rdma_bind(args: &BenchServeArgs) -> Result<(SocketAddr, rdma::Target), BenchError> {
-    let sysfs = std::path::Path::new(rdma::SYSFS_INFINIBAND);
-    match args.bind {
-        Some(_) if args.rdma.addr.is_some() => Err(BenchError::Usage(
-            "give --bind IP:PORT or --rdma-addr IP, not both".into(),
-        )),
-        Some(bind) => Ok((bind, rdma::resolve(&args.rdma, false, None, sysfs)?)),
-        None => {
-            let env = std::env::var(rdma::ADDR_ENV).ok();
-            let target = rdma::resolve(&args.rdma, true, env.as_deref(), sysfs)?;
-            let ip = target
-                .addr
-                .ok_or_else(|| BenchError::Usage("--stack rdma needs --rdma-addr".into()))?;
-            Ok((SocketAddr::new(ip, DEFAULT_BIND.port()), target))
+/// `bench serve` on the chosen stack.
+struct ServeRun<'a> {
+    args: &'a BenchServeArgs,
+    bind: SocketAddr,
+    wc: WorkerConfig,
+    out: &'a mut dyn Write,
+}
+
+impl StackFn for ServeRun<'_> {
+    type Output = Result<(), BenchError>;
+
+    fn call<N: NetworkStack>(self, mut stacks: Stacks<'_, N>) -> Self::Output {
+        let bind = self.bind;
+        let stack = stacks
+            .build()
+            .map_err(|e| BenchError::Failed(format!("bench server on {bind}: {e}")))?;
+        if stacks.choice().kind() == StackKind::Rdma {
+            let device = stacks.device().unwrap_or("?");
+            let _ = writeln!(self.out, "rdma device {device}");
         }
+        let server = start(stack, bind, self.wc.clone())?;
+        serve_on(&server, self.args, &self.wc, self.out)
     }
 }
 

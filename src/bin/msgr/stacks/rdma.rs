@@ -1,15 +1,16 @@
-//! `--stack rdma` for `msgr bench` and `msgr bench serve`: its options, the checks on them, and the
-//! address the in-process server listens on.
+//! `--stack rdma`: its options (`--rdma-*`), the checks on them, the device and the address a server
+//! listens on, and the stack built from them.
 //!
 //! The stack itself (`stack::rdma`, cargo feature `rdma`) is only built with the feature; without it
-//! `--stack rdma` is a usage error naming the feature ([`not_built`]). The options are parsed either way,
-//! so a build without the feature still explains itself.
+//! `--stack rdma` is a usage error naming the feature (see [`super::StackKind::check_built`]). The options
+//! are parsed either way, so a build without the feature still explains itself.
 //!
-//! rdma_cm resolves routes through the IP layer and cannot use 127.0.0.1 over a RoCE device, so the server
+//! rdma_cm resolves routes through the IP layer and cannot use 127.0.0.1 over a RoCE device, so a server
 //! listens on an address of the device's network interface: `--rdma-addr`, else `$SOFTROCE_ADDR`
 //! (`scripts/softroce-vm.sh` exports it), else the IPv4 address inside the device's RoCE v2 GID at
-//! `--rdma-gid-index` (read from sysfs). Workers spin without sleeping on this stack (the event loop's
-//! idle back-off is zero), as perftest's tools do, so the comparison with them is like with like.
+//! `--rdma-gid-index` (read from sysfs). `msgr bench` spins its workers without sleeping on this stack
+//! ([`tune`]: the event loop's idle back-off is zero), as perftest's tools do, so the comparison with
+//! them is like with like.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use msgr::event::WorkerConfig;
 
-use super::BenchError;
+use super::StackError;
 
 /// Where the kernel lists verbs devices.
 pub const SYSFS_INFINIBAND: &str = "/sys/class/infiniband";
@@ -27,9 +28,6 @@ pub const ADDR_ENV: &str = "SOFTROCE_ADDR";
 pub const DEFAULT_GID_INDEX: i32 = 1;
 /// The device port used (1-based; RoCE devices have one).
 pub const PORT: u8 = 1;
-
-/// How to build a binary that has `--stack rdma`.
-pub const BUILD_HINT: &str = "cargo build --release --features rdma";
 
 /// The `--rdma-*` options (only with `--stack rdma`).
 #[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
@@ -84,7 +82,7 @@ impl Wire {
 pub const DEFAULT_CEPH_BUFFER_SIZE: u32 = 128 * 1024;
 
 fn parse_buffer_size(s: &str) -> Result<u32, String> {
-    let n = super::size::parse_size(s)?;
+    let n = crate::bench::size::parse_size(s)?;
     u32::try_from(n)
         .ok()
         .filter(|n| (4096..=1 << 30).contains(n))
@@ -92,7 +90,8 @@ fn parse_buffer_size(s: &str) -> Result<u32, String> {
 }
 
 impl RdmaArgs {
-    fn given(&self) -> bool {
+    /// Whether any `--rdma-*` option was given.
+    pub fn given(&self) -> bool {
         *self != RdmaArgs::default()
     }
 }
@@ -109,25 +108,6 @@ pub struct Target {
     pub buffer_size: u32,
 }
 
-/// `--stack rdma` in a build without the feature.
-pub fn not_built() -> BenchError {
-    BenchError::Usage(format!(
-        "--stack rdma needs msgr built with the `rdma` cargo feature (libibverbs, librdmacm): \
-         {BUILD_HINT}"
-    ))
-}
-
-/// The `--rdma-*` options given with another stack.
-pub fn check_unused(args: &RdmaArgs, stack: &str) -> Result<(), BenchError> {
-    if args.given() {
-        return Err(BenchError::Usage(format!(
-            "--rdma-device, --rdma-gid-index, --rdma-addr, --rdma-wire and --rdma-buffer-size go \
-             with --stack rdma, not --stack {stack}"
-        )));
-    }
-    Ok(())
-}
-
 /// The run's device, GID index and (with `listen`) the address to listen on; see the module docs for
 /// where the address comes from. `env_addr` is `$SOFTROCE_ADDR`, `sysfs` the infiniband class directory.
 pub fn resolve(
@@ -135,11 +115,11 @@ pub fn resolve(
     listen: bool,
     env_addr: Option<&str>,
     sysfs: &Path,
-) -> Result<Target, BenchError> {
+) -> Result<Target, StackError> {
     let gid_index = args.gid_index.unwrap_or(DEFAULT_GID_INDEX);
     let wire = args.wire.unwrap_or_default();
     if args.buffer_size.is_some() && wire != Wire::Ceph {
-        return Err(BenchError::Usage(
+        return Err(StackError::Usage(
             "--rdma-buffer-size is the Ceph peer's receive buffer size: it goes with --rdma-wire ceph"
                 .into(),
         ));
@@ -153,9 +133,9 @@ pub fn resolve(
     };
     if !listen {
         if args.addr.is_some() {
-            return Err(BenchError::Usage(
-                "--rdma-addr is where the in-process server listens; `bench run ADDR` connects to \
-                 ADDR"
+            return Err(StackError::Usage(
+                "--rdma-addr is where a benchmark server listens (`msgr bench`, `bench serve` \
+                 without --bind); this command's addresses are its own (ADDR, or --bind)"
                     .into(),
             ));
         }
@@ -164,13 +144,13 @@ pub fn resolve(
     let addr = match (args.addr, env_addr.map(str::trim).filter(|s| !s.is_empty())) {
         (Some(a), _) => a,
         (None, Some(env)) => env.parse().map_err(|e| {
-            BenchError::Usage(format!("${ADDR_ENV} {env:?}: {e}; pass --rdma-addr IP"))
+            StackError::Usage(format!("${ADDR_ENV} {env:?}: {e}; pass --rdma-addr IP"))
         })?,
         (None, None) => {
             let device = match &args.device {
                 Some(d) => d.clone(),
                 None => first_device(sysfs).ok_or_else(|| {
-                    BenchError::Failed(format!(
+                    StackError::Failed(format!(
                         "no RDMA device ({} is empty or missing): load rdma_rxe and add one \
                          (scripts/softroce.sh), or run inside scripts/softroce-vm.sh",
                         sysfs.display()
@@ -178,7 +158,7 @@ pub fn resolve(
                 })?,
             };
             let addr = gid_addr(sysfs, &device, gid_index).ok_or_else(|| {
-                BenchError::Usage(format!(
+                StackError::Usage(format!(
                     "cannot tell which IP address {device} (port {PORT}, GID index {gid_index}) \
                      has: pass --rdma-addr IP, an address of its network interface (127.0.0.1 \
                      does not work over rdma_cm), or set ${ADDR_ENV}"
@@ -190,7 +170,7 @@ pub fn resolve(
         }
     };
     if addr.is_loopback() || addr.is_unspecified() {
-        return Err(BenchError::Usage(format!(
+        return Err(StackError::Usage(format!(
             "--stack rdma cannot listen on {addr}: rdma_cm needs an address of the RDMA device's \
              network interface (--rdma-addr)"
         )));
@@ -321,7 +301,7 @@ mod tests {
         a.gid_index = Some(0);
         let e = resolve(&a, true, None, &sysfs).unwrap_err();
         assert!(
-            matches!(&e, BenchError::Usage(m) if m.contains("--rdma-addr")),
+            matches!(&e, StackError::Usage(m) if m.contains("--rdma-addr")),
             "{e}"
         );
         // An unknown device has no GIDs either.
@@ -339,11 +319,7 @@ mod tests {
             (args(None, None), Some("not-an-ip")),
         ] {
             let e = resolve(&a, true, env, none).unwrap_err();
-            assert_eq!(
-                e.exit_code(),
-                super::super::EXIT_USAGE,
-                "{a:?} {env:?}: {e}"
-            );
+            assert!(matches!(e, StackError::Usage(_)), "{a:?} {env:?}: {e}");
         }
         // No device at all: a failure naming how to get one.
         let e = resolve(&args(None, None), true, None, none).unwrap_err();
@@ -352,9 +328,8 @@ mod tests {
         assert!(resolve(&args(None, Some("10.0.0.5")), false, None, none).is_err());
         let t = resolve(&args(Some("rxe0"), None), false, None, none).unwrap();
         assert_eq!((t.device.as_deref(), t.addr), (Some("rxe0"), None));
-        assert!(check_unused(&args(Some("rxe0"), None), "posix").is_err());
-        assert!(check_unused(&RdmaArgs::default(), "posix").is_ok());
-        assert!(not_built().to_string().contains(BUILD_HINT));
+        assert!(args(Some("rxe0"), None).given());
+        assert!(!RdmaArgs::default().given());
         // The Ceph peer's buffer size only goes with Ceph's wire; the wire defaults to msgr's.
         let mut a = args(Some("rxe0"), None);
         a.buffer_size = Some(65536);
@@ -369,6 +344,6 @@ mod tests {
         );
         assert!(parse_buffer_size("128k").is_ok());
         assert!(parse_buffer_size("1").is_err());
-        assert!(check_unused(&a, "posix").is_err());
+        assert!(a.given());
     }
 }
