@@ -23,7 +23,9 @@ pub use crate::msgr::{
     MessengerHandle, MsgrError as Error, PeerInfo, PeerThrottleStats, Permit, RecvThrottle,
     RegistryStats, StopHandle, Throttle, ThrottleStats, ThrottlesSnapshot, TrySendError,
 };
-pub use crate::proto::types::{entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr};
+pub use crate::proto::types::{
+    entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr, EntityType, EntityTypes,
+};
 pub use crate::proto::{Message, Policy};
 pub use crate::stack::posix::PosixStack;
 pub use crate::stack::{ConnectOptions, ListenOptions, NetworkStack};

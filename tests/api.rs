@@ -376,12 +376,13 @@ fn a_connection_ref_tells_its_peer_and_carries_private_data() {
         .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || conn.is_connected()));
+    assert_eq!(conn.peer_type(), msgr::EntityType::Osd);
     assert_eq!(conn.peer_type(), entity_type::OSD);
     assert_ne!(conn.features(), 0);
     conn.send(msg(PING, 1)).unwrap();
     assert!(wait_until(Duration::from_secs(5), || rec.count() == 1));
     let accepted = rec.msgs.lock().unwrap()[0].0.clone();
-    assert_eq!(accepted.peer_type(), entity_type::CLIENT);
+    assert_eq!(accepted.peer_type(), msgr::EntityType::Client);
 
     #[derive(Debug, PartialEq)]
     struct Session(u32);

@@ -267,7 +267,7 @@ fn dpdk_mon_client() {
     struct Maps(crossbeam_channel::Sender<(u8, Message)>);
     impl Dispatcher for Maps {
         fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
-            let _ = self.0.send((conn.peer().entity_type, msg));
+            let _ = self.0.send((conn.peer().entity_type.into(), msg));
         }
     }
     let (tx, rx) = crossbeam_channel::unbounded();

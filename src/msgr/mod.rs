@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::event::{WorkerConfig, Workers};
-use crate::proto::types::{AddrVec, EntityAddr};
+use crate::proto::types::{AddrVec, EntityAddr, EntityType};
 use crate::proto::{self, Message, Policy};
 use crate::stack::{ConnectOptions, ListenOptions, NetworkStack};
 
@@ -318,7 +318,7 @@ pub(crate) struct ConnShared {
 /// What we know of the peer of a connection.
 #[derive(Debug, Clone, Default)]
 pub struct PeerInfo {
-    pub entity_type: u8,
+    pub entity_type: EntityType,
     pub addrs: AddrVec,
     pub global_id: u64,
     pub features: u64,
@@ -598,7 +598,7 @@ impl ConnectionRef {
 
     /// The peer's entity type (`entity_type::*`): the type it announced once the session is up, the
     /// type asked for before that on a connection we dialled.
-    pub fn peer_type(&self) -> u8 {
+    pub fn peer_type(&self) -> EntityType {
         self.lock_peer().entity_type
     }
 
@@ -890,11 +890,18 @@ impl<N: NetworkStack> Messenger<N> {
     /// (one session per peer, as in Ceph), else a new one.
     pub fn connect_to(
         &self,
-        peer_type: u8,
+        peer_type: impl Into<EntityType>,
         addrs: &AddrVec,
         policy: Policy,
     ) -> Result<ConnectionRef, MsgrError> {
-        open(&self.shared, &self.remotes, peer_type, addrs, policy, None)
+        open(
+            &self.shared,
+            &self.remotes,
+            peer_type.into(),
+            addrs,
+            policy,
+            None,
+        )
     }
 
     /// A new, separate session to `addrs` under its own client identity (a fresh address nonce), as if
@@ -902,7 +909,7 @@ impl<N: NetworkStack> Messenger<N> {
     /// peer from one process. Only for messengers that are not bound (pure clients).
     pub fn connect_new(
         &self,
-        peer_type: u8,
+        peer_type: impl Into<EntityType>,
         addrs: &AddrVec,
         policy: Policy,
     ) -> Result<ConnectionRef, MsgrError> {
@@ -911,7 +918,7 @@ impl<N: NetworkStack> Messenger<N> {
         open(
             &self.shared,
             &self.remotes,
-            peer_type,
+            peer_type.into(),
             addrs,
             policy,
             Some(nonce),
@@ -1078,7 +1085,7 @@ impl<N: NetworkStack> Drop for Messenger<N> {
 fn open<W: crate::stack::WorkerStack>(
     shared: &Arc<Shared>,
     remotes: &OnceLock<Vec<handler::RemoteOf<W>>>,
-    peer_type: u8,
+    peer_type: EntityType,
     addrs: &AddrVec,
     policy: Policy,
     nonce: Option<u32>,
@@ -1120,7 +1127,16 @@ fn open<W: crate::stack::WorkerStack>(
     remotes[w]
         .submit(move |h: &mut Handler<W>, c| {
             h.shared_load_done();
-            h.create_client(c, handle, cmd_rx, peer_type, target, addrs2, policy, nonce)
+            h.create_client(
+                c,
+                handle,
+                cmd_rx,
+                peer_type.to_wire(),
+                target,
+                addrs2,
+                policy,
+                nonce,
+            )
         })
         .map_err(|e| MsgrError::Worker(e.into()))?;
     Ok(conn)
@@ -1145,7 +1161,7 @@ impl<N: NetworkStack> MessengerHandle<N> {
     /// As [`Messenger::connect_to`].
     pub fn connect_to(
         &self,
-        peer_type: u8,
+        peer_type: impl Into<EntityType>,
         addrs: &AddrVec,
         policy: Policy,
     ) -> Result<ConnectionRef, MsgrError> {
@@ -1155,6 +1171,6 @@ impl<N: NetworkStack> MessengerHandle<N> {
         if shared.stopping.load(Ordering::Acquire) {
             return Err(MsgrError::NotStarted);
         }
-        open(&shared, &remotes, peer_type, addrs, policy, None)
+        open(&shared, &remotes, peer_type.into(), addrs, policy, None)
     }
 }

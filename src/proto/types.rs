@@ -54,6 +54,164 @@ pub fn entity_type_from_name(name: &str) -> Option<u8> {
     })
 }
 
+/// What kind of daemon or client an entity is: [`entity_type`]'s wire values as an enum. Values Ceph may
+/// add later round-trip through [`EntityType::Unknown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityType {
+    Mon,
+    Mds,
+    Osd,
+    Client,
+    Mgr,
+    /// The cephx "auth" service (a monitor's ticket service id).
+    Auth,
+    /// `CEPH_ENTITY_TYPE_ANY`: no particular type (e.g. `connect_to` whatever answers).
+    Any,
+    /// Any other wire value, kept as it was.
+    Unknown(u8),
+}
+
+impl EntityType {
+    /// The type a wire byte names.
+    pub const fn from_wire(v: u8) -> Self {
+        match v {
+            entity_type::MON => EntityType::Mon,
+            entity_type::MDS => EntityType::Mds,
+            entity_type::OSD => EntityType::Osd,
+            entity_type::CLIENT => EntityType::Client,
+            entity_type::MGR => EntityType::Mgr,
+            entity_type::AUTH => EntityType::Auth,
+            entity_type::ANY => EntityType::Any,
+            other => EntityType::Unknown(other),
+        }
+    }
+
+    /// Its wire byte.
+    pub const fn to_wire(self) -> u8 {
+        match self {
+            EntityType::Mon => entity_type::MON,
+            EntityType::Mds => entity_type::MDS,
+            EntityType::Osd => entity_type::OSD,
+            EntityType::Client => entity_type::CLIENT,
+            EntityType::Mgr => entity_type::MGR,
+            EntityType::Auth => entity_type::AUTH,
+            EntityType::Any => entity_type::ANY,
+            EntityType::Unknown(v) => v,
+        }
+    }
+
+    /// Ceph's name for it (`"osd"`, …; `"unknown"` for others).
+    pub fn name(self) -> &'static str {
+        entity_type_name(self.to_wire())
+    }
+
+    /// The type Ceph's name `name` stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        entity_type_from_name(name).map(EntityType::from_wire)
+    }
+}
+
+/// Not known yet: wire value 0.
+impl Default for EntityType {
+    fn default() -> Self {
+        EntityType::Unknown(0)
+    }
+}
+
+impl From<u8> for EntityType {
+    fn from(v: u8) -> Self {
+        EntityType::from_wire(v)
+    }
+}
+
+impl From<EntityType> for u8 {
+    fn from(t: EntityType) -> Self {
+        t.to_wire()
+    }
+}
+
+/// Compares with a wire value (an [`entity_type`] constant).
+impl PartialEq<u8> for EntityType {
+    fn eq(&self, other: &u8) -> bool {
+        self.to_wire() == *other
+    }
+}
+
+impl PartialEq<EntityType> for u8 {
+    fn eq(&self, other: &EntityType) -> bool {
+        *self == other.to_wire()
+    }
+}
+
+impl fmt::Display for EntityType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EntityType::Unknown(v) => write!(f, "type 0x{v:02x}"),
+            t => f.write_str(t.name()),
+        }
+    }
+}
+
+impl std::str::FromStr for EntityType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EntityType::from_name(s).ok_or_else(|| format!("unknown entity type {s:?}"))
+    }
+}
+
+/// A set of entity types, as the wire ORs their bits (cephx's `want_keys`, a service mask). Not an
+/// [`EntityType`]: `ANY` here is every bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EntityTypes(u32);
+
+impl EntityTypes {
+    pub const NONE: EntityTypes = EntityTypes(0);
+    /// Every type (`CEPH_ENTITY_TYPE_ANY` as a mask).
+    pub const ANY: EntityTypes = EntityTypes(entity_type::ANY as u32);
+
+    /// The set of `types`.
+    pub const fn of(types: &[EntityType]) -> Self {
+        let mut bits = 0u32;
+        let mut i = 0;
+        while i < types.len() {
+            bits |= types[i].to_wire() as u32;
+            i += 1;
+        }
+        EntityTypes(bits)
+    }
+
+    pub const fn from_bits(bits: u32) -> Self {
+        EntityTypes(bits)
+    }
+
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    pub const fn contains(self, t: EntityType) -> bool {
+        let b = t.to_wire() as u32;
+        b != 0 && self.0 & b == b
+    }
+
+    #[must_use]
+    pub const fn with(self, t: EntityType) -> Self {
+        EntityTypes(self.0 | t.to_wire() as u32)
+    }
+}
+
+impl std::ops::BitOr for EntityTypes {
+    type Output = EntityTypes;
+    fn bitor(self, o: EntityTypes) -> EntityTypes {
+        EntityTypes(self.0 | o.0)
+    }
+}
+
+impl From<EntityType> for EntityTypes {
+    fn from(t: EntityType) -> Self {
+        EntityTypes(u32::from(t.to_wire()))
+    }
+}
+
 /// `entity_addr_t::type_t`: which protocol an address speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -865,6 +1023,31 @@ pub(crate) mod tests {
         assert!(EntityAddr::msgr2(v4("0.0.0.0:3300"), 0).is_blank_ip());
         assert!(EntityAddr::msgr2("[::]:3300".parse().unwrap(), 0).is_blank_ip());
         assert!(!EntityAddr::msgr2(v4("127.0.0.1:3300"), 0).is_blank_ip());
+    }
+
+    #[test]
+    fn entity_types_round_trip_every_wire_value() {
+        for v in 0..=u8::MAX {
+            let t = EntityType::from_wire(v);
+            assert_eq!(t.to_wire(), v);
+            assert_eq!(t, v);
+        }
+        assert_eq!(EntityType::from_wire(0x40), EntityType::Unknown(0x40));
+        assert_eq!(EntityType::from_wire(entity_type::OSD), EntityType::Osd);
+        assert_eq!("mgr".parse::<EntityType>(), Ok(EntityType::Mgr));
+        assert!("disk".parse::<EntityType>().is_err());
+        assert_eq!(EntityType::Osd.to_string(), "osd");
+        assert_eq!(EntityType::Unknown(0x40).to_string(), "type 0x40");
+    }
+
+    #[test]
+    fn entity_type_masks_are_sets() {
+        let keys = EntityTypes::of(&[EntityType::Mon, EntityType::Osd]);
+        assert_eq!(keys.bits(), 0x05);
+        assert!(keys.contains(EntityType::Osd) && !keys.contains(EntityType::Mgr));
+        assert!(EntityTypes::ANY.contains(EntityType::Mgr));
+        assert!(!EntityTypes::NONE.contains(EntityType::Unknown(0)));
+        assert_eq!(keys.with(EntityType::Mgr), keys | EntityType::Mgr.into());
     }
 
     #[test]

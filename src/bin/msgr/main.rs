@@ -515,7 +515,7 @@ fn recon_on<N: NetworkStack>(
                     Ok(()) => {
                         let peer = conn.peer();
                         report.handshake_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-                        report.entity_type = Some(entity_type_name(peer.entity_type).to_string());
+                        report.entity_type = Some(peer.entity_type.name().to_string());
                         report.ceph_features = Some(format!("{:#x}", peer.features));
                         report.addrs = peer.addrs.0.iter().map(ToString::to_string).collect();
                         let expected = args.expect.map(recon::ExpectedType::entity_type);
@@ -957,7 +957,7 @@ fn ping_on<N: NetworkStack>(
     say!(
         "connected to {} ({}{}, {} mode) in {:.3} ms (TCP connect + msgr2.1 handshake)",
         target,
-        entity_type_name(peer.entity_type),
+        peer.entity_type.name(),
         if peer.global_id != 0 {
             format!(", global_id {}", peer.global_id)
         } else {

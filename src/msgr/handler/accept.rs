@@ -174,7 +174,7 @@ impl<S: WorkerStack> Handler<S> {
         let addrs_key = addrs.clone();
         {
             let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
-            p.entity_type = peer_type;
+            p.entity_type = peer_type.into();
             p.addrs = addrs;
         }
         let mut conn = Conn::new(handle, commands, proto);

@@ -297,7 +297,7 @@ impl<S: WorkerStack> Handler<S> {
                 handle.0.standby.store(false, Ordering::Relaxed);
                 {
                     let mut p = handle.0.peer.lock().unwrap_or_else(|e| e.into_inner());
-                    p.entity_type = conn.proto.peer_type();
+                    p.entity_type = conn.proto.peer_type().into();
                     p.addrs = conn.proto.peer_addrs().clone();
                     p.global_id = conn.proto.peer_global_id();
                     p.features = conn.proto.features();

@@ -30,7 +30,9 @@ use super::crypto::{CryptoError, CryptoKey};
 use super::keyring::Keyring;
 use super::{AUTH_MODE_AUTHORIZER, AUTH_MODE_MON};
 use crate::proto::denc::{encode_len_prefixed, Decode, DecodeError, Decoder, Encode};
-use crate::proto::types::{entity_type, entity_type_name, AuthEntityName, UTime};
+use crate::proto::types::{
+    entity_type, entity_type_name, AuthEntityName, EntityType, EntityTypes, UTime,
+};
 
 /// `CEPHX_GET_AUTH_SESSION_KEY`: the request that authenticates with a monitor.
 pub const CEPHX_GET_AUTH_SESSION_KEY: u16 = 0x0100;
@@ -39,8 +41,12 @@ pub const CEPHX_GET_PRINCIPAL_SESSION_KEY: u16 = 0x0200;
 /// Service ids are entity types; a ticket for the AUTH "service" is the monitor session ticket.
 pub const SERVICE_AUTH: u32 = entity_type::AUTH as u32;
 /// The tickets a client asks for along with its session (MonClient's `want_keys`).
-pub const DEFAULT_WANT_KEYS: u32 =
-    (entity_type::MON | entity_type::OSD | entity_type::MGR | entity_type::MDS) as u32;
+pub const DEFAULT_WANT_KEYS: EntityTypes = EntityTypes::of(&[
+    EntityType::Mon,
+    EntityType::Osd,
+    EntityType::Mgr,
+    EntityType::Mds,
+]);
 /// `secret_id` meaning "the service's long-term key" rather than a rotating one.
 const SECRET_ID_GENERAL: u64 = u64::MAX;
 /// `CEPH_AUTH_UID_DEFAULT`, written into tickets for old decoders.
@@ -454,7 +460,7 @@ struct TicketCache {
 pub struct CephxClient {
     name: AuthEntityName,
     key: CryptoKey,
-    want_keys: u32,
+    want_keys: EntityTypes,
     cache: Mutex<TicketCache>,
 }
 
@@ -615,7 +621,7 @@ impl CephxClientSession {
                     client_challenge,
                     key,
                     old_ticket,
-                    other_keys: client.want_keys | SERVICE_AUTH,
+                    other_keys: client.want_keys.bits() | SERVICE_AUTH,
                 }
                 .encode(&mut b);
                 *self = CephxClientSession::MonAuthenticate;

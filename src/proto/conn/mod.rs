@@ -58,7 +58,9 @@ use super::control::*;
 use super::error::{Error, Limit, TransportError, TransportErrorKind};
 use super::message::{Message, SEGMENT_ALIGNMENTS};
 use super::session::{GlobalSeq, Session};
-use super::types::{entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr, EntityName, UTime};
+use super::types::{
+    entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr, EntityName, EntityType, UTime,
+};
 
 /// `CEPH_MSG_CONNECT_LOSSY` in CLIENT_IDENT / SERVER_IDENT flags.
 pub const FLAG_LOSSY: u64 = 1;
@@ -208,9 +210,9 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(entity_type: u8, auth_name: AuthEntityName) -> Self {
+    pub fn new(entity_type: impl Into<EntityType>, auth_name: AuthEntityName) -> Self {
         Config {
-            entity_type,
+            entity_type: entity_type.into().to_wire(),
             gid: 0,
             my_addrs: AddrVec::default(),
             // Ceph gives every messenger but a monitor's a random nonce, so that two instances on one
