@@ -2,6 +2,8 @@
 //! after the messenger, mark_down_all / mark_down(addrs), wait + stop, a shutdown that flushes lossless
 //! queues, and what a `ConnectionRef` tells. Only the crate's root API is used here.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::suite::wait_until;
 use msgr::proto::{Config, TransportErrorKind};
 use msgr::{
     entity_type, AddrVec, AuthEntityName, ConnectionRef, Dispatcher, Error, Message, Messenger,
@@ -17,17 +20,6 @@ use msgr::{
 
 const PING: u16 = 0x4001;
 const OTHER: u16 = 0x4002;
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    f()
-}
 
 fn config(entity: u8, name: &str) -> MessengerConfig {
     let mut p = Config::new(entity, AuthEntityName::parse(name).unwrap());

@@ -14,21 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::net::*;
+use common::suite::wait_until;
 use common::PayloadPool;
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 use msgr::proto::{Config, Error, Message, Policy};
 use msgr::{ConnId, ConnectionRef, Dispatcher};
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    f()
-}
 
 /// A dispatcher that records what each side sees: messages (by connection, with arrival times), the
 /// handles it met, and every callback.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::net::*;
+use common::suite::wait_until;
 use common::PayloadPool;
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
 use msgr::proto::{Config, Message, Policy};
@@ -18,17 +19,6 @@ use msgr::stack::posix::PosixStack;
 use msgr::{ConnectionRef, Dispatcher, Messenger, MessengerConfig, RecvThrottle, TrySendError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    f()
-}
 
 /// A started messenger of `proto`'s entity on loopback, configured by `tune`.
 fn started(

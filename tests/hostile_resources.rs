@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::net::*;
+use common::suite::wait_until;
 use common::PayloadPool;
 use common::RawPeer;
 use msgr::proto::codec::{Tag, PREAMBLE_LEN};
@@ -21,17 +22,6 @@ use msgr::proto::crc::{ceph_crc32c, PREAMBLE_SEED};
 use msgr::proto::types::{entity_type, AddrVec, AuthEntityName, EntityAddr};
 use msgr::proto::{Config, Connection, Error, Event, Message, Policy};
 use msgr::{ConnectionRef, Dispatcher};
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    f()
-}
 
 #[derive(Default)]
 struct Sink {

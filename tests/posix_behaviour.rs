@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::net::*;
+use common::suite::wait_until;
 use common::PayloadPool;
 use msgr::proto::banner::Banner;
 use msgr::proto::codec::{FrameEncoder, Segment, Tag};
@@ -23,17 +24,6 @@ use msgr::stack::posix::PosixStack;
 use msgr::MessengerConfig;
 
 const LOOPBACKS: [&str; 2] = ["127.0.0.1:0", "[::1]:0"];
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    f()
-}
 
 fn banner() -> Vec<u8> {
     let mut b = BytesMut::new();

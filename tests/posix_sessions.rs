@@ -5,23 +5,13 @@ mod common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::net::*;
+use common::suite::wait_until;
 use common::PayloadPool;
 use msgr::proto::types::{entity_type, AddrVec};
 use msgr::proto::Policy;
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    f()
-}
 
 #[test]
 fn binds_public_and_cluster_addresses_and_serves_both() {

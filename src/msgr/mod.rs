@@ -638,11 +638,7 @@ impl ConnectionRef {
 
     /// What is known of the peer.
     pub fn peer(&self) -> PeerInfo {
-        self.0
-            .peer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.lock_peer().clone()
     }
 
     pub(crate) fn command(&self, c: Command) -> Result<(), MsgrError> {
