@@ -53,10 +53,10 @@ use super::auth::{
 };
 use super::banner::{msgr2_feature, Banner};
 use super::codec::secure::{session_ciphers, CONNECTION_SECRET_MIN};
-use super::codec::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
+use super::codec::{Frame, FrameDecoder, FrameEncoder, FrameError, Tag};
 use super::control::*;
 use super::error::{Error, Limit, TransportError, TransportErrorKind};
-use super::message::{Message, SEGMENT_ALIGNMENTS};
+use super::message::Message;
 use super::session::{GlobalSeq, Session};
 use super::types::{
     entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr, EntityName, EntityType, UTime,
@@ -515,12 +515,28 @@ impl Transport {
         }
     }
 
-    /// Frame `cf` onto the transmit list.
+    /// Frame `cf` onto the transmit list (flushed: the handshake records what it sent).
     fn encode_control(&mut self, cf: &ControlFrame) -> Result<(), FrameError> {
         self.ctrl.clear();
         cf.encode_payload(&mut self.ctrl);
         self.encoder
             .encode_control(cf.tag(), &self.ctrl, &mut self.tx)
+    }
+
+    /// Frame `cf` after what is pending; [`Transport::take_tx`] hands it out.
+    fn append_control(&mut self, cf: &ControlFrame) -> Result<(), FrameError> {
+        self.ctrl.clear();
+        cf.encode_payload(&mut self.ctrl);
+        self.encoder
+            .append_control(cf.tag(), &self.ctrl, &mut self.tx)
+    }
+
+    /// Everything encoded so far, in order.
+    fn take_tx(&mut self, out: &mut Vec<Bytes>) -> usize {
+        self.encoder.flush(&mut self.tx);
+        let n: usize = self.tx.iter().map(|b| b.len()).sum();
+        out.append(&mut self.tx);
+        n
     }
 }
 
@@ -835,8 +851,7 @@ impl Connection {
         let Some(t) = self.transport.as_mut() else {
             return 0;
         };
-        let n: usize = t.tx.iter().map(|b| b.len()).sum();
-        out.append(&mut t.tx);
+        let n = t.take_tx(out);
         self.stats.bytes_out += n as u64;
         n
     }
@@ -851,6 +866,7 @@ impl Connection {
             return false;
         }
         !t.tx.is_empty()
+            || t.encoder.has_pending()
             || (self.phase == Phase::Ready
                 && (self.session.has_outgoing()
                     || self.session.ack_left > 0
@@ -1253,7 +1269,11 @@ impl Connection {
         self.phase = Phase::Ready;
         if let Some(t) = self.transport.as_mut() {
             t.decoder.set_max_frame_len(self.config.max_frame_len);
-            t.rx.reserve(READY_RX_CAPACITY.saturating_sub(t.rx.len()));
+            // A new buffer rather than `reserve`: `BytesMut` sizes every later reallocation by the
+            // capacity it was created with.
+            let mut rx = BytesMut::with_capacity(READY_RX_CAPACITY.max(t.rx.len()));
+            rx.extend_from_slice(&t.rx);
+            t.rx = rx;
         }
         self.backoff = Duration::ZERO;
         self.stats.handshakes += 1;
@@ -1437,7 +1457,7 @@ impl Connection {
                 sec: d.as_secs() as u32,
                 nsec: d.subsec_nanos(),
             };
-            if t.encode_control(&ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }))
+            if t.append_control(&ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }))
                 .is_err()
             {
                 return;
@@ -1452,25 +1472,10 @@ impl Connection {
             self.session.out_seq += 1;
             m.header.seq = self.session.out_seq;
             m.header.ack_seq = self.session.in_seq;
-            let segs = [
-                Segment {
-                    data: m.header_segment(),
-                    align: SEGMENT_ALIGNMENTS[0],
-                },
-                Segment {
-                    data: m.front.clone(),
-                    align: SEGMENT_ALIGNMENTS[1],
-                },
-                Segment {
-                    data: m.middle.clone(),
-                    align: SEGMENT_ALIGNMENTS[2],
-                },
-                Segment {
-                    data: m.data.clone(),
-                    align: SEGMENT_ALIGNMENTS[3],
-                },
-            ];
-            if t.encoder.encode(Tag::Message, &segs, &mut t.tx).is_err() {
+            if t.encoder
+                .append_message(&m.header, [&m.front, &m.middle, &m.data], &mut t.tx)
+                .is_err()
+            {
                 // Unencodable (a segment over 4 GiB): drop it rather than wedge the queue.
                 self.session.out_seq -= 1;
                 self.session.released.add(&m);
@@ -1489,7 +1494,7 @@ impl Connection {
             self.session.ack_left = 0;
         } else if self.session.ack_left > 0 {
             self.session.ack_left = 0;
-            let _ = t.encode_control(&ControlFrame::Ack(Ack {
+            let _ = t.append_control(&ControlFrame::Ack(Ack {
                 seq: self.session.in_seq,
             }));
         }
