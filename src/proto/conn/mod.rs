@@ -405,6 +405,11 @@ pub struct ConnStats {
     pub duplicates_dropped: u64,
     pub remote_resets: u64,
     pub faults: u64,
+    /// Frames decoded and encoded (every tag).
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Bare ACK frames encoded (acks no outgoing message carried).
+    pub acks_out: u64,
     /// Server-policy sessions ended after `server_standby_expiry` in Standby.
     pub standby_expired: u64,
 }
@@ -833,6 +838,11 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Whether [`Connection::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The earliest deadline at which [`Connection::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.iter().flatten().min().copied()
@@ -1105,6 +1115,7 @@ impl Connection {
                 &frame.raw,
                 max_transcript,
             )?;
+            self.stats.frames_in += 1;
             self.handle_frame(now, frame)?;
         }
     }
@@ -1437,6 +1448,7 @@ impl Connection {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let start = t.tx.len();
         t.encode_control(cf)?;
+        self.stats.frames_out += 1;
         let max = self.config.max_transcript_len;
         if let Some((tx, _)) = t.transcript.as_mut() {
             for b in &t.tx[start..] {
@@ -1462,6 +1474,7 @@ impl Connection {
             {
                 return;
             }
+            self.stats.frames_out += 1;
         }
         let mut budget = self.config.transmit_budget;
         let mut carried_ack = false;
@@ -1484,6 +1497,7 @@ impl Connection {
             budget = budget.saturating_sub(m.payload_len() + 64);
             carried_ack = true;
             self.stats.msgs_out += 1;
+            self.stats.frames_out += 1;
             if self.policy.lossy {
                 self.session.released.add(&m);
             } else {
@@ -1494,9 +1508,14 @@ impl Connection {
             self.session.ack_left = 0;
         } else if self.session.ack_left > 0 {
             self.session.ack_left = 0;
-            let _ = t.append_control(&ControlFrame::Ack(Ack {
+            if t.append_control(&ControlFrame::Ack(Ack {
                 seq: self.session.in_seq,
-            }));
+            }))
+            .is_ok()
+            {
+                self.stats.frames_out += 1;
+                self.stats.acks_out += 1;
+            }
         }
     }
 }
