@@ -34,12 +34,12 @@ fn socket_failures(one_in: u32, seed: u64) -> FaultConfig {
 
 #[test]
 fn lossless_peer_survives_one_in_200_socket_failures() {
-    lossless_under_faults("127.0.0.1:0", 100_000, 300);
+    lossless_under_faults("127.0.0.1:0", 100_000, 150);
 }
 
 #[test]
 fn lossless_peer_survives_socket_failures_over_ipv6() {
-    lossless_under_faults("[::1]:0", 20_000, 60);
+    lossless_under_faults("[::1]:0", 40_000, 50);
 }
 
 fn lossless_under_faults(bind: &str, n: u64, min_faults: u64) {

@@ -117,3 +117,40 @@ fn lossless_replies_carry_the_ack_and_bare_acks_are_rare() {
         srv.shutdown().unwrap();
     }
 }
+
+/// Data and the peer's FIN that arrive together (one readable edge): the short read that takes the data
+/// must not be taken for "drained", or the FIN behind it is never read and the connection lingers.
+#[test]
+fn fin_behind_data_closes_the_connection_at_once() {
+    use std::io::{Read, Write};
+    let mut srv = Messenger::new(
+        PosixStack::new(),
+        config(entity_type::OSD, "osd.0", Policy::stateful_server()),
+        Arc::new(Echo),
+    );
+    srv.bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+    srv.start().unwrap();
+    let addr = srv.my_addrs().msgr2().unwrap().sockaddr.unwrap();
+    for _ in 0..20 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The server's banner first: it has seen the socket and is waiting for more.
+        let mut banner = [0u8; 26];
+        s.read_exact(&mut banner).unwrap();
+        assert_eq!(&banner[..8], b"ceph v2\n");
+        // Part of our banner and the FIN in one segment (corked until the shutdown flushes both).
+        let sock = socket2::SockRef::from(&s);
+        sock.set_tcp_cork(true).unwrap();
+        s.write_all(b"ceph v2\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut seen = Vec::new();
+        // End of stream: the server closed its side.
+        let r = s.read_to_end(&mut seen);
+        assert!(
+            r.is_ok(),
+            "server did not close after data + FIN: {r:?} ({} bytes read)",
+            seen.len()
+        );
+    }
+    srv.shutdown().unwrap();
+}

@@ -152,3 +152,44 @@ fn keepalive_round_trip_reports_rtt() {
         .iter()
         .any(|(_, e)| matches!(e, Event::KeepaliveAck { .. }))));
 }
+
+#[test]
+fn reading_into_the_receive_buffer_delivers_the_same_messages() {
+    let now = Instant::now();
+    let mut sim = Sim::new(
+        arc(client_config(11)),
+        Policy::lossless_client(),
+        arc(server_config(12)),
+        server_addr(),
+        now,
+    );
+    sim.read_into = true;
+    sim.max_chunk = 5000;
+    let pool = PayloadPool::new(13, 64 * 1024 + 1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    const N: u64 = 2000;
+    let sizes: Vec<usize> = (0..N)
+        .map(|i| {
+            if i % 50 == 0 {
+                rng.random_range(16 * 1024..=64 * 1024)
+            } else {
+                rng.random_range(0..=300)
+            }
+        })
+        .collect();
+    for i in 0..N {
+        sim.client
+            .send(sim.now, pool.message(i, sizes[i as usize]))
+            .unwrap();
+        if i % 16 == 0 {
+            sim.step();
+        }
+    }
+    assert!(sim.run_until(1_000_000, |s| s.server_inbox.len() as u64 == N));
+    for (i, m) in sim.server_inbox.iter().enumerate() {
+        assert_eq!(m.header.tid, i as u64, "out of order at {i}");
+        assert_eq!(m.front.len(), sizes[i]);
+        assert!(pool.verify(m), "payload of message {i} corrupted");
+    }
+    assert_eq!(sim.transports, 1);
+}

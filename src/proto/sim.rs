@@ -36,6 +36,9 @@ pub struct Sim {
     pub events: Vec<(Side, Event)>,
     /// Deliver at most this many bytes per direction per step (1 = byte by byte).
     pub max_chunk: usize,
+    /// Deliver through [`Connection::read_input`] (the receiver's buffer decides how much each read
+    /// takes) instead of [`Connection::handle_input`].
+    pub read_into: bool,
     /// Fail the transport once this many more bytes have been delivered (both directions).
     pub cut_after: Option<usize>,
     /// Transports opened so far.
@@ -79,6 +82,7 @@ impl Sim {
             server_inbox: Vec::new(),
             events: Vec::new(),
             max_chunk: 64 * 1024,
+            read_into: false,
             cut_after: None,
             transports: 0,
             scratch: Vec::new(),
@@ -175,21 +179,33 @@ impl Sim {
                 let Some(front) = queue.front_mut() else {
                     break;
                 };
-                let n = front.len().min(budget);
-                let chunk = front.split_to(n);
+                let mut n = front.len().min(budget);
+                let receiver = match dir {
+                    Side::Client => self.active.map(|i| &mut self.servers[i]),
+                    Side::Server => Some(&mut self.client),
+                };
+                match receiver {
+                    Some(conn) if self.read_into => {
+                        let offered = front.slice(..n);
+                        let read = conn.read_input(now, |buf, max| {
+                            let m = offered.len().min(max);
+                            buf.extend_from_slice(&offered[..m]);
+                            Ok(m)
+                        });
+                        // A connection without a transport takes nothing: the bytes are dropped.
+                        if let Ok(m) = read {
+                            n = m;
+                        }
+                    }
+                    Some(conn) => conn.handle_input(now, &front[..n]),
+                    None => {}
+                }
+                front.advance(n);
                 if front.is_empty() {
                     queue.pop_front();
                 }
                 budget -= n;
                 delivered += n;
-                match dir {
-                    Side::Client => {
-                        if let Some(i) = self.active {
-                            self.servers[i].handle_input(now, chunk.chunk());
-                        }
-                    }
-                    Side::Server => self.client.handle_input(now, chunk.chunk()),
-                }
                 progress = true;
             }
             if let Some(c) = self.cut_after.as_mut() {

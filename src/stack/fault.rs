@@ -12,9 +12,12 @@
 //!   test that must cut a connection at a chosen moment.
 //! * **Read delay**: when the inner stack reports a socket readable, the event is held back and reads return
 //!   `WouldBlock` until `read_delay` has passed; then one readable event is delivered and the socket reads
-//!   until a read comes back short (drained at that moment). A read that finds data no readable event announced (the owner read again before
-//!   polling) holds that data back the same way. Nothing sleeps: `poll` shortens its timeout to the
-//!   earliest release. Writable events pass through untouched.
+//!   until a read comes back short (drained at that moment). A read of a socket that is neither held nor
+//!   released (the owner reads again before it polls) returns `WouldBlock` and holds the socket
+//!   tentatively: data that arrived meanwhile waits too, and a readable event that follows restarts the
+//!   delay from its own arrival, so no data is delivered sooner than `read_delay` after it was announced.
+//!   Nothing sleeps: `poll` shortens its timeout to the earliest release. Writable events pass through
+//!   untouched.
 //!
 //! Replay: worker `i` seeds its RNG with [`FaultConfig::worker_seed`]`(i)`; the base seed is in the config's
 //! `Display` and logged when a worker starts. The same seed replays the same decisions for the same sequence
@@ -167,14 +170,22 @@ impl<S: NetworkStack> NetworkStack for FaultStack<S> {
 }
 
 /// A [`WorkerStack`] that injects failures and read delays into `W`.
+/// A socket's held-back data.
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    release: Instant,
+    /// Held by a readable event (data known to be there), not tentatively by a read.
+    announced: bool,
+}
+
 pub struct FaultWorker<W> {
     inner: W,
     config: FaultConfig,
     seed: u64,
     rng: SmallRng,
     counters: Arc<FaultCounters>,
-    /// Sockets with readable data held back, and when it is released.
-    held: HashMap<SocketId, Instant>,
+    /// Sockets with readable data held back.
+    held: HashMap<SocketId, Hold>,
     /// Sockets whose held data was released: they read freely until a read comes back short. A read
     /// of any other socket holds its data back (data that arrived without a readable event, because
     /// the owner reads again before it polls, waits like the rest).
@@ -242,14 +253,17 @@ impl<W: WorkerStack> FaultWorker<W> {
         if !self.config.read_delay.is_zero() {
             let now = Instant::now();
             match self.held.get(&id) {
-                Some(release) if *release > now => return Err(io::ErrorKind::WouldBlock.into()),
+                Some(hold) if hold.release > now => return Err(io::ErrorKind::WouldBlock.into()),
                 Some(_) => {
                     self.held.remove(&id);
                     self.released.insert(id);
                 }
                 None if !self.released.contains(&id) => {
-                    self.held.insert(id, now + self.config.read_delay);
-                    self.counters.delayed_reads.fetch_add(1, Ordering::Relaxed);
+                    let hold = Hold {
+                        release: now + self.config.read_delay,
+                        announced: false,
+                    };
+                    self.held.insert(id, hold);
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
                 None => {}
@@ -267,7 +281,7 @@ impl<W: WorkerStack> FaultWorker<W> {
     }
 
     fn next_release(&self) -> Option<Instant> {
-        self.held.values().min().copied()
+        self.held.values().map(|hold| hold.release).min()
     }
 }
 
@@ -308,6 +322,23 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
         let r = self.inner.read_with(id, scratch, f);
         self.after_read(id, scratch.len(), &r);
         r
+    }
+
+    fn read_into(
+        &mut self,
+        id: SocketId,
+        buf: &mut bytes::BytesMut,
+        max: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
+        self.check_read(id)?;
+        let r = self.inner.read_into(id, buf, max, scratch);
+        self.after_read(id, max, &r);
+        r
+    }
+
+    fn short_read_drains(&self, id: SocketId) -> bool {
+        self.inner.short_read_drains(id)
     }
 
     fn write_bytes(&mut self, id: SocketId, bufs: &[Bytes]) -> io::Result<usize> {
@@ -355,8 +386,13 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
             if let EventKind::Ready(readiness) = &mut events[i].kind {
                 if readiness.readable {
                     readiness.readable = false;
-                    if !self.held.contains_key(&id) {
-                        self.held.insert(id, now + self.config.read_delay);
+                    // A tentative hold started before this data was announced: restart it from now.
+                    if !self.held.get(&id).is_some_and(|hold| hold.announced) {
+                        let hold = Hold {
+                            release: now + self.config.read_delay,
+                            announced: true,
+                        };
+                        self.held.insert(id, hold);
                         self.counters.delayed_reads.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -371,7 +407,7 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
         let released: Vec<SocketId> = self
             .held
             .iter()
-            .filter(|(_, release)| **release <= now)
+            .filter(|(_, hold)| hold.release <= now)
             .map(|(id, _)| *id)
             .collect();
         for id in released {

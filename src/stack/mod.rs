@@ -50,6 +50,7 @@ pub mod fault;
 pub mod posix;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+mod sys;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -332,6 +333,29 @@ pub trait WorkerStack: 'static {
             f(&scratch[..n]);
         }
         Ok(n)
+    }
+
+    /// Read like [`WorkerStack::read`] straight into `buf`'s free capacity, appending at most `max`
+    /// bytes (the caller reserved room for them). The default reads into `scratch` (up to `max`)
+    /// through [`WorkerStack::read_with`] and appends, a copy; the posix stack receives into `buf`.
+    /// Returns and fails as `read` does.
+    fn read_into(
+        &mut self,
+        id: SocketId,
+        buf: &mut bytes::BytesMut,
+        max: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
+        let len = max.min(scratch.len());
+        self.read_with(id, &mut scratch[..len], &mut |d| buf.extend_from_slice(d))
+    }
+
+    /// `true` if a read that returns fewer bytes than asked means the socket is drained for now, and a
+    /// later arrival brings a new readable event (edge-triggered kernel sockets): the owner then stops
+    /// without the read that would only say `WouldBlock`.
+    fn short_read_drains(&self, id: SocketId) -> bool {
+        let _ = id;
+        false
     }
 
     /// Write owned buffers, like [`WorkerStack::writev`] (may write only part; `WouldBlock` means wait for

@@ -61,6 +61,7 @@ impl NetworkStack for PosixStack {
 pub struct PosixHandoff {
     stream: TcpStream,
     peer: SocketAddr,
+    hangup: bool,
 }
 
 struct MioWake(mio::Waker);
@@ -84,11 +85,11 @@ enum Entry {
     Stream {
         stream: TcpStream,
         peer: SocketAddr,
+        /// The peer's FIN or an error was seen: a short read no longer means drained (EOF is behind it).
+        hangup: bool,
     },
     /// A connect that failed; kept until the owner closes the id.
-    Failed {
-        peer: SocketAddr,
-    },
+    Failed { peer: SocketAddr },
 }
 
 /// One worker's posix transport.
@@ -160,9 +161,21 @@ impl PosixWorker {
         Ok(id)
     }
 
-    fn register_stream(&mut self, mut stream: TcpStream, peer: SocketAddr) -> io::Result<SocketId> {
+    fn register_stream(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        hangup: bool,
+    ) -> io::Result<SocketId> {
         let id = self.register_stream_io(&mut stream)?;
-        self.sockets.insert(id, Entry::Stream { stream, peer });
+        self.sockets.insert(
+            id,
+            Entry::Stream {
+                stream,
+                peer,
+                hangup,
+            },
+        );
         Ok(id)
     }
 
@@ -202,7 +215,14 @@ impl PosixWorker {
         match outcome {
             Ok(()) => {
                 tracing::debug!(worker = self.index, %id, %peer, "connected");
-                self.sockets.insert(id, Entry::Stream { stream, peer });
+                self.sockets.insert(
+                    id,
+                    Entry::Stream {
+                        stream,
+                        peer,
+                        hangup: false,
+                    },
+                );
                 events.push(SocketEvent {
                     id,
                     kind: EventKind::Connected,
@@ -378,7 +398,7 @@ impl WorkerStack for PosixWorker {
         if let Some(size) = opts.recv_buffer {
             SockRef::from(&stream).set_recv_buffer_size(size)?;
         }
-        let id = self.register_stream(stream, peer)?;
+        let id = self.register_stream(stream, peer, false)?;
         tracing::debug!(worker = self.index, %listener, %id, %peer, "accepted");
         self.synthetic.push(SocketEvent::ready(id, Readiness::BOTH));
         Ok(Some((id, peer)))
@@ -392,6 +412,34 @@ impl WorkerStack for PosixWorker {
                 Err(TransportError::WrongState { id, op: "read" }.into())
             }
         }
+    }
+
+    fn read_into(
+        &mut self,
+        id: SocketId,
+        buf: &mut bytes::BytesMut,
+        max: usize,
+        _scratch: &mut [u8],
+    ) -> io::Result<usize> {
+        match self.entry_mut(id)? {
+            Entry::Stream { stream, .. } => {
+                super::sys::recv_into(SockRef::from(&*stream), buf, max)
+            }
+            Entry::Connecting { .. } => Err(io::ErrorKind::WouldBlock.into()),
+            Entry::Listener { .. } | Entry::Failed { .. } => {
+                Err(TransportError::WrongState { id, op: "read" }.into())
+            }
+        }
+    }
+
+    /// epoll is edge-triggered here (mio), and a TCP socket that returned less than asked had no more
+    /// at that moment: anything later raises a new edge. Not after the peer's FIN was seen: its edge
+    /// came already, and only another read finds the EOF behind the data.
+    fn short_read_drains(&self, id: SocketId) -> bool {
+        matches!(
+            self.sockets.get(&id),
+            Some(Entry::Stream { hangup: false, .. })
+        )
     }
 
     fn writev(&mut self, id: SocketId, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -485,13 +533,14 @@ impl WorkerStack for PosixWorker {
                 continue;
             }
             let id = SocketId(event.token().0 as u64);
-            match self.sockets.get(&id) {
+            match self.sockets.get_mut(&id) {
                 Some(Entry::Listener { .. }) => events.push(SocketEvent {
                     id,
                     kind: EventKind::Acceptable,
                 }),
-                Some(Entry::Stream { .. }) => {
+                Some(Entry::Stream { hangup, .. }) => {
                     let failed = event.is_error();
+                    *hangup |= failed || event.is_read_closed();
                     let readiness = Readiness {
                         readable: failed || event.is_readable() || event.is_read_closed(),
                         writable: failed || event.is_writable() || event.is_write_closed(),
@@ -500,12 +549,17 @@ impl WorkerStack for PosixWorker {
                         events.push(SocketEvent::ready(id, readiness));
                     }
                 }
-                Some(Entry::Connecting { .. }) => connecting.push(id),
+                Some(Entry::Connecting { .. }) => {
+                    connecting.push((id, event.is_error() || event.is_read_closed()))
+                }
                 Some(Entry::Failed { .. }) | None => {}
             }
         }
-        for id in connecting {
+        for (id, hup) in connecting {
             self.check_connect(id, events);
+            if let Some(Entry::Stream { hangup, .. }) = self.sockets.get_mut(&id) {
+                *hangup |= hup;
+            }
         }
         self.expire_connects(Instant::now(), events);
         Ok(())
@@ -517,9 +571,17 @@ impl WorkerStack for PosixWorker {
 
     fn detach(&mut self, id: SocketId) -> io::Result<PosixHandoff> {
         match self.sockets.remove(&id) {
-            Some(Entry::Stream { mut stream, peer }) => {
+            Some(Entry::Stream {
+                mut stream,
+                peer,
+                hangup,
+            }) => {
                 self.poll.registry().deregister(&mut stream)?;
-                Ok(PosixHandoff { stream, peer })
+                Ok(PosixHandoff {
+                    stream,
+                    peer,
+                    hangup,
+                })
             }
             Some(other) => {
                 self.sockets.insert(id, other);
@@ -530,7 +592,7 @@ impl WorkerStack for PosixWorker {
     }
 
     fn attach(&mut self, handoff: PosixHandoff) -> io::Result<SocketId> {
-        let id = self.register_stream(handoff.stream, handoff.peer)?;
+        let id = self.register_stream(handoff.stream, handoff.peer, handoff.hangup)?;
         // The previous owner may have consumed the last edge; make the new owner look.
         self.synthetic.push(SocketEvent::ready(id, Readiness::BOTH));
         Ok(id)

@@ -183,6 +183,9 @@ impl<S: WorkerStack> Handler<S> {
             let now = Instant::now();
             evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
             if !evs.is_empty() {
+                // Counted before the dispatcher sees them: whoever it tells reads counters that include them.
+                self.counters
+                    .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
                 for ev in evs.drain(..) {
                     self.on_proto_event(c, id, ev);
                 }

@@ -68,10 +68,16 @@ impl<S: WorkerStack> Handler<S> {
                 break;
             }
             let now = Instant::now();
-            let proto = &mut conn.proto;
-            // The stack lends its receive buffers where it can (RDMA); otherwise it reads into rbuf.
-            let mut feed = |data: &[u8]| proto.handle_input(now, data);
-            match c.stack_mut().read_with(sid, &mut self.rbuf, &mut feed) {
+            let stack = c.stack_mut();
+            let scratch = &mut self.rbuf;
+            let mut asked = 0;
+            // Straight into the protocol's receive buffer where the stack can (posix); stacks that own
+            // their receive buffers (RDMA, DPDK) copy from those.
+            let result = conn.proto.read_input(now, |buf, max| {
+                asked = max;
+                stack.read_into(sid, buf, max, scratch)
+            });
+            match result {
                 Ok(0) => {
                     conn.proto.on_transport_error(
                         now,
@@ -84,9 +90,14 @@ impl<S: WorkerStack> Handler<S> {
                 }
                 Ok(n) => {
                     read = read.saturating_add(n);
+                    let drained = n < asked && c.stack().short_read_drains(sid);
                     // Dispatch as we go, so one busy socket cannot buffer without bound.
                     self.pump(c, id);
                     pumped = true;
+                    if drained {
+                        // A short read: nothing more was there, and a later arrival raises a new event.
+                        return;
+                    }
                 }
                 // Drained: the last read was pumped already; with nothing read, pump once below
                 // (the event may also say writable).

@@ -980,6 +980,58 @@ impl Connection {
         self.fault(now, Error::Transport(reason.into()));
     }
 
+    /// Read from the transport straight into the receive buffer, then handle what arrived: one copy,
+    /// where [`Connection::handle_input`] takes bytes the owner read elsewhere.
+    ///
+    /// `read(buf, max)` should append at most `max` bytes to `buf` (which has room for them) and return
+    /// how many, as a read would: `Ok(0)` for end of stream, an error for `WouldBlock` and failures. Its
+    /// result is returned unchanged; the caller reacts to `Ok(0)` and errors as it would for a read.
+    /// `max` is the buffer's free space: at least a quarter of 16 KiB once ready (more when a large
+    /// frame's room was reserved at its preamble), at least half of 1 KiB during the handshake.
+    pub fn read_input<F>(&mut self, now: Instant, read: F) -> std::io::Result<usize>
+    where
+        F: FnOnce(&mut BytesMut, usize) -> std::io::Result<usize>,
+    {
+        let ready = self.phase == Phase::Ready;
+        let Some(t) = self.transport.as_mut() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        let (target, min_room) = if ready {
+            (READY_RX_CAPACITY, READY_RX_CAPACITY / 4)
+        } else {
+            (HANDSHAKE_RX_CAPACITY, HANDSHAKE_RX_CAPACITY / 2)
+        };
+        if t.rx.capacity() - t.rx.len() < min_room {
+            // Room for the frame being waited for was reserved when its preamble arrived.
+            t.rx.reserve(target.saturating_sub(t.rx.len()).max(min_room));
+        }
+        let before = t.rx.len();
+        let max = t.rx.capacity() - before;
+        let n = read(&mut t.rx, max)?;
+        // (A stack that lends its own buffers may append a little more than `max`; the buffer grows.)
+        if n == 0 || t.rx.len() != before + n {
+            t.rx.truncate(before);
+            if n == 0 {
+                return Ok(0);
+            }
+            return Err(std::io::Error::other(
+                "read_input: the reader appended other than it reported",
+            ));
+        }
+        self.stats.bytes_in += n as u64;
+        self.last_input = Some(now);
+        if self.phase != Phase::Ready
+            && self.timers[Timer::Handshake as usize].is_some_and(|d| now >= d)
+        {
+            self.fault(now, Error::TimedOut("handshake"));
+            return Ok(n);
+        }
+        if let Err(e) = self.process(now) {
+            self.fault(now, e);
+        }
+        Ok(n)
+    }
+
     /// Bytes read from the transport.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
         if self.transport.is_none() {
