@@ -14,6 +14,7 @@ pub mod event;
 mod msgr;
 pub mod msgs;
 pub mod proto;
+pub mod rados;
 pub mod stack;
 mod throttle;
 
