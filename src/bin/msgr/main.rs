@@ -429,6 +429,12 @@ fn run_bench(cli: &BenchCli) -> Result<u8, Failure> {
         Some(BenchCommand::Run(r)) => (&r.args, Some(r.addr.as_str())),
         None => (&cli.args, None),
     };
+    if args.mode == bench::Mode::Rados {
+        let stdout = io::stdout();
+        return bench::rados::run(args, &mut stdout.lock())
+            .map(|_| EXIT_OK)
+            .map_err(to_failure);
+    }
     let report = bench::run(args, server).map_err(to_failure)?;
     if let Some(path) = &args.json {
         say!(
