@@ -1,0 +1,542 @@
+//! CRUSH and OSDMap placement checked against Ceph's own tools, whole mappings at a time.
+//!
+//! The tests build their maps with `crushtool --build` (hierarchies of hosts, racks and rows, 16 to 256
+//! OSDs, every bucket algorithm) and `osdmaptool` (the same CRUSH maps imported into OSD maps with
+//! non-power-of-two `pg_num`, balancer upmaps, OSDs marked out), then compare, one tool call per
+//! mapping:
+//! - `crushtool --test --show-mappings` for replicated (firstn) and indep rules, with reweights, for
+//!   x in 0..10000, NONE holes included;
+//! - `osdmaptool --test-map-pgs-dump-all` (raw, up and acting sets with primaries) for every PG;
+//! - `osdmaptool --test-map-object` for object names;
+//! - `osdmaptool --dump json` for the decoded fields.
+//!
+//! The tools come with Debian's `ceph-base` (ci/test.sh installs it); without them the tests fail.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use msgr::rados::crush::{CrushMap, CRUSH_ITEM_NONE};
+use msgr::rados::{OsdMap, PgId};
+
+const MAX_X: i32 = 9999;
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("msgr-crush-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run a Ceph tool; a missing tool fails the test with what to install.
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run `{cmd}` ({e}): install Debian's ceph-base (crushtool, osdmaptool)")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Parse "[1,2,3]" (NONE is printed as 2147483647).
+fn parse_list(s: &str) -> Vec<i32> {
+    let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
+    if inner.is_empty() {
+        return Vec::new();
+    }
+    inner
+        .split(',')
+        .map(|v| v.trim().parse().unwrap())
+        .collect()
+}
+
+/// `crushtool --build` layers: (name, alg, size).
+fn build_crush(dir: &TempDir, name: &str, osds: u32, layers: &[(&str, &str, u32)]) -> PathBuf {
+    let out = dir.path(name);
+    let n = osds.to_string();
+    let mut args = vec!["--build", "--num_osds", &n, "-o", p(&out)];
+    let sizes: Vec<String> = layers.iter().map(|l| l.2.to_string()).collect();
+    for (l, s) in layers.iter().zip(&sizes) {
+        args.extend([l.0, l.1, s.as_str()]);
+    }
+    tool("crushtool", &args);
+    out
+}
+
+fn add_rule(map: &Path, name: &str, root: &str, ty: &str, mode: &str) {
+    let tmp = map.with_extension("tmp");
+    tool(
+        "crushtool",
+        &[
+            "-i",
+            p(map),
+            "--create-simple-rule",
+            name,
+            root,
+            ty,
+            mode,
+            "-o",
+            p(&tmp),
+        ],
+    );
+    std::fs::rename(&tmp, map).unwrap();
+}
+
+/// Compare one whole `crushtool --test` mapping; returns the number of inputs compared.
+fn compare_crush(
+    map_path: &Path,
+    map: &CrushMap,
+    rule: usize,
+    num_rep: usize,
+    reweights: &[(i32, &str)],
+) -> usize {
+    let (r, n, mx) = (rule.to_string(), num_rep.to_string(), MAX_X.to_string());
+    let mut args = vec![
+        "-i",
+        p(map_path),
+        "--test",
+        "--show-mappings",
+        "--rule",
+        &r,
+        "--num-rep",
+        &n,
+        "--min-x",
+        "0",
+        "--max-x",
+        &mx,
+    ];
+    let devs: Vec<String> = reweights.iter().map(|(d, _)| d.to_string()).collect();
+    for ((_, w), d) in reweights.iter().zip(&devs) {
+        args.extend(["--weight", d.as_str(), w]);
+    }
+    let out = tool("crushtool", &args);
+    // crushtool's weights: 1.0 for every device present, then the overrides (exact binary fractions).
+    let mut weights = vec![0x10000u32; map.max_devices as usize];
+    for (d, w) in reweights {
+        weights[*d as usize] = (w.parse::<f64>().unwrap() * 65536.0) as u32;
+    }
+    let mut seen = 0;
+    let mut holes = 0;
+    for line in out.lines().filter(|l| l.starts_with("CRUSH rule")) {
+        // "CRUSH rule R x X [a,b,c]"
+        let mut it = line.splitn(6, ' ');
+        let x: i32 = it.nth(4).unwrap().parse().unwrap();
+        let want = parse_list(it.next().unwrap());
+        let got = map.do_rule(rule, x, num_rep, &weights, None);
+        assert_eq!(
+            got, want,
+            "rule {rule} x {x} num_rep {num_rep} reweights {reweights:?}"
+        );
+        holes += want.iter().filter(|&&o| o == CRUSH_ITEM_NONE).count();
+        seen += 1;
+    }
+    assert_eq!(
+        seen,
+        MAX_X as usize + 1,
+        "crushtool printed {seen} mappings"
+    );
+    eprintln!("  rule {rule} num_rep {num_rep} reweights {reweights:?}: {seen} x equal ({holes} NONE holes)");
+    seen
+}
+
+struct Shape {
+    name: &'static str,
+    osds: u32,
+    layers: &'static [(&'static str, &'static str, u32)],
+    /// The failure domain for the extra rules.
+    domain: &'static str,
+}
+
+const SHAPES: &[Shape] = &[
+    Shape {
+        name: "hosts16",
+        osds: 16,
+        layers: &[("host", "straw2", 4), ("root", "straw2", 0)],
+        domain: "host",
+    },
+    Shape {
+        name: "racks64",
+        osds: 64,
+        layers: &[
+            ("host", "straw2", 4),
+            ("rack", "straw2", 4),
+            ("root", "straw2", 0),
+        ],
+        domain: "rack",
+    },
+    Shape {
+        name: "rows256",
+        osds: 256,
+        layers: &[
+            ("host", "straw2", 8),
+            ("rack", "straw2", 4),
+            ("row", "straw2", 2),
+            ("root", "straw2", 0),
+        ],
+        domain: "row",
+    },
+    Shape {
+        name: "legacy48",
+        osds: 48,
+        layers: &[
+            ("host", "uniform", 4),
+            ("rack", "list", 3),
+            ("root", "straw", 0),
+        ],
+        domain: "rack",
+    },
+    Shape {
+        name: "tree40",
+        osds: 40,
+        layers: &[("host", "tree", 5), ("root", "straw2", 0)],
+        domain: "host",
+    },
+];
+
+#[test]
+fn crushtool_mappings_equal_ours() {
+    let dir = TempDir::new("crushtool");
+    let mut total = 0;
+    for shape in SHAPES {
+        let path = build_crush(&dir, shape.name, shape.osds, shape.layers);
+        add_rule(&path, "indep_host", "root", "host", "indep");
+        add_rule(&path, "domain_firstn", "root", shape.domain, "firstn");
+        add_rule(&path, "domain_indep", "root", shape.domain, "indep");
+        let map = CrushMap::decode(&std::fs::read(&path).unwrap()).unwrap();
+        eprintln!("{} ({} OSDs):", shape.name, shape.osds);
+        let rules = [
+            "replicated_rule",
+            "indep_host",
+            "domain_firstn",
+            "domain_indep",
+        ];
+        let ids: Vec<usize> = rules.iter().map(|r| map.rule_id(r).unwrap()).collect();
+        // Replicated and indep rules at the usual sizes, and more replicas than failure domains
+        // (indep leaves NONE holes there, firstn returns short).
+        total += compare_crush(&path, &map, ids[0], 3, &[]);
+        total += compare_crush(&path, &map, ids[1], 6, &[]);
+        total += compare_crush(&path, &map, ids[2], 3, &[]);
+        total += compare_crush(&path, &map, ids[3], 5, &[]);
+        // Reweights: one device out, others partly in.
+        let rw: &[(i32, &str)] = &[
+            (1, "0"),
+            (2, "0.5"),
+            (5, "0.25"),
+            (9, "0.75"),
+            (12, "0.125"),
+        ];
+        total += compare_crush(&path, &map, ids[0], 3, rw);
+        total += compare_crush(&path, &map, ids[1], 4, rw);
+    }
+    eprintln!("{total} CRUSH mappings equal crushtool's");
+}
+
+// ---- osdmaptool ----
+
+/// An OSD map from `osdmaptool --createsimple` with `crush` imported, OSDs marked up and in and the
+/// balancer's upmaps saved.
+fn build_osdmap(
+    dir: &TempDir,
+    name: &str,
+    crush: &Path,
+    osds: u32,
+    pg_bits: u32,
+    pgp_bits: u32,
+) -> PathBuf {
+    let path = dir.path(name);
+    let (n, pb, ppb) = (osds.to_string(), pg_bits.to_string(), pgp_bits.to_string());
+    tool(
+        "osdmaptool",
+        &[
+            "--createsimple",
+            &n,
+            "--with-default-pool",
+            "--clobber",
+            "--pg-bits",
+            &pb,
+            "--pgp-bits",
+            &ppb,
+            p(&path),
+        ],
+    );
+    tool("osdmaptool", &[p(&path), "--import-crush", p(crush)]);
+    let upmaps = dir.path(&format!("{name}.upmap"));
+    tool(
+        "osdmaptool",
+        &[
+            p(&path),
+            "--mark-up-in",
+            "--upmap",
+            p(&upmaps),
+            "--upmap-max",
+            "40",
+            "--upmap-deviation",
+            "1",
+            "--save",
+        ],
+    );
+    path
+}
+
+/// One `--test-map-pgs-dump-all` line: "1.a raw ([..], pN) up ([..], pN) acting ([..], pN)".
+fn parse_dump_all(line: &str) -> (String, [(Vec<i32>, i32); 3]) {
+    let (pg, rest) = line.split_once(' ').unwrap();
+    let mut sets = Vec::new();
+    for part in rest.split(") ").map(|s| s.trim_end_matches(')')) {
+        let (_, body) = part.split_once('(').unwrap();
+        let (list, prim) = body.rsplit_once(", p").unwrap();
+        sets.push((parse_list(list), prim.parse().unwrap()));
+    }
+    (pg.to_string(), sets.try_into().unwrap())
+}
+
+fn compare_pgs(path: &Path, map: &OsdMap, pool: u64, extra: &[&str]) -> (usize, usize) {
+    let pool_s = pool.to_string();
+    let mut args = vec![p(path)];
+    args.extend_from_slice(extra);
+    args.extend(["--test-map-pgs-dump-all", "--pool", &pool_s]);
+    let out = tool("osdmaptool", &args);
+    let pg_num = map.pool(pool).unwrap().pg_num;
+    let (mut n, mut upmapped) = (0, 0);
+    for line in out.lines().filter(|l| l.starts_with(&format!("{pool}."))) {
+        let (pg, [raw, up, acting]) = parse_dump_all(line);
+        let seed = u32::from_str_radix(pg.split_once('.').unwrap().1, 16).unwrap();
+        let id = PgId { pool, seed };
+        let pool_ref = map.pool(pool).unwrap();
+        let (our_raw, _) = map.pg_to_raw_osds(pool_ref, id);
+        let raw_primary = our_raw
+            .iter()
+            .copied()
+            .find(|&o| o != CRUSH_ITEM_NONE)
+            .unwrap_or(-1);
+        assert_eq!((our_raw, raw_primary), raw, "raw of {pg} {extra:?}");
+        let ua = map.pg_to_up_acting(id);
+        assert_eq!((ua.up.clone(), ua.up_primary), up, "up of {pg} {extra:?}");
+        assert_eq!(
+            (ua.acting, ua.acting_primary),
+            acting,
+            "acting of {pg} {extra:?}"
+        );
+        if ua.up != raw.0 {
+            upmapped += 1;
+        }
+        n += 1;
+    }
+    assert_eq!(n, pg_num as usize, "osdmaptool printed {n} PGs");
+    (n, upmapped)
+}
+
+/// The fields of `osdmaptool --dump json` we decode.
+fn compare_dump(path: &Path, map: &OsdMap) {
+    let v: serde_json::Value =
+        serde_json::from_str(&tool("osdmaptool", &[p(path), "--dump", "json"])).unwrap();
+    assert_eq!(v["epoch"].as_u64().unwrap(), u64::from(map.epoch()));
+    assert_eq!(v["fsid"].as_str().unwrap(), map.fsid().to_string());
+    assert_eq!(v["max_osd"].as_u64().unwrap(), map.max_osd() as u64);
+    for pool in v["pools"].as_array().unwrap() {
+        let id = pool["pool"].as_u64().unwrap();
+        let ours = map.pool(id).unwrap();
+        assert_eq!(map.pool_id(pool["pool_name"].as_str().unwrap()), Some(id));
+        assert_eq!(pool["size"].as_u64().unwrap(), u64::from(ours.size));
+        assert_eq!(pool["min_size"].as_u64().unwrap(), u64::from(ours.min_size));
+        assert_eq!(
+            pool["crush_rule"].as_u64().unwrap(),
+            u64::from(ours.crush_rule)
+        );
+        assert_eq!(
+            pool["object_hash"].as_u64().unwrap(),
+            u64::from(ours.object_hash)
+        );
+        assert_eq!(pool["pg_num"].as_u64().unwrap(), u64::from(ours.pg_num));
+        assert_eq!(
+            pool["pg_placement_num"].as_u64().unwrap(),
+            u64::from(ours.pgp_num)
+        );
+        assert_eq!(pool["flags"].as_u64().unwrap(), ours.flags);
+        assert_eq!(pool["type"].as_u64().unwrap(), u64::from(ours.pool_type));
+    }
+    for osd in v["osds"].as_array().unwrap() {
+        let id = osd["osd"].as_i64().unwrap() as i32;
+        assert_eq!(
+            osd["up"].as_i64().unwrap() == 1,
+            map.is_up(id),
+            "osd.{id} up"
+        );
+        let w = osd["weight"].as_f64().unwrap();
+        assert_eq!(
+            (w * 65536.0).round() as u32,
+            map.osd_weight(id),
+            "osd.{id} weight"
+        );
+    }
+    let mut items: BTreeMap<String, Vec<(i32, i32)>> = BTreeMap::new();
+    for m in v["pg_upmap_items"].as_array().unwrap() {
+        let pairs = m["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["from"].as_i64().unwrap() as i32,
+                    p["to"].as_i64().unwrap() as i32,
+                )
+            })
+            .collect();
+        items.insert(m["pgid"].as_str().unwrap().to_string(), pairs);
+    }
+    let ours: BTreeMap<String, Vec<(i32, i32)>> = map
+        .pg_upmap_items
+        .iter()
+        .map(|(pg, v)| (pg.to_string(), v.clone()))
+        .collect();
+    assert_eq!(ours, items);
+    assert!(!items.is_empty(), "the balancer made no upmaps");
+}
+
+struct MapShape {
+    name: &'static str,
+    osds: u32,
+    layers: &'static [(&'static str, &'static str, u32)],
+    pg_bits: u32,
+    pgp_bits: u32,
+}
+
+const MAP_SHAPES: &[MapShape] = &[
+    // pg_num 24 << 4 = 384, pgp_num 24 << 3 = 192: neither a power of two.
+    MapShape {
+        name: "hosts24",
+        osds: 24,
+        layers: &[("host", "straw2", 4), ("root", "straw2", 0)],
+        pg_bits: 4,
+        pgp_bits: 3,
+    },
+    // 40 OSDs, 5 per host, 2 hosts per rack: pg_num 320.
+    MapShape {
+        name: "racks40",
+        osds: 40,
+        layers: &[
+            ("host", "straw2", 5),
+            ("rack", "straw2", 2),
+            ("root", "straw2", 0),
+        ],
+        pg_bits: 3,
+        pgp_bits: 3,
+    },
+    // 96 OSDs over rows: pg_num 96 << 2 = 384.
+    MapShape {
+        name: "rows96",
+        osds: 96,
+        layers: &[
+            ("host", "straw2", 6),
+            ("rack", "straw2", 4),
+            ("row", "straw2", 2),
+            ("root", "straw2", 0),
+        ],
+        pg_bits: 2,
+        pgp_bits: 2,
+    },
+];
+
+#[test]
+fn osdmaptool_pg_mappings_equal_ours() {
+    let dir = TempDir::new("osdmaptool");
+    let mut total = 0;
+    for shape in MAP_SHAPES {
+        let crush = build_crush(
+            &dir,
+            &format!("{}.crush", shape.name),
+            shape.osds,
+            shape.layers,
+        );
+        let path = build_osdmap(
+            &dir,
+            shape.name,
+            &crush,
+            shape.osds,
+            shape.pg_bits,
+            shape.pgp_bits,
+        );
+        let mut map = OsdMap::decode(&std::fs::read(&path).unwrap()).unwrap();
+        compare_dump(&path, &map);
+        let (n, upmapped) = compare_pgs(&path, &map, 1, &[]);
+        eprintln!(
+            "{}: {n} PGs equal ({upmapped} changed by upmaps)",
+            shape.name
+        );
+        total += n;
+        // An OSD marked out (in memory, on both sides; osdmaptool takes one --mark-out).
+        map.set_weight(17, 0);
+        let (n, _) = compare_pgs(&path, &map, 1, &["--mark-out", "17"]);
+        eprintln!("{}: {n} PGs equal with osd.17 out", shape.name);
+        total += n;
+    }
+    eprintln!("{total} PG mappings equal osdmaptool's");
+}
+
+#[test]
+fn object_names_map_to_the_pgs_osdmaptool_gives() {
+    let dir = TempDir::new("objects");
+    let shape = &MAP_SHAPES[0];
+    let crush = build_crush(&dir, "objects.crush", shape.osds, shape.layers);
+    let path = build_osdmap(
+        &dir,
+        "objects",
+        &crush,
+        shape.osds,
+        shape.pg_bits,
+        shape.pgp_bits,
+    );
+    let map = OsdMap::decode(&std::fs::read(&path).unwrap()).unwrap();
+    let names: Vec<String> = (0..100)
+        .map(|i| match i % 4 {
+            0 => format!("obj{i}"),
+            1 => format!("rbd_data.{i:012x}.{:016x}", i * 7919),
+            2 => format!("benchmark_data_host_{i}_object{}", i * 31),
+            _ => "x".repeat(i % 29 + 1),
+        })
+        .collect();
+    for name in &names {
+        // " object 'NAME' -> 1.6 -> [a,b,c]"
+        let out = tool(
+            "osdmaptool",
+            &[p(&path), "--test-map-object", name, "--pool", "1"],
+        );
+        let line = out.lines().find(|l| l.contains(" -> ")).unwrap();
+        let mut parts = line.split(" -> ");
+        parts.next();
+        let pg = parts.next().unwrap().trim();
+        let acting = parse_list(parts.next().unwrap());
+        let raw = map.object_to_raw_pg(1, name, "", "").unwrap();
+        let folded = map.raw_pg_to_pg(raw);
+        assert_eq!(folded.to_string(), pg, "pg of {name:?}");
+        assert_eq!(
+            map.pg_to_up_acting(raw).acting,
+            acting,
+            "acting of {name:?}"
+        );
+    }
+    eprintln!("{} object names map as osdmaptool maps them", names.len());
+}
