@@ -289,7 +289,8 @@ impl<N: NetworkStack> Rados<N> {
                 let resp = PgNlsResponse::decode(&read_data(&r))
                     .map_err(|e| RadosError::Protocol(format!("pgnls: {e}")))?;
                 names.extend(resp.entries.into_iter().map(|e| e.oid));
-                if resp.handle.max {
+                // An OSD answers 1 (older ones: a MAX cursor) when the PG has no more objects.
+                if resp.handle.max || r.result == 1 {
                     break;
                 }
                 cursor = resp.handle;

@@ -317,6 +317,18 @@ impl<N: NetworkStack> Objecter<N> {
         }
     }
 
+    /// The open OSD sessions: OSD id and connection.
+    pub fn osd_sessions(&self) -> Vec<(i32, ConnectionRef)> {
+        let st = self.lock();
+        let mut v: Vec<(i32, ConnectionRef)> = st
+            .sessions
+            .iter()
+            .map(|(osd, s)| (*osd, s.conn.clone()))
+            .collect();
+        v.sort_by_key(|(osd, _)| *osd);
+        v
+    }
+
     /// Ops in flight now.
     pub fn in_flight(&self) -> usize {
         self.lock().ops.len()

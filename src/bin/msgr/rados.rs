@@ -3,83 +3,21 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use bytes::Bytes;
-use msgr::proto::auth::{self, ClientAuth, ConModes};
-use msgr::proto::types::AuthEntityName;
-use msgr::rados::client::{parse_mon_host, Rados, RadosConfig};
 use msgr::rados::objecter::RadosError;
-use msgr::PosixStack;
 
+use crate::bench::rados::ConnError;
+pub use crate::bench::rados::RadosConnArgs;
 use crate::{Failure, EXIT_OK};
 
-/// How to reach the cluster: shared by `msgr rados` and `msgr bench --mode rados`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct RadosConnArgs {
-    /// The monitors, as in ceph.conf's mon_host: comma- or space-separated `IP:PORT`, `v2:IP:PORT` or
-    /// `[v2:IP:PORT,v1:IP:PORT]` (msgr2 only: each needs a v2 address). The client hunts across them.
-    #[arg(long = "mon-host", value_name = "ADDRS")]
-    pub mon_host: Option<String>,
-
-    /// Keyring file (Ceph's format); given, the client authenticates with cephx as --name, to the
-    /// monitor and to the OSDs. Without it: auth none.
-    #[arg(long, value_name = "FILE")]
-    pub keyring: Option<PathBuf>,
-
-    /// Our cephx name, as in the keyring.
-    #[arg(long, value_name = "NAME", default_value = "client.admin")]
-    pub name: String,
-
-    /// Connection modes in order of preference: "crc", "secure", or "secure crc". Secure mode needs
-    /// --keyring (cephx). [default: "secure crc" with --keyring, else "crc"]
-    #[arg(long = "con-mode", value_name = "MODES")]
-    pub con_mode: Option<String>,
-
-    /// Seconds an operation may take, resends to new primaries included; also the connect timeout.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = crate::parse_secs)]
-    pub timeout: f64,
-}
-
-impl RadosConnArgs {
-    pub fn config(&self) -> Result<RadosConfig, Failure> {
-        let mon_host = self
-            .mon_host
-            .as_deref()
-            .ok_or_else(|| Failure::usage("--mon-host ADDRS is required"))?;
-        let mons =
-            parse_mon_host(mon_host).map_err(|e| Failure::usage(format!("--mon-host: {e}")))?;
-        let mut cfg = RadosConfig::new(mons);
-        cfg.name = AuthEntityName::parse(&self.name)
-            .map_err(|e| Failure::usage(format!("--name: {e}")))?;
-        let default_modes = if self.keyring.is_some() {
-            "secure crc"
+impl From<ConnError> for Failure {
+    fn from(e: ConnError) -> Self {
+        if e.usage {
+            Failure::usage(e.message)
         } else {
-            "crc"
-        };
-        let modes = auth::parse_con_modes(self.con_mode.as_deref().unwrap_or(default_modes))
-            .map_err(Failure::usage)?;
-        if let Some(path) = &self.keyring {
-            cfg.auth = auth::cephx_client_from_keyring(&path.to_string_lossy(), &self.name)
-                .map_err(Failure::usage)?;
-        } else {
-            if modes.contains(&auth::CON_MODE_SECURE) {
-                return Err(Failure::usage(
-                    "--con-mode secure needs --keyring (secure mode needs cephx's session key)",
-                ));
-            }
-            cfg.auth = ClientAuth::none();
+            Failure::fail(e.message)
         }
-        cfg.con_modes = ConModes::all(&modes);
-        let timeout = Duration::from_secs_f64(self.timeout);
-        cfg.connect_timeout = timeout;
-        cfg.objecter.op_timeout = timeout;
-        Ok(cfg)
-    }
-
-    pub fn connect(&self) -> Result<Rados<PosixStack>, Failure> {
-        let cfg = self.config()?;
-        Rados::connect(|| Ok(PosixStack::new()), cfg).map_err(|e| Failure::fail(e.to_string()))
     }
 }
 

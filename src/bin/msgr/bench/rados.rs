@@ -16,8 +16,111 @@ use msgr::rados::client::Rados;
 use msgr::rados::objecter::{OpRequest, OpResult};
 use msgr::PosixStack;
 
+use msgr::proto::auth::{self, ClientAuth, ConModes};
+use msgr::proto::types::AuthEntityName;
+use msgr::rados::client::{parse_mon_host, RadosConfig};
+
 use super::{BenchArgs, BenchError};
-use crate::rados::RadosConnArgs;
+
+/// Why the connection options did not give a client: bad usage (exit 2) or a failure (exit 1).
+#[derive(Debug)]
+pub struct ConnError {
+    pub usage: bool,
+    pub message: String,
+}
+
+impl ConnError {
+    fn usage(message: impl Into<String>) -> Self {
+        ConnError {
+            usage: true,
+            message: message.into(),
+        }
+    }
+    fn fail(message: impl Into<String>) -> Self {
+        ConnError {
+            usage: false,
+            message: message.into(),
+        }
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected seconds, more than 0 and at most 86400"
+        )),
+    }
+}
+
+/// How to reach the cluster: shared by `msgr rados` and `msgr bench --mode rados`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RadosConnArgs {
+    /// The monitors, as in ceph.conf's mon_host: comma- or space-separated `IP:PORT`, `v2:IP:PORT` or
+    /// `[v2:IP:PORT,v1:IP:PORT]` (msgr2 only: each needs a v2 address). The client hunts across them.
+    #[arg(long = "mon-host", value_name = "ADDRS")]
+    pub mon_host: Option<String>,
+
+    /// Keyring file (Ceph's format); given, the client authenticates with cephx as --name, to the
+    /// monitor and to the OSDs. Without it: auth none.
+    #[arg(long, value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+
+    /// Our cephx name, as in the keyring.
+    #[arg(long, value_name = "NAME", default_value = "client.admin")]
+    pub name: String,
+
+    /// Connection modes in order of preference: "crc", "secure", or "secure crc". Secure mode needs
+    /// --keyring (cephx). [default: "secure crc" with --keyring, else "crc"]
+    #[arg(long = "con-mode", value_name = "MODES")]
+    pub con_mode: Option<String>,
+
+    /// Seconds an operation may take, resends to new primaries included; also the connect timeout.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+}
+
+impl RadosConnArgs {
+    pub fn config(&self) -> Result<RadosConfig, ConnError> {
+        let mon_host = self
+            .mon_host
+            .as_deref()
+            .ok_or_else(|| ConnError::usage("--mon-host ADDRS is required"))?;
+        let mons =
+            parse_mon_host(mon_host).map_err(|e| ConnError::usage(format!("--mon-host: {e}")))?;
+        let mut cfg = RadosConfig::new(mons);
+        cfg.name = AuthEntityName::parse(&self.name)
+            .map_err(|e| ConnError::usage(format!("--name: {e}")))?;
+        let default_modes = if self.keyring.is_some() {
+            "secure crc"
+        } else {
+            "crc"
+        };
+        let modes = auth::parse_con_modes(self.con_mode.as_deref().unwrap_or(default_modes))
+            .map_err(ConnError::usage)?;
+        if let Some(path) = &self.keyring {
+            cfg.auth = auth::cephx_client_from_keyring(&path.to_string_lossy(), &self.name)
+                .map_err(ConnError::usage)?;
+        } else {
+            if modes.contains(&auth::CON_MODE_SECURE) {
+                return Err(ConnError::usage(
+                    "--con-mode secure needs --keyring (secure mode needs cephx's session key)",
+                ));
+            }
+            cfg.auth = ClientAuth::none();
+        }
+        cfg.con_modes = ConModes::all(&modes);
+        let timeout = Duration::from_secs_f64(self.timeout);
+        cfg.connect_timeout = timeout;
+        cfg.objecter.op_timeout = timeout;
+        Ok(cfg)
+    }
+
+    pub fn connect(&self) -> Result<Rados<PosixStack>, ConnError> {
+        let cfg = self.config()?;
+        Rados::connect(|| Ok(PosixStack::new()), cfg).map_err(|e| ConnError::fail(e.to_string()))
+    }
+}
 
 /// Options of `--mode rados` (the rest come from `msgr bench`'s own: --duration, --count, --json,
 /// --con-mode).
@@ -206,11 +309,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Vec<PhaseResult>, Be
         con_mode: Some(args.con_mode.name().to_string()),
         timeout: 30.0,
     };
-    let rados = conn.connect().map_err(|f| {
-        if f.code == crate::EXIT_USAGE {
-            BenchError::Usage(f.message)
+    let rados = conn.connect().map_err(|e| {
+        if e.usage {
+            BenchError::Usage(e.message)
         } else {
-            BenchError::Failed(f.message)
+            BenchError::Failed(e.message)
         }
     })?;
     let pool = rados
