@@ -10,7 +10,8 @@
 //! before), when the OSD answers `-EAGAIN`, and when the session to the OSD resets (every op on it goes
 //! out again on a new session, with the RETRY flag and its attempt number). An op whose PG has no
 //! primary waits for a map that gives it one. Every op has a deadline ([`ObjecterConfig::op_timeout`]),
-//! and at most [`ObjecterConfig::max_in_flight`] ops are in flight (submitting waits for room).
+//! and at most [`ObjecterConfig::max_in_flight`] ops are in flight (submitting waits for room). While
+//! the map says the cluster is paused for reads or writes (`ceph osd pause`), such ops are held back.
 //!
 //! Invariants: state is behind one mutex; nothing is sent, and no completion runs, while it is held
 //! (both are collected in an [`Outbox`] and flushed after unlocking), so a completion may submit again
@@ -32,6 +33,11 @@ use crate::proto::types::UTime;
 use crate::proto::{self, Message, Policy};
 use crate::stack::NetworkStack;
 use crate::{AddrVec, ConnId, ConnectionRef, Dispatcher, EntityType, MessengerHandle};
+
+/// `CEPH_OSDMAP_PAUSERD` / `CEPH_OSDMAP_PAUSEWR`: the cluster holds client reads / writes
+/// (`ceph osd pause`); the client keeps them until a map lifts the flag.
+pub const OSDMAP_PAUSERD: u32 = 1 << 2;
+pub const OSDMAP_PAUSEWR: u32 = 1 << 3;
 
 /// `ENOENT`, `EAGAIN` as OSDs return them (negated).
 pub const ENOENT: i32 = 2;
@@ -491,6 +497,17 @@ impl<N: NetworkStack> Objecter<N> {
         let Some(map) = st.map.as_ref() else { return };
         let epoch = map.epoch();
         let Some(o) = st.ops.get(&tid) else { return };
+        let pause = if o.req.is_write() {
+            OSDMAP_PAUSEWR
+        } else {
+            OSDMAP_PAUSERD
+        };
+        if map.flags & pause != 0 {
+            let o = st.ops.get_mut(&tid).expect("op present");
+            o.conn = None;
+            o.why_waiting = format!("the cluster is paused (osd map epoch {epoch})");
+            return;
+        }
         let target = match Self::calc_target(map, &o.req) {
             Ok(Some(t)) => t,
             Ok(None) => {
