@@ -352,6 +352,42 @@ fn bad_input(c: &Cluster, r: &Rados<PosixStack>, pool: u64) {
     );
 }
 
+/// A dead monitor listed first does not stop a client from connecting; a lost monitor session is
+/// hunted again and the osdmap subscription resumes after the epoch held (later maps still arrive).
+fn hunting_and_resubscribe(c: &Cluster, r: &Rados<PosixStack>, pool: u64) {
+    let dead = common::ceph::free_port(&[]);
+    let t = Instant::now();
+    let r2 = c
+        .connect(|cfg| {
+            let dead = parse_mon_host(&format!("v2:127.0.0.1:{dead}")).unwrap();
+            cfg.mon.mon_addrs.splice(0..0, dead);
+            cfg.mon.hunt_parallel = 1;
+            cfg.mon.hunt_interval = Duration::from_secs(1);
+        })
+        .expect("connect with a dead monitor listed first");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    r2.write_full(pool, "hunted", Bytes::from_static(b"h"))
+        .unwrap();
+    r2.remove(pool, "hunted").unwrap();
+    drop(r2);
+
+    let before = r.monc().sessions();
+    let epoch = r.objecter().epoch();
+    r.monc().active().expect("a session").mark_down();
+    let end = Instant::now() + Duration::from_secs(10);
+    while r.monc().sessions() == before || r.monc().active().is_none() {
+        assert!(Instant::now() < end, "no new monitor session within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.ceph(&["osd", "set", "noout"]);
+    let want = c.mon_epoch();
+    assert!(want > epoch);
+    r.objecter()
+        .wait_for_epoch(want, Duration::from_secs(10))
+        .expect("maps after the reconnect");
+    c.ceph(&["osd", "unset", "noout"]);
+}
+
 /// Our up/acting for `names` equal `ceph osd map` at the same epoch.
 fn placement_matches(c: &Cluster, r: &Rados<PosixStack>, pool: u64, what: &str) {
     let names: Vec<String> = (0..50).map(|i| format!("placement-{i}")).collect();
@@ -586,6 +622,8 @@ fn auth_none_cluster() {
     let t = Instant::now();
     bad_input(&c, &r, pool);
     eprintln!("bad input: {:?}", t.elapsed());
+
+    hunting_and_resubscribe(&c, &r, pool);
 
     // An op that cannot complete (the cluster paused) ends with TimedOut at its deadline.
     c.ceph(&["osd", "pause"]);

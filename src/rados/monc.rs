@@ -207,7 +207,17 @@ impl<N: NetworkStack> MonClient<N> {
     }
 
     fn tick_locked(&self, st: &mut State) {
-        if st.stopped || st.active.is_some() {
+        if st.stopped {
+            return;
+        }
+        if st.active.as_ref().is_some_and(ConnectionRef::is_closed) {
+            // Closed without a reset reaching us (marked down): hunt as after a reset.
+            tracing::info!("monc: monitor session closed; hunting");
+            st.active = None;
+            st.round_started = None;
+            self.changed.notify_all();
+        }
+        if st.active.is_some() {
             return;
         }
         let interval = self.cfg.hunt_interval.mul_f64(

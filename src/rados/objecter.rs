@@ -413,6 +413,17 @@ impl<N: NetworkStack> Objecter<N> {
 
     /// Timeouts, and ops waiting to be (re)sent. Called by the client's timer thread.
     pub fn tick(&self) {
+        // Sessions that closed without a reset reaching us (marked down) fail like a reset.
+        let closed: Vec<ConnectionRef> = self
+            .lock()
+            .sessions
+            .values()
+            .filter(|s| s.conn.is_closed())
+            .map(|s| s.conn.clone())
+            .collect();
+        for conn in closed {
+            self.session_failed(&conn, "the session closed");
+        }
         let mut out = Outbox::default();
         {
             let mut st = self.lock();
