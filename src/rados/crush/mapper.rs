@@ -328,11 +328,12 @@ impl<'a> Work<'a> {
                         ftotal += 1;
                         flocal += 1;
                         let size = inb.items.len() as u32;
-                        if collide && flocal <= s.local_retries {
-                            retry_bucket = true;
-                        } else if s.local_fallback_retries > 0
-                            && flocal <= size.saturating_add(s.local_fallback_retries)
-                        {
+                        // First retry locally (collisions), then an exhaustive search of this
+                        // bucket (fallback), then a new descent from the top.
+                        let local = collide && flocal <= s.local_retries;
+                        let fallback = s.local_fallback_retries > 0
+                            && flocal <= size.saturating_add(s.local_fallback_retries);
+                        if local || fallback {
                             retry_bucket = true;
                         } else if ftotal < tries {
                             continue 'descent;

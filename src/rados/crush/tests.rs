@@ -3,7 +3,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// 24 devices, 6 straw2 hosts in 3 straw racks, rules `replicated_rule` and `ec` (see tests/data/README.md).
-const MAP: &[u8] = include_bytes!("../../../tests/data/crush/crushmap-24osd.bin");
+pub(super) const MAP: &[u8] = include_bytes!("../../../tests/data/crush/crushmap-24osd.bin");
 
 fn all_in(n: usize) -> Vec<u32> {
     vec![0x10000; n]
