@@ -3,7 +3,9 @@
 //!
 //! Invariants: never panics and always terminates on any decoded map (a draw that lands on a missing
 //! bucket, or descends more levels than there are buckets, counts as a failed draw); all arithmetic
-//! on `r`, `x` and hashes wraps as Ceph's C does on 32 bits.
+//! on `r`, `x` and hashes wraps as Ceph's C does on 32 bits. A mapping makes at most [`DRAW_BUDGET`]
+//! bucket draws: a hostile rule (a huge replica count or try count over devices that all fail) stops
+//! there with what it has, where Ceph would spin for minutes.
 
 use super::hash::{hash32_2, hash32_3, hash32_4};
 use super::ln::crush_ln;
@@ -13,6 +15,10 @@ use super::{
 
 /// Marks a not-yet-chosen position during indep selection.
 const ITEM_UNDEF: i32 = 0x7fff_fffe;
+
+/// Bucket draws one mapping may make. Real maps need a few thousand at most (an erasure rule of 20
+/// shards with 100 tries over a 4-level hierarchy needs ~16 000).
+pub const DRAW_BUDGET: u32 = 1 << 20;
 
 /// A permutation in progress for one bucket (`crush_work_bucket`), reset when `x` changes.
 #[derive(Clone, Default)]
@@ -28,6 +34,8 @@ struct Work<'a> {
     weights: &'a [u32],
     choose_args: Option<&'a ChooseArgMap>,
     perms: Vec<Perm>,
+    /// Draws left before the mapping gives up (see [`DRAW_BUDGET`]).
+    draws_left: u32,
 }
 
 /// Parameters of one choose step that stay fixed through its recursion.
@@ -105,9 +113,22 @@ impl<'a> Work<'a> {
         b.items[s as usize]
     }
 
+    fn exhausted(&self) -> bool {
+        self.draws_left == 0
+    }
+
+    /// Count one draw; false once the budget is spent.
+    fn spend_draw(&mut self) -> bool {
+        if self.draws_left == 0 {
+            return false;
+        }
+        self.draws_left -= 1;
+        true
+    }
+
     /// `crush_bucket_choose`: one draw from bucket `b` for input `x`, replica rank `r`.
     fn bucket_choose(&mut self, b: &Bucket, x: i32, r: i32, position: usize) -> i32 {
-        if b.items.is_empty() {
+        if b.items.is_empty() || !self.spend_draw() {
             return CRUSH_ITEM_NONE;
         }
         let (xu, ru, id) = (x as u32, r as u32, b.id as u32);
@@ -235,7 +256,7 @@ impl<'a> Work<'a> {
     ) -> usize {
         let max_depth = self.map.buckets.len() + 1;
         let mut rep: i32 = if s.stable { 0 } else { outpos as i32 };
-        while rep < numrep && count > 0 {
+        while rep < numrep && count > 0 && !self.exhausted() {
             let mut ftotal: u32 = 0;
             let mut skip_rep = false;
             let mut item = 0;
@@ -258,7 +279,11 @@ impl<'a> Work<'a> {
                             && flocal >= (size >> 1)
                             && flocal > s.local_fallback_retries
                         {
-                            self.perm_choose(inb, s.x, r)
+                            if self.spend_draw() {
+                                self.perm_choose(inb, s.x, r)
+                            } else {
+                                CRUSH_ITEM_NONE
+                            }
                         } else {
                             self.bucket_choose(inb, s.x, r, outpos)
                         };
@@ -385,7 +410,7 @@ impl<'a> Work<'a> {
             }
         }
         let mut ftotal: u32 = 0;
-        while left > 0 && ftotal < tries {
+        while left > 0 && ftotal < tries && !self.exhausted() {
             for rep in outpos..endpos {
                 if out[rep] != ITEM_UNDEF {
                     continue;
@@ -510,6 +535,7 @@ impl CrushMap {
             weights,
             choose_args,
             perms: Vec::new(),
+            draws_left: DRAW_BUDGET,
         };
         let t = &self.tunables;
         // Ceph's choose_total_tries counted retries; the mapper counts tries.

@@ -99,6 +99,37 @@ fn cycles_and_dangling_items_terminate() {
 }
 
 #[test]
+fn hostile_rule_parameters_stop_at_the_draw_budget() {
+    let mut m = CrushMap::decode(MAP).unwrap();
+    let rule = m.rules[0].as_mut().unwrap();
+    // A huge replica count and try count over devices that are all out: every draw fails.
+    rule.steps.insert(
+        0,
+        RuleStep {
+            op: op::SET_CHOOSE_TRIES,
+            arg1: i32::MAX,
+            arg2: 0,
+        },
+    );
+    for s in rule
+        .steps
+        .iter_mut()
+        .filter(|s| s.op == op::CHOOSELEAF_FIRSTN)
+    {
+        s.arg1 = i32::MAX;
+    }
+    assert!(m.do_rule(0, 1, 3, &[0; 24], None).is_empty());
+    let ec = m.rules[1].as_mut().unwrap();
+    for s in ec.steps.iter_mut() {
+        if s.op == op::SET_CHOOSE_TRIES || s.op == op::SET_CHOOSELEAF_TRIES {
+            s.arg1 = i32::MAX;
+        }
+    }
+    let r = m.do_rule(1, 1, 4, &[0; 24], None);
+    assert_eq!(r, vec![CRUSH_ITEM_NONE; 4]);
+}
+
+#[test]
 fn choose_args_weights_steer_straw2() {
     let m = CrushMap::decode(MAP).unwrap();
     let host0 = m.item_id("host0").unwrap();
