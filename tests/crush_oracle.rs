@@ -6,7 +6,9 @@
 //! mapping:
 //! - `crushtool --test --show-mappings` for replicated (firstn) and indep rules, with reweights, for
 //!   x in 0..10000, NONE holes included;
-//! - `osdmaptool --test-map-pgs-dump-all` (raw, up and acting sets with primaries) for every PG;
+//! - `osdmaptool --test-map-pgs-dump-all` (raw, up and acting sets with primaries) for every PG,
+//!   also of an erasure pool (in a map a real `ceph-mon` wrote, tests/data/crush/osdmap-mon-ec.bin)
+//!   with whole hosts weighted out so that shards have no place (NONE holes);
 //! - `osdmaptool --test-map-object` for object names;
 //! - `osdmaptool --dump json` for the decoded fields.
 //!
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use msgr::rados::crush::{CrushMap, CRUSH_ITEM_NONE};
+use msgr::rados::crush::{BucketKind, CrushMap, CRUSH_ITEM_NONE};
 use msgr::rados::{OsdMap, PgId};
 
 const MAX_X: i32 = 9999;
@@ -539,4 +541,76 @@ fn object_names_map_to_the_pgs_osdmaptool_gives() {
         );
     }
     eprintln!("{} object names map as osdmaptool maps them", names.len());
+}
+
+/// `osdmaptool --adjust-crush-weight OSD:0,…` in memory: the devices weigh 0 in their (straw2)
+/// buckets and every ancestor's item weight is the sum below it again.
+fn zero_crush_weights(map: &mut CrushMap, osds: &[i32]) {
+    for b in map.buckets.iter_mut().flatten() {
+        if let BucketKind::Straw2 { item_weights } = &mut b.kind {
+            for (i, item) in b.items.iter().enumerate() {
+                if osds.contains(item) {
+                    item_weights[i] = 0;
+                }
+            }
+        }
+    }
+    for _ in 0..map.buckets.len() {
+        let weights: Vec<Option<u32>> = map
+            .buckets
+            .iter()
+            .map(|b| {
+                b.as_ref().map(|b| match &b.kind {
+                    BucketKind::Straw2 { item_weights } => item_weights.iter().sum(),
+                    _ => b.weight,
+                })
+            })
+            .collect();
+        for b in map.buckets.iter_mut().flatten() {
+            if let BucketKind::Straw2 { item_weights } = &mut b.kind {
+                for (i, &item) in b.items.iter().enumerate() {
+                    if item < 0 {
+                        if let Some(Some(w)) = weights.get((-1 - item) as usize) {
+                            item_weights[i] = *w;
+                        }
+                    }
+                }
+                b.weight = item_weights.iter().sum();
+            }
+        }
+    }
+}
+
+#[test]
+fn erasure_pool_of_a_monitor_written_map() {
+    let dir = TempDir::new("mon-ec");
+    let path = dir.path("osdmap");
+    std::fs::write(&path, include_bytes!("data/crush/osdmap-mon-ec.bin")).unwrap();
+    let mut map = OsdMap::decode(&std::fs::read(&path).unwrap()).unwrap();
+    compare_dump(&path, &map);
+    let ec = map.pool_id("ecpool").unwrap();
+    assert!(map.pool(ec).unwrap().is_erasure());
+    let mut total = 0;
+    for pool in [map.pool_id("rep").unwrap(), ec] {
+        total += compare_pgs(&path, &map, pool, &[]).0;
+    }
+    // Hosts 0-2 (osd.0-11) weighted out of CRUSH: 5 hosts left for 6 shards.
+    let out: Vec<i32> = (0..12).collect();
+    let arg = out
+        .iter()
+        .map(|o| format!("{o}:0"))
+        .collect::<Vec<_>>()
+        .join(",");
+    zero_crush_weights(&mut map.crush, &out);
+    for pool in [map.pool_id("rep").unwrap(), ec] {
+        total += compare_pgs(&path, &map, pool, &["--adjust-crush-weight", &arg]).0;
+    }
+    let holes: usize = (0..map.pool(ec).unwrap().pg_num)
+        .map(|seed| {
+            let ua = map.pg_to_up_acting(PgId { pool: ec, seed });
+            ua.up.iter().filter(|&&o| o == CRUSH_ITEM_NONE).count()
+        })
+        .sum();
+    assert!(holes > 0, "no NONE holes to compare");
+    eprintln!("{total} PG mappings of a monitor's map equal osdmaptool's ({holes} erasure holes)");
 }
