@@ -8,7 +8,7 @@
 //! Ceph's `crush_ln_table.h` follows those definitions for every `RH` entry and every `LH` entry but the
 //! last, and for only some `LL` entries; mappings must be bit-identical to Ceph's, so the places where
 //! Ceph's shipped table departs from its definition are reproduced explicitly below
-//! ([`LH_LAST`], [`LL_SHIFT`], [`LL_UNSHIFTED`], [`LL_CEPH_VALUES`]): 212 of the 256 `LL` entries are
+//! (`LH_LAST`, `LL_SHIFT`, `LL_UNSHIFTED`, `LL_CEPH_VALUES`): 212 of the 256 `LL` entries are
 //! the definition plus a constant, 21 the definition itself, 23 follow no formula. A unit test checks
 //! both tables, entry for entry, against a SHA-256 of Ceph's shipped tables; the oracle tests
 //! (`tests/crush_oracle.rs`) compare whole straw2 mappings with Ceph's `crushtool`.

@@ -194,6 +194,8 @@ struct Inc {
     fsid: [u8; 16],
     epoch: u32,
     new_max_osd: i32,
+    /// (id, size, pg_num) of new replicated pools, encoded as pg_pool_t v7.
+    new_pools: Vec<(i64, u8, u32)>,
     new_pool_names: Vec<(i64, &'static str)>,
     old_pools: Vec<i64>,
     new_up_client: Vec<(i32, AddrVec)>,
@@ -212,6 +214,36 @@ fn put_pg(b: &mut BytesMut, pg: PgId) {
     b.put_u64_le(pg.pool);
     b.put_u32_le(pg.seed);
     b.put_i32_le(-1);
+}
+
+/// A replicated, hashpspool `pg_pool_t` in its v7 layout (rule 0, rjenkins).
+fn put_pool_v7(b: &mut BytesMut, size: u8, pg_num: u32) {
+    b.put_u8(7);
+    b.put_u8(5);
+    encode_versioned_body(b, |b| {
+        b.put_slice(&[POOL_TYPE_REPLICATED, size, 0, 2]);
+        b.put_u32_le(pg_num);
+        b.put_u32_le(pg_num); // pgp_num
+        b.put_u64_le(0); // lpg_num, lpgp_num
+        b.put_u32_le(1); // last_change
+        b.put_u64_le(0); // snap_seq
+        b.put_u32_le(0); // snap_epoch
+        b.put_u32_le(0); // snaps
+        b.put_u32_le(0); // removed_snaps
+        b.put_u64_le(0); // auid
+        b.put_u64_le(POOL_FLAG_HASHPSPOOL);
+        b.put_u32_le(0); // crash_replay_interval
+        b.put_u8(size - 1); // min_size
+    });
+}
+
+/// A `u32` length and the bytes `body` writes (the tail of a versioned envelope).
+fn encode_versioned_body(b: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    let at = b.len();
+    b.put_u32_le(0);
+    body(b);
+    let len = (b.len() - at - 4) as u32;
+    b[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 fn put_i32_u32(b: &mut BytesMut, m: &[(i32, u32)]) {
@@ -236,7 +268,11 @@ impl Inc {
                 b.put_u32_le(self.crush.len() as u32);
                 b.put_slice(&self.crush);
                 b.put_i32_le(self.new_max_osd);
-                b.put_u32_le(0); // new_pools
+                b.put_u32_le(self.new_pools.len() as u32);
+                for &(id, size, pg_num) in &self.new_pools {
+                    b.put_i64_le(id);
+                    put_pool_v7(b, size, pg_num);
+                }
                 b.put_u32_le(self.new_pool_names.len() as u32);
                 for (id, n) in &self.new_pool_names {
                     b.put_i64_le(*id);
@@ -305,7 +341,8 @@ fn incrementals_apply_in_order() {
     let inc = Inc {
         epoch: 6,
         new_max_osd: 26,
-        new_pool_names: vec![(1, "renamed")],
+        new_pools: vec![(5, 2, 12)],
+        new_pool_names: vec![(1, "renamed"), (5, "five")],
         new_up_client: vec![(25, addr.clone())],
         new_state: vec![(before.up[0], OSD_UP)], // xor: mark down
         new_weight: vec![(25, OSD_IN)],
@@ -323,6 +360,14 @@ fn incrementals_apply_in_order() {
     assert!(!m.exists(24));
     assert!(!m.is_up(before.up[0]) && m.exists(before.up[0]));
     assert_eq!(m.pool_id("renamed"), Some(1));
+    let five = m.pool(m.pool_id("five").unwrap()).unwrap();
+    assert_eq!(
+        (five.size, five.min_size, five.pg_num, five.pgp_num),
+        (2, 1, 12, 12)
+    );
+    assert_eq!((five.last_change, five.object_hash), (6, 2));
+    let ua5 = m.pg_to_up_acting(m.object_to_raw_pg(5, "x", "", "").unwrap());
+    assert_eq!(ua5.up.len(), 2);
     assert_eq!(m.primary_affinity(4), 0x8000);
     let ua = m.pg_to_up_acting(target);
     assert!(!ua.up.contains(&before.up[0]));
