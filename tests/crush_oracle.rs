@@ -9,6 +9,8 @@
 //! - `osdmaptool --test-map-pgs-dump-all` (raw, up and acting sets with primaries) for every PG,
 //!   also of an erasure pool (in a map a real `ceph-mon` wrote, tests/data/crush/osdmap-mon-ec.bin)
 //!   with whole hosts weighted out so that shards have no place (NONE holes);
+//! - device classes (shadow trees) and `choose_args` weight sets, from a map compiled with
+//!   `crushtool -c`, in `crushtool --test` and in an OSD map whose pool uses the weight set;
 //! - `osdmaptool --test-map-object` for object names;
 //! - `osdmaptool --dump json` for the decoded fields.
 //!
@@ -613,4 +615,83 @@ fn erasure_pool_of_a_monitor_written_map() {
         .sum();
     assert!(holes > 0, "no NONE holes to compare");
     eprintln!("{total} PG mappings of a monitor's map equal osdmaptool's ({holes} erasure holes)");
+}
+
+/// The 32-OSD rack map with device classes (every third OSD `ssd`, the rest `hdd`), a firstn rule
+/// over the ssd shadow tree, an indep rule over the hdd one, and a two-position weight set for
+/// host0 under choose_args key 1 (pool 1): compiled by `crushtool -c` from the decompiled text.
+fn classes_and_choose_args_map(dir: &TempDir) -> PathBuf {
+    let built = build_crush(
+        dir,
+        "classes.base",
+        32,
+        &[
+            ("host", "straw2", 4),
+            ("rack", "straw2", 2),
+            ("root", "straw2", 0),
+        ],
+    );
+    let text = tool("crushtool", &["-d", p(&built)]);
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str(line);
+        if let Some(rest) = line.strip_prefix("device ") {
+            let id: u32 = rest.split(' ').next().unwrap().parse().unwrap();
+            out.push_str(if id % 3 == 0 {
+                " class ssd"
+            } else {
+                " class hdd"
+            });
+        }
+        out.push('\n');
+    }
+    let extra = "rule ssd_rule {\n id 1\n type replicated\n min_size 1\n max_size 10\n \
+                 step take root class ssd\n step chooseleaf firstn 0 type host\n step emit\n}\n\
+                 rule hdd_indep {\n id 2\n type erasure\n min_size 1\n max_size 10\n \
+                 step take root class hdd\n step chooseleaf indep 0 type rack\n step emit\n}\n\
+                 choose_args 1 {\n {\n bucket_id -1\n weight_set [\n \
+                 [ 3.000 1.000 0.500 0.000 ]\n [ 1.000 1.000 2.000 1.000 ]\n ]\n }\n}\n";
+    let out = out.replace("# end crush map", &format!("{extra}# end crush map"));
+    let src = dir.path("classes.txt");
+    std::fs::write(&src, out).unwrap();
+    let compiled = dir.path("classes.crush");
+    tool("crushtool", &["-c", p(&src), "-o", p(&compiled)]);
+    compiled
+}
+
+#[test]
+fn device_classes_and_choose_args_map_as_ceph_maps_them() {
+    let dir = TempDir::new("classes");
+    let path = classes_and_choose_args_map(&dir);
+    let crush = CrushMap::decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(crush.class_map.iter().filter(|(&d, _)| d >= 0).count(), 32);
+    assert_eq!(crush.class_names.len(), 2);
+    assert_eq!(
+        crush.class_buckets.len(),
+        13,
+        "a shadow bucket per class for every bucket"
+    );
+    assert_eq!(crush.choose_args.get(&1).map(|a| a.len()), Some(1));
+    let mut total = 0;
+    for (rule, reps) in [("ssd_rule", 3), ("hdd_indep", 4)] {
+        let id = crush.rule_id(rule).unwrap();
+        total += compare_crush(&path, &crush, id, reps, &[]);
+        total += compare_crush(&path, &crush, id, reps, &[(3, "0"), (4, "0.5")]);
+    }
+    // Pool 1 maps with choose_args 1 (its own weight set).
+    let map_path = build_osdmap(&dir, "classes.osdmap", &path, 32, 3, 3);
+    let map = OsdMap::decode(&std::fs::read(&map_path).unwrap()).unwrap();
+    assert!(map.crush.choose_args_for(1).is_some());
+    let (n, _) = compare_pgs(&map_path, &map, 1, &[]);
+    // The weight set matters: without it some PGs map elsewhere.
+    let mut plain = map.clone();
+    plain.crush.choose_args.clear();
+    let moved = (0..n as u32)
+        .filter(|&seed| {
+            let pg = PgId { pool: 1, seed };
+            plain.pg_to_up_acting(pg).up != map.pg_to_up_acting(pg).up
+        })
+        .count();
+    assert!(moved > 0, "the weight set changed no placement");
+    eprintln!("{total} class-rule CRUSH mappings and {n} PGs with a weight set equal Ceph's");
 }
