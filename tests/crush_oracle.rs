@@ -770,10 +770,11 @@ fn monitor_incrementals_rebuild_the_monitors_full_map() {
     let incs: Vec<OsdMapIncremental> = (1..=18)
         .map(|e| OsdMapIncremental::decode(&mon_file(&format!("inc_{e}"))).unwrap())
         .collect();
-    let any = |f: &dyn Fn(&OsdMapIncremental) -> bool| incs.iter().any(f);
+    let any = |f: Check| incs.iter().any(f);
     // (The monitor drops pg_temp / primary_temp / upmap items naming OSDs that are down or redundant
     // before it commits, so those arrive as removals here; the unit tests cover setting them.)
-    let kinds: [(&str, &dyn Fn(&OsdMapIncremental) -> bool); 11] = [
+    type Check<'a> = &'a dyn Fn(&OsdMapIncremental) -> bool;
+    let kinds: [(&str, Check); 11] = [
         ("a full map", &|i| !i.fullmap.is_empty()),
         ("a new CRUSH map", &|i| !i.crush.is_empty()),
         ("new pools", &|i| !i.new_pools.is_empty()),
