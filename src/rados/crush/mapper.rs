@@ -546,9 +546,14 @@ impl CrushMap {
         let mut vary_r = u32::from(t.chooseleaf_vary_r);
         let mut stable = u32::from(t.chooseleaf_stable);
 
-        let mut w: Vec<i32> = Vec::with_capacity(result_max);
-        let mut o = vec![0i32; result_max];
-        let mut c = vec![0i32; result_max];
+        // The working set and the two output buffers live on the stack (3 KiB): no allocation
+        // per mapping but the result.
+        let mut w_buf = [0i32; MAX_RESULT];
+        let mut w_len = 0usize;
+        let mut o_buf = [0i32; MAX_RESULT];
+        let mut c_buf = [0i32; MAX_RESULT];
+        let o = &mut o_buf[..result_max];
+        let c = &mut c_buf[..result_max];
 
         for step in &rule.steps {
             let (a1, a2) = (step.arg1, step.arg2);
@@ -560,8 +565,8 @@ impl CrushMap {
                         self.bucket(a1).is_some()
                     };
                     if valid {
-                        w.clear();
-                        w.push(a1);
+                        w_buf[0] = a1;
+                        w_len = 1;
                     }
                 }
                 op::SET_CHOOSE_TRIES if a1 > 0 => choose_tries = a1 as u32,
@@ -576,14 +581,14 @@ impl CrushMap {
                 | op::CHOOSELEAF_FIRSTN
                 | op::CHOOSE_INDEP
                 | op::CHOOSELEAF_INDEP => {
-                    if w.is_empty() {
+                    if w_len == 0 {
                         continue;
                     }
                     let firstn = matches!(step.op, op::CHOOSE_FIRSTN | op::CHOOSELEAF_FIRSTN);
                     let recurse_to_leaf =
                         matches!(step.op, op::CHOOSELEAF_FIRSTN | op::CHOOSELEAF_INDEP);
                     let mut osize = 0usize;
-                    for &wi in &w {
+                    for &wi in &w_buf[..w_len] {
                         let mut numrep = a1;
                         if numrep <= 0 {
                             numrep = numrep.saturating_add(result_max as i32);
@@ -651,17 +656,17 @@ impl CrushMap {
                     if recurse_to_leaf {
                         o[..osize].copy_from_slice(&c[..osize]);
                     }
-                    w.clear();
-                    w.extend_from_slice(&o[..osize]);
+                    w_buf[..osize].copy_from_slice(&o[..osize]);
+                    w_len = osize;
                 }
                 op::EMIT => {
-                    for &item in &w {
+                    for &item in &w_buf[..w_len] {
                         if result.len() >= result_max {
                             break;
                         }
                         result.push(item);
                     }
-                    w.clear();
+                    w_len = 0;
                 }
                 _ => {}
             }
