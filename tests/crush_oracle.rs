@@ -9,6 +9,9 @@
 //! - `osdmaptool --test-map-pgs-dump-all` (raw, up and acting sets with primaries) for every PG,
 //!   also of an erasure pool (in a map a real `ceph-mon` wrote, tests/data/crush/osdmap-mon-ec.bin)
 //!   with whole hosts weighted out so that shards have no place (NONE holes);
+//! - multi-step rules (`choose firstn` then `chooseleaf`, `choose indep` down to devices), rules with
+//!   `set_*` steps (local retries, the exhaustive fallback, vary_r and stable off), and the legacy
+//!   (argonaut) tunables set with `crushtool --set-*`;
 //! - device classes (shadow trees) and `choose_args` weight sets, from a map compiled with
 //!   `crushtool -c`, in `crushtool --test` and in an OSD map whose pool uses the weight set;
 //! - `osdmaptool --test-map-object` for object names;
@@ -801,4 +804,103 @@ fn monitor_incrementals_rebuild_the_monitors_full_map() {
     assert_eq!(want.pool_id("repl"), Some(1));
     assert_eq!(want.max_osd(), 20);
     eprintln!("18 monitor incrementals rebuild the monitor's epoch-18 map");
+}
+
+/// Rules beyond what `--create-simple-rule` makes, appended to a decompiled map's text.
+const EXTRA_RULES: &str = "rule two_racks {\n id 3\n type replicated\n min_size 1\n max_size 10\n \
+    step take root\n step choose firstn 2 type rack\n step chooseleaf firstn 2 type host\n step emit\n}\n\
+    rule choose_indep_osds {\n id 4\n type erasure\n min_size 1\n max_size 10\n step take root\n \
+    step choose indep 3 type host\n step choose indep 1 type osd\n step emit\n}\n\
+    rule legacy_steps {\n id 5\n type replicated\n min_size 1\n max_size 10\n \
+    step set_choose_local_tries 2\n step set_choose_local_fallback_tries 5\n \
+    step set_chooseleaf_vary_r 0\n step set_chooseleaf_stable 0\n step take root\n \
+    step chooseleaf firstn 0 type host\n step emit\n}\n";
+
+#[test]
+fn multi_step_rules_and_legacy_tunables() {
+    let dir = TempDir::new("steps");
+    let built = build_crush(
+        &dir,
+        "steps.base",
+        64,
+        &[
+            ("host", "straw2", 4),
+            ("rack", "straw2", 4),
+            ("root", "straw2", 0),
+        ],
+    );
+    let text = tool("crushtool", &["-d", p(&built)]);
+    let src = dir.path("steps.txt");
+    std::fs::write(
+        &src,
+        text.replace("# end crush map", &format!("{EXTRA_RULES}# end crush map")),
+    )
+    .unwrap();
+    let jewel = dir.path("steps.crush");
+    tool("crushtool", &["-c", p(&src), "-o", p(&jewel)]);
+    let legacy = dir.path("steps.legacy");
+    tool(
+        "crushtool",
+        &[
+            "-i",
+            p(&jewel),
+            "--set-choose-local-tries",
+            "2",
+            "--set-choose-local-fallback-tries",
+            "5",
+            "--set-choose-total-tries",
+            "19",
+            "--set-chooseleaf-descend-once",
+            "0",
+            "--set-chooseleaf-vary-r",
+            "0",
+            "--set-chooseleaf-stable",
+            "0",
+            "-o",
+            p(&legacy),
+        ],
+    );
+    let mut total = 0;
+    for path in [&jewel, &legacy] {
+        let map = CrushMap::decode(&std::fs::read(path).unwrap()).unwrap();
+        eprintln!("{} tunables {:?}:", path.display(), map.tunables);
+        let rw: &[(i32, &str)] = &[(1, "0"), (6, "0.5"), (17, "0"), (18, "0"), (19, "0")];
+        for (rule, reps) in [
+            ("two_racks", 4),
+            ("choose_indep_osds", 3),
+            ("legacy_steps", 3),
+            ("replicated_rule", 3),
+        ] {
+            let id = map.rule_id(rule).unwrap();
+            total += compare_crush(path, &map, id, reps, &[]);
+            total += compare_crush(path, &map, id, reps, rw);
+        }
+    }
+    let legacy_map = CrushMap::decode(&std::fs::read(&legacy).unwrap()).unwrap();
+    let (t, l) = (legacy_map.tunables, msgr::rados::crush::Tunables::legacy());
+    assert_eq!(
+        (
+            t.choose_local_tries,
+            t.choose_local_fallback_tries,
+            t.choose_total_tries
+        ),
+        (
+            l.choose_local_tries,
+            l.choose_local_fallback_tries,
+            l.choose_total_tries
+        )
+    );
+    assert_eq!(
+        (
+            t.chooseleaf_descend_once,
+            t.chooseleaf_vary_r,
+            t.chooseleaf_stable
+        ),
+        (
+            l.chooseleaf_descend_once,
+            l.chooseleaf_vary_r,
+            l.chooseleaf_stable
+        )
+    );
+    eprintln!("{total} mappings of multi-step rules and legacy tunables equal crushtool's");
 }
