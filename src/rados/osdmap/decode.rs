@@ -273,7 +273,8 @@ fn decode_client_part(v: u8, d: &mut Decoder<'_>) -> Result<OsdMap, DecodeError>
             .collect()
     };
     let osd_weight = d.vec_u32("osd_weight")?;
-    let n = d.count(1, "client_addrs")?;
+    // The shortest entity_addrvec_t is a marker and an empty count.
+    let n = d.count(5, "client_addrs")?;
     let mut osd_addrs = Vec::with_capacity(n);
     for _ in 0..n {
         osd_addrs.push(d.decode::<AddrVec>()?);
