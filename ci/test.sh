@@ -16,6 +16,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #   sockperf, iperf3      — the tools scripts/compare.sh runs beside `msgr bench` (the comparison itself
 #                           is not run here: it measures, it does not gate).
 APT_PACKAGES=(ceph-mon ceph-common ceph-osd fio sockperf iperf3)
+#   ceph-base             — crushtool and osdmaptool, the oracles of tests/crush_oracle.rs (CRUSH and
+#                           OSDMap placement); the test fails without them.
+APT_PACKAGES+=(ceph-base)
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 if [[ "${CI:-}" == "true" ]]; then

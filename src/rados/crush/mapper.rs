@@ -3,7 +3,9 @@
 //!
 //! Invariants: never panics and always terminates on any decoded map (a draw that lands on a missing
 //! bucket, or descends more levels than there are buckets, counts as a failed draw); all arithmetic
-//! on `r`, `x` and hashes wraps as Ceph's C does on 32 bits.
+//! on `r`, `x` and hashes wraps as Ceph's C does on 32 bits. A mapping makes at most [`DRAW_BUDGET`]
+//! bucket draws: a hostile rule (a huge replica count or try count over devices that all fail) stops
+//! there with what it has, where Ceph would spin for minutes.
 
 use super::hash::{hash32_2, hash32_3, hash32_4};
 use super::ln::crush_ln;
@@ -13,6 +15,10 @@ use super::{
 
 /// Marks a not-yet-chosen position during indep selection.
 const ITEM_UNDEF: i32 = 0x7fff_fffe;
+
+/// Bucket draws one mapping may make. Real maps need a few thousand at most (an erasure rule of 20
+/// shards with 100 tries over a 4-level hierarchy needs ~16 000).
+pub const DRAW_BUDGET: u32 = 1 << 20;
 
 /// A permutation in progress for one bucket (`crush_work_bucket`), reset when `x` changes.
 #[derive(Clone, Default)]
@@ -28,6 +34,8 @@ struct Work<'a> {
     weights: &'a [u32],
     choose_args: Option<&'a ChooseArgMap>,
     perms: Vec<Perm>,
+    /// Draws left before the mapping gives up (see [`DRAW_BUDGET`]).
+    draws_left: u32,
 }
 
 /// Parameters of one choose step that stay fixed through its recursion.
@@ -105,9 +113,22 @@ impl<'a> Work<'a> {
         b.items[s as usize]
     }
 
+    fn exhausted(&self) -> bool {
+        self.draws_left == 0
+    }
+
+    /// Count one draw; false once the budget is spent.
+    fn spend_draw(&mut self) -> bool {
+        if self.draws_left == 0 {
+            return false;
+        }
+        self.draws_left -= 1;
+        true
+    }
+
     /// `crush_bucket_choose`: one draw from bucket `b` for input `x`, replica rank `r`.
     fn bucket_choose(&mut self, b: &Bucket, x: i32, r: i32, position: usize) -> i32 {
-        if b.items.is_empty() {
+        if b.items.is_empty() || !self.spend_draw() {
             return CRUSH_ITEM_NONE;
         }
         let (xu, ru, id) = (x as u32, r as u32, b.id as u32);
@@ -235,7 +256,7 @@ impl<'a> Work<'a> {
     ) -> usize {
         let max_depth = self.map.buckets.len() + 1;
         let mut rep: i32 = if s.stable { 0 } else { outpos as i32 };
-        while rep < numrep && count > 0 {
+        while rep < numrep && count > 0 && !self.exhausted() {
             let mut ftotal: u32 = 0;
             let mut skip_rep = false;
             let mut item = 0;
@@ -258,7 +279,11 @@ impl<'a> Work<'a> {
                             && flocal >= (size >> 1)
                             && flocal > s.local_fallback_retries
                         {
-                            self.perm_choose(inb, s.x, r)
+                            if self.spend_draw() {
+                                self.perm_choose(inb, s.x, r)
+                            } else {
+                                CRUSH_ITEM_NONE
+                            }
                         } else {
                             self.bucket_choose(inb, s.x, r, outpos)
                         };
@@ -328,11 +353,12 @@ impl<'a> Work<'a> {
                         ftotal += 1;
                         flocal += 1;
                         let size = inb.items.len() as u32;
-                        if collide && flocal <= s.local_retries {
-                            retry_bucket = true;
-                        } else if s.local_fallback_retries > 0
-                            && flocal <= size.saturating_add(s.local_fallback_retries)
-                        {
+                        // First retry locally (collisions), then an exhaustive search of this
+                        // bucket (fallback), then a new descent from the top.
+                        let local = collide && flocal <= s.local_retries;
+                        let fallback = s.local_fallback_retries > 0
+                            && flocal <= size.saturating_add(s.local_fallback_retries);
+                        if local || fallback {
                             retry_bucket = true;
                         } else if ftotal < tries {
                             continue 'descent;
@@ -384,7 +410,7 @@ impl<'a> Work<'a> {
             }
         }
         let mut ftotal: u32 = 0;
-        while left > 0 && ftotal < tries {
+        while left > 0 && ftotal < tries && !self.exhausted() {
             for rep in outpos..endpos {
                 if out[rep] != ITEM_UNDEF {
                     continue;
@@ -509,6 +535,7 @@ impl CrushMap {
             weights,
             choose_args,
             perms: Vec::new(),
+            draws_left: DRAW_BUDGET,
         };
         let t = &self.tunables;
         // Ceph's choose_total_tries counted retries; the mapper counts tries.
@@ -519,9 +546,14 @@ impl CrushMap {
         let mut vary_r = u32::from(t.chooseleaf_vary_r);
         let mut stable = u32::from(t.chooseleaf_stable);
 
-        let mut w: Vec<i32> = Vec::with_capacity(result_max);
-        let mut o = vec![0i32; result_max];
-        let mut c = vec![0i32; result_max];
+        // The working set and the two output buffers live on the stack (3 KiB): no allocation
+        // per mapping but the result.
+        let mut w_buf = [0i32; MAX_RESULT];
+        let mut w_len = 0usize;
+        let mut o_buf = [0i32; MAX_RESULT];
+        let mut c_buf = [0i32; MAX_RESULT];
+        let o = &mut o_buf[..result_max];
+        let c = &mut c_buf[..result_max];
 
         for step in &rule.steps {
             let (a1, a2) = (step.arg1, step.arg2);
@@ -533,8 +565,8 @@ impl CrushMap {
                         self.bucket(a1).is_some()
                     };
                     if valid {
-                        w.clear();
-                        w.push(a1);
+                        w_buf[0] = a1;
+                        w_len = 1;
                     }
                 }
                 op::SET_CHOOSE_TRIES if a1 > 0 => choose_tries = a1 as u32,
@@ -549,14 +581,14 @@ impl CrushMap {
                 | op::CHOOSELEAF_FIRSTN
                 | op::CHOOSE_INDEP
                 | op::CHOOSELEAF_INDEP => {
-                    if w.is_empty() {
+                    if w_len == 0 {
                         continue;
                     }
                     let firstn = matches!(step.op, op::CHOOSE_FIRSTN | op::CHOOSELEAF_FIRSTN);
                     let recurse_to_leaf =
                         matches!(step.op, op::CHOOSELEAF_FIRSTN | op::CHOOSELEAF_INDEP);
                     let mut osize = 0usize;
-                    for &wi in &w {
+                    for &wi in &w_buf[..w_len] {
                         let mut numrep = a1;
                         if numrep <= 0 {
                             numrep = numrep.saturating_add(result_max as i32);
@@ -624,17 +656,17 @@ impl CrushMap {
                     if recurse_to_leaf {
                         o[..osize].copy_from_slice(&c[..osize]);
                     }
-                    w.clear();
-                    w.extend_from_slice(&o[..osize]);
+                    w_buf[..osize].copy_from_slice(&o[..osize]);
+                    w_len = osize;
                 }
                 op::EMIT => {
-                    for &item in &w {
+                    for &item in &w_buf[..w_len] {
                         if result.len() >= result_max {
                             break;
                         }
                         result.push(item);
                     }
-                    w.clear();
+                    w_len = 0;
                 }
                 _ => {}
             }

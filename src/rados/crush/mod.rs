@@ -570,3 +570,9 @@ fn decode_map(d: &mut Decoder<'_>) -> Result<CrushMap, DecodeError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The crushtool map of tests/data/crush (for unit tests elsewhere in `rados`).
+#[cfg(test)]
+pub(crate) fn tests_map() -> &'static [u8] {
+    tests::MAP
+}

@@ -273,23 +273,22 @@ fn decode_client_part(v: u8, d: &mut Decoder<'_>) -> Result<OsdMap, DecodeError>
             .collect()
     };
     let osd_weight = d.vec_u32("osd_weight")?;
-    let n = d.count(1, "client_addrs")?;
+    // The shortest entity_addrvec_t is a marker and an empty count.
+    let n = d.count(5, "client_addrs")?;
     let mut osd_addrs = Vec::with_capacity(n);
     for _ in 0..n {
         osd_addrs.push(d.decode::<AddrVec>()?);
     }
     let pg_temp = decode_pg_i32_vec_map(d, "pg_temp")?;
     let primary_temp = decode_pg_i32_map(d, "primary_temp")?;
+    // Empty means every OSD has the default affinity; a short vector is padded with the default.
     let mut primary_affinity = if v >= 2 {
         d.vec_u32("osd_primary_affinity")?
     } else {
         Vec::new()
     };
-    if primary_affinity.len() < max_osd {
-        // Ceph keeps a short vector as "all default" only when empty; pad defensively.
-        if !primary_affinity.is_empty() {
-            primary_affinity.resize(max_osd, super::DEFAULT_PRIMARY_AFFINITY);
-        }
+    if !primary_affinity.is_empty() && primary_affinity.len() < max_osd {
+        primary_affinity.resize(max_osd, super::DEFAULT_PRIMARY_AFFINITY);
     }
     let crush = CrushMap::decode(d.len_prefixed("crush")?)?;
     if v >= 3 {

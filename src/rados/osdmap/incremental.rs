@@ -6,7 +6,10 @@ use super::decode::{
     decode_pg_i32_map, decode_pg_i32_vec_map, decode_pg_set, decode_pool_id, decode_pool_names,
     decode_pools, decode_upmap_items, skip_profiles,
 };
-use super::{OsdMap, PgId, PgPool, DEFAULT_PRIMARY_AFFINITY, MAX_OSD, OSD_EXISTS, OSD_UP};
+use super::{
+    OsdMap, PgId, PgPool, DEFAULT_PRIMARY_AFFINITY, MAX_OSD, OSD_AUTOOUT, OSD_EXISTS, OSD_NEW,
+    OSD_UP,
+};
 use crate::msgs::{decode_string_vec, Uuid};
 use crate::proto::crc::ceph_crc32c;
 use crate::proto::denc::{DecodeError, Decoder};
@@ -244,6 +247,11 @@ impl OsdMap {
         }
         for (&osd, &w) in &inc.new_weight {
             m.set_weight(osd, w);
+            if w != 0 {
+                // Marked in: no longer new or automatically out.
+                let s = m.osd_state(osd);
+                m.set_state(osd, s & !(OSD_AUTOOUT | OSD_NEW));
+            }
         }
         for (&osd, &a) in &inc.new_primary_affinity {
             m.set_primary_affinity(osd, a);

@@ -25,9 +25,11 @@ use crate::rados::crush::{CrushMap, CRUSH_ITEM_NONE};
 /// The largest `max_osd` accepted (Ceph's own default limit is 10 000).
 pub const MAX_OSD: usize = 1 << 20;
 
-/// `CEPH_OSD_EXISTS` / `CEPH_OSD_UP` state bits.
+/// `CEPH_OSD_*` state bits.
 pub const OSD_EXISTS: u32 = 1;
 pub const OSD_UP: u32 = 2;
+pub const OSD_AUTOOUT: u32 = 4;
+pub const OSD_NEW: u32 = 8;
 /// Reweight (16.16) of an OSD that is fully in / out.
 pub const OSD_IN: u32 = 0x10000;
 pub const OSD_OUT: u32 = 0;
@@ -140,7 +142,7 @@ impl PgPool {
 }
 
 /// The decoded OSD map.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OsdMap {
     pub(crate) fsid: Uuid,
     pub(crate) epoch: u32,
@@ -245,10 +247,19 @@ impl OsdMap {
         }
     }
 
-    /// Set an OSD's reweight (16.16), as `osdmaptool --mark-out` / `--mark-in` do in memory.
+    /// Set an OSD's reweight (16.16), as `osdmaptool --mark-out` / `--mark-in` do in memory. As in
+    /// Ceph, a non-zero weight also marks the OSD as existing.
     pub fn set_weight(&mut self, osd: i32, weight: u32) {
-        if let Some(w) = osd_index(osd).and_then(|i| self.osd_weight.get_mut(i)) {
+        let Some(i) = osd_index(osd) else {
+            return;
+        };
+        if let Some(w) = self.osd_weight.get_mut(i) {
             *w = weight;
+            if weight != 0 {
+                if let Some(s) = self.osd_state.get_mut(i) {
+                    *s |= OSD_EXISTS;
+                }
+            }
         }
     }
 
