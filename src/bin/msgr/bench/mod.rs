@@ -232,7 +232,7 @@ pub struct BenchArgs {
     pub svg: Option<PathBuf>,
 
     #[command(flatten)]
-    pub rados: rados::RadosBenchArgs,
+    pub rados: Box<rados::RadosBenchArgs>,
 }
 
 fn parse_positive_secs(s: &str) -> Result<f64, String> {
