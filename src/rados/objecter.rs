@@ -11,7 +11,8 @@
 //! out again on a new session, with the RETRY flag and its attempt number). An op whose PG has no
 //! primary waits for a map that gives it one. Every op has a deadline ([`ObjecterConfig::op_timeout`]),
 //! and at most [`ObjecterConfig::max_in_flight`] ops are in flight (submitting waits for room). While
-//! the map says the cluster is paused for reads or writes (`ceph osd pause`), such ops are held back.
+//! the map says the cluster is paused for reads or writes (`ceph osd pause`), such ops are held back,
+//! and so are writes to a full pool; their timeout error says why they waited.
 //!
 //! Invariants: state is behind one mutex; nothing is sent, and no completion runs, while it is held
 //! (both are collected in an [`Outbox`] and flushed after unlocking), so a completion may submit again
@@ -38,6 +39,9 @@ use crate::{AddrVec, ConnId, ConnectionRef, Dispatcher, EntityType, MessengerHan
 /// (`ceph osd pause`); the client keeps them until a map lifts the flag.
 pub const OSDMAP_PAUSERD: u32 = 1 << 2;
 pub const OSDMAP_PAUSEWR: u32 = 1 << 3;
+
+/// `pg_pool_t::FLAG_FULL`: writes to the pool wait (as Ceph's Objecter holds them) until it is not.
+pub const POOL_FLAG_FULL: u64 = 1 << 1;
 
 /// `ENOENT`, `EAGAIN` as OSDs return them (negated).
 pub const ENOENT: i32 = 2;
@@ -513,10 +517,18 @@ impl<N: NetworkStack> Objecter<N> {
         } else {
             OSDMAP_PAUSERD
         };
-        if map.flags & pause != 0 {
+        let full = o.req.is_write()
+            && map
+                .pool(o.req.pool)
+                .is_some_and(|p| p.has_flag(POOL_FLAG_FULL));
+        if map.flags & pause != 0 || full {
             let o = st.ops.get_mut(&tid).expect("op present");
             o.conn = None;
-            o.why_waiting = format!("the cluster is paused (osd map epoch {epoch})");
+            o.why_waiting = if full {
+                format!("pool {} is full (osd map epoch {epoch})", o.req.pool)
+            } else {
+                format!("the cluster is paused (osd map epoch {epoch})")
+            };
             return;
         }
         let target = match Self::calc_target(map, &o.req) {

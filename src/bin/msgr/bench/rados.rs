@@ -117,7 +117,16 @@ impl RadosConnArgs {
     }
 
     pub fn connect(&self) -> Result<Rados<PosixStack>, ConnError> {
-        let cfg = self.config()?;
+        self.connect_with(|_| {})
+    }
+
+    /// As [`connect`](Self::connect), after `edit` adjusts the configuration.
+    pub fn connect_with(
+        &self,
+        edit: impl FnOnce(&mut RadosConfig),
+    ) -> Result<Rados<PosixStack>, ConnError> {
+        let mut cfg = self.config()?;
+        edit(&mut cfg);
         Rados::connect(|| Ok(PosixStack::new()), cfg).map_err(|e| ConnError::fail(e.to_string()))
     }
 }
@@ -309,13 +318,16 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Vec<PhaseResult>, Be
         con_mode: Some(args.con_mode.name().to_string()),
         timeout: 30.0,
     };
-    let rados = conn.connect().map_err(|e| {
-        if e.usage {
-            BenchError::Usage(e.message)
-        } else {
-            BenchError::Failed(e.message)
-        }
-    })?;
+    let workers = usize::try_from(args.workers).unwrap_or(1);
+    let rados = conn
+        .connect_with(|cfg| cfg.workers = workers)
+        .map_err(|e| {
+            if e.usage {
+                BenchError::Usage(e.message)
+            } else {
+                BenchError::Failed(e.message)
+            }
+        })?;
     let pool = rados
         .pool_id(&args.rados.pool)
         .map_err(|e| BenchError::Failed(e.to_string()))?;
