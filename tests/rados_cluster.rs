@@ -352,6 +352,55 @@ fn bad_input(c: &Cluster, r: &Rados<PosixStack>, pool: u64) {
     );
 }
 
+/// `msgr rados` put/stat/get/ls/rm as a user runs it, and its errors and exit statuses.
+fn cli(c: &Cluster) {
+    let msgr = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .args(["60", env!("CARGO_BIN_EXE_msgr"), "rados"])
+            .args(args)
+            .output()
+            .expect("run msgr rados");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mon = c.env("MON_HOST").to_owned();
+    let base = ["--mon-host", mon.as_str(), "-p", "test"];
+    let src = c.dir.join("cli.in");
+    let dst = c.dir.join("cli.out");
+    let data = pattern(300_000, 42);
+    std::fs::write(&src, &data).unwrap();
+    let run = |extra: &[&str]| msgr(&[&base[..], extra].concat());
+    let (code, _, err) = run(&["put", "cli-obj", src.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "put: {err}");
+    let (code, out, err) = run(&["stat", "cli-obj"]);
+    assert_eq!(code, Some(0), "stat: {err}");
+    assert!(
+        out.contains("test/cli-obj") && out.contains("size 300000"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["get", "cli-obj", dst.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "get: {err}");
+    assert!(std::fs::read(&dst).unwrap() == data[..]);
+    let (code, out, err) = run(&["ls"]);
+    assert_eq!(code, Some(0), "ls: {err}");
+    assert!(out.lines().any(|l| l == "cli-obj"), "{out}");
+    let (code, _, err) = run(&["rm", "cli-obj"]);
+    assert_eq!(code, Some(0), "rm: {err}");
+    let (code, _, err) = run(&["stat", "cli-obj"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not exist"), "{err}");
+    let (code, _, err) = msgr(&["--mon-host", &mon, "-p", "nope", "stat", "x"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("pool nope does not exist"), "{err}");
+    let (code, _, err) = msgr(&["-p", "test", "stat", "x"]);
+    assert_eq!(code, Some(2), "no --mon-host: {err}");
+    let (code, _, err) = run(&["put", "x"]);
+    assert_eq!(code, Some(2), "put without FILE: {err}");
+}
+
 /// A dead monitor listed first does not stop a client from connecting; a lost monitor session is
 /// hunted again and the osdmap subscription resumes after the epoch held (later maps still arrive).
 fn hunting_and_resubscribe(c: &Cluster, r: &Rados<PosixStack>, pool: u64) {
@@ -624,6 +673,7 @@ fn auth_none_cluster() {
     eprintln!("bad input: {:?}", t.elapsed());
 
     hunting_and_resubscribe(&c, &r, pool);
+    cli(&c);
 
     // An op that cannot complete (the cluster paused) ends with TimedOut at its deadline.
     c.ceph(&["osd", "pause"]);

@@ -1121,6 +1121,40 @@ mod tests {
         assert!(PgNlsResponse::decode(&b[..b.len() - 1]).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a peer sends, decoding returns a value or an error, never a panic.
+        #[test]
+        fn prop_hostile_bytes_never_panic(
+            front in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            version in 0u16..10,
+        ) {
+            let front = Bytes::from(front);
+            let data = Bytes::from(data);
+            for t in [MSG_OSD_OP, MSG_OSD_OPREPLY, MSG_OSD_MAP] {
+                let m = Message::new(t, front.clone()).with_version(version, 1).with_data(data.clone());
+                let _ = MOSDOp::from_message(&m);
+                let _ = MOSDOpReply::from_message(&m);
+                let _ = MOSDMap::from_message(&m);
+            }
+            let _ = PgNlsResponse::decode(&front);
+            let _ = decode_omap_vals(&front);
+            let _ = decode_stat(&front);
+        }
+
+        /// A captured reply with one byte changed still decodes or errs, never panics.
+        #[test]
+        fn prop_mutated_capture_never_panics(at in 0usize..148, byte in proptest::prelude::any::<u8>()) {
+            let (_, m) = captured_message(OSD_S2C);
+            let mut front = m.front.to_vec();
+            let at = at % front.len();
+            front[at] = byte;
+            let mut cut = m.clone();
+            cut.front = Bytes::from(front);
+            let _ = MOSDOpReply::from_message(&cut);
+        }
+    }
+
     #[test]
     fn osd_map_counts_beyond_input_are_refused() {
         let mut b = BytesMut::new();
