@@ -717,6 +717,7 @@ fn cephx_secure_to_mon_and_osds() {
         .connect(|cfg| {
             cfg.auth = auth::cephx_client_from_keyring(&keyring, "client.admin").unwrap();
             cfg.con_modes = ConModes::all(&[CON_MODE_SECURE]);
+            cfg.mon.renew_session_after = Some(Duration::from_secs(3));
         })
         .expect("connect with cephx");
     let pool = r.pool_id("test").unwrap();
@@ -741,8 +742,27 @@ fn cephx_secure_to_mon_and_osds() {
             "osd.{osd} session mode"
         );
     }
+    // The monitor session renews itself (fresh tickets); OSD sessions opened after it still authenticate.
+    let end = Instant::now() + Duration::from_secs(15);
+    while r.monc().sessions() < 2 || r.monc().active().is_none() {
+        assert!(
+            Instant::now() < end,
+            "no renewed monitor session within 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (_, conn) in r.objecter().osd_sessions() {
+        conn.mark_down();
+    }
     for i in 0..8 {
         r.remove(pool, &format!("secure-{i}")).unwrap();
+    }
+    for (osd, conn) in r.objecter().osd_sessions() {
+        assert_eq!(
+            conn.peer().con_mode,
+            CON_MODE_SECURE,
+            "osd.{osd} after renewal"
+        );
     }
     drop(r);
 

@@ -49,8 +49,11 @@ pub struct RadosConfig {
 
 impl RadosConfig {
     pub fn new(mon_addrs: Vec<AddrVec>) -> Self {
+        let mut mon = MonClientConfig::new(mon_addrs);
+        // Well inside cephx's default ticket lifetime (an hour).
+        mon.renew_session_after = Some(Duration::from_secs(30 * 60));
         RadosConfig {
-            mon: MonClientConfig::new(mon_addrs),
+            mon,
             name: AuthEntityName::new(entity_type::CLIENT, "admin"),
             auth: ClientAuth::none(),
             con_modes: ConModes::default(),

@@ -37,6 +37,10 @@ pub struct MonClientConfig {
     /// The interval grows by this factor per fruitless round, to at most 10× (Ceph's
     /// `mon_client_hunt_interval_backoff` and `_max_multiple`).
     pub hunt_backoff: f64,
+    /// Start a new monitor session this long after the current one began, so that authentication
+    /// runs again and the service tickets (cephx: the OSD ticket, one hour by default in Ceph) are
+    /// fresh; new OSD sessions present the new ones. None: keep a session as long as it lasts.
+    pub renew_session_after: Option<Duration>,
 }
 
 impl MonClientConfig {
@@ -46,6 +50,7 @@ impl MonClientConfig {
             hunt_parallel: 3,
             hunt_interval: Duration::from_secs(3),
             hunt_backoff: 1.5,
+            renew_session_after: None,
         }
     }
 }
@@ -60,6 +65,8 @@ struct State {
     /// Connections opened by the current hunt round.
     hunting: Vec<ConnectionRef>,
     round_started: Option<Instant>,
+    /// When the active session began.
+    active_since: Option<Instant>,
     /// Fruitless rounds in a row (for the back-off).
     failed_rounds: u32,
     /// Next index into the shuffled monitor order.
@@ -210,6 +217,17 @@ impl<N: NetworkStack> MonClient<N> {
         if st.stopped {
             return;
         }
+        let renew = self
+            .cfg
+            .renew_session_after
+            .zip(st.active_since)
+            .is_some_and(|(after, since)| since.elapsed() >= after);
+        if renew {
+            if let Some(c) = &st.active {
+                tracing::info!("monc: renewing the monitor session (fresh tickets)");
+                c.mark_down();
+            }
+        }
         if st.active.as_ref().is_some_and(ConnectionRef::is_closed) {
             // Closed without a reset reaching us (marked down): hunt as after a reset.
             tracing::info!("monc: monitor session closed; hunting");
@@ -326,6 +344,7 @@ impl<N: NetworkStack> Dispatcher for MonClient<N> {
         st.active = Some(conn.clone());
         st.failed_rounds = 0;
         st.sessions += 1;
+        st.active_since = Some(Instant::now());
         tracing::info!(
             "monc: session with {} (global_id {})",
             peer.addrs,
