@@ -67,6 +67,9 @@ impl RadosConfig {
 
 /// Objects listed per `pgnls` round trip.
 const LIST_CHUNK: u64 = 1024;
+/// KEEPALIVE2 period on every session, and how long a session may hear nothing before it is reset.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const SILENT_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Timer period: hunting, resends, op deadlines.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -88,6 +91,10 @@ fn messenger_config(cfg: &RadosConfig, gid: i64, prefix: &str) -> MessengerConfi
     p.con_modes = cfg.con_modes.clone();
     p.max_frame_len = cfg.max_frame_len;
     p.handshake_timeout = cfg.mon.hunt_interval.max(Duration::from_secs(5));
+    // As Ceph's MonClient pings its monitor (mon_client_ping_interval / _timeout) and the Objecter its
+    // OSDs: a peer that went silent (no reset seen) is given up, and what waited on it goes elsewhere.
+    p.keepalive_interval = Some(KEEPALIVE_INTERVAL);
+    p.idle_timeout = Some(SILENT_PEER_TIMEOUT);
     let mut mc = MessengerConfig::new(p);
     mc.workers.threads = cfg.workers.max(1);
     mc.workers.pin_cores = false;
