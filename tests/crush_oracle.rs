@@ -904,3 +904,26 @@ fn multi_step_rules_and_legacy_tunables() {
     );
     eprintln!("{total} mappings of multi-step rules and legacy tunables equal crushtool's");
 }
+
+/// A pool larger than its rule's `max_size` maps to nothing in Ceph 16; ours too.
+#[test]
+fn rule_size_limits_apply_to_pools() {
+    let dir = TempDir::new("sizes");
+    let built = build_crush(
+        &dir,
+        "sizes.base",
+        32,
+        &[("host", "straw2", 4), ("root", "straw2", 0)],
+    );
+    let text = tool("crushtool", &["-d", p(&built)]).replace("max_size 10", "max_size 2");
+    let src = dir.path("sizes.txt");
+    std::fs::write(&src, text).unwrap();
+    let crush = dir.path("sizes.crush");
+    tool("crushtool", &["-c", p(&src), "-o", p(&crush)]);
+    let path = build_osdmap(&dir, "sizes", &crush, 32, 2, 2);
+    let map = OsdMap::decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(map.pool(1).unwrap().size, 3);
+    let (n, _) = compare_pgs(&path, &map, 1, &[]);
+    assert!(map.pg_to_up_acting(PgId { pool: 1, seed: 0 }).up.is_empty());
+    eprintln!("{n} PGs of a size-3 pool under a max_size-2 rule map to nothing, as in Ceph");
+}
