@@ -14,6 +14,7 @@
 //!   (argonaut) tunables set with `crushtool --set-*`;
 //! - device classes (shadow trees) and `choose_args` weight sets, from a map compiled with
 //!   `crushtool -c`, in `crushtool --test` and in an OSD map whose pool uses the weight set;
+//! - primary affinity (fractional and zero) in a monitor-written map, replicated and erasure pools;
 //! - `osdmaptool --test-map-object` for object names;
 //! - a real monitor's incrementals (tests/data/crush/mon-incrementals) applied in order rebuild the
 //!   monitor's own full map;
@@ -903,4 +904,57 @@ fn multi_step_rules_and_legacy_tunables() {
         )
     );
     eprintln!("{total} mappings of multi-step rules and legacy tunables equal crushtool's");
+}
+
+/// A pool larger than its rule's `max_size` maps to nothing in Ceph 16; ours too.
+#[test]
+fn rule_size_limits_apply_to_pools() {
+    let dir = TempDir::new("sizes");
+    let built = build_crush(
+        &dir,
+        "sizes.base",
+        32,
+        &[("host", "straw2", 4), ("root", "straw2", 0)],
+    );
+    let text = tool("crushtool", &["-d", p(&built)]).replace("max_size 10", "max_size 2");
+    let src = dir.path("sizes.txt");
+    std::fs::write(&src, text).unwrap();
+    let crush = dir.path("sizes.crush");
+    tool("crushtool", &["-c", p(&src), "-o", p(&crush)]);
+    let path = build_osdmap(&dir, "sizes", &crush, 32, 2, 2);
+    let map = OsdMap::decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(map.pool(1).unwrap().size, 3);
+    let (n, _) = compare_pgs(&path, &map, 1, &[]);
+    assert!(map.pg_to_up_acting(PgId { pool: 1, seed: 0 }).up.is_empty());
+    eprintln!("{n} PGs of a size-3 pool under a max_size-2 rule map to nothing, as in Ceph");
+}
+
+#[test]
+fn primary_affinity_of_a_monitor_written_map() {
+    let dir = TempDir::new("affinity");
+    let path = dir.path("osdmap");
+    std::fs::write(&path, include_bytes!("data/crush/osdmap-mon-affinity.bin")).unwrap();
+    let map = OsdMap::decode(&std::fs::read(&path).unwrap()).unwrap();
+    compare_dump(&path, &map);
+    assert_eq!(map.primary_affinity(3), 0x8000);
+    assert_eq!(map.primary_affinity(9), 0);
+    let mut total = 0;
+    let mut moved = 0;
+    for pool in [1, 2] {
+        total += compare_pgs(&path, &map, pool, &[]).0;
+        let mut plain = map.clone();
+        for osd in 0..32 {
+            plain.set_primary_affinity(osd, 0x10000);
+        }
+        moved += (0..map.pool(pool).unwrap().pg_num)
+            .filter(|&seed| {
+                let pg = PgId { pool, seed };
+                plain.pg_to_up_acting(pg).up_primary != map.pg_to_up_acting(pg).up_primary
+            })
+            .count();
+    }
+    assert!(moved > 0, "primary affinity moved no primary");
+    eprintln!(
+        "{total} PGs with primary affinity equal osdmaptool's ({moved} primaries moved by it)"
+    );
 }

@@ -238,28 +238,10 @@ impl CrushMap {
             .and_then(|(id, _)| usize::try_from(*id).ok())
     }
 
-    /// Whether every rule's ruleset equals its id (Ceph's `have_uniform_rules`).
-    fn uniform_rules(&self) -> bool {
-        self.rules
-            .iter()
-            .enumerate()
-            .all(|(i, r)| r.as_ref().is_none_or(|r| usize::from(r.ruleset) == i))
-    }
-
-    /// `CrushWrapper::find_rule`: the rule for a pool's `crush_rule`, type and size. With uniform rules
-    /// (ruleset = id) the rule of that id if its type matches; otherwise the first rule whose mask
-    /// matches ruleset, type and size (`crush_find_rule`).
+    /// `crush_find_rule`, as Ceph 16's `CrushWrapper::find_rule` uses it for a pool: the first rule
+    /// whose mask matches the pool's `crush_rule` (as ruleset), its type and its size. A pool whose
+    /// size is outside its rule's `min_size..=max_size` maps to nothing, as in Ceph 16.
     pub fn find_rule(&self, ruleset: i32, rule_type: i32, size: i32) -> Option<usize> {
-        if self.uniform_rules() {
-            if let Some(Some(r)) = usize::try_from(ruleset)
-                .ok()
-                .and_then(|i| self.rules.get(i))
-            {
-                if i32::from(r.rule_type) == rule_type {
-                    return usize::try_from(ruleset).ok();
-                }
-            }
-        }
         self.rules.iter().position(|r| {
             r.as_ref().is_some_and(|r| {
                 i32::from(r.ruleset) == ruleset
