@@ -311,6 +311,12 @@ impl Phase<'_> {
 
 /// Run the phases and print (and with --json write) the figures.
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Vec<PhaseResult>, BenchError> {
+    if args.stack != super::BenchStack::Net(crate::stacks::StackKind::Posix) {
+        return Err(BenchError::Usage(
+            "--mode rados runs over --stack posix only (the RADOS client over DPDK is not done yet)"
+                .into(),
+        ));
+    }
     let conn = RadosConnArgs {
         mon_host: args.rados.mon_host.clone(),
         keyring: args.rados.keyring.clone(),
