@@ -182,7 +182,8 @@ pub struct OpReply {
 }
 
 pub type OpResult = Result<OpReply, RadosError>;
-/// Runs once when an op completes, outside the objecter's lock.
+/// Runs once when an op completes, outside the objecter's lock, usually on a messenger worker: it may
+/// submit more ops but must not wait for one (that worker delivers the replies).
 pub type OnComplete = Box<dyn FnOnce(OpResult) + Send>;
 
 /// What an `MOSDMap` did.
