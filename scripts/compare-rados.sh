@@ -11,8 +11,11 @@
 #
 # Usage: scripts/compare-rados.sh [--reps 5] [--secs 3] [--osds 3] [--size 2] [--out DIR] [--msgr PATH]
 #        scripts/compare-rados.sh --cluster DIR ...   (use a running scripts/ceph-cluster.sh cluster)
-# Without --cluster it starts a cluster (scripts/ceph-cluster.sh, auth none, --osds OSDs, pool "test" of
-# --size replicas) in OUT/cluster and stops it by pid at the end, also on failure.
+# Without --cluster it starts a fresh cluster (scripts/ceph-cluster.sh, auth none, --osds OSDs, pool
+# "test" of --size replicas) in OUT/cluster for every repetition (the three tools share it) and stops it
+# by pid, also on failure: a memstore cluster reused for a few repetitions was seen to run slower and
+# then to report an OSD full (removed objects notwithstanding), after which every client waits. With
+# --cluster, the run stops when the pool is full.
 # Writes OUT/raw/* (every tool's output per run), OUT/compare-rados.json and OUT/compare-rados.md, and
 # prints the table. Needs ceph-osd, ceph-mon, ceph-common, fio, python3 and a release build of msgr
 # (built here unless --msgr PATH is given).
@@ -54,22 +57,34 @@ if [[ -z "$MSGR" ]]; then
     MSGR=target/release/msgr
 fi
 
-STARTED=""
+OWN_CLUSTER=0
 cleanup() {
-    if [[ -n "$STARTED" ]]; then
-        scripts/ceph-cluster.sh stop "$STARTED" >/dev/null || true
+    if ((OWN_CLUSTER)); then
+        scripts/ceph-cluster.sh stop "$CLUSTER" >/dev/null || true
     fi
 }
 trap cleanup EXIT
 if [[ -z "$CLUSTER" ]]; then
     CLUSTER="$OUT/cluster"
-    STARTED="$CLUSTER"
-    scripts/ceph-cluster.sh start "$CLUSTER" --osds "$OSDS" --size "$SIZE" --mon-port 23390 >"$OUT/raw/cluster.log"
+    OWN_CLUSTER=1
 fi
-# shellcheck disable=SC1091
-source <(grep -E '^(MON_HOST|CONF|POOL|KEYRING|AUTH)=' "$CLUSTER/env")
-KEYARGS=()
-[[ "${AUTH:-none}" == none ]] || KEYARGS=(--keyring "$KEYRING")
+
+# (Re)start our own cluster, then read its coordinates.
+fresh_cluster() { # fresh_cluster REP
+    if ((OWN_CLUSTER)); then
+        scripts/ceph-cluster.sh stop "$CLUSTER" >/dev/null
+        scripts/ceph-cluster.sh start "$CLUSTER" --osds "$OSDS" --size "$SIZE" --mon-port 23390 \
+            >"$OUT/raw/cluster-$1.log"
+    fi
+    # shellcheck disable=SC1091
+    source <(grep -E '^(MON_HOST|CONF|POOL|KEYRING|AUTH)=' "$CLUSTER/env")
+    KEYARGS=()
+    [[ "${AUTH:-none}" == none ]] || KEYARGS=(--keyring "$KEYRING")
+    if timeout 20 ceph -c "$CONF" osd pool ls detail 2>/dev/null | grep -q "'$POOL'.*flags [a-z,]*full"; then
+        echo "compare-rados.sh: pool $POOL is full; use a fresh cluster (leave out --cluster)" >&2
+        exit 1
+    fi
+}
 
 msgr_run() { # msgr_run REP
     timeout 300 "$MSGR" bench --mode rados --mon-host "$MON_HOST" --pool "$POOL" "${KEYARGS[@]}" \
@@ -100,6 +115,7 @@ fio_run() { # fio_run REP: 4 KiB writes then reads at depth 1 on one 64 MiB obje
 }
 
 for ((rep = 1; rep <= REPS; rep++)); do
+    fresh_cluster "$rep"
     # Interleaved, and the order rotates so that no tool always runs first.
     case $((rep % 3)) in
     0) order="msgr rados fio" ;;
