@@ -5,7 +5,8 @@
 //!   and read back byte-identical by the real `rados get`, and the other way round; stat, ls (pgnls),
 //!   omap, rm; bad input (a pool or object that does not exist, an op the OSD refuses, a map epoch
 //!   going backwards, a map of another cluster, an op that cannot complete in its timeout) gives clear
-//!   errors and nothing hangs; placement equal to `ceph osd map` for 50 names, also after pg-temp,
+//!   errors and nothing hangs; hunting past a dead monitor and resubscription after a lost monitor
+//!   session; the limit on ops in flight; the `msgr rados` CLI; placement equal to `ceph osd map` for 50 names, also after pg-temp,
 //!   primary-temp, pg-upmap-items and primary-affinity changes; last, an OSD SIGKILLed while ops are in
 //!   flight: every op completes within 30 s on the new primary.
 //! - `cephx_secure_to_mon_and_osds` (2 OSDs): cephx with secure mode to the monitor and to the OSDs,
@@ -352,6 +353,36 @@ fn bad_input(c: &Cluster, r: &Rados<PosixStack>, pool: u64) {
     );
 }
 
+/// With at most 2 ops in flight, submitting the third waits for room; all 40 complete.
+fn in_flight_limit(c: &Cluster, pool: u64) {
+    let r = c
+        .connect(|cfg| cfg.objecter.max_in_flight = 2)
+        .expect("connect");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut most = 0;
+    for i in 0..40 {
+        let tx = tx.clone();
+        r.submit(
+            OpRequest::new(
+                pool,
+                &format!("limit-{}", i % 4),
+                vec![OsdOp::write_full(pattern(8192, i as u8))],
+            ),
+            Box::new(move |res| {
+                let _ = tx.send(res.map(drop));
+            }),
+        );
+        most = most.max(r.objecter().in_flight());
+    }
+    for _ in 0..40 {
+        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+    }
+    assert!(most <= 2 && most >= 1, "in flight: {most}");
+    for i in 0..4 {
+        r.remove(pool, &format!("limit-{i}")).unwrap();
+    }
+}
+
 /// `msgr rados` put/stat/get/ls/rm as a user runs it, and its errors and exit statuses.
 fn cli(c: &Cluster) {
     let msgr = |args: &[&str]| {
@@ -673,6 +704,7 @@ fn auth_none_cluster() {
     eprintln!("bad input: {:?}", t.elapsed());
 
     hunting_and_resubscribe(&c, &r, pool);
+    in_flight_limit(&c, pool);
     cli(&c);
 
     // An op that cannot complete (the cluster paused) ends with TimedOut at its deadline.
