@@ -377,7 +377,7 @@ fn in_flight_limit(c: &Cluster, pool: u64) {
     for _ in 0..40 {
         rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
     }
-    assert!(most <= 2 && most >= 1, "in flight: {most}");
+    assert!((1..=2).contains(&most), "in flight: {most}");
     for i in 0..4 {
         r.remove(pool, &format!("limit-{i}")).unwrap();
     }
