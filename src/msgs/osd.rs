@@ -519,13 +519,30 @@ impl MOSDOp {
 
 const MIN_SNAP_LEN: usize = 8;
 
-impl CephMessage for MOSDOp {
-    const MSG_TYPE: u16 = MSG_OSD_OP;
-    const VERSION: u16 = 8;
-    const COMPAT_VERSION: u16 = 3;
-    const NAME: &'static str = "MOSDOp";
+/// A borrowed `MOSDOp`: what a sender encodes from its own state without building (and allocating)
+/// an [`MOSDOp`] per send.
+#[derive(Clone, Copy, Debug)]
+pub struct MOSDOpView<'a> {
+    pub pgid: SpgT,
+    pub hash: u32,
+    pub map_epoch: u32,
+    pub flags: u32,
+    pub reqid: ReqId,
+    pub trace: [u64; 3],
+    pub client_inc: u32,
+    pub mtime: UTime,
+    pub oloc: &'a ObjectLocator,
+    pub oid: &'a str,
+    pub ops: &'a [OsdOp],
+    pub snapid: u64,
+    pub snap_seq: u64,
+    pub snaps: &'a [u64],
+    pub retry_attempt: i32,
+    pub features: u64,
+}
 
-    fn encode_front(&self, b: &mut BytesMut) {
+impl MOSDOpView<'_> {
+    pub fn encode_front(&self, b: &mut BytesMut) {
         self.pgid.encode(b);
         b.put_u32_le(self.hash);
         b.put_u32_le(self.map_epoch);
@@ -538,19 +555,69 @@ impl CephMessage for MOSDOp {
         b.put_u32_le(self.mtime.sec);
         b.put_u32_le(self.mtime.nsec);
         self.oloc.encode(b);
-        encode_string(b, &self.oid);
+        encode_string(b, self.oid);
         b.put_u16_le(self.ops.len() as u16);
-        for o in &self.ops {
+        for o in self.ops {
             o.encode_packed(b);
         }
         b.put_u64_le(self.snapid);
         b.put_u64_le(self.snap_seq);
         b.put_u32_le(self.snaps.len() as u32);
-        for s in &self.snaps {
+        for s in self.snaps {
             b.put_u64_le(*s);
         }
         b.put_i32_le(self.retry_attempt);
         b.put_u64_le(self.features);
+    }
+
+    /// The message (v8, compat 3, the Objecter's priority); the ops' payloads are its data segment.
+    pub fn to_message(&self) -> Message {
+        let mut front = BytesMut::with_capacity(160 + self.oid.len() + OSD_OP_LEN * self.ops.len());
+        self.encode_front(&mut front);
+        let mut m = Message::new(MOSDOp::MSG_TYPE, front.freeze())
+            .with_version(MOSDOp::VERSION, MOSDOp::COMPAT_VERSION)
+            .with_priority(OSD_CLIENT_OP_PRIORITY)
+            .with_data(join_data(self.ops));
+        if let Some(o) = self.ops.iter().find(|o| o.code == op::WRITE) {
+            // Ceph sets data_off to the write offset (truncated to the header's 16 bits).
+            m.header.data_off = (o.extent().0 & 0xffff) as u16;
+        }
+        m
+    }
+}
+
+impl MOSDOp {
+    /// This op, borrowed.
+    pub fn view(&self) -> MOSDOpView<'_> {
+        MOSDOpView {
+            pgid: self.pgid,
+            hash: self.hash,
+            map_epoch: self.map_epoch,
+            flags: self.flags,
+            reqid: self.reqid,
+            trace: self.trace,
+            client_inc: self.client_inc,
+            mtime: self.mtime,
+            oloc: &self.oloc,
+            oid: &self.oid,
+            ops: &self.ops,
+            snapid: self.snapid,
+            snap_seq: self.snap_seq,
+            snaps: &self.snaps,
+            retry_attempt: self.retry_attempt,
+            features: self.features,
+        }
+    }
+}
+
+impl CephMessage for MOSDOp {
+    const MSG_TYPE: u16 = MSG_OSD_OP;
+    const VERSION: u16 = 8;
+    const COMPAT_VERSION: u16 = 3;
+    const NAME: &'static str = "MOSDOp";
+
+    fn encode_front(&self, b: &mut BytesMut) {
+        self.view().encode_front(b);
     }
 
     /// Only the v8 layout (what every Ceph since nautilus sends); the ops' payloads are left empty
@@ -560,17 +627,7 @@ impl CephMessage for MOSDOp {
     }
 
     fn to_message(&self) -> Message {
-        let mut front = BytesMut::with_capacity(256);
-        self.encode_front(&mut front);
-        let mut m = Message::new(Self::MSG_TYPE, front.freeze())
-            .with_version(Self::VERSION, Self::COMPAT_VERSION)
-            .with_priority(OSD_CLIENT_OP_PRIORITY)
-            .with_data(join_data(&self.ops));
-        if let Some(o) = self.ops.iter().find(|o| o.code == op::WRITE) {
-            // Ceph sets data_off to the write offset (truncated to the header's 16 bits).
-            m.header.data_off = (o.extent().0 & 0xffff) as u16;
-        }
-        m
+        self.view().to_message()
     }
 
     fn from_message(m: &Message) -> Result<Self, DecodeError> {

@@ -28,7 +28,9 @@ use bytes::Bytes;
 
 use super::monc::MonClient;
 use super::osdmap::{OsdMap, PgId};
-use crate::msgs::osd::{flag, op, MOSDMap, MOSDOp, MOSDOpReply, ObjectLocator, OsdOp, PgT, SpgT};
+use crate::msgs::osd::{
+    flag, op, MOSDMap, MOSDOpReply, MOSDOpView, ObjectLocator, OsdOp, PgT, ReqId, SpgT, NOSNAP,
+};
 use crate::msgs::CephMessage;
 use crate::proto::types::UTime;
 use crate::proto::{self, Message, Policy};
@@ -572,25 +574,33 @@ impl<N: NetworkStack> Objecter<N> {
         let mut oloc = ObjectLocator::new(o.req.pool);
         oloc.key.clone_from(&o.req.key);
         oloc.nspace.clone_from(&o.req.nspace);
-        let mut m = MOSDOp::new(
-            SpgT::new(PgT {
+        let msg = MOSDOpView {
+            pgid: SpgT::new(PgT {
                 pool: target.pg.pool,
                 seed: target.pg.seed,
             }),
-            target.hash,
-            oloc,
-            &o.req.oid,
-            o.req.ops.clone(),
-        );
-        m.map_epoch = epoch;
-        m.flags = flags;
-        m.mtime = mtime;
-        m.retry_attempt = o.attempts as i32;
-        m.features = self.cfg.features;
+            hash: target.hash,
+            map_epoch: epoch,
+            flags,
+            reqid: ReqId::default(),
+            trace: [0; 3],
+            client_inc: 0,
+            mtime,
+            oloc: &oloc,
+            oid: &o.req.oid,
+            ops: &o.req.ops,
+            snapid: NOSNAP,
+            snap_seq: 0,
+            snaps: &[],
+            retry_attempt: o.attempts as i32,
+            features: self.cfg.features,
+        }
+        .to_message()
+        .with_tid(tid);
         o.attempts += 1;
         o.target = Some(target);
         o.conn = Some(conn.id());
-        out.sends.push((conn, m.to_message().with_tid(tid)));
+        out.sends.push((conn, msg));
     }
 
     /// The session to `osd`, opened if need be; None if the map has no address for it, it is down,
