@@ -1,6 +1,7 @@
 //! The messages a RADOS client exchanges with OSDs (and the OSD map a monitor or an OSD sends it).
 //!
-//! Owns: [`MOSDOp`] (type 42, header version 8 / compat 3 as Ceph 16 sends it), [`MOSDOpReply`] (type 43,
+//! Owns: [`MOSDOp`] (type 42, header version 8 / compat 3 as Ceph 16 sends it; [`MOSDOpView`] encodes one
+//! from borrowed parts, for senders), [`MOSDOpReply`] (type 43,
 //! version 8), [`MOSDMap`] (type 41), the pieces of `osd_types.h` they carry ([`PgT`], [`SpgT`],
 //! [`HObject`], [`ReqId`], [`ObjectLocator`], [`OsdOp`], the `pg_nls_response_t` of a listing), the op codes
 //! ([`op`]) and op flags ([`flag`]) a client needs.
