@@ -11,9 +11,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Debian packages the tests need:
 #   ceph-mon, ceph-common — a real Ceph 16.2 monitor and the `ceph` CLI for the interop tests
 #                           (scripts/ceph-mon.sh starts and stops monitors on loopback).
+#   ceph-osd              — memstore OSDs for the RADOS client tests (scripts/ceph-cluster.sh).
+#   fio                   — its rados engine is librados's side in scripts/compare-rados.sh.
 #   sockperf, iperf3      — the tools scripts/compare.sh runs beside `msgr bench` (the comparison itself
 #                           is not run here: it measures, it does not gate).
-APT_PACKAGES=(ceph-mon ceph-common sockperf iperf3)
+APT_PACKAGES=(ceph-mon ceph-common ceph-osd fio sockperf iperf3)
+#   ceph-base             — crushtool and osdmaptool, the oracles of tests/crush_oracle.rs (CRUSH and
+#                           OSDMap placement); the test fails without them.
+APT_PACKAGES+=(ceph-base)
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 if [[ "${CI:-}" == "true" ]]; then

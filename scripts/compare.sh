@@ -67,6 +67,7 @@ while (($#)); do
     --report-only) REPORT_ONLY=1; shift ;;
     --rdma) RDMA=1; shift ;;
     --dpdk) DPDK=1; shift ;;
+    --rados) shift; exec "$(dirname "${BASH_SOURCE[0]}")/compare-rados.sh" "$@" ;; # RADOS client vs librados
     -h | --help) usage 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
     esac

@@ -5,7 +5,8 @@
 //! what arrives, and a [`ConnectionRef`] sends. [`proto`] is the sans-IO msgr2.1 core on its own (bytes
 //! in, events and bytes out, no sockets, no clock), for embedding in another event loop. [`stack`] and
 //! [`event`] are public as far as someone writing another network stack needs them. [`msgs`] holds the
-//! payloads of the Ceph messages we speak with real daemons.
+//! payloads of the Ceph messages we speak with real daemons; [`rados`] the client-side cluster state
+//! that needs no I/O (the OSD map, CRUSH and object placement).
 //!
 //! Nothing below `proto` knows about frames, and `proto` knows nothing about transports.
 #![deny(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod event;
 mod msgr;
 pub mod msgs;
 pub mod proto;
+pub mod rados;
 pub mod stack;
 mod throttle;
 

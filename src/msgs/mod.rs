@@ -16,6 +16,7 @@
 //! A message whose `compat_version` is newer than the version we speak is refused.
 
 pub mod mon;
+pub mod osd;
 
 pub use mon::{MConfig, MMonGetMap, MMonMap, MMonProbe, MMonSubscribe, MonInfo, MonMap};
 

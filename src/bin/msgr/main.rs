@@ -25,6 +25,7 @@ use crossbeam_channel::Sender;
 // features checks them all.
 #[cfg_attr(not(all(feature = "dpdk", feature = "rdma")), allow(dead_code))]
 mod bench;
+mod rados;
 mod recon;
 #[cfg_attr(not(all(feature = "dpdk", feature = "rdma")), allow(dead_code))]
 mod stacks;
@@ -50,7 +51,7 @@ const MAX_SECS: f64 = 366.0 * 24.0 * 3600.0;
 #[command(
     name = "msgr",
     version,
-    about = "A messenger speaking Ceph's msgr2.1 wire protocol: benchmark, serve, ping, probe",
+    about = "A messenger speaking Ceph's msgr2.1 wire protocol: benchmark, serve, ping, probe, RADOS object I/O",
     long_about = "A messenger speaking Ceph's msgr2.1 wire protocol over pluggable network stacks.\n\n\
 Exit status: 0 on success, 1 if the operation failed, 2 on bad usage.",
     propagate_version = true
@@ -71,6 +72,7 @@ enum Command {
     Ping(PingArgs),
     Recon(ReconArgs),
     Counters(CountersArgs),
+    Rados(Box<rados::RadosArgs>),
 }
 
 /// `msgr serve --bind ADDR [--bind ADDR ...] [--type TYPE] [--workers N] [--admin-socket PATH]
@@ -314,6 +316,7 @@ fn main() -> ExitCode {
         Command::Ping(a) => ("ping", ping(a)),
         Command::Recon(a) => ("recon", run_recon(a)),
         Command::Counters(a) => ("counters", counters(a)),
+        Command::Rados(a) => ("rados", rados::run(a)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -426,6 +429,12 @@ fn run_bench(cli: &BenchCli) -> Result<u8, Failure> {
         Some(BenchCommand::Run(r)) => (&r.args, Some(r.addr.as_str())),
         None => (&cli.args, None),
     };
+    if args.mode == bench::Mode::Rados {
+        let stdout = io::stdout();
+        return bench::rados::run(args, &mut stdout.lock())
+            .map(|_| EXIT_OK)
+            .map_err(to_failure);
+    }
     let report = bench::run(args, server).map_err(to_failure)?;
     if let Some(path) = &args.json {
         say!(

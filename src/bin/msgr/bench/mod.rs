@@ -28,6 +28,7 @@ pub mod driver;
 pub mod latency;
 pub mod plot;
 pub mod progress;
+pub mod rados;
 pub mod report;
 pub mod security;
 pub mod serve;
@@ -229,6 +230,9 @@ pub struct BenchArgs {
     /// Also draw latency by percentile and throughput by size into FILE (SVG).
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub rados: Box<rados::RadosBenchArgs>,
 }
 
 fn parse_positive_secs(s: &str) -> Result<f64, String> {
@@ -303,6 +307,9 @@ pub enum Mode {
     Throughput,
     /// Many client connections (default 256) into one server: aggregate msgs/s and latency under load.
     Fanin,
+    /// Object I/O on a real Ceph cluster (--mon-host, --pool): 4 KiB writes and reads at depth 1 and
+    /// 16, 4 MiB writes at depth 4, as `rados bench` (see bench::rados).
+    Rados,
 }
 
 impl Mode {
@@ -311,6 +318,7 @@ impl Mode {
             Mode::Latency => "latency",
             Mode::Throughput => "throughput",
             Mode::Fanin => "fanin",
+            Mode::Rados => "rados",
         }
     }
 }
@@ -397,6 +405,7 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
             as_usize(args.window, THROUGHPUT_WINDOW),
             Traffic::Stream,
         ),
+        Mode::Rados => return usage("--mode rados runs through `msgr bench --mode rados`".into()),
         Mode::Fanin => (
             as_usize(args.connections, FANIN_CONNECTIONS),
             as_usize(args.window, 1),
