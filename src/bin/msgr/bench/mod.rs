@@ -29,6 +29,7 @@
 //! for (or, duration-bound, what was measured in that time); output files are created before the run,
 //! so a bad path fails in a second, not after the run.
 
+pub mod child;
 pub mod connect;
 pub mod cpu;
 pub mod dpdk;
@@ -798,7 +799,7 @@ pub fn run_to(
     server: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<Report, BenchError> {
-    let plan = plan(args, server)?;
+    let mut plan = plan(args, server)?;
     let started = Instant::now();
     let create = |path: &PathBuf| {
         std::fs::File::create(path)
@@ -812,11 +813,36 @@ pub fn run_to(
         create(path)?;
     }
     // Sockets in this process: one per connection, two with the server here; plus the stats link.
+    // When both ends do not fit one process's hard limit, the server runs in a child process.
+    let mut child_server = None;
     let open_files = match args.stack {
-        BenchStack::Net(StackKind::Posix | StackKind::Rdma) => {
+        BenchStack::Net(kind @ (StackKind::Posix | StackKind::Rdma)) => {
+            let conns = plan.shape.connections + 1;
             let each = if plan.server.is_some() { 1 } else { 2 };
-            let need = limits::needed(plan.shape.connections + 1, each);
-            let got = limits::ensure_open_files(need).map_err(BenchError::Failed)?;
+            let need = limits::needed(conns, each);
+            let got = match limits::ensure_open_files(need) {
+                Ok(got) => got,
+                Err(_) if each == 2 && kind == StackKind::Posix => {
+                    let got = limits::ensure_open_files(limits::needed(conns, 1))
+                        .map_err(BenchError::Failed)?;
+                    let child = child::ServeChild::spawn(plan.workers, &args.server_cpus)?;
+                    let _ = writeln!(
+                        out,
+                        "# both ends in one process need about {need} open files, more than the hard \
+                         limit (RLIMIT_NOFILE) allows: the server runs in a child process (msgr bench \
+                         serve) on {}",
+                        child.addr
+                    );
+                    let t = crate::recon::parse_target(&child.addr).map_err(BenchError::Failed)?;
+                    plan.server = Some((
+                        t.to_string(),
+                        AddrVec(vec![EntityAddr::msgr2(t.addr, t.nonce)]),
+                    ));
+                    child_server = Some(child);
+                    got
+                }
+                Err(e) => return Err(BenchError::Failed(e)),
+            };
             if let Some(line) = got.report(&format!(" for {} connections", plan.shape.connections))
             {
                 let _ = writeln!(out, "{line}");
@@ -954,6 +980,7 @@ pub fn run_to(
     header.server_policy = learned.server_policy;
     header.client_counters = learned.client_counters;
     header.memory = learned.memory;
+    drop(child_server);
     header.finish(started.elapsed());
     let report = Report { header, results };
     if let Some((path, mut file)) = json_file {

@@ -330,10 +330,10 @@ pub fn table_header(shape: &RunShape, count: u64, duration: Option<Duration>) ->
         shape.mode,
         shape.policy,
         shape.warmup,
-        if shape.directions == 2 {
-            "both directions"
-        } else {
-            "one direction"
+        match shape.directions {
+            2 => "both directions",
+            1 => "one direction",
+            _ => "no direction (no payload)",
         },
         "size",
         "wire B",
