@@ -1,5 +1,9 @@
 //! Perf counters: one set per worker (only that worker writes it, so no cache line is shared on the data
 //! path), summed into a [`CountersSnapshot`] on demand for `msgr counters` and tests.
+//!
+//! Invariant: a [`WorkerCounters`] is written by its worker thread only. Its [`Counter`]s therefore
+//! count with a plain load and store (no locked read-modify-write on the data path); other threads
+//! read them whenever they like and see a recent value.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -7,72 +11,93 @@ use crate::proto::{ConnStats, Limit};
 
 use crate::throttle::ThrottleStats;
 
+/// A counter with a single writer (its worker): see the module docs.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n` (writer thread only).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Subtract `n` (writer thread only).
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
+    /// The value now (any thread).
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 /// Counters of one worker.
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
-    pub msgs_in: AtomicU64,
-    pub msgs_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub handshakes: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub replayed: AtomicU64,
-    pub duplicates_dropped: AtomicU64,
-    pub resets: AtomicU64,
-    pub remote_resets: AtomicU64,
-    pub transport_faults: AtomicU64,
-    pub accepted: AtomicU64,
-    pub connections: AtomicU64,
-    pub dropped_bad_peers: AtomicU64,
+    pub msgs_in: Counter,
+    pub msgs_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub handshakes: Counter,
+    pub reconnects: Counter,
+    pub replayed: Counter,
+    pub duplicates_dropped: Counter,
+    pub resets: Counter,
+    pub remote_resets: Counter,
+    pub transport_faults: Counter,
+    /// Frames received and sent (every tag), and the bare ACK frames among those sent.
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub acks_out: Counter,
+    pub accepted: Counter,
+    pub connections: Counter,
+    pub dropped_bad_peers: Counter,
     /// Sessions moved to this worker because a reconnect for them arrived here.
-    pub sessions_moved: AtomicU64,
+    pub sessions_moved: Counter,
     /// Session requests refused because the requester is not the entity holding the session.
-    pub sessions_refused_identity: AtomicU64,
+    pub sessions_refused_identity: Counter,
     /// Server-policy sessions ended after their time in Standby, or evicted for `max_sessions`.
-    pub sessions_expired: AtomicU64,
+    pub sessions_expired: Counter,
     /// Messages no dispatcher in the chain took (dropped).
-    pub undispatched: AtomicU64,
+    pub undispatched: Counter,
     /// Connections ended because the peer tripped a resource limit, by [`Limit::index`].
-    pub limits_tripped: [AtomicU64; Limit::ALL.len()],
+    pub limits_tripped: [Counter; Limit::ALL.len()],
 }
 
 impl WorkerCounters {
     /// Count a connection ended by `limit`.
     pub fn trip(&self, limit: Limit) {
-        self.limits_tripped[limit.index()].fetch_add(1, Relaxed);
+        self.limits_tripped[limit.index()].add(1);
     }
 
     /// Add what a connection did since `last` (its previous stats) and remember `now`.
     pub fn add_conn_delta(&self, last: &mut ConnStats, now: ConnStats) {
-        // Called on every pump: most turns change nothing, and then no atomic is touched.
+        // Called on every pump: most turns change nothing, and then no counter is touched.
         if now == *last {
             return;
         }
         let d = |a: u64, b: u64| a.saturating_sub(b);
-        self.msgs_in
-            .fetch_add(d(now.msgs_in, last.msgs_in), Relaxed);
-        self.msgs_out
-            .fetch_add(d(now.msgs_out, last.msgs_out), Relaxed);
-        self.bytes_in
-            .fetch_add(d(now.bytes_in, last.bytes_in), Relaxed);
-        self.bytes_out
-            .fetch_add(d(now.bytes_out, last.bytes_out), Relaxed);
-        self.handshakes
-            .fetch_add(d(now.handshakes, last.handshakes), Relaxed);
-        self.reconnects
-            .fetch_add(d(now.reconnects, last.reconnects), Relaxed);
-        self.replayed
-            .fetch_add(d(now.replayed, last.replayed), Relaxed);
+        self.msgs_in.add(d(now.msgs_in, last.msgs_in));
+        self.msgs_out.add(d(now.msgs_out, last.msgs_out));
+        self.bytes_in.add(d(now.bytes_in, last.bytes_in));
+        self.bytes_out.add(d(now.bytes_out, last.bytes_out));
+        self.frames_in.add(d(now.frames_in, last.frames_in));
+        self.frames_out.add(d(now.frames_out, last.frames_out));
+        self.acks_out.add(d(now.acks_out, last.acks_out));
+        self.handshakes.add(d(now.handshakes, last.handshakes));
+        self.reconnects.add(d(now.reconnects, last.reconnects));
+        self.replayed.add(d(now.replayed, last.replayed));
+        self.transport_faults.add(d(now.faults, last.faults));
         self.duplicates_dropped
-            .fetch_add(d(now.duplicates_dropped, last.duplicates_dropped), Relaxed);
+            .add(d(now.duplicates_dropped, last.duplicates_dropped));
         self.remote_resets
-            .fetch_add(d(now.remote_resets, last.remote_resets), Relaxed);
-        self.transport_faults
-            .fetch_add(d(now.faults, last.faults), Relaxed);
-        if now.standby_expired != last.standby_expired {
-            self.sessions_expired
-                .fetch_add(d(now.standby_expired, last.standby_expired), Relaxed);
-        }
+            .add(d(now.remote_resets, last.remote_resets));
+        self.sessions_expired
+            .add(d(now.standby_expired, last.standby_expired));
         *last = now;
     }
 }
@@ -93,6 +118,11 @@ pub struct CountersSnapshot {
     pub resets: u64,
     pub remote_resets: u64,
     pub transport_faults: u64,
+    /// Frames received and sent, every tag (MESSAGE, ACK, KEEPALIVE2, handshake frames).
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Bare ACK frames sent (acks that no outgoing message carried).
+    pub acks_out: u64,
     pub accepted: u64,
     /// Connections currently open.
     pub connections: u64,
@@ -154,26 +184,29 @@ impl CountersSnapshot {
     pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Self {
         let mut s = CountersSnapshot::default();
         for w in workers {
-            s.msgs_in += w.msgs_in.load(Relaxed);
-            s.msgs_out += w.msgs_out.load(Relaxed);
-            s.bytes_in += w.bytes_in.load(Relaxed);
-            s.bytes_out += w.bytes_out.load(Relaxed);
-            s.handshakes += w.handshakes.load(Relaxed);
-            s.reconnects += w.reconnects.load(Relaxed);
-            s.replayed += w.replayed.load(Relaxed);
-            s.duplicates_dropped += w.duplicates_dropped.load(Relaxed);
-            s.resets += w.resets.load(Relaxed);
-            s.remote_resets += w.remote_resets.load(Relaxed);
-            s.transport_faults += w.transport_faults.load(Relaxed);
-            s.accepted += w.accepted.load(Relaxed);
-            s.connections += w.connections.load(Relaxed);
-            s.dropped_bad_peers += w.dropped_bad_peers.load(Relaxed);
-            s.sessions_moved += w.sessions_moved.load(Relaxed);
-            s.sessions_refused_identity += w.sessions_refused_identity.load(Relaxed);
-            s.sessions_expired += w.sessions_expired.load(Relaxed);
-            s.undispatched += w.undispatched.load(Relaxed);
+            s.msgs_in += w.msgs_in.get();
+            s.msgs_out += w.msgs_out.get();
+            s.bytes_in += w.bytes_in.get();
+            s.bytes_out += w.bytes_out.get();
+            s.handshakes += w.handshakes.get();
+            s.reconnects += w.reconnects.get();
+            s.replayed += w.replayed.get();
+            s.duplicates_dropped += w.duplicates_dropped.get();
+            s.resets += w.resets.get();
+            s.remote_resets += w.remote_resets.get();
+            s.transport_faults += w.transport_faults.get();
+            s.frames_in += w.frames_in.get();
+            s.frames_out += w.frames_out.get();
+            s.acks_out += w.acks_out.get();
+            s.accepted += w.accepted.get();
+            s.connections += w.connections.get();
+            s.dropped_bad_peers += w.dropped_bad_peers.get();
+            s.sessions_moved += w.sessions_moved.get();
+            s.sessions_refused_identity += w.sessions_refused_identity.get();
+            s.sessions_expired += w.sessions_expired.get();
+            s.undispatched += w.undispatched.get();
             for limit in Limit::ALL {
-                let n = w.limits_tripped[limit.index()].load(Relaxed);
+                let n = w.limits_tripped[limit.index()].get();
                 if n > 0 {
                     *s.limits_tripped.entry(limit.name()).or_default() += n;
                 }

@@ -20,7 +20,8 @@
 //!
 //! Invariants: decoding never panics and never allocates by a wire length before that length passed
 //! the caller's `max_frame_len`; decoded segments are zero-copy slices of the received bytes; encoding
-//! never copies segment data (it goes out as a gather list of [`Bytes`]).
+//! never copies a segment longer than [`COPY_SEGMENT_MAX`] (it goes out as a gather list of [`Bytes`]);
+//! the frame's bytes on the wire are the same whichever segments were copied.
 //! Secure mode (AES-128-GCM, [`FrameMode::Secure`]) lives in [`secure`]: the same preamble and
 //! segments, encrypted and authenticated in rev1's layout; the codec switches to it after AUTH_DONE
 //! ([`FrameEncoder::set_secure`], [`FrameDecoder::set_secure`]).
@@ -32,6 +33,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use secure::{SecureRx, SecureTx};
 
 use super::crc::{ceph_crc32c, PREAMBLE_SEED, SEGMENT_SEED};
+use super::message::{MsgHeader2, SEGMENT_ALIGNMENTS};
 
 /// Segments a frame can carry (frames_v2.h `MAX_NUM_SEGMENTS`).
 pub const MAX_NUM_SEGMENTS: usize = 4;
@@ -637,20 +639,31 @@ fn check_crc(index: usize, data: &[u8], expected: u32) -> Result<(), FrameError>
     }
 }
 
-/// Size of each scratch block the encoder carves preambles, crcs and epilogues from.
-const SCRATCH_BLOCK: usize = 8 * 1024;
+/// Size of each scratch block the encoder writes preambles, crcs, epilogues and small segments into.
+const SCRATCH_BLOCK: usize = 16 * 1024;
 /// The first scratch block: enough for the handshake's frames.
 const FIRST_SCRATCH_BLOCK: usize = 1024;
+/// Segments up to this many bytes are copied into the scratch buffer next to their preamble and crc;
+/// longer ones go out by reference. A copy this small costs less than the `Bytes` handle (refcount,
+/// iovec) it saves, and consecutive small frames leave as one contiguous piece.
+pub const COPY_SEGMENT_MAX: usize = 1024;
 
 /// Turns segments into on-wire frames, as gather lists of [`Bytes`].
 ///
-/// Segment data is never copied. The small pieces (preamble, crcs, epilogue) are carved from one
-/// scratch buffer owned by the encoder, so encoding allocates only when a scratch block is used up
-/// (and reuses it in place once every piece carved from it has been dropped).
+/// Segments longer than [`COPY_SEGMENT_MAX`] are never copied: they are pushed as they are. Everything
+/// else — preambles, crcs, epilogues and small segments — is written into one scratch buffer owned by
+/// the encoder, so a run of small frames becomes one contiguous [`Bytes`] and encoding allocates only
+/// when a scratch block is used up (reusing it in place once every piece carved from it was dropped).
+///
+/// [`append`](FrameEncoder::append) and [`append_message`](FrameEncoder::append_message) may keep the
+/// tail of what they wrote in the scratch buffer (so the next small frame joins it);
+/// [`flush`](FrameEncoder::flush) hands it out. [`encode`](FrameEncoder::encode) and
+/// [`encode_control`](FrameEncoder::encode_control) flush before returning.
 #[derive(Debug)]
 pub struct FrameEncoder {
     /// Secure mode's sending cipher; None in crc mode.
     secure: Option<SecureTx>,
+    /// Bytes written but not handed out yet (they follow everything already in the caller's list).
     scratch: BytesMut,
 }
 
@@ -744,9 +757,11 @@ impl FrameEncoder {
         Ok(())
     }
 
-    /// Makes room for `n` more bytes in the scratch buffer.
-    fn scratch_room(&mut self, n: usize) {
+    /// Makes room for `n` more bytes in the scratch buffer. A large pending run is handed out first,
+    /// so that pieces stay around a block and growing never copies much.
+    fn scratch_room(&mut self, n: usize, out: &mut Vec<Bytes>) {
         if self.scratch.capacity() - self.scratch.len() < n {
+            self.flush(out);
             let block = if self.scratch.capacity() == 0 {
                 FIRST_SCRATCH_BLOCK
             } else {
@@ -756,9 +771,43 @@ impl FrameEncoder {
         }
     }
 
+    /// Whether bytes are waiting for [`flush`](FrameEncoder::flush).
+    pub fn has_pending(&self) -> bool {
+        !self.scratch.is_empty()
+    }
+
+    /// Hands out what earlier calls left in the scratch buffer.
+    pub fn flush(&mut self, out: &mut Vec<Bytes>) {
+        if !self.scratch.is_empty() {
+            out.push(self.scratch.split().freeze());
+        }
+    }
+
+    /// Writes `data` after what is pending: copied if small, else pushed by reference.
+    fn put_segment(&mut self, data: &Bytes, out: &mut Vec<Bytes>) {
+        if data.len() <= COPY_SEGMENT_MAX {
+            self.scratch.put_slice(data);
+        } else {
+            self.flush(out);
+            out.push(data.clone());
+        }
+    }
+
     /// Appends the frame made of `segments` (1..=4; trailing empty ones are dropped as Ceph does) to
-    /// `out`: preamble, segment 0, its crc, the other non-empty segments, the epilogue.
+    /// `out` and flushes: preamble, segment 0, its crc, the other non-empty segments, the epilogue.
     pub fn encode(
+        &mut self,
+        tag: Tag,
+        segments: &[Segment],
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), FrameError> {
+        self.append(tag, segments, out)?;
+        self.flush(out);
+        Ok(())
+    }
+
+    /// [`encode`](FrameEncoder::encode) without the flush: the frame's tail may stay pending.
+    pub fn append(
         &mut self,
         tag: Tag,
         segments: &[Segment],
@@ -784,41 +833,115 @@ impl FrameEncoder {
             for (d, s) in datas.iter_mut().zip(segments) {
                 *d = &s.data;
             }
+            self.flush(out);
             return self.encode_secure(tag, &datas[..segments.len()], &aligns, out);
         }
-        self.scratch_room(PREAMBLE_LEN + CRC_LEN + EPILOGUE_CRC_REV1_LEN);
+        let copied: usize = segments[..num_segments]
+            .iter()
+            .map(|s| s.data.len())
+            .filter(|&l| l <= COPY_SEGMENT_MAX)
+            .sum();
+        self.scratch_room(PREAMBLE_LEN + CRC_LEN + EPILOGUE_CRC_REV1_LEN + copied, out);
         put_preamble(&mut self.scratch, tag, &lens, &aligns, num_segments);
         let first = &segments[0].data;
         if !first.is_empty() {
-            out.push(self.scratch.split().freeze());
-            out.push(first.clone());
+            self.put_segment(first, out);
             self.scratch.put_u32_le(ceph_crc32c(SEGMENT_SEED, first));
         }
-        if num_segments == 1 {
-            out.push(self.scratch.split().freeze());
-            return Ok(());
+        if num_segments > 1 {
+            self.put_rest(segments[1..num_segments].iter().map(|s| &s.data), out);
         }
-        if !self.scratch.is_empty() {
-            out.push(self.scratch.split().freeze());
-        }
-        let mut epilogue = [0u8; EPILOGUE_CRC_REV1_LEN];
-        epilogue[0] = LATE_STATUS_COMPLETE;
-        for (i, s) in segments.iter().enumerate().take(num_segments).skip(1) {
-            let crc = ceph_crc32c(SEGMENT_SEED, &s.data);
-            epilogue[1 + (i - 1) * CRC_LEN..1 + i * CRC_LEN].copy_from_slice(&crc.to_le_bytes());
-            if !s.data.is_empty() {
-                out.push(s.data.clone());
-            }
-        }
-        self.scratch.put_slice(&epilogue);
-        out.push(self.scratch.split().freeze());
         Ok(())
     }
 
-    /// Appends a single-segment frame (a control frame) as one contiguous [`Bytes`]: preamble,
-    /// `payload`, crc. The payload is copied into the encoder's scratch buffer, so this is meant for
-    /// small payloads.
+    /// Segments 1.. and the epilogue with their crcs.
+    fn put_rest<'a>(&mut self, rest: impl Iterator<Item = &'a Bytes>, out: &mut Vec<Bytes>) {
+        let mut epilogue = [0u8; EPILOGUE_CRC_REV1_LEN];
+        epilogue[0] = LATE_STATUS_COMPLETE;
+        for (i, data) in rest.enumerate() {
+            let crc = ceph_crc32c(SEGMENT_SEED, data);
+            epilogue[1 + i * CRC_LEN..1 + (i + 1) * CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+            if !data.is_empty() {
+                self.put_segment(data, out);
+            }
+        }
+        self.scratch.put_slice(&epilogue);
+    }
+
+    /// Appends a MESSAGE frame for `header` and the payloads `[front, middle, data]`, writing the
+    /// header straight into the scratch buffer (no header segment of its own). Like
+    /// [`append`](FrameEncoder::append), the tail may stay pending.
+    pub fn append_message(
+        &mut self,
+        header: &MsgHeader2,
+        payloads: [&Bytes; 3],
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), FrameError> {
+        if self.secure.is_some() {
+            let mut h = BytesMut::with_capacity(MsgHeader2::LEN);
+            header.encode(&mut h);
+            let segs = [
+                Segment::new(h.freeze(), SEGMENT_ALIGNMENTS[0]),
+                Segment::new(payloads[0].clone(), SEGMENT_ALIGNMENTS[1]),
+                Segment::new(payloads[1].clone(), SEGMENT_ALIGNMENTS[2]),
+                Segment::new(payloads[2].clone(), SEGMENT_ALIGNMENTS[3]),
+            ];
+            return self.append(Tag::Message, &segs, out);
+        }
+        let mut lens = [MsgHeader2::LEN as u32, 0, 0, 0];
+        for (i, p) in payloads.iter().enumerate() {
+            lens[i + 1] = u32::try_from(p.len()).map_err(|_| FrameError::SegmentTooLong {
+                index: i + 1,
+                len: p.len(),
+            })?;
+        }
+        let num_segments = 1 + payloads
+            .iter()
+            .rposition(|p| !p.is_empty())
+            .map_or(0, |i| i + 1);
+        let mut aligns = [0u16; MAX_NUM_SEGMENTS];
+        aligns[..num_segments].copy_from_slice(&SEGMENT_ALIGNMENTS[..num_segments]);
+        let copied: usize = payloads
+            .iter()
+            .map(|p| p.len())
+            .filter(|&l| l <= COPY_SEGMENT_MAX)
+            .sum();
+        self.scratch_room(
+            PREAMBLE_LEN + MsgHeader2::LEN + CRC_LEN + EPILOGUE_CRC_REV1_LEN + copied,
+            out,
+        );
+        put_preamble(
+            &mut self.scratch,
+            Tag::Message,
+            &lens,
+            &aligns,
+            num_segments,
+        );
+        let at = self.scratch.len();
+        header.encode(&mut self.scratch);
+        let crc = ceph_crc32c(SEGMENT_SEED, &self.scratch[at..]);
+        self.scratch.put_u32_le(crc);
+        if num_segments > 1 {
+            self.put_rest(payloads[..num_segments - 1].iter().copied(), out);
+        }
+        Ok(())
+    }
+
+    /// Appends a single-segment frame (a control frame) and flushes: preamble, `payload`, crc. The
+    /// payload is copied, so this is meant for small payloads.
     pub fn encode_control(
+        &mut self,
+        tag: Tag,
+        payload: &[u8],
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), FrameError> {
+        self.append_control(tag, payload, out)?;
+        self.flush(out);
+        Ok(())
+    }
+
+    /// [`encode_control`](FrameEncoder::encode_control) without the flush.
+    pub fn append_control(
         &mut self,
         tag: Tag,
         payload: &[u8],
@@ -830,10 +953,11 @@ impl FrameEncoder {
         })?;
         if self.secure.is_some() {
             let aligns = [DEFAULT_ALIGNMENT, 0, 0, 0];
+            self.flush(out);
             return self.encode_secure(tag, &[payload], &aligns, out);
         }
         let crc_len = if payload.is_empty() { 0 } else { CRC_LEN };
-        self.scratch_room(PREAMBLE_LEN + payload.len() + crc_len);
+        self.scratch_room(PREAMBLE_LEN + payload.len() + crc_len, out);
         let lens = [len, 0, 0, 0];
         let aligns = [DEFAULT_ALIGNMENT, 0, 0, 0];
         put_preamble(&mut self.scratch, tag, &lens, &aligns, 1);
@@ -841,7 +965,6 @@ impl FrameEncoder {
             self.scratch.put_slice(payload);
             self.scratch.put_u32_le(ceph_crc32c(SEGMENT_SEED, payload));
         }
-        out.push(self.scratch.split().freeze());
         Ok(())
     }
 }
@@ -1081,32 +1204,83 @@ mod tests {
     }
 
     #[test]
-    fn gather_list_shares_segment_data() {
+    fn gather_list_shares_large_segments_and_copies_small_ones() {
         let mut enc = FrameEncoder::new();
         let front = Bytes::from(vec![1u8; 64]);
-        let data = Bytes::from(vec![2u8; 4096]);
+        let data = Bytes::from(vec![2u8; COPY_SEGMENT_MAX + 1]);
         let mut out = Vec::new();
-        enc.encode(
-            Tag::Message,
-            &[
-                seg(b"hdr", 8),
-                Segment::new(front.clone(), 8),
-                seg(b"", 8),
-                Segment::new(data.clone(), 4096),
-            ],
-            &mut out,
-        )
-        .unwrap();
-        // preamble, header, crc, front, data, epilogue
-        assert_eq!(out.len(), 6);
-        assert_eq!(out[3].as_ptr(), front.as_ptr());
-        assert_eq!(out[4].as_ptr(), data.as_ptr());
-        // Small pieces are carved one after another from the scratch buffer.
+        let segments = [
+            seg(b"hdr", 8),
+            Segment::new(front.clone(), 8),
+            seg(b"", 8),
+            Segment::new(data.clone(), 4096),
+        ];
+        enc.encode(Tag::Message, &segments, &mut out).unwrap();
+        // preamble + header + crc + front (copied), data (shared), epilogue
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].len(), PREAMBLE_LEN + 3 + CRC_LEN + 64);
+        assert_eq!(out[1].as_ptr(), data.as_ptr());
+        assert_eq!(out[2].len(), EPILOGUE_CRC_REV1_LEN);
+        // Same bytes as a frame whose segments are all small.
+        let wire_bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        let frames = decode_all(&mut FrameDecoder::new(1 << 20), &wire_bytes);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].segments[1], front);
+        assert_eq!(frames[0].segments[3], data);
+        // Small frames appended without a flush join one contiguous piece.
         let mut out2 = Vec::new();
-        enc.encode(Tag::Message, &[seg(b"h", 8), seg(b"f", 8)], &mut out2)
+        enc.append(Tag::Message, &[seg(b"h", 8), seg(b"f", 8)], &mut out2)
             .unwrap();
-        let scratch_end = out[5].as_ptr() as usize + out[5].len();
-        assert_eq!(out2[0].as_ptr() as usize, scratch_end);
+        enc.append_control(Tag::Ack, &[0u8; 8], &mut out2).unwrap();
+        assert!(out2.is_empty() && enc.has_pending());
+        enc.flush(&mut out2);
+        assert_eq!(out2.len(), 1);
+        let frames = decode_all(&mut FrameDecoder::new(1 << 20), &out2[0]);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1].tag, Tag::Ack);
+    }
+
+    #[test]
+    fn append_message_matches_encode_of_its_segments() {
+        let header = MsgHeader2 {
+            seq: 7,
+            tid: 9,
+            msg_type: 42,
+            priority: 127,
+            version: 8,
+            ack_seq: 3,
+            flags: 3,
+            compat_version: 3,
+            ..MsgHeader2::default()
+        };
+        let mut h = BytesMut::new();
+        header.encode(&mut h);
+        let h = h.freeze();
+        for lens in [
+            [5, 0, 0],
+            [0, 0, 3],
+            [64, 0, 4096],
+            [2000, 10, 0],
+            [0, 0, 0],
+        ] {
+            let payloads = lens.map(|n| Bytes::from(vec![n as u8; n]));
+            let mut a = Vec::new();
+            let mut enc = FrameEncoder::new();
+            enc.append_message(&header, [&payloads[0], &payloads[1], &payloads[2]], &mut a)
+                .unwrap();
+            enc.flush(&mut a);
+            let segs: Vec<Segment> = std::iter::once(Segment::new(h.clone(), 8))
+                .chain(
+                    payloads
+                        .iter()
+                        .zip(&SEGMENT_ALIGNMENTS[1..])
+                        .map(|(p, &al)| Segment::new(p.clone(), al)),
+                )
+                .collect();
+            let b = wire(&mut FrameEncoder::new(), Tag::Message, &segs);
+            let a: Vec<u8> = a.iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(a, b, "payload lengths {lens:?}");
+        }
     }
 
     #[test]

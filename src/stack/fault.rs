@@ -11,14 +11,16 @@
 //! * **Armed failures**: [`FaultCounters::arm`] makes the next N reads or writevs fail the same way, for a
 //!   test that must cut a connection at a chosen moment.
 //! * **Read delay**: when the inner stack reports a socket readable, the event is held back and reads return
-//!   `WouldBlock` until `read_delay` has passed; then one readable event is delivered. Nothing sleeps: `poll`
-//!   shortens its timeout to the earliest release. Writable events pass through untouched.
+//!   `WouldBlock` until `read_delay` has passed; then one readable event is delivered and the socket reads
+//!   until a read comes back short (drained at that moment). A read that finds data no readable event announced (the owner read again before
+//!   polling) holds that data back the same way. Nothing sleeps: `poll` shortens its timeout to the
+//!   earliest release. Writable events pass through untouched.
 //!
 //! Replay: worker `i` seeds its RNG with [`FaultConfig::worker_seed`]`(i)`; the base seed is in the config's
 //! `Display` and logged when a worker starts. The same seed replays the same decisions for the same sequence
 //! of calls (real sockets may split reads differently from run to run, so replays are close, not exact).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
@@ -173,6 +175,10 @@ pub struct FaultWorker<W> {
     counters: Arc<FaultCounters>,
     /// Sockets with readable data held back, and when it is released.
     held: HashMap<SocketId, Instant>,
+    /// Sockets whose held data was released: they read freely until a read comes back short. A read
+    /// of any other socket holds its data back (data that arrived without a readable event, because
+    /// the owner reads again before it polls, waits like the rest).
+    released: HashSet<SocketId>,
 }
 
 impl<W: WorkerStack> FaultWorker<W> {
@@ -190,6 +196,7 @@ impl<W: WorkerStack> FaultWorker<W> {
             rng: SmallRng::seed_from_u64(seed),
             counters,
             held: HashMap::new(),
+            released: HashSet::new(),
         }
     }
 
@@ -221,6 +228,7 @@ impl<W: WorkerStack> FaultWorker<W> {
         // Best effort: the socket may already be dead, which is what we want anyway.
         let _ = self.inner.shutdown(id, Shutdown::Both);
         self.held.remove(&id);
+        self.released.remove(&id);
         Err(TransportError::Injected {
             op,
             id,
@@ -231,13 +239,31 @@ impl<W: WorkerStack> FaultWorker<W> {
 
     /// What every read does first: `WouldBlock` while the socket's data is held back, then maybe a failure.
     fn check_read(&mut self, id: SocketId) -> io::Result<()> {
-        if let Some(release) = self.held.get(&id) {
-            if *release > Instant::now() {
-                return Err(io::ErrorKind::WouldBlock.into());
+        if !self.config.read_delay.is_zero() {
+            let now = Instant::now();
+            match self.held.get(&id) {
+                Some(release) if *release > now => return Err(io::ErrorKind::WouldBlock.into()),
+                Some(_) => {
+                    self.held.remove(&id);
+                    self.released.insert(id);
+                }
+                None if !self.released.contains(&id) => {
+                    self.held.insert(id, now + self.config.read_delay);
+                    self.counters.delayed_reads.fetch_add(1, Ordering::Relaxed);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                None => {}
             }
-            self.held.remove(&id);
         }
         self.roll_failure(id, FaultOp::Read)
+    }
+
+    /// After a read of up to `asked` bytes: a socket found drained — a short read, `WouldBlock`, an
+    /// error — holds its next data back again.
+    fn after_read(&mut self, id: SocketId, asked: usize, r: &io::Result<usize>) {
+        if !matches!(r, Ok(n) if *n >= asked) {
+            self.released.remove(&id);
+        }
     }
 
     fn next_release(&self) -> Option<Instant> {
@@ -262,7 +288,9 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
 
     fn read(&mut self, id: SocketId, buf: &mut [u8]) -> io::Result<usize> {
         self.check_read(id)?;
-        self.inner.read(id, buf)
+        let r = self.inner.read(id, buf);
+        self.after_read(id, buf.len(), &r);
+        r
     }
 
     fn writev(&mut self, id: SocketId, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -277,7 +305,9 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
         f: &mut dyn FnMut(&[u8]),
     ) -> io::Result<usize> {
         self.check_read(id)?;
-        self.inner.read_with(id, scratch, f)
+        let r = self.inner.read_with(id, scratch, f);
+        self.after_read(id, scratch.len(), &r);
+        r
     }
 
     fn write_bytes(&mut self, id: SocketId, bufs: &[Bytes]) -> io::Result<usize> {
@@ -291,6 +321,7 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
 
     fn close(&mut self, id: SocketId) -> io::Result<()> {
         self.held.remove(&id);
+        self.released.remove(&id);
         self.inner.close(id)
     }
 
@@ -345,6 +376,7 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
             .collect();
         for id in released {
             self.held.remove(&id);
+            self.released.insert(id);
             events.push(SocketEvent::ready(id, Readiness::READABLE));
         }
         Ok(())

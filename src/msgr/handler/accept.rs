@@ -101,7 +101,7 @@ impl<S: WorkerStack> Handler<S> {
             .shared
             .counters
             .iter()
-            .map(|w| w.connections.load(Ordering::Relaxed))
+            .map(|w| w.connections.get())
             .sum();
         if open >= cfg.max_connections as u64 {
             return Some(crate::proto::Limit::Connections);
@@ -135,7 +135,7 @@ impl<S: WorkerStack> Handler<S> {
         let id = handle.id();
         #[cfg(feature = "interceptor")]
         let proto = with_intercept_id(proto, id);
-        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        self.counters.accepted.add(1);
         let mut conn = Conn::new(handle, rx, proto);
         conn.socket = Some(sid);
         conn.peer_sock = Some(peer);

@@ -138,7 +138,7 @@ impl<S: WorkerStack> Handler<S> {
 
     fn insert(&mut self, conn: Box<Conn>) {
         self.shared.load[self.index].fetch_add(1, Ordering::Relaxed);
-        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        self.counters.connections.add(1);
         self.conns.insert(conn.handle.id(), conn);
     }
 
@@ -148,7 +148,17 @@ impl<S: WorkerStack> Handler<S> {
             return;
         };
         conn.handle.0.scheduled.store(false, Ordering::Release);
-        let now = Instant::now();
+        Self::take_commands(conn, Instant::now());
+        if conn.handle.0.want_read.swap(false, Ordering::AcqRel) {
+            // Resumed by the throttle it paused on (which has let go of it).
+            conn.parked_on = None;
+            Self::queue_read(&mut self.run_list, conn, id);
+        }
+        self.pump(c, id);
+    }
+
+    /// Move what other threads (or this one's dispatcher) queued for `conn` into its protocol state.
+    fn take_commands(conn: &mut Conn, now: Instant) {
         while let Ok(cmd) = conn.commands.try_recv() {
             match cmd {
                 // Refused (closed): the message is dropped, and its permit with it.
@@ -160,19 +170,27 @@ impl<S: WorkerStack> Handler<S> {
                 Command::Evict => conn.proto.expire_standby(),
             }
         }
-        if conn.handle.0.want_read.swap(false, Ordering::AcqRel) {
-            // Resumed by the throttle it paused on (which has let go of it).
-            conn.parked_on = None;
-            Self::queue_read(&mut self.run_list, conn, id);
-        }
-        self.pump(c, id);
     }
 
     /// Move bytes and events until the connection has nothing more to say.
+    ///
+    /// Events go to the dispatcher before anything is written, and what it queues in reply joins the
+    /// same write: on a lossless session the reply carries the ack, and a bare ACK frame goes out
+    /// only when nothing else did.
     fn pump(&mut self, c: &mut EventCenter<S>, id: ConnId) {
         let mut evs = std::mem::take(&mut self.ev_scratch);
         while let Some(conn) = self.conns.get_mut(&id) {
             let now = Instant::now();
+            evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
+            if !evs.is_empty() {
+                for ev in evs.drain(..) {
+                    self.on_proto_event(c, id, ev);
+                }
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    Self::take_commands(conn, now);
+                }
+                continue;
+            }
             // Encode more only once the socket has taken what was encoded before: messages wait in the
             // session's queue, holding their send budget, rather than pile up here as bytes (a lossy
             // message lets go of its budget once encoded, so a peer that stops reading would otherwise
@@ -200,19 +218,16 @@ impl<S: WorkerStack> Handler<S> {
             }
             self.counters
                 .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
-            evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
-            if evs.is_empty() {
-                // Test interceptor: steps held until the connection's events were handled.
-                #[cfg(feature = "interceptor")]
-                if conn.proto.run_deferred_intercepts(now) {
-                    continue;
-                }
-                Self::arm_timer(c, &mut self.by_timer, id, conn);
-                break;
+            if conn.proto.has_events() {
+                continue;
             }
-            for ev in evs.drain(..) {
-                self.on_proto_event(c, id, ev);
+            // Test interceptor: steps held until the connection's events were handled.
+            #[cfg(feature = "interceptor")]
+            if conn.proto.run_deferred_intercepts(now) {
+                continue;
             }
+            Self::arm_timer(c, &mut self.by_timer, id, conn);
+            break;
         }
         self.ev_scratch = evs;
     }
@@ -256,7 +271,7 @@ impl<S: WorkerStack> Handler<S> {
                     m.payload_len() as u64,
                 ));
                 if dispatcher.dispatch(&handle, m).is_err() {
-                    self.counters.undispatched.fetch_add(1, Ordering::Relaxed);
+                    self.counters.undispatched.add(1);
                     tracing::debug!(conn = id, "no dispatcher takes the message: dropped");
                 }
             }
@@ -320,9 +335,7 @@ impl<S: WorkerStack> Handler<S> {
                     self.counters.trip(limit);
                 }
                 if !conn.announced {
-                    self.counters
-                        .dropped_bad_peers
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.counters.dropped_bad_peers.add(1);
                     // Rate-limited, and the reason (which may quote the peer) escaped.
                     let (log, suppressed) = self.peer_log.allow(Instant::now());
                     if suppressed > 0 {
@@ -349,7 +362,7 @@ impl<S: WorkerStack> Handler<S> {
             Event::Reset(err) => {
                 let announced = conn.announced;
                 if announced {
-                    self.counters.resets.fetch_add(1, Ordering::Relaxed);
+                    self.counters.resets.add(1);
                     tracing::debug!(conn = id, reason = %err, "session reset");
                 }
                 self.remove(c, id);
@@ -379,6 +392,9 @@ impl<S: WorkerStack> Handler<S> {
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
+        // Settle what the connection did since the last pump (it may end while its events are handled).
+        self.counters
+            .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
         if let Some(sid) = conn.socket.take() {
             let _ = c.stack_mut().close(sid);
             self.by_socket.remove(&sid);
@@ -403,7 +419,7 @@ impl<S: WorkerStack> Handler<S> {
         conn.handle.0.closed.store(true, Ordering::Release);
         conn.handle.0.connected.store(false, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
-        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections.sub(1);
         conn.unpark();
         // Dropping the session's messages and the queued commands returns their budget; a send that
         // lands in the queue after this is dropped with the queue's receiver (at the end of this

@@ -64,9 +64,7 @@ impl<S: WorkerStack> Handler<S> {
             let claimant = (conn.proto.peer_type(), conn.proto.peer_auth_name().cloned());
             if !same_identity(&held, claimant.0, claimant.1.as_ref()) {
                 drop(reg);
-                self.counters
-                    .sessions_refused_identity
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.sessions_refused_identity.add(1);
                 let (log, suppressed) = self.peer_log.allow(now);
                 if log {
                     tracing::info!(
@@ -222,7 +220,7 @@ impl<S: WorkerStack> Handler<S> {
         new.handle.0.closed.store(true, Ordering::Release);
         new.unpark();
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
-        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections.sub(1);
         self.pump(c, ex_id);
     }
 
@@ -386,7 +384,7 @@ impl<S: WorkerStack> Handler<S> {
         // ignored, and `to` drains the command queue once it has adopted the connection.
         conn.handle.0.worker.store(to, Ordering::Release);
         self.shared.load[self.index].fetch_sub(1, Ordering::Relaxed);
-        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections.sub(1);
         Some(conn)
     }
 
@@ -402,7 +400,7 @@ impl<S: WorkerStack> Handler<S> {
     ) {
         if let Some(conn) = conn {
             let ex_id = conn.handle.id();
-            self.counters.sessions_moved.fetch_add(1, Ordering::Relaxed);
+            self.counters.sessions_moved.add(1);
             tracing::debug!(
                 worker = self.index,
                 conn = ex_id,

@@ -53,10 +53,10 @@ use super::auth::{
 };
 use super::banner::{msgr2_feature, Banner};
 use super::codec::secure::{session_ciphers, CONNECTION_SECRET_MIN};
-use super::codec::{Frame, FrameDecoder, FrameEncoder, FrameError, Segment, Tag};
+use super::codec::{Frame, FrameDecoder, FrameEncoder, FrameError, Tag};
 use super::control::*;
 use super::error::{Error, Limit, TransportError, TransportErrorKind};
-use super::message::{Message, SEGMENT_ALIGNMENTS};
+use super::message::Message;
 use super::session::{GlobalSeq, Session};
 use super::types::{
     entity_type, AddrType, AddrVec, AuthEntityName, EntityAddr, EntityName, EntityType, UTime,
@@ -405,6 +405,11 @@ pub struct ConnStats {
     pub duplicates_dropped: u64,
     pub remote_resets: u64,
     pub faults: u64,
+    /// Frames decoded and encoded (every tag).
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Bare ACK frames encoded (acks no outgoing message carried).
+    pub acks_out: u64,
     /// Server-policy sessions ended after `server_standby_expiry` in Standby.
     pub standby_expired: u64,
 }
@@ -515,12 +520,28 @@ impl Transport {
         }
     }
 
-    /// Frame `cf` onto the transmit list.
+    /// Frame `cf` onto the transmit list (flushed: the handshake records what it sent).
     fn encode_control(&mut self, cf: &ControlFrame) -> Result<(), FrameError> {
         self.ctrl.clear();
         cf.encode_payload(&mut self.ctrl);
         self.encoder
             .encode_control(cf.tag(), &self.ctrl, &mut self.tx)
+    }
+
+    /// Frame `cf` after what is pending; [`Transport::take_tx`] hands it out.
+    fn append_control(&mut self, cf: &ControlFrame) -> Result<(), FrameError> {
+        self.ctrl.clear();
+        cf.encode_payload(&mut self.ctrl);
+        self.encoder
+            .append_control(cf.tag(), &self.ctrl, &mut self.tx)
+    }
+
+    /// Everything encoded so far, in order.
+    fn take_tx(&mut self, out: &mut Vec<Bytes>) -> usize {
+        self.encoder.flush(&mut self.tx);
+        let n: usize = self.tx.iter().map(|b| b.len()).sum();
+        out.append(&mut self.tx);
+        n
     }
 }
 
@@ -817,6 +838,11 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Whether [`Connection::poll_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The earliest deadline at which [`Connection::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.iter().flatten().min().copied()
@@ -835,8 +861,7 @@ impl Connection {
         let Some(t) = self.transport.as_mut() else {
             return 0;
         };
-        let n: usize = t.tx.iter().map(|b| b.len()).sum();
-        out.append(&mut t.tx);
+        let n = t.take_tx(out);
         self.stats.bytes_out += n as u64;
         n
     }
@@ -851,6 +876,7 @@ impl Connection {
             return false;
         }
         !t.tx.is_empty()
+            || t.encoder.has_pending()
             || (self.phase == Phase::Ready
                 && (self.session.has_outgoing()
                     || self.session.ack_left > 0
@@ -1089,6 +1115,7 @@ impl Connection {
                 &frame.raw,
                 max_transcript,
             )?;
+            self.stats.frames_in += 1;
             self.handle_frame(now, frame)?;
         }
     }
@@ -1253,7 +1280,11 @@ impl Connection {
         self.phase = Phase::Ready;
         if let Some(t) = self.transport.as_mut() {
             t.decoder.set_max_frame_len(self.config.max_frame_len);
-            t.rx.reserve(READY_RX_CAPACITY.saturating_sub(t.rx.len()));
+            // A new buffer rather than `reserve`: `BytesMut` sizes every later reallocation by the
+            // capacity it was created with.
+            let mut rx = BytesMut::with_capacity(READY_RX_CAPACITY.max(t.rx.len()));
+            rx.extend_from_slice(&t.rx);
+            t.rx = rx;
         }
         self.backoff = Duration::ZERO;
         self.stats.handshakes += 1;
@@ -1417,6 +1448,7 @@ impl Connection {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let start = t.tx.len();
         t.encode_control(cf)?;
+        self.stats.frames_out += 1;
         let max = self.config.max_transcript_len;
         if let Some((tx, _)) = t.transcript.as_mut() {
             for b in &t.tx[start..] {
@@ -1437,11 +1469,12 @@ impl Connection {
                 sec: d.as_secs() as u32,
                 nsec: d.subsec_nanos(),
             };
-            if t.encode_control(&ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }))
+            if t.append_control(&ControlFrame::Keepalive2(Keepalive2 { timestamp: ts }))
                 .is_err()
             {
                 return;
             }
+            self.stats.frames_out += 1;
         }
         let mut budget = self.config.transmit_budget;
         let mut carried_ack = false;
@@ -1452,25 +1485,10 @@ impl Connection {
             self.session.out_seq += 1;
             m.header.seq = self.session.out_seq;
             m.header.ack_seq = self.session.in_seq;
-            let segs = [
-                Segment {
-                    data: m.header_segment(),
-                    align: SEGMENT_ALIGNMENTS[0],
-                },
-                Segment {
-                    data: m.front.clone(),
-                    align: SEGMENT_ALIGNMENTS[1],
-                },
-                Segment {
-                    data: m.middle.clone(),
-                    align: SEGMENT_ALIGNMENTS[2],
-                },
-                Segment {
-                    data: m.data.clone(),
-                    align: SEGMENT_ALIGNMENTS[3],
-                },
-            ];
-            if t.encoder.encode(Tag::Message, &segs, &mut t.tx).is_err() {
+            if t.encoder
+                .append_message(&m.header, [&m.front, &m.middle, &m.data], &mut t.tx)
+                .is_err()
+            {
                 // Unencodable (a segment over 4 GiB): drop it rather than wedge the queue.
                 self.session.out_seq -= 1;
                 self.session.released.add(&m);
@@ -1479,6 +1497,7 @@ impl Connection {
             budget = budget.saturating_sub(m.payload_len() + 64);
             carried_ack = true;
             self.stats.msgs_out += 1;
+            self.stats.frames_out += 1;
             if self.policy.lossy {
                 self.session.released.add(&m);
             } else {
@@ -1489,9 +1508,14 @@ impl Connection {
             self.session.ack_left = 0;
         } else if self.session.ack_left > 0 {
             self.session.ack_left = 0;
-            let _ = t.encode_control(&ControlFrame::Ack(Ack {
+            if t.append_control(&ControlFrame::Ack(Ack {
                 seq: self.session.in_seq,
-            }));
+            }))
+            .is_ok()
+            {
+                self.stats.frames_out += 1;
+                self.stats.acks_out += 1;
+            }
         }
     }
 }
