@@ -9,7 +9,7 @@
 # measurement repeated --reps times (default 5) with the tools interleaved, reporting the median run and
 # the spread (min..max over the repetitions), msgr's CPU µs per message on each side, and the commit and
 # 1-minute load average beside every figure. With strace: syscalls per message of a lossless 64 B
-# ping-pong (frames per message once the library counts frames). DPDK and RDMA rows (msgr --stack
+# ping-pong, beside its frames per round trip (msgr's frame counters, in the bench JSON). DPDK and RDMA rows (msgr --stack
 # dpdk|rdma, perftest) join when those stacks exist.
 #
 # Prints a side-by-side table and writes DIR/compare.json (each tool's figures per size and run, versions,
@@ -511,7 +511,10 @@ for rep in range(1, reps + 1):
                     "client_user_us_per_msg": r.get("client_user_us_per_msg"),
                     "client_sys_us_per_msg": r.get("client_sys_us_per_msg"),
                     "server_user_us_per_msg": r.get("server_user_us_per_msg"),
-                    "server_sys_us_per_msg": r.get("server_sys_us_per_msg")})
+                    "server_sys_us_per_msg": r.get("server_sys_us_per_msg"),
+                    "client_frames_out_per_msg": r.get("client_frames_out_per_msg"),
+                    "client_frames_in_per_msg": r.get("client_frames_in_per_msg"),
+                    "client_acks_out_per_msg": r.get("client_acks_out_per_msg")})
 msgr_lat = msgr[policies[0]]["latency"] if "lossy" not in msgr else msgr["lossy"]["latency"]
 msgr_tp = msgr[policies[0]]["throughput"] if "lossy" not in msgr else msgr["lossy"]["throughput"]
 if header:
@@ -622,6 +625,17 @@ def cpu(run):
                           fmt(run.get("server_cpu_us_per_msg"), ".2f"))
 
 
+def frames_of_lossless_pingpong():
+    runs = msgr.get("lossless", {}).get("latency", {}).get(64, [])
+    med, _ = median_run(runs, "p50_us")
+    if not med or med.get("client_frames_out_per_msg") is None:
+        return {"frames_per_message": None}
+    out_, in_ = med["client_frames_out_per_msg"], med["client_frames_in_per_msg"]
+    return {"frames_per_message": out_ + in_, "client_frames_out_per_msg": out_,
+            "client_frames_in_per_msg": in_, "client_acks_out_per_msg": med["client_acks_out_per_msg"],
+            "frames_rep": med["rep"]}
+
+
 # Syscalls per message of a lossless 64 B ping-pong on the server (strace -c -f over a window).
 def syscalls(tag):
     try:
@@ -641,8 +655,9 @@ def syscalls(tag):
             top.append((f[-1], int(f[3])))
     return {"window_s": int(m.group(2)) if m else None, "server_messages": msgs, "syscalls": calls,
             "per_message": calls / msgs if msgs else None,
-            # The library has no frame counter yet: frames per message are not known.
-            "frames_per_message": None,
+            # From the bench's own lossless 64 B latency runs (the client messenger's frame counters):
+            # frames each way per round trip, and the bare ACKs among the client's.
+            **frames_of_lossless_pingpong(),
             "top": sorted(top, key=lambda t: -t[1])[:5]}
 
 
@@ -705,11 +720,15 @@ if sc:
     lines.append("")
     lines.append("Lossless 64 B ping-pong, server side, steady state (strace -c -f over a window; per message "
                  "the server received)")
-    lines.append("| window s | messages | syscalls | syscalls per message | frames per message | most frequent |")
+    lines.append("| window s | messages | syscalls | syscalls per message | frames per round trip (client out+in; "
+                 "bare ACKs out) | most frequent |")
     lines.append("|---:|---:|---:|---:|---:|---|")
+    fr = sc.get("frames_per_message")
     lines.append("| {} | {} | {} | {} | {} | {} |".format(
         sc["window_s"], sc["server_messages"], sc["syscalls"], fmt(sc["per_message"], ".3f"),
-        "n/a (no frame counter)", ", ".join(f"{n} {c}" for n, c in sc["top"]) or "-"))
+        "n/a" if fr is None else "{:.2f} ({:.2f}+{:.2f}; {:.2f})".format(
+            fr, sc["client_frames_out_per_msg"], sc["client_frames_in_per_msg"], sc["client_acks_out_per_msg"]),
+        ", ".join(f"{n} {c}" for n, c in sc["top"]) or "-"))
 lines.append("")
 for name, t in targets.items():
     lines.append(f"target {name}: ratio {t['ratio']:.2f} (want {t['target']}): {'met' if t['met'] else 'NOT met'}")

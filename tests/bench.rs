@@ -166,6 +166,9 @@ const RECORD_SCHEMA: &[(&str, Kind)] = &[
     ("client_sys_us_per_msg", Kind::OptF64),
     ("server_user_us_per_msg", Kind::OptF64),
     ("server_sys_us_per_msg", Kind::OptF64),
+    ("client_frames_out_per_msg", Kind::OptF64),
+    ("client_frames_in_per_msg", Kind::OptF64),
+    ("client_acks_out_per_msg", Kind::OptF64),
 ];
 
 /// Every key of `schema` is present with its type, and nothing else is there.
@@ -243,6 +246,14 @@ fn check_report(run: &Run, mode: &str, sizes: &[u64], count: u64, directions: f6
         assert!(u(r, "p9999_ns") <= u(r, "max_ns"), "{r}");
         assert_eq!(r["policy"], h["policy"], "{r}");
         check_cpu(r, "client");
+        // Every message crossed as a frame at least, each way (a worker publishes its counters once per
+        // loop turn: the last turn's frames may not show yet, hence a margin).
+        assert!(f(r, "client_frames_out_per_msg") >= 0.9, "{r}");
+        assert!(f(r, "client_frames_in_per_msg") >= 0.9, "{r}");
+        assert!(
+            f(r, "client_acks_out_per_msg") <= f(r, "client_frames_out_per_msg"),
+            "{r}"
+        );
         // A server in this process, or a `bench serve`, reports its CPU.
         check_cpu(r, "server");
         let elapsed = u(r, "elapsed_ns");

@@ -21,7 +21,7 @@ use msgr::stack::NetworkStack;
 use msgr::{ConnId, ConnectionRef, CountersSnapshot, Dispatcher, Messenger, MessengerConfig};
 
 use super::cpu::CpuSnapshot;
-use super::driver::{unlimited_throttles, Load, Measured, Runner, Shape};
+use super::driver::{unlimited_throttles, Frames, Load, Measured, Runner, Shape};
 use super::latency::{
     duration_ns, new_histogram, ServerStats, BENCH_STATS_REPLY_TYPE, BENCH_STATS_TYPE,
     STALL_TIMEOUT,
@@ -202,6 +202,7 @@ impl<N: NetworkStack> Dialer<N> {
             pacer_lag: None,
             client_cpu: None,
             server_cpu: None,
+            client_frames: None,
         })
     }
 }
@@ -221,13 +222,16 @@ impl<N: NetworkStack> Runner for Dialer<N> {
         }
         let server_before = self.server_stats()?;
         let client_before = CpuSnapshot::of_threads(&self.thread_prefix);
+        let counters_before = self.messenger.counters();
         progress.start(load.count, load.duration);
         let m = self.handshakes(load.count, load.duration, true, progress);
         progress.finish();
         let mut m = m?;
+        let counters_after = self.messenger.counters();
         let client_after = CpuSnapshot::of_threads(&self.thread_prefix);
         let server_after = self.server_stats()?;
         m.client_cpu = client_after.since(&client_before);
+        m.client_frames = Some(Frames::between(&counters_before, &counters_after));
         m.server_cpu = match (server_before, server_after) {
             (Some(a), Some(b)) => b.cpu.since(&a.cpu),
             _ => None,

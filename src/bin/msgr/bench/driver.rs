@@ -103,6 +103,27 @@ pub struct Measured {
     pub client_cpu: Option<CpuTime>,
     /// CPU the server's worker threads used over the measured phase, if the server reports it.
     pub server_cpu: Option<CpuTime>,
+    /// Frames the client messenger sent and received over the measured phase.
+    pub client_frames: Option<Frames>,
+}
+
+/// Frames a messenger sent and received over an interval (its counters' difference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Frames {
+    pub sent: u64,
+    pub received: u64,
+    /// Bare ACK frames among those sent.
+    pub acks_sent: u64,
+}
+
+impl Frames {
+    pub fn between(before: &CountersSnapshot, after: &CountersSnapshot) -> Self {
+        Frames {
+            sent: after.frames_out.saturating_sub(before.frames_out),
+            received: after.frames_in.saturating_sub(before.frames_in),
+            acks_sent: after.acks_out.saturating_sub(before.acks_out),
+        }
+    }
 }
 
 /// How long a stats request may take before the server counts as one that does not report.
@@ -504,12 +525,15 @@ impl<N: NetworkStack> Client<N> {
         }
         let server_before = self.server_stats()?;
         let client_before = CpuSnapshot::of_threads(&self.thread_prefix);
+        let counters_before = self.messenger.counters();
         let measured = Load { warmup: 0, ..*load };
         let m = self.phase(msg, &measured, progress)?;
+        let counters_after = self.messenger.counters();
         let client_after = CpuSnapshot::of_threads(&self.thread_prefix);
         let server_after = self.server_stats()?;
         let mut m = m.ok_or("no message was measured")?;
         m.client_cpu = client_after.since(&client_before);
+        m.client_frames = Some(Frames::between(&counters_before, &counters_after));
         m.server_cpu = match (server_before, server_after) {
             (Some(a), Some(b)) => b.cpu.since(&a.cpu),
             _ => None,
@@ -640,6 +664,7 @@ impl<N: NetworkStack> Client<N> {
             pacer_lag,
             client_cpu: None,
             server_cpu: None,
+            client_frames: None,
         }))
     }
 

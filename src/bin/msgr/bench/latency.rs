@@ -235,6 +235,7 @@ impl MemPingPong {
             pacer_lag: None,
             client_cpu,
             server_cpu: None,
+            client_frames: None,
         })
     }
 

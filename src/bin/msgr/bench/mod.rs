@@ -889,6 +889,7 @@ pub fn run_to(
             .pacer_lag
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         r.set_cpu(m.client_cpu, m.server_cpu);
+        r.set_frames(m.client_frames);
         let _ = out.write_all(report::table_row(&r).as_bytes());
         let _ = out.flush();
         results.push(r);

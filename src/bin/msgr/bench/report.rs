@@ -132,6 +132,10 @@ pub struct Counters {
     pub transport_faults: u64,
     pub injected_faults: u64,
     pub accepted: u64,
+    /// Frames received and sent (every tag), and the bare ACK frames among those sent.
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub acks_out: u64,
 }
 
 impl From<&msgr::CountersSnapshot> for Counters {
@@ -147,6 +151,9 @@ impl From<&msgr::CountersSnapshot> for Counters {
             transport_faults: c.transport_faults,
             injected_faults: c.injected_faults,
             accepted: c.accepted,
+            frames_in: c.frames_in,
+            frames_out: c.frames_out,
+            acks_out: c.acks_out,
         }
     }
 }
@@ -231,6 +238,12 @@ pub struct SizeResult {
     /// The same for the server's worker threads; `None` when the server does not report it.
     pub server_user_us_per_msg: Option<f64>,
     pub server_sys_us_per_msg: Option<f64>,
+    /// Frames the client messenger sent and received per measured message (every tag: MESSAGE, ACK,
+    /// KEEPALIVE2), and the bare ACK frames among those sent; the server's are the mirror image. The
+    /// counters are published once per worker loop turn, so an interval's edges may be off by a frame.
+    pub client_frames_out_per_msg: Option<f64>,
+    pub client_frames_in_per_msg: Option<f64>,
+    pub client_acks_out_per_msg: Option<f64>,
 }
 
 impl SizeResult {
@@ -280,7 +293,21 @@ impl SizeResult {
             client_sys_us_per_msg: None,
             server_user_us_per_msg: None,
             server_sys_us_per_msg: None,
+            client_frames_out_per_msg: None,
+            client_frames_in_per_msg: None,
+            client_acks_out_per_msg: None,
         }
+    }
+
+    /// Sets the frame figures from what the client messenger counted over this record's messages.
+    pub fn set_frames(&mut self, frames: Option<super::driver::Frames>) {
+        let Some(f) = frames.filter(|_| self.count > 0) else {
+            return;
+        };
+        let per = |n: u64| Some(n as f64 / self.count as f64);
+        self.client_frames_out_per_msg = per(f.sent);
+        self.client_frames_in_per_msg = per(f.received);
+        self.client_acks_out_per_msg = per(f.acks_sent);
     }
 
     /// Sets the CPU figures from the CPU each side used over this record's `count` messages.
