@@ -87,7 +87,10 @@ impl<N: NetworkStack> Drop for BenchServer<N> {
     long_about = "Run a benchmark server for `msgr bench run ADDR` in another process.\n\n\
 It listens on --bind (a msgr2.1 OSD-type server, auth none, crc mode, address nonce 0 so that \
 IP:PORT alone names it), prints \"listening on v2:IP:PORT/0\", echoes benchmark messages and acks streamed ones, and runs for \
---duration seconds or until killed.\n\n\
+--duration seconds or until killed. It serves every `bench run --policy` at once (the client's entity \
+type decides: client lossy, mgr lossless, osd lossless-peer), answers the client's stats requests \
+(its workers' CPU, its RSS, the policy it applied), sets every throttle it does not measure to \
+unlimited, and raises its open-file limit (RLIMIT_NOFILE) to the hard limit.\n\n\
 With --stack dpdk (a build with the dpdk feature) it serves on the DPDK stack that --dpdk-args \
 describes (one poll-mode worker per queue: --workers must equal queues=), on that stack's ip unless \
 --bind says otherwise.\n\n\
