@@ -2,19 +2,25 @@
 # scripts/compare.sh — msgr bench beside the tools people already trust, in ONE run on this machine:
 #   sockperf ping-pong (TCP, loopback, --full-rtt: round trips, not sockperf's default half round trip)
 #   iperf3 (TCP, loopback, one connection, writes of SIZE bytes)
-#   msgr bench (posix): latency mode against sockperf, throughput mode against iperf3
+#   msgr bench (posix): latency mode against sockperf, throughput mode against iperf3, each under every
+#   session policy of --policies (default lossy,lossless,lossless-peer), and 64 B streaming with window
+#   64 against iperf3 -l 64
 # on the same message sizes, every server pinned to one CPU and every client to another (taskset), each
-# measurement repeated --reps times (>= 3) with the tools interleaved, reporting the median run and the
-# spread (min..max over the repetitions). DPDK and RDMA rows (msgr --stack dpdk|rdma, perftest) join when
-# those stacks exist.
+# measurement repeated --reps times (default 5) with the tools interleaved, reporting the median run and
+# the spread (min..max over the repetitions), msgr's CPU µs per message on each side, and the commit and
+# 1-minute load average beside every figure. With strace: syscalls per message of a lossless 64 B
+# ping-pong, beside its frames per round trip (msgr's frame counters, in the bench JSON). DPDK and RDMA rows (msgr --stack
+# dpdk|rdma, perftest) join when those stacks exist.
 #
 # Prints a side-by-side table and writes DIR/compare.json (each tool's figures per size and run, versions,
 # machine, load average around every run, and the ratios msgr/sockperf for RTT p50 and p99 and
 # msgr/iperf3 for throughput), DIR/compare.md (the table), and msgr's own plots of its median runs
 # (DIR/msgr-latency.svg, DIR/msgr-throughput.svg). Every process it starts is stopped by its PID.
 #
-# Usage: scripts/compare.sh [--sizes 64,4k,64k,1m] [--reps 3] [--secs 3] [--server-cpu 1] [--client-cpu 0]
-#                           [--window 16] [--out DIR] [--msgr PATH] [--report-only] [--rdma] [--dpdk]
+# Usage: scripts/compare.sh [--sizes 64,4k,64k,1m] [--reps 5] [--secs 3] [--server-cpu 1] [--client-cpu 0]
+#                           [--window 16] [--policies lossy,lossless,lossless-peer] [--out DIR]
+#                           [--msgr PATH] [--report-only] [--rdma] [--dpdk]
+# Fewer than 5 repetitions (e.g. --reps 1 --secs 1 to try the script) are allowed, with a warning.
 # --report-only redoes the table, compare.json and plots from DIR/raw of an earlier run.
 # --dpdk adds the DPDK rows: msgr bench --stack dpdk over net_memif (server child process) and over
 # net_tap (against a kernel-TCP server; needs root, else skipped) in every repetition, right after the
@@ -22,7 +28,8 @@
 # syscalls per message in steady state (strace -c -f on the server process over a window in the middle
 # of a 64 B ping-pong and of a 64 KiB stream; per message the server received), posix vs dpdk memif.
 # msgr is then built with --features dpdk (the posix rows use the same binary). Needs the packages
-# ci/test.sh's dpdk phase installs, and strace (else the syscall rows are skipped, saying so).
+# ci/test.sh's dpdk phase installs, and strace (else the syscall rows are skipped, saying so). The DPDK
+# rows run --policy lossy.
 # Written to compare.json ("dpdk") and appended to compare.md.
 # --rdma adds the RDMA rows: `msgr bench --stack rdma` over soft-RoCE beside ib_send_lat / ib_send_bw /
 # ib_write_bw (msgr built here with --features rdma), --reps
@@ -38,8 +45,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SIZES="64,4k,64k,1m"
-REPS=3
+REPS=5
 SECS=3
+POLICIES="lossy,lossless,lossless-peer"
 SERVER_CPU=1
 CLIENT_CPU=0
 WINDOW=16
@@ -50,7 +58,7 @@ RDMA=0
 DPDK=0
 
 usage() {
-    sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -62,6 +70,7 @@ while (($#)); do
     --server-cpu) SERVER_CPU="$2"; shift 2 ;;
     --client-cpu) CLIENT_CPU="$2"; shift 2 ;;
     --window) WINDOW="$2"; shift 2 ;;
+    --policies) POLICIES="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --msgr) MSGR="$2"; shift 2 ;;
     --report-only) REPORT_ONLY=1; shift ;;
@@ -72,10 +81,20 @@ while (($#)); do
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
     esac
 done
-if ! [[ "$REPS" =~ ^[0-9]+$ ]] || ((REPS < 3)); then
-    echo "compare.sh: --reps must be at least 3 (a median and a spread need them)" >&2
+if ! [[ "$REPS" =~ ^[0-9]+$ ]] || ((REPS < 1)); then
+    echo "compare.sh: --reps must be a number, at least 1" >&2
     exit 2
 fi
+if ((REPS < 5)); then
+    echo "compare.sh: warning: $REPS repetitions; the figures to quote are medians of at least 5" >&2
+fi
+IFS=',' read -r -a POLICY_LIST <<<"$POLICIES"
+for policy in "${POLICY_LIST[@]}"; do
+    case "$policy" in
+    lossy | lossless | lossless-peer) ;;
+    *) echo "compare.sh: unknown policy $policy (lossy, lossless, lossless-peer)" >&2; exit 2 ;;
+    esac
+done
 
 for tool in sockperf iperf3 python3 taskset; do
     if ! command -v "$tool" >/dev/null; then
@@ -95,7 +114,7 @@ if [[ -z "$MSGR" ]]; then
     MSGR="target/release/msgr"
 fi
 STRACE=1
-if ((DPDK)) && ! command -v strace >/dev/null; then
+if ! command -v strace >/dev/null; then
     echo "compare.sh: strace is not installed (apt-get install strace): no syscall rows" >&2
     STRACE=0
 fi
@@ -197,23 +216,40 @@ run_iperf3() { # rep
         echo "load_end $(loadavg)" >>"$RAW/iperf3-$size-$rep.load"
         stop_pid "$pid"
     done
+    # Beside msgr's 64 B stream (window 64): 64-byte writes.
+    port=$(free_port)
+    taskset -c "$SERVER_CPU" iperf3 -s -1 -p "$port" >"$RAW/iperf3-server-stream64-$rep.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_listen "$port"
+    echo "load $(loadavg)" >"$RAW/iperf3-stream64-$rep.load"
+    taskset -c "$CLIENT_CPU" iperf3 -c 127.0.0.1 -p "$port" -l 64 -t "$SECS" -J \
+        >"$RAW/iperf3-stream64-$rep.json" 2>"$RAW/iperf3-stream64-$rep.err" || true
+    echo "load_end $(loadavg)" >>"$RAW/iperf3-stream64-$rep.load"
+    stop_pid "$pid"
 }
 
+# One `bench serve` serves every policy (the client's decides). Files: msgr-POLICY-MODE-REP.json, MODE
+# latency, throughput, or stream64 (64 B, window 64).
 run_msgr() { # rep
-    local rep="$1" port pid mode
+    local rep="$1" port pid mode policy
     port=$(free_port)
     taskset -c "$SERVER_CPU" "$MSGR" bench serve --bind "127.0.0.1:$port" --workers 1 --cpus "$SERVER_CPU" \
         >"$RAW/msgr-server-$rep.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_listen "$port"
-    for mode in latency throughput; do
-        local extra=()
-        if [[ "$mode" == throughput ]]; then extra=(--window "$WINDOW"); fi
-        taskset -c "$CLIENT_CPU" "$MSGR" bench run "127.0.0.1:$port" --mode "$mode" --sizes "$SIZES" \
-            --duration "$SECS" --workers 1 --client-cpus "$CLIENT_CPU" "${extra[@]}" \
-            --json "$RAW/msgr-$mode-$rep.json" --svg "$RAW/msgr-$mode-$rep.svg" \
-            >"$RAW/msgr-$mode-$rep.txt" 2>&1 || echo "msgr failed" >>"$RAW/msgr-$mode-$rep.txt"
+    for policy in "${POLICY_LIST[@]}"; do
+        for mode in latency throughput stream64; do
+            local args=(--mode "$mode" --sizes "$SIZES")
+            if [[ "$mode" == throughput ]]; then args+=(--window "$WINDOW"); fi
+            if [[ "$mode" == stream64 ]]; then args=(--mode throughput --sizes 64 --window 64); fi
+            local tag="$policy-$mode-$rep"
+            taskset -c "$CLIENT_CPU" "$MSGR" bench run "127.0.0.1:$port" --policy "$policy" "${args[@]}" \
+                --duration "$SECS" --workers 1 --client-cpus "$CLIENT_CPU" \
+                --json "$RAW/msgr-$tag.json" --svg "$RAW/msgr-$tag.svg" \
+                >"$RAW/msgr-$tag.txt" 2>&1 || echo "msgr failed" >>"$RAW/msgr-$tag.txt"
+        done
     done
     stop_pid "$pid"
 }
@@ -263,8 +299,10 @@ server_count() { # log
 # Syscalls per message on the server in steady state: a client runs 3 windows of MODE at SIZE; strace -c
 # -f watches the server over the middle one, and the server's own counter says how many messages it
 # received meanwhile.
-syscall_run() { # stack mode size
-    local stack="$1" mode="$2" size="$3" win=$((SECS > 2 ? SECS : 2)) tag="$1-$2-$3"
+syscall_run() { # stack mode size [policy]
+    local stack="$1" mode="$2" size="$3" policy="${4:-lossy}" win=$((SECS > 2 ? SECS : 2))
+    local tag="$1-$2-$3"
+    if [[ "$policy" != lossy ]]; then tag="$1-$policy-$2-$3"; fi
     local log="$RAW/syscalls-$tag.server" fifo="$RAW/syscalls-$tag.ctl" sock="/msgr-compare-$$"
     local server=() client=() spid cpid c0 c1
     local extra=()
@@ -290,7 +328,7 @@ syscall_run() { # stack mode size
         if grep -q 'listening on' "$log"; then break; fi
         sleep 0.05
     done
-    taskset -c "$CLIENT_CPU" "$MSGR" "${client[@]}" --mode "$mode" --sizes "$size" --warmup 100 \
+    taskset -c "$CLIENT_CPU" "$MSGR" "${client[@]}" --policy "$policy" --mode "$mode" --sizes "$size" --warmup 100 \
         --duration $((3 * win)) --workers 1 --client-cpus "$CLIENT_CPU" "${extra[@]}" \
         >"$RAW/syscalls-$tag.client" 2>&1 &
     cpid=$!
@@ -330,6 +368,10 @@ else
             run_msgr_dpdk "$rep"
         fi
     done
+    if ((STRACE)); then
+        echo "==> syscalls per message: posix lossless latency 64" >&2
+        syscall_run posix latency 64 lossless
+    fi
     if ((DPDK && STRACE)); then
         for stack in posix dpdk; do
             for mode in latency:64 throughput:64k; do
@@ -339,7 +381,8 @@ else
         done
     fi
     END_LOAD=$(loadavg)
-    printf 'START_LOAD="%s"\nEND_LOAD="%s"\n' "$START_LOAD" "$END_LOAD" >"$RAW/meta.env"
+    printf 'START_LOAD="%s"\nEND_LOAD="%s"\nPOLICIES="%s"\n' "$START_LOAD" "$END_LOAD" "$POLICIES" \
+        >"$RAW/meta.env"
 fi
 
 SOCKPERF_VERSION=$(sockperf --version 2>&1 | grep -m1 -o 'version [^ ]*' || true)
@@ -347,14 +390,15 @@ IPERF3_VERSION=$(iperf3 --version 2>&1 | head -1)
 MSGR_VERSION=$("$MSGR" --version 2>&1 | head -1)
 
 PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$SECS" "$SERVER_CPU" "$CLIENT_CPU" "$WINDOW" \
-    "$SOCKPERF_VERSION" "$IPERF3_VERSION" "$MSGR_VERSION" "$START_LOAD" "$END_LOAD" <<'PY'
+    "$SOCKPERF_VERSION" "$IPERF3_VERSION" "$MSGR_VERSION" "$START_LOAD" "$END_LOAD" "$POLICIES" <<'PY'
 import json, os, re, shutil, statistics, sys, platform
 from compare_lib import fmt, median_run, nbytes, spread
 
 (out, raw, sizes, reps, secs, server_cpu, client_cpu, window,
- sockperf_v, iperf3_v, msgr_v, start_load, end_load) = sys.argv[1:]
+ sockperf_v, iperf3_v, msgr_v, start_load, end_load, policies) = sys.argv[1:]
 sizes = sizes.split(",")
 reps = int(reps)
+policies = policies.split(",")
 
 
 def loads(text):
@@ -398,20 +442,29 @@ def iperf3_run(size, rep):
         end = d["end"]
         return {"gbit_per_sec": end["sum_received"]["bits_per_second"] / 1e9,
                 "sender_gbit_per_sec": end["sum_sent"]["bits_per_second"] / 1e9,
-                "write_bytes": nbytes(size), **ld}
+                "write_bytes": nbytes(size if size != "stream64" else "64"), **ld}
     except (OSError, KeyError, ValueError) as e:
         err = read(f"{raw}/iperf3-{size}-{rep}.err").strip() or str(e)
         return {"error": err[:200], **ld}
 
 
-def msgr_runs(mode, rep):
-    try:
-        with open(f"{raw}/msgr-{mode}-{rep}.json") as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        tail = read(f"{raw}/msgr-{mode}-{rep}.txt").strip().splitlines()
-        return None, (tail[-1] if tail else "no output")[:200]
-    return d, None
+def msgr_runs(policy, mode, rep):
+    names = [f"msgr-{policy}-{mode}-{rep}"]
+    if policy == "lossy":
+        names.append(f"msgr-{mode}-{rep}")  # a raw directory from before --policy
+    for name in names:
+        try:
+            with open(f"{raw}/{name}.json") as f:
+                return json.load(f), None, name
+        except (OSError, ValueError):
+            pass
+    tail = read(f"{raw}/{names[0]}.txt").strip().splitlines()
+    return None, (tail[-1] if tail else "no output")[:200], names[0]
+
+
+def cpu_sum(r, side):
+    u, s = r.get(f"{side}_user_us_per_msg"), r.get(f"{side}_sys_us_per_msg")
+    return None if u is None or s is None else u + s
 
 
 result = {"machine": {}, "settings": {}, "versions": {}, "sizes": []}
@@ -430,25 +483,41 @@ result["settings"] = {"sizes": sizes, "reps": reps, "secs_per_run": float(secs),
                                  "for every client; msgr workers pinned to the same CPUs"}
 result["versions"] = {"sockperf": sockperf_v, "iperf3": iperf3_v, "msgr": msgr_v}
 
-msgr_lat = {}
-msgr_tp = {}
+# msgr[policy][mode][msg_size] = runs; mode latency, throughput or stream64.
+msgr = {p: {m: {} for m in ("latency", "throughput", "stream64")} for p in policies}
+svg_of = {}
 header = None
 for rep in range(1, reps + 1):
-    for mode, store in (("latency", msgr_lat), ("throughput", msgr_tp)):
-        d, err = msgr_runs(mode, rep)
-        if d is None:
-            for s in sizes:
-                store.setdefault(nbytes(s), []).append({"rep": rep, "error": err})
-            continue
-        header = header or d["header"]
-        h = d["header"]
-        for r in d["results"]:
-            store.setdefault(r["msg_size"], []).append({
-                "rep": rep, "p50_us": r["p50_ns"] / 1e3, "p99_us": r["p99_ns"] / 1e3,
-                "p999_us": r["p999_ns"] / 1e3, "max_us": r["max_ns"] / 1e3, "count": r["count"],
-                "msgs_per_sec": r["msgs_per_sec"], "gbit_per_sec": r["gbit_per_sec"],
-                "wire_bytes": r["wire_bytes"], "load": h.get("loadavg_start"),
-                "load_end": h.get("loadavg_end")})
+    for policy in policies:
+        for mode, store in msgr[policy].items():
+            d, err, name = msgr_runs(policy, mode, rep)
+            if d is None:
+                for s in (sizes if mode != "stream64" else ["64"]):
+                    store.setdefault(nbytes(s), []).append({"rep": rep, "error": err})
+                continue
+            header = header or d["header"]
+            h = d["header"]
+            svg_of[(policy, mode, rep)] = f"{raw}/{name}.svg"
+            for r in d["results"]:
+                store.setdefault(r["msg_size"], []).append({
+                    "rep": rep, "p50_us": r["p50_ns"] / 1e3, "p99_us": r["p99_ns"] / 1e3,
+                    "p999_us": r["p999_ns"] / 1e3, "p9999_us": r.get("p9999_ns", 0) / 1e3,
+                    "max_us": r["max_ns"] / 1e3, "count": r["count"],
+                    "msgs_per_sec": r["msgs_per_sec"], "gbit_per_sec": r["gbit_per_sec"],
+                    "wire_bytes": r["wire_bytes"], "load": h.get("loadavg_start"),
+                    "load_end": h.get("loadavg_end"), "commit": h.get("git_commit"),
+                    "policy": h.get("policy", "lossy"), "server_policy": h.get("server_policy"),
+                    "client_cpu_us_per_msg": cpu_sum(r, "client"),
+                    "server_cpu_us_per_msg": cpu_sum(r, "server"),
+                    "client_user_us_per_msg": r.get("client_user_us_per_msg"),
+                    "client_sys_us_per_msg": r.get("client_sys_us_per_msg"),
+                    "server_user_us_per_msg": r.get("server_user_us_per_msg"),
+                    "server_sys_us_per_msg": r.get("server_sys_us_per_msg"),
+                    "client_frames_out_per_msg": r.get("client_frames_out_per_msg"),
+                    "client_frames_in_per_msg": r.get("client_frames_in_per_msg"),
+                    "client_acks_out_per_msg": r.get("client_acks_out_per_msg")})
+msgr_lat = msgr[policies[0]]["latency"] if "lossy" not in msgr else msgr["lossy"]["latency"]
+msgr_tp = msgr[policies[0]]["throughput"] if "lossy" not in msgr else msgr["lossy"]["throughput"]
 if header:
     result["versions"]["msgr_commit"] = header.get("git_commit")
 
@@ -470,7 +539,19 @@ for s in sizes:
            "iperf3": {"runs": ip, "median": ip_med, "gbit_spread": ip_spread},
            "msgr_latency": {"runs": ml, "median": ml_med, "p50_spread_us": ml_spread, "p99_spread_us": ml99},
            "msgr_throughput": {"runs": mt, "median": mt_med, "gbit_spread": mt_spread},
-           "ratios": {}}
+           "policies": {}, "ratios": {}}
+    for policy in policies:
+        pl, pl_spread = median_run(msgr[policy]["latency"].get(b, []), "p50_us")
+        pt, pt_spread = median_run(msgr[policy]["throughput"].get(b, []), "gbit_per_sec")
+        row["policies"][policy] = {"latency": pl, "p50_spread_us": pl_spread,
+                                   "throughput": pt, "gbit_spread": pt_spread}
+        lossy = row["policies"].get("lossy")
+        if policy != "lossy" and lossy:
+            if pl and lossy["latency"]:
+                row["ratios"][f"rtt_p50_{policy}_over_lossy"] = pl["p50_us"] / lossy["latency"]["p50_us"]
+            if pt and lossy["throughput"]:
+                row["ratios"][f"throughput_{policy}_over_lossy"] = (
+                    pt["gbit_per_sec"] / lossy["throughput"]["gbit_per_sec"])
     if sp_med and ml_med:
         row["ratios"]["rtt_p50_msgr_over_sockperf"] = ml_med["p50_us"] / sp_med["p50_us"]
         row["ratios"]["rtt_p99_msgr_over_sockperf"] = ml_med["p99_us"] / sp_med["p99_us"]
@@ -481,10 +562,23 @@ for s in sizes:
         if med:
             best_svg.setdefault(mode, {})[b] = med["rep"]
 
-# msgr's own plots of the run that gave the median at the largest size.
+# 64 B streaming, window 64, beside iperf3 -l 64 (payload rates).
+ip64 = [dict(iperf3_run("stream64", rep), rep=rep) for rep in range(1, reps + 1)]
+ip64_med, ip64_spread = median_run(ip64, "gbit_per_sec")
+result["stream64"] = {"iperf3": {"runs": ip64, "median": ip64_med, "gbit_spread": ip64_spread},
+                      "policies": {}, "ratios": {}}
+for policy in policies:
+    med, sp = median_run(msgr[policy]["stream64"].get(64, []), "msgs_per_sec")
+    result["stream64"]["policies"][policy] = {"runs": msgr[policy]["stream64"].get(64, []),
+                                              "median": med, "msgs_spread": sp}
+    if med and ip64_med:
+        result["stream64"]["ratios"][f"{policy}_over_iperf3"] = med["gbit_per_sec"] / ip64_med["gbit_per_sec"]
+
+# msgr's own plots (lossy, else the first policy) of the run that gave the median at the largest size.
+main_policy = "lossy" if "lossy" in policies else policies[0]
 for mode, by_size in best_svg.items():
     rep = by_size[max(by_size)]
-    src = f"{raw}/msgr-{mode}-{rep}.svg"
+    src = svg_of.get((main_policy, mode, rep), "")
     if os.path.exists(src):
         shutil.copyfile(src, f"{out}/msgr-{mode}.svg")
 
@@ -496,6 +590,17 @@ for row in result["sizes"]:
     if row["bytes"] == 1 << 20 and "throughput_msgr_over_iperf3" in row["ratios"]:
         r = row["ratios"]["throughput_msgr_over_iperf3"]
         targets["throughput_1MiB"] = {"ratio": r, "target": ">= 0.8", "met": r >= 0.8}
+for row in result["sizes"]:
+    r = row["ratios"]
+    if row["bytes"] == 64 and "rtt_p50_lossless_over_lossy" in r:
+        v = r["rtt_p50_lossless_over_lossy"]
+        targets["lossless_rtt_p50_64B"] = {"ratio": v, "target": "<= 1.05 x lossy", "met": v <= 1.05}
+    if row["bytes"] == 1 << 20 and "throughput_lossless_over_lossy" in r:
+        v = r["throughput_lossless_over_lossy"]
+        targets["lossless_throughput_1MiB"] = {"ratio": v, "target": ">= 0.95 x lossy", "met": v >= 0.95}
+v = result["stream64"]["ratios"].get(f"{main_policy}_over_iperf3")
+if v is not None:
+    targets["stream64_posix"] = {"ratio": v, "target": ">= 1.0 x iperf3 -l 64", "met": v >= 1.0}
 result["targets"] = targets
 
 with open(f"{out}/compare.json", "w") as f:
@@ -508,30 +613,123 @@ def load1(run):
     return "-" if not ld else f"{ld[0]:.1f}"
 
 
+def commit(run):
+    c = run and run.get("commit")
+    return c[:10] if c else "-"
+
+
+def cpu(run):
+    """client/server CPU µs per message, user + system."""
+    if not run:
+        return "-"
+    return "{}/{}".format(fmt(run.get("client_cpu_us_per_msg"), ".2f"),
+                          fmt(run.get("server_cpu_us_per_msg"), ".2f"))
+
+
+def frames_of_lossless_pingpong():
+    runs = msgr.get("lossless", {}).get("latency", {}).get(64, [])
+    med, _ = median_run(runs, "p50_us")
+    if not med or med.get("client_frames_out_per_msg") is None:
+        return {"frames_per_message": None}
+    out_, in_ = med["client_frames_out_per_msg"], med["client_frames_in_per_msg"]
+    return {"frames_per_message": out_ + in_, "client_frames_out_per_msg": out_,
+            "client_frames_in_per_msg": in_, "client_acks_out_per_msg": med["client_acks_out_per_msg"],
+            "frames_rep": med["rep"]}
+
+
+# Syscalls per message of a lossless 64 B ping-pong on the server (strace -c -f over a window).
+def syscalls(tag):
+    try:
+        with open(f"{raw}/syscalls-{tag}.strace") as f:
+            text = f.read()
+        with open(f"{raw}/syscalls-{tag}.count") as f:
+            m = re.match(r"messages (\d+) window_s (\d+)", f.read())
+    except OSError:
+        return None
+    total = next((l.split() for l in text.splitlines() if l.rstrip().endswith("total")), None)
+    calls = int(total[3]) if total and len(total) > 4 else 0
+    msgs = int(m.group(1)) if m else 0
+    top = []
+    for l in text.splitlines():
+        f = l.split()
+        if len(f) >= 5 and re.match(r"^\d+\.\d+$", f[0]) and f[-1] != "total":
+            top.append((f[-1], int(f[3])))
+    return {"window_s": int(m.group(2)) if m else None, "server_messages": msgs, "syscalls": calls,
+            "per_message": calls / msgs if msgs else None,
+            # From the bench's own lossless 64 B latency runs (the client messenger's frame counters):
+            # frames each way per round trip, and the bare ACKs among the client's.
+            **frames_of_lossless_pingpong(),
+            "top": sorted(top, key=lambda t: -t[1])[:5]}
+
+
+sc = syscalls("posix-lossless-latency-64")
+if sc:
+    result["syscalls_lossless_pingpong_64"] = sc
+    with open(f"{out}/compare.json", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
 lines = []
-lines.append(f"Round trip, µs (median of {reps} runs, [min..max of p50]; load = 1-min load average at the run's start)")
-lines.append("| size | sockperf p50 | sockperf p99 | msgr p50 | msgr p99 | p50 ratio | p99 ratio | sockperf p50 spread | msgr p50 spread | load sp/msgr |")
-lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+lines.append(f"Round trip, µs (median of {reps} runs, [min..max of p50]; CPU = µs per message, user + system, "
+             "msgr client/server; load = 1-minute load average at the run's start; commit = msgr's)")
+lines.append("| size | policy | sockperf p50 | msgr p50 | msgr p99 | p50 ratio | vs lossy | msgr p50 spread | "
+             "CPU c/s | load sp/msgr | commit |")
+lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for row in result["sizes"]:
-    sp, ml, r = row["sockperf"]["median"], row["msgr_latency"]["median"], row["ratios"]
-    lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |".format(
-        row["size"] + (" (sockperf 1m-1)" if row["bytes"] > 1048575 else ""),
-        fmt(sp and sp.get("p50_us")), fmt(sp and sp.get("p99_us")),
-        fmt(ml and ml.get("p50_us")), fmt(ml and ml.get("p99_us")),
-        fmt(r.get("rtt_p50_msgr_over_sockperf"), ".2f"), fmt(r.get("rtt_p99_msgr_over_sockperf"), ".2f"),
-        spread(row["sockperf"]["p50_spread_us"]), spread(row["msgr_latency"]["p50_spread_us"]),
-        load1(sp), load1(ml)))
+    sp, r = row["sockperf"]["median"], row["ratios"]
+    for policy in policies:
+        pr = row["policies"][policy]
+        ml = pr["latency"]
+        ratio = ml and sp and ml["p50_us"] / sp["p50_us"]
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |".format(
+            row["size"] + (" (sockperf 1m-1)" if row["bytes"] > 1048575 else ""), policy,
+            fmt(sp and sp.get("p50_us")), fmt(ml and ml.get("p50_us")), fmt(ml and ml.get("p99_us")),
+            fmt(ratio, ".2f"), fmt(r.get(f"rtt_p50_{policy}_over_lossy"), ".2f"),
+            spread(pr["p50_spread_us"]), cpu(ml), load1(sp), load1(ml), commit(ml)))
 lines.append("")
 lines.append(f"Throughput, one connection, Gbit/s of payload (median of {reps} runs, [min..max]; msgr window {window})")
-lines.append("| size | iperf3 | msgr | ratio | iperf3 spread | msgr spread | msgr msgs/s | load ip/msgr |")
-lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+lines.append("| size | policy | iperf3 | msgr | ratio | vs lossy | msgr spread | msgr msgs/s | CPU c/s | "
+             "load ip/msgr | commit |")
+lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for row in result["sizes"]:
-    ip, mt, r = row["iperf3"]["median"], row["msgr_throughput"]["median"], row["ratios"]
-    lines.append("| {} | {} | {} | {} | {} | {} | {} | {}/{} |".format(
-        row["size"], fmt(ip and ip.get("gbit_per_sec"), ".2f"), fmt(mt and mt.get("gbit_per_sec"), ".2f"),
-        fmt(r.get("throughput_msgr_over_iperf3"), ".2f"),
-        spread(row["iperf3"]["gbit_spread"], ".2f"), spread(row["msgr_throughput"]["gbit_spread"], ".2f"),
-        fmt(mt and mt.get("msgs_per_sec"), ".0f"), load1(ip), load1(mt)))
+    ip, r = row["iperf3"]["median"], row["ratios"]
+    for policy in policies:
+        pr = row["policies"][policy]
+        mt = pr["throughput"]
+        ratio = mt and ip and mt["gbit_per_sec"] / ip["gbit_per_sec"]
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |".format(
+            row["size"], policy, fmt(ip and ip.get("gbit_per_sec"), ".2f"),
+            fmt(mt and mt.get("gbit_per_sec"), ".2f"), fmt(ratio, ".2f"),
+            fmt(r.get(f"throughput_{policy}_over_lossy"), ".2f"),
+            spread(pr["gbit_spread"], ".2f"), fmt(mt and mt.get("msgs_per_sec"), ".0f"), cpu(mt),
+            load1(ip), load1(mt), commit(mt)))
+lines.append("")
+st = result["stream64"]
+ip = st["iperf3"]["median"]
+lines.append(f"64 B streaming, one connection, window 64, beside iperf3 -l 64 (median of {reps} runs; payload rates)")
+lines.append("| policy | msgr msgs/s | msgr Gbit/s | iperf3 -l 64 Gbit/s | ratio | msgr msgs/s spread | CPU c/s | "
+             "load ip/msgr | commit |")
+lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+for policy in policies:
+    pr = st["policies"][policy]
+    med = pr["median"]
+    lines.append("| {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |".format(
+        policy, fmt(med and med.get("msgs_per_sec"), ".0f"), fmt(med and med.get("gbit_per_sec"), ".3f"),
+        fmt(ip and ip.get("gbit_per_sec"), ".3f"), fmt(st["ratios"].get(f"{policy}_over_iperf3"), ".2f"),
+        spread(pr["msgs_spread"], ".0f"), cpu(med), load1(ip), load1(med), commit(med)))
+if sc:
+    lines.append("")
+    lines.append("Lossless 64 B ping-pong, server side, steady state (strace -c -f over a window; per message "
+                 "the server received)")
+    lines.append("| window s | messages | syscalls | syscalls per message | frames per round trip (client out+in; "
+                 "bare ACKs out) | most frequent |")
+    lines.append("|---:|---:|---:|---:|---:|---|")
+    fr = sc.get("frames_per_message")
+    lines.append("| {} | {} | {} | {} | {} | {} |".format(
+        sc["window_s"], sc["server_messages"], sc["syscalls"], fmt(sc["per_message"], ".3f"),
+        "n/a" if fr is None else "{:.2f} ({:.2f}+{:.2f}; {:.2f})".format(
+            fr, sc["client_frames_out_per_msg"], sc["client_frames_in_per_msg"], sc["client_acks_out_per_msg"]),
+        ", ".join(f"{n} {c}" for n, c in sc["top"]) or "-"))
 lines.append("")
 for name, t in targets.items():
     lines.append(f"target {name}: ratio {t['ratio']:.2f} (want {t['target']}): {'met' if t['met'] else 'NOT met'}")

@@ -634,7 +634,7 @@ fn serve_on<N: NetworkStack>(stack: N, args: &ServeArgs, workers: usize) -> Resu
         None => None,
     };
 
-    let mut m = Messenger::new(stack, mc, Arc::new(EchoDispatcher));
+    let mut m = Messenger::new(stack, mc, Arc::new(EchoDispatcher::default()));
     m.bind(&args.bind)
         .map_err(|e| Failure::fail(e.to_string()))?;
     m.start().map_err(|e| Failure::fail(e.to_string()))?;

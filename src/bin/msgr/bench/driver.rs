@@ -15,11 +15,17 @@
 //! - histograms are allocated before a run with fixed bounds; recording never allocates; per-connection
 //!   send times live in a ring allocated once with the window's capacity;
 //! - warm-up messages (the first `warmup` of the run, spread round-robin over the connections) are sent
-//!   and answered like the others but never recorded, and do not count in `elapsed`;
+//!   and answered like the others, in a phase of their own that ends when all are answered; they are
+//!   never recorded and do not count in `elapsed` nor in the CPU figures, which are sampled (client:
+//!   its worker threads in /proc; server: through a stats request, [`ServerStats`]) around the measured
+//!   phase only;
+//! - the session policy is the shape's (`--policy`); every throttle the bench does not measure is
+//!   unlimited (send budget, dispatch throttle, receive throttles); the read budget keeps its default;
 //! - all sending and recording happens on the client messenger's worker threads, inside the dispatcher,
 //!   except the first window of each connection and, when paced, the sends the pacer makes due.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,12 +33,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 
-use msgr::proto::types::{entity_type, AddrVec, AuthEntityName};
-use msgr::proto::{self, Config, Message, Policy};
+use msgr::proto::types::{AddrVec, AuthEntityName};
+use msgr::proto::{self, Config, Message};
 use msgr::stack::NetworkStack;
-use msgr::{ConnId, ConnectionRef, Dispatcher, Messenger, MessengerConfig};
+use msgr::{ConnId, ConnectionRef, CountersSnapshot, Dispatcher, Messenger, MessengerConfig};
 
-use super::latency::{check_echo, duration_ns, new_histogram, STALL_TIMEOUT};
+use super::cpu::{CpuSnapshot, CpuTime};
+use super::latency::{
+    check_echo, duration_ns, new_histogram, ServerStats, BENCH_STATS_REPLY_TYPE, BENCH_STATS_TYPE,
+    STALL_TIMEOUT,
+};
+use super::policy::BenchPolicy;
 use super::progress::Progress;
 use super::{BENCH_ACK_TYPE, BENCH_MSG_TYPE, BENCH_STREAM_TYPE};
 
@@ -88,13 +99,43 @@ pub struct Measured {
     /// Paced: the latest the pacer made a message due after its intended time (the load generator's
     /// own lag; already charged to the latencies).
     pub pacer_lag: Option<Duration>,
+    /// CPU the client's worker threads used over the measured phase.
+    pub client_cpu: Option<CpuTime>,
+    /// CPU the server's worker threads used over the measured phase, if the server reports it.
+    pub server_cpu: Option<CpuTime>,
+    /// Frames the client messenger sent and received over the measured phase.
+    pub client_frames: Option<Frames>,
 }
+
+/// Frames a messenger sent and received over an interval (its counters' difference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Frames {
+    pub sent: u64,
+    pub received: u64,
+    /// Bare ACK frames among those sent.
+    pub acks_sent: u64,
+}
+
+impl Frames {
+    pub fn between(before: &CountersSnapshot, after: &CountersSnapshot) -> Self {
+        Frames {
+            sent: after.frames_out.saturating_sub(before.frames_out),
+            received: after.frames_in.saturating_sub(before.frames_in),
+            acks_sent: after.acks_out.saturating_sub(before.acks_out),
+        }
+    }
+}
+
+/// How long a stats request may take before the server counts as one that does not report.
+const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the driver tells the bench thread.
 enum DriverEvent {
     Connected,
     Done,
     Failed(String),
+    /// The answer to a stats request (`None`: the server echoed it, it does not report).
+    Stats(Option<Box<ServerStats>>),
 }
 
 /// One connection's share of a run.
@@ -238,6 +279,11 @@ impl Driver {
 impl Dispatcher for Driver {
     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
         let now = Instant::now();
+        if matches!(msg.msg_type(), BENCH_STATS_TYPE | BENCH_STATS_REPLY_TYPE) {
+            let stats = ServerStats::parse(&msg).map(Box::new);
+            let _ = self.events.send(DriverEvent::Stats(stats));
+            return;
+        }
         self.replies.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.on_reply(conn, &msg, now) {
             self.fail(e);
@@ -271,6 +317,9 @@ pub struct Shape {
     pub connections: usize,
     pub window: usize,
     pub traffic: Traffic,
+    pub policy: BenchPolicy,
+    /// The address the client binds when its policy needs one (lossless-peer), port 0.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// A connected client, whatever its stack: what [`super::run_to`] drives size after size.
@@ -282,6 +331,10 @@ pub trait Runner {
         load: &Load,
         progress: &mut Progress,
     ) -> Result<Measured, String>;
+    /// The server's stats now (`None`: it does not report them).
+    fn server_stats(&mut self) -> Result<Option<ServerStats>, String>;
+    /// The client messenger's counters.
+    fn counters(&self) -> CountersSnapshot;
     /// Closes the connections and stops the messenger.
     fn shutdown(self: Box<Self>);
 }
@@ -295,6 +348,12 @@ impl<N: NetworkStack> Runner for Client<N> {
     ) -> Result<Measured, String> {
         Client::run(self, msg, load, progress)
     }
+    fn server_stats(&mut self) -> Result<Option<ServerStats>, String> {
+        Client::server_stats(self)
+    }
+    fn counters(&self) -> CountersSnapshot {
+        self.messenger.counters()
+    }
     fn shutdown(self: Box<Self>) {
         Client::shutdown(*self)
     }
@@ -307,6 +366,8 @@ pub struct Client<N: NetworkStack> {
     messenger: Messenger<N>,
     driver: Arc<Driver>,
     events: Receiver<DriverEvent>,
+    /// Its worker threads' name prefix (for their CPU counters).
+    thread_prefix: String,
 }
 
 impl<N: NetworkStack> Client<N> {
@@ -356,25 +417,33 @@ impl<N: NetworkStack> Client<N> {
             slots_done: AtomicUsize::new(0),
             events: tx,
         });
-        let mut cfg = Config::new(
-            entity_type::CLIENT,
-            AuthEntityName::new(entity_type::CLIENT, "bench"),
-        );
+        // The entity type tells the server the policy (bench::policy).
+        let me = shape.policy.entity_type();
+        let mut cfg = Config::new(me, AuthEntityName::new(me, "bench"));
         cfg.nonce = rand::random::<u32>() | 1;
         security.apply_client(&mut cfg);
         let peer_type = security.server_type();
+        let thread_prefix = workers.name_prefix.clone();
         let mut mc = MessengerConfig::new(cfg);
         mc.workers = workers;
-        // The window bounds what is queued; the send budget must never be what limits a benchmark.
-        mc.send_budget_bytes = 0;
+        unlimited_throttles(&mut mc);
         let mut messenger = Messenger::new(stack, mc, driver.clone());
+        if shape.policy.client_binds() {
+            let ip = shape
+                .client_ip
+                .ok_or_else(|| format!("--policy {}: no address to bind", shape.policy.name()))?;
+            messenger
+                .bind(&[SocketAddr::new(ip, 0)])
+                .map_err(|e| format!("client bind on {ip}: {e}"))?;
+        }
         messenger.start().map_err(|e| format!("client: {e}"))?;
         let mut conns = Vec::with_capacity(shape.connections);
+        let policy = shape.policy.client();
         for _ in 0..shape.connections {
             let c = if shape.connections == 1 {
-                messenger.connect_to(peer_type, server, Policy::lossy_client())
+                messenger.connect_to(peer_type, server, policy)
             } else {
-                messenger.connect_new(peer_type, server, Policy::lossy_client())
+                messenger.connect_new(peer_type, server, policy)
             };
             conns.push(c.map_err(|e| format!("connect: {e}"))?);
         }
@@ -393,7 +462,9 @@ impl<N: NetworkStack> Client<N> {
             match events.recv_timeout(left) {
                 Ok(DriverEvent::Connected) => connected += 1,
                 Ok(DriverEvent::Failed(why)) => return Err(why),
-                Ok(DriverEvent::Done) => return Err("connect: unexpected reply".into()),
+                Ok(DriverEvent::Done | DriverEvent::Stats(_)) => {
+                    return Err("connect: unexpected reply".into())
+                }
                 Err(_) => {
                     return Err(format!(
                         "connect: {connected} of {} handshakes completed within {:.0}s (if the \
@@ -410,6 +481,7 @@ impl<N: NetworkStack> Client<N> {
             messenger,
             driver,
             events,
+            thread_prefix,
         })
     }
 
@@ -426,22 +498,79 @@ impl<N: NetworkStack> Client<N> {
         )?))
     }
 
-    /// Runs one size: `load.warmup` unrecorded messages, then `load.count` (or `load.duration` worth)
-    /// recorded ones, spread round-robin over the connections.
+    /// Runs one size: `load.warmup` unrecorded messages (a phase of their own), then `load.count` (or
+    /// `load.duration` worth) recorded ones, spread round-robin over the connections, with the CPU
+    /// both sides used in the measured phase.
     pub fn run(
         &mut self,
         msg: &Message,
         load: &Load,
         progress: &mut Progress,
     ) -> Result<Measured, String> {
-        let d = &self.driver;
-        let n = d.conns as u64;
+        let n = self.driver.conns as u64;
         if load.duration.is_none() && load.count < n {
             return Err(format!(
                 "--count {} is less than the {n} connections",
                 load.count
             ));
         }
+        if load.warmup > 0 {
+            let warm = Load {
+                warmup: load.warmup,
+                count: 0,
+                duration: None,
+                rate: load.rate,
+            };
+            self.phase(msg, &warm, &mut Progress::new(false))?;
+        }
+        let server_before = self.server_stats()?;
+        let client_before = CpuSnapshot::of_threads(&self.thread_prefix);
+        let counters_before = self.messenger.counters();
+        let measured = Load { warmup: 0, ..*load };
+        let m = self.phase(msg, &measured, progress)?;
+        let counters_after = self.messenger.counters();
+        let client_after = CpuSnapshot::of_threads(&self.thread_prefix);
+        let server_after = self.server_stats()?;
+        let mut m = m.ok_or("no message was measured")?;
+        m.client_cpu = client_after.since(&client_before);
+        m.client_frames = Some(Frames::between(&counters_before, &counters_after));
+        m.server_cpu = match (server_before, server_after) {
+            (Some(a), Some(b)) => b.cpu.since(&a.cpu),
+            _ => None,
+        };
+        Ok(m)
+    }
+
+    /// Asks the server for its stats on the first connection (between phases: nothing in flight).
+    pub fn server_stats(&mut self) -> Result<Option<ServerStats>, String> {
+        let conn = self.conns.first().ok_or("no connection")?;
+        conn.send(Message::new(BENCH_STATS_TYPE, bytes::Bytes::new()))
+            .map_err(|e| format!("stats request: {e}"))?;
+        let deadline = Instant::now() + STATS_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(DriverEvent::Stats(s)) => return Ok(s.map(|b| *b)),
+                Ok(DriverEvent::Failed(why)) => return Err(why),
+                Ok(DriverEvent::Connected | DriverEvent::Done) => {}
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("client dispatcher is gone".into())
+                }
+            }
+        }
+    }
+
+    /// One phase: `load.warmup` unrecorded then `load.count` (or `load.duration` worth) recorded
+    /// messages. `None` when nothing was to be recorded (a warm-up phase).
+    fn phase(
+        &mut self,
+        msg: &Message,
+        load: &Load,
+        progress: &mut Progress,
+    ) -> Result<Option<Measured>, String> {
+        let d = &self.driver;
+        let n = d.conns as u64;
         let interval = match load.rate {
             Some(r) if r.is_finite() && r > 0.0 => Some(1.0 / r),
             Some(r) => return Err(format!("bad rate {r}")),
@@ -486,6 +615,8 @@ impl<N: NetworkStack> Client<N> {
                 for (slot, conn) in d.slots.iter().zip(&self.conns) {
                     let mut s = lock(slot);
                     d.pump(&mut s, conn)?;
+                    // A connection with no share of this phase is done at once.
+                    d.check_done(&mut s);
                 }
                 let deadline = load.duration.map(|dur| (dur, None));
                 self.wait(deadline, progress)
@@ -496,6 +627,9 @@ impl<N: NetworkStack> Client<N> {
         };
         progress.finish();
         outcome?;
+        if load.count == 0 && load.duration.is_none() {
+            return Ok(None);
+        }
 
         let mut hist = new_histogram();
         for h in &d.hists {
@@ -524,11 +658,14 @@ impl<N: NetworkStack> Client<N> {
                 hist.len()
             ));
         }
-        Ok(Measured {
+        Ok(Some(Measured {
             hist,
             elapsed: last.saturating_duration_since(first),
             pacer_lag,
-        })
+            client_cpu: None,
+            server_cpu: None,
+            client_frames: None,
+        }))
     }
 
     /// Paced sending: message `i` (over all connections) is due at `origin + i * interval`. Returns the
@@ -588,7 +725,7 @@ impl<N: NetworkStack> Client<N> {
         while let Ok(ev) = self.events.try_recv() {
             match ev {
                 DriverEvent::Failed(why) => return Err(why),
-                DriverEvent::Connected | DriverEvent::Done => {}
+                DriverEvent::Connected | DriverEvent::Done | DriverEvent::Stats(_) => {}
             }
         }
         Ok(())
@@ -621,7 +758,7 @@ impl<N: NetworkStack> Client<N> {
             match self.events.recv_timeout(Duration::from_millis(100)) {
                 Ok(DriverEvent::Done) => return Ok(()),
                 Ok(DriverEvent::Failed(why)) => return Err(why),
-                Ok(DriverEvent::Connected) => {}
+                Ok(DriverEvent::Connected | DriverEvent::Stats(_)) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err("client dispatcher is gone".into())
@@ -651,4 +788,13 @@ impl<N: NetworkStack> Client<N> {
         }
         let _ = self.messenger.shutdown();
     }
+}
+
+/// Every throttle the bench does not measure, unlimited: the window bounds what is in flight. The read
+/// budget (a fairness knob between connections of one worker) keeps its default.
+pub fn unlimited_throttles(mc: &mut MessengerConfig) {
+    mc.send_budget_bytes = 0;
+    mc.send_budget_msgs = 0;
+    mc.dispatch_throttle_bytes = 0;
+    mc.recv_throttles = Vec::new();
 }

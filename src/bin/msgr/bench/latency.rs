@@ -2,8 +2,10 @@
 //!
 //! [`EchoDispatcher`] is the server side of every benchmark (and of `msgr serve`): a benchmark message
 //! ([`BENCH_MSG_TYPE`]) goes back on its connection as the very `Bytes` received (no copy); a streamed
-//! message ([`BENCH_STREAM_TYPE`]) is answered with an empty ack ([`BENCH_ACK_TYPE`]); anything else is
-//! echoed too. [`MemPingPong`] is latency mode over the in-memory [`Sim`] pair: the protocol state
+//! message ([`BENCH_STREAM_TYPE`]) is answered with an empty ack ([`BENCH_ACK_TYPE`]); a stats request
+//! ([`BENCH_STATS_TYPE`], when the dispatcher was built [`EchoDispatcher::with_stats`]) is answered with
+//! [`ServerStats`] as JSON (the server's worker CPU counters, RSS and its view of the policy); anything
+//! else is echoed too (so a server without stats echoes the request: the client reports "n/a"). [`MemPingPong`] is latency mode over the in-memory [`Sim`] pair: the protocol state
 //! machines back to back, no sockets, no threads, the cost of the protocol core alone.
 //!
 //! Invariants: histograms are allocated before the first sample with fixed bounds (recording never
@@ -16,7 +18,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
+use serde::{Deserialize, Serialize};
+
+use super::cpu::{rss_bytes, CpuSnapshot};
 use super::driver::{Measured, Traffic};
+use super::policy::BenchPolicy;
 use msgr::proto::codec::{FrameEncoder, Segment, Tag};
 use msgr::proto::message::SEGMENT_ALIGNMENTS;
 use msgr::proto::sim::Sim;
@@ -30,6 +36,13 @@ pub const BENCH_MSG_TYPE: u16 = 0x7ff0;
 pub const BENCH_STREAM_TYPE: u16 = 0x7ff1;
 /// The server's answer to a [`BENCH_STREAM_TYPE`] message.
 pub const BENCH_ACK_TYPE: u16 = 0x7ff2;
+
+/// A request for the server's [`ServerStats`] (empty).
+pub const BENCH_STATS_TYPE: u16 = 0x7ff3;
+/// The answer to [`BENCH_STATS_TYPE`]: [`ServerStats`] as JSON in the front segment.
+pub const BENCH_STATS_REPLY_TYPE: u16 = 0x7ff4;
+/// Largest stats reply a client parses.
+pub const MAX_STATS_REPLY: usize = 1 << 20;
 
 /// Longest round trip a histogram records exactly; longer ones are recorded as this.
 const HIST_MAX_NS: u64 = 60_000_000_000;
@@ -72,17 +85,77 @@ pub fn wire_bytes(msg: &Message) -> usize {
     }
 }
 
+/// What a benchmark server says about itself when asked ([`BENCH_STATS_TYPE`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// CPU counters of the server's worker threads now.
+    pub cpu: CpuSnapshot,
+    /// The server process's resident set size now, and when the server started (before any session).
+    pub rss_bytes: Option<u64>,
+    pub rss_at_start_bytes: Option<u64>,
+    /// The policy the server applies to the asking connection (from the peer type it announced).
+    pub policy: Option<String>,
+    /// Its process id: the same as the client's when the server runs in-process.
+    pub pid: u32,
+}
+
+/// What the server needs to answer stats requests.
+#[derive(Debug)]
+struct StatsSource {
+    thread_prefix: String,
+    rss_at_start: Option<u64>,
+}
+
 /// The benchmark server's dispatcher: every message goes back on its connection, the same `Bytes`, no
-/// copy, except streamed ones, which get an empty ack.
+/// copy, except streamed ones, which get an empty ack, and stats requests (see the module docs).
 #[derive(Debug, Default)]
-pub struct EchoDispatcher;
+pub struct EchoDispatcher {
+    stats: Option<StatsSource>,
+}
+
+impl EchoDispatcher {
+    /// A dispatcher that answers stats requests with the CPU of the threads named `{thread_prefix}-…`;
+    /// build it before the messenger starts (its RSS now is the baseline).
+    pub fn with_stats(thread_prefix: &str) -> Self {
+        EchoDispatcher {
+            stats: Some(StatsSource {
+                thread_prefix: thread_prefix.to_string(),
+                rss_at_start: rss_bytes(),
+            }),
+        }
+    }
+
+    fn stats_reply(&self, conn: &ConnectionRef) -> Option<Message> {
+        let src = self.stats.as_ref()?;
+        let stats = ServerStats {
+            cpu: CpuSnapshot::of_threads(&src.thread_prefix),
+            rss_bytes: rss_bytes(),
+            rss_at_start_bytes: src.rss_at_start,
+            policy: BenchPolicy::of_peer_type(conn.peer_type().to_wire())
+                .map(|p| p.name().to_string()),
+            pid: std::process::id(),
+        };
+        let json = serde_json::to_vec(&stats).ok()?;
+        Some(Message::new(BENCH_STATS_REPLY_TYPE, Bytes::from(json)))
+    }
+}
+
+impl ServerStats {
+    /// Parses a [`BENCH_STATS_REPLY_TYPE`] message (peer input: bounded, never panics).
+    pub fn parse(msg: &Message) -> Option<Self> {
+        if msg.msg_type() != BENCH_STATS_REPLY_TYPE || msg.front.len() > MAX_STATS_REPLY {
+            return None;
+        }
+        serde_json::from_slice(&msg.front).ok()
+    }
+}
 
 impl Dispatcher for EchoDispatcher {
     fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
-        let reply = if msg.msg_type() == BENCH_STREAM_TYPE {
-            Message::new(BENCH_ACK_TYPE, Bytes::new())
-        } else {
-            msg
+        let reply = match msg.msg_type() {
+            BENCH_STREAM_TYPE => Message::new(BENCH_ACK_TYPE, Bytes::new()),
+            BENCH_STATS_TYPE => self.stats_reply(conn).unwrap_or(msg),
+            _ => msg,
         };
         if let Err(e) = conn.send(reply) {
             tracing::debug!(conn = conn.id(), error = %e, "echo: reply not sent");
@@ -141,6 +214,7 @@ impl MemPingPong {
         for _ in 0..warmup {
             self.round_trip(msg)?;
         }
+        let cpu_before = CpuSnapshot::of_this_thread();
         let start = Instant::now();
         let mut last = None;
         for _ in 0..count {
@@ -150,6 +224,8 @@ impl MemPingPong {
             last = Some(echoed);
         }
         let elapsed = start.elapsed();
+        // Both ends run on this thread: their CPU together is the client's figure.
+        let client_cpu = CpuSnapshot::of_this_thread().since(&cpu_before);
         if let Some(echoed) = last {
             check_echo(msg, &echoed)?;
         }
@@ -157,6 +233,9 @@ impl MemPingPong {
             hist,
             elapsed,
             pacer_lag: None,
+            client_cpu,
+            server_cpu: None,
+            client_frames: None,
         })
     }
 

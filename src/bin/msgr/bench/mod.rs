@@ -5,7 +5,13 @@
 //! - `throughput`: one or more connections streaming with a window of messages in flight, each answered
 //!   by an empty ack;
 //! - `fanin`: many client connections (default 256, each its own client identity) against one server,
-//!   echoed, reporting aggregate msgs/s and the latency distribution under that load.
+//!   echoed, reporting aggregate msgs/s and the latency distribution under that load, and the server's
+//!   memory per idle session;
+//! - `connect`: handshakes per second ([`connect`]).
+//!
+//! Every mode runs under a session policy (`--policy`, [`policy`]: lossy, lossless or lossless-peer),
+//! which the server learns from the client's entity type; every report has the CPU each side spent per
+//! message ([`cpu`]), the client's from its worker threads, the server's as it reports it (stats request).
 //!
 //! Every message's latency goes into an hdrhistogram in ns (no allocation per sample); `--rate` paces the
 //! sends and measures from each message's intended send time (coordinated omission); warm-up messages are
@@ -23,10 +29,15 @@
 //! for (or, duration-bound, what was measured in that time); output files are created before the run,
 //! so a bad path fails in a second, not after the run.
 
+pub mod child;
+pub mod connect;
+pub mod cpu;
 pub mod dpdk;
 pub mod driver;
 pub mod latency;
+pub mod limits;
 pub mod plot;
+pub mod policy;
 pub mod progress;
 pub mod rados;
 pub mod report;
@@ -51,6 +62,7 @@ use crate::stacks::{
 pub use dpdk::DpdkLink;
 pub use driver::{Load, Measured, Shape, Traffic};
 pub use latency::{EchoDispatcher, BENCH_ACK_TYPE, BENCH_MSG_TYPE, BENCH_STREAM_TYPE};
+pub use policy::BenchPolicy;
 pub use report::{Cpus, Header, Report, RunInfo, RunShape, SizeResult};
 pub use serve::{BenchServeArgs, BenchServer};
 pub use size::{format_size, parse_size};
@@ -70,6 +82,8 @@ pub const MAX_WINDOW: usize = 65_536;
 pub const FANIN_CONNECTIONS: usize = 256;
 /// Default `--window` in throughput mode.
 pub const THROUGHPUT_WINDOW: usize = 16;
+/// Default `--connections` (dialers at once) in connect mode.
+pub const CONNECT_DIALERS: usize = 4;
 
 const ABOUT: &str = "Measure the messenger: latency, throughput and fan-in, per message size";
 
@@ -78,7 +92,16 @@ Modes: `latency` plays ping-pong with exactly one message in flight on one conne
 streams on --connections connections (default 1) with --window messages in flight each (default 16), \
 the server answering each message with an empty ack; `fanin` opens --connections client sessions \
 (default 256, each its own client identity) to one server and echoes with --window in flight each \
-(default 1).\n\n\
+(default 1), and reports the server's resident memory per idle session (RSS before and after \
+connecting); `connect` runs --connections dialers at once (default 4), each connecting, completing the \
+full msgr2 handshake and closing, over and over: handshakes/s and handshake latency. The bench raises \
+the open-file limit (RLIMIT_NOFILE) as far as the connections need, up to the hard limit, and says so.\n\n\
+--policy picks the session policy: lossy (lossy_client against a stateless_server, the default), \
+lossless (lossless_client against a stateful_server: reconnect and replay) or lossless-peer (both ends \
+bound, lossless_peer each way, as between OSDs). The server serves all three at once and learns the \
+policy from the entity type the client announces (client, mgr, osd). Every throttle the bench does not \
+measure is unlimited (send budget, dispatch throttle, receive throttles); the read budget, a fairness \
+knob between the connections of a worker, keeps its default.\n\n\
 Every message's latency (send to reply) is recorded in ns in an hdrhistogram; warm-up messages are \
 not. With --rate the sends are paced at that many messages per second (over all connections) and each \
 latency runs from the message's intended send time, so stalls are not hidden (coordinated omission). \
@@ -93,15 +116,19 @@ its workers spin without sleeping, as perftest does. With --stack dpdk (a build 
 the client runs on the DPDK stack: --dpdk-link memif (default) starts the server as a child `msgr bench serve --stack dpdk` on the other \
 end of a net_memif link; --dpdk-link tap (root) runs the client on net_tap against a kernel-TCP server \
 in this process on the tap's kernel side; --dpdk-args adjusts the generated stack arguments.\n\n\
-The table shows, per size, p50/p90/p99/p99.9/max in µs, msgs/s over all connections and payload Gbit/s \
-(both directions for echoed modes, one for throughput). --json FILE writes the same figures with a \
-header (version, commit, stack, pinning, load average, CPU, kernel); --svg FILE draws latency by \
+The table shows, per size, p50/p90/p99/p99.9/max in µs, msgs/s over all connections, payload Gbit/s \
+(both directions for echoed modes, one for throughput), and the CPU per message of the client's and \
+the server's worker threads (user and system µs, over the measured messages only, as netperf's service \
+demand; \"n/a\" when the server does not report it). --json FILE writes the same figures, p99.99 too, \
+with a header (version, commit, stack, pinning, load average, CPU, kernel); --svg FILE draws latency by \
 percentile and throughput by size.";
 
 const AFTER_HELP: &str = "Examples:\n  \
 msgr bench --stack posix --mode latency --sizes 64,4k --json out.json --svg out.svg\n  \
 msgr bench --mode throughput --sizes 4k,64k,1m --window 32 --duration 3\n  \
-msgr bench --mode fanin --connections 256 --sizes 64\n  \
+msgr bench --mode fanin --connections 10000 --sizes 64\n  \
+msgr bench --policy lossless --sizes 64 --mode throughput --window 64\n  \
+msgr bench --mode connect --connections 8 --count 2000\n  \
 msgr bench --sizes 64 --rate 20000 --count 100000\n  \
 msgr bench --stack rdma --rdma-device rxe0 --rdma-addr 192.168.77.1 --mode throughput --sizes 1m\n  \
 msgr bench --stack dpdk --sizes 64,64k            (cargo build --release --features dpdk)\n  \
@@ -162,9 +189,15 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = DpdkLink::Memif)]
     pub dpdk_link: DpdkLink,
 
-    /// What to measure: latency, throughput or fanin.
+    /// What to measure: latency, throughput, fanin or connect.
     #[arg(long, value_enum, default_value_t = Mode::Latency)]
     pub mode: Mode,
+
+    /// Session policy: lossy, lossless (lossless_client to stateful_server) or lossless-peer (both
+    /// ends bound, lossless_peer each way). Every throttle the bench does not measure is unlimited;
+    /// the read budget (fairness between connections) keeps its default.
+    #[arg(long, value_enum, default_value_t = BenchPolicy::Lossy)]
+    pub policy: BenchPolicy,
 
     /// Message payload sizes, comma-separated: bytes, or with k (KiB) / m (MiB), e.g. 64,4k,64k,1m.
     #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = parse_size,
@@ -185,7 +218,7 @@ pub struct BenchArgs {
           value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub warmup: u64,
 
-    /// Client connections (default: 1; fanin: 256).
+    /// Client connections (default: 1; fanin: 256; connect: 4 dialers at once).
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS as u64))]
     pub connections: Option<u64>,
@@ -217,6 +250,12 @@ pub struct BenchArgs {
     /// takes at least that long: a check that the figures are real.
     #[arg(long, value_name = "MS", value_parser = parse_delay_ms)]
     pub inject_delay_ms: Option<f64>,
+
+    /// Fail one socket read or write in N on the client side (fault injection, Ceph's
+    /// ms_inject_socket_failures): a lossless run must still lose nothing.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub inject_socket_failures: Option<u32>,
 
     /// msgr2 connection mode: crc (auth none), or secure (cephx + AES-128-GCM; the in-process server
     /// plays the cephx monitor with an ephemeral key). Not with `bench run ADDR`.
@@ -310,6 +349,8 @@ pub enum Mode {
     /// Object I/O on a real Ceph cluster (--mon-host, --pool): 4 KiB writes and reads at depth 1 and
     /// 16, 4 MiB writes at depth 4, as `rados bench` (see bench::rados).
     Rados,
+    /// Connect, handshake, close, by --connections dialers at once: handshakes/s and their latency.
+    Connect,
 }
 
 impl Mode {
@@ -319,6 +360,7 @@ impl Mode {
             Mode::Throughput => "throughput",
             Mode::Fanin => "fanin",
             Mode::Rados => "rados",
+            Mode::Connect => "connect",
         }
     }
 }
@@ -362,6 +404,8 @@ pub fn run(args: &BenchArgs, server: Option<&str>) -> Result<Report, BenchError>
 
 /// A run's plan, checked.
 struct Plan {
+    sizes: Vec<usize>,
+    mode: Mode,
     shape: Shape,
     run_shape: RunShape,
     load: Load,
@@ -411,7 +455,33 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
             as_usize(args.window, 1),
             Traffic::Echo,
         ),
+        Mode::Connect => (
+            as_usize(args.connections, CONNECT_DIALERS),
+            1,
+            Traffic::Echo,
+        ),
     };
+    if args.mode == Mode::Connect && (args.window.is_some() || args.rate.is_some()) {
+        return usage("--mode connect takes neither --window nor --rate".into());
+    }
+    let bound_many = connections > 1 || args.mode == Mode::Connect;
+    if args.policy.client_binds() && bound_many {
+        return usage(format!(
+            "--policy {} binds the client, and a bound messenger keeps one session per peer: one \
+             connection only (not --mode connect or fanin, nor --connections over 1)",
+            args.policy.name()
+        ));
+    }
+    if args.policy != BenchPolicy::Lossy && args.stack == BenchStack::Mem {
+        return usage("--stack mem (the in-memory pair) runs --policy lossy only".into());
+    }
+    if args.stack == BenchStack::Net(StackKind::Dpdk)
+        && (args.policy.client_binds() || args.mode == Mode::Connect)
+    {
+        return usage(
+            "--stack dpdk runs --policy lossy or lossless, and not --mode connect".into(),
+        );
+    }
     if args.mode == Mode::Latency && (connections != 1 || window != 1) {
         return usage(
             "--mode latency has one connection with one message in flight; use --mode throughput \
@@ -424,7 +494,7 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
             "--connections at most {MAX_CONNECTIONS}, --window at most {MAX_WINDOW}"
         ));
     }
-    if args.duration.is_none() && args.count < connections as u64 {
+    if args.duration.is_none() && args.count < connections as u64 && args.mode != Mode::Connect {
         return usage(format!(
             "--count {} is less than --connections {connections}: every connection needs a message",
             args.count
@@ -446,6 +516,10 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
             (args.rate.is_some(), "--rate"),
             (args.duration.is_some(), "--duration"),
             (args.inject_delay_ms.is_some(), "--inject-delay-ms"),
+            (
+                args.inject_socket_failures.is_some(),
+                "--inject-socket-failures",
+            ),
             (server.is_some(), "a server address (bench run)"),
             (
                 !args.client_cpus.is_empty() || !args.server_cpus.is_empty(),
@@ -496,17 +570,29 @@ fn plan(args: &BenchArgs, server: Option<&str>) -> Result<Plan, BenchError> {
     let run_shape = RunShape {
         stack: args.stack.name().to_string(),
         mode: args.mode.name().to_string(),
+        policy: args.policy.name().to_string(),
         warmup: args.warmup,
         connections,
         window,
         rate: args.rate,
-        directions: traffic.directions(),
+        directions: match args.mode {
+            Mode::Connect => 0,
+            _ => traffic.directions(),
+        },
     };
     Ok(Plan {
+        // Connect mode sends no benchmark message: one record, size 0.
+        sizes: match args.mode {
+            Mode::Connect => vec![0],
+            _ => args.sizes.clone(),
+        },
+        mode: args.mode,
         shape: Shape {
             connections,
             window,
             traffic,
+            policy: args.policy,
+            client_ip: None,
         },
         run_shape,
         load: Load {
@@ -540,44 +626,58 @@ fn pinned(wc: &WorkerConfig) -> Vec<usize> {
 /// A benchmark run on the chosen stack ([`with_client`]); its output is the device the stack ran on.
 struct ClientRun<'a> {
     plan: &'a Plan,
-    inject_delay_ms: Option<f64>,
+    faults: FaultConfig,
     wcs: (WorkerConfig, WorkerConfig),
     security: &'a security::Security,
     body: &'a mut dyn FnMut(&mut dyn driver::Runner) -> Result<(), BenchError>,
 }
 
 impl StackFn for ClientRun<'_> {
-    type Output = Result<Option<String>, BenchError>;
+    /// The device the stack ran on, and the in-process server's counters.
+    type Output = Result<(Option<String>, Option<report::Counters>), BenchError>;
 
     fn call<N: NetworkStack>(self, mut stacks: Stacks<'_, N>) -> Self::Output {
         // The in-process server listens on the stack's own address (RDMA), else on loopback.
         let ip = stacks.choice().own_ip();
         let bind = SocketAddr::new(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), 0);
-        with_client(
+        let counters = with_client(
             &mut stacks,
             bind,
             self.plan,
-            self.inject_delay_ms,
+            self.faults,
             self.wcs,
             self.security,
             self.body,
         )?;
-        Ok(stacks.device().map(str::to_string))
+        Ok((stacks.device().map(str::to_string), counters))
     }
+}
+
+/// The local address a kernel socket to `server` would leave from (for a client that binds).
+fn route_ip(server: &AddrVec) -> Option<std::net::IpAddr> {
+    let to = server.0.first()?.sockaddr?;
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(to).ok()?;
+    Some(probe.local_addr().ok()?.ip())
 }
 
 /// Starts the in-process server on a stack from `stacks` listening on `bind` (unless `plan` names a
 /// server), connects the client (on another stack from `stacks`, behind a [`FaultStack`] with
-/// `inject_delay_ms`), hands it to `body`, then shuts the client down and the server after it.
+/// `faults` if any), hands it to `body`, then shuts the client down and the server after it, returning
+/// the in-process server's counters.
 fn with_client<N: NetworkStack>(
     stacks: &mut Stacks<'_, N>,
     bind: SocketAddr,
     plan: &Plan,
-    inject_delay_ms: Option<f64>,
+    faults: FaultConfig,
     (server_wc, client_wc): (WorkerConfig, WorkerConfig),
     security: &security::Security,
     body: &mut dyn FnMut(&mut dyn driver::Runner) -> Result<(), BenchError>,
-) -> Result<(), BenchError> {
+) -> Result<Option<report::Counters>, BenchError> {
     let stack_name = &plan.run_shape.stack;
     let set_up = |e: String| BenchError::Failed(format!("{stack_name} set-up: {e}"));
     let mut new_stack = || stacks.build().map_err(|e| set_up(e.to_string()));
@@ -601,27 +701,103 @@ fn with_client<N: NetworkStack>(
         (None, None) => return Err(BenchError::Failed("no server".into())),
     };
     let stack = new_stack()?;
-    let mut client = match inject_delay_ms {
-        None => driver::Client::boxed(stack, client_wc, &target, plan.shape, security),
-        Some(ms) => driver::Client::boxed(
-            FaultStack::new(
-                stack,
-                FaultConfig {
-                    read_delay: Duration::from_secs_f64(ms / 1000.0),
-                    ..FaultConfig::default()
-                },
+    let mut shape = plan.shape;
+    // A client that binds: on the stack's own address (rdma), on the server's if it is ours, else on
+    // the address the route to the server leaves from.
+    shape.client_ip = stacks
+        .choice()
+        .own_ip()
+        .or(local.as_ref().map(|_| bind.ip()))
+        .or_else(|| route_ip(&target));
+    let connect = |stack, wc| match plan.mode {
+        Mode::Connect => connect::Dialer::boxed(stack, wc, &target, shape, security),
+        _ => driver::Client::boxed(stack, wc, &target, shape, security),
+    };
+    let mut client = match faults.is_active() {
+        false => connect(stack, client_wc),
+        true => match plan.mode {
+            Mode::Connect => connect::Dialer::boxed(
+                FaultStack::new(stack, faults),
+                client_wc,
+                &target,
+                shape,
+                security,
             ),
-            client_wc,
-            &target,
-            plan.shape,
-            security,
-        ),
+            _ => driver::Client::boxed(
+                FaultStack::new(stack, faults),
+                client_wc,
+                &target,
+                shape,
+                security,
+            ),
+        },
     }
     .map_err(set_up)?;
     let outcome = body(&mut *client);
     client.shutdown();
+    let counters = local
+        .as_ref()
+        .map(|s| report::Counters::from(&s.messenger().counters()));
     drop(local);
-    outcome
+    outcome.map(|()| counters)
+}
+
+/// What the run learns from the client and the server before and after the sizes.
+#[derive(Default)]
+struct Learned {
+    server_policy: Option<String>,
+    memory: Option<report::SessionMemory>,
+    client_counters: Option<report::Counters>,
+}
+
+impl Learned {
+    /// Asks the server for its stats once every connection is up: the policy it applied (which must
+    /// be the one asked for) and, in fan-in, its memory per idle session.
+    fn first_stats(
+        &mut self,
+        client: &mut dyn driver::Runner,
+        plan: &Plan,
+        out: &mut dyn Write,
+    ) -> Result<(), BenchError> {
+        let Some(stats) = client.server_stats().map_err(BenchError::Failed)? else {
+            return Ok(());
+        };
+        if let Some(p) = &stats.policy {
+            if *p != plan.run_shape.policy {
+                return Err(BenchError::Failed(format!(
+                    "the server applied policy {p} to a --policy {} client",
+                    plan.run_shape.policy
+                )));
+            }
+        }
+        self.server_policy = stats.policy.clone();
+        if plan.mode == Mode::Fanin {
+            if let (Some(before), Some(after)) = (stats.rss_at_start_bytes, stats.rss_bytes) {
+                let sessions = plan.shape.connections;
+                let m = report::SessionMemory {
+                    scope: if stats.pid == std::process::id() {
+                        "client and server".into()
+                    } else {
+                        "server process".into()
+                    },
+                    sessions,
+                    rss_before_bytes: before,
+                    rss_after_bytes: after,
+                    bytes_per_session: after.saturating_sub(before) as f64 / sessions as f64,
+                };
+                let _ = writeln!(
+                    out,
+                    "# RSS ({}): {:.1} MiB at start, {:.1} MiB with {sessions} idle sessions: {:.1} KiB per session",
+                    m.scope,
+                    before as f64 / 1048576.0,
+                    after as f64 / 1048576.0,
+                    m.bytes_per_session / 1024.0
+                );
+                self.memory = Some(m);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs the benchmark described by `args` (against `server`, an address, when given; else against a
@@ -632,7 +808,7 @@ pub fn run_to(
     server: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<Report, BenchError> {
-    let plan = plan(args, server)?;
+    let mut plan = plan(args, server)?;
     let started = Instant::now();
     let create = |path: &PathBuf| {
         std::fs::File::create(path)
@@ -645,6 +821,45 @@ pub fn run_to(
     if let Some(path) = &args.svg {
         create(path)?;
     }
+    // Sockets in this process: one per connection, two with the server here; plus the stats link.
+    // When both ends do not fit one process's hard limit, the server runs in a child process.
+    let mut child_server = None;
+    let open_files = match args.stack {
+        BenchStack::Net(kind @ (StackKind::Posix | StackKind::Rdma)) => {
+            let conns = plan.shape.connections + 1;
+            let each = if plan.server.is_some() { 1 } else { 2 };
+            let need = limits::needed(conns, each);
+            let got = match limits::ensure_open_files(need) {
+                Ok(got) => got,
+                Err(_) if each == 2 && kind == StackKind::Posix => {
+                    let got = limits::ensure_open_files(limits::needed(conns, 1))
+                        .map_err(BenchError::Failed)?;
+                    let child = child::ServeChild::spawn(plan.workers, &args.server_cpus)?;
+                    let _ = writeln!(
+                        out,
+                        "# both ends in one process need about {need} open files, more than the hard \
+                         limit (RLIMIT_NOFILE) allows: the server runs in a child process (msgr bench \
+                         serve) on {}",
+                        child.addr
+                    );
+                    let t = crate::recon::parse_target(&child.addr).map_err(BenchError::Failed)?;
+                    plan.server = Some((
+                        t.to_string(),
+                        AddrVec(vec![EntityAddr::msgr2(t.addr, t.nonce)]),
+                    ));
+                    child_server = Some(child);
+                    got
+                }
+                Err(e) => return Err(BenchError::Failed(e)),
+            };
+            if let Some(line) = got.report(&format!(" for {} connections", plan.shape.connections))
+            {
+                let _ = writeln!(out, "{line}");
+            }
+            got.limit
+        }
+        _ => None,
+    };
 
     let mut client_wc = worker_config(plan.workers, &args.client_cpus, "bench-client");
     let mut server_wc = worker_config(plan.workers, &args.server_cpus, "bench-server");
@@ -666,6 +881,8 @@ pub fn run_to(
             count: args.count,
             duration_s: args.duration,
             inject_delay_ms: args.inject_delay_ms,
+            inject_socket_failures: args.inject_socket_failures,
+            open_files_limit: open_files,
         },
     );
     header.conn_mode = args.con_mode.name().to_string();
@@ -680,6 +897,8 @@ pub fn run_to(
         r.pacer_lag_max_ns = m
             .pacer_lag
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        r.set_cpu(m.client_cpu, m.server_cpu);
+        r.set_frames(m.client_frames);
         let _ = out.write_all(report::table_row(&r).as_bytes());
         let _ = out.flush();
         results.push(r);
@@ -694,22 +913,39 @@ pub fn run_to(
     };
     let security = security::Security::new(args.con_mode);
     let mut progress = progress::Progress::new(true);
+    let mut learned = Learned::default();
     let mut sizes = |client: &mut dyn driver::Runner| -> Result<(), BenchError> {
-        for &size in &args.sizes {
-            let msg = latency::traffic_message(size, plan.shape.traffic);
-            progress.label(&format_size(size));
-            let m = client
-                .run(&msg, &plan.load, &mut progress)
-                .map_err(|e| failed(size, e))?;
-            record(size, m, latency::wire_bytes(&msg), out);
-        }
-        Ok(())
+        learned.first_stats(client, &plan, out)?;
+        let outcome = (|| {
+            for &size in &plan.sizes {
+                let msg = latency::traffic_message(size, plan.shape.traffic);
+                progress.label(&format_size(size));
+                let m = client
+                    .run(&msg, &plan.load, &mut progress)
+                    .map_err(|e| failed(size, e))?;
+                let wire = match plan.mode {
+                    Mode::Connect => 0,
+                    _ => latency::wire_bytes(&msg),
+                };
+                record(size, m, wire, out);
+            }
+            Ok(())
+        })();
+        learned.client_counters = Some(report::Counters::from(&client.counters()));
+        outcome
+    };
+    let faults = FaultConfig {
+        read_delay: args
+            .inject_delay_ms
+            .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0)),
+        socket_failure_one_in: args.inject_socket_failures.unwrap_or(0),
+        seed: rand::random(),
     };
     let wcs = (server_wc, client_wc);
     match (args.stack, &plan.choice) {
         (BenchStack::Mem, _) => {
             let mut pp = latency::MemPingPong::new(&security).map_err(BenchError::Failed)?;
-            for &size in &args.sizes {
+            for &size in &plan.sizes {
                 let msg = latency::bench_message(size);
                 let m = pp
                     .run(&msg, args.warmup, args.count)
@@ -718,13 +954,14 @@ pub fn run_to(
             }
         }
         (_, Some(choice)) => {
-            let device = choice.run(ClientRun {
+            let (device, server_counters) = choice.run(ClientRun {
                 plan: &plan,
-                inject_delay_ms: args.inject_delay_ms,
+                faults,
                 wcs,
                 security: &security,
                 body: &mut sizes,
             })?;
+            header.server_counters = server_counters;
             match choice.kind() {
                 StackKind::Posix => {}
                 StackKind::Rdma => header.device = device,
@@ -750,6 +987,10 @@ pub fn run_to(
         }
     }
 
+    header.server_policy = learned.server_policy;
+    header.client_counters = learned.client_counters;
+    header.memory = learned.memory;
+    drop(child_server);
     header.finish(started.elapsed());
     let report = Report { header, results };
     if let Some((path, mut file)) = json_file {

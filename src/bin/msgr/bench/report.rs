@@ -63,6 +63,11 @@ pub struct Header {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_args: Option<String>,
     pub mode: String,
+    /// Session policy (`--policy`): `lossy`, `lossless` or `lossless-peer`.
+    pub policy: String,
+    /// The policy the server says it applied to the client's connection; `None` if it did not say
+    /// (a server without stats, or the in-memory pair).
+    pub server_policy: Option<String>,
     /// msgr2 connection mode (`crc`; `secure` needs cephx).
     pub conn_mode: String,
     /// `one` (server and client in this process) or `two` (`msgr bench run ADDR` against a server).
@@ -88,6 +93,16 @@ pub struct Header {
     pub duration_s: Option<f64>,
     /// Injected read delay on the client side (fault injection), ms.
     pub inject_delay_ms: Option<f64>,
+    /// Injected socket failures on the client side: one read/write in this many fails.
+    pub inject_socket_failures: Option<u32>,
+    /// The open-file limit (RLIMIT_NOFILE, soft) the run had, after raising it if it had to.
+    pub open_files_limit: Option<u64>,
+    /// The client messenger's counters at the end of the run.
+    pub client_counters: Option<Counters>,
+    /// The in-process server's counters at the end of the run.
+    pub server_counters: Option<Counters>,
+    /// Server memory per idle session, measured once all connections were up (before any traffic).
+    pub memory: Option<SessionMemory>,
     /// Wall time of the whole run (set-up, warm-up and every size), ns.
     pub wall_ns: u64,
     /// `model name` from /proc/cpuinfo.
@@ -100,6 +115,60 @@ pub struct Header {
     pub loadavg_end: Option<[f64; 3]>,
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
+}
+
+/// A messenger's counters that tell what a run went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub msgs_in: u64,
+    pub msgs_out: u64,
+    pub handshakes: u64,
+    pub reconnects: u64,
+    /// Messages sent again after a fault (lossless replay).
+    pub replayed: u64,
+    pub duplicates_dropped: u64,
+    /// Sessions that ended (lossy faults).
+    pub resets: u64,
+    pub transport_faults: u64,
+    pub injected_faults: u64,
+    pub accepted: u64,
+    /// Frames received and sent (every tag), and the bare ACK frames among those sent.
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub acks_out: u64,
+}
+
+impl From<&msgr::CountersSnapshot> for Counters {
+    fn from(c: &msgr::CountersSnapshot) -> Self {
+        Counters {
+            msgs_in: c.msgs_in,
+            msgs_out: c.msgs_out,
+            handshakes: c.handshakes,
+            reconnects: c.reconnects,
+            replayed: c.replayed,
+            duplicates_dropped: c.duplicates_dropped,
+            resets: c.resets,
+            transport_faults: c.transport_faults,
+            injected_faults: c.injected_faults,
+            accepted: c.accepted,
+            frames_in: c.frames_in,
+            frames_out: c.frames_out,
+            acks_out: c.acks_out,
+        }
+    }
+}
+
+/// Resident memory per idle session: the RSS when the server started and once every session was up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionMemory {
+    /// Whose RSS: `server process` (`bench run` against `bench serve`), or `client and server` (both in
+    /// this process: the figure covers both ends of every session).
+    pub scope: String,
+    pub sessions: usize,
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    /// (after - before) / sessions.
+    pub bytes_per_session: f64,
 }
 
 /// One point of a latency distribution.
@@ -115,6 +184,7 @@ pub struct Percentile {
 pub struct RunShape {
     pub stack: String,
     pub mode: String,
+    pub policy: String,
     pub warmup: u64,
     pub connections: usize,
     pub window: usize,
@@ -128,6 +198,7 @@ pub struct RunShape {
 pub struct SizeResult {
     pub stack: String,
     pub mode: String,
+    pub policy: String,
     /// Payload bytes per message.
     pub msg_size: usize,
     /// Bytes of one MESSAGE frame on the wire (preamble, header, payload, crcs, epilogue).
@@ -149,6 +220,7 @@ pub struct SizeResult {
     pub p90_ns: u64,
     pub p99_ns: u64,
     pub p999_ns: u64,
+    pub p9999_ns: u64,
     pub max_ns: u64,
     /// Messages per second (`count / elapsed`), over all connections.
     pub msgs_per_sec: f64,
@@ -159,6 +231,19 @@ pub struct SizeResult {
     /// Paced runs: the pacer's largest lag behind its schedule (charged to the latencies; large values
     /// mean the load generator itself was starved of CPU).
     pub pacer_lag_max_ns: Option<u64>,
+    /// CPU per message of the client's worker threads over the measured messages, µs (user, system),
+    /// as netperf's service demand. The in-memory pair runs both ends on one thread: its figure is here.
+    pub client_user_us_per_msg: Option<f64>,
+    pub client_sys_us_per_msg: Option<f64>,
+    /// The same for the server's worker threads; `None` when the server does not report it.
+    pub server_user_us_per_msg: Option<f64>,
+    pub server_sys_us_per_msg: Option<f64>,
+    /// Frames the client messenger sent and received per measured message (every tag: MESSAGE, ACK,
+    /// KEEPALIVE2), and the bare ACK frames among those sent; the server's are the mirror image. The
+    /// counters are published once per worker loop turn, so an interval's edges may be off by a frame.
+    pub client_frames_out_per_msg: Option<f64>,
+    pub client_frames_in_per_msg: Option<f64>,
+    pub client_acks_out_per_msg: Option<f64>,
 }
 
 impl SizeResult {
@@ -176,6 +261,7 @@ impl SizeResult {
         SizeResult {
             stack: shape.stack.clone(),
             mode: shape.mode.clone(),
+            policy: shape.policy.clone(),
             msg_size,
             wire_bytes,
             connections: shape.connections,
@@ -191,6 +277,7 @@ impl SizeResult {
             p90_ns: hist.value_at_quantile(0.90),
             p99_ns: hist.value_at_quantile(0.99),
             p999_ns: hist.value_at_quantile(0.999),
+            p9999_ns: hist.value_at_quantile(0.9999),
             max_ns: hist.max(),
             msgs_per_sec,
             gbit_per_sec: msgs_per_sec * f64::from(shape.directions) * msg_size as f64 * 8.0 / 1e9,
@@ -202,7 +289,37 @@ impl SizeResult {
                 })
                 .collect(),
             pacer_lag_max_ns: None,
+            client_user_us_per_msg: None,
+            client_sys_us_per_msg: None,
+            server_user_us_per_msg: None,
+            server_sys_us_per_msg: None,
+            client_frames_out_per_msg: None,
+            client_frames_in_per_msg: None,
+            client_acks_out_per_msg: None,
         }
+    }
+
+    /// Sets the frame figures from what the client messenger counted over this record's messages.
+    pub fn set_frames(&mut self, frames: Option<super::driver::Frames>) {
+        let Some(f) = frames.filter(|_| self.count > 0) else {
+            return;
+        };
+        let per = |n: u64| Some(n as f64 / self.count as f64);
+        self.client_frames_out_per_msg = per(f.sent);
+        self.client_frames_in_per_msg = per(f.received);
+        self.client_acks_out_per_msg = per(f.acks_sent);
+    }
+
+    /// Sets the CPU figures from the CPU each side used over this record's `count` messages.
+    pub fn set_cpu(
+        &mut self,
+        client: Option<super::cpu::CpuTime>,
+        server: Option<super::cpu::CpuTime>,
+    ) {
+        let count = self.count;
+        let per = |c: Option<super::cpu::CpuTime>| c.and_then(|c| c.per_message_us(count));
+        (self.client_user_us_per_msg, self.client_sys_us_per_msg) = per(client).unzip();
+        (self.server_user_us_per_msg, self.server_sys_us_per_msg) = per(server).unzip();
     }
 }
 
@@ -213,6 +330,11 @@ pub fn table_header(shape: &RunShape, count: u64, duration: Option<Duration>) ->
         "throughput" => format!(
             "{} connection(s) streaming, {} in flight each, times are send to ack",
             shape.connections, shape.window
+        ),
+        "connect" => format!(
+            "{} concurrent dialers, each connect, full msgr2 handshake to ready, close; times are \
+             connect to ready, msgs/s is handshakes/s, CPU is per handshake",
+            shape.connections
         ),
         _ => format!(
             "{} client connections, {} in flight each, times are round trips under load",
@@ -227,16 +349,18 @@ pub fn table_header(shape: &RunShape, count: u64, duration: Option<Duration>) ->
         .rate
         .map_or(String::new(), |r| format!(", paced at {r:.0} msgs/s"));
     format!(
-        "# {} {}: {what}; {amount} after {} warm-up{paced}\n\
-         # times in µs; Gbit/s counts payload in {}\n\
-         {:>6} {:>8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>8}\n",
+        "# {} {} {}: {what}; {amount} after {} warm-up{paced}\n\
+         # times in µs; Gbit/s counts payload in {}; CPU in µs per message, user and system, of the \
+         client's (c) and the server's (s) worker threads\n\
+         {:>6} {:>8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>8} {:>6} {:>6} {:>6} {:>6}\n",
         shape.stack,
         shape.mode,
+        shape.policy,
         shape.warmup,
-        if shape.directions == 2 {
-            "both directions"
-        } else {
-            "one direction"
+        match shape.directions {
+            2 => "both directions",
+            1 => "one direction",
+            _ => "no direction (no payload)",
         },
         "size",
         "wire B",
@@ -248,8 +372,17 @@ pub fn table_header(shape: &RunShape, count: u64, duration: Option<Duration>) ->
         "p99.9",
         "max",
         "msgs/s",
-        "Gbit/s"
+        "Gbit/s",
+        "c.usr",
+        "c.sys",
+        "s.usr",
+        "s.sys"
     )
+}
+
+/// A CPU figure for the table: µs with two decimals, or `n/a`.
+pub fn cpu_cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}"))
 }
 
 /// One table row.
@@ -258,7 +391,7 @@ pub fn table_row(r: &SizeResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6} {:>8} {:>5} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>8.3}",
+        "{:>6} {:>8} {:>5} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>8.3} {:>6} {:>6} {:>6} {:>6}",
         format_size(r.msg_size),
         r.wire_bytes,
         r.connections,
@@ -269,7 +402,11 @@ pub fn table_row(r: &SizeResult) -> String {
         us(r.p999_ns),
         us(r.max_ns),
         r.msgs_per_sec,
-        r.gbit_per_sec
+        r.gbit_per_sec,
+        cpu_cell(r.client_user_us_per_msg),
+        cpu_cell(r.client_sys_us_per_msg),
+        cpu_cell(r.server_user_us_per_msg),
+        cpu_cell(r.server_sys_us_per_msg)
     );
     s
 }
@@ -286,6 +423,8 @@ pub struct RunInfo {
     pub count: u64,
     pub duration_s: Option<f64>,
     pub inject_delay_ms: Option<f64>,
+    pub inject_socket_failures: Option<u32>,
+    pub open_files_limit: Option<u64>,
 }
 
 impl Header {
@@ -300,6 +439,8 @@ impl Header {
             link: None,
             stack_args: None,
             mode: shape.mode.clone(),
+            policy: shape.policy.clone(),
+            server_policy: None,
             conn_mode: "crc".into(),
             processes: info.processes.to_string(),
             server_addr: info.server_addr,
@@ -314,6 +455,11 @@ impl Header {
             count: info.count,
             duration_s: info.duration_s,
             inject_delay_ms: info.inject_delay_ms,
+            inject_socket_failures: info.inject_socket_failures,
+            open_files_limit: info.open_files_limit,
+            client_counters: None,
+            server_counters: None,
+            memory: None,
             wall_ns: 0,
             cpu_model: cpu_model(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -375,6 +521,7 @@ mod tests {
         RunShape {
             stack: "mem".into(),
             mode: "latency".into(),
+            policy: "lossy".into(),
             warmup: 10,
             connections: 1,
             window: 1,

@@ -1,8 +1,12 @@
 //! The benchmark server: a messenger whose dispatcher is [`EchoDispatcher`] (echo, or an empty ack for
 //! streamed messages), in this process for `msgr bench` or on its own for `msgr bench serve`.
 //!
-//! It accepts clients as a stateless server (each benchmark client session is lossy), so hundreds of
-//! fan-in sessions, each its own client identity, cost it nothing beyond their sockets.
+//! It serves every `--policy` at once, the client's choice deciding: its per-peer-type policy table
+//! ([`BenchPolicy::accept_table`]) gives a `client.*` peer stateless_server (lossy sessions: fan-in
+//! sessions, each its own client identity, cost it nothing beyond their sockets), a `mgr.*` peer
+//! stateful_server (lossless) and an `osd.*` peer lossless_peer. Every throttle the bench does not
+//! measure is unlimited, and the connection limits are set for the largest fan-in
+//! ([`super::MAX_CONNECTIONS`] sessions from one loopback address).
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -16,6 +20,7 @@ use msgr::stack::NetworkStack;
 use msgr::{Messenger, MessengerConfig};
 
 use super::latency::EchoDispatcher;
+use super::policy::BenchPolicy;
 use super::report::Cpus;
 use super::{BenchError, BenchStack, MAX_WORKERS};
 use crate::stacks::{rdma, Role, StackChoice, StackFn, StackKind, StackOptions, Stacks};
@@ -43,11 +48,18 @@ impl<N: NetworkStack> BenchServer<N> {
         cfg.nonce = nonce;
         security.apply_server(&mut cfg);
         cfg.default_policy = Policy::stateless_server();
+        cfg.accept_policies = BenchPolicy::accept_table();
+        let dispatcher = EchoDispatcher::with_stats(&workers.name_prefix);
         let mut mc = MessengerConfig::new(cfg);
         mc.workers = workers;
-        // Replies are bounded by what clients keep in flight; the send budget must not be the limit.
-        mc.send_budget_bytes = 0;
-        let mut messenger = Messenger::new(stack, mc, Arc::new(EchoDispatcher));
+        // Replies are bounded by what clients keep in flight; no throttle may be the limit.
+        super::driver::unlimited_throttles(&mut mc);
+        // Every fan-in connection comes from one address and is half-open until authenticated: the
+        // library's per-source default (256) would refuse a 10,000-connection fan-in.
+        mc.max_connections = mc.max_connections.max(2 * super::MAX_CONNECTIONS);
+        mc.max_sessions = mc.max_sessions.max(2 * super::MAX_CONNECTIONS);
+        mc.max_half_open_per_source = super::MAX_CONNECTIONS;
+        let mut messenger = Messenger::new(stack, mc, Arc::new(dispatcher));
         messenger.bind(bind).map_err(|e| e.to_string())?;
         messenger.start().map_err(|e| e.to_string())?;
         Ok(BenchServer { messenger })
@@ -75,7 +87,10 @@ impl<N: NetworkStack> Drop for BenchServer<N> {
     long_about = "Run a benchmark server for `msgr bench run ADDR` in another process.\n\n\
 It listens on --bind (a msgr2.1 OSD-type server, auth none, crc mode, address nonce 0 so that \
 IP:PORT alone names it), prints \"listening on v2:IP:PORT/0\", echoes benchmark messages and acks streamed ones, and runs for \
---duration seconds or until killed.\n\n\
+--duration seconds or until killed. It serves every `bench run --policy` at once (the client's entity \
+type decides: client lossy, mgr lossless, osd lossless-peer), answers the client's stats requests \
+(its workers' CPU, its RSS, the policy it applied), sets every throttle it does not measure to \
+unlimited, and raises its open-file limit (RLIMIT_NOFILE) to the hard limit.\n\n\
 With --stack dpdk (a build with the dpdk feature) it serves on the DPDK stack that --dpdk-args \
 describes (one poll-mode worker per queue: --workers must equal queues=), on that stack's ip unless \
 --bind says otherwise.\n\n\
@@ -148,6 +163,13 @@ pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchErro
         Some(ip) => SocketAddr::new(ip, DEFAULT_BIND.port()),
         None => DEFAULT_BIND,
     });
+    // Clients may come by the thousand: the soft open-file limit goes up to the hard one.
+    if kind == StackKind::Posix {
+        let files = super::limits::raise_to_hard().map_err(BenchError::Failed)?;
+        if let Some(line) = files.report("") {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     let mut wc = super::worker_config(workers, &args.cpus, "bench-serve");
     if kind == StackKind::Rdma {
         rdma::tune(&mut wc);
