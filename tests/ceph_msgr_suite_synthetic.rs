@@ -364,7 +364,14 @@ impl Workload {
             self.generate_connection();
         }
         eprintln!("synthetic: {} connections seeded", self.conns.len());
-        for _ in 0..self.spec.ops {
+        for op in 0..self.spec.ops {
+            if op == self.spec.ops / 2 && (self.spec.fault)(0).socket_failure_one_in > 0 {
+                // Besides the random ones (a rate per socket call, and short runs make few calls): one
+                // armed failure per client messenger, so every injecting run cuts connections mid-traffic.
+                for m in &self.clients {
+                    m.stack().counters().arm(1);
+                }
+            }
             if Instant::now() >= self.ops_end {
                 eprintln!("synthetic: operations stopped after {OPS_TIME:?}");
                 break;

@@ -7,7 +7,9 @@
 //! add-then-cancel (keepalive re-arming) does not grow memory.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashSet;
 use std::fmt;
 use std::time::Instant;
 
@@ -25,7 +27,7 @@ impl fmt::Display for TimerId {
 #[derive(Debug, Default)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<(Instant, TimerId)>>,
-    live: HashSet<TimerId>,
+    live: FxHashSet<TimerId>,
     next_id: u64,
 }
 

@@ -337,28 +337,10 @@ thread_local! {
     pub(crate) static CURRENT_WORKER: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, usize::MAX)) };
 }
 
-/// A `HashMap` hasher for the small integer ids (connection, socket, timer) a worker looks up several
-/// times per message: one multiply instead of SipHash. The ids are ours, not the peer's, so hash
-/// flooding is not a concern.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// A map keyed by our own integer ids.
-pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// A map keyed by our own integer ids (connection, socket, timer), looked up several times per message:
+/// FxHash (a multiply) instead of SipHash. The ids are ours, not the peer's, so hash flooding is not a
+/// concern.
+pub(crate) type IdMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// What [`Messenger::registry_stats`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 //! [`TransportError::ConnectTimeout`] by the `poll` that notices it.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use super::{
@@ -97,7 +98,8 @@ pub struct PosixWorker {
     index: usize,
     poll: Poll,
     mio_events: Events,
-    sockets: HashMap<SocketId, Entry>,
+    /// Keyed by our own ids: FxHash, not SipHash.
+    sockets: FxHashMap<SocketId, Entry>,
     next_id: u64,
     waker: Arc<MioWake>,
     /// Connect deadlines; entries whose socket is no longer connecting are skipped lazily.
@@ -114,7 +116,7 @@ impl PosixWorker {
             index,
             poll,
             mio_events: Events::with_capacity(EVENTS_PER_POLL),
-            sockets: HashMap::new(),
+            sockets: FxHashMap::default(),
             next_id: 1,
             waker,
             connect_deadlines: BinaryHeap::new(),

@@ -18,7 +18,7 @@
 //! once at end of stream), `writable` once after a `writev` that could not take everything once room
 //! frees up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::ops::RangeInclusive;
@@ -97,7 +97,7 @@ pub struct DpdkWorker {
     device: MbufDevice,
     iface: Interface,
     sockets: SocketSet<'static>,
-    entries: HashMap<SocketId, Entry>,
+    entries: rustc_hash::FxHashMap<SocketId, Entry>,
     next_id: u64,
     rx_batch: Vec<Mbuf>,
     classify_scratch: Box<[u8]>,
@@ -251,7 +251,7 @@ impl DpdkWorker {
             device,
             iface,
             sockets: SocketSet::new(Vec::new()),
-            entries: HashMap::new(),
+            entries: rustc_hash::FxHashMap::default(),
             next_id: 1,
             rx_batch: Vec::with_capacity(RX_BURSTS_PER_POLL * BURST),
             classify_scratch: vec![0; 64 * 1024].into_boxed_slice(),

@@ -38,7 +38,7 @@ mod receive;
 mod send;
 mod side_channel;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -112,7 +112,7 @@ pub struct RdmaWorker {
     pool: BufferPool,
     /// Regions registered over callers' buffers for zero-copy sends (see `mr_cache`).
     mr_cache: MrCache<PdRegistrar>,
-    entries: HashMap<SocketId, Entry>,
+    entries: rustc_hash::FxHashMap<SocketId, Entry>,
     next_id: u64,
     poll: mio::Poll,
     mio_events: mio::Events,
@@ -200,7 +200,7 @@ impl RdmaWorker {
             cm_channel,
             pool,
             mr_cache,
-            entries: HashMap::new(),
+            entries: rustc_hash::FxHashMap::default(),
             next_id: 1,
             poll,
             mio_events: mio::Events::with_capacity(8),
