@@ -15,7 +15,7 @@
 //! and so are writes to a full pool; their timeout error says why they waited.
 //!
 //! Invariants: state is behind one mutex; nothing is sent, and no completion runs, while it is held
-//! (both are collected in an [`Outbox`] and flushed after unlocking), so a completion may submit again
+//! (both are collected in an `Outbox` and flushed after unlocking), so a completion may submit again
 //! and a full send queue never blocks a messenger worker that holds replies. A reply counts only on
 //! the connection its op was last sent on; a late reply from an earlier attempt is dropped. Maps whose
 //! epoch is not newer than the one held are ignored and said so ([`MapUpdate::Stale`]).
