@@ -19,9 +19,9 @@ pub(crate) fn recv_into(sock: SockRef<'_>, buf: &mut BytesMut, max: usize) -> io
     let n = sock.recv(&mut spare[..len])?;
     debug_assert!(n <= len);
     let n = n.min(len);
-    // SAFETY: recv(2) wrote the first `n` bytes of `spare` (socket2 passes the slice's pointer and length
-    // and returns the count the kernel reported, never more than `len`), so the `n` bytes after the
-    // current length are initialised and within capacity.
+    // recv(2) wrote the first `n` bytes of `spare`: socket2 passes the slice's pointer and length and
+    // returns the count the kernel reported, never more than `len`.
+    // SAFETY: the `n` bytes after the current length are initialised (above) and within capacity.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
