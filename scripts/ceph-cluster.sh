@@ -103,8 +103,10 @@ write_conf() { # write_conf AUTH MODES MON_PORT SIZE DEBUG_MS
             ms_client_mode ms_cluster_mode ms_service_mode; do
             echo "$mode = $modes"
         done
-        echo "mon_data_avail_warn = 1"
-        echo "mon_data_avail_crit = 0"
+        # ceph-mon refuses to start (and later shuts down) at avail% <= crit, and avail% is a whole
+        # number: a shared disk under 1% free reads 0%. These daemons are throwaway, so never.
+        echo "mon_data_avail_warn = -1"
+        echo "mon_data_avail_crit = -1"
         echo "osd_pool_default_size = $size"
         echo "osd_pool_default_min_size = 1"
         echo "osd_crush_chooseleaf_type = 0"
@@ -218,7 +220,7 @@ cmd_start() {
     ceph-mon --mkfs -i "$MON_ID" --monmap "$DIR/monmap" -c "$DIR/ceph.conf" --keyring "$DIR/keyring" \
         >"$DIR/log/mkfs-mon.log" 2>&1 || { cat "$DIR/log/mkfs-mon.log" >&2; die "ceph-mon --mkfs failed"; }
     ceph-mon -i "$MON_ID" -c "$DIR/ceph.conf" >"$DIR/log/start-mon.log" 2>&1 ||
-        { cat "$DIR/log/start-mon.log" >&2; die "ceph-mon failed to start"; }
+        { cat "$DIR/log/start-mon.log" >&2; df -h "$DIR" >&2; die "ceph-mon failed to start"; }
     wait_pid_file "mon.$MON_ID" >/dev/null
     local deadline=$((SECONDS + READY_TIMEOUT_S))
     until ceph_cli mon stat >"$DIR/log/ready-mon.log" 2>&1; do
@@ -244,7 +246,7 @@ cmd_start() {
         ceph-osd -i "$id" -c "$DIR/ceph.conf" --mkfs --osd-uuid "$uuid" >"$DIR/log/mkfs-osd.$id.log" 2>&1 ||
             { cat "$DIR/log/mkfs-osd.$id.log" >&2; die "ceph-osd --mkfs for osd.$id failed"; }
         ceph-osd -i "$id" -c "$DIR/ceph.conf" >"$DIR/log/start-osd.$id.log" 2>&1 ||
-            { cat "$DIR/log/start-osd.$id.log" >&2; die "ceph-osd $id failed to start"; }
+            { cat "$DIR/log/start-osd.$id.log" >&2; df -h "$DIR" >&2; die "ceph-osd $id failed to start"; }
     done
     for ((id = 0; id < osds; id++)); do
         wait_pid_file "osd.$id" >/dev/null

@@ -214,9 +214,10 @@ cmd_start() {
             ms_client_mode ms_cluster_mode ms_service_mode; do
             echo "$mode = $modes"
         done
-        echo "# A nearly full disk must not make the monitor unhealthy."
-        echo "mon_data_avail_warn = 1"
-        echo "mon_data_avail_crit = 0"
+        # ceph-mon refuses to start (and later shuts down) at avail% <= crit, and avail% is a whole
+        # number: a shared disk under 1% free reads 0%. These daemons are throwaway, so never.
+        echo "mon_data_avail_warn = -1"
+        echo "mon_data_avail_crit = -1"
         echo "run_dir = $DIR/run"
         echo "log_file = $DIR/log/\$name.log"
         echo "keyring = $DIR/keyring"
@@ -240,7 +241,7 @@ cmd_start() {
     [[ -z "$rdma" ]] || ulimit -l unlimited 2>/dev/null || true
     # ceph-mon daemonizes; the daemon writes its pid to DIR/run/ceph-mon.a.pid.
     ceph-mon -i "$MON_ID" -c "$DIR/ceph.conf" "${extra[@]}" >"$DIR/log/start.log" 2>&1 ||
-        { cat "$DIR/log/start.log" >&2; log_tail; die "ceph-mon failed to start"; }
+        { cat "$DIR/log/start.log" >&2; log_tail; df -h "$DIR" >&2; die "ceph-mon failed to start"; }
 
     local deadline=$((SECONDS + READY_TIMEOUT_S)) ready=0
     pid=""

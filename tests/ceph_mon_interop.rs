@@ -321,3 +321,99 @@ fn real_monitor_dials_msgr_server_and_probes_it() {
         t0.elapsed()
     );
 }
+
+/// A tmpfs mounted on a fresh directory for one test; unmounted and removed on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_mib` MiB, or says why it could not (no permission to mount, say).
+    fn mount(tag: &str, size_mib: u32) -> Result<Tmpfs, String> {
+        let dir = std::env::temp_dir().join(format!("msgr-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}M"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .map_err(|e| format!("run mount: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!(
+                "mount tmpfs: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(dir))
+    }
+
+    /// (size, available) in KiB, as df reports them.
+    fn usage_kib(&self) -> (u64, u64) {
+        let out = std::process::Command::new("df")
+            .args(["-k", "--output=size,avail"])
+            .arg(&self.0)
+            .output()
+            .expect("run df");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let nums: Vec<u64> = text
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        assert_eq!(nums.len(), 2, "df output: {text}");
+        (nums[0], nums[1])
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// CI machines share a disk that is sometimes more than 99% full. ceph-mon reads the free space of its
+/// data directory as a whole percentage and refuses to start at or below `mon_data_avail_crit`; the
+/// scripts set it so a throwaway monitor starts at 0% (a CI run once failed every Ceph test this way).
+#[test]
+fn monitor_starts_on_a_disk_with_under_one_percent_free() {
+    if !ceph_available("monitor_starts_on_a_disk_with_under_one_percent_free") {
+        return;
+    }
+    let fs = match Tmpfs::mount("fulldisk", 256) {
+        Ok(fs) => fs,
+        Err(e) if std::env::var("MSGR_REQUIRE_CEPH").as_deref() != Ok("1") => {
+            eprintln!(
+                "\n!!!!!!!! NOTE: {e}: SKIPPING the nearly-full-disk monitor test !!!!!!!!\n"
+            );
+            return;
+        }
+        Err(e) => panic!("MSGR_REQUIRE_CEPH=1 but {e}"),
+    };
+    // Leave 2 MiB of 256 (0.8%): ceph-mon's whole-percent reading is 0.
+    let status = std::process::Command::new("fallocate")
+        .args(["-l", "254M"])
+        .arg(fs.0.join("fill"))
+        .status()
+        .expect("run fallocate");
+    assert!(status.success(), "fallocate failed");
+    let (size, avail) = fs.usage_kib();
+    assert!(
+        avail * 100 < size,
+        "{avail} KiB free of {size}: not under 1%"
+    );
+
+    let v2 = free_port(&[]);
+    let v1 = free_port(&[v2]);
+    let args = [
+        "--v2-port".to_string(),
+        v2.to_string(),
+        "--v1-port".to_string(),
+        v1.to_string(),
+    ];
+    let mon = CephMon::start_in(&fs.0, "fulldisk-mon", &args, &[]);
+    assert!(mon.is_running(), "mon.a exited after start");
+    let (_, avail) = fs.usage_kib();
+    assert!(avail > 0, "the monitor filled the disk");
+    drop(mon);
+}

@@ -79,8 +79,14 @@ impl CephMon {
     /// [`CephMon::start`] with the script run under `wrapper` (e.g. `ip netns exec NS`, so the monitor
     /// lives in that network namespace; stopping goes by pid and works from anywhere).
     pub fn start_with(tag: &str, args: &[String], wrapper: &[&str]) -> CephMon {
+        Self::start_in(&std::env::temp_dir(), tag, args, wrapper)
+    }
+
+    /// [`CephMon::start_with`] with the monitor's directory made under `parent` instead of the
+    /// temporary directory (a filesystem the test prepared).
+    pub fn start_in(parent: &Path, tag: &str, args: &[String], wrapper: &[&str]) -> CephMon {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph-mon.sh");
-        let dir = std::env::temp_dir().join(format!(
+        let dir = parent.join(format!(
             "msgr-{tag}-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
