@@ -1,5 +1,5 @@
 //! Messenger behaviours over posix loopback (IPv4 and IPv6): hostile peers are dropped while others are
-//! served, idle connections close, a slow dispatcher pushes back on senders through the send budget, and
+//! served, idle connections close, quiet ones give their buffers back, a slow dispatcher pushes back on senders through the send budget, and
 //! high-priority messages overtake queued normal ones.
 
 mod common;
@@ -117,6 +117,60 @@ fn hostile_peers_are_dropped_and_others_still_served() {
             "{bind}: bad peers must not reach the dispatcher"
         );
     }
+}
+
+/// Quiet sessions give their buffers back on both ends after `idle_buffer_release` (the workers fire
+/// the protocol's timer) and carry on afterwards, in order and intact, on the same connection.
+#[test]
+fn quiet_sessions_release_their_buffers_and_carry_on() {
+    let pool = Arc::new(PayloadPool::new(3, 64 * 1024));
+    let sink = Collector::new(pool.clone());
+    let release = Some(Duration::from_millis(200));
+    let mut p = proto_config(entity_type::OSD, "osd.0");
+    p.idle_buffer_release = release;
+    p.default_policy = Policy::stateful_server();
+    let mut srv = messenger(p, 1, no_faults(), sink.clone());
+    srv.bind(&[LOOPBACKS[0].parse().unwrap()]).unwrap();
+    srv.start().unwrap();
+    let mut c = proto_config(entity_type::CLIENT, "client.admin");
+    c.idle_buffer_release = release;
+    let mut cli = messenger(c, 1, no_faults(), Collector::new(pool.clone()));
+    cli.start().unwrap();
+    let conn = cli
+        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+        .unwrap();
+    for i in 0..100 {
+        conn.send(pool.message(i, 1000 + (i as usize * 613) % 60_000))
+            .unwrap();
+    }
+    assert!(sink.wait_for(100, Duration::from_secs(10)));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            srv.counters().buffer_releases >= 1 && cli.counters().buffer_releases >= 1
+        }),
+        "no release: server {}, client {}",
+        srv.counters().buffer_releases,
+        cli.counters().buffer_releases
+    );
+    for i in 100..200 {
+        conn.send(pool.message(i, 1000 + (i as usize * 613) % 60_000))
+            .unwrap();
+    }
+    assert!(sink.wait_for(200, Duration::from_secs(10)));
+    assert_eq!(sink.corrupted.load(Ordering::Relaxed), 0);
+    let got = sink.by_conn.lock().unwrap();
+    let seqs: Vec<u64> = got.values().flatten().copied().collect();
+    assert_eq!(
+        seqs,
+        (0..200).collect::<Vec<u64>>(),
+        "lost, duplicated or out of order"
+    );
+    assert_eq!(srv.counters().transport_faults, 0);
+    assert_eq!(
+        cli.counters().handshakes,
+        1,
+        "the connection was not redone"
+    );
 }
 
 #[test]

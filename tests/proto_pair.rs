@@ -193,3 +193,87 @@ fn reading_into_the_receive_buffer_delivers_the_same_messages() {
     }
     assert_eq!(sim.transports, 1);
 }
+
+/// A ready session holds no receive buffer until input arrives; after `idle_buffer_release` without
+/// input or output both ends give their buffers back, except a receive buffer holding part of a frame;
+/// nothing is lost either way and traffic afterwards flows as before.
+#[test]
+fn quiet_connections_give_their_buffers_back_and_lose_nothing() {
+    let now = Instant::now();
+    let release = std::time::Duration::from_secs(2);
+    let mut client_cfg = client_config(21);
+    client_cfg.idle_buffer_release = Some(release);
+    let mut server_cfg = server_config(22);
+    server_cfg.idle_buffer_release = Some(release);
+    let mut sim = Sim::new(
+        arc(client_cfg),
+        Policy::lossless_client(),
+        arc(server_cfg),
+        server_addr(),
+        now,
+    );
+    sim.read_into = true;
+    assert!(sim.run_until(1000, |s| s.client.is_ready()));
+    assert!(sim.run_until(1000, |s| s.server_inbox.is_empty()));
+    let server_ready = sim.server().unwrap().buffer_capacity();
+    assert!(
+        server_ready < 4096,
+        "a fresh ready session holds {server_ready} B of buffers: no receive buffer before input"
+    );
+
+    let pool = PayloadPool::new(23, 4096);
+    let mut next = 0u64;
+    let mut send = |sim: &mut Sim, n: u64, size: usize| {
+        for _ in 0..n {
+            sim.client.send(sim.now, pool.message(next, size)).unwrap();
+            next += 1;
+        }
+    };
+    send(&mut sim, 50, 100);
+    assert!(sim.run_until(10_000, |s| s.server_inbox.len() == 50));
+    assert!(
+        sim.server().unwrap().buffer_capacity() > server_ready,
+        "the receive buffer comes with the first input"
+    );
+
+    // Half a frame in the server's receive buffer when the quiet spell ends: it is kept.
+    send(&mut sim, 1, 3000);
+    sim.max_chunk = 1000;
+    let before = sim.server().unwrap().stats().buffer_releases;
+    sim.step();
+    assert_eq!(sim.server_inbox.len(), 50, "the frame arrived whole");
+    let later = sim.now + release * 2;
+    sim.now = later;
+    sim.client.handle_timeout(later);
+    sim.server().unwrap().handle_timeout(later);
+    assert_eq!(sim.server().unwrap().stats().buffer_releases, before + 1);
+    assert!(
+        sim.server().unwrap().buffer_capacity() >= 1000,
+        "the receive buffer holding a partial frame was released"
+    );
+    sim.max_chunk = 64 * 1024;
+    assert!(sim.run_until(10_000, |s| s.server_inbox.len() == 51));
+
+    // Quiet again, nothing in flight: both ends hold no buffers at all.
+    assert!(sim.run_until(100, |s| s.in_flight() == 0));
+    let later = sim.now + release * 2;
+    sim.now = later;
+    sim.client.handle_timeout(later);
+    sim.server().unwrap().handle_timeout(later);
+    assert_eq!(sim.client.buffer_capacity(), 0, "client kept its buffers");
+    assert_eq!(
+        sim.server().unwrap().buffer_capacity(),
+        0,
+        "server kept its buffers"
+    );
+    assert!(sim.client.stats().buffer_releases >= 1);
+
+    // And traffic resumes as if nothing happened.
+    send(&mut sim, 200, 1500);
+    assert!(sim.run_until(100_000, |s| s.server_inbox.len() == 251));
+    for (i, m) in sim.server_inbox.iter().enumerate() {
+        assert_eq!(m.header.tid, i as u64, "out of order at {i}");
+        assert!(pool.verify(m), "payload of message {i} corrupted");
+    }
+    assert_eq!(sim.transports, 1, "no fault on the way");
+}

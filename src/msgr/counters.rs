@@ -53,6 +53,8 @@ pub struct WorkerCounters {
     pub frames_in: Counter,
     pub frames_out: Counter,
     pub acks_out: Counter,
+    /// Times a quiet connection gave its buffers back.
+    pub buffer_releases: Counter,
     pub accepted: Counter,
     pub connections: Counter,
     pub dropped_bad_peers: Counter,
@@ -88,6 +90,8 @@ impl WorkerCounters {
         self.frames_in.add(d(now.frames_in, last.frames_in));
         self.frames_out.add(d(now.frames_out, last.frames_out));
         self.acks_out.add(d(now.acks_out, last.acks_out));
+        self.buffer_releases
+            .add(d(now.buffer_releases, last.buffer_releases));
         self.handshakes.add(d(now.handshakes, last.handshakes));
         self.reconnects.add(d(now.reconnects, last.reconnects));
         self.replayed.add(d(now.replayed, last.replayed));
@@ -123,6 +127,9 @@ pub struct CountersSnapshot {
     pub frames_out: u64,
     /// Bare ACK frames sent (acks that no outgoing message carried).
     pub acks_out: u64,
+    /// Times a quiet connection gave its receive and encode buffers back
+    /// (`proto::Config::idle_buffer_release`).
+    pub buffer_releases: u64,
     pub accepted: u64,
     /// Connections currently open.
     pub connections: u64,
@@ -198,6 +205,7 @@ impl CountersSnapshot {
             s.frames_in += w.frames_in.get();
             s.frames_out += w.frames_out.get();
             s.acks_out += w.acks_out.get();
+            s.buffer_releases += w.buffer_releases.get();
             s.accepted += w.accepted.get();
             s.connections += w.connections.get();
             s.dropped_bad_peers += w.dropped_bad_peers.get();

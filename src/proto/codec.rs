@@ -399,8 +399,9 @@ fn count_segments(lens: impl DoubleEndedIterator<Item = usize> + ExactSizeIterat
 #[derive(Debug)]
 pub struct FrameDecoder {
     max_frame_len: usize,
-    /// Secure mode's receiving cipher; None in crc mode.
-    secure: Option<SecureRx>,
+    /// Secure mode's receiving cipher; None in crc mode. Boxed: a crc-mode connection does not carry
+    /// the key schedule's size.
+    secure: Option<Box<SecureRx>>,
     /// Preamble of the frame being waited for, with its on-wire length (≤ `max_frame_len`).
     pending: Option<(Preamble, usize)>,
     /// Secure mode: the decrypted inline part of segment 0 of the pending frame.
@@ -423,7 +424,7 @@ impl FrameDecoder {
 
     /// Switch to secure mode: every frame from now on is decrypted and authenticated with `rx`.
     pub fn set_secure(&mut self, rx: SecureRx) {
-        self.secure = Some(rx);
+        self.secure = Some(Box::new(rx));
     }
 
     pub fn mode(&self) -> FrameMode {
@@ -661,8 +662,8 @@ pub const COPY_SEGMENT_MAX: usize = 1024;
 /// [`encode_control`](FrameEncoder::encode_control) flush before returning.
 #[derive(Debug)]
 pub struct FrameEncoder {
-    /// Secure mode's sending cipher; None in crc mode.
-    secure: Option<SecureTx>,
+    /// Secure mode's sending cipher; None in crc mode. Boxed, as the decoder's.
+    secure: Option<Box<SecureTx>>,
     /// Bytes written but not handed out yet (they follow everything already in the caller's list).
     scratch: BytesMut,
 }
@@ -685,7 +686,7 @@ impl FrameEncoder {
 
     /// Switch to secure mode: every frame from now on is encrypted with `tx`.
     pub fn set_secure(&mut self, tx: SecureTx) {
-        self.secure = Some(tx);
+        self.secure = Some(Box::new(tx));
     }
 
     pub fn mode(&self) -> FrameMode {
@@ -769,6 +770,19 @@ impl FrameEncoder {
             };
             self.scratch.reserve(n.max(block));
         }
+    }
+
+    /// Gives the scratch block back to the allocator when nothing waits in it (a quiet connection); the
+    /// next frame allocates a new one.
+    pub fn release_scratch(&mut self) {
+        if self.scratch.is_empty() {
+            self.scratch = BytesMut::new();
+        }
+    }
+
+    /// Capacity of the scratch block in use (0 when released or not allocated yet).
+    pub fn scratch_capacity(&self) -> usize {
+        self.scratch.capacity()
     }
 
     /// Whether bytes are waiting for [`flush`](FrameEncoder::flush).

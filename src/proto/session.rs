@@ -96,6 +96,13 @@ impl OutQueue {
         self.len = 0;
         self.bytes = 0;
     }
+
+    /// Drops the priority levels (and their queues' capacity) when nothing is queued.
+    pub fn release_idle_capacity(&mut self) {
+        if self.len == 0 {
+            self.levels = Vec::new();
+        }
+    }
 }
 
 /// Session state of one logical connection to one peer.
@@ -136,6 +143,16 @@ impl Released {
 }
 
 impl Session {
+    /// Gives back the capacity of queues that are empty (a quiet session).
+    pub fn release_idle_capacity(&mut self) {
+        self.out_queue.release_idle_capacity();
+        for q in [&mut self.requeued, &mut self.sent] {
+            if q.is_empty() {
+                *q = VecDeque::new();
+            }
+        }
+    }
+
     /// Anything waiting to go out (new, or re-sent after a fault)?
     pub fn has_outgoing(&self) -> bool {
         !self.out_queue.is_empty() || !self.requeued.is_empty()

@@ -94,6 +94,11 @@ impl Sim {
         self.servers.iter_mut().rev().find(|c| !c.is_closed())
     }
 
+    /// Bytes sent and not delivered yet, both directions.
+    pub fn in_flight(&self) -> usize {
+        self.c2s.iter().chain(&self.s2c).map(|b| b.len()).sum()
+    }
+
     /// Fail the current transport now, losing whatever is in flight.
     pub fn cut(&mut self) {
         self.c2s.clear();

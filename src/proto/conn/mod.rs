@@ -190,6 +190,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// A ready connection with no input for this long faults (ms_connection_idle_timeout); None = never.
     pub idle_timeout: Option<Duration>,
+    /// A ready connection with neither input nor output for this long gives its receive and encode
+    /// buffers back to the allocator (they come back with the next byte); None = keep them. What an
+    /// idle session costs a server with many of them.
+    pub idle_buffer_release: Option<Duration>,
     /// A session kept for a peer that must come back to us (policy `server`, e.g. stateful_server)
     /// ends after this long in Standby; None = kept until the peer returns. Sessions of other
     /// policies never expire here: ending one turns the peer's next reconnect into a reset.
@@ -236,6 +240,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             // Ceph's ms_connection_idle_timeout.
             idle_timeout: Some(Duration::from_secs(900)),
+            idle_buffer_release: Some(Duration::from_secs(2)),
             // As long as an idle connection lives: a client gone for that long is not coming back
             // for its session, and a handshake-then-close loop cannot grow the server without bound.
             server_standby_expiry: Some(Duration::from_secs(900)),
@@ -412,6 +417,8 @@ pub struct ConnStats {
     pub acks_out: u64,
     /// Server-policy sessions ended after `server_standby_expiry` in Standby.
     pub standby_expired: u64,
+    /// Times a quiet connection gave its buffers back (`Config::idle_buffer_release`).
+    pub buffer_releases: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,13 +429,16 @@ enum Timer {
     Keepalive,
     /// A server-policy session parked in Standby expires.
     Standby,
+    /// A ready connection quiet for `Config::idle_buffer_release` gives its buffers back.
+    ReleaseBuffers,
 }
-const TIMERS: [Timer; 5] = [
+const TIMERS: [Timer; 6] = [
     Timer::Reconnect,
     Timer::Handshake,
     Timer::Idle,
     Timer::Keepalive,
     Timer::Standby,
+    Timer::ReleaseBuffers,
 ];
 
 /// State scoped to one transport: dropped on every fault.
@@ -637,6 +647,8 @@ pub struct Connection {
     backoff: Duration,
     /// Set when the current transport saw its peer banner (used to pick reconnect vs. standby).
     last_input: Option<Instant>,
+    /// When a message was last queued to send (for the idle buffer release).
+    last_output: Option<Instant>,
     epoch: Instant,
     /// Seeded cookie source for reproducible tests; None: cookies from the OS-seeded CSPRNG.
     rng: Option<SmallRng>,
@@ -712,6 +724,7 @@ impl Connection {
             timers: [None; TIMERS.len()],
             backoff: Duration::ZERO,
             last_input: None,
+            last_output: None,
             epoch: now,
             rng,
             stats: ConnStats::default(),
@@ -795,6 +808,16 @@ impl Connection {
     pub fn peer_auth_name(&self) -> Option<&AuthEntityName> {
         self.peer_auth_name.as_ref()
     }
+    /// Bytes of buffer this connection holds for its transport: the receive buffer, the encoder's
+    /// scratch block and the control-frame buffer (capacity, not contents). Zero for the receive
+    /// buffer of a ready session until its first input, and again after a quiet spell
+    /// ([`Config::idle_buffer_release`]).
+    pub fn buffer_capacity(&self) -> usize {
+        self.transport.as_ref().map_or(0, |t| {
+            t.rx.capacity() + t.encoder.scratch_capacity() + t.ctrl.capacity()
+        })
+    }
+
     pub fn stats(&self) -> ConnStats {
         self.stats
     }
@@ -893,6 +916,8 @@ impl Connection {
             _ => {}
         }
         self.session.out_queue.push(msg);
+        self.last_output = Some(now);
+        self.arm_buffer_release(now);
         Ok(())
     }
 
@@ -1001,7 +1026,10 @@ impl Connection {
         } else {
             (HANDSHAKE_RX_CAPACITY, HANDSHAKE_RX_CAPACITY / 2)
         };
-        if t.rx.capacity() - t.rx.len() < min_room {
+        if t.rx.capacity() == 0 {
+            // Released while idle (or never allocated since the handshake).
+            t.rx = BytesMut::with_capacity(target);
+        } else if t.rx.capacity() - t.rx.len() < min_room {
             // Room for the frame being waited for was reserved when its preamble arrived.
             t.rx.reserve(target.saturating_sub(t.rx.len()).max(min_room));
         }
@@ -1020,6 +1048,7 @@ impl Connection {
         }
         self.stats.bytes_in += n as u64;
         self.last_input = Some(now);
+        self.arm_buffer_release(now);
         if self.phase != Phase::Ready
             && self.timers[Timer::Handshake as usize].is_some_and(|d| now >= d)
         {
@@ -1029,7 +1058,22 @@ impl Connection {
         if let Err(e) = self.process(now) {
             self.fault(now, e);
         }
+        self.rewind_rx();
         Ok(n)
+    }
+
+    /// Once every received byte was decoded, starts the receive buffer over at its beginning if no
+    /// frame handed out still refers to it (no allocation either way): the next read lands in memory
+    /// just used, which keeps a busy connection's — and ten thousand connections' — working set small.
+    fn rewind_rx(&mut self) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        if let Some(t) = self.transport.as_mut() {
+            if t.rx.is_empty() && t.rx.capacity() != 0 && t.rx.capacity() < READY_RX_CAPACITY {
+                let _rewound = t.rx.try_reclaim(READY_RX_CAPACITY);
+            }
+        }
     }
 
     /// Bytes read from the transport.
@@ -1039,6 +1083,12 @@ impl Connection {
         }
         self.stats.bytes_in += data.len() as u64;
         self.last_input = Some(now);
+        self.arm_buffer_release(now);
+        if self.phase == Phase::Ready {
+            if let Some(t) = self.transport.as_mut().filter(|t| t.rx.capacity() == 0) {
+                t.rx = BytesMut::with_capacity(READY_RX_CAPACITY);
+            }
+        }
         // The deadline holds even when input keeps the owner from ever returning to its timers.
         if self.phase != Phase::Ready
             && self.timers[Timer::Handshake as usize].is_some_and(|d| now >= d)
@@ -1069,6 +1119,7 @@ impl Connection {
                 return;
             }
             if rest.is_empty() {
+                self.rewind_rx();
                 return;
             }
         }
@@ -1107,6 +1158,19 @@ impl Connection {
                     }
                 }
                 Timer::Standby => self.expire_standby(),
+                Timer::ReleaseBuffers => {
+                    let Some(after) = self.config.idle_buffer_release else {
+                        continue;
+                    };
+                    if self.phase != Phase::Ready {
+                        continue;
+                    }
+                    let last = self.last_input.max(self.last_output);
+                    match last.and_then(|l| l.checked_add(after)) {
+                        Some(until) if until > now => self.set_timer(Timer::ReleaseBuffers, until),
+                        _ => self.release_idle_buffers(),
+                    }
+                }
                 Timer::Keepalive => {
                     if self.phase == Phase::Ready {
                         self.session.keepalive_pending = true;
@@ -1333,10 +1397,15 @@ impl Connection {
         if let Some(t) = self.transport.as_mut() {
             t.decoder.set_max_frame_len(self.config.max_frame_len);
             // A new buffer rather than `reserve`: `BytesMut` sizes every later reallocation by the
-            // capacity it was created with.
-            let mut rx = BytesMut::with_capacity(READY_RX_CAPACITY.max(t.rx.len()));
-            rx.extend_from_slice(&t.rx);
-            t.rx = rx;
+            // capacity it was created with. None at all while nothing is buffered: the first read
+            // allocates it, and an idle session costs no receive buffer.
+            if t.rx.is_empty() {
+                t.rx = BytesMut::new();
+            } else {
+                let mut rx = BytesMut::with_capacity(READY_RX_CAPACITY.max(t.rx.len()));
+                rx.extend_from_slice(&t.rx);
+                t.rx = rx;
+            }
         }
         self.backoff = Duration::ZERO;
         self.stats.handshakes += 1;
@@ -1348,6 +1417,8 @@ impl Connection {
         if let Some(k) = self.config.keepalive_interval {
             self.set_timer(Timer::Keepalive, now + k);
         }
+        self.timers[Timer::ReleaseBuffers as usize] = None;
+        self.arm_buffer_release(now);
         self.events.push_back(Event::Connected { reconnect });
         intercept_later!(self, Ready);
     }
@@ -1492,6 +1563,44 @@ impl Connection {
 
     fn set_timer(&mut self, t: Timer, at: Instant) {
         self.timers[t as usize] = Some(at);
+    }
+
+    /// Arms the idle buffer release if it is not armed: once per quiet spell, not per input (it
+    /// re-arms itself from the last input or output when it fires early).
+    fn arm_buffer_release(&mut self, now: Instant) {
+        if self.phase != Phase::Ready || self.timers[Timer::ReleaseBuffers as usize].is_some() {
+            return;
+        }
+        if let Some(at) = self
+            .config
+            .idle_buffer_release
+            .and_then(|after| now.checked_add(after))
+        {
+            self.set_timer(Timer::ReleaseBuffers, at);
+        }
+    }
+
+    /// Gives what a quiet connection holds back to the allocator: the receive buffer when no frame is
+    /// partly received, the encoder's scratch block when nothing is pending in it, the control-frame
+    /// staging buffer, and the capacity of empty queues. Each comes back when next needed.
+    fn release_idle_buffers(&mut self) {
+        if let Some(t) = self.transport.as_mut() {
+            // An empty receive buffer means the decoder waits at a frame boundary.
+            if t.rx.is_empty() {
+                t.rx = BytesMut::new();
+            }
+            t.encoder.release_scratch();
+            // Only a staging area: what it held was framed (copied) already.
+            t.ctrl = BytesMut::new();
+            if t.tx.is_empty() {
+                t.tx = Vec::new();
+            }
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        self.session.release_idle_capacity();
+        self.stats.buffer_releases += 1;
     }
 
     // ---- internals: output ----
