@@ -261,17 +261,22 @@ fn feed(conn: &mut Connection, now: Instant, stream: &[u8], chunks: &[usize], se
     feed_in_chunks(conn, now, stream, chunks, |c| pump(c, now, seen));
 }
 
-/// Fires the pending timer of a waiting connection: it must end with a typed timeout.
+/// Fires the pending timers of a waiting connection (earlier housekeeping ones, such as the idle
+/// buffer release, first): it must end with a typed timeout.
 fn expire(conn: &mut Connection, seen: &mut Seen) -> Error {
-    let deadline = conn
-        .poll_timeout()
-        .expect("a waiting connection has a deadline");
-    conn.handle_timeout(deadline);
-    pump(conn, deadline, seen);
-    match outcome(conn, &seen.events) {
-        Outcome::Failed(e @ Error::TimedOut(_)) => e,
-        other => panic!("after its deadline: {other:?}"),
+    for _ in 0..8 {
+        let deadline = conn
+            .poll_timeout()
+            .expect("a waiting connection has a deadline");
+        conn.handle_timeout(deadline);
+        pump(conn, deadline, seen);
+        match outcome(conn, &seen.events) {
+            Outcome::Failed(e @ Error::TimedOut(_)) => return e,
+            Outcome::Waiting => continue,
+            other => panic!("after its deadline: {other:?}"),
+        }
     }
+    panic!("still waiting after 8 deadlines")
 }
 
 /// Errors that authentication input may end a connection with.

@@ -63,6 +63,8 @@ fn client_cfg() -> Arc<Config> {
     // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
     c.max_handshake_frame_len = MAX_FRAME;
     c.idle_timeout = Some(IDLE);
+    // The only deadline once ready is the idle timeout these tests wait for.
+    c.idle_buffer_release = None;
     arc(c)
 }
 
@@ -72,6 +74,8 @@ fn server_cfg() -> Arc<Config> {
     // One limit in every phase: these tests are about the decoder's bound, not the pre-auth default.
     c.max_handshake_frame_len = MAX_FRAME;
     c.idle_timeout = Some(IDLE);
+    // The only deadline once ready is the idle timeout these tests wait for.
+    c.idle_buffer_release = None;
     arc(c)
 }
 

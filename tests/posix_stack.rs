@@ -463,13 +463,16 @@ fn read_delay_holds_data_back_without_sleeping_the_loop() {
     let msgs = 3;
     let run = run_echo(stack, "127.0.0.1:0".parse().unwrap(), 1, msgs, 1).unwrap();
     assert_all_done(&run, msgs);
-    // Each round trip is delayed once on the server and once on the client.
+    // Each round trip is held back on the server (every arrival there is announced by a readable
+    // event first) and normally on the client too; but the client reads before it polls (right after
+    // connecting), and a reply arriving just as that tentative hold ends is read at once (the hold
+    // must end with a readable event: it is how data whose event was consumed elsewhere gets read).
     assert!(
-        run.elapsed >= delay * 2 * msgs as u32,
+        run.elapsed >= delay * msgs as u32,
         "took only {:?}",
         run.elapsed
     );
-    assert!(counters.delayed_reads.load(Ordering::Relaxed) >= 2 * msgs as u64);
+    assert!(counters.delayed_reads.load(Ordering::Relaxed) >= msgs as u64);
     assert_eq!(counters.injected(), 0);
 }
 

@@ -387,6 +387,7 @@ fn test_ready_ack_trims_sent_messages() {
 fn test_ready_idle_timeout_faults() {
     let mut cfg = client_config(1);
     cfg.idle_timeout = Some(Duration::from_secs(5));
+    cfg.idle_buffer_release = None;
     let (mut c, mut p, now) = client_conn_with(cfg, Policy::lossy_client());
     let mut v = hello_from_server(&mut p);
     v.extend(auth_done_and_sig(&mut p));
