@@ -878,7 +878,7 @@ def runs_of(prefix, mode):
     return by_size
 
 
-rows = {"posix": ("msgr", "loopback"), "memif": ("dpdk-memif", "memif"), "tap": ("dpdk-tap", "tap")}
+rows = {"posix": ("msgr-lossy", "loopback"), "memif": ("dpdk-memif", "memif"), "tap": ("dpdk-tap", "tap")}
 data = {}
 for name, (prefix, _) in rows.items():
     data[name] = {mode: runs_of(prefix, mode) for mode in ("latency", "throughput")}
