@@ -1,6 +1,6 @@
 //! Messenger behaviours over posix loopback (IPv4 and IPv6): hostile peers are dropped while others are
-//! served, idle connections close, quiet ones give their buffers back, a slow dispatcher pushes back on senders through the send budget, and
-//! high-priority messages overtake queued normal ones.
+//! served, idle connections close, quiet ones give their buffers back, a slow dispatcher pushes back on
+//! senders through the send budget, and high-priority messages overtake queued normal ones.
 
 mod common;
 
@@ -139,10 +139,13 @@ fn quiet_sessions_release_their_buffers_and_carry_on() {
     let conn = cli
         .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
         .unwrap();
-    for i in 0..100 {
-        conn.send(pool.message(i, 1000 + (i as usize * 613) % 60_000))
-            .unwrap();
-    }
+    let send = |range: std::ops::Range<u64>| {
+        for i in range {
+            conn.send(pool.message(i, 1000 + (i as usize * 613) % 60_000))
+                .unwrap();
+        }
+    };
+    send(0..100);
     assert!(sink.wait_for(100, Duration::from_secs(10)));
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -152,10 +155,7 @@ fn quiet_sessions_release_their_buffers_and_carry_on() {
         srv.counters().buffer_releases,
         cli.counters().buffer_releases
     );
-    for i in 100..200 {
-        conn.send(pool.message(i, 1000 + (i as usize * 613) % 60_000))
-            .unwrap();
-    }
+    send(100..200);
     assert!(sink.wait_for(200, Duration::from_secs(10)));
     assert_eq!(sink.corrupted.load(Ordering::Relaxed), 0);
     let got = sink.by_conn.lock().unwrap();

@@ -514,6 +514,14 @@ const HANDSHAKE_RX_CAPACITY: usize = 1024;
 const READY_RX_CAPACITY: usize = 16 * 1024;
 
 impl Transport {
+    /// A ready session's receive buffer is allocated on its first input after the handshake or after
+    /// an idle release (`Connection::release_idle_buffers`); before that its capacity is zero.
+    fn allocate_rx_if_released(&mut self, capacity: usize) {
+        if self.rx.capacity() == 0 {
+            self.rx = BytesMut::with_capacity(capacity);
+        }
+    }
+
     fn new(max_frame_len: usize) -> Self {
         Transport {
             // Room for a banner and a handshake frame; a ready session gets READY_RX_CAPACITY.
@@ -647,7 +655,7 @@ pub struct Connection {
     backoff: Duration,
     /// Set when the current transport saw its peer banner (used to pick reconnect vs. standby).
     last_input: Option<Instant>,
-    /// When a message was last queued to send (for the idle buffer release).
+    /// When bytes last went out (for the idle buffer release).
     last_output: Option<Instant>,
     epoch: Instant,
     /// Seeded cookie source for reproducible tests; None: cookies from the OS-seeded CSPRNG.
@@ -886,6 +894,10 @@ impl Connection {
         };
         let n = t.take_tx(out);
         self.stats.bytes_out += n as u64;
+        if n > 0 {
+            self.last_output = Some(now);
+            self.arm_buffer_release(now);
+        }
         n
     }
 
@@ -916,8 +928,6 @@ impl Connection {
             _ => {}
         }
         self.session.out_queue.push(msg);
-        self.last_output = Some(now);
-        self.arm_buffer_release(now);
         Ok(())
     }
 
@@ -1026,10 +1036,8 @@ impl Connection {
         } else {
             (HANDSHAKE_RX_CAPACITY, HANDSHAKE_RX_CAPACITY / 2)
         };
-        if t.rx.capacity() == 0 {
-            // Released while idle (or never allocated since the handshake).
-            t.rx = BytesMut::with_capacity(target);
-        } else if t.rx.capacity() - t.rx.len() < min_room {
+        t.allocate_rx_if_released(target);
+        if t.rx.capacity() - t.rx.len() < min_room {
             // Room for the frame being waited for was reserved when its preamble arrived.
             t.rx.reserve(target.saturating_sub(t.rx.len()).max(min_room));
         }
@@ -1058,22 +1066,7 @@ impl Connection {
         if let Err(e) = self.process(now) {
             self.fault(now, e);
         }
-        self.rewind_rx();
         Ok(n)
-    }
-
-    /// Once every received byte was decoded, starts the receive buffer over at its beginning if no
-    /// frame handed out still refers to it (no allocation either way): the next read lands in memory
-    /// just used, which keeps a busy connection's — and ten thousand connections' — working set small.
-    fn rewind_rx(&mut self) {
-        if self.phase != Phase::Ready {
-            return;
-        }
-        if let Some(t) = self.transport.as_mut() {
-            if t.rx.is_empty() && t.rx.capacity() != 0 && t.rx.capacity() < READY_RX_CAPACITY {
-                let _rewound = t.rx.try_reclaim(READY_RX_CAPACITY);
-            }
-        }
     }
 
     /// Bytes read from the transport.
@@ -1084,10 +1077,8 @@ impl Connection {
         self.stats.bytes_in += data.len() as u64;
         self.last_input = Some(now);
         self.arm_buffer_release(now);
-        if self.phase == Phase::Ready {
-            if let Some(t) = self.transport.as_mut().filter(|t| t.rx.capacity() == 0) {
-                t.rx = BytesMut::with_capacity(READY_RX_CAPACITY);
-            }
+        if let Some(t) = self.transport.as_mut() {
+            t.allocate_rx_if_released(READY_RX_CAPACITY);
         }
         // The deadline holds even when input keeps the owner from ever returning to its timers.
         if self.phase != Phase::Ready
@@ -1119,7 +1110,6 @@ impl Connection {
                 return;
             }
             if rest.is_empty() {
-                self.rewind_rx();
                 return;
             }
         }
