@@ -1,6 +1,7 @@
 //! Messenger behaviours over posix loopback (IPv4 and IPv6): hostile peers are dropped while others are
 //! served, idle connections close, quiet ones give their buffers back, a slow dispatcher pushes back on
-//! senders through the send budget, and high-priority messages overtake queued normal ones.
+//! senders through the send budget, high-priority messages overtake queued normal ones, and the first
+//! replies to a large read leave before the rest of it is dispatched.
 
 mod common;
 
@@ -278,4 +279,71 @@ fn high_priority_overtakes_queued_normal_messages() {
         (0..200).collect::<Vec<_>>(),
         "normal messages keep their order"
     );
+}
+
+/// Echoes every message; the one with tid `slow_tid` waits `delay` first.
+struct SlowOnceEcho {
+    slow_tid: u64,
+    delay: Duration,
+}
+
+impl msgr::Dispatcher for SlowOnceEcho {
+    fn ms_dispatch(&self, conn: &msgr::ConnectionRef, msg: msgr::proto::Message) {
+        if msg.header.tid == self.slow_tid {
+            std::thread::sleep(self.delay);
+        }
+        let reply = msgr::proto::Message::new(msg.header.msg_type, msg.front.clone())
+            .with_tid(msg.header.tid);
+        let _ = conn.send(reply);
+    }
+}
+
+/// Arrival time of each reply, by tid.
+struct ReplyTimes(std::sync::Mutex<std::collections::HashMap<u64, Instant>>);
+
+impl msgr::Dispatcher for ReplyTimes {
+    fn ms_dispatch(&self, _conn: &msgr::ConnectionRef, msg: msgr::proto::Message) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(msg.header.tid, Instant::now());
+    }
+}
+
+/// Replies to the first messages of a large read leave before the rest are dispatched: 64 messages
+/// queued during the handshake go out in one write and are read at once; the server's dispatcher
+/// stalls on the 20th, and the first replies must not wait for it.
+#[test]
+fn first_replies_of_a_large_read_leave_before_the_rest_are_dispatched() {
+    let delay = Duration::from_millis(400);
+    let srv = loopback_server(Arc::new(SlowOnceEcho {
+        slow_tid: 20,
+        delay,
+    }));
+    let times = Arc::new(ReplyTimes(Default::default()));
+    let cli = client(1, no_faults(), times.clone());
+    let conn = cli
+        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+        .unwrap();
+    for tid in 0..64u64 {
+        let msg = msgr::proto::Message::new(42, bytes::Bytes::from(vec![tid as u8; 64]));
+        conn.send(msg.with_tid(tid)).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || times.0.lock().unwrap().len()
+            == 64),
+        "replies missing: got {}",
+        times.0.lock().unwrap().len()
+    );
+    let t = times.0.lock().unwrap();
+    let first = t[&0];
+    let slow = t[&20];
+    assert!(
+        slow.duration_since(first) >= delay / 2,
+        "reply 0 arrived only {:?} before reply 20 (its dispatcher stalled {delay:?} on 20)",
+        slow.duration_since(first)
+    );
+    // Still in order: nothing overtook the stalled one.
+    assert!((0..64).all(|tid| (tid < 20) == (t[&tid] < slow) || tid == 20));
+    assert_eq!(srv.counters().transport_faults, 0);
 }

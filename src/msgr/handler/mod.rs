@@ -49,6 +49,9 @@ pub(crate) use conn::{new_handle, Command, Conn};
 
 pub(crate) type RemoteOf<S> = Remote<S, Handler<S>>;
 
+/// Events handed to the dispatcher before the first write of a pump; each later round doubles.
+const FIRST_DISPATCH_ROUND: usize = 16;
+
 /// Test interceptor: the connection reports its steps under its messenger id.
 #[cfg(feature = "interceptor")]
 fn with_intercept_id(mut proto: Connection, id: ConnId) -> Connection {
@@ -174,15 +177,24 @@ impl<S: WorkerStack> Handler<S> {
 
     /// Move bytes and events until the connection has nothing more to say.
     ///
-    /// Events go to the dispatcher before anything is written, and what it queues in reply joins the
-    /// same write: on a lossless session the reply carries the ack, and a bare ACK frame goes out
-    /// only when nothing else did.
+    /// Events go to the dispatcher in rounds, and what it queues in reply is written after each round:
+    /// on a lossless session the replies carry the ack, and a bare ACK frame goes out only when nothing
+    /// else did. The first round is [`FIRST_DISPATCH_ROUND`] events and each next one twice the last, so
+    /// a large read's first replies leave early and the peer works on them while we handle the rest
+    /// (a streaming peer with a window of 64 would otherwise wait for all 64 replies, each end idle
+    /// while the other works), at a few writes per read at most.
     fn pump(&mut self, c: &mut EventCenter<S>, id: ConnId) {
         let mut evs = std::mem::take(&mut self.ev_scratch);
+        let mut round = FIRST_DISPATCH_ROUND;
+        // A round was just dispatched: write its replies before the next.
+        let mut write_first = false;
         while let Some(conn) = self.conns.get_mut(&id) {
             let now = Instant::now();
-            evs.extend(std::iter::from_fn(|| conn.proto.poll_event()));
+            if !std::mem::take(&mut write_first) {
+                evs.extend(std::iter::from_fn(|| conn.proto.poll_event()).take(round));
+            }
             if !evs.is_empty() {
+                round = round.saturating_mul(2);
                 // Counted before the dispatcher sees them: whoever it tells reads counters that include them.
                 self.counters
                     .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
@@ -192,6 +204,7 @@ impl<S: WorkerStack> Handler<S> {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     Self::take_commands(conn, now);
                 }
+                write_first = true;
                 continue;
             }
             // Encode more only once the socket has taken what was encoded before: messages wait in the
