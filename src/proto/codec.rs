@@ -28,7 +28,7 @@
 
 pub mod secure;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use secure::{SecureRx, SecureTx};
 
@@ -172,13 +172,14 @@ impl Segment {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub tag: Tag,
-    /// Segment contents, zero-copy slices of `raw`; those at or past `num_segments` are empty.
+    /// Segment contents, zero-copy slices of the received frame; those at or past `num_segments` are empty.
     pub segments: [Bytes; MAX_NUM_SEGMENTS],
     /// Alignments announced in the preamble; 0 at or past `num_segments`.
     pub aligns: [u16; MAX_NUM_SEGMENTS],
     /// Segments announced in the preamble, 1..=[`MAX_NUM_SEGMENTS`].
     pub num_segments: usize,
-    /// The complete frame as it was on the wire (preamble to epilogue), for the AUTH_SIGNATURE transcript.
+    /// The complete frame as it was on the wire (preamble to epilogue), for the AUTH_SIGNATURE transcript;
+    /// empty in crc mode once the decoder no longer keeps it ([`FrameDecoder::keep_raw`]).
     pub raw: Bytes,
 }
 
@@ -408,6 +409,8 @@ pub struct FrameDecoder {
     inline: [u8; secure::INLINE_LEN],
     /// The fatal error that stopped this decoder, returned again by every later call.
     failed: Option<FrameError>,
+    /// Whether crc-mode frames keep their wire bytes in [`Frame::raw`] (for the transcript).
+    keep_raw: bool,
 }
 
 impl FrameDecoder {
@@ -419,7 +422,15 @@ impl FrameDecoder {
             pending: None,
             inline: [0; secure::INLINE_LEN],
             failed: None,
+            keep_raw: true,
         }
+    }
+
+    /// Whether crc-mode frames from now on keep their wire bytes in [`Frame::raw`] (the default; the
+    /// pre-auth transcript needs them). Without, `raw` is empty and a frame costs one reference count
+    /// less on its receive buffer.
+    pub fn keep_raw(&mut self, keep: bool) {
+        self.keep_raw = keep;
     }
 
     /// Switch to secure mode: every frame from now on is decrypted and authenticated with `rx`.
@@ -449,6 +460,7 @@ impl FrameDecoder {
     pub fn reset(&mut self) {
         self.pending = None;
         self.failed = None;
+        self.keep_raw = true;
     }
 
     /// Takes the next complete frame off the front of `rx`.
@@ -519,7 +531,7 @@ impl FrameDecoder {
         self.pending = None;
         let raw = rx.split_to(frame_len).freeze();
         match self.secure.as_mut() {
-            None => disassemble_crc(&preamble, raw).map(Some),
+            None => disassemble_crc(&preamble, raw, self.keep_raw).map(Some),
             Some(cipher) => disassemble_secure(&preamble, &self.inline, raw, cipher).map(Some),
         }
     }
@@ -586,34 +598,54 @@ fn disassemble_secure(
 }
 
 /// Slices a complete crc-mode frame into its segments and checks every crc and the late status, in
-/// Ceph's order (segment 0, segments 1.., late_status).
-fn disassemble_crc(p: &Preamble, raw: Bytes) -> Result<Frame, FrameError> {
-    let mut segments: [Bytes; MAX_NUM_SEGMENTS] = Default::default();
-    let mut at = PREAMBLE_LEN;
+/// Ceph's order (segment 0, segments 1.., late_status). Without `keep_raw` the last non-empty segment
+/// is `raw` itself, cut down (one reference count less per frame) and the frame's `raw` is empty.
+fn disassemble_crc(p: &Preamble, mut raw: Bytes, keep_raw: bool) -> Result<Frame, FrameError> {
     // Lengths below sum to raw.len() (checked by onwire_len against max_frame_len, which fits usize).
+    let mut ranges = [(0usize, 0usize); MAX_NUM_SEGMENTS];
+    let mut at = PREAMBLE_LEN;
     let len0 = p.lens[0] as usize;
     if len0 > 0 {
-        segments[0] = raw.slice(at..at + len0);
+        ranges[0] = (at, at + len0);
         at += len0;
-        let expected = le32(&raw, at);
+        check_crc(0, &raw[ranges[0].0..ranges[0].1], le32(&raw, at))?;
         at += CRC_LEN;
-        check_crc(0, &segments[0], expected)?;
     }
-    for (i, seg) in segments.iter_mut().enumerate().take(p.num_segments).skip(1) {
+    for (i, range) in ranges.iter_mut().enumerate().take(p.num_segments).skip(1) {
         let len = p.lens[i] as usize;
-        *seg = raw.slice(at..at + len);
+        *range = (at, at + len);
         at += len;
     }
     if p.num_segments > 1 {
         let epilogue = &raw[at..at + EPILOGUE_CRC_REV1_LEN];
-        for (i, seg) in segments.iter().enumerate().take(p.num_segments).skip(1) {
-            check_crc(i, seg, le32(epilogue, 1 + (i - 1) * CRC_LEN))?;
+        for (i, &(from, to)) in ranges.iter().enumerate().take(p.num_segments).skip(1) {
+            check_crc(i, &raw[from..to], le32(epilogue, 1 + (i - 1) * CRC_LEN))?;
         }
         let late_status = epilogue[0];
         match late_status & LATE_STATUS_ABORTED_MASK {
             LATE_STATUS_COMPLETE => {}
             LATE_STATUS_ABORTED => return Err(FrameError::Aborted),
             _ => return Err(FrameError::BadEpilogue(late_status)),
+        }
+    }
+    let last = if keep_raw {
+        None
+    } else {
+        ranges.iter().rposition(|&(from, to)| to > from)
+    };
+    let mut segments: [Bytes; MAX_NUM_SEGMENTS] = Default::default();
+    for (i, (seg, &(from, to))) in segments.iter_mut().zip(&ranges).enumerate() {
+        if Some(i) != last {
+            *seg = raw.slice(from..to);
+        }
+    }
+    if !keep_raw {
+        let rest = std::mem::take(&mut raw);
+        if let Some(i) = last {
+            let (from, to) = ranges[i];
+            segments[i] = rest;
+            segments[i].truncate(to);
+            segments[i].advance(from);
         }
     }
     let mut aligns = [0u16; MAX_NUM_SEGMENTS];
@@ -1055,16 +1087,38 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut enc = FrameEncoder::new();
-        let mut dec = FrameDecoder::new(1 << 20);
+        // With the wire bytes kept (the transcript's form) and without (after auth).
+        for keep_raw in [true, false] {
+            let mut dec = FrameDecoder::new(1 << 20);
+            dec.keep_raw(keep_raw);
+            round_trip_cases(&mut enc, &mut dec, keep_raw);
+            // A corrupted segment is still refused without the wire bytes kept.
+            let (segments, _, _) = &cases()[2];
+            let mut bad = wire(&mut enc, Tag::Message, segments);
+            let at = bad.len() - EPILOGUE_CRC_REV1_LEN - 1;
+            bad[at] ^= 1;
+            let mut rx = BytesMut::from(&bad[..]);
+            assert!(matches!(
+                dec.decode(&mut rx),
+                Err(FrameError::SegmentCrc { .. })
+            ));
+        }
+    }
+
+    fn round_trip_cases(enc: &mut FrameEncoder, dec: &mut FrameDecoder, keep_raw: bool) {
         for (segments, num, len) in cases() {
-            let bytes = wire(&mut enc, Tag::Message, &segments);
+            let bytes = wire(enc, Tag::Message, &segments);
             assert_eq!(bytes.len(), len, "{segments:?}");
-            let frames = decode_all(&mut dec, &bytes);
+            let frames = decode_all(dec, &bytes);
             assert_eq!(frames.len(), 1);
             let f = &frames[0];
             assert_eq!(f.tag, Tag::Message);
             assert_eq!(f.num_segments, num);
-            assert_eq!(f.raw, bytes);
+            if keep_raw {
+                assert_eq!(f.raw, bytes);
+            } else {
+                assert!(f.raw.is_empty());
+            }
             for i in 0..MAX_NUM_SEGMENTS {
                 let (want, align) = match segments.get(i) {
                     Some(s) if i < num => (&s.data[..], s.align),
@@ -1074,7 +1128,7 @@ mod tests {
                 assert_eq!(f.aligns[i], align, "align {i} of {segments:?}");
             }
             // Re-encoding the decoded frame reproduces it.
-            assert_eq!(wire(&mut enc, f.tag, &f.to_segments()), bytes);
+            assert_eq!(wire(enc, f.tag, &f.to_segments()), bytes);
         }
     }
 

@@ -249,24 +249,42 @@ impl Message {
     /// Rebuild a message from a MESSAGE frame's segments (1 to 4; missing trailing segments are empty, as a
     /// sender leaves off trailing empty segments). Payload segments are shared, not copied.
     pub fn from_segments(segments: &[Bytes]) -> Result<Message, DecodeError> {
-        let (header, payloads) = match segments {
-            [header, payloads @ ..] if payloads.len() <= 3 => (header, payloads),
-            _ => {
-                return Err(DecodeError::invalid(
-                    "message frame",
-                    format!("{} segments, expected 1 to 4", segments.len()),
-                ))
-            }
-        };
-        let payload = |i: usize| payloads.get(i).cloned().unwrap_or_default();
+        check_message_segments(segments.len())?;
+        let payload = |i: usize| segments.get(i).cloned().unwrap_or_default();
         Ok(Message {
-            header: MsgHeader2::decode(header)?,
-            front: payload(0),
-            middle: payload(1),
-            data: payload(2),
+            header: MsgHeader2::decode(&segments[0])?,
+            front: payload(1),
+            middle: payload(2),
+            data: payload(3),
             permit: None,
         })
     }
+
+    /// As [`Message::from_segments`], moving the payload segments out of `segments` (left empty)
+    /// instead of sharing them: the receive path's form, with no reference counting per segment.
+    pub fn take_from_segments(segments: &mut [Bytes]) -> Result<Message, DecodeError> {
+        check_message_segments(segments.len())?;
+        let header = MsgHeader2::decode(&segments[0])?;
+        let mut payload = |i: usize| segments.get_mut(i).map(std::mem::take).unwrap_or_default();
+        Ok(Message {
+            header,
+            front: payload(1),
+            middle: payload(2),
+            data: payload(3),
+            permit: None,
+        })
+    }
+}
+
+/// A message frame has a header segment and up to three payload segments.
+fn check_message_segments(n: usize) -> Result<(), DecodeError> {
+    if (1..=4).contains(&n) {
+        return Ok(());
+    }
+    Err(DecodeError::invalid(
+        "message frame",
+        format!("{n} segments, expected 1 to 4"),
+    ))
 }
 
 #[cfg(test)]
@@ -467,6 +485,12 @@ mod tests {
         assert!(Message::from_segments(&five).is_err());
         let short = [segs[0].slice(..40)];
         assert!(Message::from_segments(&short).is_err());
+        // The taking form decodes the same and leaves the payload segments empty.
+        let mut taken = segs.clone();
+        assert_eq!(Message::take_from_segments(&mut taken).unwrap(), m);
+        assert!(taken[1..].iter().all(|s| s.is_empty()));
+        assert!(Message::take_from_segments(&mut five.clone()).is_err());
+        assert!(Message::take_from_segments(&mut []).is_err());
     }
 
     #[test]

@@ -364,6 +364,8 @@ impl Connection {
     pub(super) fn send_auth_signature(&mut self) -> Result<(), Error> {
         let t = self.transport.as_mut().ok_or(Error::Closed)?;
         let (tx, rx) = t.transcript.take().unwrap_or_default();
+        // No frame is recorded from now on.
+        t.decoder.keep_raw(false);
         let sig = auth_signature(&t.session_key, &rx);
         t.sent_transcript = Some(tx);
         self.phase = Phase::AuthSignature;

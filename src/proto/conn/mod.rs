@@ -1254,7 +1254,7 @@ impl Connection {
 
     fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), Error> {
         if frame.tag == Tag::Message {
-            return self.handle_message(now, &frame);
+            return self.handle_message(now, frame);
         }
         let cf = ControlFrame::decode(frame.tag, frame.payload())?;
         match (self.role, self.phase, cf) {
@@ -1353,7 +1353,7 @@ impl Connection {
         }
     }
 
-    fn handle_message(&mut self, now: Instant, frame: &Frame) -> Result<(), Error> {
+    fn handle_message(&mut self, now: Instant, mut frame: Frame) -> Result<(), Error> {
         if self.phase != Phase::Ready {
             return Err(Error::PeerMisbehaved(format!(
                 "MESSAGE frame in phase {:?}",
@@ -1361,8 +1361,8 @@ impl Connection {
             )));
         }
         intercept!(self, Message);
-        let segs = &frame.segments[..frame.num_segments.min(frame.segments.len())];
-        let msg = Message::from_segments(segs)?;
+        let n = frame.num_segments.min(frame.segments.len());
+        let msg = Message::take_from_segments(&mut frame.segments[..n])?;
         if !self.policy.lossy {
             self.session.handle_ack(msg.header.ack_seq);
         }
