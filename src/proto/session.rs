@@ -52,6 +52,7 @@ pub(crate) struct OutQueue {
 }
 
 impl OutQueue {
+    #[inline]
     pub fn push(&mut self, m: Message) {
         let prio = m.header.priority;
         self.len += 1;
@@ -190,11 +191,12 @@ impl Session {
 
     /// The peer acknowledged everything up to `seq`.
     pub fn handle_ack(&mut self, seq: u64) {
-        while self.sent.front().is_some_and(|m| m.header.seq <= seq) {
-            if let Some(m) = self.sent.pop_front() {
-                self.released.add(&m);
-            }
+        // `sent` ascends by seq. Counted, then dropped where they lie (not moved out one by one).
+        let acked = self.sent.partition_point(|m| m.header.seq <= seq);
+        for m in self.sent.range(..acked) {
+            self.released.add(m);
         }
+        self.sent.drain(..acked);
     }
 
     /// Forget everything: the peer reset the session (or we did). Returns how many undelivered

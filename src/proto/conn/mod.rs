@@ -921,6 +921,7 @@ impl Connection {
     // ---- commands ----
 
     /// Queue a message. On a closed connection the message is dropped and `Err(Closed)` returned.
+    #[inline]
     pub fn send(&mut self, now: Instant, msg: Message) -> Result<(), Error> {
         match self.phase {
             Phase::Closed => return Err(Error::Closed),
@@ -1201,7 +1202,7 @@ impl Connection {
                 self.handle_banner(banner)?;
                 continue;
             }
-            let frame = match t.decoder.decode(&mut t.rx) {
+            let mut frame = match t.decoder.decode(&mut t.rx) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
                 // The sender gave up on that frame after starting it: skip it.
@@ -1222,7 +1223,7 @@ impl Connection {
                 max_transcript,
             )?;
             self.stats.frames_in += 1;
-            self.handle_frame(now, frame)?;
+            self.handle_frame(now, &mut frame)?;
         }
     }
 
@@ -1252,7 +1253,7 @@ impl Connection {
         Ok(())
     }
 
-    fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), Error> {
+    fn handle_frame(&mut self, now: Instant, frame: &mut Frame) -> Result<(), Error> {
         if frame.tag == Tag::Message {
             return self.handle_message(now, frame);
         }
@@ -1353,7 +1354,7 @@ impl Connection {
         }
     }
 
-    fn handle_message(&mut self, now: Instant, mut frame: Frame) -> Result<(), Error> {
+    fn handle_message(&mut self, now: Instant, frame: &mut Frame) -> Result<(), Error> {
         if self.phase != Phase::Ready {
             return Err(Error::PeerMisbehaved(format!(
                 "MESSAGE frame in phase {:?}",
