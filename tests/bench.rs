@@ -125,6 +125,7 @@ const HEADER_SCHEMA: &[(&str, Kind)] = &[
     ("inject_delay_ms", Kind::OptF64),
     ("inject_socket_failures", Kind::OptU64),
     ("open_files_limit", Kind::OptU64),
+    ("spin_us", Kind::OptU64),
     ("client_counters", Kind::OptObj),
     ("server_counters", Kind::OptObj),
     ("memory", Kind::OptObj),
@@ -353,10 +354,15 @@ fn latency_figures_are_real_and_an_injected_delay_shows() {
             "10",
             "--inject-delay-ms",
             "2",
+            // Spinning workers change how soon a worker notices work, never what the figures mean.
+            "--spin-us",
+            "100",
         ],
     );
     check_report(&delayed, "latency", &[64], 200, 2.0);
     assert_eq!(f(&delayed.report["header"], "inject_delay_ms"), 2.0);
+    assert_eq!(u(&delayed.report["header"], "spin_us"), 100);
+    assert!(h["spin_us"].is_null());
     let d = &results(&delayed)[0];
     assert!(
         u(d, "p50_ns") >= 2_000_000,

@@ -97,6 +97,9 @@ pub struct Header {
     pub inject_socket_failures: Option<u32>,
     /// The open-file limit (RLIMIT_NOFILE, soft) the run had, after raising it if it had to.
     pub open_files_limit: Option<u64>,
+    /// posix: µs the client's (and an in-process server's) workers poll after their last work before
+    /// sleeping (`--spin-us`); absent when they sleep at once.
+    pub spin_us: Option<u64>,
     /// The client messenger's counters at the end of the run.
     pub client_counters: Option<Counters>,
     /// The in-process server's counters at the end of the run.
@@ -457,6 +460,7 @@ impl Header {
             inject_delay_ms: info.inject_delay_ms,
             inject_socket_failures: info.inject_socket_failures,
             open_files_limit: info.open_files_limit,
+            spin_us: None,
             client_counters: None,
             server_counters: None,
             memory: None,

@@ -127,6 +127,11 @@ pub struct BenchServeArgs {
     #[arg(long, value_name = "CPU,...", value_delimiter = ',')]
     pub cpus: Vec<usize>,
 
+    /// posix: after each burst of work the workers keep polling, without sleeping, for US
+    /// microseconds (0 = sleep at once, the default): see `msgr bench --help`.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub spin_us: u64,
+
     /// Stop after SECS seconds; default: run until killed.
     #[arg(long, value_name = "SECS", value_parser = super::parse_positive_secs)]
     pub duration: Option<f64>,
@@ -170,7 +175,7 @@ pub fn serve(args: &BenchServeArgs, out: &mut dyn Write) -> Result<(), BenchErro
             let _ = writeln!(out, "{line}");
         }
     }
-    let mut wc = super::worker_config(workers, &args.cpus, "bench-serve");
+    let mut wc = super::worker_config(workers, &args.cpus, "bench-serve", args.spin_us);
     if kind == StackKind::Rdma {
         rdma::tune(&mut wc);
     }
@@ -233,6 +238,13 @@ fn serve_on<N: NetworkStack>(
         "workers {}, pinned to {:?}, allowed CPUs {:?}",
         wc.threads, cpus.pinned, cpus.allowed
     );
+    if let Some(spin) = wc.loop_config.spin_before_sleep {
+        let _ = writeln!(
+            out,
+            "workers poll {} µs after their last work before sleeping",
+            spin.as_micros()
+        );
+    }
     let _ = out.flush();
     let commands = args.stdin_control.then(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<String>();
