@@ -1,7 +1,8 @@
 //! Messenger behaviours over posix loopback (IPv4 and IPv6): hostile peers are dropped while others are
 //! served, idle connections close, quiet ones give their buffers back, a slow dispatcher pushes back on
-//! senders through the send budget, high-priority messages overtake queued normal ones, and the first
-//! replies to a large read leave before the rest of it is dispatched.
+//! senders through the send budget, high-priority messages overtake queued normal ones, the first
+//! replies to a large read leave before the rest of it is dispatched, and replies queued from a
+//! dispatch keep their order.
 
 mod common;
 
@@ -346,4 +347,51 @@ fn first_replies_of_a_large_read_leave_before_the_rest_are_dispatched() {
     // Still in order: nothing overtook the stalled one.
     assert!((0..64).all(|tid| (tid < 20) == (t[&tid] < slow) || tid == 20));
     assert_eq!(srv.counters().transport_faults, 0);
+}
+
+/// Answers each message three times, through `send`, `try_send` and `send_timeout` in that order.
+struct ThreeWays;
+
+impl msgr::Dispatcher for ThreeWays {
+    fn ms_dispatch(&self, conn: &msgr::ConnectionRef, msg: msgr::proto::Message) {
+        let t = msg.header.tid * 3;
+        let reply = |tid| msgr::proto::Message::new(43, bytes::Bytes::new()).with_tid(tid);
+        conn.send(reply(t)).unwrap();
+        assert!(conn.try_send(reply(t + 1)).is_ok());
+        assert!(conn
+            .send_timeout(reply(t + 2), Duration::from_secs(1))
+            .is_ok());
+    }
+}
+
+/// Tids in arrival order.
+struct Arrivals(std::sync::Mutex<Vec<u64>>);
+
+impl msgr::Dispatcher for Arrivals {
+    fn ms_dispatch(&self, _conn: &msgr::ConnectionRef, msg: msgr::proto::Message) {
+        self.0.lock().unwrap().push(msg.header.tid);
+    }
+}
+
+/// Replies queued from a connection's own dispatch, by every way of queueing, leave in the order
+/// they were queued (they skip the command channel, so each way must).
+#[test]
+fn replies_from_the_dispatcher_keep_their_order_whichever_way_they_are_queued() {
+    let srv = loopback_server(Arc::new(ThreeWays));
+    let got = Arc::new(Arrivals(Default::default()));
+    let cli = client(1, no_faults(), got.clone());
+    let conn = cli
+        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+        .unwrap();
+    for tid in 0..200u64 {
+        let msg = msgr::proto::Message::new(42, bytes::Bytes::from_static(b"x"));
+        conn.send(msg.with_tid(tid)).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || got.0.lock().unwrap().len()
+            == 600),
+        "replies missing: got {}",
+        got.0.lock().unwrap().len()
+    );
+    assert_eq!(*got.0.lock().unwrap(), (0..600).collect::<Vec<u64>>());
 }

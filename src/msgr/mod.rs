@@ -335,6 +335,12 @@ thread_local! {
     /// On a worker thread: (its messenger's `Shared` address, worker index). A kick for that very
     /// worker needs no wake-up: it drains its kick queue before it next sleeps.
     pub(crate) static CURRENT_WORKER: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, usize::MAX)) };
+    /// On a worker thread, while it hands a connection's messages to the dispatcher: that connection
+    /// (its `ConnShared` address; 0 otherwise). Messages queued to it meanwhile go to `REPLIES`, which
+    /// the worker moves into the connection right after the dispatch round: no command channel, no kick.
+    pub(crate) static DISPATCHING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Messages queued to the connection in `DISPATCHING`, in order, each with its send-budget permit.
+    pub(crate) static REPLIES: std::cell::RefCell<Vec<Message>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A map keyed by our own integer ids (connection, socket, timer), looked up several times per message:
@@ -534,6 +540,13 @@ impl ConnectionRef {
             return Err((msg, true));
         }
         msg.attach_permit(permit);
+        // A reply from this connection's own dispatch: the worker takes it straight after the round (in
+        // order with anything this thread queued before, which the command channel holds).
+        let me = Arc::as_ptr(&self.0) as usize;
+        if DISPATCHING.with(|d| d.get()) == me {
+            REPLIES.with(|r| r.borrow_mut().push(msg));
+            return Ok(());
+        }
         // If the worker drops the queue from now on (the connection closes), the message goes with it
         // and its permit returns the budget.
         if let Err(e) = self.0.commands.send(Command::Send(msg)) {

@@ -9,6 +9,8 @@
 //! (`Conn::parked_on`) and comes back through the run list. A session moving between workers (to a reconnect that
 //! landed on another worker, see `fetch_session`) is in no worker's maps while in flight, and its handle
 //! already names the destination worker, which drains the command queue once it has adopted it.
+//! Messages a connection's own dispatch queues to it skip the command queue (`REPLIES`): the pump moves
+//! them into the connection after the round, behind what the command queue held.
 //!
 //! This file holds the [`Handler`], its per-connection pump (commands in, bytes out, protocol events to
 //! the dispatcher) and the event-loop callbacks; [`conn`] the connection record and its commands,
@@ -26,7 +28,7 @@ use crossbeam_channel::Receiver;
 
 use super::{
     ConnId, ConnShared, ConnectionRef, IdMap, PeerInfo, Shared, WorkerCounters, CURRENT_WORKER,
-    IN_WORKER,
+    DISPATCHING, IN_WORKER, REPLIES,
 };
 use crate::event::{EventCenter, EventHandler, Remote, TimerId};
 use crate::proto::types::{AddrVec, EntityAddr};
@@ -201,9 +203,18 @@ impl<S: WorkerStack> Handler<S> {
                 for ev in evs.drain(..) {
                     self.on_proto_event(c, id, ev);
                 }
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    Self::take_commands(conn, now);
-                }
+                REPLIES.with(|r| {
+                    let mut replies = r.borrow_mut();
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        Self::take_commands(conn, now);
+                        for m in replies.drain(..) {
+                            // Refused (closed): dropped, and its permit with it.
+                            let _ = conn.proto.send(now, m);
+                        }
+                    } else {
+                        replies.clear();
+                    }
+                });
                 write_first = true;
                 continue;
             }
@@ -286,7 +297,10 @@ impl<S: WorkerStack> Handler<S> {
                     conn.recv_throttle.as_ref(),
                     m.payload_len() as u64,
                 ));
-                if dispatcher.dispatch(&handle, m).is_err() {
+                DISPATCHING.with(|d| d.set(Arc::as_ptr(&handle.0) as usize));
+                let undispatched = dispatcher.dispatch(&handle, m).is_err();
+                DISPATCHING.with(|d| d.set(0));
+                if undispatched {
                     self.counters.undispatched.add(1);
                     tracing::debug!(conn = id, "no dispatcher takes the message: dropped");
                 }
