@@ -286,11 +286,16 @@ run_msgr_dpdk() { # rep
     local links=(memif)
     if ((EUID == 0)); then links+=(tap); fi
     for link in "${links[@]}"; do
-        for mode in latency throughput; do
-            local extra=()
+        for mode in latency throughput stream64; do
+            local extra=() sizes="$SIZES" bench_mode="$mode"
             if [[ "$mode" == throughput ]]; then extra=(--window "$WINDOW"); fi
+            # Beside posix's 64 B stream (window 64), memif only.
+            if [[ "$mode" == stream64 ]]; then
+                if [[ "$link" != memif ]]; then continue; fi
+                extra=(--window 64) sizes=64 bench_mode=throughput
+            fi
             echo "load $(loadavg)" >"$RAW/dpdk-$link-$mode-$rep.load"
-            "$MSGR" bench --stack dpdk --dpdk-link "$link" --mode "$mode" --sizes "$SIZES" \
+            "$MSGR" bench --stack dpdk --dpdk-link "$link" --mode "$bench_mode" --sizes "$sizes" \
                 --duration "$SECS" --workers 1 --client-cpus "$CLIENT_CPU" --server-cpus "$SERVER_CPU" \
                 "${extra[@]}" --json "$RAW/dpdk-$link-$mode-$rep.json" \
                 >"$RAW/dpdk-$link-$mode-$rep.txt" 2>&1 || echo "msgr failed" >>"$RAW/dpdk-$link-$mode-$rep.txt"
@@ -902,7 +907,7 @@ def runs_of(prefix, mode):
 rows = {"posix": ("msgr-lossy", "loopback"), "memif": ("dpdk-memif", "memif"), "tap": ("dpdk-tap", "tap")}
 data = {}
 for name, (prefix, _) in rows.items():
-    data[name] = {mode: runs_of(prefix, mode) for mode in ("latency", "throughput")}
+    data[name] = {mode: runs_of(prefix, mode) for mode in ("latency", "throughput", "stream64")}
 
 result = {"sizes": [], "syscalls": {}}
 for s in sizes.split(","):
@@ -921,6 +926,20 @@ for s in sizes.split(","):
             row["ratios"][f"throughput_{name}_over_posix"] = (
                 d["throughput"]["gbit_per_sec"] / p["throughput"]["gbit_per_sec"])
     result["sizes"].append(row)
+
+# 64 B, one connection, window 64: memif beside posix (lossy), messages per second.
+stream = {}
+for name in ("posix", "memif"):
+    med, sp = median_run(data[name]["stream64"].get(64, []), "msgs_per_sec")
+    stream[name] = {"median": med, "msgs_spread": sp}
+if stream["posix"]["median"] and stream["memif"]["median"]:
+    stream["memif_over_posix"] = (stream["memif"]["median"]["msgs_per_sec"]
+                                  / stream["posix"]["median"]["msgs_per_sec"])
+result["stream64"] = stream
+m = stream["memif"]["median"]
+result["targets"] = {} if not m else {"stream64_memif": {
+    "msgs_per_sec": m["msgs_per_sec"], "target": ">= 1.5 M msgs/s",
+    "met": m["msgs_per_sec"] >= 1.5e6}}
 
 for stack in ("posix", "dpdk"):
     for mode, size in (("latency", "64"), ("throughput", "64k")):
@@ -982,6 +1001,18 @@ for row in result["sizes"]:
         fmt(row["ratios"].get("throughput_tap_over_posix"), ".2f"),
         spread(row["posix"]["gbit_spread"], ".2f"), spread(row["memif"]["gbit_spread"], ".2f"),
         spread(row["tap"]["gbit_spread"], ".2f")))
+if stream["memif"]["median"]:
+    lines.append("")
+    lines.append(f"64 B streaming, one connection, window 64, msgs/s (median of {reps} runs [min..max])")
+    lines.append("| posix | memif | memif/posix | posix spread | memif spread |")
+    lines.append("|---:|---:|---:|---:|---:|")
+    g = lambda n: stream[n]["median"] and stream[n]["median"]["msgs_per_sec"]
+    lines.append("| {} | {} | {} | {} | {} |".format(
+        fmt(g("posix"), ".0f"), fmt(g("memif"), ".0f"), fmt(stream.get("memif_over_posix"), ".2f"),
+        spread(stream["posix"]["msgs_spread"], ".0f"), spread(stream["memif"]["msgs_spread"], ".0f")))
+    for k, t in result["targets"].items():
+        lines.append(f"target {k}: {t['msgs_per_sec']:.0f} msgs/s (want {t['target']}): "
+                     + ("met" if t["met"] else "NOT met"))
 if result["syscalls"]:
     lines.append("")
     lines.append("Syscalls per message on the server, steady state (strace -c -f over a window; per message "
