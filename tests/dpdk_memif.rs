@@ -139,11 +139,8 @@ fn run_pair(
     srv.expect("READY", Duration::from_secs(60));
     let received = json_of(&srv.expect("RECEIVED", wait));
     let done = json_of(&cli.expect("DONE", Duration::from_secs(120)));
-    srv.send("exit");
-    cli.send("exit");
     eprintln!("server: {received}\nclient: {done}");
-    srv.finish(Duration::from_secs(30));
-    cli.finish(Duration::from_secs(30));
+    srv.exit_before(cli, Duration::from_secs(30));
     (received, done)
 }
 
@@ -163,8 +160,6 @@ fn hundred_thousand_messages_then_link_break_resumes_with_replay() {
     srv.expect("READY", Duration::from_secs(60));
     let received = json_of(&srv.expect("RECEIVED", Duration::from_secs(900)));
     let client = json_of(&cli.expect("DONE", Duration::from_secs(120)));
-    srv.send("exit");
-    cli.send("exit");
     eprintln!("server: {received}\nclient: {client}");
     assert_eq!(received["received"], count);
     assert!(
@@ -181,8 +176,7 @@ fn hundred_thousand_messages_then_link_break_resumes_with_replay() {
     );
     assert_eq!(client["msgr"]["remote_resets"], 0);
     assert_eq!(received["msgr"]["remote_resets"], 0);
-    srv.finish(Duration::from_secs(30));
-    cli.finish(Duration::from_secs(30));
+    srv.exit_before(cli, Duration::from_secs(30));
 }
 
 fn killed_and_restarted_server_is_a_remote_reset() {
@@ -199,16 +193,13 @@ fn killed_and_restarted_server_is_a_remote_reset() {
     cli.send("go");
     let second = json_of(&s2.expect("RECEIVED", Duration::from_secs(120)));
     let client = json_of(&cli.expect("DONE", Duration::from_secs(120)));
-    s2.send("exit");
-    cli.send("exit");
     eprintln!("server-2: {second}\nclient: {client}");
     assert_eq!(second["received"], 100, "the new session's messages");
     assert_eq!(
         client["remote_resets"], 1,
         "the client must see exactly one remote reset"
     );
-    s2.finish(Duration::from_secs(30));
-    cli.finish(Duration::from_secs(30));
+    s2.exit_before(cli, Duration::from_secs(30));
 }
 
 fn two_queues_two_workers_sixteen_connections_hand_off() {

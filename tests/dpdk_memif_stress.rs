@@ -289,12 +289,9 @@ fn synthetic_inject_test_over_memif() {
     cli.send(&format!("expect {server_sent}"));
     let sr = json_of(&srv.expect("RESULT", left(deadline)));
     let cr = json_of(&cli.expect("RESULT", left(deadline)));
-    srv.send("exit");
-    cli.send("exit");
     eprintln!("client sent: {}", client_sent["summary"]);
     eprintln!("server: {sr}\nclient: {cr}");
-    srv.finish(left(deadline).max(Duration::from_secs(5)));
-    cli.finish(left(deadline).max(Duration::from_secs(5)));
+    srv.exit_before(cli, left(deadline).max(Duration::from_secs(5)));
 
     // Every message exactly once and in order: nothing reordered, duplicated, corrupted or moved to
     // another handle on the way (checked as messages arrived), every live stream complete.

@@ -200,6 +200,17 @@ impl Child {
         }
     }
 
+    /// Tell `self` to exit and wait for it, then the same for `other`. Two memif ends must not close
+    /// at once: DPDK 22.11's memif driver can free a region twice (`EAL: Error: Invalid memory`, or
+    /// SIGSEGV) when a port closes while its interrupt thread handles the peer's disconnect. One at
+    /// a time, the second end has handled the first's disconnect, idle, before it closes.
+    pub fn exit_before(mut self, mut other: Child, timeout: Duration) {
+        self.send("exit");
+        self.finish(timeout);
+        other.send("exit");
+        other.finish(timeout);
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         let _ = self.proc.kill();
