@@ -299,15 +299,45 @@ impl msgr::Dispatcher for SlowOnceEcho {
     }
 }
 
-/// Arrival time of each reply, by tid.
-struct ReplyTimes(std::sync::Mutex<std::collections::HashMap<u64, Instant>>);
+/// Replies in arrival order: tid and arrival time.
+struct Arrivals(std::sync::Mutex<Vec<(u64, Instant)>>);
 
-impl msgr::Dispatcher for ReplyTimes {
+impl msgr::Dispatcher for Arrivals {
     fn ms_dispatch(&self, _conn: &msgr::ConnectionRef, msg: msgr::proto::Message) {
         self.0
             .lock()
             .unwrap()
-            .insert(msg.header.tid, Instant::now());
+            .push((msg.header.tid, Instant::now()));
+    }
+}
+
+impl Arrivals {
+    /// From a client with this recorder, `count` messages of `len` bytes (tids 0..count) to `srv` on one
+    /// lossless session; then wait for `replies` replies and return them, with the client (still
+    /// connected).
+    fn exchange(
+        self: &Arc<Self>,
+        srv: &PosixMessenger,
+        count: u64,
+        len: usize,
+        replies: usize,
+    ) -> (PosixMessenger, Vec<(u64, Instant)>) {
+        let cli = client(1, no_faults(), self.clone());
+        let conn = cli
+            .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
+            .unwrap();
+        for tid in 0..count {
+            let msg = msgr::proto::Message::new(42, bytes::Bytes::from(vec![tid as u8; len]));
+            conn.send(msg.with_tid(tid)).unwrap();
+        }
+        assert!(
+            wait_until(Duration::from_secs(20), || self.0.lock().unwrap().len()
+                >= replies),
+            "replies missing: got {} of {replies}",
+            self.0.lock().unwrap().len()
+        );
+        let got = self.0.lock().unwrap().clone();
+        (cli, got)
     }
 }
 
@@ -321,22 +351,8 @@ fn first_replies_of_a_large_read_leave_before_the_rest_are_dispatched() {
         slow_tid: 20,
         delay,
     }));
-    let times = Arc::new(ReplyTimes(Default::default()));
-    let cli = client(1, no_faults(), times.clone());
-    let conn = cli
-        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
-        .unwrap();
-    for tid in 0..64u64 {
-        let msg = msgr::proto::Message::new(42, bytes::Bytes::from(vec![tid as u8; 64]));
-        conn.send(msg.with_tid(tid)).unwrap();
-    }
-    assert!(
-        wait_until(Duration::from_secs(20), || times.0.lock().unwrap().len()
-            == 64),
-        "replies missing: got {}",
-        times.0.lock().unwrap().len()
-    );
-    let t = times.0.lock().unwrap();
+    let (_cli, got) = Arc::new(Arrivals(Default::default())).exchange(&srv, 64, 64, 64);
+    let t: std::collections::HashMap<u64, Instant> = got.into_iter().collect();
     let first = t[&0];
     let slow = t[&20];
     assert!(
@@ -364,34 +380,12 @@ impl msgr::Dispatcher for ThreeWays {
     }
 }
 
-/// Tids in arrival order.
-struct Arrivals(std::sync::Mutex<Vec<u64>>);
-
-impl msgr::Dispatcher for Arrivals {
-    fn ms_dispatch(&self, _conn: &msgr::ConnectionRef, msg: msgr::proto::Message) {
-        self.0.lock().unwrap().push(msg.header.tid);
-    }
-}
-
 /// Replies queued from a connection's own dispatch, by every way of queueing, leave in the order
 /// they were queued (they skip the command channel, so each way must).
 #[test]
 fn replies_from_the_dispatcher_keep_their_order_whichever_way_they_are_queued() {
     let srv = loopback_server(Arc::new(ThreeWays));
-    let got = Arc::new(Arrivals(Default::default()));
-    let cli = client(1, no_faults(), got.clone());
-    let conn = cli
-        .connect_to(entity_type::OSD, srv.my_addrs(), Policy::lossless_client())
-        .unwrap();
-    for tid in 0..200u64 {
-        let msg = msgr::proto::Message::new(42, bytes::Bytes::from_static(b"x"));
-        conn.send(msg.with_tid(tid)).unwrap();
-    }
-    assert!(
-        wait_until(Duration::from_secs(20), || got.0.lock().unwrap().len()
-            == 600),
-        "replies missing: got {}",
-        got.0.lock().unwrap().len()
-    );
-    assert_eq!(*got.0.lock().unwrap(), (0..600).collect::<Vec<u64>>());
+    let (_cli, got) = Arc::new(Arrivals(Default::default())).exchange(&srv, 200, 1, 600);
+    let tids: Vec<u64> = got.iter().map(|&(tid, _)| tid).collect();
+    assert_eq!(tids, (0..600).collect::<Vec<u64>>());
 }
