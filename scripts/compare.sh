@@ -238,7 +238,7 @@ run_iperf3() { # rep
 # whose workers spin too. Files: msgr-POLICY-MODE-REP.json, MODE latency, throughput, or stream64 (64 B,
 # window 64).
 run_msgr() { # rep
-    local rep="$1" mode policy
+    local rep="$1" policy
     local plain=() spin=()
     for policy in "${POLICY_LIST[@]}"; do
         if [[ "$policy" == lossy-spin ]]; then spin+=("$policy"); else plain+=("$policy"); fi
@@ -621,12 +621,10 @@ for row in result["sizes"]:
     if row["bytes"] == 1 << 20 and "throughput_lossless_over_lossy" in r:
         v = r["throughput_lossless_over_lossy"]
         targets["lossless_throughput_1MiB"] = {"ratio": v, "target": ">= 0.95 x lossy", "met": v >= 0.95}
-v = result["stream64"]["ratios"].get(f"{main_policy}_over_iperf3")
-if v is not None:
-    targets["stream64_posix"] = {"ratio": v, "target": ">= 1.0 x iperf3 -l 64", "met": v >= 1.0}
-v = result["stream64"]["ratios"].get("lossy-spin_over_iperf3")
-if v is not None:
-    targets["stream64_posix_spin"] = {"ratio": v, "target": ">= 1.0 x iperf3 -l 64", "met": v >= 1.0}
+for name, policy in (("stream64_posix", main_policy), ("stream64_posix_spin", "lossy-spin")):
+    v = result["stream64"]["ratios"].get(f"{policy}_over_iperf3")
+    if v is not None:
+        targets[name] = {"ratio": v, "target": ">= 1.0 x iperf3 -l 64", "met": v >= 1.0}
 result["targets"] = targets
 
 with open(f"{out}/compare.json", "w") as f:

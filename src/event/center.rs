@@ -220,7 +220,7 @@ pub struct EventLoop<S, H> {
     config: LoopConfig,
     events: Vec<SocketEvent>,
     idle_turns: u32,
-    /// When the last turn that handled something ended (kept only with `spin_before_sleep`).
+    /// When the last turn that handled something ran its timers (kept only with `spin_before_sleep`).
     active_at: Option<Instant>,
 }
 
@@ -315,7 +315,8 @@ impl<S: WorkerStack, H: EventHandler<S>> EventLoop<S, H> {
             0
         };
         if handled > 0 && self.config.spin_before_sleep.is_some() {
-            self.active_at = Some(Instant::now());
+            // The clock read of the timer phase: no second one per turn.
+            self.active_at = Some(now);
         }
         Ok(handled)
     }

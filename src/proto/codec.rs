@@ -598,8 +598,8 @@ fn disassemble_secure(
 }
 
 /// Slices a complete crc-mode frame into its segments and checks every crc and the late status, in
-/// Ceph's order (segment 0, segments 1.., late_status). Without `keep_raw` the last non-empty segment
-/// is `raw` itself, cut down (one reference count less per frame) and the frame's `raw` is empty.
+/// Ceph's order (segment 0, segments 1.., late_status). Without `keep_raw` the frame's `raw` is empty
+/// and it costs one reference count less.
 fn disassemble_crc(p: &Preamble, mut raw: Bytes, keep_raw: bool) -> Result<Frame, FrameError> {
     // Lengths below sum to raw.len() (checked by onwire_len against max_frame_len, which fits usize).
     let mut ranges = [(0usize, 0usize); MAX_NUM_SEGMENTS];
@@ -628,24 +628,21 @@ fn disassemble_crc(p: &Preamble, mut raw: Bytes, keep_raw: bool) -> Result<Frame
             _ => return Err(FrameError::BadEpilogue(late_status)),
         }
     }
-    let last = if keep_raw {
-        None
-    } else {
-        ranges.iter().rposition(|&(from, to)| to > from)
-    };
+    // Without keep_raw the last non-empty segment is `raw` itself, cut down; the others share it.
+    let last = ranges.iter().rposition(|&(from, to)| to > from);
     let mut segments: [Bytes; MAX_NUM_SEGMENTS] = Default::default();
     for (i, (seg, &(from, to))) in segments.iter_mut().zip(&ranges).enumerate() {
-        if Some(i) != last {
+        if keep_raw || Some(i) != last {
             *seg = raw.slice(from..to);
         }
     }
     if !keep_raw {
-        let rest = std::mem::take(&mut raw);
+        let mut rest = std::mem::take(&mut raw);
         if let Some(i) = last {
             let (from, to) = ranges[i];
+            rest.truncate(to);
+            rest.advance(from);
             segments[i] = rest;
-            segments[i].truncate(to);
-            segments[i].advance(from);
         }
     }
     let mut aligns = [0u16; MAX_NUM_SEGMENTS];

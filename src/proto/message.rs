@@ -250,14 +250,9 @@ impl Message {
     /// sender leaves off trailing empty segments). Payload segments are shared, not copied.
     pub fn from_segments(segments: &[Bytes]) -> Result<Message, DecodeError> {
         check_message_segments(segments.len())?;
-        let payload = |i: usize| segments.get(i).cloned().unwrap_or_default();
-        Ok(Message {
-            header: MsgHeader2::decode(&segments[0])?,
-            front: payload(1),
-            middle: payload(2),
-            data: payload(3),
-            permit: None,
-        })
+        let mut shared: [Bytes; 4] = Default::default();
+        shared[..segments.len()].clone_from_slice(segments);
+        Self::take_from_segments(&mut shared[..segments.len()])
     }
 
     /// As [`Message::from_segments`], moving the payload segments out of `segments` (left empty)
