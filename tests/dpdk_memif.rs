@@ -11,7 +11,9 @@
 //! - the same with every TCP connection reset half-way: reconnects hash to either server worker, and
 //!   where that is not the one holding the session, the session moves to the new socket's worker and
 //!   resumes with replay (nothing lost, duplicated or reordered, no remote reset);
-//! - malformed frames injected on the link are dropped and counted and the worker keeps going.
+//! - malformed frames injected on the link are dropped and counted and the worker keeps going;
+//! - the replies to the first messages of one large read reach the client while the server is still
+//!   dispatching the rest (the worker puts each dispatch round's replies on the wire, not the turn's end).
 //!
 //! Each DPDK endpoint is a child process (the EAL exists once per process): see `common/dpdk.rs`.
 
@@ -24,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::dpdk::{self, Child};
-use common::net::{proto_config, Collector};
+use common::net::{proto_config, Arrivals, Collector, SlowOnceEcho};
 use common::PayloadPool;
 use msgr::proto::types::{entity_type, AddrVec, EntityAddr};
 use msgr::proto::{Error, Message, Policy};
@@ -51,6 +53,8 @@ fn main() {
             "client_restart" => client_restart,
             "client_fanout" => client_fanout,
             "client_garbage" => client_garbage,
+            "server_stall" => server_stall,
+            "client_early" => client_early,
             other => panic!("unknown role {other}"),
         };
         dpdk::run_child(&role, body);
@@ -75,6 +79,10 @@ fn main() {
         (
             "malformed_frames_are_dropped_counted_and_survived",
             malformed_frames_are_dropped_counted_and_survived,
+        ),
+        (
+            "first_replies_of_a_large_read_leave_before_the_rest_are_dispatched",
+            first_replies_of_a_large_read_leave_before_the_rest_are_dispatched,
         ),
     ]);
 }
@@ -316,6 +324,31 @@ fn malformed_frames_are_dropped_counted_and_survived() {
 }
 
 // ---- child side ----------------------------------------------------------------------------------
+
+/// The server's dispatcher stalls this long on message [`STALL_TID`].
+const STALL: Duration = Duration::from_millis(400);
+const STALL_TID: u64 = 20;
+
+/// The replies to the first messages of one large read leave before the rest are dispatched, on a
+/// stack that sends at the end of its loop turn: 64 messages queued during the handshake go out
+/// together and are read at once; the server's dispatcher stalls on the 20th, and the first replies
+/// must not wait for it (the worker flushes its TCP egress between dispatch rounds).
+fn first_replies_of_a_large_read_leave_before_the_rest_are_dispatched() {
+    let case = "early";
+    let mut cli = spawn_client(case, "client_early", 1, &[]);
+    let server_args = dpdk::memif_args(SERVER_IP, SERVER_MAC, "client", &socket_name(case), 1);
+    let mut srv = Child::spawn("server", "server_stall", &[("ARGS", server_args)]);
+    srv.expect("READY", Duration::from_secs(60));
+    let done = json_of(&cli.expect("DONE", Duration::from_secs(120)));
+    eprintln!("client: {done}");
+    srv.exit_before(cli, Duration::from_secs(30));
+    let lead_ms = done["lead_ms"].as_f64().unwrap();
+    assert!(
+        lead_ms >= STALL.as_secs_f64() * 1000.0 / 2.0,
+        "reply 0 arrived only {lead_ms:.3} ms before reply {STALL_TID} (the server stalled {STALL:?} on it)"
+    );
+    assert_eq!(done["in_order"], true, "a reply overtook the stalled one");
+}
 
 fn env_u64(name: &str) -> u64 {
     dpdk::param(name)
@@ -618,6 +651,52 @@ fn client_garbage() {
         sink.received.load(Ordering::Relaxed) >= 1
     });
     dpdk::say("DONE", json!({ "injected": injected }));
+    while dpdk::command() != "exit" {}
+}
+
+/// Server role: echoes every message, stalling [`STALL`] on tid [`STALL_TID`]; waits for "exit".
+fn server_stall() {
+    let mut p = proto_config(entity_type::OSD, "osd.0");
+    p.nonce = SERVER_NONCE;
+    p.default_policy = Policy::stateful_server();
+    let echo = Arc::new(SlowOnceEcho {
+        slow_tid: STALL_TID,
+        delay: STALL,
+    });
+    let mut m = dpdk::messenger(&dpdk::param("ARGS"), p, echo);
+    m.bind(&[format!("0.0.0.0:{SERVER_PORT}").parse().unwrap()])
+        .unwrap();
+    m.start().unwrap();
+    dpdk::say("READY", m.stack().driver());
+    while dpdk::command() != "exit" {}
+    m.shutdown().unwrap();
+}
+
+/// 64 messages of 64 bytes queued before the session is up (they leave in one write); reports how long
+/// before reply [`STALL_TID`] reply 0 arrived.
+fn client_early() {
+    let replies = Arc::new(Arrivals(Mutex::default()));
+    let mut m = dpdk::messenger(
+        &dpdk::param("ARGS"),
+        proto_config(entity_type::CLIENT, "client.admin"),
+        replies.clone(),
+    );
+    m.start().unwrap();
+    let conn = m
+        .connect_to(entity_type::OSD, &server_addrs(), Policy::lossless_client())
+        .unwrap();
+    for tid in 0..64 {
+        let msg = Message::new(42, bytes::Bytes::from(vec![tid as u8; 64]));
+        conn.send(msg.with_tid(tid)).unwrap();
+    }
+    wait_until("64 replies", Duration::from_secs(60), || {
+        replies.0.lock().unwrap().len() >= 64
+    });
+    let (lead, in_order) = Arrivals::lead_of_first_over(&replies.0.lock().unwrap(), STALL_TID);
+    dpdk::say(
+        "DONE",
+        json!({ "lead_ms": lead.as_secs_f64() * 1000.0, "in_order": in_order }),
+    );
     while dpdk::command() != "exit" {}
 }
 

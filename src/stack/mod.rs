@@ -371,6 +371,12 @@ pub trait WorkerStack: 'static {
         self.writev(id, &slices[..count])
     }
 
+    /// Put what the writes so far have queued on the wire now, not at the end of the loop turn. The
+    /// messenger calls it between the dispatch rounds of one large read, so the first replies reach the
+    /// peer while the rest are worked on. A stack whose writes leave as they are made (the kernel's,
+    /// RDMA's posted sends) has nothing to do: the default. DPDK runs its TCP egress and a tx burst.
+    fn flush_writes(&mut self) {}
+
     /// Shut down one or both directions; the peer sees end of stream.
     fn shutdown(&mut self, id: SocketId, how: Shutdown) -> io::Result<()>;
 

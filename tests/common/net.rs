@@ -225,3 +225,44 @@ pub fn client(workers: usize, fault: FaultConfig, d: Arc<dyn Dispatcher>) -> Pos
     m.start().unwrap();
     m
 }
+
+/// Echoes every message; the one with tid `slow_tid` waits `delay` first.
+pub struct SlowOnceEcho {
+    pub slow_tid: u64,
+    pub delay: Duration,
+}
+
+impl Dispatcher for SlowOnceEcho {
+    fn ms_dispatch(&self, conn: &ConnectionRef, msg: Message) {
+        if msg.header.tid == self.slow_tid {
+            std::thread::sleep(self.delay);
+        }
+        let reply = Message::new(msg.header.msg_type, msg.front.clone()).with_tid(msg.header.tid);
+        let _ = conn.send(reply);
+    }
+}
+
+/// Replies in arrival order: tid and arrival time.
+pub struct Arrivals(pub Mutex<Vec<(u64, Instant)>>);
+
+impl Dispatcher for Arrivals {
+    fn ms_dispatch(&self, _conn: &ConnectionRef, msg: Message) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((msg.header.tid, Instant::now()));
+    }
+}
+
+impl Arrivals {
+    /// How long before reply `slow` reply 0 arrived, and whether every reply with a smaller tid came
+    /// before `slow` and every larger one after it. Panics if a tid is missing.
+    pub fn lead_of_first_over(got: &[(u64, Instant)], slow: u64) -> (Duration, bool) {
+        let at: HashMap<u64, Instant> = got.iter().copied().collect();
+        let slow_at = at[&slow];
+        let in_order = at
+            .iter()
+            .all(|(&tid, &t)| tid == slow || (tid < slow) == (t < slow_at));
+        (slow_at.duration_since(at[&0]), in_order)
+    }
+}

@@ -222,6 +222,7 @@ impl<S: WorkerStack> Handler<S> {
             // session's queue, holding their send budget, rather than pile up here as bytes (a lossy
             // message lets go of its budget once encoded, so a peer that stops reading would otherwise
             // grow this queue without bound).
+            let mut wrote = false;
             loop {
                 if conn.txq.is_empty() {
                     conn.proto.poll_transmit(now, &mut self.tx_scratch);
@@ -233,6 +234,7 @@ impl<S: WorkerStack> Handler<S> {
                 if conn.txq.is_empty() {
                     break;
                 }
+                wrote = true;
                 if let Err(e) = flush_queue(c.stack_mut(), sid, &mut conn.txq) {
                     conn.proto
                         .on_transport_error(now, TransportError::io("write", &e));
@@ -246,6 +248,11 @@ impl<S: WorkerStack> Handler<S> {
             self.counters
                 .add_conn_delta(&mut conn.last_stats, conn.proto.stats());
             if conn.proto.has_events() {
+                // The next round waits: what this one wrote leaves first (a DPDK worker would hold it
+                // until the end of its turn).
+                if wrote {
+                    c.stack_mut().flush_writes();
+                }
                 continue;
             }
             // Test interceptor: steps held until the connection's events were handled.

@@ -646,6 +646,20 @@ impl DpdkWorker {
         });
     }
 
+    /// smoltcp's egress rounds (segments and ACKs the sockets owe), then one tx burst of what they built.
+    fn egress(&mut self, now: smoltcp::time::Instant) {
+        for _ in 0..EGRESS_ROUNDS {
+            if self
+                .iface
+                .poll_egress(now, &mut self.device, &mut self.sockets)
+                == PollResult::None
+            {
+                break;
+            }
+        }
+        self.device.tx.flush();
+    }
+
     fn idle_sleep(&mut self, timeout: Option<Duration>) {
         let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
             return;
@@ -846,6 +860,11 @@ impl WorkerStack for DpdkWorker {
         Ok(total)
     }
 
+    fn flush_writes(&mut self) {
+        let now = self.now();
+        self.egress(now);
+    }
+
     fn shutdown(&mut self, id: SocketId, how: Shutdown) -> io::Result<()> {
         let handle = self.stream_mut(id, "shutdown")?.handle;
         if how != Shutdown::Read {
@@ -926,16 +945,7 @@ impl WorkerStack for DpdkWorker {
         {
             activity = true;
         }
-        for _ in 0..EGRESS_ROUNDS {
-            if self
-                .iface
-                .poll_egress(now, &mut self.device, &mut self.sockets)
-                == PollResult::None
-            {
-                break;
-            }
-        }
-        self.device.tx.flush();
+        self.egress(now);
         events.append(&mut self.synthetic);
         self.scan(events);
         self.reap();
