@@ -303,6 +303,21 @@ run_msgr_dpdk() { # rep
     done
 }
 
+# The protocol alone (two in-memory Connections, one thread: `cargo bench --bench proto`, 64 B window
+# 64 lossless), pinned to the client's CPU, in the same repetition as the memif stream it is the bar of.
+PROTO_EST="${CARGO_TARGET_DIR:-target}/criterion/stream/64B_window64_lossless/new/estimates.json"
+run_proto_alone() { # rep
+    local rep="$1"
+    echo "load $(loadavg)" >"$RAW/proto-stream64-$rep.load"
+    rm -f "$PROTO_EST"
+    if taskset -c "$CLIENT_CPU" cargo bench --bench proto -- --warm-up-time 1 --measurement-time "$SECS" \
+        --noplot 'stream/64B_window64_lossless' >"$RAW/proto-stream64-$rep.txt" 2>&1 && [[ -f "$PROTO_EST" ]]; then
+        cp "$PROTO_EST" "$RAW/proto-stream64-$rep.json"
+    else
+        echo "proto bench failed" >>"$RAW/proto-stream64-$rep.txt"
+    fi
+}
+
 # Asks the server (fd 3 is its --stdin-control) for its counters; prints "messages in" of the answer.
 server_count() { # log
     local log="$1" before i
@@ -389,6 +404,7 @@ else
         if ((DPDK)); then
             echo "==> repetition $rep/$REPS: msgr bench --stack dpdk" >&2
             run_msgr_dpdk "$rep"
+            run_proto_alone "$rep"
         fi
     done
     if ((STRACE)); then
@@ -933,11 +949,22 @@ for name in ("posix", "memif"):
 if stream["posix"]["median"] and stream["memif"]["median"]:
     stream["memif_over_posix"] = (stream["memif"]["median"]["msgs_per_sec"]
                                   / stream["posix"]["median"]["msgs_per_sec"])
+# The protocol alone (criterion's median time per window of 64 messages), per repetition.
+proto = []
+for rep in range(1, reps + 1):
+    d = load(f"{raw}/proto-stream64-{rep}.json")
+    if d is not None:
+        proto.append(64 / (d["median"]["point_estimate"] * 1e-9))
+stream["proto_alone"] = {"median": statistics.median(proto) if proto else None,
+                         "spread": [min(proto), max(proto)] if proto else None, "runs": proto}
 result["stream64"] = stream
 m = stream["memif"]["median"]
+p = stream["proto_alone"]["median"]
 result["targets"] = {} if not m else {"stream64_memif": {
-    "msgs_per_sec": m["msgs_per_sec"], "target": ">= 1.5 M msgs/s",
-    "met": m["msgs_per_sec"] >= 1.5e6}}
+    "msgs_per_sec": m["msgs_per_sec"], "proto_alone_msgs_per_sec": p,
+    "over_proto_alone": p and m["msgs_per_sec"] / p,
+    "target": ">= 1.5 M msgs/s and >= 0.5x the protocol alone",
+    "met": m["msgs_per_sec"] >= 1.5e6 and bool(p) and m["msgs_per_sec"] >= 0.5 * p}}
 
 for stack in ("posix", "dpdk"):
     for mode, size in (("latency", "64"), ("throughput", "64k")):
@@ -1002,15 +1029,21 @@ for row in result["sizes"]:
 if stream["memif"]["median"]:
     lines.append("")
     lines.append(f"64 B streaming, one connection, window 64, msgs/s (median of {reps} runs [min..max])")
-    lines.append("| posix | memif | memif/posix | posix spread | memif spread |")
-    lines.append("|---:|---:|---:|---:|---:|")
+    lines.append("| posix | memif | protocol alone | memif/posix | memif/protocol | posix spread "
+                 "| memif spread | protocol spread |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
     g = lambda n: stream[n]["median"] and stream[n]["median"]["msgs_per_sec"]
-    lines.append("| {} | {} | {} | {} | {} |".format(
-        fmt(g("posix"), ".0f"), fmt(g("memif"), ".0f"), fmt(stream.get("memif_over_posix"), ".2f"),
-        spread(stream["posix"]["msgs_spread"], ".0f"), spread(stream["memif"]["msgs_spread"], ".0f")))
+    pa = stream["proto_alone"]
+    lines.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        fmt(g("posix"), ".0f"), fmt(g("memif"), ".0f"), fmt(pa["median"], ".0f"),
+        fmt(stream.get("memif_over_posix"), ".2f"),
+        fmt(pa["median"] and g("memif") / pa["median"], ".2f"),
+        spread(stream["posix"]["msgs_spread"], ".0f"), spread(stream["memif"]["msgs_spread"], ".0f"),
+        spread(pa["spread"], ".0f")))
     for k, t in result["targets"].items():
-        lines.append(f"target {k}: {t['msgs_per_sec']:.0f} msgs/s (want {t['target']}): "
-                     + ("met" if t["met"] else "NOT met"))
+        lines.append(f"target {k}: {t['msgs_per_sec']:.0f} msgs/s, "
+                     f"{fmt(t['over_proto_alone'], '.2f')}x the protocol alone "
+                     f"(want {t['target']}): " + ("met" if t["met"] else "NOT met"))
 if result["syscalls"]:
     lines.append("")
     lines.append("Syscalls per message on the server, steady state (strace -c -f over a window; per message "

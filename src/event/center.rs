@@ -291,9 +291,11 @@ impl<S: WorkerStack, H: EventHandler<S>> EventLoop<S, H> {
         }
 
         // Only timers armed before this phase fire now, so a handler re-arming a due timer cannot spin here.
-        let now = Instant::now();
+        // The clock is read only when a timer is armed or the spin keeps time (a busy-poll turn is short).
+        let now = (self.center.timers.peek().is_some() || self.config.spin_before_sleep.is_some())
+            .then(Instant::now);
         let watermark = self.center.timers.next_id();
-        while let Some((deadline, id)) = self.center.timers.peek() {
+        while let (Some((deadline, id)), Some(now)) = (self.center.timers.peek(), now) {
             if deadline > now || id >= watermark {
                 break;
             }
@@ -316,7 +318,7 @@ impl<S: WorkerStack, H: EventHandler<S>> EventLoop<S, H> {
         };
         if handled > 0 && self.config.spin_before_sleep.is_some() {
             // The clock read of the timer phase: no second one per turn.
-            self.active_at = Some(now);
+            self.active_at = now;
         }
         Ok(handled)
     }

@@ -280,8 +280,13 @@ impl DpdkWorker {
     }
 
     fn now(&self) -> smoltcp::time::Instant {
+        self.smol_time(Instant::now())
+    }
+
+    /// `at` on smoltcp's clock (time since this worker began).
+    fn smol_time(&self, at: Instant) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(
-            i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX),
+            i64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(i64::MAX),
         )
     }
 
@@ -517,8 +522,7 @@ impl DpdkWorker {
     }
 
     /// Turn socket state into events (see the module docs for the readiness rules).
-    fn scan(&mut self, events: &mut Vec<SocketEvent>) {
-        let now = Instant::now();
+    fn scan(&mut self, events: &mut Vec<SocketEvent>, now: Instant) {
         let mut failed = Vec::new();
         let config = &self.shared.config;
         for (&id, entry) in self.entries.iter_mut() {
@@ -615,11 +619,10 @@ impl DpdkWorker {
     }
 
     /// Drop sockets that finished closing; reset those past their linger deadline.
-    fn reap(&mut self) {
+    fn reap(&mut self, now: Instant) {
         if self.closing.is_empty() {
             return;
         }
-        let now = Instant::now();
         let sockets = &mut self.sockets;
         let ports = &mut self.ports_in_use;
         let window = &self.device.window;
@@ -939,7 +942,9 @@ impl WorkerStack for DpdkWorker {
         }
         activity |= self.receive() > 0;
         self.provision_listeners();
-        let now = self.now();
+        // One clock read per poll: smoltcp's, the connect deadlines' and the closing sockets'.
+        let clock = Instant::now();
+        let now = self.smol_time(clock);
         if self.iface.poll(now, &mut self.device, &mut self.sockets)
             == PollResult::SocketStateChanged
         {
@@ -947,8 +952,8 @@ impl WorkerStack for DpdkWorker {
         }
         self.egress(now);
         events.append(&mut self.synthetic);
-        self.scan(events);
-        self.reap();
+        self.scan(events, clock);
+        self.reap(clock);
         if !activity && events.len() == before && self.device.tx.pending() == 0 {
             self.idle_sleep(timeout);
         }
