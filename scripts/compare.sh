@@ -121,6 +121,12 @@ if [[ -z "$MSGR" ]]; then
     fi
     MSGR="target/release/msgr"
 fi
+# Run a copy: `cargo bench` (the protocol-alone rows) rebuilds target/release/msgr without the dpdk feature.
+mkdir -p "$OUT"
+if [[ "$MSGR" != "$OUT/msgr" ]]; then
+    cp "$MSGR" "$OUT/msgr"
+    MSGR="$OUT/msgr"
+fi
 STRACE=1
 if ! command -v strace >/dev/null; then
     echo "compare.sh: strace is not installed (apt-get install strace): no syscall rows" >&2
@@ -325,7 +331,12 @@ run_proto_alone() { # rep
 server_count() { # log
     local log="$1" before i
     before=$(grep -c '^messages in' "$log" || true)
-    echo count >&3
+    # In a subshell: a server that has exited makes the write fail (SIGPIPE) without ending this script.
+    if ! (echo count >&3) 2>/dev/null; then
+        echo "compare.sh: the server exited before it was asked to count (see $log)" >&2
+        echo 0
+        return 0
+    fi
     for ((i = 0; i < 200; i++)); do
         if (($(grep -c '^messages in' "$log" || true) > before)); then
             grep '^messages in' "$log" | tail -1 | awk '{print $3}'

@@ -346,6 +346,10 @@ impl<W: WorkerStack> WorkerStack for FaultWorker<W> {
         self.inner.write_bytes(id, bufs)
     }
 
+    fn flush_writes(&mut self) {
+        self.inner.flush_writes()
+    }
+
     fn shutdown(&mut self, id: SocketId, how: Shutdown) -> io::Result<()> {
         self.inner.shutdown(id, how)
     }

@@ -373,8 +373,9 @@ pub trait WorkerStack: 'static {
 
     /// Put what the writes so far have queued on the wire now, not at the end of the loop turn. The
     /// messenger calls it between the dispatch rounds of one large read, so the first replies reach the
-    /// peer while the rest are worked on. A stack whose writes leave as they are made (the kernel's,
-    /// RDMA's posted sends) has nothing to do: the default. DPDK runs its TCP egress and a tx burst.
+    /// peer while the rest are worked on. A stack whose writes leave as they are made (the kernel's)
+    /// has nothing to do: the default. DPDK runs its TCP egress and a tx burst; RDMA posts its open
+    /// send buffers.
     fn flush_writes(&mut self) {}
 
     /// Shut down one or both directions; the peer sees end of stream.

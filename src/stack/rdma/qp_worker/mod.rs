@@ -357,6 +357,11 @@ impl WorkerStack for RdmaWorker {
         self.write_zero_copy(id, bufs)
     }
 
+    /// Posts the open send buffers now instead of at the next poll.
+    fn flush_writes(&mut self) {
+        self.flush_open();
+    }
+
     fn shutdown(&mut self, id: SocketId, _how: Shutdown) -> io::Result<()> {
         // An RC connection has no half-close: either direction shuts the whole connection.
         let s = self.stream_mut(id)?;

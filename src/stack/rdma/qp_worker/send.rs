@@ -122,8 +122,9 @@ impl RdmaWorker {
         }
     }
 
-    /// Make sure the next poll posts the open send buffer (writes are posted once per loop turn, so
-    /// what one turn writes, e.g. an ACK and a reply, leaves in one SEND).
+    /// Make sure the next poll (or `flush_writes`, between dispatch rounds) posts the open send
+    /// buffer: writes are posted once per loop turn, so what one turn writes, e.g. an ACK and a reply,
+    /// leaves in one SEND.
     pub(super) fn queue_open(tx_pending: &mut Vec<SocketId>, id: SocketId, s: &mut Stream) {
         if !s.open_queued && s.open.as_ref().is_some_and(|(_, len)| *len > 0) {
             s.open_queued = true;
