@@ -11,8 +11,12 @@
 # measurement repeated --reps times (default 5) with the tools interleaved, reporting the median run and
 # the spread (min..max over the repetitions), msgr's CPU µs per message on each side, and the commit and
 # 1-minute load average beside every figure. With strace: syscalls per message of a lossless 64 B
-# ping-pong, beside its frames per round trip (msgr's frame counters, in the bench JSON). DPDK and RDMA rows (msgr --stack
-# dpdk|rdma, perftest) join when those stacks exist.
+# ping-pong, beside its frames per round trip (msgr's frame counters, in the bench JSON). Fan-in: --fanin
+# session counts (default 256,10000; none skips it), each with one 64 B message in flight into one server
+# worker, interleaved in every repetition: aggregate msgs/s, CPU per message, server RSS per idle session,
+# and, over a steady-state window, the kernel's TCP segments and delayed ACKs per message (its targets:
+# the largest count >= 0.8x the smallest's msgs/s, <= 8 KiB per idle session). DPDK and RDMA rows (msgr
+# --stack dpdk|rdma, perftest) join when those stacks exist.
 #
 # Prints a side-by-side table and writes DIR/compare.json (each tool's figures per size and run, versions,
 # machine, load average around every run, and the ratios msgr/sockperf for RTT p50 and p99 and
@@ -21,7 +25,7 @@
 #
 # Usage: scripts/compare.sh [--sizes 64,4k,64k,1m] [--reps 5] [--secs 3] [--server-cpu 1] [--client-cpu 0]
 #                           [--window 16] [--policies lossy,lossless,lossless-peer,lossy-spin]
-#                           [--spin-us 50] [--out DIR]
+#                           [--spin-us 50] [--fanin 256,10000|none] [--out DIR]
 #                           [--msgr PATH] [--report-only] [--rdma] [--dpdk]
 # Fewer than 5 repetitions (e.g. --reps 1 --secs 1 to try the script) are allowed, with a warning.
 # --report-only redoes the table, compare.json and plots from DIR/raw of an earlier run.
@@ -59,13 +63,14 @@ SERVER_CPU=1
 CLIENT_CPU=0
 WINDOW=16
 OUT="target/compare"
+FANIN="256,10000"
 MSGR=""
 REPORT_ONLY=0
 RDMA=0
 DPDK=0
 
 usage() {
-    sed -n '2,48p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,52p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -78,6 +83,7 @@ while (($#)); do
     --client-cpu) CLIENT_CPU="$2"; shift 2 ;;
     --window) WINDOW="$2"; shift 2 ;;
     --policies) POLICIES="$2"; shift 2 ;;
+    --fanin) FANIN="$2"; shift 2 ;;
     --spin-us) SPIN_US="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --msgr) MSGR="$2"; shift 2 ;;
@@ -97,6 +103,16 @@ if ((REPS < 5)); then
     echo "compare.sh: warning: $REPS repetitions; the figures to quote are medians of at least 5" >&2
 fi
 IFS=',' read -r -a POLICY_LIST <<<"$POLICIES"
+FANIN_LIST=()
+if [[ "$FANIN" != none ]]; then
+    IFS=',' read -r -a FANIN_LIST <<<"$FANIN"
+    for n in "${FANIN_LIST[@]}"; do
+        if ! [[ "$n" =~ ^[1-9][0-9]*$ ]]; then
+            echo "compare.sh: --fanin takes session counts like 256,10000 (or none), not $FANIN" >&2
+            exit 2
+        fi
+    done
+fi
 for policy in "${POLICY_LIST[@]}"; do
     case "$policy" in
     lossy | lossless | lossless-peer | lossy-spin) ;;
@@ -348,17 +364,16 @@ server_count() { # log
     echo 0
 }
 
-# Syscalls per message on the server in steady state: a client runs 3 windows of MODE at SIZE; strace -c
-# -f watches the server over the middle one, and the server's own counter says how many messages it
-# received meanwhile.
-syscall_run() { # stack mode size [policy]
-    local stack="$1" mode="$2" size="$3" policy="${4:-lossy}" win=$((SECS > 2 ? SECS : 2))
-    local tag="$1-$2-$3"
-    if [[ "$policy" != lossy ]]; then tag="$1-$policy-$2-$3"; fi
-    local log="$RAW/syscalls-$tag.server" fifo="$RAW/syscalls-$tag.ctl" sock="/msgr-compare-$$"
+# Steady-state counts on the server: a client runs 3 windows of MODE at SIZE; over the middle one
+# MEASURE (a function: tag, server PID, window seconds; it returns when the window ends) watches, and the
+# server's own counter says how many messages it received meanwhile (RAW/TAG.count).
+windowed_run() { # measure tag stack mode size policy [client args...]
+    local measure="$1" tag="$2" stack="$3" mode="$4" size="$5" policy="$6" win=$((SECS > 2 ? SECS : 2))
+    shift 6
+    local log="$RAW/$tag.server" fifo="$RAW/$tag.ctl" sock="/msgr-compare-$$"
     local server=() client=() spid cpid c0 c1
-    local extra=()
-    if [[ "$mode" == throughput ]]; then extra=(--window "$WINDOW"); fi
+    local extra=("$@")
+    if [[ "$mode" == throughput ]]; then extra+=(--window "$WINDOW"); fi
     rm -f "$fifo"
     mkfifo "$fifo"
     if [[ "$stack" == posix ]]; then
@@ -382,14 +397,14 @@ syscall_run() { # stack mode size [policy]
     done
     taskset -c "$CLIENT_CPU" "$MSGR" "${client[@]}" --policy "$policy" --mode "$mode" --sizes "$size" --warmup 100 \
         --duration $((3 * win)) --workers 1 --client-cpus "$CLIENT_CPU" "${extra[@]}" \
-        >"$RAW/syscalls-$tag.client" 2>&1 &
+        >"$RAW/$tag.client" 2>&1 &
     cpid=$!
     PIDS+=("$cpid")
     sleep "$win"
     c0=$(server_count "$log")
-    timeout -s INT "$win" strace -c -f -p "$spid" -o "$RAW/syscalls-$tag.strace" 2>/dev/null || true
+    "$measure" "$tag" "$spid" "$win"
     c1=$(server_count "$log")
-    echo "messages $((c1 - c0)) window_s $win" >"$RAW/syscalls-$tag.count"
+    echo "messages $((c1 - c0)) window_s $win" >"$RAW/$tag.count"
     wait "$cpid" 2>/dev/null || true
     # End of its stdin stops the server cleanly (the DPDK one removes its EAL state); kill only a laggard.
     exec 3>&-
@@ -399,6 +414,49 @@ syscall_run() { # stack mode size [policy]
     done
     stop_pid "$spid"
     rm -f "$fifo"
+}
+
+strace_window() { # tag spid win
+    timeout -s INT "$3" strace -c -f -p "$2" -o "$RAW/$1.strace" 2>/dev/null || true
+}
+
+# The kernel's TCP counters (both ends: loopback), as `name value` lines.
+tcp_counters() {
+    awk '$1 == "Tcp:" || $1 == "TcpExt:" {
+             if (!($1 in names)) { names[$1] = $0; next }
+             split(names[$1], n); for (i = 2; i <= NF; i++) print n[i], $i
+         }' /proc/net/snmp /proc/net/netstat
+}
+
+tcp_window() { # tag spid win
+    tcp_counters >"$RAW/$1.tcp-before"
+    sleep "$3"
+    tcp_counters >"$RAW/$1.tcp-after"
+}
+
+# Syscalls per message on the server in steady state (strace -c -f over the middle window).
+syscall_run() { # stack mode size [policy]
+    local tag="syscalls-$1-$2-$3" policy="${4:-lossy}"
+    if [[ "$policy" != lossy ]]; then tag="syscalls-$1-$policy-$2-$3"; fi
+    windowed_run strace_window "$tag" "$1" "$2" "$3" "$policy"
+}
+
+# Fan-in: N sessions with one 64 B message in flight each into one server worker, the session counts
+# interleaved in every repetition. Files: fanin-N-REP.json.
+run_fanin() { # rep
+    local rep="$1" n port pid
+    for n in "${FANIN_LIST[@]}"; do
+        port=$(free_port)
+        taskset -c "$SERVER_CPU" "$MSGR" bench serve --bind "127.0.0.1:$port" --workers 1 --cpus "$SERVER_CPU" \
+            >"$RAW/fanin-server-$n-$rep.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        wait_listen "$port"
+        taskset -c "$CLIENT_CPU" "$MSGR" bench run "127.0.0.1:$port" --mode fanin --sizes 64 --connections "$n" \
+            --duration "$SECS" --workers 1 --client-cpus "$CLIENT_CPU" --json "$RAW/fanin-$n-$rep.json" \
+            >"$RAW/fanin-$n-$rep.txt" 2>&1 || echo "msgr failed" >>"$RAW/fanin-$n-$rep.txt"
+        stop_pid "$pid"
+    done
 }
 
 ((REPORT_ONLY)) || echo "==> $(date -u +%FT%TZ) $(nproc) CPUs, load $(loadavg); server CPU $SERVER_CPU, client CPU $CLIENT_CPU;" \
@@ -415,11 +473,19 @@ else
         run_iperf3 "$rep"
         echo "==> repetition $rep/$REPS: msgr bench" >&2
         run_msgr "$rep"
+        if ((${#FANIN_LIST[@]})); then
+            echo "==> repetition $rep/$REPS: msgr bench --mode fanin (${FANIN_LIST[*]} sessions)" >&2
+            run_fanin "$rep"
+        fi
         if ((DPDK)); then
             echo "==> repetition $rep/$REPS: msgr bench --stack dpdk" >&2
             run_msgr_dpdk "$rep"
             run_proto_alone "$rep"
         fi
+    done
+    for n in "${FANIN_LIST[@]}"; do
+        echo "==> TCP segments per message: fan-in, $n sessions" >&2
+        windowed_run tcp_window "tcp-fanin-$n" posix fanin 64 lossy --connections "$n"
     done
     if ((STRACE)); then
         echo "==> syscalls per message: posix lossless latency 64" >&2
@@ -434,8 +500,8 @@ else
         done
     fi
     END_LOAD=$(loadavg)
-    printf 'START_LOAD="%s"\nEND_LOAD="%s"\nPOLICIES="%s"\n' "$START_LOAD" "$END_LOAD" "$POLICIES" \
-        >"$RAW/meta.env"
+    printf 'START_LOAD="%s"\nEND_LOAD="%s"\nPOLICIES="%s"\nFANIN="%s"\n' "$START_LOAD" "$END_LOAD" \
+        "$POLICIES" "$FANIN" >"$RAW/meta.env"
 fi
 
 SOCKPERF_VERSION=$(sockperf --version 2>&1 | grep -m1 -o 'version [^ ]*' || true)
@@ -445,7 +511,7 @@ MSGR_VERSION=$("$MSGR" --version 2>&1 | head -1)
 PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$SECS" "$SERVER_CPU" "$CLIENT_CPU" "$WINDOW" \
     "$SOCKPERF_VERSION" "$IPERF3_VERSION" "$MSGR_VERSION" "$START_LOAD" "$END_LOAD" "$POLICIES" <<'PY'
 import json, os, re, shutil, statistics, sys, platform
-from compare_lib import fmt, median_run, nbytes, spread
+from compare_lib import fmt, median_run, nbytes, spread, strace_window
 
 (out, raw, sizes, reps, secs, server_cpu, client_cpu, window,
  sockperf_v, iperf3_v, msgr_v, start_load, end_load, policies) = sys.argv[1:]
@@ -693,27 +759,10 @@ def frames_of_lossless_pingpong():
 
 # Syscalls per message of a lossless 64 B ping-pong on the server (strace -c -f over a window).
 def syscalls(tag):
-    try:
-        with open(f"{raw}/syscalls-{tag}.strace") as f:
-            text = f.read()
-        with open(f"{raw}/syscalls-{tag}.count") as f:
-            m = re.match(r"messages (\d+) window_s (\d+)", f.read())
-    except OSError:
-        return None
-    total = next((l.split() for l in text.splitlines() if l.rstrip().endswith("total")), None)
-    calls = int(total[3]) if total and len(total) > 4 else 0
-    msgs = int(m.group(1)) if m else 0
-    top = []
-    for l in text.splitlines():
-        f = l.split()
-        if len(f) >= 5 and re.match(r"^\d+\.\d+$", f[0]) and f[-1] != "total":
-            top.append((f[-1], int(f[3])))
-    return {"window_s": int(m.group(2)) if m else None, "server_messages": msgs, "syscalls": calls,
-            "per_message": calls / msgs if msgs else None,
-            # From the bench's own lossless 64 B latency runs (the client messenger's frame counters):
-            # frames each way per round trip, and the bare ACKs among the client's.
-            **frames_of_lossless_pingpong(),
-            "top": sorted(top, key=lambda t: -t[1])[:5]}
+    got = strace_window(raw, f"syscalls-{tag}")
+    # From the bench's own lossless 64 B latency runs (the client messenger's frame counters): frames
+    # each way per round trip, and the bare ACKs among the client's.
+    return got and {**got, **frames_of_lossless_pingpong()}
 
 
 sc = syscalls("posix-lossless-latency-64")
@@ -898,11 +947,105 @@ print(f"\nwrote {out}/compare.json, {out}/compare.md, {out}/compare.svg" +
       "".join(f", {out}/msgr-{m}.svg" for m in best_svg))
 PY
 
+# ---- Fan-in report (--fanin) --------------------------------------------------------------------------
+if [[ "$FANIN" != none ]]; then
+    PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$REPS" "$FANIN" <<'PY'
+import json, sys
+from compare_lib import fmt, median_run, spread, tcp_window
+
+out, raw, reps, fanin = sys.argv[1:]
+reps = int(reps)
+counts = [int(n) for n in fanin.split(",")]
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+rows = []
+for n in counts:
+    runs = []
+    for rep in range(1, reps + 1):
+        d = load(f"{raw}/fanin-{n}-{rep}.json")
+        if d is None or not d.get("results"):
+            continue
+        r, h = d["results"][0], d["header"]
+        mem = h.get("memory") or {}
+        runs.append({"rep": rep, "msgs_per_sec": r["msgs_per_sec"], "p50_us": r["p50_ns"] / 1e3,
+                     "p99_us": r["p99_ns"] / 1e3, "count": r["count"],
+                     "server_user_us_per_msg": r.get("server_user_us_per_msg"),
+                     "server_sys_us_per_msg": r.get("server_sys_us_per_msg"),
+                     "client_user_us_per_msg": r.get("client_user_us_per_msg"),
+                     "client_sys_us_per_msg": r.get("client_sys_us_per_msg"),
+                     "idle_bytes_per_session": mem.get("bytes_per_session"),
+                     "load": h.get("loadavg_start"), "commit": h.get("git_commit")})
+    med, sp = median_run(runs, "msgs_per_sec")
+    mem_med, _ = median_run(runs, "idle_bytes_per_session")
+    rows.append({"sessions": n, "runs": runs, "median": med, "msgs_spread": sp,
+                 "idle_bytes_per_session": mem_med and mem_med["idle_bytes_per_session"],
+                 "tcp": tcp_window(raw, f"tcp-fanin-{n}")})
+
+targets = {}
+lo, hi = min(rows, key=lambda r: r["sessions"]), max(rows, key=lambda r: r["sessions"])
+if len(rows) > 1 and lo["median"] and hi["median"]:
+    v = hi["median"]["msgs_per_sec"] / lo["median"]["msgs_per_sec"]
+    targets[f"fanin_{hi['sessions']}_over_{lo['sessions']}"] = {
+        "ratio": v, "target": f">= 0.8 x {lo['sessions']} sessions", "met": v >= 0.8}
+if hi["idle_bytes_per_session"] is not None:
+    kib = hi["idle_bytes_per_session"] / 1024
+    targets[f"fanin_idle_memory_{hi['sessions']}"] = {
+        "ratio": kib, "target": "<= 8 KiB per idle session", "met": kib <= 8}
+
+try:
+    with open(f"{out}/compare.json") as f:
+        full = json.load(f)
+except (OSError, ValueError):
+    full = {}
+full["fanin"] = {"sessions": rows, "targets": targets}
+with open(f"{out}/compare.json", "w") as f:
+    json.dump(full, f, indent=2)
+    f.write("\n")
+
+
+def cpu(run, side):
+    if not run or run.get(f"{side}_user_us_per_msg") is None:
+        return "-"
+    return f"{run[f'{side}_user_us_per_msg']:.2f}+{run[f'{side}_sys_us_per_msg']:.2f}"
+
+
+lines = ["", f"Fan-in: sessions with one 64 B message in flight each into one server worker (median of {reps} "
+             "runs, interleaved; CPU = user+system µs per message; TCP = kernel counters over a steady-state "
+             "window, per message the server received, both ends)",
+         "| sessions | msgs/s | spread | p50 ms | CPU client | CPU server | idle KiB/session | TCP segments "
+         "| delayed ACKs | load | commit |",
+         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+for row in rows:
+    med, tcp = row["median"], row["tcp"] or {}
+    lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        row["sessions"], fmt(med and med["msgs_per_sec"], ".0f"), spread(row["msgs_spread"], ".0f"),
+        fmt(med and med["p50_us"] / 1e3, ".2f"), cpu(med, "client"), cpu(med, "server"),
+        fmt(row["idle_bytes_per_session"] and row["idle_bytes_per_session"] / 1024, ".1f"),
+        fmt(tcp.get("segments_per_message"), ".2f"), fmt(tcp.get("delayed_acks_per_message"), ".2f"),
+        fmt(med and med["load"] and med["load"][0], ".1f"), (med and med.get("commit") or "-")[:10]))
+lines.append("")
+for name, t in targets.items():
+    lines.append(f"target {name}: {t['ratio']:.2f} (want {t['target']}): {'met' if t['met'] else 'NOT met'}")
+text = "\n".join(lines)
+print(text)
+with open(f"{out}/compare.md", "a") as f:
+    f.write(text + "\n")
+PY
+fi
+
 # ---- DPDK report (--dpdk) ----------------------------------------------------------------------------
 if ((DPDK)); then
     PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$WINDOW" <<'PY'
 import json, re, statistics, sys
-from compare_lib import fmt, median_run, nbytes, spread
+from compare_lib import fmt, median_run, nbytes, spread, strace_window
 
 out, raw, sizes, reps, window = sys.argv[1:]
 reps = int(reps)
@@ -982,27 +1125,9 @@ result["targets"] = {} if not m else {"stream64_memif": {
 
 for stack in ("posix", "dpdk"):
     for mode, size in (("latency", "64"), ("throughput", "64k")):
-        tag = f"{stack}-{mode}-{size}"
-        try:
-            with open(f"{raw}/syscalls-{tag}.strace") as f:
-                text = f.read()
-            with open(f"{raw}/syscalls-{tag}.count") as f:
-                m = re.match(r"messages (\d+) window_s (\d+)", f.read())
-        except OSError:
-            continue
-        total = next((l.split() for l in text.splitlines() if l.rstrip().endswith("total")), None)
-        calls = int(total[3]) if total and len(total) > 4 else 0
-        msgs = int(m.group(1)) if m else 0
-        top = []
-        for l in text.splitlines():
-            f = l.split()
-            if len(f) >= 5 and re.match(r"^\d+\.\d+$", f[0]) and f[-1] != "total":
-                top.append((f[-1], int(f[3])))
-        result["syscalls"][tag] = {
-            "stack": stack, "mode": mode, "size": size, "window_s": int(m.group(2)) if m else None,
-            "server_messages": msgs, "syscalls": calls,
-            "per_message": calls / msgs if msgs else None,
-            "top": sorted(top, key=lambda t: -t[1])[:5]}
+        got = strace_window(raw, f"syscalls-{stack}-{mode}-{size}")
+        if got:
+            result["syscalls"][f"{stack}-{mode}-{size}"] = {"stack": stack, "mode": mode, "size": size, **got}
 
 try:
     with open(f"{out}/compare.json") as f:
