@@ -951,19 +951,13 @@ PY
 if [[ "$FANIN" != none ]]; then
     PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$REPS" "$FANIN" <<'PY'
 import json, sys
-from compare_lib import fmt, median_run, spread, tcp_window
+from compare_lib import fmt, load_json, median_run, spread, tcp_window
 
 out, raw, reps, fanin = sys.argv[1:]
 reps = int(reps)
 counts = [int(n) for n in fanin.split(",")]
 
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+load = load_json
 
 
 rows = []
@@ -1045,18 +1039,12 @@ fi
 if ((DPDK)); then
     PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$WINDOW" <<'PY'
 import json, re, statistics, sys
-from compare_lib import fmt, median_run, nbytes, spread, strace_window
+from compare_lib import fmt, load_json, median_run, nbytes, spread, strace_window
 
 out, raw, sizes, reps, window = sys.argv[1:]
 reps = int(reps)
 
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+load = load_json
 
 
 def runs_of(prefix, mode):

@@ -87,3 +87,13 @@ def tcp_window(raw, tag):
     return {"window_s": window_s, "server_messages": msgs, "segments_out": delta.get("OutSegs"),
             "delayed_acks": delta.get("DelayedACKs"), "segments_per_message": per("OutSegs"),
             "delayed_acks_per_message": per("DelayedACKs")}
+
+
+def load_json(path):
+    """A JSON file's contents, or None when it is missing or not JSON."""
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
