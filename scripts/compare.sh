@@ -272,15 +272,23 @@ run_msgr() { # rep
     if ((${#spin[@]})); then run_msgr_against "$rep" "$SPIN_US" "${spin[@]}"; fi
 }
 
+# Starts `msgr bench serve` (one worker, pinned) on a free port; sets BENCH_PORT and BENCH_PID.
+start_bench_server() { # log [serve args...]
+    local log="$1"
+    shift
+    BENCH_PORT=$(free_port)
+    taskset -c "$SERVER_CPU" "$MSGR" bench serve --bind "127.0.0.1:$BENCH_PORT" --workers 1 --cpus "$SERVER_CPU" \
+        "$@" >"$log" 2>&1 &
+    BENCH_PID=$!
+    PIDS+=("$BENCH_PID")
+    wait_listen "$BENCH_PORT"
+}
+
 run_msgr_against() { # rep spin_us policy...
-    local rep="$1" spin_us="$2" port pid mode policy
+    local rep="$1" spin_us="$2" mode policy
     shift 2
-    port=$(free_port)
-    taskset -c "$SERVER_CPU" "$MSGR" bench serve --bind "127.0.0.1:$port" --workers 1 --cpus "$SERVER_CPU" \
-        --spin-us "$spin_us" >"$RAW/msgr-server-$rep-spin$spin_us.log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    wait_listen "$port"
+    start_bench_server "$RAW/msgr-server-$rep-spin$spin_us.log" --spin-us "$spin_us"
+    local port="$BENCH_PORT" pid="$BENCH_PID"
     for policy in "$@"; do
         for mode in latency throughput stream64; do
             local args=(--mode "$mode" --sizes "$SIZES")
@@ -444,18 +452,13 @@ syscall_run() { # stack mode size [policy]
 # Fan-in: N sessions with one 64 B message in flight each into one server worker, the session counts
 # interleaved in every repetition. Files: fanin-N-REP.json.
 run_fanin() { # rep
-    local rep="$1" n port pid
+    local rep="$1" n
     for n in "${FANIN_LIST[@]}"; do
-        port=$(free_port)
-        taskset -c "$SERVER_CPU" "$MSGR" bench serve --bind "127.0.0.1:$port" --workers 1 --cpus "$SERVER_CPU" \
-            >"$RAW/fanin-server-$n-$rep.log" 2>&1 &
-        pid=$!
-        PIDS+=("$pid")
-        wait_listen "$port"
-        taskset -c "$CLIENT_CPU" "$MSGR" bench run "127.0.0.1:$port" --mode fanin --sizes 64 --connections "$n" \
+        start_bench_server "$RAW/fanin-server-$n-$rep.log"
+        taskset -c "$CLIENT_CPU" "$MSGR" bench run "127.0.0.1:$BENCH_PORT" --mode fanin --sizes 64 --connections "$n" \
             --duration "$SECS" --workers 1 --client-cpus "$CLIENT_CPU" --json "$RAW/fanin-$n-$rep.json" \
             >"$RAW/fanin-$n-$rep.txt" 2>&1 || echo "msgr failed" >>"$RAW/fanin-$n-$rep.txt"
-        stop_pid "$pid"
+        stop_pid "$BENCH_PID"
     done
 }
 
@@ -957,14 +960,12 @@ out, raw, reps, fanin = sys.argv[1:]
 reps = int(reps)
 counts = [int(n) for n in fanin.split(",")]
 
-load = load_json
-
 
 rows = []
 for n in counts:
     runs = []
     for rep in range(1, reps + 1):
-        d = load(f"{raw}/fanin-{n}-{rep}.json")
+        d = load_json(f"{raw}/fanin-{n}-{rep}.json")
         if d is None or not d.get("results"):
             continue
         r, h = d["results"][0], d["header"]
@@ -983,6 +984,9 @@ for n in counts:
                  "idle_bytes_per_session": mem_med and mem_med["idle_bytes_per_session"],
                  "tcp": tcp_window(raw, f"tcp-fanin-{n}")})
 
+if not any(row["runs"] for row in rows):
+    sys.exit(0)  # a raw directory from before --fanin: nothing to report
+
 targets = {}
 lo, hi = min(rows, key=lambda r: r["sessions"]), max(rows, key=lambda r: r["sessions"])
 if len(rows) > 1 and lo["median"] and hi["median"]:
@@ -994,11 +998,7 @@ if hi["idle_bytes_per_session"] is not None:
     targets[f"fanin_idle_memory_{hi['sessions']}"] = {
         "ratio": kib, "target": "<= 8 KiB per idle session", "met": kib <= 8}
 
-try:
-    with open(f"{out}/compare.json") as f:
-        full = json.load(f)
-except (OSError, ValueError):
-    full = {}
+full = load_json(f"{out}/compare.json") or {}
 full["fanin"] = {"sessions": rows, "targets": targets}
 with open(f"{out}/compare.json", "w") as f:
     json.dump(full, f, indent=2)
@@ -1038,20 +1038,18 @@ fi
 # ---- DPDK report (--dpdk) ----------------------------------------------------------------------------
 if ((DPDK)); then
     PYTHONPATH=scripts python3 - "$OUT" "$RAW" "$SIZES" "$REPS" "$WINDOW" <<'PY'
-import json, re, statistics, sys
+import json, statistics, sys
 from compare_lib import fmt, load_json, median_run, nbytes, spread, strace_window
 
 out, raw, sizes, reps, window = sys.argv[1:]
 reps = int(reps)
-
-load = load_json
 
 
 def runs_of(prefix, mode):
     """Per size: one entry per repetition from RAW/{prefix}-{mode}-{rep}.json."""
     by_size = {}
     for rep in range(1, reps + 1):
-        d = load(f"{raw}/{prefix}-{mode}-{rep}.json")
+        d = load_json(f"{raw}/{prefix}-{mode}-{rep}.json")
         if d is None:
             continue
         for r in d["results"]:
@@ -1097,7 +1095,7 @@ if stream["posix"]["median"] and stream["memif"]["median"]:
 # The protocol alone (criterion's median time per window of 64 messages), per repetition.
 proto = []
 for rep in range(1, reps + 1):
-    d = load(f"{raw}/proto-stream64-{rep}.json")
+    d = load_json(f"{raw}/proto-stream64-{rep}.json")
     if d is not None:
         proto.append(64 / (d["median"]["point_estimate"] * 1e-9))
 stream["proto_alone"] = {"median": statistics.median(proto) if proto else None,
@@ -1117,11 +1115,7 @@ for stack in ("posix", "dpdk"):
         if got:
             result["syscalls"][f"{stack}-{mode}-{size}"] = {"stack": stack, "mode": mode, "size": size, **got}
 
-try:
-    with open(f"{out}/compare.json") as f:
-        full = json.load(f)
-except (OSError, ValueError):
-    full = {}
+full = load_json(f"{out}/compare.json") or {}
 full["dpdk"] = result
 with open(f"{out}/compare.json", "w") as f:
     json.dump(full, f, indent=2)

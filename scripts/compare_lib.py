@@ -41,12 +41,12 @@ def strace_window(raw, tag):
     """Syscalls per message of a windowed run (RAW/TAG.strace, `strace -c -f`), or None."""
     import re
     count = window_count(raw, tag)
+    if count is None:
+        return None
     try:
         with open(f"{raw}/{tag}.strace") as f:
             text = f.read()
     except OSError:
-        return None
-    if count is None:
         return None
     msgs, window_s = count
     total = next((l.split() for l in text.splitlines() if l.rstrip().endswith("total")), None)
@@ -65,6 +65,8 @@ def tcp_window(raw, tag):
     """The kernel's TCP counters over a windowed run (RAW/TAG.tcp-before, .tcp-after), per message the
     server received: segments out (both ends: loopback) and the delayed ACKs among them, or None."""
     count = window_count(raw, tag)
+    if count is None:
+        return None
 
     def counters(path):
         got = {}
@@ -78,8 +80,6 @@ def tcp_window(raw, tag):
     try:
         before, after = counters(f"{raw}/{tag}.tcp-before"), counters(f"{raw}/{tag}.tcp-after")
     except OSError:
-        return None
-    if count is None:
         return None
     msgs, window_s = count
     delta = {k: after[k] - before.get(k, 0) for k in ("OutSegs", "DelayedACKs") if k in after}
